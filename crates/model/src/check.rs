@@ -1,0 +1,429 @@
+//! Cross-reference checks over the merged manifest.
+//!
+//! Deserialization guarantees each entry is well-typed on its own; this
+//! module checks what only the whole repository can tell: that routes name
+//! real backends, nodes name real targets, every keepalived node has a
+//! priority, no two targets write one file. All problems are collected, each
+//! placed at the field that is wrong.
+
+use std::collections::BTreeMap;
+
+use crate::error::{ManifestError, ManifestErrors};
+use crate::load::Manifests;
+use crate::locate::Segment;
+use crate::manifest::{Mode, Reload, Validator};
+
+/// Signals a reload may name.
+pub const SIGNALS: &[&str] = &[
+    "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGINT", "SIGTERM", "SIGQUIT", "SIGWINCH",
+];
+
+fn key(k: &str) -> Segment {
+    Segment::Key(k.into())
+}
+
+impl Manifests {
+    /// Checks references and value ranges across all files.
+    pub fn validate(&self) -> Result<(), ManifestErrors> {
+        let mut errors = Vec::new();
+        self.check_frontends(&mut errors);
+        self.check_backends(&mut errors);
+        self.check_targets(&mut errors);
+        self.check_nodes(&mut errors);
+        self.check_vips(&mut errors);
+        self.check_databases(&mut errors);
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ManifestErrors(errors))
+        }
+    }
+
+    fn check_frontends(&self, errors: &mut Vec<ManifestError>) {
+        let m = &self.manifest;
+        for (name, fe) in &m.frontends {
+            let mut refs = vec![(vec![key("default_backend")], &fe.default_backend)];
+            for (i, r) in fe.routes.iter().enumerate() {
+                refs.push((vec![key("routes"), Segment::Index(i), key("backend")], &r.backend));
+                if fe.mode == Mode::Tcp {
+                    errors.push(self.error(
+                        "frontends",
+                        name,
+                        &[key("routes"), Segment::Index(i)],
+                        "routes need `mode: http`; a tcp frontend has only `default_backend`".into(),
+                    ));
+                }
+                if r.host.is_none() && r.path_prefix.is_none() {
+                    errors.push(self.error(
+                        "frontends",
+                        name,
+                        &[key("routes"), Segment::Index(i)],
+                        "a route needs `host`, `path_prefix` or both".into(),
+                    ));
+                }
+                for (field, v) in [("host", &r.host), ("path_prefix", &r.path_prefix)] {
+                    if let Some(v) = v {
+                        if !plain_token(v) {
+                            errors.push(self.error(
+                                "frontends",
+                                name,
+                                &[key("routes"), Segment::Index(i), key(field)],
+                                format!("`{v}` must be one token without spaces, quotes or `#`"),
+                            ));
+                        }
+                    }
+                }
+            }
+            for (path, backend) in refs {
+                match m.backends.get(backend) {
+                    None => errors.push(self.error(
+                        "frontends",
+                        name,
+                        &path,
+                        format!("backend `{backend}` is not defined{}", suggest(backend, m.backends.keys())),
+                    )),
+                    Some(be) if be.mode != fe.mode => errors.push(self.error(
+                        "frontends",
+                        name,
+                        &path,
+                        format!("backend `{backend}` is mode {:?} but this frontend is mode {:?}", be.mode, fe.mode),
+                    )),
+                    Some(_) => {}
+                }
+            }
+            if fe.bind.is_empty() {
+                errors.push(self.error("frontends", name, &[key("bind")], "needs at least one address".into()));
+            }
+            for (i, b) in fe.bind.iter().enumerate() {
+                if !valid_bind(b) {
+                    errors.push(self.error(
+                        "frontends",
+                        name,
+                        &[key("bind"), Segment::Index(i)],
+                        format!("`{b}` is not `ADDRESS:PORT` or `:PORT`"),
+                    ));
+                }
+            }
+        }
+    }
+
+    fn check_backends(&self, errors: &mut Vec<ManifestError>) {
+        for (name, be) in &self.manifest.backends {
+            if !(0.0..=1.0).contains(&be.max_drop_fraction) {
+                errors.push(self.error(
+                    "backends",
+                    name,
+                    &[key("max_drop_fraction")],
+                    format!("{} is not a fraction between 0 and 1", be.max_drop_fraction),
+                ));
+            }
+            for (i, opt) in be.server_options.iter().enumerate() {
+                if !plain_line(opt) {
+                    errors.push(self.error(
+                        "backends",
+                        name,
+                        &[key("server_options"), Segment::Index(i)],
+                        "server options must be one line without `#` or quotes".into(),
+                    ));
+                }
+            }
+            if let Some(hc) = &be.health_check {
+                if !hc.path.starts_with('/') || !plain_token(&hc.path) {
+                    errors.push(self.error(
+                        "backends",
+                        name,
+                        &[key("health_check"), key("path")],
+                        format!("`{}` must start with `/` and contain no spaces, quotes or `#`", hc.path),
+                    ));
+                }
+                if be.mode == Mode::Tcp {
+                    errors.push(self.error(
+                        "backends",
+                        name,
+                        &[key("health_check")],
+                        "an HTTP health check needs `mode: http`".into(),
+                    ));
+                }
+            }
+            if let Some(s) = &be.sticky {
+                if !crate::load::valid_name(&s.cookie) {
+                    errors.push(self.error(
+                        "backends",
+                        name,
+                        &[key("sticky"), key("cookie")],
+                        format!("cookie name `{}` may only contain letters, digits, `_`, `-`, `.`", s.cookie),
+                    ));
+                }
+            }
+        }
+    }
+
+    fn check_targets(&self, errors: &mut Vec<ManifestError>) {
+        let mut seen: BTreeMap<&str, &str> = BTreeMap::new();
+        for (name, t) in &self.manifest.targets {
+            if !t.destination.starts_with('/') {
+                errors.push(self.error(
+                    "targets",
+                    name,
+                    &[key("destination")],
+                    format!("`{}` must be an absolute path", t.destination),
+                ));
+            }
+            if let Some(first) = seen.insert(&t.destination, name) {
+                errors.push(self.error(
+                    "targets",
+                    name,
+                    &[key("destination")],
+                    format!("target `{first}` already writes `{}`; two targets cannot own one file", t.destination),
+                ));
+            }
+            if parse_mode(&t.mode).is_none() {
+                errors.push(self.error(
+                    "targets",
+                    name,
+                    &[key("mode")],
+                    format!("`{}` is not an octal mode like \"0640\"", t.mode),
+                ));
+            }
+            if t.backups > 50 {
+                errors.push(self.error(
+                    "targets",
+                    name,
+                    &[key("backups")],
+                    format!("{} backups is more than the limit of 50", t.backups),
+                ));
+            }
+            if let Validator::Command(argv) = &t.validate {
+                if argv.is_empty() {
+                    errors.push(self.error("targets", name, &[key("validate")], "empty command".into()));
+                }
+            }
+            match &t.reload {
+                Reload::Signal { signal, .. } if !SIGNALS.contains(&signal.as_str()) => {
+                    errors.push(self.error(
+                        "targets",
+                        name,
+                        &[key("reload"), key("signal"), key("signal")],
+                        format!("unknown signal `{signal}`, expected one of: {}", SIGNALS.join(", ")),
+                    ))
+                }
+                Reload::Command(argv) if argv.is_empty() => {
+                    errors.push(self.error("targets", name, &[key("reload")], "empty command".into()))
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn check_nodes(&self, errors: &mut Vec<ManifestError>) {
+        let m = &self.manifest;
+        if m.nodes.is_empty() {
+            if let Some(first) = m.targets.keys().next() {
+                errors.push(self.error("targets", first, &[], "no nodes are defined; add a `nodes:` section".into()));
+            }
+        }
+        for (name, node) in &m.nodes {
+            for (i, t) in node.targets.iter().flatten().enumerate() {
+                if !m.targets.contains_key(t) {
+                    errors.push(self.error(
+                        "nodes",
+                        name,
+                        &[key("targets"), Segment::Index(i)],
+                        format!("target `{t}` is not defined{}", suggest(t, m.targets.keys())),
+                    ));
+                }
+            }
+            for (tname, t) in self.node_targets(name) {
+                for var in &t.requires_vars {
+                    if !node.vars.contains_key(var) {
+                        errors.push(self.error(
+                            "nodes",
+                            name,
+                            &[key("vars")],
+                            format!("node `{name}` lacks var `{var}`, which target `{tname}` requires"),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
+    fn check_vips(&self, errors: &mut Vec<ManifestError>) {
+        let m = &self.manifest;
+        let mut ids: BTreeMap<u8, &str> = BTreeMap::new();
+        for (name, vip) in &m.vips {
+            if let Some(first) = ids.insert(vip.virtual_router_id, name) {
+                errors.push(self.error(
+                    "vips",
+                    name,
+                    &[key("virtual_router_id")],
+                    format!("virtual_router_id {} is already used by vip `{first}`", vip.virtual_router_id),
+                ));
+            }
+            if vip.virtual_router_id == 0 {
+                errors.push(self.error("vips", name, &[key("virtual_router_id")], "must be 1..=255".into()));
+            }
+            if vip.addresses.is_empty() {
+                errors.push(self.error("vips", name, &[key("addresses")], "needs at least one address".into()));
+            }
+            for (i, a) in vip.addresses.iter().enumerate() {
+                if !valid_cidr(a) {
+                    errors.push(self.error(
+                        "vips",
+                        name,
+                        &[key("addresses"), Segment::Index(i)],
+                        format!("`{a}` is not an address in CIDR form like 10.0.0.10/24"),
+                    ));
+                }
+            }
+            for node in vip.priorities.keys() {
+                if !m.nodes.contains_key(node) {
+                    errors.push(self.error(
+                        "vips",
+                        name,
+                        &[key("priorities"), key(node)],
+                        format!("node `{node}` is not defined{}", suggest(node, m.nodes.keys())),
+                    ));
+                }
+            }
+            for (node_name, node) in &m.nodes {
+                let runs_keepalived = self
+                    .node_targets(node_name)
+                    .any(|(_, t)| t.validate == Validator::Keepalived);
+                if !runs_keepalived {
+                    continue;
+                }
+                if !vip.priorities.contains_key(node_name) {
+                    errors.push(self.error(
+                        "vips",
+                        name,
+                        &[key("priorities")],
+                        format!("node `{node_name}` renders keepalived but has no priority for vip `{name}`"),
+                    ));
+                }
+                if vip.unicast && node.address.is_none() {
+                    errors.push(self.error(
+                        "nodes",
+                        node_name,
+                        &[],
+                        format!("vip `{name}` uses unicast, so node `{node_name}` needs an `address`"),
+                    ));
+                }
+            }
+        }
+    }
+
+    fn check_databases(&self, errors: &mut Vec<ManifestError>) {
+        for (name, db) in &self.manifest.databases {
+            if let Some(d) = &db.dbname {
+                if !crate::load::valid_name(d) {
+                    errors.push(self.error(
+                        "databases",
+                        name,
+                        &[key("dbname")],
+                        format!("`{d}` may only contain letters, digits, `_`, `-`, `.`"),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// The targets node `name` renders, in name order.
+    pub fn node_targets<'a>(
+        &'a self,
+        name: &str,
+    ) -> impl Iterator<Item = (&'a String, &'a crate::manifest::Target)> + 'a {
+        let wanted = self
+            .manifest
+            .nodes
+            .get(name)
+            .and_then(|n| n.targets.clone());
+        self.manifest
+            .targets
+            .iter()
+            .filter(move |(t, _)| wanted.as_ref().is_none_or(|w| w.contains(t)))
+    }
+}
+
+/// Parses an octal mode string such as `"0640"`.
+pub fn parse_mode(mode: &str) -> Option<u32> {
+    u32::from_str_radix(mode, 8).ok().filter(|m| *m <= 0o7777)
+}
+
+/// One token: no whitespace, quotes, `#`, backslash or control characters.
+fn plain_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 256
+        && s.chars().all(|c| c.is_ascii_graphic() && !matches!(c, '"' | '\'' | '#' | '\\'))
+}
+
+/// One line: tokens and single spaces, no `#`, quotes or control characters.
+fn plain_line(s: &str) -> bool {
+    !s.is_empty() && s.split(' ').all(plain_token)
+}
+
+fn valid_bind(b: &str) -> bool {
+    let Some((addr, port)) = b.rsplit_once(':') else {
+        return false;
+    };
+    port.parse::<u16>().is_ok_and(|p| p > 0)
+        && (addr.is_empty() || addr == "*" || addr.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok())
+}
+
+fn valid_cidr(a: &str) -> bool {
+    let Some((ip, len)) = a.split_once('/') else {
+        return false;
+    };
+    match ip.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(_)) => len.parse::<u8>().is_ok_and(|l| l <= 32),
+        Ok(std::net::IpAddr::V6(_)) => len.parse::<u8>().is_ok_and(|l| l <= 128),
+        Err(_) => false,
+    }
+}
+
+/// ", did you mean `x`?" for a near miss, else nothing.
+fn suggest<'a>(wrong: &str, known: impl Iterator<Item = &'a String>) -> String {
+    known
+        .filter(|k| edit_distance(wrong, k) <= 2)
+        .min_by_key(|k| edit_distance(wrong, k))
+        .map(|k| format!(", did you mean `{k}`?"))
+        .unwrap_or_default()
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binds_and_cidrs() {
+        assert!(valid_bind(":80"));
+        assert!(valid_bind("127.0.0.1:8080"));
+        assert!(valid_bind("[::1]:80"));
+        assert!(!valid_bind("80"));
+        assert!(!valid_bind("127.0.0.1:http"));
+        assert!(valid_cidr("10.0.0.10/24"));
+        assert!(!valid_cidr("10.0.0.10"));
+        assert!(!valid_cidr("10.0.0.300/24"));
+    }
+
+    #[test]
+    fn suggestions_for_near_misses() {
+        let known = ["web".to_string(), "api".to_string()];
+        assert_eq!(suggest("wbe", known.iter()), ", did you mean `web`?");
+        assert_eq!(suggest("database", known.iter()), "");
+    }
+}

@@ -1,0 +1,156 @@
+//! The renderer's output and the applier's input: bytes per target, with
+//! everything needed to stage, check, commit and reload them.
+//!
+//! It lives in the model crate so the applier depends on data, not on the
+//! renderer. Paths here are already prefixed with `--root`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::manifest::{Reload, Validator};
+use crate::secret::Secret;
+
+/// Prefix for every destination, pidfile and socket path (`--root`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Layout {
+    /// The root directory, `/` in production.
+    pub root: PathBuf,
+}
+
+impl Layout {
+    /// A layout rooted at `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// `abs` (an absolute path from a manifest) under the root.
+    pub fn path(&self, abs: &str) -> PathBuf {
+        self.root.join(abs.trim_start_matches('/'))
+    }
+
+    /// converge's own state directory (locks, backups, status).
+    pub fn state_dir(&self) -> PathBuf {
+        self.path("/var/lib/converge")
+    }
+}
+
+/// A reload action with its paths resolved under the root.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReloadAction {
+    /// Signal the pid found in `pidfile`.
+    Signal {
+        /// Rooted pidfile path.
+        pidfile: PathBuf,
+        /// Signal name, e.g. `SIGUSR2`.
+        signal: String,
+    },
+    /// Run an argv.
+    Command(Vec<String>),
+    /// Run a string with `/bin/sh -c`.
+    Shell(String),
+    /// Nothing.
+    None,
+}
+
+impl ReloadAction {
+    /// Resolves a manifest reload under `layout`.
+    pub fn resolve(reload: &Reload, layout: &Layout) -> Self {
+        match reload {
+            Reload::Signal { pidfile, signal } => Self::Signal {
+                pidfile: layout.path(pidfile),
+                signal: signal.clone(),
+            },
+            Reload::Command(argv) => Self::Command(argv.clone()),
+            Reload::Shell(s) => Self::Shell(s.clone()),
+            Reload::None => Self::None,
+        }
+    }
+}
+
+/// One rendered target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RenderedFile {
+    /// Target name.
+    pub target: String,
+    /// Rooted destination path.
+    pub destination: PathBuf,
+    /// The complete new contents.
+    #[serde(skip)]
+    pub bytes: Vec<u8>,
+    /// Permission bits.
+    pub mode: u32,
+    /// Owner user name (applied when running as root).
+    pub owner: Option<String>,
+    /// Group name (applied when running as root).
+    pub group: Option<String>,
+    /// Check for the staged candidate.
+    pub validate: Validator,
+    /// Action after commit.
+    pub reload: ReloadAction,
+    /// Unit of commit: the bundle name, or the target name when alone.
+    pub bundle: String,
+    /// Never show contents.
+    pub secret: bool,
+    /// Previous versions to keep.
+    pub backups: u32,
+}
+
+/// A catalog value that was refused because it could break out of its field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Rejection {
+    /// Service name (as the manifest names it).
+    pub service: String,
+    /// Instance id, escaped for display.
+    pub instance: String,
+    /// Which field (`address`, `tags`, `meta.weight`, `id`).
+    pub field: String,
+    /// The value, escaped and truncated for display.
+    pub value: String,
+    /// Why it was refused.
+    pub reason: String,
+}
+
+/// Everything rendered for one node.
+#[derive(Debug, Clone)]
+pub struct RenderedSet {
+    /// Node name.
+    pub node: String,
+    /// Where paths are rooted.
+    pub layout: Layout,
+    /// Rendered files by target name.
+    pub files: BTreeMap<String, RenderedFile>,
+    /// Catalog instances left out, and why.
+    pub rejections: Vec<Rejection>,
+    /// Secret values that must never appear in plans, diffs or logs.
+    pub secrets: Vec<Secret>,
+}
+
+impl RenderedSet {
+    /// Targets grouped by bundle, in bundle-name order.
+    pub fn bundles(&self) -> BTreeMap<&str, Vec<&RenderedFile>> {
+        let mut out: BTreeMap<&str, Vec<&RenderedFile>> = BTreeMap::new();
+        for f in self.files.values() {
+            out.entry(f.bundle.as_str()).or_default().push(f);
+        }
+        out
+    }
+
+    /// Replaces every secret value in `text` with `********`.
+    pub fn redact(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for s in &self.secrets {
+            if !s.expose().is_empty() {
+                out = out.replace(s.expose(), "********");
+            }
+        }
+        out
+    }
+
+    /// The file for `destination`, if one is rendered there.
+    pub fn by_destination(&self, destination: &Path) -> Option<&RenderedFile> {
+        self.files.values().find(|f| f.destination == destination)
+    }
+}
