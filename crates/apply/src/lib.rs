@@ -1,4 +1,6 @@
 //! Turning a rendered set into live files, safely.
 //!
-//! (module docs to be written by the owner of this crate)
+//! (module docs to be completed by the owner of this crate)
 #![deny(missing_docs)]
+
+pub mod validate;
