@@ -124,6 +124,9 @@ pub struct RenderedSet {
     pub files: BTreeMap<String, RenderedFile>,
     /// Catalog instances left out, and why.
     pub rejections: Vec<Rejection>,
+    /// Conditions an operator should see that did not stop the render
+    /// (a database with no primary, a backend with no healthy server).
+    pub warnings: Vec<String>,
     /// Secret values that must never appear in plans, diffs or logs.
     pub secrets: Vec<Secret>,
 }

@@ -1,0 +1,65 @@
+//! Rendering: desired state + catalog snapshot → bytes per target.
+//!
+//! A pure function of its inputs. [`view`] first turns the manifest and the
+//! catalog into a plain, sorted context (servers per backend, the primary
+//! per database, this node's VRRP instances), refusing catalog values that
+//! could break out of their field ([`sanitize`]). Templates then only format
+//! that context; they make no decisions about health or roles, so the same
+//! rules hold whatever template an operator writes.
+//!
+//! Determinism is by construction: every collection in the context is a
+//! sorted `Vec` or a `BTreeMap`, and Tera iterates them in order, so an
+//! unchanged world renders byte-identical files (invariant 3).
+#![deny(missing_docs)]
+
+pub mod error;
+pub mod sanitize;
+pub mod templates;
+pub mod view;
+
+use converge_model::{Catalog, Layout, NodeDesired, ReloadAction, RenderedFile, RenderedSet};
+
+pub use error::RenderError;
+pub use templates::Templates;
+
+/// Renders every target of `desired` against `catalog`, paths under `layout`.
+pub fn render(
+    desired: &NodeDesired,
+    catalog: &Catalog,
+    templates: &Templates,
+    layout: &Layout,
+) -> Result<RenderedSet, RenderError> {
+    let view = view::build(desired, catalog, layout);
+    let context = tera::Context::from_serialize(&view.context).map_err(|e| RenderError::Context {
+        message: e.to_string(),
+    })?;
+    let mut files = std::collections::BTreeMap::new();
+    for (name, target) in &desired.targets {
+        let bytes = templates.render(name, &target.template, &context)?;
+        let mode = converge_model::check::parse_mode(&target.mode).unwrap_or(0o644);
+        files.insert(
+            name.clone(),
+            RenderedFile {
+                target: name.clone(),
+                destination: layout.path(&target.destination),
+                bytes: bytes.into_bytes(),
+                mode,
+                owner: target.owner.clone(),
+                group: target.group.clone(),
+                validate: target.validate.clone(),
+                reload: ReloadAction::resolve(&target.reload, layout),
+                bundle: target.bundle.clone().unwrap_or_else(|| name.clone()),
+                secret: target.secret,
+                backups: target.backups,
+            },
+        );
+    }
+    Ok(RenderedSet {
+        node: desired.name.clone(),
+        layout: layout.clone(),
+        files,
+        rejections: view.rejections,
+        warnings: view.warnings,
+        secrets: desired.secrets.values().cloned().collect(),
+    })
+}
