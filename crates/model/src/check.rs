@@ -109,6 +109,14 @@ impl Manifests {
 
     fn check_backends(&self, errors: &mut Vec<ManifestError>) {
         for (name, be) in &self.manifest.backends {
+            if !crate::load::valid_name(&be.service) {
+                errors.push(self.error(
+                    "backends",
+                    name,
+                    &[key("service")],
+                    format!("service name `{}` may only contain letters, digits, `_`, `-`, `.`", be.service),
+                ));
+            }
             if !(0.0..=1.0).contains(&be.max_drop_fraction) {
                 errors.push(self.error(
                     "backends",
@@ -276,6 +284,31 @@ impl Manifests {
                     ));
                 }
             }
+            let hooks = [
+                ("master", &vip.notify.master),
+                ("backup", &vip.notify.backup),
+                ("fault", &vip.notify.fault),
+            ];
+            for (hook, path) in hooks {
+                if let Some(p) = path {
+                    if !p.starts_with('/') || !plain_token(p) {
+                        errors.push(self.error(
+                            "vips",
+                            name,
+                            &[key("notify"), key(hook)],
+                            format!("`{p}` must be an absolute path without spaces or quotes"),
+                        ));
+                    }
+                }
+            }
+            if !crate::load::valid_name(&vip.interface) || vip.interface.len() > 15 {
+                errors.push(self.error(
+                    "vips",
+                    name,
+                    &[key("interface")],
+                    format!("`{}` is not an interface name", vip.interface),
+                ));
+            }
             for node in vip.priorities.keys() {
                 if !m.nodes.contains_key(node) {
                     errors.push(self.error(
@@ -315,6 +348,14 @@ impl Manifests {
 
     fn check_databases(&self, errors: &mut Vec<ManifestError>) {
         for (name, db) in &self.manifest.databases {
+            if !crate::load::valid_name(&db.service) {
+                errors.push(self.error(
+                    "databases",
+                    name,
+                    &[key("service")],
+                    format!("service name `{}` may only contain letters, digits, `_`, `-`, `.`", db.service),
+                ));
+            }
             if let Some(d) = &db.dbname {
                 if !crate::load::valid_name(d) {
                     errors.push(self.error(
