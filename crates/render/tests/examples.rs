@@ -112,3 +112,13 @@ services:
     assert!(!text(&set, "pgbouncer").contains("app = host="));
     assert!(set.warnings.iter().any(|w| w.contains("claim to be primary")), "{:?}", set.warnings);
 }
+
+#[test]
+#[ignore = "manual: dumps the rendered examples to $DUMP_DIR"]
+fn dump() {
+    let dir = PathBuf::from(std::env::var("DUMP_DIR").expect("DUMP_DIR"));
+    let set = render_node("lb1", &example_catalog());
+    for (name, f) in &set.files {
+        std::fs::write(dir.join(name), &f.bytes).expect("write");
+    }
+}
