@@ -1,0 +1,202 @@
+//! `plan`: what `apply` would change on this node, touching nothing.
+//!
+//! The plan reads each destination (read-only: it opens files, never
+//! creates, locks or stats-and-touches anything) and compares it with the
+//! rendered bytes through the same [`live`](crate::live) comparison `apply`
+//! uses, so the two cannot disagree. Diffs are unified diffs with three
+//! lines of context; every diff passes through
+//! [`RenderedSet::redact`](converge_model::RenderedSet::redact), and a
+//! `secret: true` target's diff body is replaced by a notice, so neither
+//! text nor JSON output can show a secret value (invariant 7).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use converge_model::manifest::Validator;
+use converge_model::{RenderedFile, RenderedSet};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use similar::TextDiff;
+
+use crate::error::ApplyError;
+use crate::live::{self, Change};
+use crate::reload;
+
+/// Everything `apply` would do on one node.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    /// Node name.
+    pub node: String,
+    /// One entry per rendered target, in target-name order.
+    pub files: Vec<PlannedFile>,
+}
+
+/// One target's planned change.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedFile {
+    /// Target name.
+    pub target: String,
+    /// Rooted destination path.
+    pub destination: PathBuf,
+    /// Bundle the target commits with.
+    pub bundle: String,
+    /// What would happen to the file.
+    pub change: Change,
+    /// Unified diff (empty when the bytes are equal); redacted, and hidden
+    /// entirely for secret targets.
+    pub diff: String,
+    /// Mode/owner drift, e.g. `mode 0644 -> 0600`.
+    pub metadata: Vec<String>,
+    /// SHA-256 of the live file, if there is one.
+    pub old_sha256: Option<String>,
+    /// SHA-256 of the rendered bytes.
+    pub new_sha256: String,
+    /// How the candidate would be checked.
+    pub validate: String,
+    /// What would run after commit.
+    pub reload: String,
+}
+
+impl Plan {
+    /// Whether applying would change anything (content or metadata).
+    pub fn has_changes(&self) -> bool {
+        self.files.iter().any(|f| f.change != Change::Unchanged)
+    }
+
+    /// The text form: every diff, then one line per target, then totals.
+    pub fn to_text(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for p in &self.files {
+            f.write_str(&p.diff)?;
+            if !p.diff.is_empty() && !p.diff.ends_with('\n') {
+                f.write_str("\n")?;
+            }
+            for m in &p.metadata {
+                writeln!(f, "~ {} {}: {m}", p.target, p.destination.display())?;
+            }
+        }
+        if self
+            .files
+            .iter()
+            .any(|p| !p.diff.is_empty() || !p.metadata.is_empty())
+        {
+            writeln!(f)?;
+        }
+        let width = self.files.iter().map(|p| p.target.len()).max().unwrap_or(0);
+        for p in &self.files {
+            writeln!(
+                f,
+                "{:<9}  {:<width$}  {}  validate: {}  reload: {}",
+                p.change.as_str(),
+                p.target,
+                p.destination.display(),
+                p.validate,
+                p.reload,
+            )?;
+        }
+        let count = |c: Change| self.files.iter().filter(|p| p.change == c).count();
+        writeln!(
+            f,
+            "node {}: {} new, {} changed, {} metadata only, {} unchanged",
+            self.node,
+            count(Change::New),
+            count(Change::Changed),
+            count(Change::Metadata),
+            count(Change::Unchanged),
+        )
+    }
+}
+
+/// Compares every rendered target with what is on disk now. Reads only;
+/// a missing destination is [`Change::New`], an unreadable one an error
+/// naming its path.
+pub fn plan(set: &RenderedSet) -> Result<Plan, ApplyError> {
+    let mut files = Vec::with_capacity(set.files.len());
+    for file in set.files.values() {
+        let current = live::read(file)?;
+        let own = live::ownership(file)?;
+        let (change, metadata) = live::compare(file, current.as_ref(), own);
+        let old = current.as_ref().map(|l| l.bytes.as_slice());
+        let diff = match change {
+            Change::Changed | Change::New => set.redact(&diff_text(set, file, old)),
+            Change::Unchanged | Change::Metadata => String::new(),
+        };
+        files.push(PlannedFile {
+            target: file.target.clone(),
+            destination: file.destination.clone(),
+            bundle: file.bundle.clone(),
+            change,
+            diff,
+            metadata,
+            old_sha256: old.map(sha256_hex),
+            new_sha256: sha256_hex(&file.bytes),
+            validate: set.redact(&describe_validator(&file.validate)),
+            reload: set.redact(&reload::describe(&file.reload)),
+        });
+    }
+    Ok(Plan {
+        node: set.node.clone(),
+        files,
+    })
+}
+
+/// Lowercase hex SHA-256.
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The validator as a person would read it.
+pub fn describe_validator(v: &Validator) -> String {
+    match v {
+        Validator::Haproxy => "haproxy -c -f".into(),
+        Validator::Keepalived => "keepalived -t (scratch netns)".into(),
+        Validator::Pgbouncer => "pgbouncer trial start".into(),
+        Validator::Command(argv) => format!("run: {}", argv.join(" ")),
+        Validator::None => "none".into(),
+    }
+}
+
+/// `etc/haproxy/haproxy.cfg` for a destination under the layout root, so
+/// headers read the same whatever `--root` is.
+fn display_path(set: &RenderedSet, dest: &Path) -> String {
+    let rel = dest.strip_prefix(&set.layout.root).unwrap_or(dest);
+    rel.to_string_lossy().trim_start_matches('/').to_string()
+}
+
+/// The unified diff, before redaction.
+fn diff_text(set: &RenderedSet, file: &RenderedFile, old: Option<&[u8]>) -> String {
+    let path = display_path(set, &file.destination);
+    let old_header = match old {
+        Some(_) => format!("a/{path}"),
+        None => "/dev/null".to_string(),
+    };
+    let new_header = format!("b/{path}");
+    if file.secret {
+        return format!(
+            "--- {old_header}\n+++ {new_header}\n# contents of secret target `{}` are hidden\n",
+            file.target
+        );
+    }
+    let (Ok(old_text), Ok(new_text)) = (
+        std::str::from_utf8(old.unwrap_or_default()),
+        std::str::from_utf8(&file.bytes),
+    ) else {
+        return format!("--- {old_header}\n+++ {new_header}\n# binary contents differ\n");
+    };
+    TextDiff::from_lines(old_text, new_text)
+        .unified_diff()
+        .context_radius(3)
+        .header(&old_header, &new_header)
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,451 @@
+//! Telling a program to pick up committed files, and checking it did.
+//!
+//! - `Signal`: the pid comes from the pidfile. No pidfile, or no such
+//!   process, means the program is not running: nothing needs a reload and
+//!   that is not an error (the files are in place for its next start).
+//!   Otherwise the signal is sent and the process must still be alive after
+//!   a short settle window (a zombie counts as dead).
+//! - `Command`: an argv run without a shell; `Shell`: `/bin/sh -c`. Both
+//!   must exit 0 within a timeout, else the process group is killed by pid.
+//!   Output goes to anonymous temp files rather than pipes, so a reload
+//!   command that starts a daemon inheriting its stdio cannot hang us.
+
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, ExitStatus, Stdio};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use converge_model::ReloadAction;
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
+use serde::Serialize;
+
+/// What a reload did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReloadOutcome {
+    /// The action ran (or the signal was delivered) and succeeded.
+    Reloaded,
+    /// The signalled program is not running; the files wait for its start.
+    NotRunning,
+    /// The target's reload is `none`.
+    NoAction,
+    /// Only mode/owner changed; the program's input is the same.
+    NotNeeded,
+}
+
+impl ReloadOutcome {
+    /// The words used in text output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReloadOutcome::Reloaded => "reloaded",
+            ReloadOutcome::NotRunning => "not running, no reload needed",
+            ReloadOutcome::NoAction => "no reload configured",
+            ReloadOutcome::NotNeeded => "metadata only, no reload needed",
+        }
+    }
+
+    /// The more informative of two outcomes, for a bundle with several
+    /// actions.
+    pub(crate) fn merge(self, other: ReloadOutcome) -> ReloadOutcome {
+        fn rank(o: ReloadOutcome) -> u8 {
+            match o {
+                ReloadOutcome::Reloaded => 3,
+                ReloadOutcome::NotRunning => 2,
+                ReloadOutcome::NoAction => 1,
+                ReloadOutcome::NotNeeded => 0,
+            }
+        }
+        if rank(other) > rank(self) {
+            other
+        } else {
+            self
+        }
+    }
+}
+
+/// Why a reload failed (the caller adds the bundle name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Failure {
+    pub command: String,
+    pub detail: String,
+    pub stderr: String,
+}
+
+/// Limits for running reload actions.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub timeout: Duration,
+    pub settle: Duration,
+}
+
+/// The action as a person would read it.
+pub fn describe(action: &ReloadAction) -> String {
+    match action {
+        ReloadAction::Signal { pidfile, signal } => {
+            format!("{signal} → pid in {}", pidfile.display())
+        }
+        ReloadAction::Command(argv) => format!("run: {}", argv.join(" ")),
+        ReloadAction::Shell(s) => format!("sh -c: {s}"),
+        ReloadAction::None => "none".into(),
+    }
+}
+
+/// Runs one reload action.
+pub(crate) fn run(action: &ReloadAction, limits: Limits) -> Result<ReloadOutcome, Failure> {
+    match action {
+        ReloadAction::None => Ok(ReloadOutcome::NoAction),
+        ReloadAction::Signal { pidfile, signal } => signal_pidfile(action, pidfile, signal, limits),
+        ReloadAction::Command(argv) => {
+            let Some((prog, args)) = argv.split_first() else {
+                return Err(Failure {
+                    command: describe(action),
+                    detail: "empty command".into(),
+                    stderr: String::new(),
+                });
+            };
+            let mut cmd = Command::new(prog);
+            cmd.args(args);
+            run_command(action, cmd, limits.timeout).map(|()| ReloadOutcome::Reloaded)
+        }
+        ReloadAction::Shell(script) => {
+            let mut cmd = Command::new("/bin/sh");
+            cmd.arg("-c").arg(script);
+            run_command(action, cmd, limits.timeout).map(|()| ReloadOutcome::Reloaded)
+        }
+    }
+}
+
+fn parse_signal(name: &str) -> Option<Signal> {
+    let upper = name.trim().to_ascii_uppercase();
+    let full = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    Signal::from_str(&full).ok()
+}
+
+fn signal_pidfile(
+    action: &ReloadAction,
+    pidfile: &Path,
+    signal: &str,
+    limits: Limits,
+) -> Result<ReloadOutcome, Failure> {
+    let fail = |detail: String| Failure {
+        command: describe(action),
+        detail,
+        stderr: String::new(),
+    };
+    let Some(sig) = parse_signal(signal) else {
+        return Err(fail(format!("unknown signal `{signal}`")));
+    };
+    let text = match std::fs::read_to_string(pidfile) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(ReloadOutcome::NotRunning),
+        Err(e) => return Err(fail(format!("cannot read {}: {e}", pidfile.display()))),
+    };
+    // HAProxy writes one pid per line; the first is the master.
+    let Some(first) = text.split_whitespace().next() else {
+        return Ok(ReloadOutcome::NotRunning);
+    };
+    let pid = match first.parse::<i32>() {
+        Ok(p) if p > 1 => Pid::from_raw(p),
+        _ => {
+            return Err(fail(format!(
+                "{} does not hold a process id",
+                pidfile.display()
+            )))
+        }
+    };
+    if !alive(pid) {
+        return Ok(ReloadOutcome::NotRunning);
+    }
+    match kill(pid, sig) {
+        Ok(()) => {}
+        Err(nix::errno::Errno::ESRCH) => return Ok(ReloadOutcome::NotRunning),
+        Err(e) => return Err(fail(format!("cannot send {sig} to pid {pid}: {e}"))),
+    }
+    let deadline = Instant::now() + limits.settle;
+    loop {
+        if !alive(pid) {
+            return Err(fail(format!("pid {pid} exited after {sig}")));
+        }
+        if Instant::now() >= deadline {
+            return Ok(ReloadOutcome::Reloaded);
+        }
+        std::thread::sleep(Duration::from_millis(10).min(limits.settle));
+    }
+}
+
+/// Whether `pid` is a live (not zombie) process.
+pub(crate) fn alive(pid: Pid) -> bool {
+    match kill(pid, None) {
+        Ok(()) | Err(nix::errno::Errno::EPERM) => {}
+        Err(_) => return false,
+    }
+    // A zombie still answers signal 0; its state in /proc/PID/stat is `Z`.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_none_or(|state| state != "Z" && state != "X"),
+        Err(_) => true,
+    }
+}
+
+/// Most of a program's output an error message carries.
+const OUTPUT_LIMIT: usize = 4096;
+
+fn run_command(action: &ReloadAction, mut cmd: Command, timeout: Duration) -> Result<(), Failure> {
+    let fail = |detail: String, stderr: String| Failure {
+        command: describe(action),
+        detail,
+        stderr,
+    };
+    let (out, err) = match (tempfile::tempfile(), tempfile::tempfile()) {
+        (Ok(o), Ok(e)) => (o, e),
+        (Err(e), _) | (_, Err(e)) => {
+            return Err(fail(
+                format!("cannot create output file: {e}"),
+                String::new(),
+            ))
+        }
+    };
+    let (out_w, err_w) = match (out.try_clone(), err.try_clone()) {
+        (Ok(o), Ok(e)) => (o, e),
+        (Err(e), _) | (_, Err(e)) => {
+            return Err(fail(
+                format!("cannot create output file: {e}"),
+                String::new(),
+            ))
+        }
+    };
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::from(out_w))
+        .stderr(Stdio::from(err_w))
+        .process_group(0);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| fail(format!("cannot start: {e}"), String::new()))?;
+    let pid = Pid::from_raw(child.id() as i32);
+    let deadline = Instant::now() + timeout;
+    let status: ExitStatus = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) => {}
+            Err(e) => {
+                let _ = killpg(pid, Signal::SIGKILL);
+                let _ = child.wait();
+                return Err(fail(format!("cannot wait: {e}"), String::new()));
+            }
+        }
+        if Instant::now() >= deadline {
+            let _ = killpg(pid, Signal::SIGKILL);
+            let _ = child.wait();
+            return Err(fail(
+                format!(
+                    "timed out after {:.1}s and was killed",
+                    timeout.as_secs_f64()
+                ),
+                collect_output(out, err),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    if status.success() {
+        Ok(())
+    } else {
+        Err(fail(
+            format!("exited with {status}"),
+            collect_output(out, err),
+        ))
+    }
+}
+
+/// Stderr then stdout, trimmed and truncated.
+fn collect_output(mut out: File, mut err: File) -> String {
+    let read = |f: &mut File| {
+        let mut buf = Vec::new();
+        let _ = f.seek(SeekFrom::Start(0));
+        let _ = f.take(OUTPUT_LIMIT as u64).read_to_end(&mut buf);
+        String::from_utf8_lossy(&buf).trim().to_string()
+    };
+    let e = read(&mut err);
+    let o = read(&mut out);
+    let mut text = match (e.is_empty(), o.is_empty()) {
+        (false, false) => format!("{e}\n{o}"),
+        (false, true) => e,
+        (true, false) => o,
+        (true, true) => String::new(),
+    };
+    if text.len() > OUTPUT_LIMIT {
+        let mut cut = OUTPUT_LIMIT;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push_str(" …");
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits {
+            timeout: Duration::from_secs(10),
+            settle: Duration::from_millis(50),
+        }
+    }
+
+    #[test]
+    fn signal_names_parse_with_or_without_prefix() {
+        assert_eq!(parse_signal("SIGUSR2"), Some(Signal::SIGUSR2));
+        assert_eq!(parse_signal("hup"), Some(Signal::SIGHUP));
+        assert_eq!(parse_signal("SIGBOGUS"), None);
+    }
+
+    #[test]
+    fn missing_pidfile_or_dead_pid_is_not_running() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pidfile = dir.path().join("x.pid");
+        let action = ReloadAction::Signal {
+            pidfile: pidfile.clone(),
+            signal: "SIGHUP".into(),
+        };
+        assert_eq!(run(&action, limits()), Ok(ReloadOutcome::NotRunning));
+
+        // A process that has exited and been reaped.
+        let mut child = Command::new("true").spawn().expect("spawn true");
+        let pid = child.id();
+        child.wait().expect("wait");
+        std::fs::write(&pidfile, format!("{pid}\n")).expect("write pidfile");
+        assert_eq!(run(&action, limits()), Ok(ReloadOutcome::NotRunning));
+    }
+
+    #[test]
+    fn garbage_in_pidfile_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pidfile = dir.path().join("x.pid");
+        std::fs::write(&pidfile, "not-a-pid\n").expect("write");
+        let action = ReloadAction::Signal {
+            pidfile: pidfile.clone(),
+            signal: "SIGHUP".into(),
+        };
+        let err = run(&action, limits()).expect_err("garbage pid");
+        assert!(err.detail.contains("x.pid"), "{err:?}");
+    }
+
+    #[test]
+    fn a_signalled_process_that_dies_is_a_failure() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pidfile = dir.path().join("sleep.pid");
+        // `sleep` dies of SIGTERM; it stays our zombie until waited for,
+        // which is what the zombie check is for.
+        let mut child = Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("spawn sleep");
+        std::fs::write(&pidfile, format!("{}\n", child.id())).expect("write pidfile");
+        let term = ReloadAction::Signal {
+            pidfile: pidfile.clone(),
+            signal: "SIGTERM".into(),
+        };
+        let err = run(&term, limits()).expect_err("process died");
+        assert!(err.detail.contains("exited after SIGTERM"), "{err:?}");
+        child.wait().expect("reap");
+    }
+
+    #[test]
+    fn a_signalled_process_that_survives_is_reloaded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pidfile = dir.path().join("sh.pid");
+        let ready = dir.path().join("ready");
+        let hups = dir.path().join("hups");
+        let script = format!(
+            "trap 'echo hup >> {}' HUP; touch {}; while :; do sleep 0.05; done",
+            hups.display(),
+            ready.display()
+        );
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(&script)
+            .spawn()
+            .expect("spawn sh");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !ready.exists() {
+            assert!(Instant::now() < deadline, "shell never became ready");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::fs::write(&pidfile, format!("{}\n", child.id())).expect("write pidfile");
+        let hup = ReloadAction::Signal {
+            pidfile,
+            signal: "HUP".into(),
+        };
+        assert_eq!(run(&hup, limits()), Ok(ReloadOutcome::Reloaded));
+        while !std::fs::read_to_string(&hups).is_ok_and(|s| s.contains("hup")) {
+            assert!(Instant::now() < deadline, "trap never ran");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+        child.wait().expect("reap");
+    }
+
+    #[test]
+    fn a_failing_command_carries_status_and_stderr() {
+        let action = ReloadAction::Command(vec![
+            "sh".into(),
+            "-c".into(),
+            "echo boom >&2; exit 3".into(),
+        ]);
+        let err = run(&action, limits()).expect_err("exit 3");
+        assert!(err.detail.contains("exit status: 3"), "{err:?}");
+        assert_eq!(err.stderr, "boom");
+        assert_eq!(err.command, "run: sh -c echo boom >&2; exit 3");
+    }
+
+    #[test]
+    fn shell_runs_through_sh() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let marker = dir.path().join("ran");
+        let action = ReloadAction::Shell(format!("echo yes > {}", marker.display()));
+        assert_eq!(run(&action, limits()), Ok(ReloadOutcome::Reloaded));
+        assert_eq!(std::fs::read_to_string(marker).expect("marker"), "yes\n");
+    }
+
+    #[test]
+    fn a_hanging_command_is_killed_at_the_timeout() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pidfile = dir.path().join("child.pid");
+        let action =
+            ReloadAction::Shell(format!("sleep 30 & echo $! > {}; wait", pidfile.display()));
+        let started = Instant::now();
+        let err = run(
+            &action,
+            Limits {
+                timeout: Duration::from_millis(300),
+                settle: Duration::ZERO,
+            },
+        )
+        .expect_err("timeout");
+        assert!(err.detail.contains("timed out"), "{err:?}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+        // The whole process group went, grandchildren included.
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .expect("pidfile")
+            .trim()
+            .parse()
+            .expect("pid");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while alive(Pid::from_raw(pid)) {
+            assert!(Instant::now() < deadline, "grandchild {pid} survived");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}

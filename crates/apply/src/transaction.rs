@@ -1,0 +1,475 @@
+//! `apply`: one transaction per bundle, under the node lock.
+//!
+//! For each bundle: read what is live; if nothing differs, stop (no write,
+//! no reload — invariant 3). Otherwise stage a candidate for *every*
+//! member beside its destination, so validators see a complete candidate
+//! set (a changed userlist is checked through its unchanged
+//! `pgbouncer.ini`); validate each; only when all accept, back up, rename
+//! the changed members over their destinations and fsync the directories
+//! (invariants 1 and 2); then run each distinct reload action once. If a
+//! commit step or a reload fails, the previous bytes (held in memory since
+//! the start) are staged and renamed back the same way, or new files
+//! removed, and the reload runs again so the program serves the old config
+//! (invariant 4).
+//!
+//! A failed bundle does not stop the others: each bundle is its own unit.
+//! Failpoints (see [`failpoint`](crate::failpoint)) mark every step a crash
+//! test may stop at.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use converge_model::{ReloadAction, RenderedFile, RenderedSet};
+use nix::unistd::{Gid, Uid};
+use tempfile::TempPath;
+
+use crate::error::ApplyError;
+use crate::failpoint;
+use crate::fsutil;
+use crate::live::{self, Change, Live, Ownership, MODE_MASK};
+use crate::lock::ApplyLock;
+use crate::reload::{self, ReloadOutcome};
+use crate::report::{ApplyReport, BundleReport, Outcome};
+use crate::stage;
+use crate::validate::{self, Candidate};
+
+/// How long an apply waits, and for what.
+#[derive(Debug, Clone)]
+pub struct ApplyOptions {
+    /// How long to wait for another apply on this node to finish.
+    pub lock_timeout: Duration,
+    /// How long a reload command may run before it is killed.
+    pub reload_timeout: Duration,
+    /// How long a signalled process must stay alive to count as reloaded.
+    pub signal_settle: Duration,
+}
+
+impl Default for ApplyOptions {
+    fn default() -> Self {
+        Self {
+            lock_timeout: Duration::from_secs(30),
+            reload_timeout: Duration::from_secs(60),
+            signal_settle: Duration::from_millis(200),
+        }
+    }
+}
+
+/// Brings every bundle of `set` live, as described in the module docs.
+///
+/// Returns `Err` only when nothing could be attempted (the lock or the
+/// state directory); per-bundle failures are in the report, see
+/// [`ApplyReport::ok`].
+pub fn apply(set: &RenderedSet, opts: &ApplyOptions) -> Result<ApplyReport, ApplyError> {
+    let lock_path = ApplyLock::path_for(&set.layout);
+    let _lock = ApplyLock::acquire(&lock_path, opts.lock_timeout)?;
+    let dirs: BTreeSet<PathBuf> = set
+        .files
+        .values()
+        .filter_map(|f| f.destination.parent().map(Path::to_path_buf))
+        .collect();
+    stage::remove_stale(&dirs);
+    let bundles = set
+        .bundles()
+        .into_iter()
+        .map(|(name, files)| run_bundle(set, name, &files, opts))
+        .collect();
+    Ok(ApplyReport {
+        node: set.node.clone(),
+        bundles,
+    })
+}
+
+/// A bundle member and what is live at its destination.
+struct Member<'a> {
+    file: &'a RenderedFile,
+    live: Option<Live>,
+    own: Ownership,
+    change: Change,
+}
+
+fn run_bundle(
+    set: &RenderedSet,
+    name: &str,
+    files: &[&RenderedFile],
+    opts: &ApplyOptions,
+) -> BundleReport {
+    let targets = files.iter().map(|f| f.target.clone()).collect();
+    let members = match inspect(files) {
+        Ok(m) => m,
+        Err(e) => {
+            return report(set, name, targets, Vec::new(), Err(Failure::Failed(e)));
+        }
+    };
+    let changed = members
+        .iter()
+        .filter(|m| m.change != Change::Unchanged)
+        .map(|m| m.file.target.clone())
+        .collect();
+    let result = Txn {
+        set,
+        name,
+        members: &members,
+        opts,
+    }
+    .run();
+    report(set, name, targets, changed, result)
+}
+
+fn inspect<'a>(files: &[&'a RenderedFile]) -> Result<Vec<Member<'a>>, ApplyError> {
+    files
+        .iter()
+        .map(|&file| {
+            let live = live::read(file)?;
+            let own = live::ownership(file)?;
+            let (change, _) = live::compare(file, live.as_ref(), own);
+            Ok(Member {
+                file,
+                live,
+                own,
+                change,
+            })
+        })
+        .collect()
+}
+
+/// Why a bundle did not go live.
+enum Failure {
+    Rejected(ApplyError),
+    Failed(ApplyError),
+    RolledBack(String),
+}
+
+fn report(
+    set: &RenderedSet,
+    name: &str,
+    targets: Vec<String>,
+    changed: Vec<String>,
+    result: Result<Outcome, Failure>,
+) -> BundleReport {
+    let outcome = match result {
+        Ok(o) => o,
+        Err(Failure::Rejected(e)) => Outcome::Rejected {
+            error: set.redact(&e.to_string()),
+        },
+        Err(Failure::Failed(e)) => Outcome::Failed {
+            error: set.redact(&e.to_string()),
+        },
+        Err(Failure::RolledBack(e)) => Outcome::RolledBack {
+            error: set.redact(&e),
+        },
+    };
+    match &outcome {
+        Outcome::Unchanged => tracing::debug!(bundle = name, "unchanged"),
+        Outcome::Applied { reload } => tracing::info!(bundle = name, ?reload, "applied"),
+        Outcome::Rejected { error } | Outcome::Failed { error } | Outcome::RolledBack { error } => {
+            tracing::warn!(bundle = name, outcome = ?outcome_kind(&outcome), %error, "bundle not applied")
+        }
+    }
+    BundleReport {
+        bundle: name.to_string(),
+        targets,
+        changed,
+        outcome,
+    }
+}
+
+fn outcome_kind(o: &Outcome) -> &'static str {
+    match o {
+        Outcome::Unchanged => "unchanged",
+        Outcome::Applied { .. } => "applied",
+        Outcome::Rejected { .. } => "rejected",
+        Outcome::Failed { .. } => "failed",
+        Outcome::RolledBack { .. } => "rolled_back",
+    }
+}
+
+/// One bundle's transaction.
+struct Txn<'a> {
+    set: &'a RenderedSet,
+    name: &'a str,
+    members: &'a [Member<'a>],
+    opts: &'a ApplyOptions,
+}
+
+impl Txn<'_> {
+    fn run(&self) -> Result<Outcome, Failure> {
+        if self.members.iter().all(|m| m.change == Change::Unchanged) {
+            return Ok(Outcome::Unchanged);
+        }
+        let rewrites: Vec<&Member> = self
+            .members
+            .iter()
+            .filter(|m| m.change.rewrites())
+            .collect();
+        if rewrites.is_empty() {
+            self.fix_metadata().map_err(Failure::Failed)?;
+            return Ok(Outcome::Applied {
+                reload: ReloadOutcome::NotNeeded,
+            });
+        }
+
+        let mut staged = self.stage_all().map_err(Failure::Failed)?;
+        failpoint::hit("staged");
+        self.validate_all(&staged).map_err(Failure::Rejected)?;
+        failpoint::hit("validated");
+
+        // Only the rewritten members are committed; the other candidates
+        // existed for the validators and are deleted here.
+        let mut to_commit: Vec<(&Member, TempPath)> = Vec::with_capacity(rewrites.len());
+        for (m, tmp) in self.members.iter().zip(staged.drain(..)) {
+            if m.change.rewrites() {
+                to_commit.push((m, tmp));
+            }
+        }
+        self.back_up(&rewrites).map_err(Failure::Failed)?;
+        failpoint::hit("backed-up");
+
+        let committed = self.commit(to_commit)?;
+        failpoint::hit("committed");
+
+        match self.reload_all() {
+            Ok(reload) => {
+                failpoint::hit("reloaded");
+                Ok(Outcome::Applied { reload })
+            }
+            Err(e) => {
+                tracing::warn!(bundle = self.name, error = %self.set.redact(&e.to_string()), "reload failed; rolling back");
+                Err(Failure::RolledBack(self.roll_back(
+                    &committed,
+                    &e.to_string(),
+                    true,
+                )))
+            }
+        }
+    }
+
+    fn stage_all(&self) -> Result<Vec<TempPath>, ApplyError> {
+        self.members
+            .iter()
+            .map(|m| {
+                stage::write(&m.file.destination, &m.file.bytes, m.file.mode, m.own).map_err(
+                    |source| ApplyError::Stage {
+                        target: m.file.target.clone(),
+                        path: m.file.destination.clone(),
+                        source,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn validate_all(&self, staged: &[TempPath]) -> Result<(), ApplyError> {
+        let siblings: Vec<(PathBuf, PathBuf)> = self
+            .members
+            .iter()
+            .zip(staged)
+            .map(|(m, s)| (m.file.destination.clone(), s.to_path_buf()))
+            .collect();
+        for (m, s) in self.members.iter().zip(staged) {
+            validate::validate(&Candidate {
+                file: m.file,
+                staged: s,
+                siblings: &siblings,
+            })
+            .map_err(ApplyError::Rejected)?;
+        }
+        Ok(())
+    }
+
+    fn back_up(&self, rewrites: &[&Member]) -> Result<(), ApplyError> {
+        for m in rewrites {
+            if let Some(live) = &m.live {
+                crate::backup::save(
+                    &self.set.layout,
+                    &m.file.target,
+                    &m.file.destination,
+                    &live.bytes,
+                    m.file.backups,
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Renames each candidate over its destination and syncs the
+    /// directories. On failure, whatever was renamed is put back.
+    fn commit<'m>(
+        &self,
+        to_commit: Vec<(&'m Member<'m>, TempPath)>,
+    ) -> Result<Vec<&'m Member<'m>>, Failure> {
+        let multi = to_commit.len() > 1;
+        let mut committed: Vec<&Member> = Vec::with_capacity(to_commit.len());
+        for (m, tmp) in to_commit {
+            let dest = &m.file.destination;
+            if let Err(e) = tmp.persist(dest) {
+                let err = ApplyError::Commit {
+                    target: m.file.target.clone(),
+                    path: dest.clone(),
+                    source: e.error,
+                };
+                return Err(Failure::RolledBack(self.roll_back(
+                    &committed,
+                    &err.to_string(),
+                    false,
+                )));
+            }
+            tracing::info!(bundle = self.name, target = %m.file.target, path = %dest.display(), "committed");
+            committed.push(m);
+            if multi && committed.len() == 1 {
+                failpoint::hit("committed-one");
+            }
+        }
+        for dir in dirs_of(&committed) {
+            if let Err(source) = fsutil::sync_dir(&dir) {
+                let err = ApplyError::Commit {
+                    target: committed
+                        .first()
+                        .map(|m| m.file.target.clone())
+                        .unwrap_or_default(),
+                    path: dir,
+                    source,
+                };
+                return Err(Failure::RolledBack(self.roll_back(
+                    &committed,
+                    &err.to_string(),
+                    false,
+                )));
+            }
+        }
+        if let Err(e) = self.fix_metadata() {
+            return Err(Failure::RolledBack(self.roll_back(
+                &committed,
+                &e.to_string(),
+                false,
+            )));
+        }
+        Ok(committed)
+    }
+
+    /// Sets mode/owner in place on members whose bytes were already right.
+    fn fix_metadata(&self) -> Result<(), ApplyError> {
+        for m in self.members.iter().filter(|m| m.change == Change::Metadata) {
+            let path = &m.file.destination;
+            let err = |source: std::io::Error| ApplyError::Metadata {
+                target: m.file.target.clone(),
+                path: path.clone(),
+                source,
+            };
+            let f = std::fs::File::open(path).map_err(err)?;
+            if m.own.uid.is_some() || m.own.gid.is_some() {
+                nix::unistd::fchown(&f, m.own.uid, m.own.gid).map_err(|e| err(e.into()))?;
+            }
+            use std::os::unix::fs::PermissionsExt;
+            f.set_permissions(std::fs::Permissions::from_mode(m.file.mode & MODE_MASK))
+                .map_err(err)?;
+            f.sync_all().map_err(err)?;
+            tracing::info!(bundle = self.name, target = %m.file.target, "fixed mode/owner");
+        }
+        Ok(())
+    }
+
+    /// Runs each distinct reload action of the bundle once, in member order.
+    fn reload_all(&self) -> Result<ReloadOutcome, ApplyError> {
+        let limits = reload::Limits {
+            timeout: self.opts.reload_timeout,
+            settle: self.opts.signal_settle,
+        };
+        let mut actions: Vec<&ReloadAction> = Vec::new();
+        for m in self.members {
+            if !actions.contains(&&m.file.reload) {
+                actions.push(&m.file.reload);
+            }
+        }
+        let mut outcome = ReloadOutcome::NoAction;
+        for action in actions {
+            let o = reload::run(action, limits).map_err(|f| ApplyError::Reload {
+                bundle: self.name.to_string(),
+                command: f.command,
+                detail: f.detail,
+                stderr: f.stderr,
+            })?;
+            tracing::info!(bundle = self.name, action = %reload::describe(action), outcome = o.as_str(), "reload");
+            outcome = outcome.merge(o);
+        }
+        Ok(outcome)
+    }
+
+    /// Puts back the previous bytes (or removes files that were new) of
+    /// `committed`, then, if `reload`, reloads. Returns the text for the
+    /// report: the original error and what the rollback did.
+    fn roll_back(&self, committed: &[&Member], cause: &str, reload: bool) -> String {
+        let mut restore_errors = Vec::new();
+        for m in committed.iter().rev() {
+            if let Err(e) = restore(m) {
+                restore_errors.push(e.to_string());
+            }
+        }
+        for dir in dirs_of(committed) {
+            if let Err(e) = fsutil::sync_dir(&dir) {
+                restore_errors.push(format!("cannot sync {}: {e}", dir.display()));
+            }
+        }
+        failpoint::hit("rolled-back");
+        let mut text = cause.to_string();
+        if restore_errors.is_empty() {
+            text.push_str("; restored the previous files");
+        } else {
+            text.push_str("; ROLLBACK INCOMPLETE: ");
+            text.push_str(&restore_errors.join("; "));
+        }
+        if reload {
+            match self.reload_all() {
+                Ok(_) => text.push_str(" and reloaded them"),
+                Err(e) => {
+                    text.push_str(", but reloading them failed too: ");
+                    text.push_str(&e.to_string());
+                }
+            }
+        }
+        text
+    }
+}
+
+/// Writes `m`'s previous bytes back atomically with their previous mode
+/// and owner, or removes the file if there was none.
+fn restore(m: &Member) -> Result<(), ApplyError> {
+    let dest = &m.file.destination;
+    let err = |source: std::io::Error| ApplyError::Restore {
+        target: m.file.target.clone(),
+        path: dest.clone(),
+        source,
+    };
+    match &m.live {
+        Some(live) => {
+            use std::os::unix::fs::MetadataExt;
+            let own = if Uid::effective().is_root() {
+                Ownership {
+                    uid: Some(Uid::from_raw(live.meta.uid())),
+                    gid: Some(Gid::from_raw(live.meta.gid())),
+                }
+            } else {
+                Ownership::default()
+            };
+            let tmp = stage::write(dest, &live.bytes, live.meta.mode(), own).map_err(err)?;
+            tmp.persist(dest).map_err(|e| err(e.error))?;
+        }
+        None => match std::fs::remove_file(dest) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(err(e)),
+        },
+    }
+    tracing::info!(target = %m.file.target, path = %dest.display(), "restored previous file");
+    Ok(())
+}
+
+fn dirs_of(members: &[&Member]) -> BTreeSet<PathBuf> {
+    members
+        .iter()
+        .filter_map(|m| m.file.destination.parent().map(Path::to_path_buf))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;
