@@ -44,14 +44,20 @@ impl Manifests {
         for (name, fe) in &m.frontends {
             let mut refs = vec![(vec![key("default_backend")], &fe.default_backend)];
             for (i, r) in fe.routes.iter().enumerate() {
-                refs.push((vec![key("routes"), Segment::Index(i), key("backend")], &r.backend));
+                refs.push((
+                    vec![key("routes"), Segment::Index(i), key("backend")],
+                    &r.backend,
+                ));
                 if fe.mode == Mode::Tcp {
-                    errors.push(self.error(
-                        "frontends",
-                        name,
-                        &[key("routes"), Segment::Index(i)],
-                        "routes need `mode: http`; a tcp frontend has only `default_backend`".into(),
-                    ));
+                    errors.push(
+                        self.error(
+                            "frontends",
+                            name,
+                            &[key("routes"), Segment::Index(i)],
+                            "routes need `mode: http`; a tcp frontend has only `default_backend`"
+                                .into(),
+                        ),
+                    );
                 }
                 if r.host.is_none() && r.path_prefix.is_none() {
                     errors.push(self.error(
@@ -80,19 +86,30 @@ impl Manifests {
                         "frontends",
                         name,
                         &path,
-                        format!("backend `{backend}` is not defined{}", suggest(backend, m.backends.keys())),
+                        format!(
+                            "backend `{backend}` is not defined{}",
+                            suggest(backend, m.backends.keys())
+                        ),
                     )),
                     Some(be) if be.mode != fe.mode => errors.push(self.error(
                         "frontends",
                         name,
                         &path,
-                        format!("backend `{backend}` is mode {:?} but this frontend is mode {:?}", be.mode, fe.mode),
+                        format!(
+                            "backend `{backend}` is mode {:?} but this frontend is mode {:?}",
+                            be.mode, fe.mode
+                        ),
                     )),
                     Some(_) => {}
                 }
             }
             if fe.bind.is_empty() {
-                errors.push(self.error("frontends", name, &[key("bind")], "needs at least one address".into()));
+                errors.push(self.error(
+                    "frontends",
+                    name,
+                    &[key("bind")],
+                    "needs at least one address".into(),
+                ));
             }
             for (i, b) in fe.bind.iter().enumerate() {
                 if !valid_bind(b) {
@@ -114,7 +131,10 @@ impl Manifests {
                     "backends",
                     name,
                     &[key("service")],
-                    format!("service name `{}` may only contain letters, digits, `_`, `-`, `.`", be.service),
+                    format!(
+                        "service name `{}` may only contain letters, digits, `_`, `-`, `.`",
+                        be.service
+                    ),
                 ));
             }
             if !(0.0..=1.0).contains(&be.max_drop_fraction) {
@@ -141,7 +161,10 @@ impl Manifests {
                         "backends",
                         name,
                         &[key("health_check"), key("path")],
-                        format!("`{}` must start with `/` and contain no spaces, quotes or `#`", hc.path),
+                        format!(
+                            "`{}` must start with `/` and contain no spaces, quotes or `#`",
+                            hc.path
+                        ),
                     ));
                 }
                 if be.mode == Mode::Tcp {
@@ -159,7 +182,10 @@ impl Manifests {
                         "backends",
                         name,
                         &[key("sticky"), key("cookie")],
-                        format!("cookie name `{}` may only contain letters, digits, `_`, `-`, `.`", s.cookie),
+                        format!(
+                            "cookie name `{}` may only contain letters, digits, `_`, `-`, `.`",
+                            s.cookie
+                        ),
                     ));
                 }
             }
@@ -182,7 +208,10 @@ impl Manifests {
                     "targets",
                     name,
                     &[key("destination")],
-                    format!("target `{first}` already writes `{}`; two targets cannot own one file", t.destination),
+                    format!(
+                        "target `{first}` already writes `{}`; two targets cannot own one file",
+                        t.destination
+                    ),
                 ));
             }
             if parse_mode(&t.mode).is_none() {
@@ -203,21 +232,31 @@ impl Manifests {
             }
             if let Validator::Command(argv) = &t.validate {
                 if argv.is_empty() {
-                    errors.push(self.error("targets", name, &[key("validate")], "empty command".into()));
-                }
-            }
-            match &t.reload {
-                Reload::Signal { signal, .. } if !SIGNALS.contains(&signal.as_str()) => {
                     errors.push(self.error(
                         "targets",
                         name,
+                        &[key("validate")],
+                        "empty command".into(),
+                    ));
+                }
+            }
+            match &t.reload {
+                Reload::Signal { signal, .. } if !SIGNALS.contains(&signal.as_str()) => errors
+                    .push(self.error(
+                        "targets",
+                        name,
                         &[key("reload"), key("signal"), key("signal")],
-                        format!("unknown signal `{signal}`, expected one of: {}", SIGNALS.join(", ")),
-                    ))
-                }
-                Reload::Command(argv) if argv.is_empty() => {
-                    errors.push(self.error("targets", name, &[key("reload")], "empty command".into()))
-                }
+                        format!(
+                            "unknown signal `{signal}`, expected one of: {}",
+                            SIGNALS.join(", ")
+                        ),
+                    )),
+                Reload::Command(argv) if argv.is_empty() => errors.push(self.error(
+                    "targets",
+                    name,
+                    &[key("reload")],
+                    "empty command".into(),
+                )),
                 _ => {}
             }
         }
@@ -227,7 +266,12 @@ impl Manifests {
         let m = &self.manifest;
         if m.nodes.is_empty() {
             if let Some(first) = m.targets.keys().next() {
-                errors.push(self.error("targets", first, &[], "no nodes are defined; add a `nodes:` section".into()));
+                errors.push(self.error(
+                    "targets",
+                    first,
+                    &[],
+                    "no nodes are defined; add a `nodes:` section".into(),
+                ));
             }
         }
         for (name, node) in &m.nodes {
@@ -237,7 +281,10 @@ impl Manifests {
                         "nodes",
                         name,
                         &[key("targets"), Segment::Index(i)],
-                        format!("target `{t}` is not defined{}", suggest(t, m.targets.keys())),
+                        format!(
+                            "target `{t}` is not defined{}",
+                            suggest(t, m.targets.keys())
+                        ),
                     ));
                 }
             }
@@ -248,7 +295,9 @@ impl Manifests {
                             "nodes",
                             name,
                             &[key("vars")],
-                            format!("node `{name}` lacks var `{var}`, which target `{tname}` requires"),
+                            format!(
+                                "node `{name}` lacks var `{var}`, which target `{tname}` requires"
+                            ),
                         ));
                     }
                 }
@@ -265,14 +314,27 @@ impl Manifests {
                     "vips",
                     name,
                     &[key("virtual_router_id")],
-                    format!("virtual_router_id {} is already used by vip `{first}`", vip.virtual_router_id),
+                    format!(
+                        "virtual_router_id {} is already used by vip `{first}`",
+                        vip.virtual_router_id
+                    ),
                 ));
             }
             if vip.virtual_router_id == 0 {
-                errors.push(self.error("vips", name, &[key("virtual_router_id")], "must be 1..=255".into()));
+                errors.push(self.error(
+                    "vips",
+                    name,
+                    &[key("virtual_router_id")],
+                    "must be 1..=255".into(),
+                ));
             }
             if vip.addresses.is_empty() {
-                errors.push(self.error("vips", name, &[key("addresses")], "needs at least one address".into()));
+                errors.push(self.error(
+                    "vips",
+                    name,
+                    &[key("addresses")],
+                    "needs at least one address".into(),
+                ));
             }
             for (i, a) in vip.addresses.iter().enumerate() {
                 if !valid_cidr(a) {
@@ -315,7 +377,10 @@ impl Manifests {
                         "vips",
                         name,
                         &[key("priorities"), key(node)],
-                        format!("node `{node}` is not defined{}", suggest(node, m.nodes.keys())),
+                        format!(
+                            "node `{node}` is not defined{}",
+                            suggest(node, m.nodes.keys())
+                        ),
                     ));
                 }
             }
@@ -339,7 +404,9 @@ impl Manifests {
                         "nodes",
                         node_name,
                         &[],
-                        format!("vip `{name}` uses unicast, so node `{node_name}` needs an `address`"),
+                        format!(
+                            "vip `{name}` uses unicast, so node `{node_name}` needs an `address`"
+                        ),
                     ));
                 }
             }
@@ -353,7 +420,10 @@ impl Manifests {
                     "databases",
                     name,
                     &[key("service")],
-                    format!("service name `{}` may only contain letters, digits, `_`, `-`, `.`", db.service),
+                    format!(
+                        "service name `{}` may only contain letters, digits, `_`, `-`, `.`",
+                        db.service
+                    ),
                 ));
             }
             if let Some(d) = &db.dbname {
@@ -395,7 +465,8 @@ pub fn parse_mode(mode: &str) -> Option<u32> {
 fn plain_token(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 256
-        && s.chars().all(|c| c.is_ascii_graphic() && !matches!(c, '"' | '\'' | '#' | '\\'))
+        && s.chars()
+            .all(|c| c.is_ascii_graphic() && !matches!(c, '"' | '\'' | '#' | '\\'))
 }
 
 /// One line: tokens and single spaces, no `#`, quotes or control characters.
@@ -408,7 +479,12 @@ fn valid_bind(b: &str) -> bool {
         return false;
     };
     port.parse::<u16>().is_ok_and(|p| p > 0)
-        && (addr.is_empty() || addr == "*" || addr.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok())
+        && (addr.is_empty()
+            || addr == "*"
+            || addr
+                .trim_matches(['[', ']'])
+                .parse::<std::net::IpAddr>()
+                .is_ok())
 }
 
 fn valid_cidr(a: &str) -> bool {

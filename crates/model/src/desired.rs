@@ -72,7 +72,10 @@ impl Manifests {
                     column: 0,
                 },
                 path: "nodes".into(),
-                message: format!("node `{name}` is not defined; known nodes: {}", known.join(", ")),
+                message: format!(
+                    "node `{name}` is not defined; known nodes: {}",
+                    known.join(", ")
+                ),
             }]));
         };
         let targets: BTreeMap<String, Target> = self
@@ -105,7 +108,12 @@ impl Manifests {
                     Ok(s) => {
                         secrets.insert(format!("vips.{vname}.auth_pass"), s);
                     }
-                    Err(e) => errors.push(self.error("vips", vname, &[Segment::Key("auth_pass".into())], e)),
+                    Err(e) => errors.push(self.error(
+                        "vips",
+                        vname,
+                        &[Segment::Key("auth_pass".into())],
+                        e,
+                    )),
                 }
             }
             vips.insert(

@@ -28,5 +28,5 @@ pub use desired::NodeDesired;
 pub use error::{Location, ManifestError, ManifestErrors};
 pub use load::Manifests;
 pub use manifest::Manifest;
-pub use secret::Secret;
 pub use rendered::{Layout, Rejection, ReloadAction, RenderedFile, RenderedSet};
+pub use secret::Secret;

@@ -62,10 +62,7 @@ impl Manifests {
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| {
                 p.is_file()
-                    && matches!(
-                        p.extension().and_then(|e| e.to_str()),
-                        Some("yaml" | "yml")
-                    )
+                    && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
             })
             .collect();
         files.sort();
@@ -268,7 +265,12 @@ impl Manifests {
         })
     }
 
-    fn error_for_serde(&self, file_id: usize, mut path: Vec<Segment>, message: String) -> ManifestError {
+    fn error_for_serde(
+        &self,
+        file_id: usize,
+        mut path: Vec<Segment>,
+        message: String,
+    ) -> ManifestError {
         // For an unknown field, point at the offending key itself.
         if let Some(field) = backticked(&message, "unknown field `") {
             if path.last() != Some(&Segment::Key(field.clone())) {
@@ -294,7 +296,13 @@ impl Manifests {
     }
 
     /// An error about entry `name` of `section` at the sub-path `rest`.
-    pub fn error(&self, section: &str, name: &str, rest: &[Segment], message: String) -> ManifestError {
+    pub fn error(
+        &self,
+        section: &str,
+        name: &str,
+        rest: &[Segment],
+        message: String,
+    ) -> ManifestError {
         let mut path = vec![Segment::Key(section.into()), Segment::Key(name.into())];
         path.extend_from_slice(rest);
         match self.origins.get(&(section.to_string(), name.to_string())) {
@@ -342,7 +350,10 @@ pub fn valid_name(name: &str) -> bool {
 }
 
 /// Parses a whole document into `T`, placing a failure at `file:line:col`.
-pub(crate) fn parse_typed<T: DeserializeOwned>(path: &Path, text: &str) -> Result<T, ManifestErrors> {
+pub(crate) fn parse_typed<T: DeserializeOwned>(
+    path: &Path,
+    text: &str,
+) -> Result<T, ManifestErrors> {
     let value: Value = serde_yaml::from_str(text)
         .map_err(|e| ManifestErrors(vec![yaml_error(path, &e, String::new())]))?;
     let value = if value.is_null() {
@@ -382,7 +393,10 @@ fn backticked(message: &str, after: &str) -> Option<String> {
 }
 
 fn yaml_error(path: &Path, e: &serde_yaml::Error, field: String) -> ManifestError {
-    let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
+    let (line, column) = e
+        .location()
+        .map(|l| (l.line(), l.column()))
+        .unwrap_or((0, 0));
     ManifestError {
         location: Location {
             file: path.to_path_buf(),

@@ -84,7 +84,9 @@ mod tests {
     fn file_secret_strips_one_newline() {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("p"), "s3cret\n").expect("write");
-        let got = SecretRef::File("p".into()).resolve(dir.path()).expect("resolve");
+        let got = SecretRef::File("p".into())
+            .resolve(dir.path())
+            .expect("resolve");
         assert_eq!(got.expose(), "s3cret");
     }
 }

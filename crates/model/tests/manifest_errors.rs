@@ -43,7 +43,10 @@ fn errors(files: &[(&str, &str)]) -> Vec<String> {
 }
 
 fn line_of(text: &str, needle: &str) -> usize {
-    text.lines().position(|l| l.contains(needle)).expect("needle") + 1
+    text.lines()
+        .position(|l| l.contains(needle))
+        .expect("needle")
+        + 1
 }
 
 #[test]
@@ -53,18 +56,30 @@ fn the_base_is_valid() {
 
 #[test]
 fn unknown_field_points_at_the_key() {
-    let text = BASE.replace("    service: web\n", "    service: web\n    balanse: leastconn\n");
+    let text = BASE.replace(
+        "    service: web\n",
+        "    service: web\n    balanse: leastconn\n",
+    );
     let errs = errors(&[("a.yaml", &text)]);
-    let want = format!("m/a.yaml:{}:5: backends.web.balanse: unknown field `balanse`", line_of(&text, "balanse"));
+    let want = format!(
+        "m/a.yaml:{}:5: backends.web.balanse: unknown field `balanse`",
+        line_of(&text, "balanse")
+    );
     assert!(errs[0].starts_with(&want), "{errs:?}");
 }
 
 #[test]
 fn wrong_type_names_field_and_line() {
-    let text = BASE.replace("    service: web\n", "    service: web\n    maxconn: lots\n");
+    let text = BASE.replace(
+        "    service: web\n",
+        "    service: web\n    maxconn: lots\n",
+    );
     let errs = errors(&[("a.yaml", &text)]);
     let want = format!("m/a.yaml:{}:", line_of(&text, "maxconn"));
-    assert!(errs[0].starts_with(&want) && errs[0].contains("backends.web.maxconn"), "{errs:?}");
+    assert!(
+        errs[0].starts_with(&want) && errs[0].contains("backends.web.maxconn"),
+        "{errs:?}"
+    );
 }
 
 #[test]
@@ -83,8 +98,10 @@ fn node_missing_a_var_the_template_needs() {
     );
     let errs = errors(&[("a.yaml", &text)]);
     assert!(
-        errs.iter().any(|e| e.starts_with(&format!("m/a.yaml:{}:", line_of(&text, "vars:")))
-            && e.contains("lacks var `vrrp_priority`, which target `keepalived` requires")),
+        errs.iter().any(
+            |e| e.starts_with(&format!("m/a.yaml:{}:", line_of(&text, "vars:")))
+                && e.contains("lacks var `vrrp_priority`, which target `keepalived` requires")
+        ),
         "{errs:?}"
     );
 }
@@ -95,7 +112,14 @@ fn two_targets_one_destination() {
         "{BASE}  other:\n    template: x.tera\n    destination: /etc/haproxy/haproxy.cfg\n    validate: none\n"
     );
     let errs = errors(&[("a.yaml", &text)]);
-    let line = text.lines().enumerate().filter(|(_, l)| l.contains("/etc/haproxy/haproxy.cfg")).nth(1).expect("second").0 + 1;
+    let line = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.contains("/etc/haproxy/haproxy.cfg"))
+        .nth(1)
+        .expect("second")
+        .0
+        + 1;
     assert_eq!(
         errs,
         vec![format!("m/a.yaml:{line}:5: targets.other.destination: target `haproxy` already writes `/etc/haproxy/haproxy.cfg`; two targets cannot own one file")]
@@ -108,15 +132,26 @@ fn every_problem_in_every_file_is_reported() {
     let bad2 = "backends:\n  api:\n    service: api\n    mode: udp\nfrontendz: {}\n";
     let errs = errors(&[("a.yaml", &bad1), ("b.yaml", bad2)]);
     assert_eq!(errs.len(), 3, "{errs:?}");
-    assert!(errs[1].starts_with("m/b.yaml:4:") && errs[1].contains("backends.api.mode"), "{errs:?}");
-    assert!(errs[2].starts_with("m/b.yaml:5:1: frontendz: unknown section"), "{errs:?}");
+    assert!(
+        errs[1].starts_with("m/b.yaml:4:") && errs[1].contains("backends.api.mode"),
+        "{errs:?}"
+    );
+    assert!(
+        errs[2].starts_with("m/b.yaml:5:1: frontendz: unknown section"),
+        "{errs:?}"
+    );
 }
 
 #[test]
 fn duplicate_definition_across_files_names_both() {
     let dup = "backends:\n  web:\n    service: web2\n";
     let errs = errors(&[("a.yaml", BASE), ("b.yaml", dup)]);
-    assert_eq!(errs, vec!["m/b.yaml:2:3: backends.web: backends `web` is already defined in m/a.yaml".to_string()]);
+    assert_eq!(
+        errs,
+        vec![
+            "m/b.yaml:2:3: backends.web: backends `web` is already defined in m/a.yaml".to_string()
+        ]
+    );
 }
 
 #[test]
@@ -130,6 +165,14 @@ fn yaml_syntax_error_has_a_location() {
 fn unknown_node_in_priorities_and_bad_cidr() {
     let text = format!("{BASE}vips:\n  edge:\n    virtual_router_id: 51\n    interface: eth0\n    addresses: [10.0.0.10]\n    priorities: {{lb1: 100, lb3: 90}}\n");
     let errs = errors(&[("a.yaml", &text)]);
-    assert!(errs.iter().any(|e| e.contains("vips.edge.addresses[0]") && e.contains("CIDR")), "{errs:?}");
-    assert!(errs.iter().any(|e| e.contains("vips.edge.priorities.lb3: node `lb3` is not defined")), "{errs:?}");
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("vips.edge.addresses[0]") && e.contains("CIDR")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("vips.edge.priorities.lb3: node `lb3` is not defined")),
+        "{errs:?}"
+    );
 }

@@ -31,11 +31,15 @@ fn main() {
 
     let mut yaml = String::from("nodes:\n  lb1: {}\nfrontends:\n  http_in:\n    bind: [\":80\"]\n    default_backend: svc-0\nbackends:\n");
     for s in 0..services {
-        let _ = writeln!(yaml, "  svc-{s}:\n    service: svc-{s}\n    health_check: {{path: /up}}");
+        let _ = writeln!(
+            yaml,
+            "  svc-{s}:\n    service: svc-{s}\n    health_check: {{path: /up}}"
+        );
     }
     yaml.push_str("targets:\n  haproxy:\n    template: haproxy.cfg.tera\n    destination: /etc/haproxy/haproxy.cfg\n    validate: haproxy\n");
-    let manifests = Manifests::from_sources(Path::new("bench"), &[(PathBuf::from("bench.yaml"), yaml)])
-        .expect("synthetic manifests");
+    let manifests =
+        Manifests::from_sources(Path::new("bench"), &[(PathBuf::from("bench.yaml"), yaml)])
+            .expect("synthetic manifests");
     manifests.validate().expect("synthetic manifests validate");
     let desired = manifests.for_node("lb1").expect("node");
 
@@ -49,7 +53,11 @@ fn main() {
                 port: 8080,
                 tags: Default::default(),
                 meta: Default::default(),
-                health: if i % 10 == 9 { Health::Critical } else { Health::Passing },
+                health: if i % 10 == 9 {
+                    Health::Critical
+                } else {
+                    Health::Passing
+                },
             })
             .collect();
         catalog.insert(format!("svc-{s}"), instances);

@@ -30,9 +30,10 @@ pub fn render(
     layout: &Layout,
 ) -> Result<RenderedSet, RenderError> {
     let view = view::build(desired, catalog, layout);
-    let context = tera::Context::from_serialize(&view.context).map_err(|e| RenderError::Context {
-        message: e.to_string(),
-    })?;
+    let context =
+        tera::Context::from_serialize(&view.context).map_err(|e| RenderError::Context {
+            message: e.to_string(),
+        })?;
     let mut files = std::collections::BTreeMap::new();
     for (name, target) in &desired.targets {
         let bytes = templates.render(name, &target.template, &context)?;

@@ -36,26 +36,52 @@ pub fn check(service: &str, inst: &Instance) -> Result<(), Rejection> {
         value: shown(value),
         reason: reason.to_string(),
     };
-    if !token(&inst.id, 128, |c| c.is_ascii_alphanumeric() || "_.:-".contains(c)) {
-        return Err(reject("id", &inst.id, "instance ids must match [A-Za-z0-9_.:-]{1,128}"));
+    if !token(&inst.id, 128, |c| {
+        c.is_ascii_alphanumeric() || "_.:-".contains(c)
+    }) {
+        return Err(reject(
+            "id",
+            &inst.id,
+            "instance ids must match [A-Za-z0-9_.:-]{1,128}",
+        ));
     }
-    if !token(&inst.node, 128, |c| c.is_ascii_alphanumeric() || "_.:-".contains(c)) {
-        return Err(reject("node", &inst.node, "node names must match [A-Za-z0-9_.:-]{1,128}"));
+    if !token(&inst.node, 128, |c| {
+        c.is_ascii_alphanumeric() || "_.:-".contains(c)
+    }) {
+        return Err(reject(
+            "node",
+            &inst.node,
+            "node names must match [A-Za-z0-9_.:-]{1,128}",
+        ));
     }
     if !address(&inst.address) {
-        return Err(reject("address", &inst.address, "not an IP address or DNS name"));
+        return Err(reject(
+            "address",
+            &inst.address,
+            "not an IP address or DNS name",
+        ));
     }
     if inst.port == 0 {
         return Err(reject("port", "0", "port 0 cannot be connected to"));
     }
     for tag in &inst.tags {
-        if !token(tag, 128, |c| c.is_ascii_alphanumeric() || "_.:=/@+-".contains(c)) {
-            return Err(reject("tags", tag, "tags must match [A-Za-z0-9_.:=/@+-]{1,128}"));
+        if !token(tag, 128, |c| {
+            c.is_ascii_alphanumeric() || "_.:=/@+-".contains(c)
+        }) {
+            return Err(reject(
+                "tags",
+                tag,
+                "tags must match [A-Za-z0-9_.:=/@+-]{1,128}",
+            ));
         }
     }
     for (k, v) in &inst.meta {
         if !token(k, 128, |c| c.is_ascii_alphanumeric() || "_-".contains(c)) {
-            return Err(reject("meta", k, "meta keys must match [A-Za-z0-9_-]{1,128}"));
+            return Err(reject(
+                "meta",
+                k,
+                "meta keys must match [A-Za-z0-9_-]{1,128}",
+            ));
         }
         if !v.is_empty() && !token(v, 512, |c| c.is_ascii_graphic() && !"\"'#\\;{}".contains(c)) {
             return Err(reject(
@@ -127,16 +153,38 @@ mod tests {
 
     #[test]
     fn each_hostile_field_is_rejected_and_named() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut Instance)>)> = vec![
-            ("address", Box::new(|i| i.address = "10.0.0.1\n    server evil 6.6.6.6:80".into())),
-            ("address", Box::new(|i| i.address = "10.0.0.1 backup".into())),
+        type Mutation = Box<dyn Fn(&mut Instance)>;
+        let cases: Vec<(&str, Mutation)> = vec![
+            (
+                "address",
+                Box::new(|i| i.address = "10.0.0.1\n    server evil 6.6.6.6:80".into()),
+            ),
+            (
+                "address",
+                Box::new(|i| i.address = "10.0.0.1 backup".into()),
+            ),
             ("address", Box::new(|i| i.address = "a".repeat(300))),
             ("id", Box::new(|i| i.id = "web#1".into())),
             ("id", Box::new(|i| i.id = "web\"1".into())),
             ("node", Box::new(|i| i.node = "n 1".into())),
-            ("tags", Box::new(|i| { i.tags.insert("primary\nmaster".into()); })),
-            ("meta.weight", Box::new(|i| { i.meta.insert("weight".into(), "1 backup".into()); })),
-            ("meta", Box::new(|i| { i.meta.insert("k ey".into(), "v".into()); })),
+            (
+                "tags",
+                Box::new(|i| {
+                    i.tags.insert("primary\nmaster".into());
+                }),
+            ),
+            (
+                "meta.weight",
+                Box::new(|i| {
+                    i.meta.insert("weight".into(), "1 backup".into());
+                }),
+            ),
+            (
+                "meta",
+                Box::new(|i| {
+                    i.meta.insert("k ey".into(), "v".into());
+                }),
+            ),
             ("port", Box::new(|i| i.port = 0)),
         ];
         for (field, mutate) in cases {
@@ -145,7 +193,11 @@ mod tests {
             let r = check("web", &i).expect_err(field);
             assert_eq!(r.field, field);
             assert_eq!(r.service, "web");
-            assert!(!r.value.contains('\n'), "value must be escaped: {}", r.value);
+            assert!(
+                !r.value.contains('\n'),
+                "value must be escaped: {}",
+                r.value
+            );
         }
     }
 

@@ -49,7 +49,10 @@ impl Templates {
     }
 
     /// Builds from in-memory `name → text`; `dir` is used in messages.
-    pub fn from_sources(dir: &Path, sources: BTreeMap<String, String>) -> Result<Self, RenderError> {
+    pub fn from_sources(
+        dir: &Path,
+        sources: BTreeMap<String, String>,
+    ) -> Result<Self, RenderError> {
         let mut tera = Tera::default();
         tera.autoescape_on(vec![]);
         tera.register_filter("pgb_quote", pgb_quote);
@@ -77,7 +80,12 @@ impl Templates {
     }
 
     /// Renders `template` for `target`.
-    pub fn render(&self, target: &str, template: &str, context: &tera::Context) -> Result<String, RenderError> {
+    pub fn render(
+        &self,
+        target: &str,
+        template: &str,
+        context: &tera::Context,
+    ) -> Result<String, RenderError> {
         if !self.sources.contains_key(template) {
             return Err(RenderError::Missing {
                 target: target.to_string(),
@@ -109,9 +117,14 @@ fn pgb_quote(
         .as_str()
         .ok_or_else(|| tera::Error::msg("pgb_quote expects a string"))?;
     if s.contains(['\n', '\r', '\0']) {
-        return Err(tera::Error::msg("pgb_quote: value contains a line break or NUL"));
+        return Err(tera::Error::msg(
+            "pgb_quote: value contains a line break or NUL",
+        ));
     }
-    Ok(tera::Value::String(format!("\"{}\"", s.replace('"', "\"\""))))
+    Ok(tera::Value::String(format!(
+        "\"{}\"",
+        s.replace('"', "\"\"")
+    )))
 }
 
 /// The error and all its causes on one line, most specific last.
@@ -169,7 +182,10 @@ mod tests {
             .render("haproxy", "t.tera", &tera::Context::new())
             .expect_err("missing var");
         let msg = err.to_string();
-        assert!(msg.starts_with("templates/t.tera:2: target haproxy:"), "{msg}");
+        assert!(
+            msg.starts_with("templates/t.tera:2: target haproxy:"),
+            "{msg}"
+        );
         assert!(msg.contains("nope.field"), "{msg}");
     }
 

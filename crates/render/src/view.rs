@@ -284,7 +284,8 @@ pub fn build(desired: &NodeDesired, catalog: &Catalog, layout: &Layout) -> View 
             let servers: Vec<ServerView> = safe[b.service.as_str()]
                 .iter()
                 .filter(|i| {
-                    i.health == Health::Passing || (b.include_warning && i.health == Health::Warning)
+                    i.health == Health::Passing
+                        || (b.include_warning && i.health == Health::Warning)
                 })
                 .filter(|i| b.tags.iter().all(|t| i.tags.contains(t)))
                 .map(|i| ServerView {
@@ -398,7 +399,10 @@ pub fn build(desired: &NodeDesired, catalog: &Catalog, layout: &Layout) -> View 
                     })
             })
             .collect(),
-        pidfile: layout.path("/run/postgresql/pgbouncer.pid").display().to_string(),
+        pidfile: layout
+            .path("/run/postgresql/pgbouncer.pid")
+            .display()
+            .to_string(),
         unix_socket_dir: layout.path("/run/postgresql").display().to_string(),
     };
 
@@ -477,8 +481,16 @@ fn vip_view(desired: &NodeDesired, v: &NodeVip) -> VipView {
         state: v.initial_state,
         advert_int: v.vip.advert_int,
         addresses: v.vip.addresses.clone(),
-        unicast_peers: if v.vip.unicast { v.peers.clone() } else { Vec::new() },
-        unicast_src: if v.vip.unicast { desired.node.address.clone() } else { None },
+        unicast_peers: if v.vip.unicast {
+            v.peers.clone()
+        } else {
+            Vec::new()
+        },
+        unicast_src: if v.vip.unicast {
+            desired.node.address.clone()
+        } else {
+            None
+        },
         nopreempt: v.vip.nopreempt,
         auth_pass: desired
             .secrets

@@ -32,32 +32,62 @@ fn haproxy_gets_only_healthy_tagged_instances() {
     assert!(cfg.contains("server web-1 10.20.1.11:8080 check"), "{cfg}");
     assert!(cfg.contains("server web-2 10.20.1.12:8080 check"), "{cfg}");
     assert!(!cfg.contains("web-3"), "critical instance rendered:\n{cfg}");
-    assert!(!cfg.contains("web-canary"), "untagged instance rendered:\n{cfg}");
+    assert!(
+        !cfg.contains("web-canary"),
+        "untagged instance rendered:\n{cfg}"
+    );
     // api includes warning instances by manifest choice.
     assert!(cfg.contains("server api-2 10.20.1.12:9090"), "{cfg}");
     assert!(cfg.contains("cookie WSSERVER insert"), "{cfg}");
-    assert!(cfg.contains("stats socket /srv/demo/run/haproxy/admin.sock"), "{cfg}");
+    assert!(
+        cfg.contains("stats socket /srv/demo/run/haproxy/admin.sock"),
+        "{cfg}"
+    );
 }
 
 #[test]
 fn pgbouncer_follows_primary_and_replicas() {
     let set = render_node("lb1", &example_catalog());
     let ini = text(&set, "pgbouncer");
-    assert!(ini.contains("app = host=10.20.3.31 port=5432 dbname=app"), "{ini}");
-    assert!(ini.contains("app_ro = host=10.20.3.32,10.20.3.33 port=5432 dbname=app"), "{ini}");
-    assert!(ini.contains("auth_file = /srv/demo/etc/pgbouncer/userlist.txt"), "{ini}");
+    assert!(
+        ini.contains("app = host=10.20.3.31 port=5432 dbname=app"),
+        "{ini}"
+    );
+    assert!(
+        ini.contains("app_ro = host=10.20.3.32,10.20.3.33 port=5432 dbname=app"),
+        "{ini}"
+    );
+    assert!(
+        ini.contains("auth_file = /srv/demo/etc/pgbouncer/userlist.txt"),
+        "{ini}"
+    );
     let users = text(&set, "pgbouncer_userlist");
-    assert!(users.starts_with("\"app\" \"SCRAM-SHA-256$4096:"), "{users}");
-    assert_eq!(set.files["pgbouncer"].bundle, set.files["pgbouncer_userlist"].bundle);
+    assert!(
+        users.starts_with("\"app\" \"SCRAM-SHA-256$4096:"),
+        "{users}"
+    );
+    assert_eq!(
+        set.files["pgbouncer"].bundle,
+        set.files["pgbouncer_userlist"].bundle
+    );
 }
 
 #[test]
 fn keepalived_priority_and_state_are_per_node() {
     let one = text(&render_node("lb1", &example_catalog()), "keepalived");
     let two = text(&render_node("lb2", &example_catalog()), "keepalived");
-    assert!(one.contains("state MASTER") && one.contains("priority 150"), "{one}");
-    assert!(two.contains("state BACKUP") && two.contains("priority 100"), "{two}");
-    assert!(one.contains("unicast_src_ip 10.20.0.11") && one.contains("        10.20.0.12"), "{one}");
+    assert!(
+        one.contains("state MASTER") && one.contains("priority 150"),
+        "{one}"
+    );
+    assert!(
+        two.contains("state BACKUP") && two.contains("priority 100"),
+        "{two}"
+    );
+    assert!(
+        one.contains("unicast_src_ip 10.20.0.11") && one.contains("        10.20.0.12"),
+        "{one}"
+    );
 }
 
 #[test]
@@ -65,7 +95,10 @@ fn rendering_twice_is_byte_identical() {
     let a = render_node("lb1", &example_catalog());
     let b = render_node("lb1", &example_catalog());
     for (name, f) in &a.files {
-        assert_eq!(f.bytes, b.files[name].bytes, "target {name} differs between renders");
+        assert_eq!(
+            f.bytes, b.files[name].bytes,
+            "target {name} differs between renders"
+        );
     }
 }
 
@@ -85,7 +118,10 @@ services:
     let set = render_node("lb1", &catalog);
     let cfg = text(&set, "haproxy");
     assert!(cfg.contains("server web-1 "), "{cfg}");
-    assert!(!cfg.contains("pwned") && !cfg.contains("web#2") && !cfg.contains("web-4"), "{cfg}");
+    assert!(
+        !cfg.contains("pwned") && !cfg.contains("web#2") && !cfg.contains("web-4"),
+        "{cfg}"
+    );
     let fields: Vec<(&str, &str)> = set
         .rejections
         .iter()
@@ -110,7 +146,13 @@ services:
     let catalog = Catalog::parse(Path::new("split.yaml"), text_catalog).expect("parses");
     let set = render_node("lb1", &catalog);
     assert!(!text(&set, "pgbouncer").contains("app = host="));
-    assert!(set.warnings.iter().any(|w| w.contains("claim to be primary")), "{:?}", set.warnings);
+    assert!(
+        set.warnings
+            .iter()
+            .any(|w| w.contains("claim to be primary")),
+        "{:?}",
+        set.warnings
+    );
 }
 
 #[test]

@@ -1,0 +1,23 @@
+//! What can stop the pipeline before it touches anything.
+
+use converge_model::ManifestErrors;
+
+/// A failure of one pipeline step; nothing on disk was changed by it.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The manifests (or a secret they reference) are invalid.
+    #[error("{0}")]
+    Manifest(ManifestErrors),
+    /// The catalog file is invalid.
+    #[error("{0}")]
+    Catalog(ManifestErrors),
+    /// A template failed to load or render.
+    #[error(transparent)]
+    Render(#[from] converge_render::RenderError),
+    /// Reading the live files or applying failed.
+    #[error(transparent)]
+    Apply(#[from] converge_apply::ApplyError),
+    /// A scratch directory could not be made.
+    #[error("cannot prepare scratch directory: {0}")]
+    Scratch(std::io::Error),
+}

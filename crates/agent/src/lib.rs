@@ -1,0 +1,16 @@
+//! The pipeline every converge command runs: load the manifests and the
+//! catalog, render this node's targets, plan against the live files, apply.
+//!
+//! Each step is one call on immutable values ([`pipeline`]); the CLI calls
+//! them once, and the daemon will call the very same functions in its loop,
+//! so `plan` on a node shows exactly what `run` would do there.
+//! [`repo_check`] is the manifest repository's CI: every node rendered and
+//! every file checked by the real programs in a scratch directory.
+#![deny(missing_docs)]
+
+pub mod error;
+pub mod pipeline;
+pub mod repo_check;
+
+pub use error::AgentError;
+pub use pipeline::{Inputs, Prepared};

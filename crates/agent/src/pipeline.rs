@@ -1,0 +1,89 @@
+//! Load → render → plan → apply for one node, as plain function calls.
+
+use std::path::PathBuf;
+
+use converge_apply::{ApplyOptions, ApplyReport, Plan};
+use converge_model::{Catalog, Layout, Manifests, NodeDesired, RenderedSet};
+use converge_render::Templates;
+
+use crate::error::AgentError;
+
+/// Where the inputs come from.
+#[derive(Debug, Clone)]
+pub struct Inputs {
+    /// Manifests directory.
+    pub manifests: PathBuf,
+    /// Templates directory.
+    pub templates: PathBuf,
+    /// Catalog file (the embedded default source).
+    pub catalog: PathBuf,
+    /// Prefix for every destination, pidfile and socket.
+    pub root: PathBuf,
+}
+
+/// Validated manifests, parsed templates and a catalog snapshot: everything
+/// needed to render any node.
+#[derive(Debug)]
+pub struct Prepared {
+    /// The manifests, validated.
+    pub manifests: Manifests,
+    /// Parsed templates.
+    pub templates: Templates,
+    /// The catalog snapshot.
+    pub catalog: Catalog,
+    /// Path layout under `--root`.
+    pub layout: Layout,
+}
+
+impl Inputs {
+    /// Loads and checks manifests, templates and catalog. Every manifest
+    /// problem is reported at once.
+    pub fn prepare(&self) -> Result<Prepared, AgentError> {
+        let manifests = Manifests::load(&self.manifests).map_err(AgentError::Manifest)?;
+        manifests.validate().map_err(AgentError::Manifest)?;
+        let templates = Templates::load(&self.templates)?;
+        let catalog = Catalog::load_file(&self.catalog).map_err(AgentError::Catalog)?;
+        Ok(Prepared {
+            manifests,
+            templates,
+            catalog,
+            layout: Layout::new(&self.root),
+        })
+    }
+}
+
+impl Prepared {
+    /// The desired state of `node`.
+    pub fn desired(&self, node: &str) -> Result<NodeDesired, AgentError> {
+        self.manifests.for_node(node).map_err(AgentError::Manifest)
+    }
+
+    /// Renders `node`'s targets under `layout`.
+    pub fn render_at(&self, node: &str, layout: &Layout) -> Result<RenderedSet, AgentError> {
+        let desired = self.desired(node)?;
+        Ok(converge_render::render(
+            &desired,
+            &self.catalog,
+            &self.templates,
+            layout,
+        )?)
+    }
+
+    /// Renders `node` and compares with the live files; touches nothing.
+    pub fn plan(&self, node: &str) -> Result<(RenderedSet, Plan), AgentError> {
+        let set = self.render_at(node, &self.layout)?;
+        let plan = converge_apply::plan(&set)?;
+        Ok((set, plan))
+    }
+
+    /// Renders `node` and runs one transaction.
+    pub fn apply(
+        &self,
+        node: &str,
+        opts: &ApplyOptions,
+    ) -> Result<(RenderedSet, ApplyReport), AgentError> {
+        let set = self.render_at(node, &self.layout)?;
+        let report = converge_apply::apply(&set, opts)?;
+        Ok((set, report))
+    }
+}

@@ -1,0 +1,111 @@
+//! `converge validate`: the manifest repository's CI.
+//!
+//! Renders every node against the catalog file with paths rooted in a
+//! scratch directory, writes each file there, and runs its target's real
+//! validator on it, bundle siblings included. Nothing outside the scratch
+//! directory is touched. Every problem is collected, not just the first.
+
+use std::path::PathBuf;
+
+use converge_apply::validate::{validate, Candidate};
+use converge_model::Layout;
+use serde::Serialize;
+
+use crate::error::AgentError;
+use crate::pipeline::Prepared;
+
+/// The outcome for one rendered file.
+#[derive(Debug, Serialize)]
+pub struct FileCheck {
+    /// Node name.
+    pub node: String,
+    /// Target name.
+    pub target: String,
+    /// `None` when the program accepted the file.
+    pub error: Option<String>,
+}
+
+/// Everything `validate` found.
+#[derive(Debug, Default, Serialize)]
+pub struct RepoReport {
+    /// Per node and target.
+    pub files: Vec<FileCheck>,
+    /// Problems that stopped a node from rendering at all.
+    pub node_errors: Vec<(String, String)>,
+    /// Catalog instances refused while rendering (per node).
+    pub rejections: Vec<String>,
+    /// Render warnings (per node).
+    pub warnings: Vec<String>,
+}
+
+impl RepoReport {
+    /// True when every node rendered and every file was accepted.
+    pub fn ok(&self) -> bool {
+        self.node_errors.is_empty() && self.files.iter().all(|f| f.error.is_none())
+    }
+}
+
+/// Renders and checks `nodes` (every node when empty).
+pub fn check(prepared: &Prepared, nodes: &[String]) -> Result<RepoReport, AgentError> {
+    let scratch = tempfile::Builder::new()
+        .prefix("converge-validate-")
+        .tempdir()
+        .map_err(AgentError::Scratch)?;
+    let all: Vec<String> = if nodes.is_empty() {
+        prepared.manifests.manifest.nodes.keys().cloned().collect()
+    } else {
+        nodes.to_vec()
+    };
+    let mut report = RepoReport::default();
+    for node in &all {
+        let layout = Layout::new(scratch.path().join(node));
+        let set = match prepared.render_at(node, &layout) {
+            Ok(set) => set,
+            Err(e) => {
+                report.node_errors.push((node.clone(), e.to_string()));
+                continue;
+            }
+        };
+        report.rejections.extend(set.rejections.iter().map(|r| {
+            format!(
+                "{node}: service {} instance {}: {} `{}` rejected: {}",
+                r.service, r.instance, r.field, r.value, r.reason
+            )
+        }));
+        report
+            .warnings
+            .extend(set.warnings.iter().map(|w| format!("{node}: {w}")));
+        // Write every file where it would live under the scratch root, so
+        // references between bundle members resolve to real files.
+        for f in set.files.values() {
+            let written = f
+                .destination
+                .parent()
+                .map(std::fs::create_dir_all)
+                .transpose()
+                .and_then(|_| std::fs::write(&f.destination, &f.bytes));
+            if let Err(e) = written {
+                return Err(AgentError::Scratch(e));
+            }
+        }
+        for f in set.files.values() {
+            let siblings: Vec<(PathBuf, PathBuf)> = set
+                .files
+                .values()
+                .filter(|s| s.bundle == f.bundle)
+                .map(|s| (s.destination.clone(), s.destination.clone()))
+                .collect();
+            let result = validate(&Candidate {
+                file: f,
+                staged: &f.destination,
+                siblings: &siblings,
+            });
+            report.files.push(FileCheck {
+                node: node.clone(),
+                target: f.target.clone(),
+                error: result.err().map(|e| set.redact(&e.to_string())),
+            });
+        }
+    }
+    Ok(report)
+}

@@ -1,0 +1,189 @@
+//! Command-line flags. Every command shares the input flags, so `plan`,
+//! `apply` and `validate` always look at the same world.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use converge_agent::Inputs;
+
+/// Keep HAProxy, PgBouncer and keepalived on this node equal to the
+/// manifests, using live facts from a catalog.
+///
+/// converge renders every target from templates, checks each candidate with
+/// the real program, swaps it in atomically and reloads; a bad template,
+/// manifest or catalog never replaces a working config.
+///
+/// Examples (from a checkout, on the bundled example repo):
+///
+///   converge plan --node lb1                   # what would change, as a diff
+///
+///   converge apply --once --node lb1 --root /tmp/demo   # do it, into a directory
+///
+///   converge validate                           # CI for the manifest repo
+#[derive(Debug, Parser)]
+#[command(name = "converge", version, verbatim_doc_comment)]
+pub struct Cli {
+    /// Directory of manifest files (*.yaml).
+    #[arg(
+        long,
+        global = true,
+        env = "CONVERGE_MANIFESTS",
+        default_value = "manifests"
+    )]
+    pub manifests: PathBuf,
+
+    /// Directory of Tera templates (*.tera).
+    #[arg(
+        long,
+        global = true,
+        env = "CONVERGE_TEMPLATES",
+        default_value = "templates"
+    )]
+    pub templates: PathBuf,
+
+    /// Catalog file: services and their instances with health.
+    #[arg(
+        long,
+        global = true,
+        env = "CONVERGE_CATALOG",
+        default_value = "examples/catalog.yaml"
+    )]
+    pub catalog: PathBuf,
+
+    /// This node's name in the manifests [default: the host name].
+    #[arg(long, global = true, env = "CONVERGE_NODE")]
+    pub node: Option<String>,
+
+    /// Prefix for every destination, pidfile and socket path, so converge
+    /// can run unprivileged against a directory.
+    #[arg(long, global = true, env = "CONVERGE_ROOT", default_value = "/")]
+    pub root: PathBuf,
+
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// More log output (-v info, -vv debug).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show what would change on this node as a unified diff; touch nothing.
+    ///
+    /// Exit status: 0 no changes, 2 changes, 1 error.
+    Plan(PlanArgs),
+    /// Render, validate, commit and reload this node's targets.
+    ///
+    /// Each changed target is staged next to its destination, checked by the
+    /// real program, committed by rename and reloaded; a failed reload rolls
+    /// the files back. Exit status: 0 success, 1 any failure.
+    Apply(ApplyArgs),
+    /// Lint manifests and templates, render every node and check every file
+    /// with the real programs in a scratch directory (for manifest-repo CI).
+    ///
+    /// Exit status: 0 all good, 1 problems (all of them are listed).
+    Validate(ValidateArgs),
+}
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// For people.
+    Text,
+    /// For programs.
+    Json,
+}
+
+/// Log format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `plan` flags.
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
+/// `apply` flags.
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// Reconcile once and exit (the daemon is `converge run`).
+    #[arg(long, required = true)]
+    pub once: bool,
+
+    /// Seconds to wait for another apply on this node to finish.
+    #[arg(long, default_value_t = 30)]
+    pub lock_timeout: u64,
+
+    /// Output format of the report.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
+/// `validate` flags.
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// Only these nodes (repeatable) [default: every node].
+    #[arg(long = "only", value_name = "NODE")]
+    pub only: Vec<String>,
+
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
+impl Cli {
+    /// The input locations.
+    pub fn inputs(&self) -> Inputs {
+        Inputs {
+            manifests: self.manifests.clone(),
+            templates: self.templates.clone(),
+            catalog: self.catalog.clone(),
+            root: self.root.clone(),
+        }
+    }
+
+    /// `--node`, or this machine's host name.
+    pub fn node(&self) -> anyhow::Result<String> {
+        if let Some(n) = &self.node {
+            return Ok(n.clone());
+        }
+        let host = nix::unistd::gethostname()
+            .map_err(|e| anyhow::anyhow!("cannot read the host name ({e}); pass --node"))?;
+        let host = host.to_string_lossy();
+        Ok(host.split('.').next().unwrap_or(&host).to_string())
+    }
+
+    /// Logs to stderr, text or JSON, at the level `-v` asks for
+    /// (`RUST_LOG` wins when set).
+    pub fn init_logging(&self) {
+        let level = match self.verbose {
+            0 => "warn",
+            1 => "info",
+            _ => "debug",
+        };
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr);
+        match self.log_format {
+            LogFormat::Text => builder.init(),
+            LogFormat::Json => builder.json().init(),
+        }
+    }
+}

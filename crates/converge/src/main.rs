@@ -1,0 +1,53 @@
+//! `converge`: parse flags, run one command, map its outcome to an exit code.
+#![forbid(unsafe_code)]
+
+mod apply;
+mod cli;
+mod plan;
+mod validate;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use cli::{Cli, Command};
+
+/// Exit codes shared by every command (plan adds 2 for "changes").
+pub(crate) mod exit {
+    /// Success, nothing to change.
+    pub const OK: u8 = 0;
+    /// Any error; nothing was changed unless the message says otherwise.
+    pub const ERROR: u8 = 1;
+    /// `plan` found changes.
+    pub const CHANGES: u8 = 2;
+}
+
+fn main() -> ExitCode {
+    // clap exits 2 on a usage error, which `plan` uses for "changes":
+    // map it to 1 so a typo never reads as a pending change.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() {
+                exit::ERROR
+            } else {
+                exit::OK
+            };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    cli.init_logging();
+    let result = match &cli.command {
+        Command::Plan(args) => plan::run(&cli, args),
+        Command::Apply(args) => apply::run(&cli, args),
+        Command::Validate(args) => validate::run(&cli, args),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(exit::ERROR)
+        }
+    }
+}

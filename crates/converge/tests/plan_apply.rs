@@ -1,0 +1,245 @@
+//! `plan`, `apply --once` and `validate` on the example repository, driven
+//! through the built binary with the real haproxy, pgbouncer and keepalived
+//! as validators.
+
+mod common;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+use common::{assert_exit, stderr, stdout, Workspace};
+
+#[test]
+fn plan_on_an_empty_root_shows_new_files_and_exits_2_touching_nothing() {
+    let ws = Workspace::examples();
+    let before = ws.tree();
+    let out = ws.converge(&["plan", "--node", "lb1"]);
+    assert_exit(&out, 2);
+    let text = stdout(&out);
+    assert!(text.contains("+++ b/"), "{text}");
+    assert!(text.contains("server web-1 10.20.1.11:8080"), "{text}");
+    assert!(text.contains("new"), "{text}");
+    assert_eq!(ws.tree(), before, "plan must not write anything");
+}
+
+#[test]
+fn plan_json_is_machine_readable() {
+    let ws = Workspace::examples();
+    let out = ws.converge(&["plan", "--node", "lb1", "--format", "json"]);
+    assert_exit(&out, 2);
+    let doc: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("json");
+    assert_eq!(doc["changes"], serde_json::Value::Bool(true));
+    assert_eq!(doc["node"], "lb1");
+}
+
+#[test]
+fn plan_never_shows_secrets() {
+    let ws = Workspace::examples();
+    let out = ws.converge(&["plan", "--node", "lb1"]);
+    let text = stdout(&out) + &stderr(&out);
+    let vrrp = ws.read("manifests/secrets/vrrp.pass");
+    let scram = ws.read("manifests/secrets/app.scram");
+    assert!(!text.contains(vrrp.trim()), "VRRP password leaked:\n{text}");
+    assert!(!text.contains(scram.trim()), "SCRAM secret leaked:\n{text}");
+    assert!(text.contains("auth_pass ********"), "{text}");
+}
+
+#[test]
+fn apply_then_plan_is_clean_and_a_second_apply_writes_nothing() {
+    let ws = Workspace::examples();
+    let out = ws.converge(&["apply", "--once", "--node", "lb1"]);
+    assert_exit(&out, 0);
+    let cfg = ws.root().join("etc/haproxy/haproxy.cfg");
+    let userlist = ws.root().join("etc/pgbouncer/userlist.txt");
+    assert!(std::fs::read_to_string(&cfg)
+        .expect("cfg")
+        .contains("backend web"));
+    assert_eq!(
+        std::fs::metadata(&userlist)
+            .expect("userlist")
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    let inode = std::fs::metadata(&cfg).expect("meta").ino();
+
+    let out = ws.converge(&["plan", "--node", "lb1"]);
+    assert_exit(&out, 0);
+
+    let out = ws.converge(&["apply", "--once", "--node", "lb1"]);
+    assert_exit(&out, 0);
+    assert_eq!(
+        std::fs::metadata(&cfg).expect("meta").ino(),
+        inode,
+        "unchanged file was rewritten"
+    );
+}
+
+#[test]
+fn validate_accepts_the_examples_with_the_real_programs() {
+    let ws = Workspace::examples();
+    let out = ws.converge(&["validate"]);
+    assert_exit(&out, 0);
+    let text = stdout(&out);
+    for node in ["lb1", "lb2"] {
+        for target in ["haproxy", "pgbouncer", "pgbouncer_userlist", "keepalived"] {
+            assert!(text.contains(&format!("ok    {node} {target}")), "{text}");
+        }
+    }
+}
+
+#[test]
+fn validate_reports_a_config_the_real_program_rejects() {
+    let ws = Workspace::examples();
+    let t = ws.read("templates/haproxy.cfg.tera").replace(
+        "    balance {{ be.balance }}",
+        "    balance {{ be.balance }}\n    bogus_directive on",
+    );
+    ws.write("templates/haproxy.cfg.tera", &t);
+    let out = ws.converge(&["validate"]);
+    assert_exit(&out, 1);
+    let text = stdout(&out);
+    assert!(
+        text.contains("FAIL  lb1 haproxy") && text.contains("bogus_directive"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_broken_template_names_file_and_line_and_changes_nothing() {
+    let ws = Workspace::examples();
+    assert_exit(&ws.converge(&["apply", "--once", "--node", "lb1"]), 0);
+    let before = ws.tree();
+    let t = ws.read("templates/haproxy.cfg.tera").replace(
+        "maxconn {{ haproxy.maxconn }}",
+        "maxconn {{ haproxy.maxconn }\n",
+    );
+    ws.write("templates/haproxy.cfg.tera", &t);
+    let out = ws.converge(&["apply", "--once", "--node", "lb1"]);
+    assert_exit(&out, 1);
+    let err = stderr(&out);
+    assert!(err.contains("haproxy.cfg.tera:3"), "{err}");
+    assert_eq!(ws.tree(), before);
+
+    // A missing variable names the target and the line too.
+    let t = ws.read("templates/haproxy.cfg.tera").replace(
+        "maxconn {{ haproxy.maxconn }\n",
+        "maxconn {{ haproxy.no_such_setting }}",
+    );
+    ws.write("templates/haproxy.cfg.tera", &t);
+    let out = ws.converge(&["apply", "--once", "--node", "lb1"]);
+    assert_exit(&out, 1);
+    let err = stderr(&out);
+    assert!(err.contains("haproxy.cfg.tera:3: target haproxy"), "{err}");
+    assert_eq!(ws.tree(), before);
+}
+
+#[test]
+fn a_bad_manifest_is_reported_with_its_location_and_changes_nothing() {
+    let ws = Workspace::examples();
+    let m = ws
+        .read("manifests/http.yaml")
+        .replace("default_backend: redis", "default_backend: rediss");
+    ws.write("manifests/http.yaml", &m);
+    let before = ws.tree();
+    let out = ws.converge(&["apply", "--once", "--node", "lb1"]);
+    assert_exit(&out, 1);
+    let err = stderr(&out);
+    assert!(
+        err.contains("http.yaml:")
+            && err.contains("frontends.redis_in.default_backend")
+            && err.contains("did you mean `redis`"),
+        "{err}"
+    );
+    assert_eq!(ws.tree(), before);
+}
+
+#[test]
+fn hostile_catalog_data_is_rejected_by_name_and_the_rest_applies() {
+    let ws = Workspace::examples();
+    let c = ws.read("catalog.yaml").replace(
+        "    - {id: web-2, node: app2, address: 10.20.1.12,",
+        "    - {id: web-2, node: app2, address: \"10.20.1.12\\n    server x 6.6.6.6:80 #\",",
+    );
+    ws.write("catalog.yaml", &c);
+    let out = ws.converge(&["apply", "--once", "--node", "lb1"]);
+    assert_exit(&out, 0);
+    let text = stdout(&out);
+    assert!(
+        text.contains("rejected: service web instance web-2: address"),
+        "{text}"
+    );
+    let cfg = std::fs::read_to_string(ws.root().join("etc/haproxy/haproxy.cfg")).expect("cfg");
+    assert!(
+        cfg.contains("server web-1 ") && !cfg.contains("6.6.6.6"),
+        "{cfg}"
+    );
+}
+
+#[test]
+fn an_unknown_node_is_a_clear_error() {
+    let ws = Workspace::examples();
+    let out = ws.converge(&["plan", "--node", "lb9"]);
+    assert_exit(&out, 1);
+    assert!(
+        stderr(&out).contains("node `lb9` is not defined; known nodes: lb1, lb2"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn bad_flags_get_usage_not_a_panic() {
+    let ws = Workspace::examples();
+    // A usage error must not exit 2, which `plan` reserves for "changes".
+    let out = ws.converge(&["plan", "--format", "yaml"]);
+    assert_exit(&out, 1);
+    assert!(
+        stderr(&out).contains("invalid value 'yaml'"),
+        "{}",
+        stderr(&out)
+    );
+    let out = ws.converge(&["apply", "--node", "lb1"]);
+    assert_exit(&out, 1);
+    assert!(stderr(&out).contains("--once"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_failing_reload_rolls_back_and_reloads_the_old_files() {
+    let ws = Workspace::examples();
+    let root = ws.root();
+    let count = ws.path("reloads");
+    let cfg = root.join("etc/haproxy/haproxy.cfg");
+    // The reload fails exactly when the live config carries server web-9.
+    let t = ws.read("manifests/targets.yaml").replacen(
+        "    reload:\n      signal:\n        pidfile: /run/haproxy.pid\n        signal: SIGUSR2\n",
+        &format!(
+            "    reload:\n      shell: \"echo reload >> {}; ! grep -q web-9 {}\"\n",
+            count.display(),
+            cfg.display()
+        ),
+        1,
+    );
+    ws.write("manifests/targets.yaml", &t);
+    assert_exit(&ws.converge(&["apply", "--once", "--node", "lb1"]), 0);
+    let old = std::fs::read(&cfg).expect("old");
+    std::fs::remove_file(&count).expect("reset counter");
+
+    let c = ws
+        .read("catalog.yaml")
+        .replace("{id: web-2,", "{id: web-9,");
+    ws.write("catalog.yaml", &c);
+    let out = ws.converge(&["apply", "--once", "--node", "lb1"]);
+    assert_exit(&out, 1);
+    assert!(stdout(&out).contains("rolled back"), "{}", stdout(&out));
+    assert_eq!(
+        std::fs::read(&cfg).expect("cfg"),
+        old,
+        "old file must be back byte for byte"
+    );
+    assert_eq!(
+        ws.read("reloads").lines().count(),
+        2,
+        "reload of the new file, then of the restored old one"
+    );
+}

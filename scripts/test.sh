@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh Debian 12 machine with the Rust and Go
+# toolchains: installs the real programs, builds Consul and consul-template
+# from the pinned Go module (cached under target/peers/), then runs every
+# test of the workspace, including the end-to-end tests against real
+# haproxy, pgbouncer, keepalived and consul.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/install-deps.sh
+if [ -f scripts/build-peers.sh ]; then
+  bash scripts/build-peers.sh
+  export CONVERGE_CONSUL_BIN="${CONVERGE_CONSUL_BIN:-$PWD/target/peers/bin/consul}"
+fi
+
+echo "test: cargo fmt --check"
+cargo fmt --all -- --check
+echo "test: cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "test: cargo test"
+cargo test --workspace --locked 2>&1 | tee target/test.log
+# One closing line for the whole run, summed over every test binary.
+awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "%d passed, %d failed, %d skipped\n", p, f, i }' target/test.log
