@@ -1,0 +1,223 @@
+//! What can go wrong talking to Consul, and whether trying again can help.
+//!
+//! Every variant names the endpoint (the request path, never the full URL
+//! with the query string, and never the token, which travels in a header
+//! only). Consul's own answer is kept, trimmed to [`BODY_LIMIT`] bytes, so
+//! an operator reads "ACL not found" or "Permission denied: token lacks
+//! service:read" instead of a bare status code.
+//!
+//! The split that matters to the daemon is [`Error::is_retryable`]: a
+//! refused connection, a timeout, a 5xx or a 429 will go away by waiting,
+//! so the caller backs off and keeps its last good data; a 403 is a
+//! configuration problem (the token lacks a permission) that waiting does
+//! not fix, so it is reported as such and not retried in a tight loop.
+
+use reqwest::StatusCode;
+
+/// Longest piece of a Consul response body kept in an error.
+pub const BODY_LIMIT: usize = 512;
+
+/// An error from the Consul client.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The client configuration is unusable (bad address, unreadable token
+    /// file or certificate). Not retryable.
+    #[error("invalid Consul client configuration: {0}")]
+    Config(String),
+
+    /// Consul could not be reached: connection refused or reset, DNS, TLS
+    /// handshake. Retryable.
+    #[error("cannot reach Consul for {endpoint}: {message}")]
+    Connect {
+        /// Request path, e.g. `/v1/health/service/web`.
+        endpoint: String,
+        /// What the transport said.
+        message: String,
+    },
+
+    /// No answer within the request timeout (which is longer than a
+    /// blocking query's `wait`, so this is a real stall). Retryable.
+    #[error("Consul did not answer {endpoint} within {timeout_ms} ms")]
+    Timeout {
+        /// Request path.
+        endpoint: String,
+        /// The timeout that expired.
+        timeout_ms: u128,
+    },
+
+    /// The token is missing a permission, does not exist, or Consul
+    /// filtered the answer by ACL so it cannot be trusted as complete.
+    /// A configuration error: not retryable.
+    #[error(
+        "Consul denied {endpoint} (ACL): {message}; check that the token \
+         (CONSUL_HTTP_TOKEN / CONSUL_HTTP_TOKEN_FILE) has the needed policy"
+    )]
+    PermissionDenied {
+        /// Request path.
+        endpoint: String,
+        /// Consul's answer, or what was filtered.
+        message: String,
+    },
+
+    /// Any other unexpected status. 5xx and 429 are retryable, other 4xx
+    /// are not.
+    #[error("Consul answered {endpoint} with HTTP {status}: {body}")]
+    Status {
+        /// Request path.
+        endpoint: String,
+        /// HTTP status.
+        status: u16,
+        /// Consul's response body, trimmed.
+        body: String,
+    },
+
+    /// Consul answered 200 with something that is not what the endpoint
+    /// documents. Retryable (a proxy in the way, a partial write), but the
+    /// answer is never used.
+    #[error("Consul answered {endpoint} with data converge cannot use: {message}")]
+    Decode {
+        /// Request path.
+        endpoint: String,
+        /// What was wrong with it.
+        message: String,
+    },
+}
+
+impl Error {
+    /// Whether waiting and asking again can help.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Connect { .. } | Error::Timeout { .. } | Error::Decode { .. } => true,
+            Error::Status { status, .. } => *status >= 500 || *status == 429,
+            Error::Config(_) | Error::PermissionDenied { .. } => false,
+        }
+    }
+
+    /// Whether this is a configuration problem (token, address, TLS files)
+    /// that an operator has to fix.
+    pub fn is_config_error(&self) -> bool {
+        matches!(self, Error::Config(_) | Error::PermissionDenied { .. })
+    }
+
+    /// Classifies a non-success answer from Consul.
+    pub(crate) fn from_status(endpoint: &str, status: StatusCode, body: &str) -> Self {
+        let body = trim_body(body);
+        if status == StatusCode::FORBIDDEN {
+            return Error::PermissionDenied {
+                endpoint: endpoint.to_string(),
+                message: if body.is_empty() {
+                    "HTTP 403".to_string()
+                } else {
+                    body
+                },
+            };
+        }
+        Error::Status {
+            endpoint: endpoint.to_string(),
+            status: status.as_u16(),
+            body,
+        }
+    }
+
+    /// Classifies a transport failure. The message drops the URL that
+    /// reqwest includes (it is already named by `endpoint`).
+    pub(crate) fn from_transport(endpoint: &str, timeout_ms: u128, err: reqwest::Error) -> Self {
+        if err.is_timeout() {
+            return Error::Timeout {
+                endpoint: endpoint.to_string(),
+                timeout_ms,
+            };
+        }
+        if err.is_decode() {
+            return Error::Decode {
+                endpoint: endpoint.to_string(),
+                message: source_chain(&err.without_url()),
+            };
+        }
+        Error::Connect {
+            endpoint: endpoint.to_string(),
+            message: source_chain(&err.without_url()),
+        }
+    }
+}
+
+/// The error and its causes on one line ("error sending request: tcp
+/// connect error: Connection refused").
+fn source_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        let s = e.to_string();
+        if !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        cur = e.source();
+    }
+    out
+}
+
+/// Consul's body on one line, at most [`BODY_LIMIT`] bytes.
+fn trim_body(body: &str) -> String {
+    let one_line: String = body
+        .trim()
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if one_line.len() <= BODY_LIMIT {
+        return one_line;
+    }
+    let mut end = BODY_LIMIT;
+    while !one_line.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &one_line[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forbidden_is_a_non_retryable_config_error_with_consuls_words() {
+        let e = Error::from_status(
+            "/v1/kv/fleet",
+            StatusCode::FORBIDDEN,
+            "Permission denied: token with AccessorID 'x' lacks permission 'key:read' on \"fleet\"\n",
+        );
+        assert!(!e.is_retryable());
+        assert!(e.is_config_error());
+        let msg = e.to_string();
+        assert!(msg.contains("/v1/kv/fleet"), "{msg}");
+        assert!(msg.contains("lacks permission 'key:read'"), "{msg}");
+        assert!(msg.contains("CONSUL_HTTP_TOKEN"), "{msg}");
+    }
+
+    #[test]
+    fn server_errors_and_throttling_are_retryable_client_errors_are_not() {
+        let s500 = Error::from_status(
+            "/v1/x",
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "No cluster leader",
+        );
+        let s429 = Error::from_status("/v1/x", StatusCode::TOO_MANY_REQUESTS, "");
+        let s400 = Error::from_status("/v1/x", StatusCode::BAD_REQUEST, "bad filter");
+        assert!(s500.is_retryable());
+        assert!(s429.is_retryable());
+        assert!(!s400.is_retryable());
+        assert!(s500.to_string().contains("HTTP 500: No cluster leader"));
+    }
+
+    #[test]
+    fn long_bodies_are_trimmed_to_one_line() {
+        let body = format!("line1\nline2{}", "x".repeat(2000));
+        let e = Error::from_status("/v1/x", StatusCode::BAD_GATEWAY, &body);
+        let Error::Status { body, .. } = e else {
+            panic!("expected Status");
+        };
+        assert!(!body.contains('\n'));
+        assert!(body.len() <= BODY_LIMIT + '…'.len_utf8());
+        assert!(body.starts_with("line1 line2"));
+    }
+}

@@ -1,0 +1,826 @@
+//! The catalog source: turns Consul into a stream of immutable, sorted
+//! [`Catalog`] snapshots for exactly the services the manifests reference.
+//!
+//! # Bounded connections
+//!
+//! consul-template holds one long-poll per dependency, so 600 watched
+//! services are 600 open connections and run into Consul's default limit of
+//! 200 connections per client address. This source holds **two** long
+//! polls whatever the number of services, plus a bounded pool of short,
+//! non-blocking reads:
+//!
+//! - a blocking query on `/v1/health/state/any`: its answer lists every
+//!   check with its node, service and status, so a diff against the
+//!   previous answer names exactly the services whose health or
+//!   check-carrying membership changed (a node check names every watched
+//!   service with an instance on that node);
+//! - a blocking query on `/v1/catalog/services`: its index moves on any
+//!   service or node registration, including changes no check shows (a
+//!   check-less instance, a new port or tag). Its body cannot say *which*
+//!   instance changed, so a move refetches every watched service;
+//! - targeted `/v1/health/service/:name` reads for the services named by
+//!   the diff, at most [`SourceConfig::fetch_concurrency`] at a time.
+//!
+//! At most `2 + fetch_concurrency` requests are in flight and the client
+//! keeps at most `fetch_concurrency` idle connections, so with the default
+//! of 16 the source stays well under 32 connections to Consul.
+//!
+//! The trade-off: a health flip costs one wake-up of the checks watch (whose
+//! answer grows with the number of checks in the datacenter, not with what
+//! is watched) plus one small read, and converges within that one wake-up.
+//! A registration costs a refetch of every watched service through the
+//! pool; registrations are rare next to health flips, and the pool keeps
+//! the burst bounded. A periodic resync ([`SourceConfig::resync_interval`])
+//! refetches everything as a safety net.
+//!
+//! # Failure
+//!
+//! "Could not ask" never becomes "no instances". A service whose read
+//! fails keeps its last good instances and is marked
+//! [`Freshness::Stale`]; a watch failure marks every service stale, because
+//! nothing can be known to be current. A service that was never read is
+//! left out of the catalog and listed in [`SourceState::missing`], not
+//! published as empty. Reads are retried with a [`Backoff`]; after a
+//! watch recovers (its index reset to a plain read, see
+//! [`blocking`](crate::blocking)) everything is refetched once.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use converge_model::{Catalog, Freshness, Instance, ServiceEntry};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::backoff::Backoff;
+use crate::blocking::{BlockingQuery, IndexOutcome, Pacing};
+use crate::client::{Client, Consistency, HealthCheck, HealthQuery, QueryOptions};
+use crate::config::Config;
+use crate::error::Error;
+
+/// Most reads the source runs at once, whatever is configured.
+pub const MAX_FETCH_CONCURRENCY: usize = 28;
+
+/// What to watch and how.
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    /// Service names to watch.
+    pub services: BTreeSet<String>,
+    /// Filters applied to every service read. The default reads every
+    /// instance with its health, so templates can tell down from absent.
+    pub health: HealthQuery,
+    /// Consistency of all reads.
+    pub consistency: Consistency,
+    /// Blocking-query pacing of the two watches.
+    pub pacing: Pacing,
+    /// Reads in flight at once (clamped to 1..=[`MAX_FETCH_CONCURRENCY`]).
+    pub fetch_concurrency: usize,
+    /// Full refetch at this interval (plus up to 10 % jitter).
+    pub resync_interval: Duration,
+    /// First retry delay after a failed read.
+    pub retry_base: Duration,
+    /// Longest retry delay.
+    pub retry_cap: Duration,
+}
+
+impl SourceConfig {
+    /// Watches `services` with converge's defaults.
+    pub fn new(services: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        Self {
+            services: services.into_iter().map(Into::into).collect(),
+            health: HealthQuery::default(),
+            consistency: Consistency::Default,
+            pacing: Pacing::default(),
+            fetch_concurrency: 16,
+            resync_interval: Duration::from_secs(600),
+            retry_base: Duration::from_millis(250),
+            retry_cap: Duration::from_secs(30),
+        }
+    }
+
+    fn concurrency(&self) -> usize {
+        self.fetch_concurrency.clamp(1, MAX_FETCH_CONCURRENCY)
+    }
+}
+
+/// How the source is doing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceHealth {
+    /// No answer from Consul yet.
+    Starting,
+    /// The latest round of every watch and read succeeded.
+    Healthy,
+    /// Something failed; the catalog holds the last good data, with the
+    /// affected services marked stale.
+    Degraded {
+        /// The latest failure.
+        reason: String,
+        /// Whether an operator must fix something (token, ACL policy,
+        /// address) rather than wait.
+        config_error: bool,
+    },
+}
+
+/// One published state of the source.
+#[derive(Debug, Clone)]
+pub struct SourceState {
+    /// The snapshot: every watched service read at least once, each with
+    /// its freshness.
+    pub catalog: Arc<Catalog>,
+    /// Watched services never read successfully (absent from `catalog`,
+    /// which is *not* the same as having no instances).
+    pub missing: BTreeSet<String>,
+    /// Overall condition.
+    pub health: SourceHealth,
+}
+
+impl SourceState {
+    /// Whether every watched service has been read at least once.
+    pub fn is_complete(&self) -> bool {
+        self.missing.is_empty()
+    }
+}
+
+/// A running catalog source. Dropping it stops the background task.
+#[derive(Debug)]
+pub struct CatalogSource {
+    state: watch::Receiver<SourceState>,
+    services: watch::Sender<BTreeSet<String>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for CatalogSource {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl CatalogSource {
+    /// Builds a client sized for the source and starts watching.
+    pub fn connect(consul: Config, config: SourceConfig) -> Result<Self, Error> {
+        let client = Client::with_pool(consul, config.concurrency())?;
+        Ok(Self::spawn(client, config))
+    }
+
+    /// Starts watching with `client`. For the connection bound to hold,
+    /// the client should not keep more idle connections than
+    /// `fetch_concurrency` ([`Client::with_pool`]).
+    pub fn spawn(client: Client, config: SourceConfig) -> Self {
+        let initial = SourceState {
+            catalog: Arc::new(Catalog::default()),
+            missing: config.services.clone(),
+            health: SourceHealth::Starting,
+        };
+        let (state_tx, state_rx) = watch::channel(initial);
+        let (services_tx, services_rx) = watch::channel(config.services.clone());
+        let task = tokio::spawn(run(client, config, state_tx, services_rx));
+        Self {
+            state: state_rx,
+            services: services_tx,
+            task,
+        }
+    }
+
+    /// A receiver of every new state; the current one is available at once.
+    pub fn subscribe(&self) -> watch::Receiver<SourceState> {
+        self.state.clone()
+    }
+
+    /// The current state.
+    pub fn current(&self) -> SourceState {
+        self.state.borrow().clone()
+    }
+
+    /// Changes the watched services (after a manifest reload): new ones
+    /// are read at once, dropped ones leave the catalog.
+    pub fn set_services(&self, services: BTreeSet<String>) {
+        self.services.send_replace(services);
+    }
+}
+
+/// Which watch a signal comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Watch {
+    Checks,
+    Services,
+}
+
+/// Key of a check: node and check id.
+type CheckKey = (String, String);
+/// What matters of a check for instance health: service and status.
+type CheckView = HashMap<CheckKey, (String, String)>;
+
+enum Signal {
+    Checks {
+        outcome: IndexOutcome,
+        index: u64,
+        view: CheckView,
+    },
+    Services {
+        outcome: IndexOutcome,
+        index: u64,
+    },
+    Failed {
+        watch: Watch,
+        error: Error,
+    },
+}
+
+/// Per-service state inside the loop.
+#[derive(Debug, Default)]
+struct Known {
+    instances: Vec<Instance>,
+    last_ok: Option<SystemTime>,
+    error: Option<String>,
+}
+
+struct Loop {
+    client: Client,
+    config: SourceConfig,
+    watched: BTreeSet<String>,
+    known: BTreeMap<String, Known>,
+    checks: Option<CheckView>,
+    checks_index: u64,
+    services_index: u64,
+    watch_up: [bool; 2],
+    watch_error: Option<Error>,
+    fetch_error: Option<(String, bool)>,
+    need_full: bool,
+    dirty: BTreeSet<String>,
+    retry: Backoff,
+    retry_at: Option<Instant>,
+    resync_at: Instant,
+    rng: fastrand::Rng,
+}
+
+async fn run(
+    client: Client,
+    config: SourceConfig,
+    state_tx: watch::Sender<SourceState>,
+    mut services_rx: watch::Receiver<BTreeSet<String>>,
+) {
+    let (sig_tx, mut sig_rx) = mpsc::channel(8);
+    let mut watches = JoinSet::new();
+    watches.spawn(watch_checks(client.clone(), config.clone(), sig_tx.clone()));
+    watches.spawn(watch_services(client.clone(), config.clone(), sig_tx));
+
+    let mut rng = fastrand::Rng::new();
+    let resync_at = Instant::now() + jittered(config.resync_interval, &mut rng);
+    let mut lp = Loop {
+        watched: services_rx.borrow_and_update().clone(),
+        retry: Backoff::new(
+            config.retry_base,
+            config.retry_cap,
+            0.5,
+            fastrand::Rng::new(),
+        ),
+        client,
+        config,
+        known: BTreeMap::new(),
+        checks: None,
+        checks_index: 0,
+        services_index: 0,
+        watch_up: [false, false],
+        watch_error: None,
+        fetch_error: None,
+        need_full: true,
+        dirty: BTreeSet::new(),
+        retry_at: None,
+        resync_at,
+        rng,
+    };
+
+    loop {
+        let retry_at = lp.retry_at;
+        tokio::select! {
+            sig = sig_rx.recv() => {
+                let Some(sig) = sig else { return };
+                lp.on_signal(sig);
+                while let Ok(sig) = sig_rx.try_recv() {
+                    lp.on_signal(sig);
+                }
+            }
+            changed = services_rx.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let new = services_rx.borrow_and_update().clone();
+                lp.set_watched(new);
+            }
+            _ = tokio::time::sleep_until(lp.resync_at) => {
+                lp.need_full = true;
+                lp.resync_at = Instant::now() + jittered(lp.config.resync_interval, &mut lp.rng);
+            }
+            _ = sleep_until_opt(retry_at) => {
+                lp.retry_at = None;
+                let failed: Vec<String> = lp
+                    .known
+                    .iter()
+                    .filter(|(_, k)| k.error.is_some() || k.last_ok.is_none())
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                lp.dirty.extend(failed);
+                lp.dirty.extend(lp.watched.iter().filter(|s| !lp.known.contains_key(*s)).cloned());
+            }
+        }
+        lp.fetch().await;
+        let next = lp.state();
+        state_tx.send_if_modified(|cur| {
+            let changed = *cur.catalog != *next.catalog
+                || cur.missing != next.missing
+                || cur.health != next.health;
+            if changed {
+                *cur = next;
+            }
+            changed
+        });
+    }
+}
+
+impl Loop {
+    fn on_signal(&mut self, sig: Signal) {
+        match sig {
+            Signal::Checks {
+                outcome,
+                index,
+                view,
+            } => {
+                self.watch_up[0] = true;
+                self.checks_index = index;
+                match (&self.checks, outcome) {
+                    (Some(old), IndexOutcome::Moved | IndexOutcome::Unchanged) => {
+                        let changed = changed_services(old, &view, &self.known);
+                        self.dirty.extend(changed);
+                    }
+                    _ => self.need_full = true,
+                }
+                self.checks = Some(view);
+            }
+            Signal::Services { outcome, index } => {
+                self.watch_up[1] = true;
+                self.services_index = index;
+                if outcome.may_have_changed() {
+                    self.need_full = true;
+                }
+            }
+            Signal::Failed { watch, error } => {
+                tracing::warn!(?watch, %error, "Consul watch failed; keeping the last good catalog");
+                self.watch_up[watch as usize] = false;
+                if watch == Watch::Checks {
+                    self.checks = None;
+                }
+                self.need_full = true;
+                self.watch_error = Some(error);
+            }
+        }
+        if self.watch_up.iter().all(|u| *u) {
+            self.watch_error = None;
+        }
+    }
+
+    fn set_watched(&mut self, new: BTreeSet<String>) {
+        self.known.retain(|name, _| new.contains(name));
+        self.dirty.retain(|name| new.contains(name));
+        for name in new.difference(&self.watched) {
+            self.dirty.insert(name.clone());
+        }
+        self.watched = new;
+    }
+
+    /// Reads every dirty service (all of them after a full-refetch
+    /// trigger), at most `fetch_concurrency` at a time. Does nothing while
+    /// a watch is down: the reads would fail too, and the watch's recovery
+    /// triggers one full refetch.
+    async fn fetch(&mut self) {
+        if !self.watch_up.iter().all(|u| *u) {
+            return;
+        }
+        if self.need_full {
+            self.need_full = false;
+            self.dirty.extend(self.watched.iter().cloned());
+        }
+        let todo: Vec<String> = std::mem::take(&mut self.dirty)
+            .into_iter()
+            .filter(|s| self.watched.contains(s))
+            .collect();
+        if todo.is_empty() {
+            return;
+        }
+        let opts = QueryOptions {
+            consistency: self.config.consistency,
+            ..QueryOptions::default()
+        };
+        let mut pending = todo.into_iter();
+        let mut running = JoinSet::new();
+        let limit = self.config.concurrency();
+        let mut failed: Option<(String, bool)> = None;
+        let mut ok_count = 0usize;
+        loop {
+            while running.len() < limit {
+                let Some(name) = pending.next() else { break };
+                let client = self.client.clone();
+                let query = self.config.health.clone();
+                let opts = opts.clone();
+                running.spawn(async move {
+                    let r = client.health_service(&name, &query, &opts).await;
+                    (name, r)
+                });
+            }
+            let Some(joined) = running.join_next().await else {
+                break;
+            };
+            let Ok((name, result)) = joined else { continue };
+            let entry = self.known.entry(name.clone()).or_default();
+            match result {
+                Ok(resp) => {
+                    ok_count += 1;
+                    entry.instances = resp.value;
+                    entry.instances.sort();
+                    entry.last_ok = Some(SystemTime::now());
+                    entry.error = None;
+                }
+                Err(e) => {
+                    tracing::warn!(service = %name, error = %e, "Consul read failed; keeping the last good instances");
+                    let is_config = e.is_config_error();
+                    let msg = e.to_string();
+                    entry.error = Some(msg.clone());
+                    if failed.as_ref().is_none_or(|(_, c)| !*c) {
+                        failed = Some((msg, is_config));
+                    }
+                }
+            }
+        }
+        match failed {
+            Some(f) => {
+                self.fetch_error = Some(f);
+                let delay = self.retry.next_delay();
+                self.retry_at = Some(Instant::now() + delay);
+            }
+            None => {
+                if ok_count > 0 && self.known.values().all(|k| k.error.is_none()) {
+                    self.retry.reset();
+                    self.retry_at = None;
+                    self.fetch_error = None;
+                }
+            }
+        }
+    }
+
+    /// The state to publish: last good data everywhere, stale where the
+    /// latest read or a watch failed.
+    fn state(&self) -> SourceState {
+        let watch_down = self.watch_error.as_ref().map(ToString::to_string);
+        let mut services = BTreeMap::new();
+        let mut missing = BTreeSet::new();
+        for name in &self.watched {
+            let Some(k) = self.known.get(name) else {
+                missing.insert(name.clone());
+                continue;
+            };
+            let Some(since) = k.last_ok else {
+                missing.insert(name.clone());
+                continue;
+            };
+            let freshness = match (&k.error, &watch_down) {
+                (Some(e), _) | (None, Some(e)) => Freshness::Stale {
+                    since,
+                    error: e.clone(),
+                },
+                (None, None) => Freshness::Fresh,
+            };
+            services.insert(
+                name.clone(),
+                ServiceEntry {
+                    instances: k.instances.clone(),
+                    freshness,
+                },
+            );
+        }
+        let health = if let Some(e) = &self.watch_error {
+            SourceHealth::Degraded {
+                reason: e.to_string(),
+                config_error: e.is_config_error(),
+            }
+        } else if let Some((reason, config_error)) = &self.fetch_error {
+            SourceHealth::Degraded {
+                reason: reason.clone(),
+                config_error: *config_error,
+            }
+        } else if self.watch_up.iter().all(|u| *u) && missing.is_empty() {
+            SourceHealth::Healthy
+        } else {
+            SourceHealth::Starting
+        };
+        SourceState {
+            catalog: Arc::new(Catalog::new(
+                self.checks_index.max(self.services_index),
+                services,
+            )),
+            missing,
+            health,
+        }
+    }
+}
+
+/// Services whose health or membership differ between two check views:
+/// the service a changed check belongs to, or for a node check, every
+/// known service with an instance on that node.
+fn changed_services(
+    old: &CheckView,
+    new: &CheckView,
+    known: &BTreeMap<String, Known>,
+) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut mark = |node: &str, service: &str| {
+        if service.is_empty() {
+            for (name, k) in known {
+                if k.instances.iter().any(|i| i.node == node) {
+                    out.insert(name.clone());
+                }
+            }
+        } else {
+            out.insert(service.to_string());
+        }
+    };
+    for (key, value) in new {
+        if old.get(key) != Some(value) {
+            mark(&key.0, &value.0);
+            if let Some(prev) = old.get(key) {
+                mark(&key.0, &prev.0);
+            }
+        }
+    }
+    for (key, value) in old {
+        if !new.contains_key(key) {
+            mark(&key.0, &value.0);
+        }
+    }
+    out
+}
+
+fn check_view(checks: Vec<HealthCheck>) -> CheckView {
+    checks
+        .into_iter()
+        .map(|c| ((c.node, c.check_id), (c.service_name, c.status)))
+        .collect()
+}
+
+fn watch_options(config: &SourceConfig) -> (QueryOptions, Pacing) {
+    (
+        QueryOptions {
+            consistency: config.consistency,
+            ..QueryOptions::default()
+        },
+        config.pacing.clone(),
+    )
+}
+
+async fn watch_checks(client: Client, config: SourceConfig, tx: mpsc::Sender<Signal>) {
+    let (opts, pacing) = watch_options(&config);
+    let backoff = Backoff::new(
+        config.retry_base,
+        config.retry_cap,
+        0.5,
+        fastrand::Rng::new(),
+    );
+    let mut q = BlockingQuery::new(opts, pacing, backoff, fastrand::Rng::new());
+    loop {
+        let sig = match q
+            .next(|o| {
+                let client = client.clone();
+                async move { client.health_state("any", &o).await }
+            })
+            .await
+        {
+            Ok(u) if u.outcome == IndexOutcome::Unchanged => continue,
+            Ok(u) => Signal::Checks {
+                outcome: u.outcome,
+                index: u.meta.index,
+                view: check_view(u.value),
+            },
+            Err(error) => Signal::Failed {
+                watch: Watch::Checks,
+                error,
+            },
+        };
+        if tx.send(sig).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn watch_services(client: Client, config: SourceConfig, tx: mpsc::Sender<Signal>) {
+    let (opts, pacing) = watch_options(&config);
+    let backoff = Backoff::new(
+        config.retry_base,
+        config.retry_cap,
+        0.5,
+        fastrand::Rng::new(),
+    );
+    let mut q = BlockingQuery::new(opts, pacing, backoff, fastrand::Rng::new());
+    loop {
+        let sig = match q
+            .next(|o| {
+                let client = client.clone();
+                async move { client.catalog_services(&o).await }
+            })
+            .await
+        {
+            Ok(u) if u.outcome == IndexOutcome::Unchanged => continue,
+            Ok(u) => Signal::Services {
+                outcome: u.outcome,
+                index: u.meta.index,
+            },
+            Err(error) => Signal::Failed {
+                watch: Watch::Services,
+                error,
+            },
+        };
+        if tx.send(sig).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn jittered(d: Duration, rng: &mut fastrand::Rng) -> Duration {
+    d + d.mul_f64(0.1 * rng.f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use converge_model::Health;
+
+    fn inst(id: &str, node: &str) -> Instance {
+        Instance {
+            id: id.into(),
+            node: node.into(),
+            address: "127.0.0.1".into(),
+            port: 1,
+            tags: Default::default(),
+            meta: Default::default(),
+            health: Health::Passing,
+        }
+    }
+
+    fn view(entries: &[(&str, &str, &str, &str)]) -> CheckView {
+        entries
+            .iter()
+            .map(|(node, id, svc, status)| {
+                (
+                    (node.to_string(), id.to_string()),
+                    (svc.to_string(), status.to_string()),
+                )
+            })
+            .collect()
+    }
+
+    fn known(pairs: &[(&str, &str)]) -> BTreeMap<String, Known> {
+        let mut m: BTreeMap<String, Known> = BTreeMap::new();
+        for (svc, node) in pairs {
+            m.entry(svc.to_string())
+                .or_default()
+                .instances
+                .push(inst("i", node));
+        }
+        m
+    }
+
+    #[test]
+    fn a_status_flip_names_only_its_service() {
+        let old = view(&[
+            ("n1", "c-web", "web", "passing"),
+            ("n1", "c-db", "db", "passing"),
+        ]);
+        let new = view(&[
+            ("n1", "c-web", "web", "critical"),
+            ("n1", "c-db", "db", "passing"),
+        ]);
+        let got = changed_services(&old, &new, &known(&[("web", "n1"), ("db", "n1")]));
+        assert_eq!(got, BTreeSet::from(["web".to_string()]));
+    }
+
+    #[test]
+    fn new_and_removed_checks_name_their_services() {
+        let old = view(&[("n1", "c-web", "web", "passing")]);
+        let new = view(&[("n1", "c-api", "api", "passing")]);
+        let got = changed_services(&old, &new, &BTreeMap::new());
+        assert_eq!(got, BTreeSet::from(["api".to_string(), "web".to_string()]));
+    }
+
+    #[test]
+    fn a_node_check_names_every_service_on_that_node() {
+        let old = view(&[
+            ("n1", "serfHealth", "", "passing"),
+            ("n2", "serfHealth", "", "passing"),
+        ]);
+        let new = view(&[
+            ("n1", "serfHealth", "", "critical"),
+            ("n2", "serfHealth", "", "passing"),
+        ]);
+        let got = changed_services(
+            &old,
+            &new,
+            &known(&[("web", "n1"), ("db", "n2"), ("api", "n1")]),
+        );
+        assert_eq!(got, BTreeSet::from(["api".to_string(), "web".to_string()]));
+    }
+
+    #[test]
+    fn unchanged_views_name_nothing() {
+        let v = view(&[("n1", "c-web", "web", "passing")]);
+        assert!(changed_services(&v, &v.clone(), &BTreeMap::new()).is_empty());
+    }
+
+    fn lp() -> Loop {
+        let config = SourceConfig::new(["web", "db"]);
+        Loop {
+            client: Client::new(Config::new("127.0.0.1:1").expect("config")).expect("client"),
+            watched: config.services.clone(),
+            config,
+            known: BTreeMap::new(),
+            checks: None,
+            checks_index: 0,
+            services_index: 0,
+            watch_up: [true, true],
+            watch_error: None,
+            fetch_error: None,
+            need_full: false,
+            dirty: BTreeSet::new(),
+            retry: Backoff::for_consul(),
+            retry_at: None,
+            resync_at: Instant::now(),
+            rng: fastrand::Rng::with_seed(1),
+        }
+    }
+
+    #[tokio::test]
+    async fn never_read_is_missing_not_empty_and_failures_keep_last_good() {
+        let mut l = lp();
+        let s = l.state();
+        assert!(s.catalog.service("web").is_none());
+        assert_eq!(s.missing.len(), 2);
+        assert_eq!(s.health, SourceHealth::Starting);
+
+        let since = SystemTime::now();
+        l.known.insert(
+            "web".into(),
+            Known {
+                instances: vec![inst("w1", "n1")],
+                last_ok: Some(since),
+                error: Some("cannot reach Consul".into()),
+            },
+        );
+        let s = l.state();
+        let web = s.catalog.service("web").expect("web kept");
+        assert_eq!(web.instances.len(), 1, "last good instances are kept");
+        assert!(matches!(&web.freshness, Freshness::Stale { since: t, .. } if *t == since));
+        assert_eq!(s.missing, BTreeSet::from(["db".to_string()]));
+    }
+
+    #[tokio::test]
+    async fn a_failed_watch_marks_everything_stale_and_degraded() {
+        let mut l = lp();
+        for name in ["web", "db"] {
+            l.known.insert(
+                name.into(),
+                Known {
+                    instances: vec![inst("x", "n1")],
+                    last_ok: Some(SystemTime::now()),
+                    error: None,
+                },
+            );
+        }
+        assert_eq!(l.state().health, SourceHealth::Healthy);
+        l.on_signal(Signal::Failed {
+            watch: Watch::Checks,
+            error: Error::Connect {
+                endpoint: "/v1/health/state/any".into(),
+                message: "connection refused".into(),
+            },
+        });
+        let s = l.state();
+        assert!(matches!(
+            s.health,
+            SourceHealth::Degraded {
+                config_error: false,
+                ..
+            }
+        ));
+        for (_, e) in s.catalog.services() {
+            assert!(matches!(e.freshness, Freshness::Stale { .. }));
+            assert_eq!(e.instances.len(), 1);
+        }
+        // While the watch is down, nothing is fetched (and nothing dropped).
+        l.fetch().await;
+        assert!(l.need_full, "recovery must refetch everything");
+    }
+}
