@@ -37,7 +37,7 @@ fn backups_root(state_dir: &Path) -> PathBuf {
 }
 
 /// Target names become one path component, whatever they contain.
-fn safe_name(target: &str) -> String {
+pub(crate) fn safe_name(target: &str) -> String {
     let s: String = target
         .chars()
         .map(|c| {

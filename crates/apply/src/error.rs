@@ -122,6 +122,18 @@ pub enum ApplyError {
         source: io::Error,
     },
 
+    /// The pending-reload marker could not be written before a commit.
+    #[error("bundle {bundle}: cannot record a pending reload in {}: {source}; the live files were not touched", path.display())]
+    Pending {
+        /// Bundle name.
+        bundle: String,
+        /// The marker file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+
     /// Fixing mode or ownership of an otherwise unchanged file failed.
     #[error("target {target}: cannot set mode/owner of {}: {source}", path.display())]
     Metadata {

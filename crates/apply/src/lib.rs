@@ -19,6 +19,9 @@
 //! - `/var/lib/converge/apply.lock` — the `flock`, holding the holder's pid.
 //! - `/var/lib/converge/backups/<target>/<unix-nanos>-<sha8>` — previous
 //!   versions, at most the target's `backups` of them.
+//! - `/var/lib/converge/pending/<bundle>` — present from just before a
+//!   bundle's first rename until its reload has run, so a reload lost to a
+//!   crash is run by the next apply.
 //!
 //! Nothing here logs or returns file contents; error and diff text passes
 //! through the set's secret redaction.
@@ -30,6 +33,7 @@ pub mod failpoint;
 mod fsutil;
 mod live;
 mod lock;
+mod pending;
 mod plan;
 mod reload;
 mod report;

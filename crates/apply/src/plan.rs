@@ -29,6 +29,9 @@ pub struct Plan {
     pub node: String,
     /// One entry per rendered target, in target-name order.
     pub files: Vec<PlannedFile>,
+    /// Bundles an interrupted apply committed but never reloaded; `apply`
+    /// reloads them even if their files are unchanged.
+    pub pending_reloads: Vec<String>,
 }
 
 /// One target's planned change.
@@ -60,7 +63,7 @@ pub struct PlannedFile {
 impl Plan {
     /// Whether applying would change anything (content or metadata).
     pub fn has_changes(&self) -> bool {
-        self.files.iter().any(|f| f.change != Change::Unchanged)
+        self.files.iter().any(|f| f.change != Change::Unchanged) || !self.pending_reloads.is_empty()
     }
 
     /// The text form: every diff, then one line per target, then totals.
@@ -97,6 +100,12 @@ impl fmt::Display for Plan {
                 p.destination.display(),
                 p.validate,
                 p.reload,
+            )?;
+        }
+        for b in &self.pending_reloads {
+            writeln!(
+                f,
+                "reload     bundle {b}: an interrupted apply committed it without reloading"
             )?;
         }
         let count = |c: Change| self.files.iter().filter(|p| p.change == c).count();
@@ -139,9 +148,16 @@ pub fn plan(set: &RenderedSet) -> Result<Plan, ApplyError> {
             reload: set.redact(&reload::describe(&file.reload)),
         });
     }
+    let pending_reloads = set
+        .bundles()
+        .into_keys()
+        .filter(|b| crate::pending::is_pending(&set.layout, b))
+        .map(str::to_string)
+        .collect();
     Ok(Plan {
         node: set.node.clone(),
         files,
+        pending_reloads,
     })
 }
 

@@ -29,6 +29,7 @@ use crate::failpoint;
 use crate::fsutil;
 use crate::live::{self, Change, Live, Ownership, MODE_MASK};
 use crate::lock::ApplyLock;
+use crate::pending;
 use crate::reload::{self, ReloadOutcome};
 use crate::report::{ApplyReport, BundleReport, Outcome};
 use crate::stage;
@@ -98,7 +99,7 @@ fn run_bundle(
     let members = match inspect(files) {
         Ok(m) => m,
         Err(e) => {
-            return report(set, name, targets, Vec::new(), Err(Failure::Failed(e)));
+            return report(set, name, targets, Vec::new(), Err(failed(e)));
         }
     };
     let changed = members
@@ -111,6 +112,7 @@ fn run_bundle(
         name,
         members: &members,
         opts,
+        owed: pending::is_pending(&set.layout, name),
     }
     .run();
     report(set, name, targets, changed, result)
@@ -133,11 +135,15 @@ fn inspect<'a>(files: &[&'a RenderedFile]) -> Result<Vec<Member<'a>>, ApplyError
         .collect()
 }
 
-/// Why a bundle did not go live.
+/// Why a bundle did not go live (unredacted error text).
 enum Failure {
-    Rejected(ApplyError),
-    Failed(ApplyError),
+    Rejected(String),
+    Failed(String),
     RolledBack(String),
+}
+
+fn failed(e: ApplyError) -> Failure {
+    Failure::Failed(e.to_string())
 }
 
 fn report(
@@ -150,10 +156,10 @@ fn report(
     let outcome = match result {
         Ok(o) => o,
         Err(Failure::Rejected(e)) => Outcome::Rejected {
-            error: set.redact(&e.to_string()),
+            error: set.redact(&e),
         },
         Err(Failure::Failed(e)) => Outcome::Failed {
-            error: set.redact(&e.to_string()),
+            error: set.redact(&e),
         },
         Err(Failure::RolledBack(e)) => Outcome::RolledBack {
             error: set.redact(&e),
@@ -190,12 +196,18 @@ struct Txn<'a> {
     name: &'a str,
     members: &'a [Member<'a>],
     opts: &'a ApplyOptions,
+    /// An interrupted apply committed this bundle without reloading it.
+    owed: bool,
 }
 
 impl Txn<'_> {
     fn run(&self) -> Result<Outcome, Failure> {
         if self.members.iter().all(|m| m.change == Change::Unchanged) {
-            return Ok(Outcome::Unchanged);
+            return if self.owed {
+                self.finish_owed_reload()
+            } else {
+                Ok(Outcome::Unchanged)
+            };
         }
         let rewrites: Vec<&Member> = self
             .members
@@ -203,15 +215,20 @@ impl Txn<'_> {
             .filter(|m| m.change.rewrites())
             .collect();
         if rewrites.is_empty() {
-            self.fix_metadata().map_err(Failure::Failed)?;
-            return Ok(Outcome::Applied {
-                reload: ReloadOutcome::NotNeeded,
-            });
+            self.fix_metadata().map_err(failed)?;
+            return if self.owed {
+                self.finish_owed_reload()
+            } else {
+                Ok(Outcome::Applied {
+                    reload: ReloadOutcome::NotNeeded,
+                })
+            };
         }
 
-        let mut staged = self.stage_all().map_err(Failure::Failed)?;
+        let mut staged = self.stage_all().map_err(failed)?;
         failpoint::hit("staged");
-        self.validate_all(&staged).map_err(Failure::Rejected)?;
+        self.validate_all(&staged)
+            .map_err(|e| Failure::Rejected(e.to_string()))?;
         failpoint::hit("validated");
 
         // Only the rewritten members are committed; the other candidates
@@ -222,7 +239,9 @@ impl Txn<'_> {
                 to_commit.push((m, tmp));
             }
         }
-        self.back_up(&rewrites).map_err(Failure::Failed)?;
+        self.back_up(&rewrites).map_err(failed)?;
+        let targets: Vec<String> = rewrites.iter().map(|m| m.file.target.clone()).collect();
+        pending::mark(&self.set.layout, self.name, &targets).map_err(failed)?;
         failpoint::hit("backed-up");
 
         let committed = self.commit(to_commit)?;
@@ -230,6 +249,7 @@ impl Txn<'_> {
 
         match self.reload_all() {
             Ok(reload) => {
+                pending::clear(&self.set.layout, self.name);
                 failpoint::hit("reloaded");
                 Ok(Outcome::Applied { reload })
             }
@@ -241,6 +261,26 @@ impl Txn<'_> {
                     true,
                 )))
             }
+        }
+    }
+
+    /// The files are already right but an interrupted apply never reloaded
+    /// them: reload now. On failure the marker stays, so the next apply
+    /// tries again; there is nothing to roll back to that was validated
+    /// more recently than what is live.
+    fn finish_owed_reload(&self) -> Result<Outcome, Failure> {
+        tracing::info!(
+            bundle = self.name,
+            "running the reload an interrupted apply left pending"
+        );
+        match self.reload_all() {
+            Ok(reload) => {
+                pending::clear(&self.set.layout, self.name);
+                Ok(Outcome::Applied { reload })
+            }
+            Err(e) => Err(Failure::Failed(format!(
+                "{e}; the files an interrupted apply committed stay in place and the reload will be retried"
+            ))),
         }
     }
 
@@ -396,9 +436,12 @@ impl Txn<'_> {
     }
 
     /// Puts back the previous bytes (or removes files that were new) of
-    /// `committed`, then, if `reload`, reloads. Returns the text for the
-    /// report: the original error and what the rollback did.
+    /// `committed`, then, if `reload` (or a reload was owed from before),
+    /// reloads. Returns the text for the report: the original error and
+    /// what the rollback did. The pending-reload marker goes once the live
+    /// files are the previous ones and the program has been told.
     fn roll_back(&self, committed: &[&Member], cause: &str, reload: bool) -> String {
+        let reload = reload || self.owed;
         let mut restore_errors = Vec::new();
         for m in committed.iter().rev() {
             if let Err(e) = restore(m) {
@@ -418,14 +461,23 @@ impl Txn<'_> {
             text.push_str("; ROLLBACK INCOMPLETE: ");
             text.push_str(&restore_errors.join("; "));
         }
-        if reload {
+        let reloaded = if reload {
             match self.reload_all() {
-                Ok(_) => text.push_str(" and reloaded them"),
+                Ok(_) => {
+                    text.push_str(" and reloaded them");
+                    true
+                }
                 Err(e) => {
                     text.push_str(", but reloading them failed too: ");
                     text.push_str(&e.to_string());
+                    false
                 }
             }
+        } else {
+            true
+        };
+        if restore_errors.is_empty() && reloaded {
+            pending::clear(&self.set.layout, self.name);
         }
         text
     }
