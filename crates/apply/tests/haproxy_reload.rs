@@ -1,0 +1,106 @@
+//! A signal reload against a real HAProxy in master-worker mode: apply a
+//! config with a changed backend and watch the runtime API serve it.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use converge_apply::{apply, ApplyOptions, Outcome, ReloadOutcome};
+use converge_model::manifest::Validator;
+use converge_model::{Layout, ReloadAction, RenderedFile, RenderedSet};
+use converge_testkit::{free_port, wait, Haproxy};
+
+fn config(dir: &Path, port: u16, servers: &[(&str, u16)]) -> String {
+    let mut cfg = format!(
+        "global\n    stats socket {}/admin.sock mode 600 level admin\n\
+         defaults\n    mode tcp\n    timeout connect 1s\n    timeout client 5s\n    timeout server 5s\n\
+         frontend fe\n    bind 127.0.0.1:{port}\n    default_backend be\n\
+         backend be\n",
+        dir.display()
+    );
+    for (name, p) in servers {
+        cfg.push_str(&format!("    server {name} 127.0.0.1:{p}\n"));
+    }
+    cfg
+}
+
+fn set(root: &Path, bytes: String) -> RenderedSet {
+    let layout = Layout::new(root);
+    let file = RenderedFile {
+        target: "haproxy".into(),
+        destination: layout.path("/etc/haproxy/haproxy.cfg"),
+        bytes: bytes.into_bytes(),
+        mode: 0o644,
+        owner: None,
+        group: None,
+        validate: Validator::Haproxy,
+        reload: ReloadAction::Signal {
+            pidfile: layout.path("/run/haproxy.pid"),
+            signal: "SIGUSR2".into(),
+        },
+        bundle: "haproxy".into(),
+        secret: false,
+        backups: 2,
+    };
+    RenderedSet {
+        node: "lb1".into(),
+        layout,
+        files: BTreeMap::from([("haproxy".to_string(), file)]),
+        rejections: Vec::new(),
+        warnings: Vec::new(),
+        secrets: Vec::new(),
+    }
+}
+
+/// `show stat` from whichever worker answers, if any does right now.
+fn stat(h: &Haproxy) -> String {
+    h.try_command("show stat").unwrap_or_default()
+}
+
+#[test]
+fn a_changed_backend_is_live_after_apply_and_an_unchanged_one_is_not_reloaded() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let run = root.path().join("run");
+    let etc = root.path().join("etc/haproxy");
+    std::fs::create_dir_all(&run).expect("mkdir run");
+    std::fs::create_dir_all(&etc).expect("mkdir etc");
+    let port = free_port();
+    let cfg = etc.join("haproxy.cfg");
+    std::fs::write(&cfg, config(&run, port, &[("a", 9001), ("b", 9002)])).expect("write");
+    let h = Haproxy::start(&cfg, &run.join("haproxy.pid"), &run.join("admin.sock"))
+        .expect("haproxy starts");
+    let master = h.master_pid();
+    let first_worker = h.worker_pid().expect("worker");
+
+    let desired = set(root.path(), config(&run, port, &[("c", 9003)]));
+    let report = apply(&desired, &ApplyOptions::default()).expect("apply");
+    assert!(report.ok(), "{report}");
+    assert_eq!(
+        report.bundle("haproxy").expect("bundle").outcome,
+        Outcome::Applied {
+            reload: ReloadOutcome::Reloaded
+        },
+        "{report}"
+    );
+    wait::until(
+        Duration::from_secs(10),
+        "haproxy to serve backend be with only server c",
+        || {
+            let s = stat(&h);
+            s.contains("be,c,") && !s.contains("be,a,") && !s.contains("be,b,")
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}; haproxy log:\n{}", h.log()));
+    assert_eq!(h.master_pid(), master);
+    let second_worker = h.worker_pid().expect("worker");
+    assert_ne!(second_worker, first_worker);
+
+    // Same bytes again: no write and no SIGUSR2, so the worker stays.
+    let report = apply(&desired, &ApplyOptions::default()).expect("apply");
+    assert_eq!(
+        report.bundle("haproxy").expect("bundle").outcome,
+        Outcome::Unchanged
+    );
+    assert_eq!(h.worker_pid(), Some(second_worker));
+    assert!(!h.log().contains("Loading failure"), "{}", h.log());
+}
