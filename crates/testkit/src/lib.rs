@@ -1,6 +1,30 @@
-//! Test support: real programs in per-test temp dirs on free loopback
-//! ports, stopped by pid when dropped.
+//! Test support for converge: real programs in per-test temp dirs on free
+//! loopback ports, stopped by pid when dropped.
 //!
-//! Nothing here is a stand-in for a real program. Helpers wait for
-//! conditions with a deadline ([`wait::until`]) instead of sleeping.
+//! Nothing here is a stand-in for a real program: [`haproxy::Haproxy`] is
+//! the HAProxy binary in master-worker mode, reloaded with the same signal
+//! converge sends in production and queried over its runtime API.
+//!
+//! The pieces:
+//! - [`ports::free_port`]: a loopback port for a program to bind.
+//! - [`wait::until`] / [`wait::until_some`]: poll a condition with a
+//!   deadline; the error says what never happened. No test sleeps and hopes.
+//! - [`process::Child`] / [`process::Daemon`]: guards that stop a program
+//!   by its pid on drop (`SIGTERM`, a grace period, `SIGKILL`) and reap it,
+//!   so a failing test leaves nothing running. Nothing is killed by name.
+//! - [`haproxy::Haproxy`]: start, query (`show servers state`,
+//!   `show stat`, any runtime command), reload with `SIGUSR2`, stop.
+//!
+//! Every helper takes the paths it uses from the caller, who normally puts
+//! them in a [`tempfile::TempDir`] per test, so tests can run in parallel.
 #![deny(missing_docs)]
+
+pub mod consul;
+pub mod haproxy;
+pub mod ports;
+pub mod process;
+pub mod wait;
+
+pub use haproxy::Haproxy;
+pub use ports::free_port;
+pub use process::{Child, Daemon};
