@@ -70,6 +70,14 @@ pub(crate) fn read(file: &RenderedFile) -> Result<Option<Live>, ApplyError> {
         path: file.destination.clone(),
         source,
     };
+    // Check the kind before opening: opening a FIFO someone left at the
+    // destination would block.
+    match std::fs::metadata(&file.destination) {
+        Ok(m) if m.is_file() => {}
+        Ok(_) => return Err(err(io::Error::other("not a regular file"))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(err(e)),
+    }
     let mut f = match File::open(&file.destination) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),

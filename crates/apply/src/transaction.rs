@@ -13,6 +13,8 @@
 //! (invariant 4).
 //!
 //! A failed bundle does not stop the others: each bundle is its own unit.
+//! A symlink at a destination is replaced by a regular file on commit (the
+//! rename replaces the link, not its target); converge owns the path.
 //! Failpoints (see [`failpoint`](crate::failpoint)) mark every step a crash
 //! test may stop at.
 
@@ -429,7 +431,7 @@ impl Txn<'_> {
                 detail: f.detail,
                 stderr: f.stderr,
             })?;
-            tracing::info!(bundle = self.name, action = %reload::describe(action), outcome = o.as_str(), "reload");
+            tracing::info!(bundle = self.name, action = %self.set.redact(&reload::describe(action)), outcome = o.as_str(), "reload");
             outcome = outcome.merge(o);
         }
         Ok(outcome)
