@@ -1,0 +1,225 @@
+//! Running a checker program with a deadline, capturing what it says.
+//!
+//! Every validator goes through [`Running`]: the program gets its own
+//! process group, stdin from `/dev/null`, and stdout and stderr on one
+//! anonymous temp file (so the two streams keep their relative order and a
+//! chatty program can never block on a full pipe). Exit is polled with a
+//! deadline; on timeout the whole group is killed with `SIGKILL` and
+//! reaped. When the program exits by itself, anything it left running in
+//! its group is killed too, while the leader is still an unreaped zombie
+//! (`waitid(WNOWAIT)`), so its pid, which is the group id, cannot have
+//! been reused by then. Only ids we spawned are ever signalled.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, ExitStatus, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{killpg, Signal};
+use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+/// How a run ended when it did not simply exit.
+#[derive(Debug)]
+pub(super) enum RunError {
+    /// The program could not be started, or its output not captured.
+    Io(io::Error),
+    /// Still running at the deadline; killed. Carries its output so far.
+    TimedOut(String),
+}
+
+/// A started checker program.
+pub(super) struct Running {
+    child: std::process::Child,
+    out: File,
+    reaped: Option<ExitStatus>,
+}
+
+impl Running {
+    /// Starts `cmd` in a new process group with output captured.
+    pub(super) fn spawn(cmd: &mut Command) -> io::Result<Self> {
+        let out = tempfile::tempfile()?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out.try_clone()?)
+            .process_group(0)
+            .spawn()?;
+        Ok(Self {
+            child,
+            out,
+            reaped: None,
+        })
+    }
+
+    /// The exit status once the program has exited (then reaped, with any
+    /// leftovers in its group killed), `None` while it runs.
+    pub(super) fn poll(&mut self) -> io::Result<Option<ExitStatus>> {
+        if self.reaped.is_some() {
+            return Ok(self.reaped);
+        }
+        let exited = waitid(
+            Id::Pid(self.pid()),
+            WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT,
+        )
+        .map_err(io::Error::from)?;
+        if matches!(exited, WaitStatus::StillAlive) {
+            return Ok(None);
+        }
+        // The leader is a zombie we have not reaped: its pid (= the group
+        // id) is still ours, so signalling the group is safe.
+        let _ = killpg(self.pid(), Signal::SIGKILL);
+        self.reaped = Some(self.child.wait()?);
+        Ok(self.reaped)
+    }
+
+    /// Waits until the program exits or `deadline` (measured from `start`)
+    /// passes; polls with a short, growing interval so a fast checker
+    /// costs about what it takes.
+    pub(super) fn wait_until(
+        &mut self,
+        start: Instant,
+        deadline: Duration,
+    ) -> io::Result<Option<ExitStatus>> {
+        let mut pause = Duration::from_millis(1);
+        loop {
+            if let Some(s) = self.poll()? {
+                return Ok(Some(s));
+            }
+            let elapsed = start.elapsed();
+            if elapsed >= deadline {
+                return Ok(None);
+            }
+            thread::sleep(pause.min(deadline - elapsed));
+            pause = (pause * 2).min(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the program: `SIGTERM` to its group, up to `grace` to exit,
+    /// then `SIGKILL`; always reaps.
+    pub(super) fn stop(&mut self, grace: Duration) -> io::Result<ExitStatus> {
+        if let Some(s) = self.poll()? {
+            return Ok(s);
+        }
+        let _ = killpg(self.pid(), Signal::SIGTERM);
+        if let Some(s) = self.wait_until(Instant::now(), grace)? {
+            return Ok(s);
+        }
+        self.kill()
+    }
+
+    /// `SIGKILL` to the group, then reaps.
+    pub(super) fn kill(&mut self) -> io::Result<ExitStatus> {
+        if let Some(s) = self.poll()? {
+            return Ok(s);
+        }
+        let _ = killpg(self.pid(), Signal::SIGKILL);
+        let s = self.child.wait()?;
+        self.reaped = Some(s);
+        Ok(s)
+    }
+
+    /// Everything the program wrote so far (lossy UTF-8).
+    pub(super) fn output(&mut self) -> String {
+        let mut bytes = Vec::new();
+        let read = self
+            .out
+            .seek(SeekFrom::Start(0))
+            .and_then(|_| self.out.read_to_end(&mut bytes));
+        match read {
+            Ok(_) => String::from_utf8_lossy(&bytes).into_owned(),
+            Err(e) => format!("(could not read the program's output: {e})"),
+        }
+    }
+
+    fn pid(&self) -> Pid {
+        Pid::from_raw(i32::try_from(self.child.id()).unwrap_or(i32::MAX))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.reaped.is_none() {
+            let _ = self.kill();
+        }
+    }
+}
+
+/// Runs `cmd` to completion or until `timeout`; returns its status and
+/// combined output.
+pub(super) fn run(cmd: &mut Command, timeout: Duration) -> Result<(ExitStatus, String), RunError> {
+    let start = Instant::now();
+    let mut running = Running::spawn(cmd).map_err(RunError::Io)?;
+    match running.wait_until(start, timeout).map_err(RunError::Io)? {
+        Some(status) => Ok((status, running.output())),
+        None => {
+            running.kill().map_err(RunError::Io)?;
+            Err(RunError::TimedOut(running.output()))
+        }
+    }
+}
+
+/// `cmd` as a person would type it: arguments quoted for a POSIX shell
+/// when they need it.
+pub(super) fn display(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(quote)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn quote(arg: &OsStr) -> String {
+    let s = arg.to_string_lossy();
+    let plain = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
+    if plain {
+        s.into_owned()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+/// At most `max` lines of `lines`, duplicates dropped (keepalived repeats
+/// each message once per parsing process), with a count of what was left
+/// out.
+pub(super) fn excerpt<'a>(lines: impl IntoIterator<Item = &'a str>, max: usize) -> String {
+    let mut seen = std::collections::HashSet::new();
+    let unique: Vec<&str> = lines
+        .into_iter()
+        .map(str::trim_end)
+        .filter(|l| !l.trim().is_empty() && seen.insert(*l))
+        .collect();
+    let mut out: Vec<String> = unique.iter().take(max).map(|l| (*l).to_string()).collect();
+    if unique.len() > max {
+        out.push(format!("... ({} more lines)", unique.len() - max));
+    }
+    out.join("\n")
+}
+
+/// Describes how a program ended: `exit status 1`, `killed by signal 9`.
+pub(super) fn describe(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => format!("exit status {c}"),
+        (None, Some(s)) => format!("killed by signal {s}"),
+        _ => status.to_string(),
+    }
+}
+
+/// `name` found on `PATH`, else in the sbin directories (which a non-root
+/// user's `PATH` usually lacks, while Debian installs haproxy, keepalived,
+/// pgbouncer and ip there); the bare name when found nowhere, so the spawn
+/// error names it.
+pub(super) fn program(name: &str) -> std::path::PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/local/sbin", "/usr/sbin", "/sbin"].map(Into::into))
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| name.into())
+}
