@@ -35,7 +35,14 @@
 //! (hosts are resolved and connected only when a client logs in), and
 //! `auth_hba_file`, which 1.18 does not report at startup even when it is
 //! missing or garbage. `%include` lines inside the candidate read the live
-//! files they name, not bundle siblings.
+//! files they name, not bundle siblings. Whether the node can bind the
+//! candidate's own `listen_addr`/`listen_port` is not checked either (they
+//! are overridden; with an address the machine lacks, 1.18 does not exit
+//! but keeps retrying, which would only show up as a timeout).
+//!
+//! The check process is stopped by pid on every path out of this module;
+//! only if converge itself is killed with `SIGKILL` mid-check does it
+//! outlive us (under systemd the unit's cgroup is cleaned up on stop).
 
 use std::fmt::Write as _;
 use std::fs;
