@@ -36,9 +36,9 @@
 //! `auth_hba_file`, which 1.18 does not report at startup even when it is
 //! missing or garbage. `%include` lines inside the candidate read the live
 //! files they name, not bundle siblings. Whether the node can bind the
-//! candidate's own `listen_addr`/`listen_port` is not checked either (they
-//! are overridden; with an address the machine lacks, 1.18 does not exit
-//! but keeps retrying, which would only show up as a timeout).
+//! candidate's own `listen_addr`/`listen_port` is not checked either: they
+//! are overridden (on the node, an address it lacks only logs a `WARNING`
+//! unless no address at all can be bound: `FATAL nowhere to listen on`).
 //!
 //! The check process is stopped by pid on every path out of this module;
 //! only if converge itself is killed with `SIGKILL` mid-check does it
