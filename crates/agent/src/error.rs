@@ -17,6 +17,12 @@ pub enum AgentError {
     /// Reading the live files or applying failed.
     #[error(transparent)]
     Apply(#[from] converge_apply::ApplyError),
+    /// A file watch could not be set up.
+    #[error("cannot watch files: {0}")]
+    Watch(notify::Error),
+    /// The catalog source could not start.
+    #[error("catalog source: {0}")]
+    Source(String),
     /// A scratch directory could not be made.
     #[error("cannot prepare scratch directory: {0}")]
     Scratch(std::io::Error),

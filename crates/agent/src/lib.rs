@@ -8,9 +8,17 @@
 //! every file checked by the real programs in a scratch directory.
 #![deny(missing_docs)]
 
+pub mod consul_once;
+pub mod daemon;
 pub mod error;
+pub mod guard;
+pub mod http;
 pub mod pipeline;
+pub mod quiescence;
+pub mod reconciler;
 pub mod repo_check;
+pub mod status;
+pub mod watch_files;
 
 pub use error::AgentError;
 pub use pipeline::{Inputs, Prepared};

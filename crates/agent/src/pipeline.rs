@@ -39,9 +39,7 @@ impl Inputs {
     /// Loads and checks manifests, templates and catalog. Every manifest
     /// problem is reported at once.
     pub fn prepare(&self) -> Result<Prepared, AgentError> {
-        let manifests = Manifests::load(&self.manifests).map_err(AgentError::Manifest)?;
-        manifests.validate().map_err(AgentError::Manifest)?;
-        let templates = Templates::load(&self.templates)?;
+        let (manifests, templates) = self.load_config()?;
         let catalog = Catalog::load_file(&self.catalog).map_err(AgentError::Catalog)?;
         Ok(Prepared {
             manifests,
@@ -50,6 +48,26 @@ impl Inputs {
             layout: Layout::new(&self.root),
         })
     }
+}
+
+impl Inputs {
+    /// Loads and validates manifests and parses templates: the desired
+    /// state without the catalog.
+    pub fn load_config(&self) -> Result<(Manifests, Templates), AgentError> {
+        let manifests = Manifests::load(&self.manifests).map_err(AgentError::Manifest)?;
+        manifests.validate().map_err(AgentError::Manifest)?;
+        let templates = Templates::load(&self.templates)?;
+        Ok((manifests, templates))
+    }
+}
+
+/// Lowercase hex SHA-256, how status reports what a target holds.
+pub fn hex_sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 impl Prepared {

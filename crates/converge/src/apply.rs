@@ -10,7 +10,7 @@ use crate::exit;
 /// Runs one apply; 0 when every bundle is unchanged or applied.
 pub fn run(cli: &Cli, args: &ApplyArgs) -> anyhow::Result<u8> {
     let node = cli.node()?;
-    let prepared = cli.inputs().prepare()?;
+    let prepared = cli.prepare()?;
     let opts = ApplyOptions {
         lock_timeout: Duration::from_secs(args.lock_timeout),
         ..ApplyOptions::default()

@@ -1,10 +1,13 @@
 //! Command-line flags. Every command shares the input flags, so `plan`,
 //! `apply` and `validate` always look at the same world.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use converge_agent::Inputs;
+use converge_agent::reconciler::CatalogFrom;
+use converge_agent::{Inputs, Prepared};
 
 /// Keep HAProxy, PgBouncer and keepalived on this node equal to the
 /// manifests, using live facts from a catalog.
@@ -50,6 +53,13 @@ pub struct Cli {
     )]
     pub catalog: PathBuf,
 
+    /// Read the catalog from this Consul agent instead of --catalog
+    /// (`http://127.0.0.1:8500`). The token and TLS settings come from
+    /// CONSUL_HTTP_TOKEN / CONSUL_HTTP_TOKEN_FILE / CONSUL_CACERT /
+    /// CONSUL_CLIENT_CERT / CONSUL_CLIENT_KEY / CONSUL_HTTP_SSL.
+    #[arg(long, global = true, env = "CONSUL_HTTP_ADDR", value_name = "URL")]
+    pub consul: Option<String>,
+
     /// This node's name in the manifests [default: the host name].
     #[arg(long, global = true, env = "CONVERGE_NODE")]
     pub node: Option<String>,
@@ -75,6 +85,13 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the reconcile daemon: watch the catalog, manifests and templates,
+    /// and keep this node converged until SIGTERM.
+    ///
+    /// SIGHUP reloads manifests and templates at once; SIGTERM/SIGINT let an
+    /// apply in flight finish, then exit. Under systemd (Type=notify) it
+    /// reports READY=1, STATUS= and watchdog pings.
+    Run(RunArgs),
     /// Show what would change on this node as a unified diff; touch nothing.
     ///
     /// Exit status: 0 no changes, 2 changes, 1 error.
@@ -134,6 +151,31 @@ pub struct ApplyArgs {
     pub format: Format,
 }
 
+/// `run` flags.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Quiet time that ends a burst of changes before a reconcile (like
+    /// consul-template's wait min), e.g. `500ms`, `2s`.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+    pub wait_min: Duration,
+
+    /// Longest a burst may delay a reconcile (wait max).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+    pub wait_max: Duration,
+
+    /// Reconcile at least this often even if no watch fired.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5m")]
+    pub resync: Duration,
+
+    /// Loopback address of the /health, /metrics and /status listener.
+    #[arg(long, default_value = "127.0.0.1:9181")]
+    pub listen: SocketAddr,
+
+    /// Seconds to wait for another apply on this node to finish.
+    #[arg(long, default_value_t = 30)]
+    pub lock_timeout: u64,
+}
+
 /// `validate` flags.
 #[derive(Debug, Args)]
 pub struct ValidateArgs {
@@ -154,6 +196,51 @@ impl Cli {
             templates: self.templates.clone(),
             catalog: self.catalog.clone(),
             root: self.root.clone(),
+        }
+    }
+
+    /// Where the catalog comes from: `--consul`, else `--catalog`.
+    pub fn catalog_from(&self) -> anyhow::Result<CatalogFrom> {
+        match &self.consul {
+            Some(addr) => {
+                let addr = addr.clone();
+                let config = converge_consul::Config::from_vars(|k| {
+                    if k == "CONSUL_HTTP_ADDR" {
+                        Some(addr.clone())
+                    } else {
+                        std::env::var(k).ok()
+                    }
+                })?;
+                Ok(CatalogFrom::Consul(Box::new(config)))
+            }
+            None => Ok(CatalogFrom::File(self.catalog.clone())),
+        }
+    }
+
+    /// Loads everything a one-shot command needs; with `--consul`, reads
+    /// one complete snapshot of the services the manifests use.
+    pub fn prepare(&self) -> anyhow::Result<Prepared> {
+        let inputs = self.inputs();
+        match self.catalog_from()? {
+            CatalogFrom::File(_) => Ok(inputs.prepare()?),
+            CatalogFrom::Consul(config) => {
+                let (manifests, templates) = inputs.load_config()?;
+                let services = converge_agent::reconciler::referenced_services(&manifests.manifest);
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                let catalog = runtime.block_on(converge_agent::consul_once::snapshot(
+                    *config,
+                    services,
+                    Duration::from_secs(15),
+                ))?;
+                Ok(Prepared {
+                    manifests,
+                    templates,
+                    catalog,
+                    layout: converge_model::Layout::new(&self.root),
+                })
+            }
         }
     }
 

@@ -4,6 +4,7 @@
 mod apply;
 mod cli;
 mod plan;
+mod run;
 mod validate;
 
 use std::process::ExitCode;
@@ -39,6 +40,7 @@ fn main() -> ExitCode {
     };
     cli.init_logging();
     let result = match &cli.command {
+        Command::Run(args) => run::run(&cli, args),
         Command::Plan(args) => plan::run(&cli, args),
         Command::Apply(args) => apply::run(&cli, args),
         Command::Validate(args) => validate::run(&cli, args),

@@ -19,7 +19,7 @@ struct PlanDocument<'a> {
 /// Runs `plan`; 0 no changes, 2 changes.
 pub fn run(cli: &Cli, args: &PlanArgs) -> anyhow::Result<u8> {
     let node = cli.node()?;
-    let prepared = cli.inputs().prepare()?;
+    let prepared = cli.prepare()?;
     let (set, plan) = prepared.plan(&node)?;
     match args.format {
         Format::Json => {

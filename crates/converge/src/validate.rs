@@ -7,7 +7,7 @@ use crate::exit;
 
 /// Runs the repository check; 0 when everything passed.
 pub fn run(cli: &Cli, args: &ValidateArgs) -> anyhow::Result<u8> {
-    let prepared = cli.inputs().prepare()?;
+    let prepared = cli.prepare()?;
     let report = repo_check::check(&prepared, &args.only)?;
     match args.format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),

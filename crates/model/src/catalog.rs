@@ -124,6 +124,21 @@ impl Catalog {
         self.services.get(name)
     }
 
+    /// This snapshot with `name`'s entry replaced (or removed with `None`);
+    /// how a guard keeps a service's last good instances in force.
+    pub fn with_service(mut self, name: &str, entry: Option<ServiceEntry>) -> Self {
+        match entry {
+            Some(mut e) => {
+                e.instances.sort();
+                self.services.insert(name.to_string(), e);
+            }
+            None => {
+                self.services.remove(name);
+            }
+        }
+        self
+    }
+
     /// Every service, in name order.
     pub fn services(&self) -> &BTreeMap<String, ServiceEntry> {
         &self.services

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use converge_model::desired::NodeVip;
-use converge_model::manifest::{DbRole, Mode, PoolMode};
+use converge_model::manifest::{Backend, DbRole, Mode, PoolMode};
 use converge_model::{Catalog, Health, Instance, Layout, NodeDesired, Rejection};
 use serde::Serialize;
 
@@ -470,6 +470,15 @@ pub fn build(desired: &NodeDesired, catalog: &Catalog, layout: &Layout) -> View 
         rejections,
         warnings,
     }
+}
+
+/// Whether `inst` may serve backend `b` by health and tags (the sanitizer
+/// decides separately whether its values are safe to render). The guard
+/// counts servers with the same rule the render uses.
+pub fn serves(b: &Backend, inst: &Instance) -> bool {
+    let healthy =
+        inst.health == Health::Passing || (b.include_warning && inst.health == Health::Warning);
+    healthy && b.tags.iter().all(|t| inst.tags.contains(t))
 }
 
 fn vip_view(desired: &NodeDesired, v: &NodeVip) -> VipView {

@@ -1,0 +1,198 @@
+//! `converge run`: the loop around [`Reconciler::reconcile`].
+//!
+//! Events — the catalog source changed, a file changed under the manifests
+//! or templates, the resync timer, SIGHUP, an operator's release — only say
+//! "look again". A burst of them is settled by [`Quiescence`] into one
+//! pass. One task runs the passes one after another on a blocking thread,
+//! so two reconciles never overlap, and shutdown waits for a pass in flight
+//! instead of cutting an apply in half.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use converge_consul::{CatalogSource, SourceConfig};
+use tokio::sync::{mpsc, watch};
+
+use crate::reconciler::{CatalogFrom, DaemonConfig, Reconciler};
+use crate::status::Board;
+use crate::watch_files::FileWatch;
+
+/// Why the loop looks again (for logs; every pass recomputes everything).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// The catalog may have changed.
+    Catalog,
+    /// A manifest, template or catalog file may have changed.
+    Files,
+    /// The periodic resync.
+    Resync,
+    /// SIGHUP, or an operator's release.
+    Operator,
+}
+
+/// Operator requests shared with the HTTP listener and signal handlers.
+#[derive(Debug, Clone)]
+pub struct Control {
+    wake: mpsc::Sender<Trigger>,
+    releases: Arc<Mutex<Vec<String>>>,
+}
+
+impl Control {
+    /// Asks for a pass now (SIGHUP).
+    pub fn reload(&self) {
+        let _ = self.wake.try_send(Trigger::Operator);
+    }
+
+    /// Accepts the current catalog for `backend` once, ending its hold.
+    pub fn release(&self, backend: &str) {
+        self.releases
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(backend.to_string());
+        let _ = self.wake.try_send(Trigger::Operator);
+    }
+}
+
+/// A daemon before it runs: build, hand out [`Control`], then [`run`](Self::run).
+pub struct Daemon {
+    config: DaemonConfig,
+    board: Arc<Board>,
+    control: Control,
+    wake_rx: mpsc::Receiver<Trigger>,
+}
+
+impl Daemon {
+    /// Prepares a daemon; nothing runs until [`Daemon::run`].
+    pub fn new(config: DaemonConfig) -> Self {
+        let source = match config.catalog {
+            CatalogFrom::File(_) => "file",
+            CatalogFrom::Consul(_) => "consul",
+        };
+        let board = Board::new(&config.node, source);
+        let (wake, wake_rx) = mpsc::channel(1024);
+        Self {
+            config,
+            board,
+            control: Control {
+                wake,
+                releases: Arc::new(Mutex::new(Vec::new())),
+            },
+            wake_rx,
+        }
+    }
+
+    /// The shared status board.
+    pub fn board(&self) -> Arc<Board> {
+        self.board.clone()
+    }
+
+    /// A handle for operator requests.
+    pub fn control(&self) -> Control {
+        self.control.clone()
+    }
+
+    /// Runs until `shutdown` turns true. `after_pass` is called after every
+    /// pass (the binary tells systemd `READY=1`/`STATUS=` there).
+    pub async fn run(
+        self,
+        mut shutdown: watch::Receiver<bool>,
+        after_pass: impl Fn(&Board) + Send + 'static,
+    ) -> Result<(), crate::AgentError> {
+        let Daemon {
+            config,
+            board,
+            control,
+            mut wake_rx,
+        } = self;
+        let wake = control.wake.clone();
+        let quiescence = config.quiescence;
+        let resync = config.resync;
+
+        let _files = FileWatch::start(&config, wake.clone()).map_err(crate::AgentError::Watch)?;
+
+        let mut reconciler = Reconciler::new(config.clone(), board.clone());
+        reconciler.load_inputs();
+
+        let source = match &config.catalog {
+            CatalogFrom::Consul(consul) => {
+                let src = CatalogSource::connect(
+                    (**consul).clone(),
+                    SourceConfig::new(reconciler.services()),
+                )
+                .map_err(|e| crate::AgentError::Source(e.to_string()))?;
+                let mut rx = src.subscribe();
+                let wake = wake.clone();
+                tokio::spawn(async move {
+                    while rx.changed().await.is_ok() {
+                        if wake.send(Trigger::Catalog).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+                Some(src)
+            }
+            CatalogFrom::File(_) => None,
+        };
+
+        tokio::spawn({
+            let wake = wake.clone();
+            async move {
+                let mut tick =
+                    tokio::time::interval_at(tokio::time::Instant::now() + resync, resync);
+                loop {
+                    tick.tick().await;
+                    if wake.send(Trigger::Resync).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+
+        // The first pass waits for quiescence too when it is configured, so
+        // a daemon started into a burst renders once.
+        let _ = wake.try_send(Trigger::Files);
+        loop {
+            let trigger = tokio::select! {
+                biased;
+                _ = shutdown.wait_for(|stop| *stop) => break,
+                t = wake_rx.recv() => match t {
+                    Some(t) => t,
+                    None => break,
+                },
+            };
+            tracing::debug!(?trigger, "woken");
+            tokio::select! {
+                biased;
+                _ = shutdown.wait_for(|stop| *stop) => break,
+                open = quiescence.settle(&mut wake_rx) => if !open { break },
+            }
+            for backend in std::mem::take(
+                &mut *control
+                    .releases
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner),
+            ) {
+                tracing::warn!(%backend, "operator released the guard");
+                reconciler.release(backend);
+            }
+            let state = source.as_ref().map(|s| s.current());
+            // Not cancelled by shutdown: a pass in flight always finishes.
+            reconciler = tokio::task::spawn_blocking(move || {
+                reconciler.load_inputs();
+                reconciler.reconcile(state.as_ref());
+                reconciler
+            })
+            .await
+            .map_err(|e| crate::AgentError::Source(format!("reconcile task failed: {e}")))?;
+            if let Some(src) = &source {
+                src.set_services(reconciler.services());
+            }
+            after_pass(&board);
+        }
+        tracing::info!("shutting down; no apply in flight");
+        Ok(())
+    }
+}
+
+/// Default resync interval.
+pub const DEFAULT_RESYNC: Duration = Duration::from_secs(300);

@@ -1,0 +1,178 @@
+//! The guard: a sudden loss of servers is held back, not applied.
+//!
+//! When a backend would drop below its `min_healthy` servers, or lose more
+//! than `max_drop_fraction` of them in one change, the guard keeps that
+//! backend's service at the instances of the last applied snapshot, so the
+//! last good servers stay configured, and reports a [`Hold`]. The hold ends
+//! by itself when the catalog recovers, or when an operator releases the
+//! backend (then the current catalog is accepted once).
+//!
+//! Working on the snapshot rather than on rendered text keeps the guard a
+//! pure function, and lets every template see one consistent world.
+
+use std::collections::BTreeSet;
+
+use converge_model::{Catalog, Manifest};
+use converge_render::view::serves;
+use serde::Serialize;
+
+/// A change held back for one backend.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Hold {
+    /// Backend name.
+    pub backend: String,
+    /// Its catalog service.
+    pub service: String,
+    /// Servers in the last applied snapshot.
+    pub before: usize,
+    /// Servers the new snapshot would leave.
+    pub after: usize,
+    /// Which rule held it.
+    pub reason: String,
+}
+
+/// The snapshot to render, and what was held back.
+#[derive(Debug, Clone)]
+pub struct Guarded {
+    /// `new` with held services reverted to their last applied instances.
+    pub catalog: Catalog,
+    /// Holds, by backend name.
+    pub holds: Vec<Hold>,
+}
+
+/// Applies the guard rules of every backend in `manifest`. With no last
+/// applied snapshot (the first reconcile) nothing is held: there is
+/// nothing better to keep.
+pub fn guard(
+    manifest: &Manifest,
+    last: Option<&Catalog>,
+    new: &Catalog,
+    released: &BTreeSet<String>,
+) -> Guarded {
+    let Some(last) = last else {
+        return Guarded {
+            catalog: new.clone(),
+            holds: Vec::new(),
+        };
+    };
+    let mut catalog = new.clone();
+    let mut holds = Vec::new();
+    for (name, b) in &manifest.backends {
+        if released.contains(name) {
+            continue;
+        }
+        let count = |c: &Catalog| {
+            c.service(&b.service)
+                .map(|e| e.instances.iter().filter(|i| serves(b, i)).count())
+                .unwrap_or(0)
+        };
+        let (before, after) = (count(last), count(new));
+        if after >= before {
+            continue;
+        }
+        let reason = if after < b.min_healthy as usize {
+            format!("would leave {after} of min_healthy {}", b.min_healthy)
+        } else if (before - after) as f64 / before as f64 > b.max_drop_fraction {
+            format!(
+                "would remove {} of {before} servers, more than max_drop_fraction {}",
+                before - after,
+                b.max_drop_fraction
+            )
+        } else {
+            continue;
+        };
+        catalog = catalog.with_service(&b.service, last.service(&b.service).cloned());
+        holds.push(Hold {
+            backend: name.clone(),
+            service: b.service.clone(),
+            before,
+            after,
+            reason,
+        });
+    }
+    Guarded { catalog, holds }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::{Path, PathBuf};
+
+    use converge_model::{Health, Instance, Manifests};
+
+    use super::*;
+
+    fn manifest(extra: &str) -> Manifest {
+        let text = format!("nodes: {{lb1: {{}}}}\nbackends:\n  web:\n    service: web\n{extra}");
+        Manifests::from_sources(Path::new("m"), &[(PathBuf::from("m.yaml"), text)])
+            .expect("manifest")
+            .manifest
+    }
+
+    fn catalog(healthy: usize, total: usize) -> Catalog {
+        let instances = (0..total)
+            .map(|i| Instance {
+                id: format!("web-{i}"),
+                node: "n".into(),
+                address: format!("10.0.0.{}", i + 1),
+                port: 80,
+                tags: Default::default(),
+                meta: Default::default(),
+                health: if i < healthy {
+                    Health::Passing
+                } else {
+                    Health::Critical
+                },
+            })
+            .collect();
+        Catalog::fresh(1, BTreeMap::from([("web".to_string(), instances)]))
+    }
+
+    #[test]
+    fn dropping_below_min_healthy_is_held_with_the_old_instances() {
+        let m = manifest("    min_healthy: 1\n");
+        let last = catalog(3, 3);
+        let g = guard(&m, Some(&last), &catalog(0, 0), &BTreeSet::new());
+        assert_eq!(g.holds.len(), 1);
+        assert_eq!((g.holds[0].before, g.holds[0].after), (3, 0));
+        assert_eq!(g.catalog.service("web"), last.service("web"));
+    }
+
+    #[test]
+    fn a_drop_above_the_fraction_is_held_and_a_small_one_passes() {
+        let m = manifest("    max_drop_fraction: 0.5\n");
+        let last = catalog(4, 4);
+        let big = guard(&m, Some(&last), &catalog(1, 4), &BTreeSet::new());
+        assert_eq!(big.holds.len(), 1, "3 of 4 is more than half");
+        let small = guard(&m, Some(&last), &catalog(2, 4), &BTreeSet::new());
+        assert!(small.holds.is_empty(), "2 of 4 is exactly half");
+        assert_eq!(small.catalog, catalog(2, 4));
+    }
+
+    #[test]
+    fn without_rules_or_after_release_the_change_goes_through() {
+        let free = manifest("");
+        let last = catalog(3, 3);
+        assert!(guard(&free, Some(&last), &catalog(0, 3), &BTreeSet::new())
+            .holds
+            .is_empty());
+        let strict = manifest("    min_healthy: 2\n");
+        let released = BTreeSet::from(["web".to_string()]);
+        let g = guard(&strict, Some(&last), &catalog(0, 3), &released);
+        assert!(g.holds.is_empty());
+        assert_eq!(g.catalog, catalog(0, 3));
+    }
+
+    #[test]
+    fn growth_and_the_first_reconcile_are_never_held() {
+        let m = manifest("    min_healthy: 5\n");
+        assert!(
+            guard(&m, Some(&catalog(1, 3)), &catalog(2, 3), &BTreeSet::new())
+                .holds
+                .is_empty()
+        );
+        assert!(guard(&m, None, &catalog(0, 0), &BTreeSet::new())
+            .holds
+            .is_empty());
+    }
+}

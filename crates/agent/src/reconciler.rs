@@ -1,0 +1,309 @@
+//! One reconcile pass, and the state that survives between passes.
+//!
+//! A pass recomputes everything from the current inputs — it is a function
+//! of state, not of the event that woke it: reload manifests and templates
+//! (keeping the last good desired state when the new one is broken), take
+//! the catalog (keeping the last good snapshot when the source fails),
+//! guard, render, apply. Every failure is logged, counted and put in the
+//! status; none of them changes a live file.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use converge_apply::{ApplyOptions, Outcome};
+use converge_consul::SourceHealth;
+use converge_model::{Catalog, Layout};
+
+use crate::guard::{guard, Hold};
+use crate::pipeline::{hex_sha256, Inputs, Prepared};
+use crate::quiescence::Quiescence;
+use crate::status::{unix_now, BackendStatus, Board};
+
+/// Where the catalog comes from.
+#[derive(Debug, Clone)]
+pub enum CatalogFrom {
+    /// A catalog file, watched for changes.
+    File(PathBuf),
+    /// A Consul agent.
+    Consul(Box<converge_consul::Config>),
+}
+
+/// Daemon settings.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    /// Manifests, templates, root (its `catalog` is used for `File`).
+    pub inputs: Inputs,
+    /// This node.
+    pub node: String,
+    /// Catalog source.
+    pub catalog: CatalogFrom,
+    /// Burst settling.
+    pub quiescence: Quiescence,
+    /// Reconcile at least this often, whatever the watches say.
+    pub resync: Duration,
+    /// Apply settings.
+    pub apply: ApplyOptions,
+}
+
+/// Every catalog service `manifest` reads: what a source must watch.
+pub fn referenced_services(manifest: &converge_model::Manifest) -> BTreeSet<String> {
+    manifest
+        .backends
+        .values()
+        .map(|b| b.service.clone())
+        .chain(manifest.databases.values().map(|d| d.service.clone()))
+        .collect()
+}
+
+/// The reconcile state that survives between passes.
+pub struct Reconciler {
+    config: DaemonConfig,
+    board: Arc<Board>,
+    /// Last manifests and templates that loaded cleanly (its catalog is
+    /// replaced on every pass).
+    inputs: Option<Prepared>,
+    /// Last catalog read cleanly (file source).
+    file_catalog: Option<Catalog>,
+    /// Snapshot behind the files now live.
+    last_applied: Option<Catalog>,
+    /// Backends an operator released, consumed by the next pass.
+    released: BTreeSet<String>,
+}
+
+impl Reconciler {
+    /// A reconciler with nothing loaded yet.
+    pub fn new(config: DaemonConfig, board: Arc<Board>) -> Self {
+        Self {
+            config,
+            board,
+            inputs: None,
+            file_catalog: None,
+            last_applied: None,
+            released: BTreeSet::new(),
+        }
+    }
+
+    /// Marks `backend` released for the next pass.
+    pub fn release(&mut self, backend: String) {
+        self.released.insert(backend);
+    }
+
+    /// Services the current manifests reference (what the source watches).
+    pub fn services(&self) -> BTreeSet<String> {
+        self.inputs
+            .as_ref()
+            .map(|p| referenced_services(&p.manifests.manifest))
+            .unwrap_or_default()
+    }
+
+    /// Reloads manifests and templates; on failure keeps the previous ones
+    /// and reports the error (with its file:line) in the status.
+    pub fn load_inputs(&mut self) {
+        match self.config.inputs.load_config() {
+            Ok((manifests, templates)) => {
+                self.inputs = Some(Prepared {
+                    manifests,
+                    templates,
+                    catalog: Catalog::default(),
+                    layout: Layout::new(&self.config.inputs.root),
+                });
+                self.board.update(|s| s.input_error = None);
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                tracing::error!(error = %msg, "manifests or templates are invalid; keeping the previous desired state");
+                self.board.fail("load");
+                self.board.update(|s| s.input_error = Some(msg));
+            }
+        }
+    }
+
+    /// Reads the catalog file; on failure keeps the last good one.
+    fn read_file_catalog(&mut self, path: &Path) -> Option<Catalog> {
+        match Catalog::load_file(path) {
+            Ok(c) => {
+                self.board.snapshot_read();
+                self.board.update(|s| s.source_error = None);
+                self.file_catalog = Some(c);
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                tracing::error!(error = %msg, "catalog file is invalid; keeping the last good snapshot");
+                self.board.metrics.source_errors.inc();
+                self.board.update(|s| s.source_error = Some(msg));
+            }
+        }
+        self.file_catalog.clone()
+    }
+
+    /// One pass over the current inputs. `consul` is the source's latest
+    /// state when Consul is the source. Blocking (render, validators,
+    /// reloads): call from a blocking thread.
+    pub fn reconcile(&mut self, consul: Option<&converge_consul::SourceState>) {
+        self.board.metrics.reconciles.inc();
+        self.board.update(|s| s.last_reconcile = Some(unix_now()));
+        let catalog = match (&self.config.catalog, consul) {
+            (CatalogFrom::File(path), _) => {
+                let path = path.clone();
+                self.read_file_catalog(&path)
+            }
+            (CatalogFrom::Consul(_), Some(state)) => self.consul_catalog(state),
+            (CatalogFrom::Consul(_), None) => None,
+        };
+        let (Some(prepared), Some(catalog)) = (self.inputs.as_mut(), catalog) else {
+            self.board.update(|s| s.converged = false);
+            return;
+        };
+        let released = std::mem::take(&mut self.released);
+        let guarded = guard(
+            &prepared.manifests.manifest,
+            self.last_applied.as_ref(),
+            &catalog,
+            &released,
+        );
+        prepared.catalog = guarded.catalog.clone();
+        let set = match prepared.render_at(&self.config.node, &prepared.layout) {
+            Ok(set) => set,
+            Err(e) => {
+                let msg = e.to_string();
+                tracing::error!(error = %msg, "render failed; live files unchanged");
+                self.board.fail("render");
+                self.board.update(|s| {
+                    s.input_error = Some(msg);
+                    s.converged = false;
+                });
+                return;
+            }
+        };
+        self.board.metrics.renders.inc();
+        let manifest = prepared.manifests.manifest.clone();
+        self.record_holds(&manifest, &guarded.catalog, &guarded.holds);
+        for r in &set.rejections {
+            tracing::warn!(service = %r.service, instance = %r.instance, field = %r.field, value = %r.value, "catalog value rejected: {}", r.reason);
+        }
+        let report = match converge_apply::apply(&set, &self.config.apply) {
+            Ok(r) => r,
+            Err(e) => {
+                let msg = set.redact(&e.to_string());
+                tracing::error!(error = %msg, "apply could not start");
+                self.board.fail("apply");
+                self.board.update(|s| s.converged = false);
+                return;
+            }
+        };
+        let now = unix_now();
+        let mut all_ok = true;
+        self.board.update(|s| {
+            for b in &report.bundles {
+                for t in &b.targets {
+                    let entry = s.targets.entry(t.clone()).or_default();
+                    entry.sha256 = set.files.get(t).map(|f| hex_sha256(&f.bytes));
+                    match &b.outcome {
+                        Outcome::Applied { .. } => {
+                            entry.last_apply = Some(now);
+                            entry.last_error = None;
+                        }
+                        Outcome::Unchanged => entry.last_error = None,
+                        Outcome::Rejected { error }
+                        | Outcome::Failed { error }
+                        | Outcome::RolledBack { error } => {
+                            all_ok = false;
+                            entry.last_error = Some(error.clone());
+                        }
+                    }
+                }
+            }
+        });
+        for b in &report.bundles {
+            match &b.outcome {
+                Outcome::Applied { reload } => {
+                    if *reload == converge_apply::ReloadOutcome::Reloaded {
+                        self.board.metrics.reloads.inc();
+                    }
+                    tracing::info!(bundle = %b.bundle, reload = reload.as_str(), "applied");
+                }
+                Outcome::Unchanged => {}
+                Outcome::Rejected { error } => {
+                    self.board.fail("validate");
+                    tracing::error!(bundle = %b.bundle, error = %error, "candidate rejected; live files unchanged");
+                }
+                Outcome::Failed { error } => {
+                    self.board.fail("apply");
+                    tracing::error!(bundle = %b.bundle, error = %error, "apply failed; live files unchanged");
+                }
+                Outcome::RolledBack { error } => {
+                    self.board.fail("reload");
+                    tracing::error!(bundle = %b.bundle, error = %error, "reload failed; rolled back to the previous files");
+                }
+            }
+        }
+        if all_ok {
+            self.last_applied = Some(guarded.catalog);
+        }
+        let converged = all_ok && guarded.holds.is_empty();
+        self.board.update(|s| {
+            s.converged = converged && s.input_error.is_none() && s.source_error.is_none();
+            if converged {
+                s.last_success = Some(now);
+            }
+        });
+        if converged {
+            self.board.metrics.last_success_seconds.set(now as i64);
+        }
+    }
+
+    fn consul_catalog(&mut self, state: &converge_consul::SourceState) -> Option<Catalog> {
+        let error = match &state.health {
+            SourceHealth::Healthy => None,
+            SourceHealth::Starting => Some("waiting for the first answer from Consul".to_string()),
+            SourceHealth::Degraded { reason, .. } => Some(reason.clone()),
+        };
+        if error.is_some() {
+            self.board.metrics.source_errors.inc();
+        } else {
+            self.board.snapshot_read();
+        }
+        self.board.update(|s| s.source_error = error);
+        // A service never read is unknown, not empty: render nothing until
+        // every watched service has been read once.
+        if !state.is_complete() {
+            tracing::warn!(missing = ?state.missing, "not every watched service has been read yet; waiting");
+            return None;
+        }
+        Some((*state.catalog).clone())
+    }
+
+    fn record_holds(&self, manifest: &converge_model::Manifest, catalog: &Catalog, holds: &[Hold]) {
+        for h in holds {
+            tracing::warn!(backend = %h.backend, before = h.before, after = h.after, "change held: {}", h.reason);
+        }
+        self.board.metrics.guard_holds.inc_by(holds.len() as u64);
+        self.board.metrics.held_backends.set(holds.len() as i64);
+        self.board.update(|s| {
+            s.backends = manifest
+                .backends
+                .iter()
+                .map(|(name, b)| {
+                    let servers = catalog
+                        .service(&b.service)
+                        .map(|e| {
+                            e.instances
+                                .iter()
+                                .filter(|i| converge_render::view::serves(b, i))
+                                .count()
+                        })
+                        .unwrap_or(0);
+                    (
+                        name.clone(),
+                        BackendStatus {
+                            servers,
+                            held: holds.iter().find(|h| &h.backend == name).cloned(),
+                        },
+                    )
+                })
+                .collect();
+        });
+    }
+}
