@@ -12,6 +12,8 @@
 //! - [`process::Child`] / [`process::Daemon`]: guards that stop a program
 //!   by its pid on drop (`SIGTERM`, a grace period, `SIGKILL`) and reap it,
 //!   so a failing test leaves nothing running. Nothing is killed by name.
+//! - [`backend::HttpBackend`]: a loopback HTTP server that answers with its
+//!   name, so a test sees which server HAProxy picked.
 //! - [`haproxy::Haproxy`]: start, query (`show servers state`,
 //!   `show stat`, any runtime command), reload with `SIGUSR2`, stop.
 //!
@@ -19,6 +21,7 @@
 //! them in a [`tempfile::TempDir`] per test, so tests can run in parallel.
 #![deny(missing_docs)]
 
+pub mod backend;
 pub mod consul;
 pub mod haproxy;
 pub mod ports;

@@ -136,3 +136,86 @@ pub fn assert_exit(o: &Output, code: i32) {
         stderr(o)
     );
 }
+
+/// A `converge run` child process with its loopback status listener.
+pub struct RunningDaemon {
+    pub child: converge_testkit::Child,
+    pub listen: u16,
+}
+
+impl Workspace {
+    /// Starts `converge run` for node lb1 with this workspace's inputs.
+    pub fn run_daemon(&self, extra: &[&str]) -> RunningDaemon {
+        let listen = converge_testkit::free_port();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_converge"));
+        cmd.arg("run")
+            .args(["--node", "lb1", "--listen", &format!("127.0.0.1:{listen}")])
+            .arg("--manifests")
+            .arg(self.path("manifests"))
+            .arg("--templates")
+            .arg(self.path("templates"))
+            .arg("--catalog")
+            .arg(self.path("catalog.yaml"))
+            .arg("--root")
+            .arg(self.root())
+            .args(extra)
+            .env_remove("CONSUL_HTTP_ADDR")
+            .env_remove("CONVERGE_FAILPOINT")
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(self.path("daemon.log")).expect("log"));
+        let child =
+            converge_testkit::Child::spawn("converge run", &mut cmd).expect("spawn converge run");
+        let d = RunningDaemon { child, listen };
+        converge_testkit::wait::until(
+            std::time::Duration::from_secs(15),
+            "the status listener",
+            || http_get(listen, "/health").is_some(),
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", self.daemon_log()));
+        d
+    }
+
+    pub fn daemon_log(&self) -> String {
+        std::fs::read_to_string(self.path("daemon.log")).unwrap_or_default()
+    }
+}
+
+impl RunningDaemon {
+    pub fn status(&self) -> serde_json::Value {
+        let body = http_get(self.listen, "/status").expect("status answers");
+        serde_json::from_str(&body).expect("status is JSON")
+    }
+
+    /// A metric's value (0 when absent).
+    pub fn metric(&self, name: &str) -> f64 {
+        let text = http_get(self.listen, "/metrics").expect("metrics answer");
+        text.lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(' ')?;
+                (k == name).then(|| v.trim().parse().ok()).flatten()
+            })
+            .unwrap_or(0.0)
+    }
+}
+
+/// A plain HTTP/1.1 GET to 127.0.0.1:port; the body on 2xx.
+pub fn http_get(port: u16, path: &str) -> Option<String> {
+    http(port, "GET", path)
+}
+
+/// A plain HTTP/1.1 request to 127.0.0.1:port; the body on 2xx.
+pub fn http(port: u16, method: &str, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .ok()?;
+    write!(conn, "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").ok()?;
+    let mut out = String::new();
+    conn.read_to_string(&mut out).ok()?;
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    head.split(' ')
+        .nth(1)?
+        .starts_with('2')
+        .then(|| body.to_string())
+}

@@ -1,0 +1,311 @@
+//! `converge run` end to end: a real `consul agent -dev`, a real HAProxy in
+//! master-worker mode, small HTTP backends on loopback, and the daemon as a
+//! child process — each scenario of the daemon's contract, observed through
+//! real requests and the daemon's own status.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::{http, RunningDaemon, Workspace};
+use converge_testkit::backend::{get, HttpBackend};
+use converge_testkit::consul::ConsulAgent;
+use converge_testkit::{free_port, wait, Haproxy};
+use nix::sys::signal::Signal;
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+fn manifest(port: u16, validate: &str) -> String {
+    format!(
+        r#"
+nodes:
+  lb1: {{}}
+haproxy:
+  stats_socket: /run/haproxy/admin.sock
+frontends:
+  http_in:
+    bind: ["127.0.0.1:{port}"]
+    default_backend: web
+backends:
+  web:
+    service: web
+    min_healthy: 1
+targets:
+  haproxy:
+    template: haproxy.cfg.tera
+    destination: /etc/haproxy/haproxy.cfg
+    validate: {validate}
+    reload:
+      signal: {{pidfile: /run/haproxy.pid, signal: SIGUSR2}}
+"#
+    )
+}
+
+/// Consul with three healthy `web` instances, HAProxy and the daemon.
+struct Stack {
+    consul: ConsulAgent,
+    backends: Vec<HttpBackend>,
+    checks: Vec<String>,
+    ws: Workspace,
+    front: u16,
+    daemon: RunningDaemon,
+    haproxy: Option<Haproxy>,
+}
+
+impl Stack {
+    fn start(daemon_args: &[&str], validate: &str) -> Self {
+        let consul = ConsulAgent::start().expect("consul agent -dev");
+        let backends: Vec<HttpBackend> = ["b1", "b2", "b3"]
+            .iter()
+            .map(|n| HttpBackend::start(n).expect("backend"))
+            .collect();
+        let checks = backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                consul
+                    .register_service_with_ttl(&format!("web-{}", i + 1), "web", b.port(), &[])
+                    .expect("register")
+            })
+            .collect();
+        let front = free_port();
+        let ws = Workspace::custom(&manifest(front, validate), "services: {}\n");
+        let url = consul.http_url();
+        let mut args = vec!["--consul", url.as_str()];
+        args.extend_from_slice(daemon_args);
+        let daemon = ws.run_daemon(&args);
+        let mut stack = Self {
+            consul,
+            backends,
+            checks,
+            ws,
+            front,
+            daemon,
+            haproxy: None,
+        };
+        stack.wait_config(
+            |cfg| cfg.matches("    server web-").count() == 3,
+            "3 servers rendered",
+        );
+        std::fs::create_dir_all(stack.ws.root().join("run/haproxy")).expect("run dir");
+        let root = stack.ws.root();
+        stack.haproxy = Some(
+            Haproxy::start(
+                &root.join("etc/haproxy/haproxy.cfg"),
+                &root.join("run/haproxy.pid"),
+                &root.join("run/haproxy/admin.sock"),
+            )
+            .expect("haproxy on the rendered config"),
+        );
+        stack
+    }
+
+    fn config(&self) -> String {
+        std::fs::read_to_string(self.ws.root().join("etc/haproxy/haproxy.cfg")).unwrap_or_default()
+    }
+
+    fn wait_config(&self, cond: impl Fn(&str) -> bool, what: &str) {
+        wait::until(DEADLINE, what, || cond(&self.config())).unwrap_or_else(|e| {
+            panic!(
+                "{e}\nconfig:\n{}\ndaemon log:\n{}",
+                self.config(),
+                self.ws.daemon_log()
+            )
+        });
+    }
+
+    fn wait_status(&self, cond: impl Fn(&serde_json::Value) -> bool, what: &str) {
+        wait::until(DEADLINE, what, || cond(&self.daemon.status())).unwrap_or_else(|e| {
+            panic!(
+                "{e}\nstatus: {}\ndaemon log:\n{}",
+                self.daemon.status(),
+                self.ws.daemon_log()
+            )
+        });
+    }
+
+    /// Backends reached by `n` requests through HAProxy.
+    fn reached(&self, n: usize) -> BTreeSet<String> {
+        (0..n).filter_map(|_| get(self.front)).collect()
+    }
+
+    fn reloads(&self) -> f64 {
+        self.daemon.metric("converge_reloads_total")
+    }
+}
+
+fn names(list: &[&str]) -> BTreeSet<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn health_flip_reaches_haproxy_with_one_reload() {
+    let s = Stack::start(&[], "haproxy");
+    wait::until(DEADLINE, "requests to reach b1, b2 and b3", || {
+        s.reached(6) == names(&["b1", "b2", "b3"])
+    })
+    .expect("all three serve");
+    let before = s.reloads();
+
+    s.consul.fail(&s.checks[1]).expect("fail web-2");
+    wait::until(DEADLINE, "HAProxy to stop sending to b2", || {
+        let seen = s.reached(9);
+        seen == names(&["b1", "b3"])
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", s.ws.daemon_log()));
+    s.wait_status(|st| st["converged"] == true, "converged after the flip");
+    assert_eq!(s.reloads() - before, 1.0, "one health flip, one reload");
+}
+
+#[test]
+fn flapping_inside_the_quiescence_window_reloads_at_most_once() {
+    let s = Stack::start(&["--wait-min", "700ms", "--wait-max", "5s"], "haproxy");
+    s.wait_status(|st| st["converged"] == true, "converged");
+    let before = s.reloads();
+    // 19 flips in about a second, ending critical.
+    for i in 0..19 {
+        if i % 2 == 0 {
+            s.consul.fail(&s.checks[2]).expect("fail");
+        } else {
+            s.consul.pass(&s.checks[2]).expect("pass");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    s.wait_config(
+        |c| !c.contains("server web-3 "),
+        "web-3 to leave the config",
+    );
+    s.wait_status(|st| st["converged"] == true, "converged after the flapping");
+    let reloads = s.reloads() - before;
+    assert!(
+        reloads <= 1.0,
+        "{reloads} reloads for one burst of flapping"
+    );
+}
+
+#[test]
+fn consul_outage_keeps_serving_and_reports_degraded_then_recovers() {
+    let mut s = Stack::start(&[], "haproxy");
+    let cfg = s.config();
+    s.consul.stop();
+    s.wait_status(
+        |st| !st["source_error"].is_null(),
+        "the daemon to report the source degraded",
+    );
+    assert_eq!(s.config(), cfg, "an outage must not change the config");
+    assert_eq!(
+        s.reached(6),
+        names(&["b1", "b2", "b3"]),
+        "HAProxy keeps serving the last set"
+    );
+
+    s.consul.start_again().expect("consul back");
+    for (i, b) in s.backends.iter().enumerate() {
+        // A dev agent forgets registrations across a restart.
+        s.consul
+            .register_service_with_ttl(&format!("web-{}", i + 1), "web", b.port(), &[])
+            .expect("re-register");
+    }
+    s.wait_status(
+        |st| st["source_error"].is_null() && st["converged"] == true,
+        "recovery",
+    );
+    assert_eq!(s.config(), cfg);
+}
+
+#[test]
+fn losing_every_instance_below_min_healthy_is_held() {
+    let s = Stack::start(&[], "haproxy");
+    let cfg = s.config();
+    for i in 1..=3 {
+        s.consul
+            .deregister(&format!("web-{i}"))
+            .expect("deregister");
+    }
+    s.wait_status(
+        |st| !st["backends"]["web"]["held"].is_null(),
+        "the hold to show in status",
+    );
+    assert!(s.daemon.metric("converge_guard_holds_total") >= 1.0);
+    assert_eq!(s.config(), cfg, "held: the old servers stay configured");
+    assert_eq!(s.reached(6), names(&["b1", "b2", "b3"]));
+
+    // An operator accepts the empty backend.
+    assert!(http(s.daemon.listen, "POST", "/release/web").is_some());
+    s.wait_config(
+        |c| !c.contains("server web-"),
+        "the released change to apply",
+    );
+}
+
+#[test]
+fn a_broken_template_keeps_the_last_config_serving_until_fixed() {
+    let s = Stack::start(&[], "haproxy");
+    let cfg = s.config();
+    let good = s.ws.read("templates/haproxy.cfg.tera");
+    s.ws.write(
+        "templates/haproxy.cfg.tera",
+        &good.replace("{{ haproxy.maxconn }}", "{{ haproxy.maxconn"),
+    );
+    s.wait_status(
+        |st| {
+            st["input_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("haproxy.cfg.tera:"))
+        },
+        "the template error with its file:line",
+    );
+    s.consul.fail(&s.checks[0]).expect("fail web-1");
+    assert_eq!(
+        s.config(),
+        cfg,
+        "nothing renders while the template is broken"
+    );
+    s.ws.write("templates/haproxy.cfg.tera", &good);
+    s.wait_config(
+        |c| !c.contains("server web-1 "),
+        "the fixed template to converge",
+    );
+    s.wait_status(|st| st["input_error"].is_null(), "the error to clear");
+}
+
+#[test]
+fn sigterm_during_an_apply_finishes_it_and_leaves_no_staged_files() {
+    // A validator that takes a second, so SIGTERM lands mid-apply.
+    let s = Stack::start(
+        &[],
+        "{command: [/bin/sh, -c, \"sleep 1; haproxy -c -f {}\"]}",
+    );
+    let old = s.config();
+    let dir = s.ws.root().join("etc/haproxy");
+    s.consul.fail(&s.checks[0]).expect("fail web-1");
+    wait::until(DEADLINE, "a staged candidate", || {
+        std::fs::read_dir(&dir)
+            .map(|d| {
+                d.flatten()
+                    .any(|e| e.file_name().to_string_lossy().contains(".converge-stage"))
+            })
+            .unwrap_or(false)
+    })
+    .expect("apply in flight");
+    let mut daemon = s.daemon;
+    daemon.child.signal(Signal::SIGTERM).expect("SIGTERM");
+    let status = daemon.child.wait_exit(DEADLINE).expect("daemon exits");
+    assert!(status.success(), "clean exit: {status:?}");
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .expect("dir")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains(".converge-stage"))
+        .collect();
+    assert!(left.is_empty(), "staged files left: {left:?}");
+    let now = std::fs::read_to_string(dir.join("haproxy.cfg")).expect("config");
+    assert!(
+        now == old || !now.contains("server web-1 "),
+        "config is neither old nor new"
+    );
+    assert!(
+        now.ends_with('\n') && now.contains("backend web"),
+        "config complete"
+    );
+}
