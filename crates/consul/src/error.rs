@@ -14,6 +14,9 @@
 
 use reqwest::StatusCode;
 
+/// How Consul words a filter expression it cannot parse.
+const FILTER_ERROR: &str = "Failed to create boolean expression evaluator";
+
 /// Longest piece of a Consul response body kept in an error.
 pub const BODY_LIMIT: usize = 512;
 
@@ -60,6 +63,17 @@ pub enum Error {
         message: String,
     },
 
+    /// Consul refused the request itself: a malformed `filter`
+    /// expression, a bad parameter. Asking again cannot help; the query
+    /// (usually from a manifest) must be fixed. Not retryable.
+    #[error("Consul rejected the request to {endpoint}: {message}")]
+    InvalidRequest {
+        /// Request path.
+        endpoint: String,
+        /// Consul's answer.
+        message: String,
+    },
+
     /// Any other unexpected status. 5xx and 429 are retryable, other 4xx
     /// are not.
     #[error("Consul answered {endpoint} with HTTP {status}: {body}")]
@@ -90,14 +104,19 @@ impl Error {
         match self {
             Error::Connect { .. } | Error::Timeout { .. } | Error::Decode { .. } => true,
             Error::Status { status, .. } => *status >= 500 || *status == 429,
-            Error::Config(_) | Error::PermissionDenied { .. } => false,
+            Error::Config(_) | Error::PermissionDenied { .. } | Error::InvalidRequest { .. } => {
+                false
+            }
         }
     }
 
     /// Whether this is a configuration problem (token, address, TLS files)
     /// that an operator has to fix.
     pub fn is_config_error(&self) -> bool {
-        matches!(self, Error::Config(_) | Error::PermissionDenied { .. })
+        matches!(
+            self,
+            Error::Config(_) | Error::PermissionDenied { .. } | Error::InvalidRequest { .. }
+        )
     }
 
     /// Classifies a non-success answer from Consul.
@@ -111,6 +130,14 @@ impl Error {
                 } else {
                     body
                 },
+            };
+        }
+        // Consul answers a filter it cannot parse with a 500, not a 400;
+        // retrying it forever would hide a manifest error.
+        if status == StatusCode::BAD_REQUEST || body.contains(FILTER_ERROR) {
+            return Error::InvalidRequest {
+                endpoint: endpoint.to_string(),
+                message: format!("HTTP {}: {body}", status.as_u16()),
             };
         }
         Error::Status {
@@ -203,6 +230,16 @@ mod tests {
         );
         let s429 = Error::from_status("/v1/x", StatusCode::TOO_MANY_REQUESTS, "");
         let s400 = Error::from_status("/v1/x", StatusCode::BAD_REQUEST, "bad filter");
+        let bad_filter = Error::from_status(
+            "/v1/x",
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Failed to create boolean expression evaluator: 1:16 (15): no match found",
+        );
+        assert!(
+            matches!(bad_filter, Error::InvalidRequest { .. }),
+            "{bad_filter:?}"
+        );
+        assert!(!bad_filter.is_retryable() && bad_filter.is_config_error());
         assert!(s500.is_retryable());
         assert!(s429.is_retryable());
         assert!(!s400.is_retryable());

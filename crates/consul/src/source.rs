@@ -815,7 +815,7 @@ mod tests {
                 ..
             }
         ));
-        for (_, e) in s.catalog.services() {
+        for e in s.catalog.services().values() {
             assert!(matches!(e.freshness, Freshness::Stale { .. }));
             assert_eq!(e.instances.len(), 1);
         }

@@ -1,0 +1,70 @@
+//! TLS against a real agent serving HTTPS with mutual TLS: the CA and
+//! client certificate from the HashiCorp variables are used; without the
+//! client certificate or the CA the connection is refused.
+
+use converge_consul::{Client, Config};
+use converge_testkit::consul::ConsulAgent;
+
+fn vars(pairs: Vec<(&'static str, String)>) -> impl Fn(&str) -> Option<String> {
+    move |k| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_with_the_consul_env_variables() {
+    let a = ConsulAgent::start_with_tls()
+        .unwrap_or_else(|e| panic!("cannot start the real consul agent with TLS: {e}"));
+    let (ca, cert, key) = a.tls_files();
+    let path = |p: &std::path::Path| p.display().to_string();
+    let addr = a.https_url().trim_start_matches("https://").to_string();
+
+    // host:port plus CONSUL_HTTP_SSL=true selects https.
+    let config = Config::from_vars(vars(vec![
+        ("CONSUL_HTTP_ADDR", addr.clone()),
+        ("CONSUL_HTTP_SSL", "true".into()),
+        ("CONSUL_CACERT", path(&ca)),
+        ("CONSUL_CLIENT_CERT", path(&cert)),
+        ("CONSUL_CLIENT_KEY", path(&key)),
+    ]))
+    .expect("config");
+    assert_eq!(config.address.scheme(), "https");
+    let c = Client::new(config).expect("client");
+    let leader = c.status_leader().await.expect("leader over mutual TLS");
+    assert!(leader.starts_with("127.0.0.1:"), "{leader}");
+
+    // No client certificate: the agent refuses the handshake.
+    let config = Config::from_vars(vars(vec![
+        ("CONSUL_HTTP_ADDR", format!("https://{addr}")),
+        ("CONSUL_CACERT", path(&ca)),
+    ]))
+    .expect("config");
+    let e = Client::new(config)
+        .expect("client")
+        .status_leader()
+        .await
+        .expect_err("client certificate required");
+    assert!(e.to_string().contains("/v1/status/leader"), "{e}");
+
+    // No CA: Consul's certificate is not trusted.
+    let config = Config::from_vars(vars(vec![
+        ("CONSUL_HTTP_ADDR", format!("https://{addr}")),
+        ("CONSUL_CLIENT_CERT", path(&cert)),
+        ("CONSUL_CLIENT_KEY", path(&key)),
+    ]))
+    .expect("config");
+    let e = Client::new(config)
+        .expect("client")
+        .status_leader()
+        .await
+        .expect_err("unknown CA");
+    let msg = e.to_string().to_lowercase();
+    assert!(msg.contains("certificate") || msg.contains("tls"), "{msg}");
+
+    // Half a client identity is a configuration error, found up front.
+    let config = Config::from_vars(vars(vec![
+        ("CONSUL_HTTP_ADDR", format!("https://{addr}")),
+        ("CONSUL_CLIENT_CERT", path(&cert)),
+    ]))
+    .expect("config");
+    let e = Client::new(config).expect_err("cert without key");
+    assert!(e.is_config_error(), "{e}");
+}
