@@ -22,7 +22,11 @@
 //!   `X-Consul-Results-Filtered-By-ACLs: true`, not with a 403. Returning
 //!   that list would turn "not allowed to see" into "no instances", so
 //!   [`Client::health_service`] reports it as
-//!   [`Error::PermissionDenied`].
+//!   [`Error::PermissionDenied`]. Consul does not set that header for the
+//!   anonymous token, so with no token configured and
+//!   `X-Consul-Default-Acl-Policy: deny`, an *empty* health answer is
+//!   reported the same way (a non-empty one is used: the anonymous token
+//!   evidently may read the service).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -82,6 +86,9 @@ pub struct QueryMeta {
     /// `X-Consul-Results-Filtered-By-ACLs`: the token could not see
     /// everything.
     pub filtered_by_acls: bool,
+    /// `X-Consul-Default-Acl-Policy: deny`: ACLs are on and deny by
+    /// default.
+    pub default_acl_deny: bool,
     /// A stale answer was too old and this one came from a consistent
     /// re-read.
     pub consistent_fallback: bool,
@@ -176,6 +183,7 @@ pub struct Client {
     request_timeout: Duration,
     blocking_margin: Duration,
     requests: Arc<AtomicU64>,
+    has_token: bool,
 }
 
 impl std::fmt::Debug for Client {
@@ -196,6 +204,7 @@ impl Client {
     /// Like [`Client::new`], keeping at most `max_idle` idle connections
     /// to Consul between requests.
     pub fn with_pool(config: Config, max_idle: usize) -> Result<Self, Error> {
+        let has_token = config.token.is_some();
         let mut headers = HeaderMap::new();
         if let Some(token) = &config.token {
             let mut value = HeaderValue::from_str(token.expose()).map_err(|_| {
@@ -263,6 +272,7 @@ impl Client {
             request_timeout: config.request_timeout,
             blocking_margin: config.blocking_margin,
             requests: Arc::new(AtomicU64::new(0)),
+            has_token,
         })
     }
 
@@ -311,6 +321,18 @@ impl Client {
                     "the token may not read service {name:?} or some of its nodes; Consul hid \
                      instances (X-Consul-Results-Filtered-By-ACLs), so the answer is incomplete \
                      and was not used"
+                ),
+            });
+        }
+        // Without a token Consul filters silently: the anonymous token's
+        // empty answer carries no filtered header. Under a deny-by-default
+        // policy, empty is then indistinguishable from "not allowed".
+        if !self.has_token && resp.meta.default_acl_deny && resp.value.is_empty() {
+            return Err(Error::PermissionDenied {
+                endpoint,
+                message: format!(
+                    "no ACL token is configured and Consul denies by default, so the empty answer \
+                     for service {name:?} may only mean the anonymous token cannot read it"
                 ),
             });
         }
@@ -690,6 +712,7 @@ fn query_meta(headers: &HeaderMap) -> QueryMeta {
         ),
         known_leader: get("X-Consul-KnownLeader") == Some("true"),
         filtered_by_acls: get("X-Consul-Results-Filtered-By-ACLs") == Some("true"),
+        default_acl_deny: get("X-Consul-Default-Acl-Policy") == Some("deny"),
         consistent_fallback: false,
     }
 }

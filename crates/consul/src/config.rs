@@ -4,7 +4,7 @@
 //! [`Config::from_env`] follows HashiCorp's environment conventions so an
 //! operator's existing `CONSUL_HTTP_*` setup works unchanged; converge's own
 //! configuration fills the same struct. The token is a
-//! [`Secret`](converge_model::Secret): its `Debug` and `Display` print a
+//! [`Secret`]: its `Debug` and `Display` print a
 //! placeholder, it is sent only in the `X-Consul-Token` header (marked
 //! sensitive), never in a URL, an error or a log line, and it is read from
 //! the environment or a file, never from the command line where `ps` would

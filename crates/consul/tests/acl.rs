@@ -74,6 +74,17 @@ async fn token_without_permission_is_a_configuration_error_not_an_empty_answer()
     let e = c.agent_self().await.expect_err("agent:read missing");
     assert_denied(&e, "/v1/agent/self", &narrow);
 
+    // No token at all: Consul's answer for the anonymous token is an empty
+    // list without any "filtered" mark; under default deny that must not
+    // read as "no instances".
+    let anonymous = Client::new(Config::new(&a.http_url()).expect("config")).expect("client");
+    let e = anonymous
+        .health_service("web", &HealthQuery::default(), &QueryOptions::default())
+        .await
+        .expect_err("anonymous cannot read web");
+    assert_denied(&e, "/v1/health/service/web", "no-token");
+    assert!(e.to_string().contains("no ACL token"), "{e}");
+
     // A token Consul does not know.
     let bogus = "00000000-1111-4222-8333-444444444444";
     let e = client_with(&a, bogus)
