@@ -34,4 +34,4 @@ pub use client::{
 };
 pub use config::{Config, TlsConfig};
 pub use error::Error;
-pub use source::{CatalogSource, SourceConfig, SourceHealth, SourceState};
+pub use source::{read_catalog, CatalogSource, SourceConfig, SourceHealth, SourceState};

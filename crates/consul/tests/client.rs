@@ -458,3 +458,52 @@ async fn next_web(
 fn fastrand_rng() -> fastrand::Rng {
     fastrand::Rng::new()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_shot_catalog_read_for_plan() {
+    let a = agent();
+    let c = client(&a);
+    a.register_service_with_ttl("web-2", "web", 81, &[])
+        .expect("web-2");
+    a.register_service_with_ttl("web-1", "web", 80, &[])
+        .expect("web-1");
+    let services: BTreeSet<String> = ["web".to_string(), "absent".to_string()].into();
+    let cat = eventually("both web instances", Duration::from_secs(10), || async {
+        let cat = converge_consul::read_catalog(
+            &c,
+            &services,
+            &HealthQuery::default(),
+            Consistency::Default,
+            4,
+        )
+        .await
+        .ok()?;
+        (cat.service("web")?.instances.len() == 2).then_some(cat)
+    })
+    .await;
+    let web: Vec<&str> = cat
+        .service("web")
+        .expect("web")
+        .instances
+        .iter()
+        .map(|i| i.id.as_str())
+        .collect();
+    assert_eq!(web, vec!["web-1", "web-2"], "sorted");
+    assert!(cat.service("absent").expect("read").instances.is_empty());
+    assert!(cat.index > 0);
+
+    // One failed read fails the whole snapshot: a plan never runs on half
+    // an answer.
+    let mut a = a;
+    tokio::task::block_in_place(|| a.stop());
+    let e = converge_consul::read_catalog(
+        &c,
+        &services,
+        &HealthQuery::default(),
+        Consistency::Default,
+        4,
+    )
+    .await
+    .expect_err("agent down");
+    assert!(e.is_retryable(), "{e}");
+}
