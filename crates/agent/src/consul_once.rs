@@ -32,7 +32,7 @@ pub async fn snapshot(
                     config_error: true,
                 } = &state.health
                 {
-                    return Err(AgentError::Source(reason.clone()));
+                    return Err(AgentError::Source(format!("{reason}; nothing was changed")));
                 }
                 if state.is_complete() && state.health != SourceHealth::Starting {
                     return Ok((*state.catalog).clone());

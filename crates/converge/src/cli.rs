@@ -60,6 +60,10 @@ pub struct Cli {
     #[arg(long, global = true, env = "CONSUL_HTTP_ADDR", value_name = "URL")]
     pub consul: Option<String>,
 
+    /// How long plan/apply/validate wait for a complete snapshot from Consul.
+    #[arg(long, global = true, value_parser = humantime::parse_duration, default_value = "15s")]
+    pub consul_timeout: Duration,
+
     /// This node's name in the manifests [default: the host name].
     #[arg(long, global = true, env = "CONVERGE_NODE")]
     pub node: Option<String>,
@@ -232,7 +236,7 @@ impl Cli {
                 let catalog = runtime.block_on(converge_agent::consul_once::snapshot(
                     *config,
                     services,
-                    Duration::from_secs(15),
+                    self.consul_timeout,
                 ))?;
                 Ok(Prepared {
                     manifests,

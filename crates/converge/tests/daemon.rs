@@ -156,8 +156,16 @@ fn health_flip_reaches_haproxy_with_one_reload() {
     .unwrap_or_else(|e| panic!("{e}\n{}", s.ws.daemon_log()));
     // The pass that removed b2 finishes its reload bookkeeping after the
     // swap; wait for the count, then check it is exactly one.
-    wait::until(DEADLINE, "the reload to be counted", || s.reloads() > before).expect("reload counted");
-    assert_eq!(s.reloads() - before, 1.0, "one health flip, one reload\n{}", s.ws.daemon_log());
+    wait::until(DEADLINE, "the reload to be counted", || {
+        s.reloads() > before
+    })
+    .expect("reload counted");
+    assert_eq!(
+        s.reloads() - before,
+        1.0,
+        "one health flip, one reload\n{}",
+        s.ws.daemon_log()
+    );
 }
 
 #[test]

@@ -1,0 +1,124 @@
+//! `plan` and `apply --once` against a real Consul agent: `--consul` and the
+//! HashiCorp environment variables, a token without permission, and an
+//! agent that is down.
+
+mod common;
+
+use common::{assert_exit, stderr, stdout, Workspace};
+use converge_testkit::consul::ConsulAgent;
+use converge_testkit::free_port;
+
+const MANIFEST: &str = r#"
+nodes:
+  lb1: {}
+frontends:
+  http_in:
+    bind: ["127.0.0.1:18080"]
+    default_backend: web
+backends:
+  web:
+    service: web
+targets:
+  haproxy:
+    template: haproxy.cfg.tera
+    destination: /etc/haproxy/haproxy.cfg
+    validate: haproxy
+"#;
+
+#[test]
+fn plan_reads_the_live_catalog_with_flag_or_env() {
+    let consul = ConsulAgent::start().expect("consul agent -dev");
+    let ok = consul
+        .register_service_with_ttl("web-1", "web", 8081, &[])
+        .expect("register");
+    let bad = consul
+        .register_service_with_ttl("web-2", "web", 8082, &[])
+        .expect("register");
+    consul.pass(&ok).expect("pass");
+    consul.fail(&bad).expect("fail");
+    let ws = Workspace::custom(MANIFEST, "services: {}\n");
+
+    let out = ws.converge(&["plan", "--node", "lb1", "--consul", &consul.http_url()]);
+    assert_exit(&out, 2);
+    let text = stdout(&out);
+    assert!(
+        text.contains("+    server web-1 127.0.0.1:8081 check"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("web-2"),
+        "critical instance planned:\n{text}"
+    );
+
+    let out = ws.converge_env(
+        &["plan", "--node", "lb1"],
+        &[("CONSUL_HTTP_ADDR", &consul.http_url())],
+    );
+    assert_exit(&out, 2);
+    assert!(stdout(&out).contains("server web-1 "), "{}", stdout(&out));
+}
+
+#[test]
+fn a_token_without_permission_is_a_clear_error_and_changes_nothing() {
+    let consul = ConsulAgent::start_with_acl().expect("consul with ACLs");
+    consul
+        .register_service_with_ttl("web-1", "web", 8081, &[])
+        .expect("register");
+    let ws = Workspace::custom(MANIFEST, "services: {}\n");
+    let weak = consul
+        .create_token(r#"key_prefix "" { policy = "read" }"#)
+        .expect("token");
+    let out = ws.converge_env(
+        &[
+            "apply",
+            "--once",
+            "--node",
+            "lb1",
+            "--consul",
+            &consul.http_url(),
+        ],
+        &[("CONSUL_HTTP_TOKEN", &weak)],
+    );
+    assert_exit(&out, 1);
+    let err = stderr(&out);
+    assert!(
+        err.contains("denied")
+            && err.contains("may not read service \"web\"")
+            && err.contains("nothing was changed"),
+        "{err}"
+    );
+    assert!(!err.contains(&weak), "token leaked into the error:\n{err}");
+    assert!(ws.tree().is_empty(), "nothing may be written");
+
+    let good = consul
+        .create_token(r#"service_prefix "" { policy = "read" } node_prefix "" { policy = "read" }"#)
+        .expect("token");
+    let out = ws.converge_env(
+        &["plan", "--node", "lb1", "--consul", &consul.http_url()],
+        &[("CONSUL_HTTP_TOKEN", &good)],
+    );
+    assert_exit(&out, 2);
+}
+
+#[test]
+fn an_unreachable_agent_fails_without_touching_files() {
+    let ws = Workspace::custom(MANIFEST, "services: {}\n");
+    let url = format!("http://127.0.0.1:{}", free_port());
+    let out = ws.converge(&[
+        "apply",
+        "--once",
+        "--node",
+        "lb1",
+        "--consul",
+        &url,
+        "--consul-timeout",
+        "2s",
+    ]);
+    assert_exit(&out, 1);
+    assert!(
+        stderr(&out).contains("nothing was changed"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(ws.tree().is_empty());
+}
