@@ -3,8 +3,15 @@
 //! - `Signal`: the pid comes from the pidfile. No pidfile, or no such
 //!   process, means the program is not running: nothing needs a reload and
 //!   that is not an error (the files are in place for its next start).
-//!   Otherwise the signal is sent and the process must still be alive after
-//!   a short settle window (a zombie counts as dead).
+//!   Otherwise the signal is sent only once the process handles it (a
+//!   handler in `SigCgt`, or a signalfd; see [`disposition`]), waiting up
+//!   to a deadline for that: a program that has not installed its handler
+//!   yet — HAProxy's master right after it starts or re-executes — would be
+//!   killed by the signal or would drop it. Every signal waits, so the
+//!   second of two quick reloads waits for the re-executed master too. If
+//!   the deadline passes the signal is not sent and the reload fails, so
+//!   the transaction rolls back. After the signal, the process must still
+//!   be alive after a short settle window (a zombie counts as dead).
 //! - `Command`: an argv run without a shell; `Shell`: `/bin/sh -c`. Both
 //!   must exit 0 within a timeout, else the process group is killed by pid.
 //!   Output goes to anonymous temp files rather than pipes, so a reload
@@ -22,6 +29,10 @@ use converge_model::ReloadAction;
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 use serde::Serialize;
+
+mod disposition;
+
+use disposition::Disposition;
 
 /// What a reload did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -80,6 +91,8 @@ pub(crate) struct Failure {
 pub(crate) struct Limits {
     pub timeout: Duration,
     pub settle: Duration,
+    /// How long to wait for a process to handle a signal before sending it.
+    pub ready: Duration,
 }
 
 /// The action as a person would read it.
@@ -164,6 +177,11 @@ fn signal_pidfile(
     if !alive(pid) {
         return Ok(ReloadOutcome::NotRunning);
     }
+    match await_handler(pid, sig, limits.ready) {
+        Ready::Yes => {}
+        Ready::Gone => return Ok(ReloadOutcome::NotRunning),
+        Ready::No(why) => return Err(fail(why)),
+    }
     match kill(pid, sig) {
         Ok(()) => {}
         Err(nix::errno::Errno::ESRCH) => return Ok(ReloadOutcome::NotRunning),
@@ -179,6 +197,76 @@ fn signal_pidfile(
         }
         std::thread::sleep(Duration::from_millis(10).min(limits.settle));
     }
+}
+
+/// How often a process's signal disposition is read while waiting.
+const READY_POLL: Duration = Duration::from_millis(10);
+
+/// Whether a process may be sent a signal.
+#[derive(Debug)]
+enum Ready {
+    /// It handles the signal now.
+    Yes,
+    /// It exited while we waited.
+    Gone,
+    /// It did not handle the signal by the deadline; why, for the report.
+    No(String),
+}
+
+/// Waits until `pid` handles `sig` (see [`disposition`]), polling until
+/// `timeout` has passed; always reads at least once.
+fn await_handler(pid: Pid, sig: Signal, timeout: Duration) -> Ready {
+    let start = Instant::now();
+    loop {
+        let last = disposition::read(pid, sig);
+        if let Ok(d) = last {
+            if d.handles() {
+                if start.elapsed() >= READY_POLL {
+                    tracing::info!(
+                        %pid,
+                        signal = %sig,
+                        waited_ms = start.elapsed().as_millis() as u64,
+                        "waited for the process to handle the signal"
+                    );
+                }
+                return Ready::Yes;
+            }
+        }
+        // A zombie's /proc entry stays readable with empty masks.
+        if !alive(pid) {
+            return Ready::Gone;
+        }
+        let waited = start.elapsed();
+        if waited >= timeout {
+            return Ready::No(not_ready(pid, sig, last, waited));
+        }
+        std::thread::sleep(READY_POLL.min(timeout - waited));
+    }
+}
+
+/// Why `pid` was not sent `sig`, from the last reading of its disposition.
+fn not_ready(pid: Pid, sig: Signal, last: io::Result<Disposition>, waited: Duration) -> String {
+    let what = match last {
+        Ok(Disposition::Default) => format!(
+            "pid {pid} does not handle {sig} yet (SigCgt); not signalled, \
+             since with no handler it would end the process or be lost"
+        ),
+        Ok(Disposition::Ignored) => {
+            format!("pid {pid} ignores {sig} (SigIgn); not signalled, since it would be lost")
+        }
+        Ok(Disposition::Blocked) => format!(
+            "pid {pid} blocks {sig} in every thread (SigBlk) and no signalfd reads it; \
+             not signalled, since it could be discarded"
+        ),
+        // Not reached: a disposition that handles the signal ends the wait.
+        Ok(d @ (Disposition::Caught | Disposition::SignalFd)) => {
+            format!("pid {pid} changed its handling of {sig} ({d:?}); not signalled")
+        }
+        Err(e) => format!(
+            "cannot tell whether pid {pid} handles {sig} (/proc/{pid}/status: {e}); not signalled"
+        ),
+    };
+    format!("{what} (waited {:.1}s)", waited.as_secs_f64())
 }
 
 /// Whether `pid` is a live (not zombie) process.

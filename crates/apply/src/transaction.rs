@@ -46,6 +46,10 @@ pub struct ApplyOptions {
     pub reload_timeout: Duration,
     /// How long a signalled process must stay alive to count as reloaded.
     pub signal_settle: Duration,
+    /// How long to wait for a process to install its handler for the
+    /// reload signal before giving up without sending it (a signal with no
+    /// handler can kill it, or be lost while HAProxy re-executes).
+    pub signal_ready_timeout: Duration,
 }
 
 impl Default for ApplyOptions {
@@ -54,6 +58,7 @@ impl Default for ApplyOptions {
             lock_timeout: Duration::from_secs(30),
             reload_timeout: Duration::from_secs(60),
             signal_settle: Duration::from_millis(200),
+            signal_ready_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -416,6 +421,7 @@ impl Txn<'_> {
         let limits = reload::Limits {
             timeout: self.opts.reload_timeout,
             settle: self.opts.signal_settle,
+            ready: self.opts.signal_ready_timeout,
         };
         let mut actions: Vec<&ReloadAction> = Vec::new();
         for m in self.members {

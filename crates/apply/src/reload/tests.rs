@@ -1,12 +1,71 @@
-//! Reload actions against real child processes.
+//! Reload actions against real child processes: shells that trap (or
+//! ignore) signals, perl blocking one, keepalived reading a signalfd, and
+//! a real HAProxy master signalled several times in a row.
+
+use std::path::PathBuf;
+
+use converge_testkit::{wait, Child, Haproxy};
 
 use super::*;
+
+/// Deadline for anything a test waits for a process to do.
+const DEADLINE: Duration = Duration::from_secs(10);
 
 fn limits() -> Limits {
     Limits {
         timeout: Duration::from_secs(10),
         settle: Duration::from_millis(50),
+        ready: Duration::from_secs(10),
     }
+}
+
+/// Limits for a process that is expected never to become ready.
+fn short_ready() -> Limits {
+    Limits {
+        ready: Duration::from_millis(300),
+        ..limits()
+    }
+}
+
+/// Starts `sh -c SCRIPT` (stopped by pid on drop) and returns it with a
+/// `signal` reload aimed at it through a pidfile in `dir`.
+fn shell(dir: &Path, script: &str, signal: &str) -> (Child, ReloadAction) {
+    let child = Child::spawn("sh", Command::new("sh").arg("-c").arg(script)).expect("spawn sh");
+    let action = pidfile_action(dir, child.pid(), signal);
+    (child, action)
+}
+
+fn pidfile_action(dir: &Path, pid: u32, signal: &str) -> ReloadAction {
+    let pidfile = dir.join("target.pid");
+    std::fs::write(&pidfile, format!("{pid}\n")).expect("write pidfile");
+    ReloadAction::Signal {
+        pidfile,
+        signal: signal.into(),
+    }
+}
+
+fn wait_for_file(path: &Path) {
+    wait::until(DEADLINE, &format!("{} to exist", path.display()), || {
+        path.exists()
+    })
+    .expect("marker file");
+}
+
+fn lines_in(path: &Path) -> usize {
+    std::fs::read_to_string(path).map_or(0, |s| s.lines().count())
+}
+
+/// Whether `sig` is pending for `pid` (sent but not yet taken).
+fn pending(pid: u32, sig: Signal) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let bit = 1u64 << (sig as i32 - 1);
+    ["SigPnd:", "ShdPnd:"].iter().any(|field| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+            .is_some_and(|m| m & bit != 0)
+    })
 }
 
 #[test]
@@ -50,21 +109,20 @@ fn garbage_in_pidfile_is_an_error_naming_it() {
 #[test]
 fn a_signalled_process_that_dies_is_a_failure() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let pidfile = dir.path().join("sleep.pid");
-    // `sleep` dies of SIGTERM; it stays our zombie until waited for,
-    // which is what the zombie check is for.
-    let mut child = Command::new("sleep")
-        .arg("30")
-        .spawn()
-        .expect("spawn sleep");
-    std::fs::write(&pidfile, format!("{}\n", child.id())).expect("write pidfile");
-    let term = ReloadAction::Signal {
-        pidfile: pidfile.clone(),
-        signal: "SIGTERM".into(),
+    // The shell handles SIGTERM by exiting; it stays our zombie until
+    // waited for, which is what the zombie check is for. The settle
+    // window is long because it ends as soon as the process dies.
+    let (_child, term) = shell(
+        dir.path(),
+        "trap 'exit 0' TERM; while :; do sleep 0.05; done",
+        "SIGTERM",
+    );
+    let limits = Limits {
+        settle: DEADLINE,
+        ..limits()
     };
-    let err = run(&term, limits()).expect_err("process died");
+    let err = run(&term, limits).expect_err("process died");
     assert!(err.detail.contains("exited after SIGTERM"), "{err:?}");
-    child.wait().expect("reap");
 }
 
 #[test]
@@ -135,6 +193,7 @@ fn a_hanging_command_is_killed_at_the_timeout() {
         Limits {
             timeout: Duration::from_millis(300),
             settle: Duration::ZERO,
+            ready: Duration::ZERO,
         },
     )
     .expect_err("timeout");
@@ -151,4 +210,272 @@ fn a_hanging_command_is_killed_at_the_timeout() {
         assert!(Instant::now() < deadline, "grandchild {pid} survived");
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+#[test]
+fn a_process_that_installs_its_handler_late_is_signalled_once_it_has() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let go = dir.path().join("go");
+    let got = dir.path().join("got");
+    // The shell installs its trap only once `go` exists; until then a
+    // SIGUSR2 would end it (the default action).
+    let script = format!(
+        "while [ ! -e '{}' ]; do sleep 0.05; done; trap 'echo got >> {}' USR2; \
+         while :; do sleep 0.05; done",
+        go.display(),
+        got.display()
+    );
+    let (mut child, usr2) = shell(dir.path(), &script, "SIGUSR2");
+    let pid = Pid::from_raw(child.pid() as i32);
+    assert_eq!(
+        disposition::read(pid, Signal::SIGUSR2).expect("read /proc"),
+        Disposition::Default
+    );
+    let reload = std::thread::spawn(move || run(&usr2, limits()));
+    std::fs::write(&go, "").expect("write go");
+    assert_eq!(
+        reload.join().expect("reload thread"),
+        Ok(ReloadOutcome::Reloaded)
+    );
+    wait::until(DEADLINE, "the USR2 trap to run", || lines_in(&got) == 1).expect("trap ran");
+    assert!(child.is_running(), "the shell survived");
+}
+
+#[test]
+fn a_process_that_never_handles_the_signal_is_not_signalled() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = Child::spawn("sleep", Command::new("sleep").arg("30")).expect("spawn sleep");
+    let usr2 = pidfile_action(dir.path(), child.pid(), "SIGUSR2");
+    let started = Instant::now();
+    let err = run(&usr2, short_ready()).expect_err("sleep has no handler");
+    assert!(started.elapsed() >= short_ready().ready);
+    let expected = format!(
+        "pid {} does not handle SIGUSR2 yet (SigCgt); not signalled",
+        child.pid()
+    );
+    assert!(err.detail.contains(&expected), "{err:?}");
+    assert!(child.is_running(), "sleep was killed");
+    assert!(!pending(child.pid(), Signal::SIGUSR2));
+}
+
+#[test]
+fn a_process_that_ignores_the_signal_is_not_signalled() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ready = dir.path().join("ready");
+    let script = format!(
+        "trap '' USR2; touch '{}'; while :; do sleep 0.05; done",
+        ready.display()
+    );
+    let (mut child, usr2) = shell(dir.path(), &script, "SIGUSR2");
+    wait_for_file(&ready);
+    let err = run(&usr2, short_ready()).expect_err("ignored");
+    let expected = format!(
+        "pid {} ignores SIGUSR2 (SigIgn); not signalled",
+        child.pid()
+    );
+    assert!(err.detail.contains(&expected), "{err:?}");
+    assert!(child.is_running());
+}
+
+#[test]
+fn a_process_that_blocks_the_signal_is_signalled_only_once_it_unblocks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (got, ready, go) = (
+        dir.path().join("got"),
+        dir.path().join("ready"),
+        dir.path().join("go"),
+    );
+    // A handler, but the signal blocked until `go` exists: what HAProxy's
+    // master looks like while it handles one SIGUSR2, before it re-executes.
+    let script = r#"
+        use POSIX;
+        my ($got, $ready, $go) = @ARGV;
+        $SIG{USR2} = sub { open my $f, '>>', $got or die; print $f "got\n"; close $f };
+        my $set = POSIX::SigSet->new(SIGUSR2);
+        sigprocmask(SIG_BLOCK, $set) or die "block: $!";
+        open my $r, '>', $ready or die; close $r;
+        select(undef, undef, undef, 0.05) until -e $go;
+        sigprocmask(SIG_UNBLOCK, $set) or die "unblock: $!";
+        select(undef, undef, undef, 0.05) while 1;
+    "#;
+    let mut child = Child::spawn(
+        "perl",
+        Command::new("perl")
+            .arg("-e")
+            .arg(script)
+            .args([&got, &ready, &go]),
+    )
+    .expect("spawn perl");
+    let usr2 = pidfile_action(dir.path(), child.pid(), "SIGUSR2");
+    wait_for_file(&ready);
+
+    let err = run(&usr2, short_ready()).expect_err("blocked");
+    let expected = format!(
+        "pid {} blocks SIGUSR2 in every thread (SigBlk) and no signalfd reads it; not signalled",
+        child.pid()
+    );
+    assert!(err.detail.contains(&expected), "{err:?}");
+    assert!(
+        !pending(child.pid(), Signal::SIGUSR2),
+        "a refused signal must not have been sent"
+    );
+
+    let reload = std::thread::spawn(move || run(&usr2, limits()));
+    std::fs::write(&go, "").expect("write go");
+    assert_eq!(
+        reload.join().expect("reload thread"),
+        Ok(ReloadOutcome::Reloaded)
+    );
+    wait::until(DEADLINE, "the USR2 handler to run", || lines_in(&got) == 1).expect("handler ran");
+    assert!(child.is_running());
+}
+
+#[test]
+fn keepalived_reading_sighup_from_a_signalfd_is_reloaded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let conf = dir.path().join("keepalived.conf");
+    std::fs::write(&conf, "global_defs {\n    router_id converge_test\n}\n").expect("write");
+    let pidfile = dir.path().join("keepalived.pid");
+    let log: PathBuf = dir.path().join("keepalived.log");
+    let out = File::create(&log).expect("log");
+    let err = out.try_clone().expect("log handle");
+    let mut k = Child::spawn(
+        "keepalived",
+        Command::new("keepalived")
+            .args([
+                "--dont-fork",
+                "--log-console",
+                "--log-detail",
+                "--no-syslog",
+            ])
+            .arg("--use-file")
+            .arg(&conf)
+            .arg("--pid")
+            .arg(&pidfile)
+            .arg("--vrrp_pid")
+            .arg(dir.path().join("vrrp.pid"))
+            .arg("--checkers_pid")
+            .arg(dir.path().join("checkers.pid"))
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err),
+    )
+    .expect("spawn keepalived");
+    wait::until(DEADLINE, "keepalived to write its pidfile", || {
+        std::fs::read_to_string(&pidfile).is_ok_and(|s| s.trim() == k.pid().to_string())
+    })
+    .expect("pidfile");
+    let hup = ReloadAction::Signal {
+        pidfile,
+        signal: "SIGHUP".into(),
+    };
+    assert_eq!(run(&hup, limits()), Ok(ReloadOutcome::Reloaded));
+    let pid = Pid::from_raw(k.pid() as i32);
+    assert_eq!(
+        disposition::read(pid, Signal::SIGHUP).expect("read /proc"),
+        Disposition::SignalFd,
+        "keepalived 2.2 reads its signals from a signalfd"
+    );
+    wait::until(DEADLINE, "keepalived to log its reload", || {
+        std::fs::read_to_string(&log).is_ok_and(|s| s.contains("Reloading"))
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}; log:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        )
+    });
+    assert!(k.is_running());
+}
+
+/// A minimal HAProxy config whose backend `be` holds `servers`.
+fn haproxy_config(dir: &Path, port: u16, servers: &[(&str, u16)]) -> String {
+    let mut cfg = format!(
+        "global\n    stats socket {}/admin.sock mode 600 level admin\n\
+         defaults\n    mode tcp\n    timeout connect 1s\n    timeout client 5s\n    timeout server 5s\n\
+         frontend fe\n    bind 127.0.0.1:{port}\n    default_backend be\n\
+         backend be\n",
+        dir.display()
+    );
+    for (name, p) in servers {
+        cfg.push_str(&format!("    server {name} 127.0.0.1:{p}\n"));
+    }
+    cfg
+}
+
+/// Polls `cond` every millisecond until it holds, failing after
+/// [`DEADLINE`]: for a state a process passes through in milliseconds.
+fn until_soon(what: &str, mut cond: impl FnMut() -> bool) -> Result<(), String> {
+    let start = Instant::now();
+    while !cond() {
+        if start.elapsed() >= DEADLINE {
+            return Err(format!("timed out after {DEADLINE:?} waiting for {what}"));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Ok(())
+}
+
+#[test]
+fn usr2_while_a_real_haproxy_master_re_executes_waits_and_takes_effect() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("haproxy.cfg");
+    let port = converge_testkit::free_port();
+    std::fs::write(&cfg, haproxy_config(dir.path(), port, &[("a", 9001)])).expect("write");
+    let h = Haproxy::start(
+        &cfg,
+        &dir.path().join("haproxy.pid"),
+        &dir.path().join("admin.sock"),
+    )
+    .expect("haproxy starts");
+    let master = h.master_pid();
+    let usr2 = ReloadAction::Signal {
+        pidfile: h.pidfile().to_path_buf(),
+        signal: "SIGUSR2".into(),
+    };
+    let limits = Limits {
+        settle: Duration::ZERO,
+        ..limits()
+    };
+    let count = |needle: &str| h.log().matches(needle).count();
+    for (i, (name, p)) in [("b", 9002), ("c", 9003), ("d", 9004)]
+        .into_iter()
+        .enumerate()
+    {
+        std::fs::write(&cfg, haproxy_config(dir.path(), port, &[(name, p)])).expect("write");
+        assert_eq!(
+            run(&usr2, limits),
+            Ok(ReloadOutcome::Reloaded),
+            "haproxy log:\n{}",
+            h.log()
+        );
+        // The master logs this as it starts to re-execute, with SIGUSR2
+        // blocked; the next signal goes out in that window (a signal sent
+        // there, without waiting, is discarded by the new image).
+        until_soon("the master to start its reload", || {
+            count("Reloading HAProxy") == i + 1
+        })
+        .unwrap_or_else(|e| panic!("{e}; haproxy log:\n{}", h.log()));
+    }
+    wait::until(DEADLINE, "the third reload to load", || {
+        count("Loading success.") == 4
+    })
+    .unwrap_or_else(|e| panic!("{e}; haproxy log:\n{}", h.log()));
+    wait::until(DEADLINE, "haproxy to serve only server d", || {
+        h.try_command("show servers state be")
+            .is_ok_and(|s| s.contains(" d 127.0.0.1 ") && !s.contains(" c 127.0.0.1 "))
+    })
+    .unwrap_or_else(|e| panic!("{e}; haproxy log:\n{}", h.log()));
+    assert_eq!(
+        h.servers("be"),
+        vec![("d".to_string(), "127.0.0.1:9004".to_string())]
+    );
+    assert!(alive(Pid::from_raw(master as i32)), "{}", h.log());
+    assert_eq!(
+        std::fs::read_to_string(h.pidfile())
+            .expect("pidfile")
+            .trim(),
+        master.to_string()
+    );
+    assert!(!h.log().contains("Loading failure"), "{}", h.log());
 }

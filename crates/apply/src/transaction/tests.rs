@@ -14,6 +14,7 @@ fn opts() -> ApplyOptions {
         lock_timeout: Duration::from_secs(10),
         reload_timeout: Duration::from_secs(10),
         signal_settle: Duration::from_millis(50),
+        signal_ready_timeout: Duration::from_secs(5),
     }
 }
 
