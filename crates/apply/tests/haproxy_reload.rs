@@ -104,3 +104,52 @@ fn a_changed_backend_is_live_after_apply_and_an_unchanged_one_is_not_reloaded() 
     assert_eq!(h.worker_pid(), Some(second_worker));
     assert!(!h.log().contains("Loading failure"), "{}", h.log());
 }
+
+#[test]
+fn two_applies_in_quick_succession_both_reach_the_master() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let run = root.path().join("run");
+    let etc = root.path().join("etc/haproxy");
+    std::fs::create_dir_all(&run).expect("mkdir run");
+    std::fs::create_dir_all(&etc).expect("mkdir etc");
+    let port = free_port();
+    let cfg = etc.join("haproxy.cfg");
+    std::fs::write(&cfg, config(&run, port, &[("a", 9001)])).expect("write");
+    let h = Haproxy::start(&cfg, &run.join("haproxy.pid"), &run.join("admin.sock"))
+        .expect("haproxy starts");
+    let master = h.master_pid();
+    let count = |needle: &str| h.log().matches(needle).count();
+    // No settle window, so the second apply signals while the master is
+    // still re-executing for the first, unless the reloader waits until
+    // the new image handles SIGUSR2 again.
+    let opts = ApplyOptions {
+        signal_settle: Duration::ZERO,
+        ..ApplyOptions::default()
+    };
+    for (i, (name, p)) in [("b", 9002), ("c", 9003)].into_iter().enumerate() {
+        let report =
+            apply(&set(root.path(), config(&run, port, &[(name, p)])), &opts).expect("apply");
+        assert!(report.ok(), "{report}\nhaproxy log:\n{}", h.log());
+        wait::until(
+            Duration::from_secs(10),
+            "the master to start its reload",
+            || count("Reloading HAProxy") == i + 1,
+        )
+        .unwrap_or_else(|e| panic!("{e}; haproxy log:\n{}", h.log()));
+    }
+    wait::until(Duration::from_secs(10), "both reloads to load", || {
+        count("Loading success.") == 3
+    })
+    .unwrap_or_else(|e| panic!("{e}; haproxy log:\n{}", h.log()));
+    wait::until(
+        Duration::from_secs(10),
+        "haproxy to serve backend be with only server c",
+        || {
+            let s = stat(&h);
+            s.contains("be,c,") && !s.contains("be,b,") && !s.contains("be,a,")
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}; haproxy log:\n{}", h.log()));
+    assert_eq!(h.master_pid(), master);
+    assert!(!h.log().contains("Loading failure"), "{}", h.log());
+}
