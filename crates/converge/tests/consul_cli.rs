@@ -4,26 +4,13 @@
 
 mod common;
 
-use common::{assert_exit, stderr, stdout, Workspace};
+use common::{assert_exit, haproxy_site, stderr, stdout, Workspace};
 use converge_testkit::consul::ConsulAgent;
 use converge_testkit::free_port;
 
-const MANIFEST: &str = r#"
-nodes:
-  lb1: {}
-frontends:
-  http_in:
-    bind: ["127.0.0.1:18080"]
-    default_backend: web
-backends:
-  web:
-    service: web
-targets:
-  haproxy:
-    template: haproxy.cfg.tera
-    destination: /etc/haproxy/haproxy.cfg
-    validate: haproxy
-"#;
+fn manifest() -> String {
+    haproxy_site(18080, "", "haproxy", false)
+}
 
 #[test]
 fn plan_reads_the_live_catalog_with_flag_or_env() {
@@ -36,7 +23,7 @@ fn plan_reads_the_live_catalog_with_flag_or_env() {
         .expect("register");
     consul.pass(&ok).expect("pass");
     consul.fail(&bad).expect("fail");
-    let ws = Workspace::custom(MANIFEST, "services: {}\n");
+    let ws = Workspace::custom(&manifest(), "services: {}\n");
 
     let out = ws.converge(&["plan", "--node", "lb1", "--consul", &consul.http_url()]);
     assert_exit(&out, 2);
@@ -64,7 +51,7 @@ fn a_token_without_permission_is_a_clear_error_and_changes_nothing() {
     consul
         .register_service_with_ttl("web-1", "web", 8081, &[])
         .expect("register");
-    let ws = Workspace::custom(MANIFEST, "services: {}\n");
+    let ws = Workspace::custom(&manifest(), "services: {}\n");
     let weak = consul
         .create_token(r#"key_prefix "" { policy = "read" }"#)
         .expect("token");
@@ -102,7 +89,7 @@ fn a_token_without_permission_is_a_clear_error_and_changes_nothing() {
 
 #[test]
 fn an_unreachable_agent_fails_without_touching_files() {
-    let ws = Workspace::custom(MANIFEST, "services: {}\n");
+    let ws = Workspace::custom(&manifest(), "services: {}\n");
     let url = format!("http://127.0.0.1:{}", free_port());
     let out = ws.converge(&[
         "apply",

@@ -5,33 +5,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{assert_exit, stdout, Workspace};
+use common::{assert_exit, haproxy_site, stdout, Workspace};
 use converge_testkit::{free_port, wait, Haproxy};
-
-fn manifest(port: u16) -> String {
-    format!(
-        r#"
-nodes:
-  lb1: {{}}
-haproxy:
-  stats_socket: /run/haproxy/admin.sock
-frontends:
-  http_in:
-    bind: ["127.0.0.1:{port}"]
-    default_backend: web
-backends:
-  web:
-    service: web
-targets:
-  haproxy:
-    template: haproxy.cfg.tera
-    destination: /etc/haproxy/haproxy.cfg
-    validate: haproxy
-    reload:
-      signal: {{pidfile: /run/haproxy.pid, signal: SIGUSR2}}
-"#
-    )
-}
 
 fn catalog(ports: &[u16]) -> String {
     let mut s = String::from("services:\n  web:\n");
@@ -46,7 +21,10 @@ fn catalog(ports: &[u16]) -> String {
 #[test]
 fn apply_reloads_a_running_haproxy_and_the_new_servers_are_live() {
     let (p1, p2) = (free_port(), free_port());
-    let ws = Workspace::custom(&manifest(free_port()), &catalog(&[p1]));
+    let ws = Workspace::custom(
+        &haproxy_site(free_port(), "", "haproxy", true),
+        &catalog(&[p1]),
+    );
     let root = ws.root();
 
     // First apply: nothing runs yet, so nothing needs a reload.

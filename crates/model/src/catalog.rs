@@ -17,7 +17,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{ManifestError, ManifestErrors};
+use crate::error::ManifestErrors;
 use crate::load::parse_typed;
 
 /// Aggregated health of one instance (worst of its checks).
@@ -148,15 +148,11 @@ impl Catalog {
     /// Errors carry `file:line:column` and the field path.
     pub fn load_file(path: &Path) -> Result<Self, ManifestErrors> {
         let text = std::fs::read_to_string(path).map_err(|e| {
-            ManifestErrors(vec![ManifestError {
-                location: crate::error::Location {
-                    file: path.to_path_buf(),
-                    line: 0,
-                    column: 0,
-                },
-                path: String::new(),
-                message: format!("cannot read catalog file: {e}"),
-            }])
+            ManifestErrors(vec![crate::load::unlocated(
+                path,
+                String::new(),
+                format!("cannot read catalog file: {e}"),
+            )])
         })?;
         Self::parse(path, &text)
     }

@@ -18,6 +18,11 @@ pub const SIGNALS: &[&str] = &[
     "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGINT", "SIGTERM", "SIGQUIT", "SIGWINCH",
 ];
 
+/// Most server slots a runtime-API backend may ask for: every slot is a
+/// server HAProxy keeps (and health-checks once enabled) whether it is used
+/// or not.
+pub const MAX_RUNTIME_SLOTS: u32 = 1024;
+
 fn key(k: &str) -> Segment {
     Segment::Key(k.into())
 }
@@ -173,6 +178,19 @@ impl Manifests {
                         name,
                         &[key("health_check")],
                         "an HTTP health check needs `mode: http`".into(),
+                    ));
+                }
+            }
+            if let Some(rt) = &be.runtime_api {
+                if !(1..=MAX_RUNTIME_SLOTS).contains(&rt.slots) {
+                    errors.push(self.error(
+                        "backends",
+                        name,
+                        &[key("runtime_api"), key("slots")],
+                        format!(
+                            "{} slots: a runtime-API backend needs between 1 and {MAX_RUNTIME_SLOTS}",
+                            rt.slots
+                        ),
                     ));
                 }
             }
@@ -535,6 +553,33 @@ mod tests {
         assert!(valid_cidr("10.0.0.10/24"));
         assert!(!valid_cidr("10.0.0.10"));
         assert!(!valid_cidr("10.0.0.300/24"));
+    }
+
+    #[test]
+    fn runtime_api_slots_out_of_range_are_placed_at_the_field() {
+        let text = |slots: u32| {
+            format!("backends:\n  web:\n    service: web\n    runtime_api:\n      slots: {slots}\n")
+        };
+        let check = |slots: u32| {
+            let m = Manifests::from_sources(
+                std::path::Path::new("m"),
+                &[(std::path::PathBuf::from("m/a.yaml"), text(slots))],
+            )
+            .expect("parses");
+            m.validate()
+                .map_err(|e| e.0.iter().map(ToString::to_string).collect::<Vec<_>>())
+        };
+        assert_eq!(check(1), Ok(()));
+        assert_eq!(check(MAX_RUNTIME_SLOTS), Ok(()));
+        for bad in [0, MAX_RUNTIME_SLOTS + 1] {
+            assert_eq!(
+                check(bad),
+                Err(vec![format!(
+                    "m/a.yaml:5:7: backends.web.runtime_api.slots: {bad} slots: a runtime-API \
+                     backend needs between 1 and {MAX_RUNTIME_SLOTS}"
+                )])
+            );
+        }
     }
 
     #[test]

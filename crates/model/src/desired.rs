@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::error::{ManifestError, ManifestErrors};
+use crate::error::ManifestErrors;
 use crate::load::Manifests;
 use crate::locate::Segment;
 use crate::manifest::{Manifest, Node, Target, Vip};
@@ -65,18 +65,14 @@ impl Manifests {
         let m = &self.manifest;
         let Some(node) = m.nodes.get(name) else {
             let known: Vec<&str> = m.nodes.keys().map(String::as_str).collect();
-            return Err(ManifestErrors(vec![ManifestError {
-                location: crate::error::Location {
-                    file: self.dir.clone(),
-                    line: 0,
-                    column: 0,
-                },
-                path: "nodes".into(),
-                message: format!(
+            return Err(ManifestErrors(vec![crate::load::unlocated(
+                &self.dir,
+                "nodes".into(),
+                format!(
                     "node `{name}` is not defined; known nodes: {}",
                     known.join(", ")
                 ),
-            }]));
+            )]));
         };
         let targets: BTreeMap<String, Target> = self
             .node_targets(name)

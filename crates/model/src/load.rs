@@ -305,37 +305,27 @@ impl Manifests {
     ) -> ManifestError {
         let mut path = vec![Segment::Key(section.into()), Segment::Key(name.into())];
         path.extend_from_slice(rest);
-        match self.origins.get(&(section.to_string(), name.to_string())) {
-            Some(&file_id) => self.error_at(file_id, &path, message),
-            None => ManifestError {
-                location: Location {
-                    file: self.dir.clone(),
-                    line: 0,
-                    column: 0,
-                },
-                path: format_path(&path),
-                message,
-            },
-        }
+        self.error_for(&(section.to_string(), name.to_string()), &path, message)
     }
-}
 
-impl Manifests {
     /// An error inside a program-wide settings block (`haproxy`, `pgbouncer`).
     pub fn settings_error(&self, section: &str, rest: &[&str], message: String) -> ManifestError {
         let mut path = vec![Segment::Key(section.into())];
         path.extend(rest.iter().map(|k| Segment::Key((*k).into())));
-        match self.origins.get(&(section.to_string(), String::new())) {
-            Some(&file_id) => self.error_at(file_id, &path, message),
-            None => ManifestError {
-                location: Location {
-                    file: self.dir.clone(),
-                    line: 0,
-                    column: 0,
-                },
-                path: format_path(&path),
-                message,
-            },
+        self.error_for(&(section.to_string(), String::new()), &path, message)
+    }
+
+    /// An error at `path` in the file that defined `origin`; at the
+    /// directory when nothing defined it (a default was used).
+    fn error_for(
+        &self,
+        origin: &(String, String),
+        path: &[Segment],
+        message: String,
+    ) -> ManifestError {
+        match self.origins.get(origin) {
+            Some(&file_id) => self.error_at(file_id, path, message),
+            None => unlocated(&self.dir, format_path(path), message),
         }
     }
 }
@@ -409,13 +399,18 @@ fn yaml_error(path: &Path, e: &serde_yaml::Error, field: String) -> ManifestErro
 }
 
 fn single(path: &Path, field: String, message: String) -> ManifestErrors {
-    ManifestErrors(vec![ManifestError {
+    ManifestErrors(vec![unlocated(path, field, message)])
+}
+
+/// An error about a whole file or directory, with no line to point at.
+pub(crate) fn unlocated(file: &Path, field: String, message: String) -> ManifestError {
+    ManifestError {
         location: Location {
-            file: path.to_path_buf(),
+            file: file.to_path_buf(),
             line: 0,
             column: 0,
         },
         path: field,
         message,
-    }])
+    }
 }

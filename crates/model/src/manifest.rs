@@ -190,6 +190,26 @@ pub struct Backend {
     /// Also route to instances whose checks are `warning`.
     #[serde(default)]
     pub include_warning: bool,
+    /// Render a fixed number of server slots and apply membership changes
+    /// (instances added, removed, health changed) through HAProxy's runtime
+    /// API instead of a reload.
+    #[serde(default)]
+    pub runtime_api: Option<RuntimeApi>,
+}
+
+/// Opt-in to membership changes without reloads.
+///
+/// The backend is rendered as exactly `slots` server lines with fixed names
+/// (`<backend>-s1` ...), so adding, removing or failing an instance only
+/// changes a slot's address or its `disabled` flag, which a running HAProxy
+/// can take with `set server ... addr/state`. Size it for the most instances
+/// the service will have: healthy instances beyond the slots are still
+/// served, as extra server lines that cost a reload when they change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeApi {
+    /// Server lines rendered for the backend, 1..=1024.
+    pub slots: u32,
 }
 
 /// HTTP health check of a backend's servers.

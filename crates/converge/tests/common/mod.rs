@@ -60,8 +60,9 @@ impl Workspace {
         self.converge_env(args, &[])
     }
 
-    /// Runs `converge ARGS` with extra environment variables.
-    pub fn converge_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+    /// A `converge ARGS` command reading this workspace's inputs, with the
+    /// caller's environment cleaned of variables that would change it.
+    pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_converge"));
         cmd.args(args)
             .arg("--manifests")
@@ -72,8 +73,15 @@ impl Workspace {
             .arg(self.path("catalog.yaml"))
             .arg("--root")
             .arg(self.root())
+            .env_remove("CONSUL_HTTP_ADDR")
             .env_remove("CONVERGE_FAILPOINT")
             .env_remove("RUST_LOG");
+        cmd
+    }
+
+    /// Runs `converge ARGS` with extra environment variables.
+    pub fn converge_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut cmd = self.command(args);
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -100,6 +108,25 @@ fn walk(dir: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
             out.insert(p.clone(), std::fs::read(&p).unwrap_or_default());
         }
     }
+}
+
+/// A one-node site: an HTTP frontend on 127.0.0.1:`port` in front of
+/// backend `web` (service `web`, with `backend_extra` YAML lines), and an
+/// HAProxy target checked by `validate`, reloaded by SIGUSR2 to the pid in
+/// `/run/haproxy.pid` when `reload` is set.
+pub fn haproxy_site(port: u16, backend_extra: &str, validate: &str, reload: bool) -> String {
+    let reload = if reload {
+        "    reload:\n      signal: {pidfile: /run/haproxy.pid, signal: SIGUSR2}\n"
+    } else {
+        ""
+    };
+    format!(
+        "nodes:\n  lb1: {{}}\nhaproxy:\n  stats_socket: /run/haproxy/admin.sock\n\
+         frontends:\n  http_in:\n    bind: [\"127.0.0.1:{port}\"]\n    default_backend: web\n\
+         backends:\n  web:\n    service: web\n{backend_extra}\
+         targets:\n  haproxy:\n    template: haproxy.cfg.tera\n    destination: /etc/haproxy/haproxy.cfg\n\
+         \x20   validate: {validate}\n{reload}"
+    )
 }
 
 pub fn repo() -> PathBuf {
@@ -147,20 +174,9 @@ impl Workspace {
     /// Starts `converge run` for node lb1 with this workspace's inputs.
     pub fn run_daemon(&self, extra: &[&str]) -> RunningDaemon {
         let listen = converge_testkit::free_port();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_converge"));
-        cmd.arg("run")
-            .args(["--node", "lb1", "--listen", &format!("127.0.0.1:{listen}")])
-            .arg("--manifests")
-            .arg(self.path("manifests"))
-            .arg("--templates")
-            .arg(self.path("templates"))
-            .arg("--catalog")
-            .arg(self.path("catalog.yaml"))
-            .arg("--root")
-            .arg(self.root())
-            .args(extra)
-            .env_remove("CONSUL_HTTP_ADDR")
-            .env_remove("CONVERGE_FAILPOINT")
+        let listen_at = format!("127.0.0.1:{listen}");
+        let mut cmd = self.command(&["run", "--node", "lb1", "--listen", &listen_at]);
+        cmd.args(extra)
             .env("RUST_LOG", "info")
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(self.path("daemon.log")).expect("log"));
