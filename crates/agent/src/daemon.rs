@@ -2,10 +2,12 @@
 //!
 //! Events — the catalog source changed, a file changed under the manifests
 //! or templates, the resync timer, SIGHUP, an operator's release — only say
-//! "look again". A burst of them is settled by [`Quiescence`] into one
+//! "look again". A burst of them is settled by [`Quiescence`](crate::quiescence::Quiescence) into one
 //! pass. One task runs the passes one after another on a blocking thread,
 //! so two reconciles never overlap, and shutdown waits for a pass in flight
 //! instead of cutting an apply in half.
+//!
+//! [`Reconciler::reconcile`]: crate::reconciler::Reconciler::reconcile
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! format.
 //!
 //! Which instances serve a backend (healthy, carrying every required tag,
-//! passing [`sanitize`](crate::sanitize)), which instance is a database's
+//! passing [`crate::sanitize`]), which instance is a database's
 //! primary, this node's VRRP role: all are decided here, from sorted inputs,
 //! into sorted outputs.
 
@@ -121,23 +121,45 @@ pub struct BackendView {
     pub maxconn: Option<u32>,
     /// Stickiness cookie name.
     pub sticky_cookie: Option<String>,
-    /// Servers, sorted by instance id.
+    /// Membership changes go through the runtime API: `servers` are the
+    /// backend's fixed slots (then any overflow), and the template marks
+    /// the backend with [`RUNTIME_API_MARKER`] so the applier knows.
+    pub runtime_api: bool,
+    /// Servers, sorted by instance id; for a runtime-API backend, its slots
+    /// in slot order, then instances that found no slot.
     pub servers: Vec<ServerView>,
 }
+
+/// The comment line a template puts in a runtime-API backend. The applier
+/// updates the server lines of backends carrying it over the stats socket
+/// when nothing else in the file changed.
+pub const RUNTIME_API_MARKER: &str = "# converge: runtime-api";
+
+/// Address and port of an empty runtime-API slot. Loopback port 1 rather
+/// than `0.0.0.0`, which HAProxy reads as "the client's destination", and
+/// rather than port 0, which it reads as "the client's port" and which then
+/// refuses a port change at runtime: a slot enabled by hand by mistake
+/// connects nowhere.
+pub const EMPTY_SLOT: (&str, u16) = ("127.0.0.1", 1);
 
 /// One server line.
 #[derive(Debug, Serialize)]
 pub struct ServerView {
-    /// Server name (the instance id).
+    /// Server name (the instance id, or the slot name `<backend>-sN`).
     pub name: String,
+    /// The instance behind it; `None` for an empty slot.
+    pub instance: Option<String>,
     /// Address.
     pub address: String,
     /// Port.
     pub port: u16,
     /// `address:port`, IPv6 bracketed.
     pub endpoint: String,
-    /// Health as the catalog reported it.
+    /// Health as the catalog reported it (`critical` for an empty slot).
     pub health: Health,
+    /// An empty slot: rendered `disabled` (maintenance), no traffic, no
+    /// checks, until the runtime API or a reload gives it an instance.
+    pub disabled: bool,
 }
 
 /// PgBouncer settings.
@@ -281,27 +303,21 @@ pub fn build(desired: &NodeDesired, catalog: &Catalog, layout: &Layout) -> View 
         .backends
         .iter()
         .map(|(name, b)| {
-            let servers: Vec<ServerView> = safe[b.service.as_str()]
+            let serving: Vec<&Instance> = safe[b.service.as_str()]
                 .iter()
-                .filter(|i| {
-                    i.health == Health::Passing
-                        || (b.include_warning && i.health == Health::Warning)
-                })
-                .filter(|i| b.tags.iter().all(|t| i.tags.contains(t)))
-                .map(|i| ServerView {
-                    name: i.id.clone(),
-                    address: i.address.clone(),
-                    port: i.port,
-                    endpoint: endpoint(&i.address, i.port),
-                    health: i.health,
-                })
+                .copied()
+                .filter(|i| serves(b, i))
                 .collect();
-            if servers.is_empty() {
+            if serving.is_empty() {
                 warnings.push(format!(
                     "backend {name}: no healthy instance of service `{}`",
                     b.service
                 ));
             }
+            let servers = match &b.runtime_api {
+                None => serving.iter().map(|i| instance_server(i)).collect(),
+                Some(rt) => slot_servers(name, rt.slots, &serving, &mut warnings),
+            };
             BackendView {
                 name: name.clone(),
                 mode: mode_str(b.mode),
@@ -311,6 +327,7 @@ pub fn build(desired: &NodeDesired, catalog: &Catalog, layout: &Layout) -> View 
                 server_options: b.server_options.join(" "),
                 maxconn: b.maxconn,
                 sticky_cookie: b.sticky.as_ref().map(|s| s.cookie.clone()),
+                runtime_api: b.runtime_api.is_some(),
                 servers,
             }
         })
@@ -481,6 +498,99 @@ pub fn serves(b: &Backend, inst: &Instance) -> bool {
     healthy && b.tags.iter().all(|t| inst.tags.contains(t))
 }
 
+fn instance_server(i: &Instance) -> ServerView {
+    ServerView {
+        name: i.id.clone(),
+        instance: Some(i.id.clone()),
+        address: i.address.clone(),
+        port: i.port,
+        endpoint: endpoint(&i.address, i.port),
+        health: i.health,
+        disabled: false,
+    }
+}
+
+/// The server lines of a runtime-API backend: `slots` lines named
+/// `<backend>-s1`.., each holding one serving instance or empty (disabled),
+/// then, named by instance id, the instances that found no free slot.
+///
+/// Each instance prefers the slot its id hashes to and takes the next free
+/// one after it; instances are placed in id order. So the layout is a pure
+/// function of the instance set (invariant 3), and an instance keeps its
+/// slot when others come and go unless it had been pushed along by a
+/// collision. Filling slots in sorted order would instead shift every later
+/// instance one slot when an earlier one leaves, turning one removal into
+/// an address change on many slots, each inheriting the previous
+/// instance's check state.
+fn slot_servers(
+    backend: &str,
+    slots: u32,
+    serving: &[&Instance],
+    warnings: &mut Vec<String>,
+) -> Vec<ServerView> {
+    let n = slots.max(1) as usize;
+    let mut table: Vec<Option<&Instance>> = vec![None; n];
+    let mut overflow = Vec::new();
+    for inst in serving {
+        let start = (fnv1a(inst.id.as_bytes()) % n as u64) as usize;
+        match (0..n).map(|k| (start + k) % n).find(|&s| table[s].is_none()) {
+            Some(s) => table[s] = Some(inst),
+            None => overflow.push(*inst),
+        }
+    }
+    let mut out: Vec<ServerView> = table
+        .iter()
+        .enumerate()
+        .map(|(k, slot)| {
+            let name = format!("{backend}-s{}", k + 1);
+            match slot {
+                Some(i) => ServerView {
+                    name,
+                    ..instance_server(i)
+                },
+                None => ServerView {
+                    name,
+                    instance: None,
+                    address: EMPTY_SLOT.0.to_string(),
+                    port: EMPTY_SLOT.1,
+                    endpoint: endpoint(EMPTY_SLOT.0, EMPTY_SLOT.1),
+                    health: Health::Critical,
+                    disabled: true,
+                },
+            }
+        })
+        .collect();
+    if !overflow.is_empty() {
+        let ids: Vec<&str> = overflow.iter().map(|i| i.id.as_str()).collect();
+        warnings.push(format!(
+            "backend {backend}: {} serving instances but {n} runtime-API slots; {} served \
+             as extra servers, whose changes need a reload: {}",
+            serving.len(),
+            overflow.len(),
+            ids.join(", ")
+        ));
+        for inst in overflow {
+            if out.iter().any(|s| s.name == inst.id) {
+                warnings.push(format!(
+                    "backend {backend}: instance `{}` has a slot's name and is left out",
+                    inst.id
+                ));
+            } else {
+                out.push(instance_server(inst));
+            }
+        }
+    }
+    out
+}
+
+/// 64-bit FNV-1a: a fixed hash, so slot placement does not change with the
+/// Rust version or the platform.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
 fn vip_view(desired: &NodeDesired, v: &NodeVip) -> VipView {
     VipView {
         name: v.name.clone(),
@@ -517,5 +627,191 @@ fn endpoint(address: &str, port: u16) -> String {
         format!("[{address}]:{port}")
     } else {
         format!("{address}:{port}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::{Path, PathBuf};
+
+    use converge_model::{Catalog, Health, Instance, Layout, Manifests};
+
+    use super::*;
+
+    fn inst(id: &str, port: u16, health: Health) -> Instance {
+        Instance {
+            id: id.into(),
+            node: "n".into(),
+            address: "10.0.0.1".into(),
+            port,
+            tags: Default::default(),
+            meta: Default::default(),
+            health,
+        }
+    }
+
+    fn ids(n: usize) -> Vec<Instance> {
+        (0..n)
+            .map(|i| inst(&format!("web-{i}"), 8000 + i as u16, Health::Passing))
+            .collect()
+    }
+
+    /// Slot name → instance id, for every filled slot.
+    fn layout(servers: &[ServerView]) -> BTreeMap<String, String> {
+        servers
+            .iter()
+            .filter_map(|s| Some((s.name.clone(), s.instance.clone()?)))
+            .collect()
+    }
+
+    fn slots(n: u32, instances: &[Instance]) -> (Vec<ServerView>, Vec<String>) {
+        let refs: Vec<&Instance> = instances.iter().collect();
+        let mut warnings = Vec::new();
+        let servers = slot_servers("web", n, &refs, &mut warnings);
+        (servers, warnings)
+    }
+
+    #[test]
+    fn every_slot_is_rendered_and_the_empty_ones_are_disabled_placeholders() {
+        let (servers, warnings) = slots(4, &ids(2));
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let names: Vec<&str> = servers.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["web-s1", "web-s2", "web-s3", "web-s4"]);
+        assert_eq!(servers.iter().filter(|s| !s.disabled).count(), 2);
+        for s in &servers {
+            assert_eq!(s.disabled, s.instance.is_none());
+            if s.disabled {
+                assert_eq!(s.endpoint, "127.0.0.1:1");
+            }
+        }
+        let used: Vec<String> = layout(&servers).into_values().collect();
+        assert_eq!(used, ["web-0", "web-1"].map(String::from).to_vec());
+    }
+
+    #[test]
+    fn the_layout_depends_only_on_the_instance_set() {
+        let all = ids(6);
+        let mut reversed = all.clone();
+        reversed.reverse();
+        reversed.sort();
+        assert_eq!(layout(&slots(8, &all).0), layout(&slots(8, &reversed).0));
+    }
+
+    #[test]
+    fn an_instance_leaving_frees_its_slot_without_moving_the_others_it_did_not_push() {
+        let all = ids(5);
+        let before = layout(&slots(16, &all).0);
+        for gone in 0..all.len() {
+            let rest: Vec<Instance> = all
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != gone)
+                .map(|(_, x)| x.clone())
+                .collect();
+            let after = layout(&slots(16, &rest).0);
+            let moved: Vec<_> = after
+                .iter()
+                .filter(|(slot, id)| before.get(*slot) != Some(id))
+                .collect();
+            // Only an instance that had probed past the freed slot may move.
+            for (slot, id) in &moved {
+                let preferred = (fnv1a(id.as_bytes()) % 16) as usize + 1;
+                assert_ne!(
+                    format!("web-s{preferred}"),
+                    **slot,
+                    "{id} moved although it sat in its own slot"
+                );
+            }
+            assert_eq!(after.len(), before.len() - 1);
+        }
+    }
+
+    #[test]
+    fn instances_beyond_the_slots_are_served_as_extra_servers_with_a_warning() {
+        let (servers, warnings) = slots(2, &ids(3));
+        assert_eq!(servers.len(), 3);
+        assert!(servers.iter().all(|s| !s.disabled));
+        assert_eq!(servers[2].name, servers[2].instance.clone().expect("id"));
+        assert!(
+            warnings.len() == 1 && warnings[0].contains("3 serving instances but 2"),
+            "{warnings:?}"
+        );
+    }
+
+    #[test]
+    fn the_shipped_template_marks_the_backend_and_renders_its_slots() {
+        let manifest = r#"
+nodes:
+  lb1: {}
+frontends:
+  fe:
+    bind: [":80"]
+    default_backend: web
+backends:
+  web:
+    service: web
+    runtime_api: {slots: 3}
+    server_options: ["inter 1s"]
+  api:
+    service: web
+targets:
+  haproxy:
+    template: haproxy.cfg.tera
+    destination: /etc/haproxy/haproxy.cfg
+    validate: haproxy
+"#;
+        let m = Manifests::from_sources(
+            Path::new("m"),
+            &[(PathBuf::from("m/a.yaml"), manifest.to_string())],
+        )
+        .expect("manifest");
+        m.validate().expect("valid");
+        let desired = m.for_node("lb1").expect("node");
+        let catalog = Catalog::fresh(
+            1,
+            BTreeMap::from([(
+                "web".to_string(),
+                vec![
+                    inst("web-a", 8001, Health::Passing),
+                    inst("web-b", 8002, Health::Critical),
+                ],
+            )]),
+        );
+        let templates = crate::Templates::load(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../templates"),
+        )
+        .expect("templates");
+        let set = crate::render(&desired, &catalog, &templates, &Layout::new("/r"))
+            .expect("render");
+        let cfg = String::from_utf8(set.files["haproxy"].bytes.clone()).expect("utf8");
+        let web = cfg.split("\nbackend web\n").nth(1).expect("web backend");
+        let lines: Vec<&str> = web
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with("server ") || l.starts_with('#'))
+            .collect();
+        assert_eq!(lines.len(), 4, "{cfg}");
+        assert!(lines[0].starts_with(RUNTIME_API_MARKER), "{cfg}");
+        assert_eq!(
+            lines[1..].iter().filter(|l| l.contains("10.0.0.1:8001 check inter 1s")).count(),
+            1,
+            "{cfg}"
+        );
+        assert_eq!(
+            lines[1..]
+                .iter()
+                .filter(|l| l.ends_with("127.0.0.1:1 check inter 1s disabled"))
+                .count(),
+            2,
+            "{cfg}"
+        );
+        let api = cfg
+            .split("\nbackend api\n")
+            .nth(1)
+            .and_then(|rest| rest.split("\nbackend web\n").next())
+            .expect("api backend");
+        assert!(!api.contains(RUNTIME_API_MARKER), "{cfg}");
+        assert!(api.contains("server web-a 10.0.0.1:8001 check"), "{cfg}");
     }
 }
