@@ -37,6 +37,7 @@ mod pending;
 mod plan;
 mod reload;
 mod report;
+mod runtime_api;
 mod stage;
 #[cfg(test)]
 mod testutil;

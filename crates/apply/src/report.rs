@@ -43,6 +43,13 @@ pub enum Outcome {
         /// What the reload did.
         reload: ReloadOutcome,
     },
+    /// The new files are live and, the change being membership-only
+    /// (runtime-API slots), the running HAProxy took it over its stats
+    /// socket instead of a reload.
+    RuntimeUpdated {
+        /// Servers whose address or state was set.
+        servers: usize,
+    },
     /// A validator refused a candidate; the live files were not touched.
     Rejected {
         /// The validator's error.
@@ -66,11 +73,19 @@ impl Outcome {
     fn word(&self) -> &'static str {
         match self {
             Outcome::Unchanged => "unchanged",
-            Outcome::Applied { .. } => "applied",
+            Outcome::Applied { .. } | Outcome::RuntimeUpdated { .. } => "applied",
             Outcome::Rejected { .. } => "REJECTED",
             Outcome::Failed { .. } => "FAILED",
             Outcome::RolledBack { .. } => "ROLLED BACK",
         }
+    }
+
+    /// Whether the new files went live (with a reload or without).
+    pub fn is_applied(&self) -> bool {
+        matches!(
+            self,
+            Outcome::Applied { .. } | Outcome::RuntimeUpdated { .. }
+        )
     }
 
     /// Whether this outcome is a failure.
@@ -90,9 +105,7 @@ impl ApplyReport {
 
     /// Some bundle's new files went live.
     pub fn applied_any(&self) -> bool {
-        self.bundles
-            .iter()
-            .any(|b| matches!(b.outcome, Outcome::Applied { .. }))
+        self.bundles.iter().any(|b| b.outcome.is_applied())
     }
 
     /// The report for `bundle`.
@@ -123,6 +136,10 @@ impl fmt::Display for ApplyReport {
             match &b.outcome {
                 Outcome::Unchanged => {}
                 Outcome::Applied { reload } => write!(f, "  {}", reload.as_str())?,
+                Outcome::RuntimeUpdated { servers } => write!(
+                    f,
+                    "  {servers} server(s) set through the HAProxy runtime API, no reload"
+                )?,
                 Outcome::Rejected { error }
                 | Outcome::Failed { error }
                 | Outcome::RolledBack { error } => write!(f, "\n    {error}")?,
@@ -134,7 +151,7 @@ impl fmt::Display for ApplyReport {
             f,
             "node {}: {} applied, {} unchanged, {} rejected, {} failed, {} rolled back",
             self.node,
-            count(|o| matches!(o, Outcome::Applied { .. })),
+            count(Outcome::is_applied),
             count(|o| matches!(o, Outcome::Unchanged)),
             count(|o| matches!(o, Outcome::Rejected { .. })),
             count(|o| matches!(o, Outcome::Failed { .. })),

@@ -34,6 +34,7 @@ use crate::lock::ApplyLock;
 use crate::pending;
 use crate::reload::{self, ReloadOutcome};
 use crate::report::{ApplyReport, BundleReport, Outcome};
+use crate::runtime_api;
 use crate::stage;
 use crate::validate::{self, Candidate};
 
@@ -175,6 +176,9 @@ fn report(
     match &outcome {
         Outcome::Unchanged => tracing::debug!(bundle = name, "unchanged"),
         Outcome::Applied { reload } => tracing::info!(bundle = name, ?reload, "applied"),
+        Outcome::RuntimeUpdated { servers } => {
+            tracing::info!(bundle = name, servers, "applied through the runtime API")
+        }
         Outcome::Rejected { error } | Outcome::Failed { error } | Outcome::RolledBack { error } => {
             tracing::warn!(bundle = name, outcome = ?outcome_kind(&outcome), %error, "bundle not applied")
         }
@@ -191,6 +195,7 @@ fn outcome_kind(o: &Outcome) -> &'static str {
     match o {
         Outcome::Unchanged => "unchanged",
         Outcome::Applied { .. } => "applied",
+        Outcome::RuntimeUpdated { .. } => "runtime_updated",
         Outcome::Rejected { .. } => "rejected",
         Outcome::Failed { .. } => "failed",
         Outcome::RolledBack { .. } => "rolled_back",
@@ -254,6 +259,11 @@ impl Txn<'_> {
         let committed = self.commit(to_commit)?;
         failpoint::hit("committed");
 
+        if let Some(servers) = self.runtime_update() {
+            pending::clear(&self.set.layout, self.name);
+            failpoint::hit("reloaded");
+            return Ok(Outcome::RuntimeUpdated { servers });
+        }
         match self.reload_all() {
             Ok(reload) => {
                 pending::clear(&self.set.layout, self.name);
@@ -267,6 +277,28 @@ impl Txn<'_> {
                     &e.to_string(),
                     true,
                 )))
+            }
+        }
+    }
+
+    /// Hands a membership-only change of runtime-API backends to the
+    /// running HAProxy instead of reloading it (see
+    /// [`runtime_api`](crate::runtime_api)); `None` means reload. Not after
+    /// an interrupted apply: HAProxy may not run the live file then.
+    fn runtime_update(&self) -> Option<usize> {
+        if self.owed {
+            return None;
+        }
+        let plan = runtime_api::plan(self.members.iter().map(|m| runtime_api::MemberView {
+            file: m.file,
+            live: m.live.as_ref().map(|l| l.bytes.as_slice()),
+            change: m.change,
+        }))?;
+        match runtime_api::run(&plan) {
+            Ok(servers) => Some(servers),
+            Err(e) => {
+                tracing::warn!(bundle = self.name, reason = %self.set.redact(&e.to_string()), "runtime API update not possible; reloading instead");
+                None
             }
         }
     }

@@ -1,0 +1,632 @@
+//! Membership changes to HAProxy backends without a reload.
+//!
+//! A backend that opts in (`runtime_api: {slots: N}` in the manifest) is
+//! rendered as N server lines with fixed names, marked with the line
+//! [`MARKER`]; an instance coming, going or changing health then only
+//! changes a slot's address or its `disabled` flag. When that is the *only*
+//! difference between the live file and the candidate, the running HAProxy
+//! can take it over its stats socket (`set server B/S addr A port P`,
+//! `set server B/S state ready|maint`) and keep its worker, its connections
+//! and its counters.
+//!
+//! The file stays the truth: the candidate has been validated and committed
+//! like any other before this runs, so a later reload (or a restart) gives
+//! exactly what the API set. This module only decides whether the API can
+//! stand in for the reload and, if so, makes it; every doubt is answered
+//! with the reload:
+//!
+//! - [`plan`] (pure) classifies live → candidate. Anything but slot address,
+//!   port and `disabled` changes inside marked backends — another line, a
+//!   slot added or renamed, a host name instead of an IP, a new file, a
+//!   reload owed by an interrupted apply — is structural.
+//! - [`run`] checks that the HAProxy it reaches runs the live file: the
+//!   master (for a signal reload) handles its reload signal, so no reload is
+//!   half-way through a re-exec; the worker is not stopping; and its servers
+//!   in the affected backends are exactly the live file's (names,
+//!   addresses, ports, maintenance). Then it sends the commands and checks
+//!   that the same worker now shows exactly the candidate's servers.
+//!
+//! Any failure is returned for the caller to log and fall back to the
+//! normal reload, which is safe because the file on disk is already right.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::IpAddr;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use converge_model::manifest::Validator;
+use converge_model::{ReloadAction, RenderedFile};
+use nix::sys::signal::Signal;
+
+use crate::live::Change;
+
+/// The comment line that marks a backend as runtime-API managed (the
+/// shipped template writes it; a custom template opts in the same way).
+pub(crate) const MARKER: &str = "# converge: runtime-api";
+
+/// How long one exchange on the stats socket may take.
+const IO_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// HAProxy's `SRV_ADMF_FMAINT`: maintenance forced by the configuration's
+/// `disabled` or by `set server ... state maint`.
+const ADMIN_FORCED_MAINT: u32 = 0x01;
+
+/// Why the runtime API does not stand in for the reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Fallback(pub String);
+
+impl fmt::Display for Fallback {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn fallback<T>(msg: impl Into<String>) -> Result<T, Fallback> {
+    Err(Fallback(msg.into()))
+}
+
+/// One `server` line of a marked backend, as a file states it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Server {
+    pub backend: String,
+    pub name: String,
+    pub addr: IpAddr,
+    pub port: u16,
+    /// No `disabled` keyword.
+    pub enabled: bool,
+}
+
+impl Server {
+    fn id(&self) -> String {
+        format!("{}/{}", self.backend, self.name)
+    }
+}
+
+/// What one HAProxy target needs from the runtime API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TargetPlan {
+    pub target: String,
+    /// The admin stats socket named in the live file's `global` section.
+    pub socket: PathBuf,
+    /// The master's pidfile and reload signal, for a signal reload.
+    pub master: Option<(PathBuf, Signal)>,
+    /// Every server of the backends that change, live file then candidate
+    /// (same names, same order).
+    pub before: Vec<Server>,
+    pub after: Vec<Server>,
+}
+
+impl TargetPlan {
+    /// Servers whose address, port or state change.
+    fn changed(&self) -> impl Iterator<Item = (&Server, &Server)> {
+        self.before.iter().zip(&self.after).filter(|(b, a)| b != a)
+    }
+
+    fn backends(&self) -> BTreeSet<&str> {
+        self.after.iter().map(|s| s.backend.as_str()).collect()
+    }
+}
+
+/// Runtime-API updates standing in for one bundle's reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Plan {
+    pub targets: Vec<TargetPlan>,
+}
+
+/// A bundle member as [`plan`] sees it: the rendered file, the live bytes
+/// and how they compare.
+pub(crate) struct MemberView<'a> {
+    pub file: &'a RenderedFile,
+    pub live: Option<&'a [u8]>,
+    pub change: Change,
+}
+
+/// Whether the bundle's rewrites are membership-only changes of HAProxy
+/// files, and what to send if so; `None` means reload as usual. Members
+/// that are unchanged or only differ in mode/owner don't matter.
+pub(crate) fn plan<'a>(members: impl IntoIterator<Item = MemberView<'a>>) -> Option<Plan> {
+    let mut targets = Vec::new();
+    for m in members {
+        if !m.change.rewrites() {
+            continue;
+        }
+        match target_plan(&m) {
+            Ok(t) => targets.push(t),
+            Err(Fallback(why)) => {
+                if m.file
+                    .bytes
+                    .windows(MARKER.len())
+                    .any(|w| w == MARKER.as_bytes())
+                {
+                    tracing::info!(target = %m.file.target, "not a membership-only change ({why}); reloading");
+                }
+                return None;
+            }
+        }
+    }
+    (!targets.is_empty()).then_some(Plan { targets })
+}
+
+fn target_plan(m: &MemberView) -> Result<TargetPlan, Fallback> {
+    let file = m.file;
+    if file.validate != Validator::Haproxy {
+        return fallback("not an HAProxy config");
+    }
+    let master = match &file.reload {
+        ReloadAction::None => return fallback("the target has no reload"),
+        ReloadAction::Signal { pidfile, signal } => {
+            let Some(sig) = parse_signal(signal) else {
+                return fallback(format!("unknown signal `{signal}`"));
+            };
+            Some((pidfile.clone(), sig))
+        }
+        ReloadAction::Command(_) | ReloadAction::Shell(_) => None,
+    };
+    let Some(live) = m.live else {
+        return fallback("new file");
+    };
+    let (Ok(live), Ok(candidate)) = (std::str::from_utf8(live), std::str::from_utf8(&file.bytes))
+    else {
+        return fallback("not UTF-8");
+    };
+    let (socket, before, after) = classify(live, candidate)?;
+    Ok(TargetPlan {
+        target: file.target.clone(),
+        socket,
+        master,
+        before,
+        after,
+    })
+}
+
+/// A config reduced to what a reload would change besides slots: every
+/// line, with the servers of marked backends stripped of address, port and
+/// `disabled` (their name and other options stay).
+#[derive(Debug, Default)]
+struct Parsed {
+    skeleton: Vec<String>,
+    servers: Vec<Server>,
+    socket: Option<PathBuf>,
+}
+
+/// Section keywords of an HAProxy config.
+const SECTIONS: &[&str] = &[
+    "global",
+    "defaults",
+    "frontend",
+    "backend",
+    "listen",
+    "peers",
+    "resolvers",
+    "userlist",
+    "mailers",
+    "program",
+    "http-errors",
+    "ring",
+    "cache",
+    "fcgi-app",
+];
+
+fn parse(text: &str) -> Result<Parsed, Fallback> {
+    // Pass 1: which backends carry the marker.
+    let mut marked = BTreeSet::new();
+    let mut section: Option<(&str, &str)> = None;
+    for line in text.lines() {
+        let t = line.trim();
+        let mut words = t.split_whitespace();
+        if let Some(w) = words.next().filter(|w| SECTIONS.contains(w)) {
+            section = Some((w, words.next().unwrap_or("")));
+        } else if t.starts_with(MARKER) {
+            match section {
+                Some(("backend", name)) => {
+                    marked.insert(name);
+                }
+                _ => return fallback(format!("`{MARKER}` outside a backend")),
+            }
+        }
+    }
+    // Pass 2: the skeleton, the marked servers and the stats socket.
+    let mut out = Parsed::default();
+    let mut section: Option<(&str, &str)> = None;
+    for (n, line) in text.lines().enumerate() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.first() {
+            Some(w) if SECTIONS.contains(w) => {
+                section = Some((w, words.get(1).copied().unwrap_or("")));
+            }
+            Some(&"server") => {
+                if let Some(("backend", backend)) = section.filter(|(_, b)| marked.contains(b)) {
+                    let (server, rest) = server_line(backend, &words)
+                        .map_err(|e| Fallback(format!("line {}: {e}", n + 1)))?;
+                    out.skeleton
+                        .push(format!("server {} <slot> {}", server.name, rest.join(" ")));
+                    out.servers.push(server);
+                    continue;
+                }
+            }
+            Some(&"stats") if section.is_some_and(|(s, _)| s == "global") => {
+                if out.socket.is_none() {
+                    out.socket = admin_socket(&words);
+                }
+            }
+            _ => {}
+        }
+        out.skeleton.push(line.to_string());
+    }
+    Ok(out)
+}
+
+/// `server NAME ADDR:PORT OPTIONS...` → the server and its options without
+/// `disabled`.
+fn server_line<'w>(backend: &str, words: &[&'w str]) -> Result<(Server, Vec<&'w str>), String> {
+    let (Some(name), Some(endpoint)) = (words.get(1), words.get(2)) else {
+        return Err("a server line without a name and an address".into());
+    };
+    let (addr, port) = ip_endpoint(endpoint)
+        .ok_or_else(|| format!("server {name}: `{endpoint}` is not IP:PORT with a fixed port"))?;
+    let rest: Vec<&str> = words[3..]
+        .iter()
+        .copied()
+        .filter(|w| *w != "disabled")
+        .collect();
+    let enabled = rest.len() == words.len() - 3;
+    Ok((
+        Server {
+            backend: backend.to_string(),
+            name: name.to_string(),
+            addr,
+            port,
+            enabled,
+        },
+        rest,
+    ))
+}
+
+/// `1.2.3.4:80` or `[::1]:80`; a port of 0 or an offset means "the client's
+/// port", which `set server ... port` refuses.
+fn ip_endpoint(s: &str) -> Option<(IpAddr, u16)> {
+    let (host, port) = s.rsplit_once(':')?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let port: u16 = port.parse().ok().filter(|p| *p > 0)?;
+    Some((host.parse().ok()?, port))
+}
+
+/// The path of a `stats socket PATH ...` line in `global`, when it is a
+/// unix socket at admin level (the default level).
+fn admin_socket(words: &[&str]) -> Option<PathBuf> {
+    if words.get(1) != Some(&"socket") {
+        return None;
+    }
+    let path = words.get(2)?;
+    let path = path.strip_prefix("unix@").unwrap_or(path);
+    if !path.starts_with('/') {
+        return None;
+    }
+    let level = words
+        .windows(2)
+        .find(|w| w[0] == "level")
+        .map(|w| w[1])
+        .unwrap_or("admin");
+    (level == "admin").then(|| PathBuf::from(path))
+}
+
+/// Live → candidate: the socket and the servers of the changed backends,
+/// when nothing but slot addresses, ports and states differ.
+fn classify(live: &str, candidate: &str) -> Result<(PathBuf, Vec<Server>, Vec<Server>), Fallback> {
+    let old = parse(live)?;
+    let new = parse(candidate)?;
+    if old.servers.is_empty() && new.servers.is_empty() {
+        return fallback("no runtime-API backend");
+    }
+    if old.skeleton.len() != new.skeleton.len() {
+        return fallback(format!(
+            "{} lines besides the slots, {} before",
+            new.skeleton.len(),
+            old.skeleton.len()
+        ));
+    }
+    if let Some(n) = old
+        .skeleton
+        .iter()
+        .zip(&new.skeleton)
+        .position(|(a, b)| a != b)
+    {
+        return fallback(format!("line {} differs", n + 1));
+    }
+    // Equal skeletons hold the same server names in the same order.
+    let Some(socket) = old.socket else {
+        return fallback("no unix `stats socket` at admin level in `global`");
+    };
+    let changed: BTreeSet<&str> = old
+        .servers
+        .iter()
+        .zip(&new.servers)
+        .filter(|(a, b)| a != b)
+        .map(|(a, _)| a.backend.as_str())
+        .collect();
+    let keep = |s: &&Server| changed.contains(s.backend.as_str());
+    let before = old.servers.iter().filter(keep).cloned().collect();
+    let after = new.servers.iter().filter(keep).cloned().collect();
+    Ok((socket, before, after))
+}
+
+/// The runtime-API commands that take a running server from `before` to
+/// `after`. A slot that gets another instance goes through maintenance, so
+/// it comes back as a fresh server (checks restarted from "up", as after a
+/// reload) rather than with the previous instance's check state.
+pub(crate) fn commands(before: &Server, after: &Server) -> Vec<String> {
+    let id = after.id();
+    let moved = (before.addr, before.port) != (after.addr, after.port);
+    let mut out = Vec::new();
+    if before.enabled && (!after.enabled || moved) {
+        out.push(format!("set server {id} state maint"));
+    }
+    if moved {
+        out.push(format!(
+            "set server {id} addr {} port {}",
+            after.addr, after.port
+        ));
+    }
+    if after.enabled && (!before.enabled || moved) {
+        out.push(format!("set server {id} state ready"));
+    }
+    out
+}
+
+/// Whether HAProxy's answer to `command` says it was done.
+fn accepted(command: &str, answer: &str) -> bool {
+    let answer = answer.trim();
+    if command.contains(" addr ") {
+        answer.contains("changed from") || answer.starts_with("no need to change")
+    } else {
+        answer.is_empty()
+    }
+}
+
+/// Makes the planned changes through the runtime API; the number of
+/// servers changed, or why the caller must reload instead.
+pub(crate) fn run(plan: &Plan) -> Result<usize, Fallback> {
+    let mut total = 0;
+    for t in &plan.targets {
+        total += run_target(t).map_err(|Fallback(e)| {
+            Fallback(format!(
+                "target {}: HAProxy runtime API on {}: {e}",
+                t.target,
+                t.socket.display()
+            ))
+        })?;
+    }
+    Ok(total)
+}
+
+fn run_target(t: &TargetPlan) -> Result<usize, Fallback> {
+    if let Some((pidfile, sig)) = &t.master {
+        master_ready(pidfile, *sig)?;
+    }
+    let sock = Socket {
+        path: &t.socket,
+        timeout: IO_TIMEOUT,
+    };
+    let worker = sock.worker()?;
+    for backend in t.backends() {
+        let state = sock.servers(backend)?;
+        compare(&state, t.before.iter().filter(|s| s.backend == backend))
+            .map_err(|e| Fallback(format!("backend {backend} does not run the live file: {e}")))?;
+    }
+    let mut count = 0;
+    for (before, after) in t.changed() {
+        for cmd in commands(before, after) {
+            let answer = sock.send(&cmd)?;
+            if !accepted(&cmd, &answer) {
+                return fallback(format!("`{cmd}` answered `{}`", answer.trim()));
+            }
+        }
+        count += 1;
+    }
+    if sock.worker()? != worker {
+        return fallback(format!(
+            "the worker changed while it was being updated (was pid {worker})"
+        ));
+    }
+    for backend in t.backends() {
+        let state = sock.servers(backend)?;
+        compare(&state, t.after.iter().filter(|s| s.backend == backend))
+            .map_err(|e| Fallback(format!("backend {backend} after the update: {e}")))?;
+    }
+    Ok(count)
+}
+
+/// The master must handle its reload signal: during the re-exec a reload
+/// performs it does not, and the stats socket may still reach the old
+/// worker, which is about to be replaced by one running the live file.
+fn master_ready(pidfile: &Path, sig: Signal) -> Result<(), Fallback> {
+    let text = std::fs::read_to_string(pidfile)
+        .map_err(|e| Fallback(format!("no master pid ({}: {e})", pidfile.display())))?;
+    let Some(pid) = text
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse::<u32>().ok())
+    else {
+        return fallback(format!("{} holds no pid", pidfile.display()));
+    };
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| Fallback(format!("master pid {pid} is not running ({e})")))?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+    };
+    if field("State:").is_some_and(|s| s.starts_with('Z') || s.starts_with('X')) {
+        return fallback(format!("master pid {pid} has exited"));
+    }
+    let caught = field("SigCgt:")
+        .and_then(|h| u64::from_str_radix(h, 16).ok())
+        .is_some_and(|mask| mask & (1u64 << (sig as i32 - 1)) != 0);
+    if caught {
+        Ok(())
+    } else {
+        fallback(format!(
+            "master pid {pid} does not handle {sig} now (a reload in progress?)"
+        ))
+    }
+}
+
+fn parse_signal(name: &str) -> Option<Signal> {
+    let upper = name.trim().to_ascii_uppercase();
+    let full = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    Signal::from_str(&full).ok()
+}
+
+/// A server as `show servers state` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Running {
+    pub name: String,
+    pub addr: String,
+    pub port: u16,
+    pub admin: u32,
+}
+
+/// Checks that `running` holds exactly the servers `want`, with their
+/// addresses, ports and maintenance state.
+fn compare<'a>(running: &[Running], want: impl Iterator<Item = &'a Server>) -> Result<(), String> {
+    let want: Vec<&Server> = want.collect();
+    let names: BTreeSet<&str> = running.iter().map(|r| r.name.as_str()).collect();
+    let expected: BTreeSet<&str> = want.iter().map(|s| s.name.as_str()).collect();
+    if names != expected {
+        return Err(format!(
+            "servers {:?}, expected {:?}",
+            names.into_iter().collect::<Vec<_>>(),
+            expected.into_iter().collect::<Vec<_>>()
+        ));
+    }
+    for s in want {
+        let Some(r) = running.iter().find(|r| r.name == s.name) else {
+            continue;
+        };
+        let addr_ok = r.addr.parse::<IpAddr>().is_ok_and(|a| a == s.addr);
+        let maint = r.admin & ADMIN_FORCED_MAINT != 0;
+        if !addr_ok || r.port != s.port || maint == s.enabled {
+            return Err(format!(
+                "{} is {}:{} {}, expected {}:{} {}",
+                s.name,
+                r.addr,
+                r.port,
+                if maint { "in maintenance" } else { "enabled" },
+                s.addr,
+                s.port,
+                if s.enabled {
+                    "enabled"
+                } else {
+                    "in maintenance"
+                }
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Parses `show servers state BACKEND` (format 1), finding the columns by
+/// the names in its `#` header.
+pub(crate) fn parse_servers_state(answer: &str) -> Result<Vec<Running>, String> {
+    let mut lines = answer.lines();
+    let header = lines
+        .by_ref()
+        .find_map(|l| l.strip_prefix("# "))
+        .ok_or_else(|| format!("unexpected answer `{}`", answer.trim()))?;
+    let cols: Vec<&str> = header.split_whitespace().collect();
+    let col = |name: &str| {
+        cols.iter()
+            .position(|c| *c == name)
+            .ok_or(format!("no `{name}` column"))
+    };
+    let (name, addr, port, admin) = (
+        col("srv_name")?,
+        col("srv_addr")?,
+        col("srv_port")?,
+        col("srv_admin_state")?,
+    );
+    lines
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let get = |i: usize| f.get(i).copied().ok_or(format!("short line `{line}`"));
+            let num = |i: usize| {
+                get(i)?
+                    .parse::<u32>()
+                    .map_err(|_| format!("bad number in `{line}`"))
+            };
+            Ok(Running {
+                name: get(name)?.to_string(),
+                addr: get(addr)?.to_string(),
+                port: u16::try_from(num(port)?).map_err(|_| format!("bad port in `{line}`"))?,
+                admin: num(admin)?,
+            })
+        })
+        .collect()
+}
+
+/// The admin stats socket: one command per connection.
+struct Socket<'a> {
+    path: &'a Path,
+    timeout: Duration,
+}
+
+impl Socket<'_> {
+    fn send(&self, command: &str) -> Result<String, Fallback> {
+        self.exchange(command)
+            .map_err(|e| Fallback(format!("`{command}`: {e}")))
+    }
+
+    fn exchange(&self, command: &str) -> io::Result<String> {
+        let mut s = UnixStream::connect(self.path)?;
+        s.set_read_timeout(Some(self.timeout))?;
+        s.set_write_timeout(Some(self.timeout))?;
+        s.write_all(command.as_bytes())?;
+        s.write_all(b"\n")?;
+        // Without `prompt`, HAProxy answers one command and closes.
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    }
+
+    /// The pid of the worker answering, which must not be stopping.
+    fn worker(&self) -> Result<u32, Fallback> {
+        let info = self.send("show info")?;
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(str::trim)
+        };
+        let Some(pid) = field("Pid:").and_then(|p| p.parse().ok()) else {
+            return fallback(format!("`show info` answered `{}`", info.trim()));
+        };
+        if field("Stopping:").is_some_and(|s| s != "0") {
+            return fallback(format!("worker pid {pid} is stopping"));
+        }
+        Ok(pid)
+    }
+
+    fn servers(&self, backend: &str) -> Result<Vec<Running>, Fallback> {
+        let answer = self.send(&format!("show servers state {backend}"))?;
+        parse_servers_state(&answer)
+            .map_err(|e| Fallback(format!("`show servers state {backend}`: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests;
