@@ -201,7 +201,7 @@ impl Reconciler {
                     let entry = s.targets.entry(t.clone()).or_default();
                     entry.sha256 = set.files.get(t).map(|f| hex_sha256(&f.bytes));
                     match &b.outcome {
-                        Outcome::Applied { .. } => {
+                        Outcome::Applied { .. } | Outcome::RuntimeUpdated { .. } => {
                             entry.last_apply = Some(now);
                             entry.last_error = None;
                         }
@@ -223,6 +223,10 @@ impl Reconciler {
                         self.board.metrics.reloads.inc();
                     }
                     tracing::info!(bundle = %b.bundle, reload = reload.as_str(), "applied");
+                }
+                Outcome::RuntimeUpdated { servers } => {
+                    self.board.metrics.runtime_api_updates.inc();
+                    tracing::info!(bundle = %b.bundle, servers, "applied through the HAProxy runtime API, no reload");
                 }
                 Outcome::Unchanged => {}
                 Outcome::Rejected { error } => {

@@ -78,6 +78,9 @@ pub struct Metrics {
     pub renders: Counter,
     /// Bundles whose program was reloaded.
     pub reloads: Counter,
+    /// Bundles whose membership change HAProxy took over its runtime API,
+    /// with no reload.
+    pub runtime_api_updates: Counter,
     /// Failures by stage.
     pub failures: Family<Stage, Counter>,
     /// Changes held by the guard.
@@ -114,6 +117,11 @@ impl Board {
             "reloads",
             "Program reloads after a commit",
             m.reloads.clone(),
+        );
+        registry.register(
+            "runtime_api_updates",
+            "Membership changes applied through the HAProxy runtime API instead of a reload",
+            m.runtime_api_updates.clone(),
         );
         registry.register("failures", "Failures by stage", m.failures.clone());
         registry.register(
