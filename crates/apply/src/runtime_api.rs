@@ -248,10 +248,10 @@ fn parse(text: &str) -> Result<Parsed, Fallback> {
                     continue;
                 }
             }
-            Some(&"stats") if section.is_some_and(|(s, _)| s == "global") => {
-                if out.socket.is_none() {
-                    out.socket = admin_socket(&words);
-                }
+            Some(&"stats")
+                if out.socket.is_none() && section.is_some_and(|(s, _)| s == "global") =>
+            {
+                out.socket = admin_socket(&words);
             }
             _ => {}
         }
