@@ -14,10 +14,10 @@ use std::collections::BTreeSet;
 
 use converge_model::{Catalog, Manifest};
 use converge_render::view::serves;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A change held back for one backend.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hold {
     /// Backend name.
     pub backend: String,

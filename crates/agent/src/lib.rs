@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod error;
 pub mod guard;
 pub mod http;
+pub mod node_status;
 pub mod pipeline;
 pub mod quiescence;
 pub mod reconciler;

@@ -70,6 +70,8 @@ pub struct Reconciler {
     last_applied: Option<Catalog>,
     /// Backends an operator released, consumed by the next pass.
     released: BTreeSet<String>,
+    /// Rejections and warnings of the last render, to log only new ones.
+    findings: Vec<String>,
 }
 
 impl Reconciler {
@@ -82,6 +84,7 @@ impl Reconciler {
             file_catalog: None,
             last_applied: None,
             released: BTreeSet::new(),
+            findings: Vec::new(),
         }
     }
 
@@ -180,9 +183,7 @@ impl Reconciler {
         self.board.metrics.renders.inc();
         let manifest = prepared.manifests.manifest.clone();
         self.record_holds(&manifest, &guarded.catalog, &guarded.holds);
-        for r in &set.rejections {
-            tracing::warn!(service = %r.service, instance = %r.instance, field = %r.field, value = %r.value, "catalog value rejected: {}", r.reason);
-        }
+        self.report_findings(&set);
         let report = match converge_apply::apply(&set, &self.config.apply) {
             Ok(r) => r,
             Err(e) => {
@@ -256,6 +257,28 @@ impl Reconciler {
         if converged {
             self.board.metrics.last_success_seconds.set(now as i64);
         }
+    }
+
+    /// Rejected catalog values and render warnings go to the status every
+    /// pass, and to the log when they first appear, so a flapping catalog
+    /// does not repeat the same line every pass.
+    fn report_findings(&mut self, set: &converge_model::RenderedSet) {
+        let findings: Vec<String> = set
+            .rejections
+            .iter()
+            .map(|r| {
+                format!(
+                    "service {} instance {}: {} `{}` rejected: {}",
+                    r.service, r.instance, r.field, r.value, r.reason
+                )
+            })
+            .chain(set.warnings.iter().cloned())
+            .collect();
+        for f in findings.iter().filter(|f| !self.findings.contains(f)) {
+            tracing::warn!("{f}");
+        }
+        self.board.update(|s| s.findings = findings.clone());
+        self.findings = findings;
     }
 
     fn consul_catalog(&mut self, state: &converge_consul::SourceState) -> Option<Catalog> {

@@ -14,12 +14,12 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::guard::Hold;
 
 /// Per-target state.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct TargetStatus {
     /// SHA-256 of the last content rendered for it.
     pub sha256: Option<String>,
@@ -30,7 +30,7 @@ pub struct TargetStatus {
 }
 
 /// Per-backend state.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct BackendStatus {
     /// Servers in the snapshot that was rendered.
     pub servers: usize,
@@ -39,7 +39,7 @@ pub struct BackendStatus {
 }
 
 /// The JSON `/status` document.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Status {
     /// Node name.
     pub node: String,
@@ -60,6 +60,8 @@ pub struct Status {
     pub targets: BTreeMap<String, TargetStatus>,
     /// Per backend.
     pub backends: BTreeMap<String, BackendStatus>,
+    /// Catalog values rejected and render warnings of the last pass.
+    pub findings: Vec<String>,
 }
 
 /// Labels of the failure counter.

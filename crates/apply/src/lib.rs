@@ -51,4 +51,5 @@ pub use lock::ApplyLock;
 pub use plan::{describe_validator, plan, Plan, PlannedFile};
 pub use reload::{describe as describe_reload, ReloadOutcome};
 pub use report::{ApplyReport, BundleReport, Outcome};
+pub use runtime_api::{live_servers, LiveServer};
 pub use transaction::{apply, ApplyOptions};

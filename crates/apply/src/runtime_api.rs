@@ -495,6 +495,8 @@ fn parse_signal(name: &str) -> Option<Signal> {
 /// A server as `show servers state` reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Running {
+    pub backend: String,
+    pub op_state: u32,
     pub name: String,
     pub addr: String,
     pub port: u16,
@@ -554,7 +556,9 @@ pub(crate) fn parse_servers_state(answer: &str) -> Result<Vec<Running>, String> 
             .position(|c| *c == name)
             .ok_or(format!("no `{name}` column"))
     };
-    let (name, addr, port, admin) = (
+    let (backend, op_state, name, addr, port, admin) = (
+        col("be_name")?,
+        col("srv_op_state")?,
         col("srv_name")?,
         col("srv_addr")?,
         col("srv_port")?,
@@ -571,6 +575,8 @@ pub(crate) fn parse_servers_state(answer: &str) -> Result<Vec<Running>, String> 
                     .map_err(|_| format!("bad number in `{line}`"))
             };
             Ok(Running {
+                backend: get(backend)?.to_string(),
+                op_state: num(op_state)?,
                 name: get(name)?.to_string(),
                 addr: get(addr)?.to_string(),
                 port: u16::try_from(num(port)?).map_err(|_| format!("bad port in `{line}`"))?,
@@ -578,6 +584,51 @@ pub(crate) fn parse_servers_state(answer: &str) -> Result<Vec<Running>, String> 
             })
         })
         .collect()
+}
+
+/// A server as the running HAProxy sees it, for `converge status`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LiveServer {
+    /// Backend name.
+    pub backend: String,
+    /// Server name.
+    pub name: String,
+    /// `address:port`.
+    pub endpoint: String,
+    /// `UP`, `DOWN`, `STARTING`, `STOPPING` or `MAINT`.
+    pub state: &'static str,
+}
+
+/// Every server of every backend, from the admin socket at `socket`.
+pub fn live_servers(socket: &Path, timeout: Duration) -> Result<Vec<LiveServer>, String> {
+    let answer = Socket {
+        path: socket,
+        timeout,
+    }
+    .exchange("show servers state")
+    .map_err(|e| format!("cannot ask HAProxy on {}: {e}", socket.display()))?;
+    Ok(parse_servers_state(&answer)?
+        .into_iter()
+        .map(|r| LiveServer {
+            state: if r.admin & ADMIN_FORCED_MAINT != 0 {
+                "MAINT"
+            } else {
+                match r.op_state {
+                    0 => "DOWN",
+                    1 => "STARTING",
+                    2 => "UP",
+                    _ => "STOPPING",
+                }
+            },
+            endpoint: if r.addr.contains(':') {
+                format!("[{}]:{}", r.addr, r.port)
+            } else {
+                format!("{}:{}", r.addr, r.port)
+            },
+            backend: r.backend,
+            name: r.name,
+        })
+        .collect())
 }
 
 /// The admin stats socket: one command per connection.

@@ -106,6 +106,12 @@ pub enum Command {
     /// real program, committed by rename and reloaded; a failed reload rolls
     /// the files back. Exit status: 0 success, 1 any failure.
     Apply(ApplyArgs),
+    /// Where traffic goes on this node: per target the last apply, hash and
+    /// error; HAProxy's live servers; whether this node holds its VIPs.
+    ///
+    /// Each section is gathered on its own: a program that cannot be asked
+    /// shows its error without hiding the rest. Touches nothing.
+    Status(StatusArgs),
     /// Lint manifests and templates, render every node and check every file
     /// with the real programs in a scratch directory (for manifest-repo CI).
     ///
@@ -178,6 +184,18 @@ pub struct RunArgs {
     /// Seconds to wait for another apply on this node to finish.
     #[arg(long, default_value_t = 30)]
     pub lock_timeout: u64,
+}
+
+/// `status` flags.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Address of the daemon's status listener (`converge run --listen`).
+    #[arg(long, default_value = "127.0.0.1:9181")]
+    pub daemon: String,
+
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
 }
 
 /// `validate` flags.

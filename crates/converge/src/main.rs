@@ -5,6 +5,7 @@ mod apply;
 mod cli;
 mod plan;
 mod run;
+mod status;
 mod validate;
 
 use std::process::ExitCode;
@@ -43,6 +44,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run::run(&cli, args),
         Command::Plan(args) => plan::run(&cli, args),
         Command::Apply(args) => apply::run(&cli, args),
+        Command::Status(args) => status::run(&cli, args),
         Command::Validate(args) => validate::run(&cli, args),
     };
     match result {

@@ -35,7 +35,9 @@ fn staged_files(dir: &Path) -> Vec<PathBuf> {
 fn kill_9_at_every_step_leaves_old_or_new_files_and_the_next_run_converges() {
     // `rolled-back` lies on the failed-reload path, which this scenario does
     // not take; the apply crate's own crash tests cover it.
-    let points = converge_apply::failpoint::POINTS.iter().filter(|p| **p != "rolled-back");
+    let points = converge_apply::failpoint::POINTS
+        .iter()
+        .filter(|p| **p != "rolled-back");
     for failpoint in points {
         let ws = Workspace::examples();
         assert_exit(&ws.converge(&["apply", "--once", "--node", "lb1"]), 0);

@@ -304,3 +304,33 @@ fn sigterm_during_an_apply_finishes_it_and_leaves_no_staged_files() {
         "config complete"
     );
 }
+
+#[test]
+fn status_shows_the_daemon_the_targets_and_the_live_servers() {
+    let s = Stack::start(&[], "haproxy");
+    s.wait_status(|st| st["converged"] == true, "converged");
+    let daemon = format!("127.0.0.1:{}", s.daemon.listen);
+    let out = s.ws.converge(&[
+        "status", "--node", "lb1", "--daemon", &daemon, "--format", "json",
+    ]);
+    common::assert_exit(&out, 0);
+    let doc: serde_json::Value = serde_json::from_str(&common::stdout(&out)).expect("json");
+    assert_eq!(doc["daemon"]["ok"]["converged"], true, "{doc}");
+    assert!(doc["targets"][0]["sha256"].is_string(), "{doc}");
+    let servers: BTreeSet<String> = doc["haproxy"]["ok"]
+        .as_array()
+        .expect("haproxy servers")
+        .iter()
+        .map(|s| s["name"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(servers, names(&["web-1", "web-2", "web-3"]), "{doc}");
+
+    let text = common::stdout(
+        &s.ws
+            .converge(&["status", "--node", "lb1", "--daemon", &daemon]),
+    );
+    assert!(
+        text.contains("daemon: converged") && text.contains("web-2"),
+        "{text}"
+    );
+}

@@ -243,3 +243,26 @@ fn a_failing_reload_rolls_back_and_reloads_the_old_files() {
         "reload of the new file, then of the restored old one"
     );
 }
+
+#[test]
+fn status_with_nothing_running_reports_each_section_s_error() {
+    let ws = Workspace::examples();
+    assert_exit(&ws.converge(&["apply", "--once", "--node", "lb1"]), 0);
+    let port = converge_testkit::free_port();
+    let out = ws.converge(&[
+        "status",
+        "--node",
+        "lb1",
+        "--daemon",
+        &format!("127.0.0.1:{port}"),
+    ]);
+    assert_exit(&out, 0);
+    let text = stdout(&out);
+    assert!(text.contains("daemon not reachable"), "{text}");
+    assert!(text.contains("cannot ask HAProxy"), "{text}");
+    assert!(
+        text.contains("haproxy ") && !text.contains("(missing)"),
+        "{text}"
+    );
+    assert!(text.contains("keepalived NOT running"), "{text}");
+}

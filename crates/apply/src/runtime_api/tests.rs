@@ -226,6 +226,8 @@ fn parses_and_compares_servers_state() {
     assert_eq!(
         running[1],
         Running {
+            backend: "web".into(),
+            op_state: 0,
             name: "web-s2".into(),
             addr: "127.0.0.1".into(),
             port: 1,

@@ -1,0 +1,112 @@
+//! `converge status`: the on-call engineer's screen.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use converge_agent::node_status::{gather, NodeReport, Section};
+use converge_model::Layout;
+
+use crate::cli::{Cli, Format, StatusArgs};
+use crate::exit;
+
+/// Prints the report; exits 0 even when a section could not be gathered
+/// (the report says so), 1 when the manifests cannot be read.
+pub fn run(cli: &Cli, args: &StatusArgs) -> anyhow::Result<u8> {
+    let node = cli.node()?;
+    let (manifests, _) = cli.inputs().load_config()?;
+    let layout = Layout::new(&cli.root);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let report = runtime.block_on(gather(&manifests, &node, &layout, &args.daemon))?;
+    match args.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Format::Text => print!("{}", text(&report)),
+    }
+    Ok(exit::OK)
+}
+
+fn when(secs: Option<u64>) -> String {
+    secs.map(|s| humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(s)).to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
+fn text(r: &NodeReport) -> String {
+    let mut out = format!("node {}\n", r.node);
+    match &r.daemon {
+        Section::Ok(s) => {
+            let state = if s.converged {
+                "converged"
+            } else {
+                "NOT converged"
+            };
+            out += &format!(
+                "daemon: {state}; source {}{}; last success {}\n",
+                s.source,
+                s.source_error
+                    .as_ref()
+                    .map(|e| format!(" DEGRADED ({e})"))
+                    .unwrap_or_default(),
+                when(s.last_success)
+            );
+            if let Some(e) = &s.input_error {
+                out += &format!("  input error (previous desired state in force): {e}\n");
+            }
+            for (name, b) in &s.backends {
+                if let Some(h) = &b.held {
+                    out += &format!(
+                        "  HELD backend {name}: {} (converge release: POST /release/{name})\n",
+                        h.reason
+                    );
+                }
+            }
+            for f in &s.findings {
+                out += &format!("  {f}\n");
+            }
+        }
+        Section::Error(e) => out += &format!("daemon: {e}\n"),
+    }
+    out += "\nTARGET               SHA256        LAST APPLY                 ERROR\n";
+    for t in &r.targets {
+        let sha = t.sha256.as_deref().map(|h| &h[..12]).unwrap_or("(missing)");
+        out += &format!(
+            "{:<20} {:<13} {:<26} {}\n",
+            t.target,
+            sha,
+            when(t.last_apply.or(t.modified)),
+            t.last_error.as_deref().unwrap_or("-")
+        );
+    }
+    out += "\nHAPROXY BACKEND      SERVER               ADDRESS                STATE\n";
+    match &r.haproxy {
+        Section::Ok(servers) if servers.is_empty() => out += "(no servers)\n",
+        Section::Ok(servers) => {
+            for s in servers {
+                out += &format!(
+                    "{:<20} {:<20} {:<22} {}\n",
+                    s.backend, s.name, s.endpoint, s.state
+                );
+            }
+        }
+        Section::Error(e) => out += &format!("{e}\n"),
+    }
+    out += "\nKEEPALIVED VIP       STATE    INTERFACE  ADDRESSES\n";
+    match &r.keepalived {
+        Section::Ok(vips) => {
+            for v in vips {
+                let running = match v.keepalived_pid {
+                    Some(pid) => format!("keepalived pid {pid}"),
+                    None => "keepalived NOT running".into(),
+                };
+                out += &format!(
+                    "{:<20} {:<8} {:<10} {} ({running})\n",
+                    v.name,
+                    v.state,
+                    v.interface,
+                    v.addresses.join(", ")
+                );
+            }
+        }
+        Section::Error(e) => out += &format!("{e}\n"),
+    }
+    out
+}
