@@ -24,7 +24,9 @@
 pub mod backend;
 pub mod consul;
 pub mod haproxy;
+pub mod pgbouncer;
 pub mod ports;
+pub mod postgres;
 pub mod process;
 pub mod wait;
 
