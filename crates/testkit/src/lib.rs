@@ -24,6 +24,8 @@
 pub mod backend;
 pub mod consul;
 pub mod haproxy;
+pub mod keepalived;
+pub mod netns;
 pub mod pgbouncer;
 pub mod ports;
 pub mod postgres;
