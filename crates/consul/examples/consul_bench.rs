@@ -15,7 +15,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use converge_consul::{CatalogSource, Client, Config, SourceConfig, SourceHealth};
+use converge_consul::{
+    CatalogSource, Client, Config, HealthQuery, QueryOptions, SourceConfig, SourceHealth,
+};
 use converge_model::Health;
 use converge_testkit::consul::{open_connections_to, ConsulAgent};
 
@@ -45,6 +47,9 @@ async fn main() {
     // minimum interval after the previous one (that floor is measured
     // with --gap-ms 0).
     let gap = Duration::from_millis(arg("--gap-ms", 200));
+    // --direct 1: measure when a direct poll of the catalog sees the flip
+    // instead (the floor set by the agent itself).
+    let direct = arg("--direct", 0) == 1;
 
     let agent = ConsulAgent::start().unwrap_or_else(|e| panic!("cannot start consul: {e}"));
     let port = agent.http_addr().port();
@@ -107,19 +112,48 @@ async fn main() {
             }
         })
         .expect("flip");
-        rx.wait_for(|s| {
-            s.catalog
-                .service(&name)
-                .is_some_and(|e| e.instances[0].health == want)
-        })
-        .await
-        .expect("source");
-        latencies.push(t0.elapsed());
+        if direct {
+            // Reference: how soon the catalog itself shows the flip, by
+            // polling it directly every millisecond (no blocking query).
+            loop {
+                let r = client
+                    .health_service(&name, &HealthQuery::default(), &QueryOptions::default())
+                    .await
+                    .expect("read");
+                if r.value[0].health == want {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            let reached = t0.elapsed();
+            rx.wait_for(|s| {
+                s.catalog
+                    .service(&name)
+                    .is_some_and(|e| e.instances[0].health == want)
+            })
+            .await
+            .expect("source");
+            latencies.push(reached);
+        } else {
+            rx.wait_for(|s| {
+                s.catalog
+                    .service(&name)
+                    .is_some_and(|e| e.instances[0].health == want)
+            })
+            .await
+            .expect("source");
+            latencies.push(t0.elapsed());
+        }
     }
     latencies.sort();
     if !latencies.is_empty() {
         println!(
-            "flip -> snapshot over {} flips ({gap:?} apart): p50 {:?}, p99 {:?}, max {:?}",
+            "flip -> {} over {} flips ({gap:?} apart): p50 {:?}, p99 {:?}, max {:?}",
+            if direct {
+                "direct catalog poll"
+            } else {
+                "snapshot"
+            },
             latencies.len(),
             percentile(&latencies, 0.50),
             percentile(&latencies, 0.99),

@@ -22,8 +22,10 @@
 //!   the diff, at most [`SourceConfig::fetch_concurrency`] at a time.
 //!
 //! At most `2 + fetch_concurrency` requests are in flight and the client
-//! keeps at most `fetch_concurrency` idle connections, so with the default
-//! of 16 the source stays well under 32 connections to Consul.
+//! keeps at most `fetch_concurrency` idle connections. The HTTP pool hands a
+//! finished connection back asynchronously, so a read starting at that
+//! moment may open a new one; that is why the default concurrency is 12,
+//! not 30: measured peaks stay at 15–21 connections, well inside 32.
 //!
 //! The trade-off: a health flip costs one wake-up of the checks watch (whose
 //! answer grows with the number of checks in the datacenter, not with what
@@ -36,8 +38,8 @@
 //! long-poll wake-ups per minute), so it is kept long.
 //!
 //! Measured on a dev agent (see `crates/consul/BENCHMARKS.md`): 600
-//! watched services, 19–25 connections at peak, 2 when idle; a TTL flip
-//! reaches a snapshot in about 12 ms (p50) / 29 ms (p99).
+//! watched services, 15–21 connections at peak, 2 when idle; a TTL flip
+//! reaches a snapshot in about 12–15 ms (p50).
 //!
 //! # Failure
 //!
@@ -98,7 +100,7 @@ impl SourceConfig {
             health: HealthQuery::default(),
             consistency: Consistency::Default,
             pacing: Pacing::default(),
-            fetch_concurrency: 16,
+            fetch_concurrency: 12,
             resync_interval: Duration::from_secs(30 * 60),
             retry_base: Duration::from_millis(250),
             retry_cap: Duration::from_secs(30),
