@@ -103,6 +103,17 @@ pub fn describe(action: &ReloadAction) -> String {
         }
         ReloadAction::Command(argv) => format!("run: {}", argv.join(" ")),
         ReloadAction::Shell(s) => format!("sh -c: {s}"),
+        ReloadAction::Pgbouncer(a) => format!(
+            "pgbouncer admin {}:{} as {}: {}",
+            a.host,
+            a.port,
+            a.user,
+            if a.pause {
+                "PAUSE, RELOAD, RESUME"
+            } else {
+                "RELOAD"
+            }
+        ),
         ReloadAction::None => "none".into(),
     }
 }
@@ -112,6 +123,7 @@ pub(crate) fn run(action: &ReloadAction, limits: Limits) -> Result<ReloadOutcome
     match action {
         ReloadAction::None => Ok(ReloadOutcome::NoAction),
         ReloadAction::Signal { pidfile, signal } => signal_pidfile(action, pidfile, signal, limits),
+        ReloadAction::Pgbouncer(admin) => crate::pgbouncer_admin::reload(action, admin),
         ReloadAction::Command(argv) => {
             let Some((prog, args)) = argv.split_first() else {
                 return Err(Failure {

@@ -164,7 +164,7 @@ fn target_plan(m: &MemberView) -> Result<TargetPlan, Fallback> {
             };
             Some((pidfile.clone(), sig))
         }
-        ReloadAction::Command(_) | ReloadAction::Shell(_) => None,
+        ReloadAction::Command(_) | ReloadAction::Shell(_) | ReloadAction::Pgbouncer(_) => None,
     };
     let Some(live) = m.live else {
         return fallback("new file");

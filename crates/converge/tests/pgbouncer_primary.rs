@@ -10,7 +10,6 @@ mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -18,7 +17,7 @@ use common::{RunningDaemon, Workspace};
 use converge_testkit::consul::ConsulAgent;
 use converge_testkit::pgbouncer::Pgbouncer;
 use converge_testkit::postgres::{give_to_postgres, psql_command, Postgres};
-use converge_testkit::{free_port, wait, Child};
+use converge_testkit::{free_port, wait};
 
 /// Generous: two cores shared with other suites.
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -55,12 +54,16 @@ struct Stack {
     ws: Workspace,
     daemon: RunningDaemon,
     pgbouncer: Option<Pgbouncer>,
-    port: u16,
 }
 
 impl Stack {
     /// Everything up, A primary, PgBouncer serving the rendered file.
     fn start(reload: &str) -> Self {
+        Self::start_on(free_port(), reload, &[])
+    }
+
+    /// Same, with PgBouncer listening on `port` and extra daemon flags.
+    fn start_on(port: u16, reload: &str, daemon_args: &[&str]) -> Self {
         let consul = ConsulAgent::start().expect("consul agent -dev");
         let a = Postgres::start().expect("cluster A");
         let b = Postgres::start().expect("cluster B");
@@ -70,7 +73,6 @@ impl Stack {
         consul
             .register_service_with_ttl("pg-b", "postgres", b.port(), &["replica"])
             .expect("register B");
-        let port = free_port();
         let ws = Workspace::custom(&site(port, reload), "services: {}\n");
         ws.write("manifests/secrets/app", "");
         ws.write("manifests/secrets/converge", "");
@@ -83,7 +85,9 @@ impl Stack {
         std::fs::create_dir_all(&run).expect("run dir");
         give_to_postgres(&run).expect("chown run dir");
         let url = consul.http_url();
-        let daemon = ws.run_daemon(&["--consul", &url]);
+        let mut args = vec!["--consul", url.as_str()];
+        args.extend_from_slice(daemon_args);
+        let daemon = ws.run_daemon(&args);
         let mut s = Self {
             consul,
             a,
@@ -91,7 +95,6 @@ impl Stack {
             ws,
             daemon,
             pgbouncer: None,
-            port,
         };
         let a_port = s.a.port();
         s.wait_config(
@@ -195,4 +198,164 @@ fn moving_the_primary_tag_moves_pgbouncer_to_the_new_primary() {
     s.switch(false);
     s.wait_landing(s.a.port(), "psql through PgBouncer to land on A again");
     assert_eq!(s.daemon.status()["source_error"], serde_json::Value::Null);
+}
+
+/// Both targets reload over the admin console's unix socket, with PAUSE.
+fn pause_reload(port: u16) -> String {
+    format!(
+        "    reload:\n      pgbouncer: {{host: /run/postgresql, port: {port}, user: converge, \
+         pause: true, timeout_secs: 90}}\n"
+    )
+}
+
+/// A `psql` session through PgBouncer fed line by line; killed by pid
+/// and reaped on drop.
+struct Session {
+    child: std::process::Child,
+    input: Option<std::process::ChildStdin>,
+    output: BufReader<std::process::ChildStdout>,
+}
+
+impl Session {
+    fn open(port: u16) -> Self {
+        let mut child = psql_command(port, "app", "app")
+            .arg("-At")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("psql");
+        let input = child.stdin.take();
+        let output = BufReader::new(child.stdout.take().expect("stdout"));
+        Self {
+            child,
+            input,
+            output,
+        }
+    }
+
+    /// Closes stdin (psql then exits) and waits for its exit status.
+    fn finish(&mut self) -> std::process::ExitStatus {
+        drop(self.input.take());
+        let mut status = None;
+        wait::until(DEADLINE, "the psql session to exit", || {
+            status = self.child.try_wait().ok().flatten();
+            status.is_some()
+        })
+        .expect("psql exits");
+        status.expect("status")
+    }
+
+    /// Sends one statement and returns its one line of output.
+    fn query(&mut self, sql: &str) -> String {
+        let input = self.input.as_mut().expect("session open");
+        writeln!(input, "{sql}").expect("write to psql");
+        input.flush().expect("flush");
+        let mut line = String::new();
+        self.output.read_line(&mut line).expect("read from psql");
+        line.trim().to_string()
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn with_pause_a_transaction_open_at_the_switch_commits_and_the_next_lands_on_b() {
+    let port = free_port();
+    // The demotion and the promotion are two Consul changes; a quiescence
+    // window makes them one reload. (Applied one by one, the first would
+    // commit "no primary" and its PAUSE would wait on this transaction.)
+    let s = Stack::start_on(
+        port,
+        &pause_reload(port),
+        &["--wait-min", "2s", "--wait-max", "10s"],
+    );
+    assert_eq!(s.landing(), Ok(s.a.port()), "{}", s.diagnostics());
+    s.a.sql("app", "app", "create table marks (what text)")
+        .expect("table on A");
+
+    // A transaction in flight on A.
+    let mut tx = Session::open(port);
+    assert_eq!(
+        tx.query("BEGIN; select inet_server_port();"),
+        s.a.port().to_string()
+    );
+    assert_eq!(
+        tx.query("insert into marks values ('in flight') returning what;"),
+        "in flight"
+    );
+
+    s.switch(true);
+    let b_port = s.b.port();
+    s.wait_config(
+        |c| c.contains(&format!("port={b_port} ")),
+        "app → B committed",
+    );
+    wait::until(DEADLINE, "converge to ask PgBouncer to PAUSE", || {
+        s.pgbouncer().log().contains("PAUSE")
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", s.diagnostics()));
+
+    // A new client while the transaction is open is held, not sent to B
+    // (where it would run alongside the open transaction on A).
+    let (sender, next) = std::sync::mpsc::channel();
+    let pgb_port = s.pgbouncer().port();
+    std::thread::spawn(move || {
+        let started = Instant::now();
+        let r =
+            converge_testkit::postgres::psql(pgb_port, "app", "app", "select inet_server_port()");
+        let _ = sender.send((r, started.elapsed()));
+    });
+    assert!(
+        next.recv_timeout(Duration::from_secs(2)).is_err(),
+        "a new query ran while a transaction was still open on the old primary\n{}",
+        s.diagnostics()
+    );
+
+    // The open transaction still commits, on A.
+    assert_eq!(
+        tx.query("insert into marks values ('after switch') returning what;"),
+        "after switch"
+    );
+    // COMMIT ends the transaction, PAUSE completes, and the same client's
+    // next transaction (transaction pooling) runs on B after RESUME.
+    assert_eq!(
+        tx.query("COMMIT; select inet_server_port();"),
+        b_port.to_string()
+    );
+    let status = tx.finish();
+    assert!(status.success(), "psql session: {status}");
+    assert_eq!(
+        s.a.sql(
+            "app",
+            "app",
+            "select string_agg(what, ',' order by what) from marks"
+        )
+        .expect("read A"),
+        "after switch,in flight",
+        "the transaction committed on A"
+    );
+
+    // The held query, and every one after it, goes to B.
+    let (held, waited) = next
+        .recv_timeout(DEADLINE)
+        .expect("the held query finishes");
+    assert_eq!(
+        held,
+        Ok(b_port.to_string()),
+        "held query after RESUME (waited {waited:?})"
+    );
+    assert_eq!(s.landing(), Ok(b_port), "{}", s.diagnostics());
+    assert!(
+        s.ws.daemon_log().contains("pgbouncer paused"),
+        "{}",
+        s.ws.daemon_log()
+    );
 }

@@ -410,8 +410,37 @@ pub enum Reload {
     Command(Vec<String>),
     /// Run a string with `/bin/sh -c`; only when the manifest asks for it.
     Shell(String),
+    /// `RELOAD` over PgBouncer's admin console, between `PAUSE` and
+    /// `RESUME` when `pause` is set, so transactions open at the switch
+    /// finish instead of being cut.
+    Pgbouncer(PgbouncerAdmin),
     /// Nothing to do.
     None,
+}
+
+/// How converge reaches PgBouncer's admin console (database `pgbouncer`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PgbouncerAdmin {
+    /// A TCP host, or an absolute directory holding the unix socket
+    /// (prefixed with `--root`, like every path).
+    #[serde(default = "default_admin_host")]
+    pub host: String,
+    /// PgBouncer's `listen_port` (also the unix socket's port suffix).
+    pub port: u16,
+    /// An `admin_users` member. Authenticates as any libpq client of the
+    /// converge process would: trust or `auth_type = hba` peer on the unix
+    /// socket, or a password in converge's `~/.pgpass` / `PGPASSFILE`; no
+    /// password is kept in the manifest.
+    pub user: String,
+    /// `PAUSE` before the `RELOAD` and `RESUME` after it.
+    #[serde(default)]
+    pub pause: bool,
+    /// Longest wait, in seconds, for `PAUSE` (open transactions to finish)
+    /// and for each admin command; past it the reload fails and PgBouncer
+    /// is resumed.
+    #[serde(default = "default_admin_timeout")]
+    pub timeout_secs: u64,
 }
 
 /// A file converge renders and owns.
@@ -496,6 +525,12 @@ fn default_mode() -> String {
 }
 fn default_reload() -> Reload {
     Reload::None
+}
+fn default_admin_host() -> String {
+    "127.0.0.1".into()
+}
+fn default_admin_timeout() -> u64 {
+    30
 }
 fn default_backups() -> u32 {
     5

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::manifest::{Reload, Validator};
+use crate::manifest::{PgbouncerAdmin, Reload, Validator};
 use crate::secret::Secret;
 
 /// Prefix for every destination, pidfile and socket path (`--root`).
@@ -51,6 +51,8 @@ pub enum ReloadAction {
     Command(Vec<String>),
     /// Run a string with `/bin/sh -c`.
     Shell(String),
+    /// PgBouncer's admin console; a socket directory `host` is rooted.
+    Pgbouncer(PgbouncerAdmin),
     /// Nothing.
     None,
 }
@@ -65,6 +67,14 @@ impl ReloadAction {
             },
             Reload::Command(argv) => Self::Command(argv.clone()),
             Reload::Shell(s) => Self::Shell(s.clone()),
+            Reload::Pgbouncer(admin) => Self::Pgbouncer(PgbouncerAdmin {
+                host: if admin.host.starts_with('/') {
+                    layout.path(&admin.host).display().to_string()
+                } else {
+                    admin.host.clone()
+                },
+                ..admin.clone()
+            }),
             Reload::None => Self::None,
         }
     }

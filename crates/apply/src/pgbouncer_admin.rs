@@ -1,0 +1,171 @@
+//! PgBouncer's admin console as a reload action: `RELOAD`, and around it
+//! `PAUSE` / `RESUME` when the manifest asks for them.
+//!
+//! With `pause`, a primary switch runs `PAUSE` (PgBouncer waits for every
+//! open transaction to finish, then closes its server connections, and
+//! holds new queries), `RELOAD` (the committed file, with the new host, is
+//! read), `RESUME` (held queries go to the new host). A transaction open at
+//! the switch therefore commits where it began, and no new transaction
+//! starts on the new primary while one is still open on the old: the two
+//! never take writes at once. Without `pause`, `RELOAD` alone moves new
+//! server connections at once and closes old ones as they are released.
+//! `PAUSE` covers every database: a primary change is rare and the whole
+//! switch takes as long as the longest open transaction, bounded by
+//! `timeout_secs`; past it PgBouncer is resumed and the reload fails, so
+//! the transaction rolls the files back.
+//!
+//! The console is reached with `psql`, one process per command, each killed
+//! by pid at the timeout. Why not a Rust client: the console speaks the
+//! PostgreSQL protocol with whatever `auth_type` the node uses (trust,
+//! peer over the unix socket, md5, SCRAM, certificates), and libpq through
+//! `psql` handles all of them and `~/.pgpass`, where a protocol client in
+//! converge would need its own SCRAM/TLS stack (the `postgres` crate and
+//! its tokio tree) for four fixed commands. `psql` ships with the
+//! PostgreSQL client package every PgBouncer node already has; a node
+//! without it gets a reload error naming `psql`, never a silent skip.
+//! PgBouncer's pause state is global, so separate sessions for `PAUSE`,
+//! `RELOAD` and `RESUME` behave as one.
+//!
+//! A console that refuses connections (no socket file, connection refused)
+//! means PgBouncer is not running: like a signal to a missing pid, that is
+//! [`ReloadOutcome::NotRunning`], and the files wait for its start.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use converge_model::manifest::PgbouncerAdmin;
+use converge_model::ReloadAction;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::reload::{describe, Failure, ReloadOutcome};
+
+/// One admin command's result.
+#[derive(Debug)]
+enum Answer {
+    Ok,
+    /// The console could not be reached at all.
+    Unreachable(String),
+    Failed(String),
+}
+
+/// Runs the action: `[PAUSE,] RELOAD[, RESUME]`.
+pub(crate) fn reload(
+    action: &ReloadAction,
+    admin: &PgbouncerAdmin,
+) -> Result<ReloadOutcome, Failure> {
+    let timeout = Duration::from_secs(admin.timeout_secs.max(1));
+    let fail = |detail: String, stderr: String| Failure {
+        command: describe(action),
+        detail,
+        stderr,
+    };
+    if admin.pause {
+        let started = Instant::now();
+        match command(admin, "PAUSE", timeout) {
+            Answer::Ok => tracing::info!(
+                waited_ms = started.elapsed().as_millis() as u64,
+                "pgbouncer paused for the reload"
+            ),
+            Answer::Unreachable(_) => return Ok(ReloadOutcome::NotRunning),
+            Answer::Failed(e) => {
+                // PAUSE may be half done (waiting on a transaction): undo it.
+                let resumed = command(admin, "RESUME", timeout);
+                return Err(fail(
+                    format!("PAUSE did not complete; resumed ({resumed:?}); not reloaded"),
+                    e,
+                ));
+            }
+        }
+    }
+    let reloaded = command(admin, "RELOAD", timeout);
+    let resumed = admin.pause.then(|| command(admin, "RESUME", timeout));
+    match (reloaded, resumed) {
+        (Answer::Ok, None | Some(Answer::Ok)) => Ok(ReloadOutcome::Reloaded),
+        (Answer::Unreachable(_), None) => Ok(ReloadOutcome::NotRunning),
+        (Answer::Ok, Some(Answer::Unreachable(e) | Answer::Failed(e))) => Err(fail(
+            "reloaded, but RESUME failed: PgBouncer may still hold queries".into(),
+            e,
+        )),
+        (Answer::Unreachable(e) | Answer::Failed(e), resumed) => Err(fail(
+            format!(
+                "RELOAD failed{}",
+                match resumed {
+                    Some(Answer::Ok) => "; resumed",
+                    Some(_) => "; RESUME failed too: PgBouncer may still hold queries",
+                    None => "",
+                }
+            ),
+            e,
+        )),
+    }
+}
+
+/// Runs one console command with `psql`, killed by pid at `timeout`.
+fn command(admin: &PgbouncerAdmin, sql: &str, timeout: Duration) -> Answer {
+    let (mut out, mut err) = match (tempfile::tempfile(), tempfile::tempfile()) {
+        (Ok(o), Ok(e)) => (o, e),
+        (Err(e), _) | (_, Err(e)) => {
+            return Answer::Failed(format!("cannot create a temp file: {e}"))
+        }
+    };
+    let (out_w, err_w) = match (out.try_clone(), err.try_clone()) {
+        (Ok(o), Ok(e)) => (o, e),
+        (Err(e), _) | (_, Err(e)) => {
+            return Answer::Failed(format!("cannot duplicate a file: {e}"))
+        }
+    };
+    let connect = timeout.as_secs().clamp(2, 30).to_string();
+    let spawned = Command::new("psql")
+        .args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-w"])
+        .args(["-h", &admin.host, "-p", &admin.port.to_string()])
+        .args(["-U", &admin.user, "-d", "pgbouncer", "-c", sql])
+        .env("PGCONNECT_TIMEOUT", connect)
+        .env("PGAPPNAME", "converge")
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(out_w))
+        .stderr(Stdio::from(err_w))
+        .spawn();
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) => return Answer::Failed(format!("cannot run psql for `{sql}`: {e}")),
+    };
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break s,
+            Ok(None) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            _ => {
+                let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+                let _ = child.wait();
+                return Answer::Failed(format!(
+                    "`{sql}` did not answer within {:.0}s",
+                    timeout.as_secs_f64()
+                ));
+            }
+        }
+    };
+    let read = |f: &mut std::fs::File| {
+        let mut s = String::new();
+        let _ = f.seek(SeekFrom::Start(0));
+        let _ = f.take(4096).read_to_string(&mut s);
+        s.trim().to_string()
+    };
+    let stderr = read(&mut err);
+    let stdout = read(&mut out);
+    if status.success() {
+        return Answer::Ok;
+    }
+    let text = format!("`{sql}`: {status}: {stderr}{stdout}");
+    // psql exits 2 when it cannot connect; these two say nobody listens.
+    if status.code() == Some(2)
+        && (stderr.contains("No such file or directory") || stderr.contains("Connection refused"))
+    {
+        Answer::Unreachable(text)
+    } else {
+        Answer::Failed(text)
+    }
+}
