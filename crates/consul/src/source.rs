@@ -37,7 +37,7 @@
 //! bulk of the idle load (600 services: 600 reads per half hour, against 2
 //! long-poll wake-ups per minute), so it is kept long.
 //!
-//! Measured on a dev agent (see `crates/consul/BENCHMARKS.md`): 600
+//! Measured on a dev agent (see the Consul section of `BENCHMARKS.md`): 600
 //! watched services, 15–21 connections at peak, 2 when idle; a TTL flip
 //! reaches a snapshot in about 12–15 ms (p50).
 //!
