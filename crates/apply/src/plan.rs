@@ -58,6 +58,11 @@ pub struct PlannedFile {
     pub validate: String,
     /// What would run after commit.
     pub reload: String,
+    /// Changed settings the program applies only on restart (PgBouncer's
+    /// `listen_port`, `unix_socket_dir`, ...): the reload leaves them as
+    /// they are until someone restarts it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub needs_restart: Vec<String>,
 }
 
 impl Plan {
@@ -101,6 +106,14 @@ impl fmt::Display for Plan {
                 p.validate,
                 p.reload,
             )?;
+            if !p.needs_restart.is_empty() {
+                writeln!(
+                    f,
+                    "needs restart  {}: changed {}, which only a restart applies",
+                    p.target,
+                    p.needs_restart.join(", "),
+                )?;
+            }
         }
         for b in &self.pending_reloads {
             writeln!(
@@ -146,6 +159,10 @@ pub fn plan(set: &RenderedSet) -> Result<Plan, ApplyError> {
             new_sha256: sha256_hex(&file.bytes),
             validate: set.redact(&describe_validator(&file.validate)),
             reload: set.redact(&reload::describe(&file.reload)),
+            needs_restart: match (&file.validate, change) {
+                (Validator::Pgbouncer, Change::Changed) => restart::pgbouncer(old, &file.bytes),
+                _ => Vec::new(),
+            },
         });
     }
     let pending_reloads = set
@@ -212,6 +229,25 @@ fn diff_text(set: &RenderedSet, file: &RenderedFile, old: Option<&[u8]>) -> Stri
         .context_radius(3)
         .header(&old_header, &new_header)
         .to_string()
+}
+
+mod restart;
+
+/// Logs, for the daemon and `apply`, what the plan shows as
+/// "needs restart" for a changed file.
+pub(crate) fn warn_needs_restart(file: &RenderedFile, live: Option<&[u8]>) {
+    if file.validate != Validator::Pgbouncer {
+        return;
+    }
+    let keys = restart::pgbouncer(live, &file.bytes);
+    if !keys.is_empty() {
+        tracing::warn!(
+            target = %file.target,
+            settings = %keys.join(", "),
+            "needs restart: PgBouncer applies these settings only when it restarts; \
+             the reload keeps the old values running"
+        );
+    }
 }
 
 #[cfg(test)]

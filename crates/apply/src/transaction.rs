@@ -133,6 +133,9 @@ fn inspect<'a>(files: &[&'a RenderedFile]) -> Result<Vec<Member<'a>>, ApplyError
             let live = live::read(file)?;
             let own = live::ownership(file)?;
             let (change, _) = live::compare(file, live.as_ref(), own);
+            if change == Change::Changed {
+                crate::plan::warn_needs_restart(file, live.as_ref().map(|l| l.bytes.as_slice()));
+            }
             Ok(Member {
                 file,
                 live,

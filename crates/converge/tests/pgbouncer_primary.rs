@@ -359,3 +359,54 @@ fn with_pause_a_transaction_open_at_the_switch_commits_and_the_next_lands_on_b()
         s.ws.daemon_log()
     );
 }
+
+#[test]
+fn plan_says_needs_restart_for_settings_a_reload_leaves_alone() {
+    let catalog =
+        "services:\n  postgres:\n    - {id: pg1, node: db1, address: 127.0.0.1, port: 5432, \
+                   tags: [primary], health: passing}\n";
+    let ws = Workspace::custom(&site(6432, SIGHUP), catalog);
+    ws.write("manifests/secrets/app", "");
+    ws.write("manifests/secrets/converge", "");
+    let out = ws.converge(&["apply", "--once", "--node", "lb1"]);
+    common::assert_exit(&out, 0);
+
+    // A primary move alone: reloadable, nothing to restart.
+    ws.write("catalog.yaml", &catalog.replace("5432", "5433"));
+    let out = ws.converge(&["plan", "--node", "lb1"]);
+    assert!(
+        !common::stdout(&out).contains("needs restart"),
+        "{}",
+        common::stdout(&out)
+    );
+
+    // The listen port: PgBouncer's RELOAD keeps the old one.
+    ws.write("manifests/site.yaml", &site(6433, SIGHUP));
+    let out = ws.converge(&["plan", "--node", "lb1"]);
+    let text = common::stdout(&out);
+    assert!(
+        text.contains(
+            "needs restart  pgbouncer: changed listen_port, which only a restart applies"
+        ),
+        "{text}\n{}",
+        common::stderr(&out)
+    );
+    let out = ws.converge(&["plan", "--node", "lb1", "--format", "json"]);
+    let json: String = common::stdout(&out).split_whitespace().collect();
+    assert!(
+        json.contains(r#""needs_restart":["listen_port"]"#),
+        "{json}"
+    );
+
+    // `apply` (and so the daemon) logs it too.
+    let out = ws.converge_env(
+        &["apply", "--once", "--node", "lb1"],
+        &[("RUST_LOG", "info")],
+    );
+    common::assert_exit(&out, 0);
+    let log = common::stderr(&out);
+    assert!(
+        log.contains("needs restart") && log.contains("listen_port"),
+        "{log}"
+    );
+}
