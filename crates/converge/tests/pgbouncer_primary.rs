@@ -410,3 +410,117 @@ fn plan_says_needs_restart_for_settings_a_reload_leaves_alone() {
         "{log}"
     );
 }
+
+/// One switch as a client sees it.
+struct Switch {
+    /// Tag change (first Consul write) → first new connection on the new
+    /// primary.
+    routed: Duration,
+    /// First failed connection attempt's start → last one's end (zero when
+    /// none failed).
+    failed: Duration,
+    failures: usize,
+    /// What the last failed attempt said.
+    error: Option<String>,
+}
+
+/// Switches the primary back and forth, probing with a new `psql`
+/// connection after another (each probe is a process start: ~10–50 ms of
+/// resolution on this machine), and times each switch.
+fn measure(s: &Stack, switches: usize) -> Vec<Switch> {
+    let mut out = Vec::new();
+    for i in 0..switches {
+        let to_b = i % 2 == 0;
+        let new = if to_b { s.b.port() } else { s.a.port() };
+        let t0 = Instant::now();
+        s.switch(to_b);
+        let (mut first_fail, mut last_fail, mut failures, mut error) = (None, None, 0, None);
+        let routed = loop {
+            let start = t0.elapsed();
+            let r = s.landing();
+            let end = t0.elapsed();
+            match r {
+                Ok(p) if p == new => break start,
+                Ok(_) => {}
+                Err(e) => {
+                    error = Some(e);
+                    failures += 1;
+                    first_fail.get_or_insert(start);
+                    last_fail = Some(end);
+                }
+            }
+            assert!(
+                end < DEADLINE,
+                "switch {i} never routed\n{}",
+                s.diagnostics()
+            );
+        };
+        out.push(Switch {
+            routed,
+            failed: match (first_fail, last_fail) {
+                (Some(a), Some(b)) => b - a,
+                _ => Duration::ZERO,
+            },
+            failures,
+            error,
+        });
+    }
+    out
+}
+
+fn percentile(mut v: Vec<Duration>, p: f64) -> Duration {
+    v.sort();
+    let rank = ((p / 100.0) * v.len() as f64).ceil() as usize;
+    v[rank.clamp(1, v.len()) - 1]
+}
+
+/// The numbers in BENCHMARKS.md ("PgBouncer primary switch"):
+/// `cargo test --release -p converge --test pgbouncer_primary -- --ignored --nocapture`
+/// (`PGB_SWITCHES`, default 20, switches per mode).
+#[test]
+#[ignore = "measurement; prints numbers, asserts only that every switch routes"]
+fn measure_primary_switch() {
+    let n: usize = std::env::var("PGB_SWITCHES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let port = free_port();
+    let quiet: &[&str] = &["--wait-min", "500ms", "--wait-max", "5s"];
+    let modes: [(&str, String, &[&str]); 3] = [
+        ("SIGHUP", SIGHUP.into(), &[]),
+        ("PAUSE/RELOAD/RESUME", pause_reload(port), &[]),
+        (
+            "PAUSE/RELOAD/RESUME, --wait-min 500ms",
+            pause_reload(port),
+            quiet,
+        ),
+    ];
+    for (name, reload, args) in modes {
+        let s = Stack::start_on(port, &reload, args);
+        let _ = measure(&s, 2); // warm-up: pools, caches
+        let runs = measure(&s, n);
+        let ms = |d: Duration| format!("{:.0} ms", d.as_secs_f64() * 1000.0);
+        let routed: Vec<Duration> = runs.iter().map(|r| r.routed).collect();
+        let failed: Vec<Duration> = runs.iter().map(|r| r.failed).collect();
+        let with_failures = runs.iter().filter(|r| r.failures > 0).count();
+        let failures: usize = runs.iter().map(|r| r.failures).sum();
+        println!(
+            "{name}: {n} switches; tag change → routed p50 {} p99 {} max {}; \
+             failed-connection window p50 {} p99 {} max {}; \
+             switches with failed connections {with_failures}/{n} ({failures} failed attempts)",
+            ms(percentile(routed.clone(), 50.0)),
+            ms(percentile(routed.clone(), 99.0)),
+            ms(percentile(routed, 100.0)),
+            ms(percentile(failed.clone(), 50.0)),
+            ms(percentile(failed.clone(), 99.0)),
+            ms(percentile(failed, 100.0)),
+        );
+        if let Some(e) = runs.iter().rev().find_map(|r| r.error.as_deref()) {
+            println!(
+                "  a failed attempt said: {}",
+                e.lines().last().unwrap_or(e).trim()
+            );
+        }
+        drop(s);
+    }
+}
