@@ -196,16 +196,20 @@ impl Site {
         moved
     }
 
-    /// Stops lb1's keepalived in order and returns the time until the VIP
-    /// is on lb2 only.
+    /// Stops lb1's keepalived in order (SIGTERM) and returns the time until
+    /// the VIP is on lb2.
     fn stop_lb1(&mut self) -> Duration {
         let t0 = Instant::now();
-        self.lb1.running().stop().expect("stop lb1's keepalived");
+        self.lb1
+            .running()
+            .terminate()
+            .expect("SIGTERM lb1's keepalived");
         self.expect(
             "the VIP to move to lb2 after lb1's keepalived stopped",
             || self.on_b(),
         );
         let moved = t0.elapsed();
+        self.lb1.running().stop().expect("stop lb1's keepalived");
         self.lb1.keepalived = None;
         moved
     }

@@ -192,6 +192,17 @@ impl Keepalived {
         self.forget_vrrp_child(Duration::from_secs(10), false)
     }
 
+    /// Sends `SIGTERM` to the parent and returns at once: the orderly
+    /// shutdown of [`Keepalived::stop`] without waiting for it, so a caller
+    /// can time what the peer does meanwhile. Call `stop` (or drop) after.
+    ///
+    /// # Errors
+    ///
+    /// When the parent has already exited or `kill` fails.
+    pub fn terminate(&mut self) -> Result<(), String> {
+        self.child.signal(Signal::SIGTERM)
+    }
+
     /// Stops the instance in order (`SIGTERM` to the parent, which stops
     /// the VRRP child: priority-0 advert, VIPs removed), falling back to
     /// `SIGKILL` after the grace period. Idempotent.
