@@ -7,19 +7,27 @@
 //! by itself when the catalog recovers, or when an operator releases the
 //! backend (then the current catalog is accepted once).
 //!
+//! A PgBouncer database that had a primary and would have none is held the
+//! same way: a Patroni switchover is two catalog writes (demote, then
+//! promote), and the state in between — no primary at all — would drop the
+//! database from PgBouncer and fail every client, where keeping the last
+//! primary until the new one is tagged fails nothing that was not already
+//! failing.
+//!
 //! Working on the snapshot rather than on rendered text keeps the guard a
 //! pure function, and lets every template see one consistent world.
 
 use std::collections::BTreeSet;
 
+use converge_model::manifest::DbRole;
 use converge_model::{Catalog, Manifest};
-use converge_render::view::serves;
+use converge_render::view::{fills_role, serves};
 use serde::{Deserialize, Serialize};
 
 /// A change held back for one backend.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hold {
-    /// Backend name.
+    /// Backend name (or database name, for a PgBouncer primary hold).
     pub backend: String,
     /// Its catalog service.
     pub service: String,
@@ -89,6 +97,32 @@ pub fn guard(
             after,
             reason,
         });
+    }
+    for (name, d) in &manifest.databases {
+        if d.role != DbRole::Primary || released.contains(name) {
+            continue;
+        }
+        let primaries = |c: &Catalog| {
+            c.service(&d.service)
+                .map(|e| {
+                    e.instances
+                        .iter()
+                        .filter(|i| fills_role(&manifest.pgbouncer, DbRole::Primary, i))
+                        .count()
+                })
+                .unwrap_or(0)
+        };
+        let (before, after) = (primaries(last), primaries(&catalog));
+        if before == 1 && after == 0 {
+            catalog = catalog.with_service(&d.service, last.service(&d.service).cloned());
+            holds.push(Hold {
+                backend: name.clone(),
+                service: d.service.clone(),
+                before,
+                after,
+                reason: format!("database {name} would have no primary; keeping the last one until a new one is tagged"),
+            });
+        }
     }
     Guarded { catalog, holds }
 }
@@ -161,6 +195,51 @@ mod tests {
         let g = guard(&strict, Some(&last), &catalog(0, 3), &released);
         assert!(g.holds.is_empty());
         assert_eq!(g.catalog, catalog(0, 3));
+    }
+
+    fn postgres(primary: Option<usize>) -> Catalog {
+        let instances = (0..2)
+            .map(|i| Instance {
+                id: format!("pg{i}"),
+                node: "n".into(),
+                address: format!("10.0.1.{}", i + 1),
+                port: 5432,
+                tags: [if primary == Some(i) {
+                    "primary"
+                } else {
+                    "replica"
+                }
+                .to_string()]
+                .into(),
+                meta: Default::default(),
+                health: Health::Passing,
+            })
+            .collect();
+        Catalog::fresh(1, BTreeMap::from([("postgres".to_string(), instances)]))
+    }
+
+    #[test]
+    fn a_database_losing_its_primary_keeps_the_last_one_until_a_new_one_is_tagged() {
+        let text = "nodes: {lb1: {}}\ndatabases:\n  app:\n    service: postgres\n";
+        let m = Manifests::from_sources(
+            Path::new("m"),
+            &[(PathBuf::from("m.yaml"), text.to_string())],
+        )
+        .expect("manifest")
+        .manifest;
+        let last = postgres(Some(0));
+        let gap = guard(&m, Some(&last), &postgres(None), &BTreeSet::new());
+        assert_eq!(gap.holds.len(), 1, "demoted, nobody promoted yet");
+        assert_eq!(gap.catalog.service("postgres"), last.service("postgres"));
+        let promoted = guard(&m, Some(&last), &postgres(Some(1)), &BTreeSet::new());
+        assert!(promoted.holds.is_empty(), "a new primary goes through");
+        let released = guard(
+            &m,
+            Some(&last),
+            &postgres(None),
+            &BTreeSet::from(["app".to_string()]),
+        );
+        assert!(released.holds.is_empty());
     }
 
     #[test]

@@ -5,8 +5,8 @@
 //!   back a bad change).
 //! - `GET /metrics`: Prometheus text.
 //! - `GET /status`: JSON per target and per backend (see [`Status`]).
-//! - `POST /release/{backend}`: accept the current catalog for a held
-//!   backend once.
+//! - `POST /release/{name}`: accept the current catalog once for a held
+//!   backend or database.
 //!
 //! [`Status`]: crate::status::Status
 
@@ -63,8 +63,14 @@ async fn status(State(app): State<App>) -> impl IntoResponse {
 }
 
 async fn release(State(app): State<App>, Path(backend): Path<String>) -> impl IntoResponse {
-    if !app.board.status().backends.contains_key(&backend) {
-        return (StatusCode::NOT_FOUND, format!("no backend `{backend}`\n"));
+    let status = app.board.status();
+    let known =
+        status.backends.contains_key(&backend) || status.holds.iter().any(|h| h.backend == backend);
+    if !known {
+        return (
+            StatusCode::NOT_FOUND,
+            format!("no backend or held database `{backend}`\n"),
+        );
     }
     app.control.release(&backend);
     (

@@ -309,6 +309,7 @@ impl Reconciler {
         self.board.metrics.guard_holds.inc_by(holds.len() as u64);
         self.board.metrics.held_backends.set(holds.len() as i64);
         self.board.update(|s| {
+            s.holds = holds.to_vec();
             s.backends = manifest
                 .backends
                 .iter()

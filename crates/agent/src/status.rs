@@ -60,6 +60,8 @@ pub struct Status {
     pub targets: BTreeMap<String, TargetStatus>,
     /// Per backend.
     pub backends: BTreeMap<String, BackendStatus>,
+    /// Every change held back by the guard (backends and databases).
+    pub holds: Vec<Hold>,
     /// Catalog values rejected and render warnings of the last pass.
     pub findings: Vec<String>,
 }

@@ -51,13 +51,11 @@ fn text(r: &NodeReport) -> String {
             if let Some(e) = &s.input_error {
                 out += &format!("  input error (previous desired state in force): {e}\n");
             }
-            for (name, b) in &s.backends {
-                if let Some(h) = &b.held {
-                    out += &format!(
-                        "  HELD backend {name}: {} (converge release: POST /release/{name})\n",
-                        h.reason
-                    );
-                }
+            for h in &s.holds {
+                out += &format!(
+                    "  HELD {}: {} (to accept: curl -X POST http://DAEMON/release/{})\n",
+                    h.backend, h.reason, h.backend
+                );
             }
             for f in &s.findings {
                 out += &format!("  {f}\n");

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use converge_model::desired::NodeVip;
-use converge_model::manifest::{Backend, DbRole, Mode, PoolMode};
+use converge_model::manifest::{Backend, DbRole, Mode, PgbouncerSettings, PoolMode};
 use converge_model::{Catalog, Health, Instance, Layout, NodeDesired, Rejection};
 use serde::Serialize;
 
@@ -337,15 +337,10 @@ pub fn build(desired: &NodeDesired, catalog: &Catalog, layout: &Layout) -> View 
         .databases
         .iter()
         .map(|(name, d)| {
-            let tags = match d.role {
-                DbRole::Primary => &m.pgbouncer.primary_tags,
-                DbRole::Replica => &m.pgbouncer.replica_tags,
-            };
             let mut chosen: Vec<&Instance> = safe[d.service.as_str()]
                 .iter()
                 .copied()
-                .filter(|i| i.health == Health::Passing)
-                .filter(|i| tags.iter().any(|t| i.tags.contains(t)))
+                .filter(|i| fills_role(&m.pgbouncer, d.role, i))
                 .collect();
             let role = match d.role {
                 DbRole::Primary => "primary",
@@ -489,6 +484,16 @@ pub fn build(desired: &NodeDesired, catalog: &Catalog, layout: &Layout) -> View 
     }
 }
 
+/// Whether `inst` may take `role` for a PgBouncer database: healthy and
+/// carrying one of the role's tags. The guard uses the same rule.
+pub fn fills_role(settings: &PgbouncerSettings, role: DbRole, inst: &Instance) -> bool {
+    let tags = match role {
+        DbRole::Primary => &settings.primary_tags,
+        DbRole::Replica => &settings.replica_tags,
+    };
+    inst.health == Health::Passing && tags.iter().any(|t| inst.tags.contains(t))
+}
+
 /// Whether `inst` may serve backend `b` by health and tags (the sanitizer
 /// decides separately whether its values are safe to render). The guard
 /// counts servers with the same rule the render uses.
@@ -533,7 +538,10 @@ fn slot_servers(
     let mut overflow = Vec::new();
     for inst in serving {
         let start = (fnv1a(inst.id.as_bytes()) % n as u64) as usize;
-        match (0..n).map(|k| (start + k) % n).find(|&s| table[s].is_none()) {
+        match (0..n)
+            .map(|k| (start + k) % n)
+            .find(|&s| table[s].is_none())
+        {
             Some(s) => table[s] = Some(inst),
             None => overflow.push(*inst),
         }
@@ -778,12 +786,11 @@ targets:
                 ],
             )]),
         );
-        let templates = crate::Templates::load(
-            &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../templates"),
-        )
-        .expect("templates");
-        let set = crate::render(&desired, &catalog, &templates, &Layout::new("/r"))
-            .expect("render");
+        let templates =
+            crate::Templates::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../templates"))
+                .expect("templates");
+        let set =
+            crate::render(&desired, &catalog, &templates, &Layout::new("/r")).expect("render");
         let cfg = String::from_utf8(set.files["haproxy"].bytes.clone()).expect("utf8");
         let web = cfg.split("\nbackend web\n").nth(1).expect("web backend");
         let lines: Vec<&str> = web
@@ -794,7 +801,10 @@ targets:
         assert_eq!(lines.len(), 4, "{cfg}");
         assert!(lines[0].starts_with(RUNTIME_API_MARKER), "{cfg}");
         assert_eq!(
-            lines[1..].iter().filter(|l| l.contains("10.0.0.1:8001 check inter 1s")).count(),
+            lines[1..]
+                .iter()
+                .filter(|l| l.contains("10.0.0.1:8001 check inter 1s"))
+                .count(),
             1,
             "{cfg}"
         );
