@@ -1,13 +1,18 @@
-//! End to end: two "LB nodes" in network namespaces joined by a veth pair,
-//! each running the real keepalived on the config `converge apply` rendered
+//! End to end: two "LB nodes" in network namespaces on one segment (veth
+//! pairs to a bridge in a third namespace, which is also a client), each
+//! running the real keepalived on the config `converge apply` rendered
 //! for it, and the VIP following priorities, failures and manifest changes.
 //!
 //! Each node has its own checkout of the manifests and its own `--root`
 //! (a [`Workspace`] each), as two machines would. The nodes' `address` are
 //! the veth addresses, so the rendered configs speak unicast VRRP to each
-//! other; the VIP lives on the veth subnet, which exists only inside the two
-//! namespaces. The track script (node var `haproxy_check`) is
-//! `/bin/test -e DIR/lbN-healthy`, a file the test creates and deletes.
+//! other; the VIP lives on the segment's subnet, which exists only inside
+//! the test's namespaces. Where the VIP is gets checked two ways: the
+//! address on each node's interface (`ip -n NS addr`), and which node a
+//! client on the segment reaches at the VIP (its neighbour entry after a
+//! TCP connection attempt is answered). The track script (node var
+//! `haproxy_check`) is `/bin/test -e DIR/lbN-healthy`, a file the test
+//! creates and deletes.
 //!
 //! The VIP move time printed here is one sample; `vip_move_times` (ignored,
 //! run on demand) takes many:
@@ -25,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use common::{assert_exit, stdout, Workspace};
 use converge_testkit::keepalived::Keepalived;
-use converge_testkit::netns::{Netns, VethPair};
+use converge_testkit::netns::{Lan, Netns};
 use converge_testkit::wait;
 
 /// Generous: the test asserts where the VIP goes, not how fast, on a
@@ -88,12 +93,13 @@ impl Node {
     }
 }
 
-/// Two nodes on a veth pair. Fields drop in order: keepalived first (in
+/// Two nodes on one segment (a [`Lan`]: member 0 is lb1, member 1 is lb2,
+/// and a client next to them). Fields drop in order: keepalived first (in
 /// the nodes), the namespaces last.
 struct Site {
     lb1: Node,
     lb2: Node,
-    net: VethPair,
+    net: Lan,
     /// Health files (`lbN-healthy`), shared by both checkouts.
     checks: tempfile::TempDir,
     vip: String,
@@ -103,7 +109,7 @@ impl Site {
     /// Renders both nodes with priorities lb1 150 / lb2 100 and starts
     /// keepalived on each.
     fn up() -> Self {
-        let net = VethPair::new(IFACE).expect("namespaces and veth pair (needs root)");
+        let net = Lan::new(IFACE, 2).expect("namespaces, veth pairs and a bridge (needs root)");
         let checks = tempfile::tempdir().expect("tempdir");
         let vip = net.host(100);
         let node = |name: &'static str| {
@@ -133,8 +139,8 @@ impl Site {
                 n.name
             );
         }
-        site.lb1.start(&site.net.a);
-        site.lb2.start(&site.net.b);
+        site.lb1.start(&site.net.members[0]);
+        site.lb2.start(&site.net.members[1]);
         site
     }
 
@@ -148,21 +154,30 @@ impl Site {
     }
 
     fn on_a(&self) -> bool {
-        self.net.a.has_address(IFACE, &self.vip)
+        self.net.members[0].has_address(IFACE, &self.vip)
     }
 
     fn on_b(&self) -> bool {
-        self.net.b.has_address(IFACE, &self.vip)
+        self.net.members[1].has_address(IFACE, &self.vip)
     }
 
-    /// Waits until the VIP is on lb1 only (`true`) or on lb2 only.
+    /// True when the client's connection to the VIP is answered by lb2.
+    fn client_reaches_b(&self) -> bool {
+        // Nothing listens on the discard port: a refusal is an answer.
+        self.net.answering(&self.vip, 9) == Some(1)
+    }
+
+    /// Waits until the VIP is on lb1 only (`true`) or on lb2 only, and
+    /// the client reaches that node at the VIP.
     fn expect_on_lb1(&self, lb1: bool, why: &str) -> Duration {
+        let want = if lb1 { 0 } else { 1 };
         self.expect(why, || {
-            if lb1 {
+            let held = if lb1 {
                 self.on_a() && !self.on_b()
             } else {
                 self.on_b() && !self.on_a()
-            }
+            };
+            held && self.net.answering(&self.vip, 9) == Some(want)
         })
     }
 
@@ -171,10 +186,10 @@ impl Site {
         if let Err(e) = wait::until(MOVE_DEADLINE, why, cond) {
             panic!(
                 "{e}\nlb1 ({}): {:?}\nlb2 ({}): {:?}\n--- lb1 keepalived\n{}\n--- lb2 keepalived\n{}",
-                self.net.a.name(),
-                self.net.a.addresses(IFACE),
-                self.net.b.name(),
-                self.net.b.addresses(IFACE),
+                self.net.members[0].name(),
+                self.net.members[0].addresses(IFACE),
+                self.net.members[1].name(),
+                self.net.members[1].addresses(IFACE),
                 self.lb1.log(),
                 self.lb2.log()
             );
@@ -183,42 +198,63 @@ impl Site {
     }
 
     /// Crashes lb1's keepalived (both processes, by pid) and returns the
-    /// time until the VIP is on lb2. The dead lb1 keeps a stale copy of
-    /// the VIP on its interface, as a crashed node would.
-    fn crash_lb1(&mut self) -> Duration {
+    /// times until the VIP is on lb2 and until the client reaches lb2 at
+    /// the VIP. The dead lb1 keeps a stale copy of the VIP on its
+    /// interface, as a crashed keepalived on a live node would.
+    fn crash_lb1(&mut self) -> Move {
         let t0 = Instant::now();
         self.lb1.running().crash().expect("crash lb1's keepalived");
-        self.expect("the VIP to move to lb2 after lb1's keepalived died", || {
-            self.on_b()
-        });
-        let moved = t0.elapsed();
+        let moved = self.observe_move(t0, "lb1's keepalived died");
         self.lb1.keepalived = None;
         moved
     }
 
-    /// Stops lb1's keepalived in order (SIGTERM) and returns the time until
-    /// the VIP is on lb2.
-    fn stop_lb1(&mut self) -> Duration {
+    /// Stops lb1's keepalived in order (SIGTERM); times as for a crash.
+    fn stop_lb1(&mut self) -> Move {
         let t0 = Instant::now();
         self.lb1
             .running()
             .terminate()
             .expect("SIGTERM lb1's keepalived");
-        self.expect(
-            "the VIP to move to lb2 after lb1's keepalived stopped",
-            || self.on_b(),
-        );
-        let moved = t0.elapsed();
+        let moved = self.observe_move(t0, "lb1's keepalived stopped");
         self.lb1.running().stop().expect("stop lb1's keepalived");
         self.lb1.keepalived = None;
         moved
     }
+
+    /// Polls both views from `t0`: the address on lb2, and the client
+    /// reaching lb2 at the VIP, whichever comes first.
+    fn observe_move(&self, t0: Instant, after: &str) -> Move {
+        let (mut address, mut client) = (None, None);
+        self.expect(&format!("the VIP to move to lb2 after {after}"), || {
+            if address.is_none() && self.on_b() {
+                address = Some(t0.elapsed());
+            }
+            if client.is_none() && self.client_reaches_b() {
+                client = Some(t0.elapsed());
+            }
+            address.is_some() && client.is_some()
+        });
+        Move {
+            address: address.unwrap_or_default(),
+            client: client.unwrap_or_default(),
+        }
+    }
 }
 
-/// The site manifest: lb1 and lb2 on the veth pair, one unicast VIP with
+/// How long a VIP move took, seen two ways.
+#[derive(Debug, Clone, Copy)]
+struct Move {
+    /// Until the VIP is on lb2's interface.
+    address: Duration,
+    /// Until a client on the segment reaches lb2 at the VIP.
+    client: Duration,
+}
+
+/// The site manifest: lb1 and lb2 on the segment, one unicast VIP with
 /// the given priorities, a per-node track script, and the keepalived
 /// target validated with `keepalived -t` and reloaded with SIGHUP.
-fn manifest(net: &VethPair, checks: &Path, lb1: u8, lb2: u8) -> String {
+fn manifest(net: &Lan, checks: &Path, lb1: u8, lb2: u8) -> String {
     let check = |n: &str| format!("/bin/test -e {}/{n}-healthy", checks.display());
     format!(
         "nodes:
@@ -270,12 +306,14 @@ fn vip_follows_priority_failures_and_manifest_changes() {
     // 2. lb1's keepalived dies: lb2 takes the VIP.
     let moved = site.crash_lb1();
     println!(
-        "keepalived VIP move after killing the MASTER (SIGKILL): {:.3} s",
-        moved.as_secs_f64()
+        "keepalived VIP move after killing the MASTER (SIGKILL): on lb2's interface after \
+         {:.3} s, a client reaches lb2 at the VIP after {:.3} s",
+        moved.address.as_secs_f64(),
+        moved.client.as_secs_f64()
     );
 
     // 3. lb1 comes back and preempts (its start removes the stale VIP)...
-    site.lb1.start(&site.net.a);
+    site.lb1.start(&site.net.members[0]);
     site.expect_on_lb1(true, "lb1 to take the VIP back after its restart");
     // ... and gives it away when its track script fails.
     site.lb1.set_healthy(false);
@@ -306,24 +344,34 @@ fn vip_follows_priority_failures_and_manifest_changes() {
     }
 }
 
-fn summary(label: &str, samples: &mut [Duration]) {
-    samples.sort();
-    let secs = |d: Duration| d.as_secs_f64();
-    let p50 = samples[samples.len() / 2];
-    let p90 = samples[(samples.len() * 9 / 10).min(samples.len() - 1)];
-    println!(
-        "{label}: n={} min {:.3} s, p50 {:.3} s, p90 {:.3} s, max {:.3} s",
-        samples.len(),
-        secs(samples[0]),
-        secs(p50),
-        secs(p90),
-        secs(samples[samples.len() - 1])
-    );
+fn summary(label: &str, moves: &[Move]) {
+    for (view, pick) in [
+        (
+            "VIP on lb2's interface",
+            (|m: &Move| m.address) as fn(&Move) -> Duration,
+        ),
+        ("client reaches lb2 at the VIP", |m: &Move| m.client),
+    ] {
+        let mut samples: Vec<Duration> = moves.iter().map(pick).collect();
+        samples.sort();
+        let secs = |d: Duration| d.as_secs_f64();
+        let p50 = samples[samples.len() / 2];
+        let p90 = samples[(samples.len() * 9 / 10).min(samples.len() - 1)];
+        println!(
+            "{label}, {view}: n={} min {:.3} s, p50 {:.3} s, p90 {:.3} s, max {:.3} s",
+            samples.len(),
+            secs(samples[0]),
+            secs(p50),
+            secs(p90),
+            secs(samples[samples.len() - 1])
+        );
+    }
 }
 
 /// VIP move time over repeated kills of the MASTER's keepalived: SIGKILL
 /// (a dying node: the backup waits for its master-down timer) and an
-/// orderly stop (priority-0 advert: the backup takes over at once).
+/// orderly stop (priority-0 advert: the backup takes over at once); and
+/// over repeated failures of the MASTER's track script.
 #[test]
 #[ignore = "benchmark: run on demand, see the module docs"]
 fn vip_move_times() {
@@ -336,17 +384,25 @@ fn vip_move_times() {
     site.expect_on_lb1(true, "the VIP on lb1 (priority 150) only");
     let mut crashed = Vec::with_capacity(n);
     let mut stopped = Vec::with_capacity(n);
+    let mut failed = Vec::with_capacity(n);
     for _ in 0..n {
+        let t0 = Instant::now();
+        site.lb1.set_healthy(false);
+        failed.push(site.observe_move(t0, "lb1's track script failed"));
+        site.lb1.set_healthy(true);
+        site.expect_on_lb1(true, "lb1 to take the VIP back once its check passes");
+
         crashed.push(site.crash_lb1());
-        site.lb1.start(&site.net.a);
+        site.lb1.start(&site.net.members[0]);
         site.expect_on_lb1(true, "lb1 to take the VIP back after its restart");
         stopped.push(site.stop_lb1());
-        site.lb1.start(&site.net.a);
+        site.lb1.start(&site.net.members[0]);
         site.expect_on_lb1(true, "lb1 to take the VIP back after its restart");
     }
     summary(
         "VIP move after SIGKILL of the MASTER's keepalived",
-        &mut crashed,
+        &crashed,
     );
-    summary("VIP move after orderly stop (SIGTERM)", &mut stopped);
+    summary("VIP move after orderly stop (SIGTERM)", &stopped);
+    summary("VIP move after lb1's track script starts failing", &failed);
 }

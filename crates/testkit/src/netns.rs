@@ -9,13 +9,17 @@
 //! program, so the pid of the spawned [`Child`] is the program's own pid.
 //! Addresses are observed with `ip -n NAME -o addr show dev IF`.
 //!
-//! [`VethPair`] is the usual shape: two namespaces joined by a veth pair
-//! with the same interface name on both sides (the link is created straight
-//! into the namespaces, so the name never exists in the machine's own
-//! namespace) and `10.213.S.1/24` / `10.213.S.2/24` on its ends. These
-//! addresses exist only inside the two namespaces, which have no route to
-//! anything else, so nothing a test sends there leaves them; two pairs may
-//! even reuse a subnet without meeting.
+//! [`Lan`] is the usual shape: member namespaces (the "nodes") on one
+//! Ethernet segment, a bridge in a third namespace that doubles as a client
+//! on the segment. Each member is joined to the bridge by a veth pair whose
+//! member end has the same name in every member (created straight into the
+//! namespaces, so the name never exists in the machine's own namespace),
+//! addressed `10.213.S.1/24`, `.2`, ...; the client holds `.254`. These
+//! addresses exist only inside the test's namespaces, which have no route
+//! to anything else, so nothing a test sends there leaves them; two LANs
+//! may even reuse a subnet without meeting. The client can ask which
+//! member answers for an address ([`Lan::answering`]), as a host next to
+//! the nodes would see it.
 //!
 //! Dropping a [`Netns`] stops every process still inside it — found by pid
 //! with `ip netns pids NAME` (processes whose network namespace is this
@@ -186,65 +190,135 @@ impl Drop for Netns {
     }
 }
 
-/// Two namespaces joined by a veth pair, addressed on a private /24.
+/// Member namespaces on one Ethernet segment, and a client on it: the
+/// client namespace holds a bridge, and each member is joined to the
+/// bridge by a veth pair. A client sees what a host on the LB segment
+/// sees: which member answers for an address ([`Lan::answering`]).
 #[derive(Debug)]
-pub struct VethPair {
-    /// Side A, holding `.1`.
-    pub a: Netns,
-    /// Side B, holding `.2`.
-    pub b: Netns,
+pub struct Lan {
+    /// The members; member `i` holds `10.213.S.(i+1)/24` on the interface.
+    pub members: Vec<Netns>,
+    /// The namespace with the bridge `br0`, holding `10.213.S.254/24`.
+    pub client: Netns,
     iface: String,
     subnet: u8,
 }
 
-impl VethPair {
-    /// Creates namespaces `...-a` and `...-b`, a veth pair named `iface` on
-    /// both sides, `10.213.S.1/24` on A and `10.213.S.2/24` on B, all up.
+impl Lan {
+    /// Creates the client namespace `...-c` with its bridge, and `count`
+    /// member namespaces `...-m0`, `...-m1`, ... each with an interface
+    /// `iface` on the bridge, all addressed and up.
     ///
     /// # Errors
     ///
     /// When a step fails; whatever was created is deleted again.
-    pub fn new(iface: &str) -> Result<Self, String> {
+    pub fn new(iface: &str, count: usize) -> Result<Self, String> {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
-        let a = Netns::named(format!("cvg-{pid}-{n}-a"))?;
-        let b = Netns::named(format!("cvg-{pid}-{n}-b"))?;
-        // Only for readability of `ip` output; pairs are isolated anyway.
         let subnet = u8::try_from((pid.wrapping_add(n)) % 254 + 1).unwrap_or(1);
-        let pair = Self {
-            a,
-            b,
+        let client = Netns::named(format!("cvg-{pid}-{n}-c"))?;
+        let mut lan = Self {
+            members: Vec::with_capacity(count),
+            client,
             iface: iface.to_string(),
             subnet,
         };
-        pair.a.ip(&[
-            "link",
+        lan.client
+            .ip(&["link", "add", "br0", "type", "bridge", "forward_delay", "0"])?;
+        lan.client.ip(&[
+            "addr",
             "add",
-            iface,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            iface,
-            "netns",
-            pair.b.name(),
+            &format!("{}/24", lan.host(254)),
+            "dev",
+            "br0",
         ])?;
-        for (ns, host) in [(&pair.a, 1), (&pair.b, 2)] {
-            let cidr = format!("{}/24", pair.host(host));
-            ns.ip(&["addr", "add", &cidr, "dev", iface])?;
+        lan.client.ip(&["link", "set", "br0", "up"])?;
+        for i in 0..count {
+            let ns = Netns::named(format!("cvg-{pid}-{n}-m{i}"))?;
+            let port = format!("p{i}");
+            lan.client.ip(&[
+                "link",
+                "add",
+                &port,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                iface,
+                "netns",
+                ns.name(),
+            ])?;
+            lan.client
+                .ip(&["link", "set", &port, "master", "br0", "up"])?;
+            let host = u8::try_from(i + 1).map_err(|_| "too many members".to_string())?;
+            ns.ip(&[
+                "addr",
+                "add",
+                &format!("{}/24", lan.host(host)),
+                "dev",
+                iface,
+            ])?;
             ns.ip(&["link", "set", iface, "up"])?;
+            lan.members.push(ns);
         }
-        Ok(pair)
+        Ok(lan)
     }
 
-    /// The interface name (the same on both sides).
+    /// The members' interface name.
     pub fn iface(&self) -> &str {
         &self.iface
     }
 
-    /// `10.213.S.host`, an address on the pair's subnet.
+    /// `10.213.S.host`, an address on the segment.
     pub fn host(&self, host: u8) -> String {
         format!("10.213.{}.{host}", self.subnet)
+    }
+
+    /// The MAC address of member `i`'s interface.
+    ///
+    /// # Errors
+    ///
+    /// When `ip` fails or prints no `link/ether`.
+    pub fn mac(&self, i: usize) -> Result<String, String> {
+        let ns = self
+            .members
+            .get(i)
+            .ok_or_else(|| format!("no member {i}"))?;
+        let out = ns.ip(&["-o", "link", "show", "dev", &self.iface])?;
+        let mut words = out.split_whitespace();
+        words
+            .find(|w| *w == "link/ether")
+            .and_then(|_| words.next())
+            .map(str::to_string)
+            .ok_or_else(|| format!("no MAC address on {} in {}", self.iface, ns.name()))
+    }
+
+    /// Which member answers for `addr` as seen from the client: the client
+    /// opens a TCP connection to `addr:port` (bash's `/dev/tcp`, 0.3 s
+    /// at most); when it is accepted or refused, someone answered, and the
+    /// client's neighbour entry for `addr` names that member's MAC.
+    /// `None` when nobody answered or the MAC is no member's.
+    pub fn answering(&self, addr: &str, port: u16) -> Option<usize> {
+        let out = self
+            .client
+            .command("timeout")
+            .args(["0.3", "bash", "-c", "exec 3<>\"/dev/tcp/$0/$1\""])
+            .arg(addr)
+            .arg(port.to_string())
+            .stdin(Stdio::null())
+            .output()
+            .ok()?;
+        let refused = String::from_utf8_lossy(&out.stderr).contains("refused");
+        if !(out.status.success() || refused) {
+            return None;
+        }
+        let neigh = self
+            .client
+            .ip(&["neigh", "show", addr, "dev", "br0"])
+            .ok()?;
+        let mut words = neigh.split_whitespace();
+        let mac = words.find(|w| *w == "lladdr").and_then(|_| words.next())?;
+        (0..self.members.len()).find(|&i| self.mac(i).is_ok_and(|m| m == mac))
     }
 }
 
