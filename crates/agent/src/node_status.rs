@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, UNIX_EPOCH};
 
+use converge_apply::pgbouncer_admin::{show_databases, DatabaseRoute};
 use converge_apply::LiveServer;
-use converge_model::manifest::{Reload, Validator};
+use converge_model::manifest::{PgbouncerAdmin, Reload, Validator};
 use converge_model::{Layout, Manifests};
 use serde::Serialize;
 
@@ -83,6 +84,8 @@ pub struct NodeReport {
     pub targets: Vec<TargetLive>,
     /// HAProxy's servers, from its admin socket.
     pub haproxy: Section<Vec<LiveServer>>,
+    /// Where PgBouncer sends each database, from its admin console.
+    pub pgbouncer: Section<Vec<DatabaseRoute>>,
     /// This node's VRRP instances.
     pub keepalived: Section<Vec<VipLive>>,
 }
@@ -133,13 +136,49 @@ pub async fn gather(
             _ => None,
         });
     let keepalived = vips(&desired, pidfile.as_deref()).into();
+    let pgbouncer = console(&desired, layout)
+        .and_then(|admin| show_databases(&admin))
+        .into();
     Ok(NodeReport {
         node: node.to_string(),
         daemon: daemon_status,
         targets,
         haproxy,
+        pgbouncer,
         keepalived,
     })
+}
+
+/// How to reach PgBouncer's console: the manifest's admin reload settings
+/// when a target has them, else the unix socket of `pgbouncer` settings as
+/// its first admin user.
+fn console(
+    desired: &converge_model::NodeDesired,
+    layout: &Layout,
+) -> Result<PgbouncerAdmin, String> {
+    let from_target = desired.targets.values().find_map(|t| match &t.reload {
+        Reload::Pgbouncer(admin) => Some(admin.clone()),
+        _ => None,
+    });
+    let settings = &desired.manifest.pgbouncer;
+    let mut admin = match from_target {
+        Some(a) => a,
+        None => PgbouncerAdmin {
+            host: "/run/postgresql".into(),
+            port: settings.listen_port,
+            user: settings
+                .admin_users
+                .first()
+                .cloned()
+                .ok_or("no pgbouncer.admin_users in the manifests to ask the console as")?,
+            pause: false,
+            timeout_secs: 5,
+        },
+    };
+    if admin.host.starts_with('/') {
+        admin.host = layout.path(&admin.host).display().to_string();
+    }
+    Ok(admin)
 }
 
 fn vips(

@@ -34,7 +34,7 @@ mod fsutil;
 mod live;
 mod lock;
 mod pending;
-mod pgbouncer_admin;
+pub mod pgbouncer_admin;
 mod plan;
 mod reload;
 mod report;

@@ -44,7 +44,8 @@ use crate::reload::{describe, Failure, ReloadOutcome};
 /// One admin command's result.
 #[derive(Debug)]
 enum Answer {
-    Ok,
+    /// The command's output (`psql -At`: one row a line, `|` between fields).
+    Ok(String),
     /// The console could not be reached at all.
     Unreachable(String),
     Failed(String),
@@ -64,7 +65,7 @@ pub(crate) fn reload(
     if admin.pause {
         let started = Instant::now();
         match command(admin, "PAUSE", timeout) {
-            Answer::Ok => tracing::info!(
+            Answer::Ok(_) => tracing::info!(
                 waited_ms = started.elapsed().as_millis() as u64,
                 "pgbouncer paused for the reload"
             ),
@@ -82,9 +83,9 @@ pub(crate) fn reload(
     let reloaded = command(admin, "RELOAD", timeout);
     let resumed = admin.pause.then(|| command(admin, "RESUME", timeout));
     match (reloaded, resumed) {
-        (Answer::Ok, None | Some(Answer::Ok)) => Ok(ReloadOutcome::Reloaded),
+        (Answer::Ok(_), None | Some(Answer::Ok(_))) => Ok(ReloadOutcome::Reloaded),
         (Answer::Unreachable(_), None) => Ok(ReloadOutcome::NotRunning),
-        (Answer::Ok, Some(Answer::Unreachable(e) | Answer::Failed(e))) => Err(fail(
+        (Answer::Ok(_), Some(Answer::Unreachable(e) | Answer::Failed(e))) => Err(fail(
             "reloaded, but RESUME failed: PgBouncer may still hold queries".into(),
             e,
         )),
@@ -92,7 +93,7 @@ pub(crate) fn reload(
             format!(
                 "RELOAD failed{}",
                 match resumed {
-                    Some(Answer::Ok) => "; resumed",
+                    Some(Answer::Ok(_)) => "; resumed",
                     Some(_) => "; RESUME failed too: PgBouncer may still hold queries",
                     None => "",
                 }
@@ -100,6 +101,48 @@ pub(crate) fn reload(
             e,
         )),
     }
+}
+
+/// Where PgBouncer sends one database now (`SHOW DATABASES`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DatabaseRoute {
+    /// Database name clients connect to.
+    pub name: String,
+    /// Server host (or hosts), empty for the console itself.
+    pub host: String,
+    /// Server port.
+    pub port: String,
+    /// Database name on the server.
+    pub database: String,
+    /// Whether PgBouncer holds it paused.
+    pub paused: bool,
+}
+
+/// Asks the console at `admin` where each database goes, for
+/// `converge status`.
+pub fn show_databases(admin: &PgbouncerAdmin) -> Result<Vec<DatabaseRoute>, String> {
+    let timeout = Duration::from_secs(admin.timeout_secs.clamp(1, 10));
+    let rows = match command(admin, "SHOW DATABASES", timeout) {
+        Answer::Ok(rows) => rows,
+        Answer::Unreachable(e) => return Err(format!("PgBouncer not reachable: {e}")),
+        Answer::Failed(e) => return Err(e),
+    };
+    // Columns of 1.18: name|host|port|database|force_user|pool_size|
+    // min_pool_size|reserve_pool|pool_mode|max_connections|
+    // current_connections|paused|disabled
+    Ok(rows
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split('|').collect();
+            (f.len() >= 12 && f[0] != "pgbouncer").then(|| DatabaseRoute {
+                name: f[0].to_string(),
+                host: f[1].to_string(),
+                port: f[2].to_string(),
+                database: f[3].to_string(),
+                paused: f[11] == "1",
+            })
+        })
+        .collect())
 }
 
 /// Runs one console command with `psql`, killed by pid at `timeout`.
@@ -157,7 +200,7 @@ fn command(admin: &PgbouncerAdmin, sql: &str, timeout: Duration) -> Answer {
     let stderr = read(&mut err);
     let stdout = read(&mut out);
     if status.success() {
-        return Answer::Ok;
+        return Answer::Ok(stdout);
     }
     let text = format!("`{sql}`: {status}: {stderr}{stdout}");
     // psql exits 2 when it cannot connect; these two say nobody listens.

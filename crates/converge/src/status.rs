@@ -87,6 +87,21 @@ fn text(r: &NodeReport) -> String {
         }
         Section::Error(e) => out += &format!("{e}\n"),
     }
+    out += "\nPGBOUNCER DATABASE   HOST:PORT                      DATABASE\n";
+    match &r.pgbouncer {
+        Section::Ok(dbs) => {
+            for d in dbs {
+                out += &format!(
+                    "{:<20} {:<30} {}{}\n",
+                    d.name,
+                    format!("{}:{}", d.host, d.port),
+                    d.database,
+                    if d.paused { " (PAUSED)" } else { "" }
+                );
+            }
+        }
+        Section::Error(e) => out += &format!("{e}\n"),
+    }
     out += "\nKEEPALIVED VIP       STATE    INTERFACE  ADDRESSES\n";
     match &r.keepalived {
         Section::Ok(vips) => {

@@ -358,6 +358,18 @@ fn with_pause_a_transaction_open_at_the_switch_commits_and_the_next_lands_on_b()
         "{}",
         s.ws.daemon_log()
     );
+
+    // `converge status` asks the same console where `app` goes now.
+    let daemon = format!("127.0.0.1:{}", s.daemon.listen);
+    let out = s.ws.converge(&[
+        "status", "--node", "lb1", "--daemon", &daemon, "--format", "json",
+    ]);
+    let doc: serde_json::Value = serde_json::from_str(&common::stdout(&out)).expect("status json");
+    let app = doc["pgbouncer"]["ok"]
+        .as_array()
+        .and_then(|dbs| dbs.iter().find(|d| d["name"] == "app"))
+        .unwrap_or_else(|| panic!("no `app` in status: {doc}"));
+    assert_eq!(app["port"], b_port.to_string(), "{doc}");
 }
 
 #[test]
