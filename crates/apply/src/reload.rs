@@ -144,7 +144,8 @@ pub(crate) fn run(action: &ReloadAction, limits: Limits) -> Result<ReloadOutcome
     }
 }
 
-fn parse_signal(name: &str) -> Option<Signal> {
+/// `SIGHUP`, `HUP` or `hup` → the signal.
+pub(crate) fn parse_signal(name: &str) -> Option<Signal> {
     let upper = name.trim().to_ascii_uppercase();
     let full = if upper.starts_with("SIG") {
         upper

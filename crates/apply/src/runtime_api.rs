@@ -35,7 +35,6 @@ use std::io::{self, Read, Write};
 use std::net::IpAddr;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
 
 use converge_model::manifest::Validator;
@@ -43,6 +42,7 @@ use converge_model::{ReloadAction, RenderedFile};
 use nix::sys::signal::Signal;
 
 use crate::live::Change;
+use crate::reload::parse_signal;
 
 /// The comment line that marks a backend as runtime-API managed (the
 /// shipped template writes it; a custom template opts in the same way).
@@ -482,15 +482,6 @@ fn master_ready(pidfile: &Path, sig: Signal) -> Result<(), Fallback> {
     }
 }
 
-fn parse_signal(name: &str) -> Option<Signal> {
-    let upper = name.trim().to_ascii_uppercase();
-    let full = if upper.starts_with("SIG") {
-        upper
-    } else {
-        format!("SIG{upper}")
-    };
-    Signal::from_str(&full).ok()
-}
 
 /// A server as `show servers state` reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
