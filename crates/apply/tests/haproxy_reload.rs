@@ -2,27 +2,15 @@
 //! config with a changed backend and watch the runtime API serve it.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use converge_apply::{apply, ApplyOptions, Outcome, ReloadOutcome};
 use converge_model::manifest::Validator;
 use converge_model::{Layout, ReloadAction, RenderedFile, RenderedSet};
+use converge_testkit::haproxy::minimal_config;
 use converge_testkit::{free_port, wait, Haproxy};
-
-fn config(dir: &Path, port: u16, servers: &[(&str, u16)]) -> String {
-    let mut cfg = format!(
-        "global\n    stats socket {}/admin.sock mode 600 level admin\n\
-         defaults\n    mode tcp\n    timeout connect 1s\n    timeout client 5s\n    timeout server 5s\n\
-         frontend fe\n    bind 127.0.0.1:{port}\n    default_backend be\n\
-         backend be\n",
-        dir.display()
-    );
-    for (name, p) in servers {
-        cfg.push_str(&format!("    server {name} 127.0.0.1:{p}\n"));
-    }
-    cfg
-}
+use tempfile::TempDir;
 
 fn set(root: &Path, bytes: String) -> RenderedSet {
     let layout = Layout::new(root);
@@ -52,13 +40,10 @@ fn set(root: &Path, bytes: String) -> RenderedSet {
     }
 }
 
-/// `show stat` from whichever worker answers, if any does right now.
-fn stat(h: &Haproxy) -> String {
-    h.try_command("show stat").unwrap_or_default()
-}
-
-#[test]
-fn a_changed_backend_is_live_after_apply_and_an_unchanged_one_is_not_reloaded() {
+/// HAProxy started under a fresh root in the layout [`set`] writes to:
+/// the root, its `run` directory (pidfile and stats socket), the frontend
+/// port and the running HAProxy with backend `be` holding `servers`.
+fn start(servers: &[(&str, u16)]) -> (TempDir, PathBuf, u16, Haproxy) {
     let root = tempfile::tempdir().expect("tempdir");
     let run = root.path().join("run");
     let etc = root.path().join("etc/haproxy");
@@ -66,13 +51,24 @@ fn a_changed_backend_is_live_after_apply_and_an_unchanged_one_is_not_reloaded() 
     std::fs::create_dir_all(&etc).expect("mkdir etc");
     let port = free_port();
     let cfg = etc.join("haproxy.cfg");
-    std::fs::write(&cfg, config(&run, port, &[("a", 9001), ("b", 9002)])).expect("write");
+    std::fs::write(&cfg, minimal_config(&run, port, servers)).expect("write");
     let h = Haproxy::start(&cfg, &run.join("haproxy.pid"), &run.join("admin.sock"))
         .expect("haproxy starts");
+    (root, run, port, h)
+}
+
+/// `show stat` from whichever worker answers, if any does right now.
+fn stat(h: &Haproxy) -> String {
+    h.try_command("show stat").unwrap_or_default()
+}
+
+#[test]
+fn a_changed_backend_is_live_after_apply_and_an_unchanged_one_is_not_reloaded() {
+    let (root, run, port, h) = start(&[("a", 9001), ("b", 9002)]);
     let master = h.master_pid();
     let first_worker = h.worker_pid().expect("worker");
 
-    let desired = set(root.path(), config(&run, port, &[("c", 9003)]));
+    let desired = set(root.path(), minimal_config(&run, port, &[("c", 9003)]));
     let report = apply(&desired, &ApplyOptions::default()).expect("apply");
     assert!(report.ok(), "{report}");
     assert_eq!(
@@ -107,16 +103,7 @@ fn a_changed_backend_is_live_after_apply_and_an_unchanged_one_is_not_reloaded() 
 
 #[test]
 fn two_applies_in_quick_succession_both_reach_the_master() {
-    let root = tempfile::tempdir().expect("tempdir");
-    let run = root.path().join("run");
-    let etc = root.path().join("etc/haproxy");
-    std::fs::create_dir_all(&run).expect("mkdir run");
-    std::fs::create_dir_all(&etc).expect("mkdir etc");
-    let port = free_port();
-    let cfg = etc.join("haproxy.cfg");
-    std::fs::write(&cfg, config(&run, port, &[("a", 9001)])).expect("write");
-    let h = Haproxy::start(&cfg, &run.join("haproxy.pid"), &run.join("admin.sock"))
-        .expect("haproxy starts");
+    let (root, run, port, h) = start(&[("a", 9001)]);
     let master = h.master_pid();
     let count = |needle: &str| h.log().matches(needle).count();
     // No settle window, so the second apply signals while the master is
@@ -127,8 +114,11 @@ fn two_applies_in_quick_succession_both_reach_the_master() {
         ..ApplyOptions::default()
     };
     for (i, (name, p)) in [("b", 9002), ("c", 9003)].into_iter().enumerate() {
-        let report =
-            apply(&set(root.path(), config(&run, port, &[(name, p)])), &opts).expect("apply");
+        let report = apply(
+            &set(root.path(), minimal_config(&run, port, &[(name, p)])),
+            &opts,
+        )
+        .expect("apply");
         assert!(report.ok(), "{report}\nhaproxy log:\n{}", h.log());
         wait::until(
             Duration::from_secs(10),

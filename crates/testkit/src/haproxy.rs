@@ -243,6 +243,23 @@ impl Haproxy {
     }
 }
 
+/// A minimal master-worker config: the stats socket `STATS_DIR/admin.sock`
+/// at admin level, a TCP frontend `fe` on `127.0.0.1:PORT`, and a backend
+/// `be` holding `servers` as `(name, port)` on loopback, in that order.
+pub fn minimal_config(stats_dir: &Path, port: u16, servers: &[(&str, u16)]) -> String {
+    let mut cfg = format!(
+        "global\n    stats socket {}/admin.sock mode 600 level admin\n\
+         defaults\n    mode tcp\n    timeout connect 1s\n    timeout client 5s\n    timeout server 5s\n\
+         frontend fe\n    bind 127.0.0.1:{port}\n    default_backend be\n\
+         backend be\n",
+        stats_dir.display()
+    );
+    for (name, p) in servers {
+        cfg.push_str(&format!("    server {name} 127.0.0.1:{p}\n"));
+    }
+    cfg
+}
+
 fn file_len(path: &Path) -> u64 {
     fs::metadata(path).map(|m| m.len()).unwrap_or(0)
 }
@@ -287,20 +304,6 @@ mod tests {
     use crate::ports::free_port;
     use crate::process::pid_alive;
 
-    fn config(dir: &Path, port: u16, servers: &[(&str, u16)]) -> String {
-        let mut cfg = format!(
-            "global\n    stats socket {}/admin.sock mode 600 level admin\n\
-             defaults\n    mode tcp\n    timeout connect 1s\n    timeout client 5s\n    timeout server 5s\n\
-             frontend fe\n    bind 127.0.0.1:{port}\n    default_backend be\n\
-             backend be\n",
-            dir.display()
-        );
-        for (name, p) in servers {
-            cfg.push_str(&format!("    server {name} 127.0.0.1:{p}\n"));
-        }
-        cfg
-    }
-
     #[test]
     fn parses_servers_state() {
         let answer = "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state \
@@ -322,7 +325,7 @@ mod tests {
         let port_fe = free_port();
         fs::write(
             &cfg,
-            config(dir.path(), port_fe, &[("a", 9001), ("b", 9002)]),
+            minimal_config(dir.path(), port_fe, &[("a", 9001), ("b", 9002)]),
         )
         .expect("write");
         let mut h = Haproxy::start(
@@ -346,7 +349,7 @@ mod tests {
         assert!(h.command("show stat").contains("be,a,"));
 
         let first_worker = h.worker_pid().expect("worker pid");
-        fs::write(&cfg, config(dir.path(), port_fe, &[("c", 9003)])).expect("write");
+        fs::write(&cfg, minimal_config(dir.path(), port_fe, &[("c", 9003)])).expect("write");
         h.reload().expect("reload succeeds");
         assert_eq!(
             h.servers("be"),
@@ -358,7 +361,7 @@ mod tests {
         // handles SIGUSR2 again, so none is lost.
         for (i, port) in [9004u16, 9005, 9006].into_iter().enumerate() {
             let name = format!("s{i}");
-            fs::write(&cfg, config(dir.path(), port_fe, &[(&name, port)])).expect("write");
+            fs::write(&cfg, minimal_config(dir.path(), port_fe, &[(&name, port)])).expect("write");
             h.reload().expect("back-to-back reload succeeds");
             assert_eq!(h.servers("be"), vec![(name, format!("127.0.0.1:{port}"))]);
             let w = h.worker_pid().expect("worker pid");

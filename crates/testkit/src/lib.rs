@@ -15,7 +15,8 @@
 //! - [`backend::HttpBackend`]: a loopback HTTP server that answers with its
 //!   name, so a test sees which server HAProxy picked.
 //! - [`haproxy::Haproxy`]: start, query (`show servers state`,
-//!   `show stat`, any runtime command), reload with `SIGUSR2`, stop.
+//!   `show stat`, any runtime command), reload with `SIGUSR2`, stop;
+//!   [`haproxy::minimal_config`] writes a config it can start on.
 //!
 //! Every helper takes the paths it uses from the caller, who normally puts
 //! them in a [`tempfile::TempDir`] per test, so tests can run in parallel.

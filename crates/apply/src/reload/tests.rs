@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 
+use converge_testkit::haproxy::minimal_config;
 use converge_testkit::{wait, Child, Haproxy};
 
 use super::*;
@@ -388,21 +389,6 @@ fn keepalived_reading_sighup_from_a_signalfd_is_reloaded() {
     assert!(k.is_running());
 }
 
-/// A minimal HAProxy config whose backend `be` holds `servers`.
-fn haproxy_config(dir: &Path, port: u16, servers: &[(&str, u16)]) -> String {
-    let mut cfg = format!(
-        "global\n    stats socket {}/admin.sock mode 600 level admin\n\
-         defaults\n    mode tcp\n    timeout connect 1s\n    timeout client 5s\n    timeout server 5s\n\
-         frontend fe\n    bind 127.0.0.1:{port}\n    default_backend be\n\
-         backend be\n",
-        dir.display()
-    );
-    for (name, p) in servers {
-        cfg.push_str(&format!("    server {name} 127.0.0.1:{p}\n"));
-    }
-    cfg
-}
-
 /// Polls `cond` every millisecond until it holds, failing after
 /// [`DEADLINE`]: for a state a process passes through in milliseconds.
 fn until_soon(what: &str, mut cond: impl FnMut() -> bool) -> Result<(), String> {
@@ -421,7 +407,7 @@ fn usr2_while_a_real_haproxy_master_re_executes_waits_and_takes_effect() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = dir.path().join("haproxy.cfg");
     let port = converge_testkit::free_port();
-    std::fs::write(&cfg, haproxy_config(dir.path(), port, &[("a", 9001)])).expect("write");
+    std::fs::write(&cfg, minimal_config(dir.path(), port, &[("a", 9001)])).expect("write");
     let h = Haproxy::start(
         &cfg,
         &dir.path().join("haproxy.pid"),
@@ -442,7 +428,7 @@ fn usr2_while_a_real_haproxy_master_re_executes_waits_and_takes_effect() {
         .into_iter()
         .enumerate()
     {
-        std::fs::write(&cfg, haproxy_config(dir.path(), port, &[(name, p)])).expect("write");
+        std::fs::write(&cfg, minimal_config(dir.path(), port, &[(name, p)])).expect("write");
         assert_eq!(
             run(&usr2, limits),
             Ok(ReloadOutcome::Reloaded),
