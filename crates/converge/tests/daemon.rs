@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{haproxy_site, http, RunningDaemon, Workspace};
+use common::{haproxy_site, http, http_backends, register_web, RunningDaemon, Workspace};
 use converge_testkit::backend::{get, HttpBackend};
 use converge_testkit::consul::ConsulAgent;
 use converge_testkit::{free_port, wait, Haproxy};
@@ -30,28 +30,14 @@ struct Stack {
 impl Stack {
     fn start(daemon_args: &[&str], validate: &str) -> Self {
         let consul = ConsulAgent::start().expect("consul agent -dev");
-        let backends: Vec<HttpBackend> = ["b1", "b2", "b3"]
-            .iter()
-            .map(|n| HttpBackend::start(n).expect("backend"))
-            .collect();
-        let checks = backends
-            .iter()
-            .enumerate()
-            .map(|(i, b)| {
-                consul
-                    .register_service_with_ttl(&format!("web-{}", i + 1), "web", b.port(), &[])
-                    .expect("register")
-            })
-            .collect();
+        let backends = http_backends(3);
+        let checks = register_web(&consul, &backends);
         let front = free_port();
         let ws = Workspace::custom(
             &haproxy_site(front, "    min_healthy: 1\n", validate, true),
             "services: {}\n",
         );
-        let url = consul.http_url();
-        let mut args = vec!["--consul", url.as_str()];
-        args.extend_from_slice(daemon_args);
-        let daemon = ws.run_daemon(&args);
+        let daemon = ws.run_daemon_with_consul(&consul, daemon_args);
         let mut stack = Self {
             consul,
             backends,
@@ -65,16 +51,7 @@ impl Stack {
             |cfg| cfg.matches("    server web-").count() == 3,
             "3 servers rendered",
         );
-        std::fs::create_dir_all(stack.ws.root().join("run/haproxy")).expect("run dir");
-        let root = stack.ws.root();
-        stack.haproxy = Some(
-            Haproxy::start(
-                &root.join("etc/haproxy/haproxy.cfg"),
-                &root.join("run/haproxy.pid"),
-                &root.join("run/haproxy/admin.sock"),
-            )
-            .expect("haproxy on the rendered config"),
-        );
+        stack.haproxy = Some(stack.ws.start_haproxy());
         stack
     }
 
@@ -83,13 +60,8 @@ impl Stack {
     }
 
     fn wait_config(&self, cond: impl Fn(&str) -> bool, what: &str) {
-        wait::until(DEADLINE, what, || cond(&self.config())).unwrap_or_else(|e| {
-            panic!(
-                "{e}\nconfig:\n{}\ndaemon log:\n{}",
-                self.config(),
-                self.ws.daemon_log()
-            )
-        });
+        self.ws
+            .wait_file("etc/haproxy/haproxy.cfg", DEADLINE, what, cond);
     }
 
     fn wait_status(&self, cond: impl Fn(&serde_json::Value) -> bool, what: &str) {

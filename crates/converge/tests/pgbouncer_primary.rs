@@ -84,10 +84,7 @@ impl Stack {
         let run = ws.root().join("run/postgresql");
         std::fs::create_dir_all(&run).expect("run dir");
         give_to_postgres(&run).expect("chown run dir");
-        let url = consul.http_url();
-        let mut args = vec!["--consul", url.as_str()];
-        args.extend_from_slice(daemon_args);
-        let daemon = ws.run_daemon(&args);
+        let daemon = ws.run_daemon_with_consul(&consul, daemon_args);
         let mut s = Self {
             consul,
             a,
@@ -117,13 +114,8 @@ impl Stack {
     }
 
     fn wait_config(&self, cond: impl Fn(&str) -> bool, what: &str) {
-        wait::until(DEADLINE, what, || cond(&self.config())).unwrap_or_else(|e| {
-            panic!(
-                "{e}\nconfig:\n{}\ndaemon log:\n{}",
-                self.config(),
-                self.ws.daemon_log()
-            )
-        });
+        self.ws
+            .wait_file("etc/pgbouncer/pgbouncer.ini", DEADLINE, what, cond);
     }
 
     fn pgbouncer(&self) -> &Pgbouncer {

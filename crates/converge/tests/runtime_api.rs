@@ -10,7 +10,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{haproxy_site, RunningDaemon, Workspace};
+use common::{haproxy_site, http_backends, register_web, RunningDaemon, Workspace};
 use converge_testkit::backend::{get, HttpBackend};
 use converge_testkit::consul::ConsulAgent;
 use converge_testkit::{free_port, wait, Haproxy};
@@ -35,40 +35,21 @@ impl Stack {
     /// on the config the daemon rendered.
     fn start() -> Self {
         let consul = ConsulAgent::start().expect("consul agent -dev");
-        let backends: Vec<HttpBackend> = ["b1", "b2", "b3"]
-            .iter()
-            .map(|n| HttpBackend::start(n).expect("backend"))
-            .collect();
-        let checks = backends
-            .iter()
-            .take(2)
-            .enumerate()
-            .map(|(i, b)| {
-                consul
-                    .register_service_with_ttl(&format!("web-{}", i + 1), "web", b.port(), &[])
-                    .expect("register")
-            })
-            .collect();
+        let backends = http_backends(3);
+        let checks = register_web(&consul, &backends[..2]);
         let front = free_port();
         let ws = Workspace::custom(
             &haproxy_site(front, OPT_IN, "haproxy", true),
             "services: {}\n",
         );
-        let daemon = ws.run_daemon(&["--consul", &consul.http_url()]);
+        let daemon = ws.run_daemon_with_consul(&consul, &[]);
         let config = ws.root().join("etc/haproxy/haproxy.cfg");
         wait::until(DEADLINE, "4 slots, 2 of them in use", || {
             let c = std::fs::read_to_string(&config).unwrap_or_default();
             c.matches("    server web-s").count() == 4 && c.matches(" disabled\n").count() == 2
         })
         .unwrap_or_else(|e| panic!("{e}\n{}", ws.daemon_log()));
-        std::fs::create_dir_all(ws.root().join("run/haproxy")).expect("run dir");
-        let root = ws.root();
-        let haproxy = Haproxy::start(
-            &config,
-            &root.join("run/haproxy.pid"),
-            &root.join("run/haproxy/admin.sock"),
-        )
-        .expect("haproxy on the rendered config");
+        let haproxy = ws.start_haproxy();
         Self {
             consul,
             backends,

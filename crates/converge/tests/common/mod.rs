@@ -6,6 +6,11 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Duration;
+
+use converge_testkit::backend::HttpBackend;
+use converge_testkit::consul::ConsulAgent;
+use converge_testkit::Haproxy;
 
 /// A test's own copy of manifests, templates and catalog, plus a root.
 pub struct Workspace {
@@ -195,6 +200,68 @@ impl Workspace {
     pub fn daemon_log(&self) -> String {
         std::fs::read_to_string(self.path("daemon.log")).unwrap_or_default()
     }
+
+    /// Starts `converge run` for node lb1 reading services from `consul`,
+    /// with `extra` flags after `--consul URL`.
+    pub fn run_daemon_with_consul(&self, consul: &ConsulAgent, extra: &[&str]) -> RunningDaemon {
+        let url = consul.http_url();
+        let mut args = vec!["--consul", url.as_str()];
+        args.extend_from_slice(extra);
+        self.run_daemon(&args)
+    }
+
+    /// Waits until the file at `rel` under the root (empty while absent)
+    /// satisfies `cond`; on timeout, panics with the file and the daemon log.
+    pub fn wait_file(
+        &self,
+        rel: &str,
+        deadline: Duration,
+        what: &str,
+        cond: impl Fn(&str) -> bool,
+    ) {
+        let read = || std::fs::read_to_string(self.root().join(rel)).unwrap_or_default();
+        converge_testkit::wait::until(deadline, what, || cond(&read())).unwrap_or_else(|e| {
+            panic!(
+                "{e}\nconfig:\n{}\ndaemon log:\n{}",
+                read(),
+                self.daemon_log()
+            )
+        });
+    }
+
+    /// HAProxy on the config [`haproxy_site`] renders, with the pidfile and
+    /// stats socket that site names.
+    pub fn start_haproxy(&self) -> Haproxy {
+        let root = self.root();
+        std::fs::create_dir_all(root.join("run/haproxy")).expect("run dir");
+        Haproxy::start(
+            &root.join("etc/haproxy/haproxy.cfg"),
+            &root.join("run/haproxy.pid"),
+            &root.join("run/haproxy/admin.sock"),
+        )
+        .expect("haproxy on the rendered config")
+    }
+}
+
+/// HTTP backends answering with their names `b1`, `b2`, ... (`n` of them).
+pub fn http_backends(n: usize) -> Vec<HttpBackend> {
+    (1..=n)
+        .map(|i| HttpBackend::start(&format!("b{i}")).expect("backend"))
+        .collect()
+}
+
+/// Registers each of `backends` in `consul` as instance `web-N` of service
+/// `web` with a TTL check; returns the check ids in the same order.
+pub fn register_web(consul: &ConsulAgent, backends: &[HttpBackend]) -> Vec<String> {
+    backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            consul
+                .register_service_with_ttl(&format!("web-{}", i + 1), "web", b.port(), &[])
+                .expect("register")
+        })
+        .collect()
 }
 
 impl RunningDaemon {
