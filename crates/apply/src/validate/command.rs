@@ -24,15 +24,28 @@ pub(super) fn check(
     };
     let mut cmd = Command::new(program);
     cmd.args(args);
-    let (status, output) = run_checked(candidate, &mut cmd, timeout)?;
+    run_to_verdict(candidate, &mut cmd, timeout, |output| {
+        run::excerpt(output.trim().lines(), MAX_LINES)
+    })
+}
+
+/// Runs a validator whose exit status 0 accepts the candidate; any other
+/// status rejects it, with `excerpt` picking what of the output to show.
+pub(super) fn run_to_verdict(
+    candidate: &Candidate<'_>,
+    cmd: &mut Command,
+    timeout: Duration,
+    excerpt: impl FnOnce(&str) -> String,
+) -> Result<(), ValidateError> {
+    let (status, output) = run_checked(candidate, cmd, timeout)?;
     if status.success() {
         return Ok(());
     }
     Err(ValidateError::new(
         candidate,
-        run::display(&cmd),
+        run::display(cmd),
         Failure::Rejected(run::describe(status)),
-        run::excerpt(output.trim().lines(), MAX_LINES),
+        excerpt(&output),
     ))
 }
 

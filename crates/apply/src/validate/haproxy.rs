@@ -17,21 +17,13 @@
 use std::process::Command;
 use std::time::Duration;
 
-use super::{run, run_checked, Candidate, Failure, ValidateError, MAX_LINES};
+use super::command::run_to_verdict;
+use super::{run, Candidate, ValidateError, MAX_LINES};
 
 pub(super) fn check(candidate: &Candidate<'_>, timeout: Duration) -> Result<(), ValidateError> {
     let mut cmd = Command::new(run::program("haproxy"));
     cmd.arg("-c").arg("-f").arg(candidate.staged);
-    let (status, output) = run_checked(candidate, &mut cmd, timeout)?;
-    if status.success() {
-        return Ok(());
-    }
-    Err(ValidateError::new(
-        candidate,
-        run::display(&cmd),
-        Failure::Rejected(run::describe(status)),
-        relevant(&output),
-    ))
+    run_to_verdict(candidate, &mut cmd, timeout, relevant)
 }
 
 /// The `[ALERT]` lines and their continuations, without the pid; all
