@@ -53,6 +53,7 @@
 //! [`blocking`](crate::blocking)) everything is refetched once.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -62,8 +63,8 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::backoff::Backoff;
-use crate::blocking::{BlockingQuery, IndexOutcome, Pacing};
-use crate::client::{Client, Consistency, HealthCheck, HealthQuery, QueryOptions};
+use crate::blocking::{BlockingQuery, IndexOutcome, Pacing, Update};
+use crate::client::{Client, Consistency, HealthCheck, HealthQuery, QueryOptions, Response};
 use crate::config::Config;
 use crate::error::Error;
 
@@ -585,40 +586,44 @@ fn watch_options(config: &SourceConfig) -> (QueryOptions, Pacing) {
 }
 
 async fn watch_checks(client: Client, config: SourceConfig, tx: mpsc::Sender<Signal>) {
-    let (opts, pacing) = watch_options(&config);
-    let backoff = Backoff::new(
-        config.retry_base,
-        config.retry_cap,
-        0.5,
-        fastrand::Rng::new(),
-    );
-    let mut q = BlockingQuery::new(opts, pacing, backoff, fastrand::Rng::new());
-    loop {
-        let sig = match q
-            .next(|o| {
-                let client = client.clone();
-                async move { client.health_state("any", &o).await }
-            })
-            .await
-        {
-            Ok(u) if u.outcome == IndexOutcome::Unchanged => continue,
-            Ok(u) => Signal::Checks {
-                outcome: u.outcome,
-                index: u.meta.index,
-                view: check_view(u.value),
-            },
-            Err(error) => Signal::Failed {
-                watch: Watch::Checks,
-                error,
-            },
-        };
-        if tx.send(sig).await.is_err() {
-            return;
+    let read =
+        |client: Client, o: QueryOptions| async move { client.health_state("any", &o).await };
+    watch_index(client, config, tx, Watch::Checks, read, |u| {
+        Signal::Checks {
+            outcome: u.outcome,
+            index: u.meta.index,
+            view: check_view(u.value),
         }
-    }
+    })
+    .await;
 }
 
 async fn watch_services(client: Client, config: SourceConfig, tx: mpsc::Sender<Signal>) {
+    let read = |client: Client, o: QueryOptions| async move { client.catalog_services(&o).await };
+    watch_index(client, config, tx, Watch::Services, read, |u| {
+        Signal::Services {
+            outcome: u.outcome,
+            index: u.meta.index,
+        }
+    })
+    .await;
+}
+
+/// One blocking query, repeated until the receiver is gone: `read` sends
+/// it with this round's options, an answer whose index moved becomes the
+/// signal `changed` builds, an unchanged index sends nothing, and a
+/// failure (after the query's backoff) is [`Signal::Failed`] for `which`.
+async fn watch_index<T, F, Fut>(
+    client: Client,
+    config: SourceConfig,
+    tx: mpsc::Sender<Signal>,
+    which: Watch,
+    read: F,
+    changed: impl Fn(Update<T>) -> Signal,
+) where
+    F: Fn(Client, QueryOptions) -> Fut,
+    Fut: Future<Output = Result<Response<T>, Error>>,
+{
     let (opts, pacing) = watch_options(&config);
     let backoff = Backoff::new(
         config.retry_base,
@@ -628,20 +633,11 @@ async fn watch_services(client: Client, config: SourceConfig, tx: mpsc::Sender<S
     );
     let mut q = BlockingQuery::new(opts, pacing, backoff, fastrand::Rng::new());
     loop {
-        let sig = match q
-            .next(|o| {
-                let client = client.clone();
-                async move { client.catalog_services(&o).await }
-            })
-            .await
-        {
+        let sig = match q.next(|o| read(client.clone(), o)).await {
             Ok(u) if u.outcome == IndexOutcome::Unchanged => continue,
-            Ok(u) => Signal::Services {
-                outcome: u.outcome,
-                index: u.meta.index,
-            },
+            Ok(u) => changed(u),
             Err(error) => Signal::Failed {
-                watch: Watch::Services,
+                watch: which,
                 error,
             },
         };
