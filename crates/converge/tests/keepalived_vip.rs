@@ -370,8 +370,9 @@ fn summary(label: &str, moves: &[Move]) {
 
 /// VIP move time over repeated kills of the MASTER's keepalived: SIGKILL
 /// (a dying node: the backup waits for its master-down timer) and an
-/// orderly stop (priority-0 advert: the backup takes over at once); and
-/// over repeated failures of the MASTER's track script.
+/// orderly stop (priority-0 advert: the backup takes over at once); over
+/// repeated failures of the MASTER's track script; and over priority
+/// changes in the manifests applied by converge on both nodes.
 #[test]
 #[ignore = "benchmark: run on demand, see the module docs"]
 fn vip_move_times() {
@@ -385,7 +386,19 @@ fn vip_move_times() {
     let mut crashed = Vec::with_capacity(n);
     let mut stopped = Vec::with_capacity(n);
     let mut failed = Vec::with_capacity(n);
+    let mut reprioritized = Vec::with_capacity(n);
+    let mut applies = Vec::with_capacity(n);
     for _ in 0..n {
+        let t0 = Instant::now();
+        site.set_priorities(150, 200);
+        applies.push(t0.elapsed());
+        reprioritized.push(site.observe_move(t0, "the manifests preferred lb2"));
+        site.set_priorities(150, 100);
+        site.expect_on_lb1(
+            true,
+            "lb1 to take the VIP back once the manifests prefer it",
+        );
+
         let t0 = Instant::now();
         site.lb1.set_healthy(false);
         failed.push(site.observe_move(t0, "lb1's track script failed"));
@@ -405,4 +418,15 @@ fn vip_move_times() {
     );
     summary("VIP move after orderly stop (SIGTERM)", &stopped);
     summary("VIP move after lb1's track script starts failing", &failed);
+    applies.sort();
+    println!(
+        "converge apply --once on lb1 then lb2 (render, keepalived -t, commit, SIGHUP): \
+         p50 {:.3} s, max {:.3} s",
+        applies[applies.len() / 2].as_secs_f64(),
+        applies[applies.len() - 1].as_secs_f64()
+    );
+    summary(
+        "VIP move after the manifests give lb2 priority 200 (from the edit, both applies included)",
+        &reprioritized,
+    );
 }
