@@ -17,6 +17,8 @@ echo "test: cargo fmt --check"
 cargo fmt --all -- --check
 echo "test: cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "test: cargo doc"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 echo "test: cargo test"
 cargo test --workspace --locked 2>&1 | tee target/test.log
 # One closing line for the whole run, summed over every test binary.

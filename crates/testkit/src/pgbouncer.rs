@@ -13,7 +13,7 @@
 //! `process up` and accepts a TCP connection on the port": both are needed,
 //! since the port may belong to someone else after a bind race.
 //!
-//! [`sql`] and [`admin`] run `psql` through it, the way an application
+//! [`Pgbouncer::sql`] and [`Pgbouncer::admin`] run `psql` through it, the way an application
 //! (or an operator on the admin console) would.
 
 use std::fs::{self, OpenOptions};
