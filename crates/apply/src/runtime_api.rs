@@ -482,7 +482,6 @@ fn master_ready(pidfile: &Path, sig: Signal) -> Result<(), Fallback> {
     }
 }
 
-
 /// A server as `show servers state` reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Running {
