@@ -1,0 +1,97 @@
+//! Seeing a routing change through HAProxy with real requests.
+//!
+//! After a check flips, the probe sends `GET /` through HAProxy's frontend
+//! on a new connection about every 1–2 ms (the request itself takes a few
+//! hundred microseconds on loopback, then 1 ms of sleep) and notes which
+//! backend answered.
+//!
+//! - Added back: routing changed at the start of the first request that
+//!   reaches the flipped backend.
+//! - Removed: routing changed at the start of the first request after the
+//!   last one that reached it, once [`CONFIRM`] answers in a row came from
+//!   other backends (with round robin over three servers the old config
+//!   sends every third request to it, so ten misses cannot be chance).
+//!
+//! Either way the reading is accurate to about two probe intervals (round
+//! robin may pick another backend for the first requests of the new
+//! worker), the same for both tools.
+
+use std::time::{Duration, Instant};
+
+use converge_testkit::backend::get;
+
+/// Consecutive answers from other backends that prove a removal.
+pub const CONFIRM: usize = 10;
+
+/// Pause between probe requests.
+pub const INTERVAL: Duration = Duration::from_millis(1);
+
+/// One observed routing change.
+#[derive(Debug, Clone, Copy)]
+pub struct Observed {
+    /// From the flip to the change, as defined in the module docs.
+    pub latency: Duration,
+    /// Probe requests that failed (refused, reset, not 200).
+    pub failures: usize,
+}
+
+/// Probes `front` until `target` is reached (`reach`) or has stopped being
+/// reached (`!reach`); latencies count from `t0`.
+///
+/// # Errors
+///
+/// When the change is not seen within `deadline`.
+pub fn routing_change(
+    front: u16,
+    target: &str,
+    reach: bool,
+    t0: Instant,
+    deadline: Duration,
+) -> Result<Observed, String> {
+    let mut starts: Vec<Instant> = Vec::new();
+    let mut failures = 0;
+    let mut last_hit: Option<usize> = None;
+    let mut misses = 0;
+    loop {
+        let start = Instant::now();
+        let answer = get(front);
+        starts.push(start);
+        let i = starts.len() - 1;
+        match answer.as_deref() {
+            Some(name) if name == target => {
+                if reach {
+                    return Ok(Observed {
+                        latency: start - t0,
+                        failures,
+                    });
+                }
+                last_hit = Some(i);
+                misses = 0;
+            }
+            Some(_) => {
+                misses += 1;
+                if !reach && misses >= CONFIRM {
+                    let first = last_hit.map_or(0, |h| h + 1);
+                    return Ok(Observed {
+                        latency: starts[first].saturating_duration_since(t0),
+                        failures,
+                    });
+                }
+            }
+            None => failures += 1,
+        }
+        if t0.elapsed() > deadline {
+            return Err(format!(
+                "HAProxy did not {} {target} within {:.1}s ({} probes, {failures} failed)",
+                if reach {
+                    "start sending to"
+                } else {
+                    "stop sending to"
+                },
+                deadline.as_secs_f64(),
+                starts.len()
+            ));
+        }
+        std::thread::sleep(INTERVAL);
+    }
+}
