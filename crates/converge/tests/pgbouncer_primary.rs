@@ -284,6 +284,8 @@ fn with_pause_a_transaction_open_at_the_switch_commits_and_the_next_lands_on_b()
         "in flight"
     );
 
+    // The first apply at start-up already paused once: wait for a new PAUSE.
+    let pauses = s.pgbouncer().log().matches("PAUSE").count();
     s.switch(true);
     let b_port = s.b.port();
     s.wait_config(
@@ -291,7 +293,7 @@ fn with_pause_a_transaction_open_at_the_switch_commits_and_the_next_lands_on_b()
         "app → B committed",
     );
     wait::until(DEADLINE, "converge to ask PgBouncer to PAUSE", || {
-        s.pgbouncer().log().contains("PAUSE")
+        s.pgbouncer().log().matches("PAUSE").count() > pauses
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", s.diagnostics()));
 
