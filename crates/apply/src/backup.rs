@@ -5,9 +5,11 @@
 //! eight hex digits of the content's SHA-256 (to tell versions apart at a
 //! glance). Each backup is written like a commit (temp file, fsync,
 //! rename) so it is complete or absent, mode `0600` inside a `0700`
-//! directory because it may be a copy of a secret file. After each save
-//! the directory is pruned to the target's `backups` newest, so disk use
-//! is bounded. Rollback after a failed reload uses the bytes read at the
+//! directory because it may be a copy of a secret file. Once the new file
+//! is committed the directory is pruned to the target's `backups` newest,
+//! so disk use is bounded; pruning waits for the commit so that an apply
+//! whose candidate is rejected can delete its own backup and leave the
+//! older ones exactly as they were. Rollback after a failed reload uses the bytes read at the
 //! start of the transaction, not these files.
 
 use std::fs::Permissions;
@@ -79,8 +81,9 @@ fn list_in(dir: &Path) -> io::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// Saves `bytes` (the live contents of `target`'s `path`) and prunes to
-/// `keep` backups. With `keep == 0` nothing is saved and old backups go.
+/// Saves `bytes` (the live contents of `target`'s `path`) and returns the
+/// new backup's path; with `keep == 0` nothing is saved. Call [`prune`]
+/// after the commit.
 pub(crate) fn save(
     layout: &Layout,
     target: &str,
@@ -101,27 +104,27 @@ pub(crate) fn save(
         backup: dest.clone(),
         source,
     };
-    let saved = if keep == 0 {
-        None
-    } else {
-        fsutil::create_private_dir(&dir)?;
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".backup.")
-            .permissions(Permissions::from_mode(0o600))
-            .tempfile_in(&dir)
-            .map_err(err)?;
-        tmp.write_all(bytes).map_err(err)?;
-        tmp.as_file().sync_all().map_err(err)?;
-        tmp.persist(&dest).map_err(|e| err(e.error))?;
-        fsutil::sync_dir(&dir).map_err(err)?;
-        Some(dest.clone())
-    };
-    prune(&dir, keep as usize).map_err(err)?;
-    Ok(saved)
+    if keep == 0 {
+        return Ok(None);
+    }
+    fsutil::create_private_dir(&dir)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".backup.")
+        .permissions(Permissions::from_mode(0o600))
+        .tempfile_in(&dir)
+        .map_err(err)?;
+    tmp.write_all(bytes).map_err(err)?;
+    tmp.as_file().sync_all().map_err(err)?;
+    tmp.persist(&dest).map_err(|e| err(e.error))?;
+    fsutil::sync_dir(&dir).map_err(err)?;
+    Ok(Some(dest))
 }
 
-fn prune(dir: &Path, keep: usize) -> io::Result<()> {
-    let all = list_in(dir)?;
+/// Deletes all but the `keep` newest backups of `target` (all of them
+/// when `keep == 0`).
+pub(crate) fn prune(layout: &Layout, target: &str, keep: u32) -> io::Result<()> {
+    let all = list_in(&dir_for(layout, target))?;
+    let keep = keep as usize;
     let excess = all.len().saturating_sub(keep);
     for old in &all[..excess] {
         std::fs::remove_file(old)?;
@@ -141,6 +144,7 @@ mod tests {
         let live = root.path().join("etc/app.cfg");
         for i in 0..6 {
             save(&layout, "app", &live, format!("v{i}\n").as_bytes(), 3).expect("save");
+            prune(&layout, "app", 3).expect("prune");
         }
         let kept = list(&layout, "app").expect("list");
         assert_eq!(kept.len(), 3);
@@ -157,8 +161,9 @@ mod tests {
             & 0o777;
         assert_eq!(dmode, 0o700);
 
-        // Lowering the bound prunes on the next save; zero keeps none.
-        save(&layout, "app", &live, b"v6\n", 0).expect("save");
+        // Lowering the bound prunes on the next commit; zero keeps none.
+        assert_eq!(save(&layout, "app", &live, b"v6\n", 0).expect("save"), None);
+        prune(&layout, "app", 0).expect("prune");
         assert!(list(&layout, "app").expect("list").is_empty());
     }
 

@@ -4,10 +4,11 @@
 //! is a same-filesystem `rename`, atomic by POSIX) under the name
 //! `.<basename>.converge-stage.<pid>.<random>`: hidden, recognisable, and
 //! never equal to a name a program would load from an include directory by
-//! extension. It is created `0600`, filled, given its owner and final mode,
-//! and fsynced before anyone looks at it, so a validator sees exactly the
-//! bytes that will be committed and a crash can never expose a partial
-//! file under the destination's name (invariant 1).
+//! extension. It is created `0600`, filled and given its owner and final
+//! mode, so a validator sees exactly the bytes that will be committed. It
+//! is fsynced ([`sync`]) before it is renamed, so a crash can never expose
+//! a partial file under the destination's name (invariant 1); the apply
+//! runs that fsync while the validators read the file, not before.
 //!
 //! Staged files are deleted on drop, so every error path cleans up. A
 //! process killed mid-transaction cannot run destructors; the next apply
@@ -35,7 +36,7 @@ pub(crate) const MARK: &str = ".converge-stage.";
 const NEW_DIR_MODE: u32 = 0o755;
 
 /// Writes `bytes` to a new staged file beside `dest`, with `mode` and
-/// `owner`, fsynced. Missing parent directories are created.
+/// `owner`, not yet fsynced. Missing parent directories are created.
 pub(crate) fn write(
     dest: &Path,
     bytes: &[u8],
@@ -59,8 +60,13 @@ pub(crate) fn write(
     // After chown, which may clear set-id bits; fchmod ignores the umask.
     tmp.as_file()
         .set_permissions(Permissions::from_mode(mode & MODE_MASK))?;
-    tmp.as_file().sync_all()?;
     Ok(tmp.into_temp_path())
+}
+
+/// Flushes a staged file's contents and metadata to disk; required before
+/// it is renamed over its destination.
+pub(crate) fn sync(staged: &Path) -> io::Result<()> {
+    std::fs::File::open(staged)?.sync_all()
 }
 
 fn split(dest: &Path) -> io::Result<(&Path, &OsStr)> {

@@ -6,7 +6,9 @@
 //! set (a changed userlist is checked through its unchanged
 //! `pgbouncer.ini`); validate each; only when all accept, back up, rename
 //! the changed members over their destinations and fsync the directories
-//! (invariants 1 and 2); then run each distinct reload action once. If a
+//! (invariants 1 and 2); then run each distinct reload action once. The
+//! fsyncs, backups and pending-reload marker a commit needs are written
+//! while the validators run, off the latency of a change. If a
 //! commit step or a reload fails, the previous bytes (held in memory since
 //! the start) are staged and renamed back the same way, or new files
 //! removed, and the reload runs again so the program serves the old config
@@ -242,8 +244,22 @@ impl Txn<'_> {
 
         let mut staged = self.stage_all().map_err(failed)?;
         failpoint::hit("staged");
-        self.validate_all(&staged)
-            .map_err(|e| Failure::Rejected(e.to_string()))?;
+        // The validators only read the candidates, so everything that must
+        // be on disk before the first rename (the candidates themselves,
+        // the backups, the pending-reload marker) is written meanwhile
+        // instead of adding its fsyncs to every change's latency.
+        let mut backups = Vec::new();
+        let (validated, durable) = std::thread::scope(|s| {
+            let durable = s.spawn(|| self.make_durable(&staged, &rewrites, &mut backups));
+            let validated = self.validate_all(&staged);
+            (validated, durable.join())
+        });
+        let durable = durable.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        if let Err(e) = validated {
+            self.forget_durable(&backups);
+            return Err(Failure::Rejected(e.to_string()));
+        }
+        durable.map_err(failed)?;
         failpoint::hit("validated");
 
         // Only the rewritten members are committed; the other candidates
@@ -254,13 +270,10 @@ impl Txn<'_> {
                 to_commit.push((m, tmp));
             }
         }
-        self.back_up(&rewrites).map_err(failed)?;
-        let targets: Vec<String> = rewrites.iter().map(|m| m.file.target.clone()).collect();
-        pending::mark(&self.set.layout, self.name, &targets).map_err(failed)?;
-        failpoint::hit("backed-up");
 
         let committed = self.commit(to_commit)?;
         failpoint::hit("committed");
+        self.prune_backups(&rewrites);
 
         if let Some(servers) = self.runtime_update() {
             pending::clear(&self.set.layout, self.name);
@@ -359,19 +372,64 @@ impl Txn<'_> {
         Ok(())
     }
 
-    fn back_up(&self, rewrites: &[&Member]) -> Result<(), ApplyError> {
+    /// Fsyncs the candidates that will be committed, backs up what they
+    /// replace (into `backups`) and durably marks the bundle as owing a
+    /// reload, so a crash after any rename is finished by the next apply.
+    fn make_durable(
+        &self,
+        staged: &[TempPath],
+        rewrites: &[&Member],
+        backups: &mut Vec<PathBuf>,
+    ) -> Result<(), ApplyError> {
+        for (m, s) in self.members.iter().zip(staged) {
+            if m.change.rewrites() {
+                stage::sync(s).map_err(|source| ApplyError::Stage {
+                    target: m.file.target.clone(),
+                    path: m.file.destination.clone(),
+                    source,
+                })?;
+            }
+        }
         for m in rewrites {
             if let Some(live) = &m.live {
-                crate::backup::save(
+                backups.extend(crate::backup::save(
                     &self.set.layout,
                     &m.file.target,
                     &m.file.destination,
                     &live.bytes,
                     m.file.backups,
-                )?;
+                )?);
             }
         }
+        let targets: Vec<String> = rewrites.iter().map(|m| m.file.target.clone()).collect();
+        pending::mark(&self.set.layout, self.name, &targets)?;
+        failpoint::hit("backed-up");
         Ok(())
+    }
+
+    /// Undoes [`make_durable`](Self::make_durable) for a rejected bundle:
+    /// nothing was committed, so its backups are copies of files that stay
+    /// live and no reload is owed (unless an interrupted apply left one
+    /// owed before this one began).
+    fn forget_durable(&self, backups: &[PathBuf]) {
+        for b in backups {
+            if let Err(e) = std::fs::remove_file(b) {
+                tracing::warn!(backup = %b.display(), error = %e, "cannot remove the backup of a rejected apply");
+            }
+        }
+        if !self.owed {
+            pending::clear(&self.set.layout, self.name);
+        }
+    }
+
+    /// Bounds each committed target's backups; a failure costs disk space,
+    /// not correctness, so it is logged.
+    fn prune_backups(&self, rewrites: &[&Member]) {
+        for m in rewrites {
+            if let Err(e) = crate::backup::prune(&self.set.layout, &m.file.target, m.file.backups) {
+                tracing::warn!(target = %m.file.target, error = %e, "cannot prune old backups");
+            }
+        }
     }
 
     /// Renames each candidate over its destination and syncs the
@@ -547,6 +605,7 @@ fn restore(m: &Member) -> Result<(), ApplyError> {
                 Ownership::default()
             };
             let tmp = stage::write(dest, &live.bytes, live.meta.mode(), own).map_err(err)?;
+            stage::sync(&tmp).map_err(err)?;
             tmp.persist(dest).map_err(|e| err(e.error))?;
         }
         None => match std::fs::remove_file(dest) {

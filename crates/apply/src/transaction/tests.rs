@@ -309,6 +309,40 @@ fn backups_keep_only_the_newest_n() {
 }
 
 #[test]
+fn a_rejected_apply_keeps_the_backups_as_they_were_and_owes_no_reload() {
+    let mut fx = Fixture::new();
+    fx.add("app", "/etc/app.cfg", "").backups = 2;
+    for v in 0..3 {
+        fx.file("app").bytes = format!("v{v}\n").into_bytes();
+        assert!(apply(&fx.set, &opts()).expect("apply").ok());
+    }
+    let before = list_backups(&fx.set.layout, "app").expect("list");
+    assert_eq!(before.len(), 2);
+
+    // Backups and the pending marker are written while the validator
+    // runs; a rejection must take back exactly what this apply wrote.
+    let f = fx.file("app");
+    f.bytes = b"v3\n".to_vec();
+    f.validate = Validator::Command(vec!["sh".into(), "-c".into(), "exit 1".into()]);
+    let r = apply(&fx.set, &opts()).expect("apply");
+    assert!(
+        matches!(outcome(&r, "app"), Outcome::Rejected { .. }),
+        "{r}"
+    );
+    assert_eq!(list_backups(&fx.set.layout, "app").expect("list"), before);
+    assert!(!pending::is_pending(&fx.set.layout, "app"));
+
+    // A reload an interrupted apply left owed stays owed.
+    pending::mark(&fx.set.layout, "app", &["app".into()]).expect("mark");
+    let r = apply(&fx.set, &opts()).expect("apply");
+    assert!(
+        matches!(outcome(&r, "app"), Outcome::Rejected { .. }),
+        "{r}"
+    );
+    assert!(pending::is_pending(&fx.set.layout, "app"));
+}
+
+#[test]
 fn a_held_lock_makes_apply_fail_after_the_timeout_naming_the_lock() {
     let mut fx = Fixture::new();
     fx.add("app", "/etc/app.cfg", "x\n");
