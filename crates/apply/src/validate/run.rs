@@ -3,8 +3,10 @@
 //! Every validator goes through [`Running`]: the program gets its own
 //! process group, stdin from `/dev/null`, and stdout and stderr on one
 //! anonymous temp file (so the two streams keep their relative order and a
-//! chatty program can never block on a full pipe). Exit is polled with a
-//! deadline; on timeout the whole group is killed with `SIGKILL` and
+//! chatty program can never block on a full pipe). Exit is awaited in
+//! `poll(2)` on a pidfd with the deadline as timeout, so converge learns of
+//! it the moment it happens (a validator's exit is on the path of every
+//! change) and spends nothing meanwhile; on timeout the whole group is killed with `SIGKILL` and
 //! reaped. When the program exits by itself, anything it left running in
 //! its group is killed too, while the leader is still an unreaped zombie
 //! (`waitid(WNOWAIT)`), so its pid, which is the group id, cannot have
@@ -15,12 +17,14 @@ use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitStatus, Stdio};
-use std::thread;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{killpg, Signal};
 use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
+use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::io::Errno;
+use rustix::process::{pidfd_open, PidfdFlags};
 
 /// How a run ended when it did not simply exit.
 #[derive(Debug)]
@@ -77,24 +81,34 @@ impl Running {
     }
 
     /// Waits until the program exits or `deadline` (measured from `start`)
-    /// passes; polls with a short, growing interval so a fast checker
-    /// costs about what it takes.
+    /// passes.
     pub(super) fn wait_until(
         &mut self,
         start: Instant,
         deadline: Duration,
     ) -> io::Result<Option<ExitStatus>> {
-        let mut pause = Duration::from_millis(1);
+        if let Some(s) = self.poll()? {
+            return Ok(Some(s));
+        }
+        // Unreaped, so the pid is still this child's: the pidfd names it.
+        let pidfd = pidfd_open(
+            rustix::process::Pid::from_child(&self.child),
+            PidfdFlags::empty(),
+        )?;
         loop {
+            let elapsed = start.elapsed();
+            if elapsed >= deadline {
+                return self.poll();
+            }
+            let timeout = Timespec::try_from(deadline - elapsed).map_err(io::Error::other)?;
+            let mut fds = [PollFd::new(&pidfd, PollFlags::IN)];
+            match rustix::event::poll(&mut fds, Some(&timeout)) {
+                Ok(_) | Err(Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
             if let Some(s) = self.poll()? {
                 return Ok(Some(s));
             }
-            let elapsed = start.elapsed();
-            if elapsed >= deadline {
-                return Ok(None);
-            }
-            thread::sleep(pause.min(deadline - elapsed));
-            pause = (pause * 2).min(Duration::from_millis(20));
         }
     }
 
