@@ -51,6 +51,33 @@ impl Inputs {
 }
 
 impl Inputs {
+    /// A digest of every file directly in the manifests and templates
+    /// directories, names and bytes: equal digests mean
+    /// [`load_config`](Self::load_config) would read the same inputs. Reading
+    /// and hashing the files is cheap next to parsing them, which the
+    /// daemon would otherwise repeat on every pass. `None` when a directory
+    /// cannot be read (then the caller loads, and reports the error).
+    pub fn fingerprint(&self) -> Option<[u8; 32]> {
+        use sha2::Digest;
+        let mut hash = sha2::Sha256::new();
+        for dir in [&self.manifests, &self.templates] {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+                .ok()?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file())
+                .collect();
+            files.sort();
+            hash.update(dir.as_os_str().as_encoded_bytes());
+            for path in files {
+                let bytes = std::fs::read(&path).ok()?;
+                hash.update(path.as_os_str().as_encoded_bytes());
+                hash.update((bytes.len() as u64).to_le_bytes());
+                hash.update(&bytes);
+            }
+        }
+        Some(hash.finalize().into())
+    }
+
     /// Loads and validates manifests and parses templates: the desired
     /// state without the catalog.
     pub fn load_config(&self) -> Result<(Manifests, Templates), AgentError> {
@@ -103,5 +130,47 @@ impl Prepared {
         let set = self.render_at(node, &self.layout)?;
         let report = converge_apply::apply(&set, opts)?;
         Ok((set, report))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inputs(dir: &std::path::Path) -> Inputs {
+        Inputs {
+            manifests: dir.join("manifests"),
+            templates: dir.join("templates"),
+            catalog: dir.join("catalog.yaml"),
+            root: dir.join("root"),
+        }
+    }
+
+    #[test]
+    fn the_fingerprint_follows_every_byte_and_file_of_both_directories() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let i = inputs(dir.path());
+        std::fs::create_dir_all(&i.manifests).expect("mkdir");
+        std::fs::create_dir_all(&i.templates).expect("mkdir");
+        std::fs::write(i.manifests.join("site.yaml"), "nodes: {}\n").expect("write");
+        std::fs::write(i.templates.join("a.tera"), "x\n").expect("write");
+        let first = i.fingerprint().expect("fingerprint");
+        assert_eq!(i.fingerprint(), Some(first), "nothing changed");
+
+        // Same length, other bytes.
+        std::fs::write(i.templates.join("a.tera"), "y\n").expect("write");
+        let edited = i.fingerprint().expect("fingerprint");
+        assert_ne!(edited, first);
+
+        // A new file, then the same bytes moved to the other directory.
+        std::fs::write(i.manifests.join("more.yaml"), "").expect("write");
+        let added = i.fingerprint().expect("fingerprint");
+        assert_ne!(added, edited);
+        std::fs::remove_file(i.manifests.join("more.yaml")).expect("rm");
+        std::fs::write(i.templates.join("more.yaml"), "").expect("write");
+        assert_ne!(i.fingerprint().expect("fingerprint"), added);
+
+        std::fs::remove_dir_all(&i.templates).expect("rm");
+        assert_eq!(i.fingerprint(), None, "an unreadable directory");
     }
 }

@@ -64,6 +64,9 @@ pub struct Reconciler {
     /// Last manifests and templates that loaded cleanly (its catalog is
     /// replaced on every pass).
     inputs: Option<Prepared>,
+    /// [`Inputs::fingerprint`](crate::pipeline::Inputs::fingerprint) of
+    /// the files `inputs` was parsed from.
+    inputs_fingerprint: Option<[u8; 32]>,
     /// Last catalog read cleanly (file source).
     file_catalog: Option<Catalog>,
     /// Snapshot behind the files now live.
@@ -81,6 +84,7 @@ impl Reconciler {
             config,
             board,
             inputs: None,
+            inputs_fingerprint: None,
             file_catalog: None,
             last_applied: None,
             released: BTreeSet::new(),
@@ -102,10 +106,18 @@ impl Reconciler {
     }
 
     /// Reloads manifests and templates; on failure keeps the previous ones
-    /// and reports the error (with its file:line) in the status.
+    /// and reports the error (with its file:line) in the status. Files
+    /// byte-identical to the last clean load are not parsed again.
     pub fn load_inputs(&mut self) {
+        let fingerprint = self.config.inputs.fingerprint();
+        if self.inputs.is_some() && fingerprint.is_some() && fingerprint == self.inputs_fingerprint
+        {
+            self.board.update(|s| s.input_error = None);
+            return;
+        }
         match self.config.inputs.load_config() {
             Ok((manifests, templates)) => {
+                self.inputs_fingerprint = fingerprint;
                 self.inputs = Some(Prepared {
                     manifests,
                     templates,
