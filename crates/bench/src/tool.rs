@@ -11,13 +11,12 @@
 //! Either is stopped by its pid when dropped (testkit's [`Child`]).
 
 use std::fmt;
-use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::Context;
-use converge_testkit::{free_port, wait, Child};
+use converge_testkit::{free_port, http, wait, Child};
 
 use crate::proxy::CountingProxy;
 use crate::stack::{Stack, DEADLINE};
@@ -216,7 +215,7 @@ impl Running {
         wait::until(DEADLINE, &what, || {
             let blocking = self.proxy.seen().iter().any(|s| s.blocking);
             let converged = match self.listen {
-                Some(port) => http_get(port, "/status")
+                Some(port) => http::get(port, "/status")
                     .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
                     .is_some_and(|v| v["converged"] == true),
                 None => true,
@@ -228,12 +227,12 @@ impl Running {
 
     /// converge's `/status` (JSON text); `None` for consul-template.
     pub fn status(&self) -> Option<String> {
-        http_get(self.listen?, "/status")
+        http::get(self.listen?, "/status")
     }
 
     /// A metric from converge's `/metrics`.
     pub fn metric(&self, name: &str) -> Option<f64> {
-        let text = http_get(self.listen?, "/metrics")?;
+        let text = http::get(self.listen?, "/metrics")?;
         text.lines().find_map(|l| {
             let (k, v) = l.split_once(' ')?;
             (k == name).then(|| v.trim().parse().ok()).flatten()
@@ -266,24 +265,6 @@ impl Running {
     pub fn stop(mut self) {
         self.child.stop();
     }
-}
-
-/// A plain HTTP/1.1 GET to 127.0.0.1:`port`; the body on 2xx.
-pub fn http_get(port: u16, path: &str) -> Option<String> {
-    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        conn,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut out = String::new();
-    conn.read_to_string(&mut out).ok()?;
-    let (head, body) = out.split_once("\r\n\r\n")?;
-    head.split(' ')
-        .nth(1)?
-        .starts_with('2')
-        .then(|| body.to_string())
 }
 
 #[cfg(test)]

@@ -8,10 +8,10 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{haproxy_site, http, http_backends, register_web, RunningDaemon, Workspace};
+use common::{haproxy_site, http_backends, register_web, RunningDaemon, Workspace};
 use converge_testkit::backend::{get, HttpBackend};
 use converge_testkit::consul::ConsulAgent;
-use converge_testkit::{free_port, wait, Haproxy};
+use converge_testkit::{free_port, http, wait, Haproxy};
 use nix::sys::signal::Signal;
 
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -199,7 +199,7 @@ fn losing_every_instance_below_min_healthy_is_held() {
     assert_eq!(s.reached(6), names(&["b1", "b2", "b3"]));
 
     // An operator accepts the empty backend.
-    assert!(http(s.daemon.listen, "POST", "/release/web").is_some());
+    assert!(http::request(s.daemon.listen, "POST", "/release/web").is_some());
     s.wait_config(
         |c| !c.contains("server web-"),
         "the released change to apply",

@@ -85,17 +85,10 @@ impl Drop for HttpBackend {
     }
 }
 
-/// Sends `GET /` to 127.0.0.1:`port` and returns the body, or `None` when
-/// the request failed (refused, reset, or a non-200 answer).
+/// Sends `GET /` to 127.0.0.1:`port` and returns the body (the name of
+/// the backend that answered), or `None` when the request failed.
 pub fn get(port: u16) -> Option<String> {
-    let mut conn = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    conn.write_all(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
-        .ok()?;
-    let mut out = String::new();
-    conn.read_to_string(&mut out).ok()?;
-    let (head, body) = out.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+    crate::http::get(port, "/")
 }
 
 #[cfg(test)]

@@ -14,6 +14,8 @@
 //!   so a failing test leaves nothing running. Nothing is killed by name.
 //! - [`backend::HttpBackend`]: a loopback HTTP server that answers with its
 //!   name, so a test sees which server HAProxy picked.
+//! - [`http::request`] / [`http::get`]: a plain HTTP/1.1 request on
+//!   loopback, the body of a 2xx answer.
 //! - [`haproxy::Haproxy`]: start, query (`show servers state`,
 //!   `show stat`, any runtime command), reload with `SIGUSR2`, stop;
 //!   [`haproxy::minimal_config`] writes a config it can start on.
@@ -25,6 +27,7 @@
 pub mod backend;
 pub mod consul;
 pub mod haproxy;
+pub mod http;
 pub mod keepalived;
 pub mod netns;
 pub mod pgbouncer;

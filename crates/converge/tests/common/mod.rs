@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use converge_testkit::backend::HttpBackend;
 use converge_testkit::consul::ConsulAgent;
-use converge_testkit::Haproxy;
+use converge_testkit::{http, Haproxy};
 
 /// A test's own copy of manifests, templates and catalog, plus a root.
 pub struct Workspace {
@@ -191,7 +191,7 @@ impl Workspace {
         converge_testkit::wait::until(
             std::time::Duration::from_secs(15),
             "the status listener",
-            || http_get(listen, "/health").is_some(),
+            || http::get(listen, "/health").is_some(),
         )
         .unwrap_or_else(|e| panic!("{e}\n{}", self.daemon_log()));
         d
@@ -266,13 +266,13 @@ pub fn register_web(consul: &ConsulAgent, backends: &[HttpBackend]) -> Vec<Strin
 
 impl RunningDaemon {
     pub fn status(&self) -> serde_json::Value {
-        let body = http_get(self.listen, "/status").expect("status answers");
+        let body = http::get(self.listen, "/status").expect("status answers");
         serde_json::from_str(&body).expect("status is JSON")
     }
 
     /// A metric's value (0 when absent).
     pub fn metric(&self, name: &str) -> f64 {
-        let text = http_get(self.listen, "/metrics").expect("metrics answer");
+        let text = http::get(self.listen, "/metrics").expect("metrics answer");
         text.lines()
             .find_map(|l| {
                 let (k, v) = l.split_once(' ')?;
@@ -280,25 +280,4 @@ impl RunningDaemon {
             })
             .unwrap_or(0.0)
     }
-}
-
-/// A plain HTTP/1.1 GET to 127.0.0.1:port; the body on 2xx.
-pub fn http_get(port: u16, path: &str) -> Option<String> {
-    http(port, "GET", path)
-}
-
-/// A plain HTTP/1.1 request to 127.0.0.1:port; the body on 2xx.
-pub fn http(port: u16, method: &str, path: &str) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    conn.set_read_timeout(Some(std::time::Duration::from_secs(5)))
-        .ok()?;
-    write!(conn, "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").ok()?;
-    let mut out = String::new();
-    conn.read_to_string(&mut out).ok()?;
-    let (head, body) = out.split_once("\r\n\r\n")?;
-    head.split(' ')
-        .nth(1)?
-        .starts_with('2')
-        .then(|| body.to_string())
 }
