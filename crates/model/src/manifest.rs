@@ -294,6 +294,33 @@ pub struct HaproxySettings {
     /// `timeout connect/client/server`.
     #[serde(default)]
     pub timeouts: Timeouts,
+    /// `httpclient.ssl.verify` in `global`. HAProxy loads the system CA
+    /// store for its internal HTTP client on every start, `haproxy -c` and
+    /// reload (about 35 ms on Debian 12, most of a check's time); `none`
+    /// skips that where nothing uses the HTTP client (Lua `httpclient`).
+    /// Unset keeps HAProxy's default (`required`).
+    #[serde(default)]
+    pub httpclient_ssl_verify: Option<SslVerify>,
+}
+
+/// A value for HAProxy's `httpclient.ssl.verify`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SslVerify {
+    /// Do not verify (and do not load the CA store).
+    None,
+    /// Verify against the CA store (HAProxy's default).
+    Required,
+}
+
+impl SslVerify {
+    /// The keyword HAProxy expects.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Required => "required",
+        }
+    }
 }
 
 impl Default for HaproxySettings {
@@ -302,6 +329,7 @@ impl Default for HaproxySettings {
             maxconn: default_maxconn(),
             stats_socket: default_stats_socket(),
             timeouts: Timeouts::default(),
+            httpclient_ssl_verify: None,
         }
     }
 }

@@ -83,6 +83,19 @@ fn wrong_type_names_field_and_line() {
 }
 
 #[test]
+fn an_unknown_keyword_names_the_allowed_ones() {
+    let text = format!("{BASE}haproxy:\n  httpclient_ssl_verify: off\n");
+    let errs = errors(&[("a.yaml", &text)]);
+    let want = format!("m/a.yaml:{}:", line_of(&text, "httpclient_ssl_verify"));
+    assert!(
+        errs[0].starts_with(&want)
+            && errs[0].contains("haproxy.httpclient_ssl_verify")
+            && errs[0].contains("expected `none` or `required`"),
+        "{errs:?}"
+    );
+}
+
+#[test]
 fn dangling_backend_reference() {
     let text = BASE.replace("default_backend: web", "default_backend: wbe");
     let errs = errors(&[("a.yaml", &text)]);

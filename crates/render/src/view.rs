@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use converge_model::desired::NodeVip;
-use converge_model::manifest::{Backend, DbRole, Mode, PgbouncerSettings, PoolMode};
+use converge_model::manifest::{Backend, DbRole, Mode, PgbouncerSettings, PoolMode, SslVerify};
 use converge_model::{Catalog, Health, Instance, Layout, NodeDesired, Rejection};
 use serde::Serialize;
 
@@ -72,6 +72,8 @@ pub struct HaproxyView {
     pub timeout_client: String,
     /// `timeout server`.
     pub timeout_server: String,
+    /// `httpclient.ssl.verify`, when the manifest sets it.
+    pub httpclient_ssl_verify: Option<&'static str>,
 }
 
 /// One frontend.
@@ -438,6 +440,7 @@ pub fn build(desired: &NodeDesired, catalog: &Catalog, layout: &Layout) -> View 
             timeout_connect: h.timeouts.connect.clone(),
             timeout_client: h.timeouts.client.clone(),
             timeout_server: h.timeouts.server.clone(),
+            httpclient_ssl_verify: h.httpclient_ssl_verify.map(SslVerify::as_str),
         },
         frontends: m
             .frontends

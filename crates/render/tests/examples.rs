@@ -43,6 +43,10 @@ fn haproxy_gets_only_healthy_tagged_instances() {
         cfg.contains("stats socket /srv/demo/run/haproxy/admin.sock"),
         "{cfg}"
     );
+    assert!(
+        cfg.contains("    stats timeout 30s\n    httpclient.ssl.verify none\n\n"),
+        "{cfg}"
+    );
 }
 
 #[test]
