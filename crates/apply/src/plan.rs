@@ -7,8 +7,12 @@
 //! lines of context; every diff passes through
 //! [`RenderedSet::redact`](converge_model::RenderedSet::redact), and a
 //! `secret: true` target's diff body is replaced by a notice, so neither
-//! text nor JSON output can show a secret value (invariant 7).
+//! text nor JSON output can show a secret value (invariant 7). A change
+//! `apply` would hand to the HAProxy runtime API instead of reloading is
+//! decided by the same [`runtime_api`](crate::runtime_api) planning, and
+//! said on its summary line.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -21,6 +25,7 @@ use similar::TextDiff;
 use crate::error::ApplyError;
 use crate::live::{self, Change};
 use crate::reload;
+use crate::runtime_api;
 
 /// Everything `apply` would do on one node.
 #[derive(Debug, Clone, Serialize)]
@@ -63,6 +68,12 @@ pub struct PlannedFile {
     /// they are until someone restarts it.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub needs_restart: Vec<String>,
+    /// Servers the change would set through the HAProxy runtime API
+    /// instead of reloading: a membership-only change of backends the
+    /// manifest opted in (`runtime_api`). `apply` still reloads when the
+    /// running HAProxy cannot take it (see [`runtime_api`](crate::runtime_api)).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runtime_api_servers: Option<usize>,
 }
 
 impl Plan {
@@ -97,14 +108,21 @@ impl fmt::Display for Plan {
         }
         let width = self.files.iter().map(|p| p.target.len()).max().unwrap_or(0);
         for p in &self.files {
+            let reload = match p.runtime_api_servers {
+                Some(n) => format!(
+                    "HAProxy runtime API, {n} server{} (reload only if HAProxy cannot take it: {})",
+                    if n == 1 { "" } else { "s" },
+                    p.reload
+                ),
+                None => p.reload.clone(),
+            };
             writeln!(
                 f,
-                "{:<9}  {:<width$}  {}  validate: {}  reload: {}",
+                "{:<9}  {:<width$}  {}  validate: {}  reload: {reload}",
                 p.change.as_str(),
                 p.target,
                 p.destination.display(),
                 p.validate,
-                p.reload,
             )?;
             if !p.needs_restart.is_empty() {
                 writeln!(
@@ -138,11 +156,22 @@ impl fmt::Display for Plan {
 /// a missing destination is [`Change::New`], an unreadable one an error
 /// naming its path.
 pub fn plan(set: &RenderedSet) -> Result<Plan, ApplyError> {
-    let mut files = Vec::with_capacity(set.files.len());
+    let pending_reloads: Vec<String> = set
+        .bundles()
+        .into_keys()
+        .filter(|b| crate::pending::is_pending(&set.layout, b))
+        .map(str::to_string)
+        .collect();
+    let mut read = Vec::with_capacity(set.files.len());
     for file in set.files.values() {
         let current = live::read(file)?;
         let own = live::ownership(file)?;
         let (change, metadata) = live::compare(file, current.as_ref(), own);
+        read.push((file, current, change, metadata));
+    }
+    let runtime = runtime_updates(&read, &pending_reloads);
+    let mut files = Vec::with_capacity(read.len());
+    for (file, current, change, metadata) in read {
         let old = current.as_ref().map(|l| l.bytes.as_slice());
         let diff = match change {
             Change::Changed | Change::New => set.redact(&diff_text(set, file, old)),
@@ -163,19 +192,42 @@ pub fn plan(set: &RenderedSet) -> Result<Plan, ApplyError> {
                 (Validator::Pgbouncer, Change::Changed) => restart::pgbouncer(old, &file.bytes),
                 _ => Vec::new(),
             },
+            runtime_api_servers: runtime.get(&file.target).copied(),
         });
     }
-    let pending_reloads = set
-        .bundles()
-        .into_keys()
-        .filter(|b| crate::pending::is_pending(&set.layout, b))
-        .map(str::to_string)
-        .collect();
     Ok(Plan {
         node: set.node.clone(),
         files,
         pending_reloads,
     })
+}
+
+/// For each target whose change `apply` would hand to the HAProxy runtime
+/// API, how many servers change. Bundles owing a reload are left out:
+/// `apply` reloads those.
+fn runtime_updates(
+    read: &[(&RenderedFile, Option<live::Live>, Change, Vec<String>)],
+    pending: &[String],
+) -> BTreeMap<String, usize> {
+    let mut bundles: BTreeMap<&str, Vec<runtime_api::MemberView>> = BTreeMap::new();
+    for (file, current, change, _) in read {
+        if !pending.contains(&file.bundle) {
+            bundles
+                .entry(file.bundle.as_str())
+                .or_default()
+                .push(runtime_api::MemberView {
+                    file,
+                    live: current.as_ref().map(|l| l.bytes.as_slice()),
+                    change: *change,
+                });
+        }
+    }
+    bundles
+        .into_values()
+        .filter_map(runtime_api::plan)
+        .flat_map(|p| p.targets)
+        .map(|t| (t.target.clone(), t.changed().count()))
+        .collect()
 }
 
 /// Lowercase hex SHA-256.

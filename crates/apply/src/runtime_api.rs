@@ -102,7 +102,7 @@ pub(crate) struct TargetPlan {
 
 impl TargetPlan {
     /// Servers whose address, port or state change.
-    fn changed(&self) -> impl Iterator<Item = (&Server, &Server)> {
+    pub(crate) fn changed(&self) -> impl Iterator<Item = (&Server, &Server)> {
         self.before.iter().zip(&self.after).filter(|(b, a)| b != a)
     }
 

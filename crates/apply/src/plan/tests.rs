@@ -206,3 +206,51 @@ fn json_names_the_change_kind() {
     assert_eq!(v["files"][0]["change"], "new");
     assert_eq!(v["files"][0]["validate"], "none");
 }
+
+/// An HAProxy config whose backend `web` takes runtime-API updates: two
+/// slots, the second one as given.
+fn slots(second: &str) -> String {
+    format!(
+        "global\n    stats socket /run/haproxy/admin.sock mode 600 level admin expose-fd listeners\n\
+         backend web\n    {}\n    server web-s1 10.0.0.1:80 check\n    server web-s2 {second}\n",
+        crate::runtime_api::MARKER
+    )
+}
+
+#[test]
+fn a_membership_only_change_says_it_goes_through_the_runtime_api() {
+    let mut fx = Fixture::new();
+    let pidfile = fx.path("/run/haproxy.pid");
+    let f = fx.add(
+        "haproxy",
+        "/etc/haproxy/haproxy.cfg",
+        &slots("10.0.0.2:80 check"),
+    );
+    f.validate = Validator::Haproxy;
+    f.reload = converge_model::ReloadAction::Signal {
+        pidfile,
+        signal: "SIGUSR2".into(),
+    };
+    let dest = fx.path("/etc/haproxy/haproxy.cfg");
+    write(&dest, &slots("127.0.0.1:1 check disabled"), 0o644);
+
+    let p = plan(&fx.set).expect("plan");
+    assert_eq!(p.files[0].runtime_api_servers, Some(1));
+    let text = p.to_text();
+    assert!(
+        text.contains(
+            "reload: HAProxy runtime API, 1 server (reload only if HAProxy cannot take it: SIGUSR2"
+        ),
+        "{text}"
+    );
+    let json = serde_json::to_value(&p).expect("json");
+    assert_eq!(json["files"][0]["runtime_api_servers"], 1);
+
+    // Anything structural reloads, and the plan says only that.
+    fx.file("haproxy").bytes = slots("10.0.0.2:80 check")
+        .replace("backend web\n", "backend web\n    balance leastconn\n")
+        .into_bytes();
+    let p = plan(&fx.set).expect("plan");
+    assert_eq!(p.files[0].runtime_api_servers, None);
+    assert!(!p.to_text().contains("runtime API"), "{}", p.to_text());
+}
