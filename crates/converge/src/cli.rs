@@ -54,11 +54,33 @@ pub struct Cli {
     pub catalog: PathBuf,
 
     /// Read the catalog from this Consul agent instead of --catalog
-    /// (`http://127.0.0.1:8500`). The token and TLS settings come from
-    /// CONSUL_HTTP_TOKEN / CONSUL_HTTP_TOKEN_FILE / CONSUL_CACERT /
-    /// CONSUL_CLIENT_CERT / CONSUL_CLIENT_KEY / CONSUL_HTTP_SSL.
+    /// (`http://127.0.0.1:8500`, `https://…` for TLS). The token comes from
+    /// CONSUL_HTTP_TOKEN or --consul-token-file; CONSUL_HTTP_SSL and
+    /// CONSUL_HTTP_SSL_VERIFY are read as Consul's own CLI reads them.
     #[arg(long, global = true, env = "CONSUL_HTTP_ADDR", value_name = "URL")]
     pub consul: Option<String>,
+
+    /// File holding the Consul ACL token. There is no flag for the token
+    /// itself, which would show in `ps`; CONSUL_HTTP_TOKEN wins when set.
+    #[arg(
+        long,
+        global = true,
+        env = "CONSUL_HTTP_TOKEN_FILE",
+        value_name = "FILE"
+    )]
+    pub consul_token_file: Option<PathBuf>,
+
+    /// CA certificate bundle that signed Consul's TLS certificate.
+    #[arg(long, global = true, env = "CONSUL_CACERT", value_name = "FILE")]
+    pub consul_cacert: Option<PathBuf>,
+
+    /// Client certificate for Consul's TLS (with --consul-client-key).
+    #[arg(long, global = true, env = "CONSUL_CLIENT_CERT", value_name = "FILE")]
+    pub consul_client_cert: Option<PathBuf>,
+
+    /// Client key for Consul's TLS (with --consul-client-cert).
+    #[arg(long, global = true, env = "CONSUL_CLIENT_KEY", value_name = "FILE")]
+    pub consul_client_key: Option<PathBuf>,
 
     /// How long plan/apply/validate wait for a complete snapshot from Consul.
     #[arg(long, global = true, value_parser = humantime::parse_duration, default_value = "15s")]
@@ -225,12 +247,19 @@ impl Cli {
     pub fn catalog_from(&self) -> anyhow::Result<CatalogFrom> {
         match &self.consul {
             Some(addr) => {
-                let addr = addr.clone();
+                // clap has already folded each variable into its flag.
+                let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+                let flags = [
+                    ("CONSUL_HTTP_ADDR", Some(addr.clone())),
+                    ("CONSUL_HTTP_TOKEN_FILE", path(&self.consul_token_file)),
+                    ("CONSUL_CACERT", path(&self.consul_cacert)),
+                    ("CONSUL_CLIENT_CERT", path(&self.consul_client_cert)),
+                    ("CONSUL_CLIENT_KEY", path(&self.consul_client_key)),
+                ];
                 let config = converge_consul::Config::from_vars(|k| {
-                    if k == "CONSUL_HTTP_ADDR" {
-                        Some(addr.clone())
-                    } else {
-                        std::env::var(k).ok()
+                    match flags.iter().find(|(name, _)| *name == k) {
+                        Some((_, value)) => value.clone(),
+                        None => std::env::var(k).ok(),
                     }
                 })?;
                 Ok(CatalogFrom::Consul(Box::new(config)))

@@ -85,6 +85,28 @@ fn a_token_without_permission_is_a_clear_error_and_changes_nothing() {
         &[("CONSUL_HTTP_TOKEN", &good)],
     );
     assert_exit(&out, 2);
+
+    // The same token from a file named by the flag; a missing file is an
+    // error naming it.
+    ws.write("consul.token", &format!("{good}\n"));
+    let token_file = ws.path("consul.token");
+    let flag = |file: &std::path::Path| {
+        ws.converge(&[
+            "plan",
+            "--node",
+            "lb1",
+            "--consul",
+            &consul.http_url(),
+            "--consul-token-file",
+            &file.display().to_string(),
+        ])
+    };
+    assert_exit(&flag(&token_file), 2);
+    let missing = token_file.with_file_name("absent.token");
+    let out = flag(&missing);
+    assert_exit(&out, 1);
+    let want = format!("cannot read Consul token file {}", missing.display());
+    assert!(stderr(&out).contains(&want), "{}", stderr(&out));
 }
 
 #[test]
