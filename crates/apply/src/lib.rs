@@ -35,6 +35,7 @@ mod live;
 mod lock;
 mod pending;
 pub mod pgbouncer_admin;
+mod pgbouncer_ini;
 mod plan;
 mod reload;
 mod report;

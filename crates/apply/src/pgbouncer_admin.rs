@@ -9,10 +9,16 @@
 //! starts on the new primary while one is still open on the old: the two
 //! never take writes at once. Without `pause`, `RELOAD` alone moves new
 //! server connections at once and closes old ones as they are released.
-//! `PAUSE` covers every database: a primary change is rare and the whole
-//! switch takes as long as the longest open transaction, bounded by
-//! `timeout_secs`; past it PgBouncer is resumed and the reload fails, so
-//! the transaction rolls the files back.
+//!
+//! `PAUSE` names only the databases the change moves (`PAUSE app`): their
+//! `[databases]` entries differ between the live file and the candidate.
+//! A long report on an unrelated pool neither delays the switch nor is
+//! held by it, and a change that moves no database (a pool size) reloads
+//! without pausing anything. Only when what moved is unknown (a reload an
+//! interrupted apply left owed) does a bare `PAUSE` hold every database.
+//! The switch takes as long as the longest open transaction on a moved
+//! database, bounded by `timeout_secs`; past it PgBouncer is resumed and
+//! the reload fails, so the transaction rolls the files back.
 //!
 //! The console is reached with `psql`, one process per command, each killed
 //! by pid at the timeout. Why not a Rust client: the console speaks the
@@ -23,13 +29,14 @@
 //! its tokio tree) for four fixed commands. `psql` ships with the
 //! PostgreSQL client package every PgBouncer node already has; a node
 //! without it gets a reload error naming `psql`, never a silent skip.
-//! PgBouncer's pause state is global, so separate sessions for `PAUSE`,
-//! `RELOAD` and `RESUME` behave as one.
+//! PgBouncer keeps the pause state itself, so separate sessions for
+//! `PAUSE`, `RELOAD` and `RESUME` behave as one.
 //!
 //! A console that refuses connections (no socket file, connection refused)
 //! means PgBouncer is not running: like a signal to a missing pid, that is
 //! [`ReloadOutcome::NotRunning`], and the files wait for its start.
 
+use std::collections::BTreeSet;
 use std::io::{Read, Seek, SeekFrom};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -51,10 +58,38 @@ enum Answer {
     Failed(String),
 }
 
-/// Runs the action: `[PAUSE,] RELOAD[, RESUME]`.
+/// Which databases a `PAUSE` holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum PauseScope {
+    /// Every database (bare `PAUSE`): what the change moves is unknown.
+    All,
+    /// These databases; none means no `PAUSE` at all.
+    Only(BTreeSet<String>),
+}
+
+impl PauseScope {
+    /// The console's argument for each `PAUSE`/`RESUME`: `""` for all, else
+    /// one database name each. A name the console's parser would not take
+    /// as one word widens the pause to all databases.
+    fn arguments(&self) -> Vec<String> {
+        match self {
+            Self::Only(dbs)
+                if dbs
+                    .iter()
+                    .all(|d| d.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')) =>
+            {
+                dbs.iter().map(|d| format!(" {d}")).collect()
+            }
+            _ => vec![String::new()],
+        }
+    }
+}
+
+/// Runs the action: `[PAUSE …,] RELOAD[, RESUME …]`, pausing `scope`.
 pub(crate) fn reload(
     action: &ReloadAction,
     admin: &PgbouncerAdmin,
+    scope: &PauseScope,
 ) -> Result<ReloadOutcome, Failure> {
     let timeout = Duration::from_secs(admin.timeout_secs.max(1));
     let fail = |detail: String, stderr: String| Failure {
@@ -62,26 +97,45 @@ pub(crate) fn reload(
         detail,
         stderr,
     };
-    if admin.pause {
+    let paused: Vec<String> = if admin.pause {
+        scope.arguments()
+    } else {
+        Vec::new()
+    };
+    let resume_all = || -> Vec<Answer> {
+        paused
+            .iter()
+            .map(|db| command(admin, &format!("RESUME{db}"), timeout))
+            .collect()
+    };
+    for db in &paused {
         let started = Instant::now();
-        match command(admin, "PAUSE", timeout) {
+        match command(admin, &format!("PAUSE{db}"), timeout) {
             Answer::Ok(_) => tracing::info!(
+                database = if db.is_empty() { "(all)" } else { db.trim() },
                 waited_ms = started.elapsed().as_millis() as u64,
                 "pgbouncer paused for the reload"
             ),
             Answer::Unreachable(_) => return Ok(ReloadOutcome::NotRunning),
             Answer::Failed(e) => {
-                // PAUSE may be half done (waiting on a transaction): undo it.
-                let resumed = command(admin, "RESUME", timeout);
+                // PAUSE may be half done (waiting on a transaction): undo
+                // it and every one before it.
+                let resumed = resume_all();
                 return Err(fail(
-                    format!("PAUSE did not complete; resumed ({resumed:?}); not reloaded"),
+                    format!("PAUSE{db} did not complete; resumed ({resumed:?}); not reloaded"),
                     e,
                 ));
             }
         }
     }
     let reloaded = command(admin, "RELOAD", timeout);
-    let resumed = admin.pause.then(|| command(admin, "RESUME", timeout));
+    let resumed = (!paused.is_empty()).then(|| {
+        let answers = resume_all();
+        answers
+            .into_iter()
+            .find(|a| !matches!(a, Answer::Ok(_)))
+            .unwrap_or(Answer::Ok(String::new()))
+    });
     match (reloaded, resumed) {
         (Answer::Ok(_), None | Some(Answer::Ok(_))) => Ok(ReloadOutcome::Reloaded),
         (Answer::Unreachable(_), None) => Ok(ReloadOutcome::NotRunning),
@@ -210,5 +264,20 @@ fn command(admin: &PgbouncerAdmin, sql: &str, timeout: Duration) -> Answer {
         Answer::Unreachable(text)
     } else {
         Answer::Failed(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pause_names_each_moved_database_or_none_or_all() {
+        let only = |names: &[&str]| PauseScope::Only(names.iter().map(|n| n.to_string()).collect());
+        assert_eq!(only(&["app", "app_ro"]).arguments(), [" app", " app_ro"]);
+        assert!(only(&[]).arguments().is_empty(), "nothing moved: no PAUSE");
+        assert_eq!(PauseScope::All.arguments(), [""]);
+        // A name the console would not read as one word pauses everything.
+        assert_eq!(only(&["app", "odd name"]).arguments(), [""]);
     }
 }

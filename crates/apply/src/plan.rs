@@ -71,7 +71,8 @@ pub struct PlannedFile {
     /// Servers the change would set through the HAProxy runtime API
     /// instead of reloading: a membership-only change of backends the
     /// manifest opted in (`runtime_api`). `apply` still reloads when the
-    /// running HAProxy cannot take it (see [`runtime_api`](crate::runtime_api)).
+    /// running HAProxy cannot take it (a worker mid-reload, a state that is
+    /// not the live file's).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub runtime_api_servers: Option<usize>,
 }

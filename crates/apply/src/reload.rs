@@ -30,6 +30,8 @@ use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 use serde::Serialize;
 
+pub(crate) use crate::pgbouncer_admin::PauseScope;
+
 mod disposition;
 
 use disposition::Disposition;
@@ -118,12 +120,17 @@ pub fn describe(action: &ReloadAction) -> String {
     }
 }
 
-/// Runs one reload action.
-pub(crate) fn run(action: &ReloadAction, limits: Limits) -> Result<ReloadOutcome, Failure> {
+/// Runs one reload action; `pause` says which databases a PgBouncer
+/// admin-console reload holds (other actions ignore it).
+pub(crate) fn run(
+    action: &ReloadAction,
+    limits: Limits,
+    pause: &PauseScope,
+) -> Result<ReloadOutcome, Failure> {
     match action {
         ReloadAction::None => Ok(ReloadOutcome::NoAction),
         ReloadAction::Signal { pidfile, signal } => signal_pidfile(action, pidfile, signal, limits),
-        ReloadAction::Pgbouncer(admin) => crate::pgbouncer_admin::reload(action, admin),
+        ReloadAction::Pgbouncer(admin) => crate::pgbouncer_admin::reload(action, admin, pause),
         ReloadAction::Command(argv) => {
             let Some((prog, args)) = argv.split_first() else {
                 return Err(Failure {

@@ -24,6 +24,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use converge_model::manifest::Validator;
 use converge_model::{ReloadAction, RenderedFile, RenderedSet};
 use nix::unistd::{Gid, Uid};
 use tempfile::TempPath;
@@ -34,7 +35,8 @@ use crate::fsutil;
 use crate::live::{self, Change, Live, Ownership, MODE_MASK};
 use crate::lock::ApplyLock;
 use crate::pending;
-use crate::reload::{self, ReloadOutcome};
+use crate::pgbouncer_ini;
+use crate::reload::{self, PauseScope, ReloadOutcome};
 use crate::report::{ApplyReport, BundleReport, Outcome};
 use crate::runtime_api;
 use crate::stage;
@@ -522,9 +524,10 @@ impl Txn<'_> {
                 actions.push(&m.file.reload);
             }
         }
+        let pause = self.pause_scope();
         let mut outcome = ReloadOutcome::NoAction;
         for action in actions {
-            let o = reload::run(action, limits).map_err(|f| ApplyError::Reload {
+            let o = reload::run(action, limits, &pause).map_err(|f| ApplyError::Reload {
                 bundle: self.name.to_string(),
                 command: f.command,
                 detail: f.detail,
@@ -534,6 +537,28 @@ impl Txn<'_> {
             outcome = outcome.merge(o);
         }
         Ok(outcome)
+    }
+
+    /// The PgBouncer databases this bundle's change moves: `[databases]`
+    /// entries that differ between the live files and the candidates of
+    /// its `pgbouncer`-validated members (a rollback moves the same ones
+    /// back). All of them when an interrupted apply left the reload owed:
+    /// what that apply moved is no longer on disk to compare.
+    fn pause_scope(&self) -> PauseScope {
+        if self.owed {
+            return PauseScope::All;
+        }
+        PauseScope::Only(
+            self.members
+                .iter()
+                .filter(|m| m.file.validate == Validator::Pgbouncer)
+                .filter_map(|m| {
+                    let live = m.live.as_ref()?;
+                    Some(pgbouncer_ini::moved_databases(&live.bytes, &m.file.bytes))
+                })
+                .flatten()
+                .collect(),
+        )
     }
 
     /// Puts back the previous bytes (or removes files that were new) of

@@ -64,6 +64,11 @@ impl Stack {
 
     /// Same, with PgBouncer listening on `port` and extra daemon flags.
     fn start_on(port: u16, reload: &str, daemon_args: &[&str]) -> Self {
+        Self::start_with(&site(port, reload), port, daemon_args)
+    }
+
+    /// Same, with the manifest `site` (PgBouncer on `port`).
+    fn start_with(site: &str, port: u16, daemon_args: &[&str]) -> Self {
         let consul = ConsulAgent::start().expect("consul agent -dev");
         let a = Postgres::start().expect("cluster A");
         let b = Postgres::start().expect("cluster B");
@@ -73,7 +78,7 @@ impl Stack {
         consul
             .register_service_with_ttl("pg-b", "postgres", b.port(), &["replica"])
             .expect("register B");
-        let ws = Workspace::custom(&site(port, reload), "services: {}\n");
+        let ws = Workspace::custom(site, "services: {}\n");
         ws.write("manifests/secrets/app", "");
         ws.write("manifests/secrets/converge", "");
         // PgBouncer runs as `postgres`: it must reach the files under the
@@ -209,8 +214,8 @@ struct Session {
 }
 
 impl Session {
-    fn open(port: u16) -> Self {
-        let mut child = psql_command(port, "app", "app")
+    fn open(port: u16, db: &str) -> Self {
+        let mut child = psql_command(port, "app", db)
             .arg("-At")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -274,7 +279,7 @@ fn with_pause_a_transaction_open_at_the_switch_commits_and_the_next_lands_on_b()
         .expect("table on A");
 
     // A transaction in flight on A.
-    let mut tx = Session::open(port);
+    let mut tx = Session::open(port, "app");
     assert_eq!(
         tx.query("BEGIN; select inet_server_port();"),
         s.a.port().to_string()
@@ -284,7 +289,7 @@ fn with_pause_a_transaction_open_at_the_switch_commits_and_the_next_lands_on_b()
         "in flight"
     );
 
-    // The first apply at start-up already paused once: wait for a new PAUSE.
+    // Count the PAUSEs so far, and wait for this switch's own.
     let pauses = s.pgbouncer().log().matches("PAUSE").count();
     s.switch(true);
     let b_port = s.b.port();
@@ -364,6 +369,57 @@ fn with_pause_a_transaction_open_at_the_switch_commits_and_the_next_lands_on_b()
         .and_then(|dbs| dbs.iter().find(|d| d["name"] == "app"))
         .unwrap_or_else(|| panic!("no `app` in status: {doc}"));
     assert_eq!(app["port"], b_port.to_string(), "{doc}");
+}
+
+#[test]
+fn pause_holds_only_the_database_that_moves() {
+    // A second database, `archive`, always on A, with a transaction open
+    // through the switch: a PAUSE of every database would wait for it
+    // (up to the 90 s timeout) before `app` could move.
+    let port = free_port();
+    let site = site(port, &pause_reload(port)).replace(
+        "targets:\n",
+        "  archive:\n    service: archive\n    role: primary\n    dbname: app\n\
+         \x20   pool_mode: transaction\ntargets:\n",
+    );
+    let s = Stack::start_with(&site, port, &["--wait-min", "2s", "--wait-max", "10s"]);
+    let a_port = s.a.port();
+    s.consul
+        .register_service_with_ttl("archive-a", "archive", a_port, &["primary"])
+        .expect("register archive");
+    s.wait_config(|c| c.contains("archive = host="), "archive rendered");
+    wait::until(DEADLINE, "archive to be served by PgBouncer", || {
+        s.pgbouncer()
+            .sql("app", "archive", "select inet_server_port()")
+            == Ok(a_port.to_string())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", s.diagnostics()));
+
+    let mut report = Session::open(port, "archive");
+    assert_eq!(
+        report.query("BEGIN; select inet_server_port();"),
+        a_port.to_string()
+    );
+
+    s.switch(true);
+    s.wait_landing(
+        s.b.port(),
+        "app to move to B while archive has a transaction open",
+    );
+    assert!(
+        s.ws.daemon_log().contains("pgbouncer paused"),
+        "{}",
+        s.diagnostics()
+    );
+
+    // The archive transaction was neither held nor cut.
+    assert_eq!(
+        report.query("select inet_server_port();"),
+        a_port.to_string()
+    );
+    assert_eq!(report.query("COMMIT; select 'done';"), "done");
+    let status = report.finish();
+    assert!(status.success(), "psql session: {status}");
 }
 
 #[test]

@@ -6,13 +6,12 @@
 //! keys PgBouncer 1.18 reports as `changeable = no` in `SHOW CONFIG`
 //! (read from the real binary; in its source they carry `CF_NO_RELOAD`,
 //! and a `RELOAD` silently keeps the old value). The file is read the way
-//! PgBouncer's parser reads it: `;` and `#` start a comment line, keys are
-//! case-insensitive, a key set twice keeps its last value, only the
-//! `[pgbouncer]` section counts. A key appearing or disappearing is a
-//! change (its default may differ from the value set). `%include` lines are
-//! not followed.
+//! PgBouncer's parser reads it ([`pgbouncer_ini`](crate::pgbouncer_ini)),
+//! keys case-insensitive, only the `[pgbouncer]` section counting. A key
+//! appearing or disappearing is a change (its default may differ from the
+//! value set).
 
-use std::collections::BTreeMap;
+use crate::pgbouncer_ini::section;
 
 /// `[pgbouncer]` keys PgBouncer 1.18 applies only at startup.
 pub(crate) const PGBOUNCER_RESTART_ONLY: &[&str] = &[
@@ -38,34 +37,14 @@ pub(crate) fn pgbouncer(live: Option<&[u8]>, candidate: &[u8]) -> Vec<String> {
         return Vec::new();
     };
     let (old, new) = (
-        section(&String::from_utf8_lossy(live)),
-        section(&String::from_utf8_lossy(candidate)),
+        section(&String::from_utf8_lossy(live), "pgbouncer", true),
+        section(&String::from_utf8_lossy(candidate), "pgbouncer", true),
     );
     PGBOUNCER_RESTART_ONLY
         .iter()
         .filter(|k| old.get(**k) != new.get(**k))
         .map(|k| k.to_string())
         .collect()
-}
-
-/// The `[pgbouncer]` section's keys (lowercased) and last values.
-fn section(text: &str) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    let mut inside = false;
-    for line in text.lines() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with(';') || line.starts_with('#') {
-            continue;
-        }
-        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-            inside = name.trim().eq_ignore_ascii_case("pgbouncer");
-            continue;
-        }
-        if let (true, Some((k, v))) = (inside, line.split_once('=')) {
-            out.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -9,6 +9,12 @@ use converge_testkit::{wait, Child, Haproxy};
 
 use super::*;
 
+/// [`super::run`] for actions that are not PgBouncer's console, which
+/// ignore the pause scope.
+fn run(action: &ReloadAction, limits: Limits) -> Result<ReloadOutcome, Failure> {
+    super::run(action, limits, &PauseScope::All)
+}
+
 /// Deadline for anything a test waits for a process to do.
 const DEADLINE: Duration = Duration::from_secs(10);
 
