@@ -9,6 +9,8 @@
 //!
 //! [`Reconciler::reconcile`]: crate::reconciler::Reconciler::reconcile
 
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -37,11 +39,16 @@ pub enum Trigger {
 pub struct Control {
     wake: mpsc::Sender<Trigger>,
     releases: Arc<Mutex<Vec<String>>>,
+    /// SIGHUP asked for the Consul settings files to be read again. A flag,
+    /// not a trigger: quiescence folds triggers together.
+    reread: Arc<AtomicBool>,
 }
 
 impl Control {
-    /// Asks for a pass now (SIGHUP).
+    /// SIGHUP: a pass now, which reads manifests and templates again, and,
+    /// with Consul as the source, the token file too (reconnecting).
     pub fn reload(&self) {
+        self.reread.store(true, Ordering::SeqCst);
         let _ = self.wake.try_send(Trigger::Operator);
     }
 
@@ -78,6 +85,7 @@ impl Daemon {
             control: Control {
                 wake,
                 releases: Arc::new(Mutex::new(Vec::new())),
+                reread: Arc::new(AtomicBool::new(false)),
             },
             wake_rx,
         }
@@ -115,24 +123,11 @@ impl Daemon {
         let mut reconciler = Reconciler::new(config.clone(), board.clone());
         reconciler.load_inputs();
 
-        let source = match &config.catalog {
-            CatalogFrom::Consul(consul) => {
-                let src = CatalogSource::connect(
-                    (**consul).clone(),
-                    SourceConfig::new(reconciler.services()),
-                )
-                .map_err(|e| crate::AgentError::Source(e.to_string()))?;
-                let mut rx = src.subscribe();
-                let wake = wake.clone();
-                tokio::spawn(async move {
-                    while rx.changed().await.is_ok() {
-                        if wake.send(Trigger::Catalog).await.is_err() {
-                            return;
-                        }
-                    }
-                });
-                Some(src)
-            }
+        let mut source = match &config.catalog {
+            CatalogFrom::Consul(consul) => Some(
+                ConsulWatch::start((**consul).clone(), reconciler.services(), wake.clone())
+                    .map_err(crate::AgentError::Source)?,
+            ),
             CatalogFrom::File(_) => None,
         };
 
@@ -177,7 +172,12 @@ impl Daemon {
                 tracing::warn!(%backend, "operator released the guard");
                 reconciler.release(backend);
             }
-            let state = source.as_ref().map(|s| s.current());
+            if control.reread.swap(false, Ordering::SeqCst) {
+                if let Some(watch) = source.as_mut() {
+                    watch.restart(reconciler.services(), wake.clone());
+                }
+            }
+            let state = source.as_ref().map(|w| w.source.current());
             // Not cancelled by shutdown: a pass in flight always finishes.
             reconciler = tokio::task::spawn_blocking(move || {
                 reconciler.load_inputs();
@@ -186,13 +186,75 @@ impl Daemon {
             })
             .await
             .map_err(|e| crate::AgentError::Source(format!("reconcile task failed: {e}")))?;
-            if let Some(src) = &source {
-                src.set_services(reconciler.services());
+            if let Some(watch) = &source {
+                watch.source.set_services(reconciler.services());
             }
             after_pass(&board);
         }
         tracing::info!("shutting down; no apply in flight");
         Ok(())
+    }
+}
+
+/// The Consul source and the task that turns its changes into wake-ups.
+struct ConsulWatch {
+    config: converge_consul::Config,
+    source: CatalogSource,
+    forward: tokio::task::JoinHandle<()>,
+}
+
+impl ConsulWatch {
+    fn start(
+        config: converge_consul::Config,
+        services: BTreeSet<String>,
+        wake: mpsc::Sender<Trigger>,
+    ) -> Result<Self, String> {
+        let source = CatalogSource::connect(config.clone(), SourceConfig::new(services))
+            .map_err(|e| e.to_string())?;
+        let mut rx = source.subscribe();
+        let forward = tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                if wake.send(Trigger::Catalog).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Self {
+            config,
+            source,
+            forward,
+        })
+    }
+
+    /// SIGHUP: reads the token file again and reconnects with a new
+    /// client (which reads the TLS files again), so a rotated token or
+    /// certificate takes effect without a restart. Until the new source
+    /// has read every service nothing is applied, and the live files stay
+    /// as they are. If the settings cannot be read the current connection
+    /// stays.
+    fn restart(&mut self, services: BTreeSet<String>, wake: mpsc::Sender<Trigger>) {
+        let fresh = self
+            .config
+            .reread()
+            .map_err(|e| e.to_string())
+            .and_then(|config| Self::start(config, services, wake));
+        match fresh {
+            Ok(fresh) => {
+                tracing::info!(
+                    "SIGHUP: reconnected to Consul with the token and TLS files read again"
+                );
+                *self = fresh;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: cannot read the Consul settings again; keeping the current connection");
+            }
+        }
+    }
+}
+
+impl Drop for ConsulWatch {
+    fn drop(&mut self) {
+        self.forward.abort();
     }
 }
 

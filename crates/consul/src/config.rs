@@ -28,6 +28,9 @@ pub struct Config {
     pub address: Url,
     /// ACL token, sent as `X-Consul-Token`.
     pub token: Option<Secret>,
+    /// The file `token` was read from, read again by [`Config::reread`]
+    /// (a token rotated in place takes effect on SIGHUP).
+    pub token_file: Option<PathBuf>,
     /// TLS files; used when `address` is `https`.
     pub tls: TlsConfig,
     /// Datacenter to query (`?dc=`); the agent's own when `None`.
@@ -63,12 +66,26 @@ impl Config {
         Ok(Self {
             address: parse_address(address, false)?,
             token: None,
+            token_file: None,
             tls: TlsConfig::default(),
             datacenter: None,
             request_timeout: Duration::from_secs(15),
             blocking_margin: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
         })
+    }
+
+    /// This configuration with its token file read again, for a token
+    /// rotated in place. (TLS files need nothing: every new [`Client`]
+    /// reads them.)
+    ///
+    /// [`Client`]: crate::Client
+    pub fn reread(&self) -> Result<Self, Error> {
+        let mut fresh = self.clone();
+        if let Some(file) = &self.token_file {
+            fresh.token = Some(read_token_file(file)?);
+        }
+        Ok(fresh)
     }
 
     /// Sets the token.
@@ -102,14 +119,18 @@ impl Config {
         let mut config = Self::new(DEFAULT_ADDRESS)?;
         config.address = parse_address(&addr, ssl)?;
 
-        config.token = match (
+        match (
             nonempty("CONSUL_HTTP_TOKEN"),
             nonempty("CONSUL_HTTP_TOKEN_FILE"),
         ) {
-            (Some(token), _) => Some(Secret::new(token.trim())),
-            (None, Some(file)) => Some(read_token_file(&PathBuf::from(file))?),
-            (None, None) => None,
-        };
+            (Some(token), _) => config.token = Some(Secret::new(token.trim())),
+            (None, Some(file)) => {
+                let file = PathBuf::from(file);
+                config.token = Some(read_token_file(&file)?);
+                config.token_file = Some(file);
+            }
+            (None, None) => {}
+        }
         config.tls = TlsConfig {
             ca_cert: nonempty("CONSUL_CACERT").map(PathBuf::from),
             client_cert: nonempty("CONSUL_CLIENT_CERT").map(PathBuf::from),
@@ -262,6 +283,27 @@ mod tests {
         ]))
         .expect("c");
         assert_eq!(c.token.as_ref().map(Secret::expose), Some("env-token-456"));
+        assert_eq!(
+            c.reread().expect("reread").token,
+            c.token,
+            "no file to read"
+        );
+    }
+
+    #[test]
+    fn reread_picks_up_a_token_rotated_in_its_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("token");
+        std::fs::write(&file, "old-token\n").expect("write");
+        let f = file.to_str().expect("utf8");
+        let c = Config::from_vars(vars(&[("CONSUL_HTTP_TOKEN_FILE", f)])).expect("c");
+        std::fs::write(&file, "new-token\n").expect("rotate");
+        assert_eq!(c.token.as_ref().map(Secret::expose), Some("old-token"));
+        let fresh = c.reread().expect("reread");
+        assert_eq!(fresh.token.as_ref().map(Secret::expose), Some("new-token"));
+        std::fs::remove_file(&file).expect("rm");
+        let e = c.reread().expect_err("file gone");
+        assert!(e.to_string().contains(f), "{e}");
     }
 
     #[test]

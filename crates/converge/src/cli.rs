@@ -114,8 +114,10 @@ pub enum Command {
     /// Run the reconcile daemon: watch the catalog, manifests and templates,
     /// and keep this node converged until SIGTERM.
     ///
-    /// SIGHUP reloads manifests and templates at once; SIGTERM/SIGINT let an
-    /// apply in flight finish, then exit. Under systemd (Type=notify) it
+    /// SIGHUP reloads manifests and templates at once and, with --consul,
+    /// reads the token file again and reconnects (a rotated token or TLS
+    /// certificate takes effect; flags need a restart); SIGTERM/SIGINT let
+    /// an apply in flight finish, then exit. Under systemd (Type=notify) it
     /// reports READY=1, STATUS= and watchdog pings.
     Run(RunArgs),
     /// Show what would change on this node as a unified diff; touch nothing.

@@ -64,7 +64,7 @@ async fn serve(config: DaemonConfig, args: &RunArgs) -> anyhow::Result<()> {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
                 _ = hup.recv() => {
-                    tracing::info!("SIGHUP: reloading manifests and templates");
+                    tracing::info!("SIGHUP: reloading manifests, templates and the Consul settings files");
                     let _ = sd_notify::notify(false, &[NotifyState::Reloading]);
                     control.reload();
                 }

@@ -1,12 +1,14 @@
 //! `plan` and `apply --once` against a real Consul agent: `--consul` and the
 //! HashiCorp environment variables, a token without permission, and an
-//! agent that is down.
+//! agent that is down; and the daemon picking up a token rotated in its
+//! file on SIGHUP.
 
 mod common;
 
 use common::{assert_exit, haproxy_site, stderr, stdout, Workspace};
 use converge_testkit::consul::ConsulAgent;
-use converge_testkit::free_port;
+use converge_testkit::{free_port, wait};
+use nix::sys::signal::Signal;
 
 fn manifest() -> String {
     haproxy_site(18080, "", "haproxy", false)
@@ -45,8 +47,13 @@ fn plan_reads_the_live_catalog_with_flag_or_env() {
     assert!(stdout(&out).contains("server web-1 "), "{}", stdout(&out));
 }
 
-#[test]
-fn a_token_without_permission_is_a_clear_error_and_changes_nothing() {
+/// An ACL policy that may read every service and node.
+const READ_SERVICES: &str =
+    r#"service_prefix "" { policy = "read" } node_prefix "" { policy = "read" }"#;
+
+/// An ACL agent with `web-1` registered, a workspace rendering `web`, and
+/// a token that may read KV but no service.
+fn acl_setup() -> (ConsulAgent, Workspace, String) {
     let consul = ConsulAgent::start_with_acl().expect("consul with ACLs");
     consul
         .register_service_with_ttl("web-1", "web", 8081, &[])
@@ -55,6 +62,12 @@ fn a_token_without_permission_is_a_clear_error_and_changes_nothing() {
     let weak = consul
         .create_token(r#"key_prefix "" { policy = "read" }"#)
         .expect("token");
+    (consul, ws, weak)
+}
+
+#[test]
+fn a_token_without_permission_is_a_clear_error_and_changes_nothing() {
+    let (consul, ws, weak) = acl_setup();
     let out = ws.converge_env(
         &[
             "apply",
@@ -77,9 +90,7 @@ fn a_token_without_permission_is_a_clear_error_and_changes_nothing() {
     assert!(!err.contains(&weak), "token leaked into the error:\n{err}");
     assert!(ws.tree().is_empty(), "nothing may be written");
 
-    let good = consul
-        .create_token(r#"service_prefix "" { policy = "read" } node_prefix "" { policy = "read" }"#)
-        .expect("token");
+    let good = consul.create_token(READ_SERVICES).expect("token");
     let out = ws.converge_env(
         &["plan", "--node", "lb1", "--consul", &consul.http_url()],
         &[("CONSUL_HTTP_TOKEN", &good)],
@@ -130,4 +141,36 @@ fn an_unreachable_agent_fails_without_touching_files() {
         stderr(&out)
     );
     assert!(ws.tree().is_empty());
+}
+
+#[test]
+fn sighup_reads_a_rotated_token_file_and_reconnects() {
+    let deadline = std::time::Duration::from_secs(20);
+    let (consul, ws, weak) = acl_setup();
+    ws.write("consul.token", &format!("{weak}\n"));
+    let token_file = ws.path("consul.token").display().to_string();
+    let mut daemon = ws.run_daemon_with_consul(&consul, &["--consul-token-file", &token_file]);
+    wait::until(deadline, "the denied token to be reported", || {
+        daemon.status()["source_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("may not read service"))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", ws.daemon_log()));
+    assert!(
+        ws.tree().is_empty(),
+        "nothing may be written without the catalog"
+    );
+
+    // The operator rotates the token in place and signals the daemon.
+    let good = consul.create_token(READ_SERVICES).expect("token");
+    ws.write("consul.token", &format!("{good}\n"));
+    daemon.child.signal(Signal::SIGHUP).expect("SIGHUP");
+    ws.wait_file("etc/haproxy/haproxy.cfg", deadline, "web-1 rendered", |c| {
+        c.contains("server web-1 127.0.0.1:8081 ")
+    });
+    wait::until(deadline, "the daemon to converge", || {
+        daemon.status()["converged"] == true
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", ws.daemon_log()));
+    assert!(!ws.daemon_log().contains(&good), "token in the log");
 }
