@@ -50,6 +50,24 @@ fn haproxy_gets_only_healthy_tagged_instances() {
 }
 
 #[test]
+fn warning_instances_are_left_out_unless_the_backend_includes_them() {
+    // `web` leaves include_warning at its default; `api` sets it.
+    let text_catalog = r#"
+services:
+  web:
+    - {id: web-1, node: app1, address: 10.20.1.11, port: 8080, tags: [prod], health: passing}
+    - {id: web-2, node: app2, address: 10.20.1.12, port: 8080, tags: [prod], health: warning}
+  api:
+    - {id: api-2, node: app2, address: 10.20.1.12, port: 9090, health: warning}
+"#;
+    let catalog = Catalog::parse(Path::new("warning.yaml"), text_catalog).expect("parses");
+    let cfg = text(&render_node("lb1", &catalog), "haproxy");
+    assert!(cfg.contains("server web-1 10.20.1.11:8080 check"), "{cfg}");
+    assert!(!cfg.contains("web-2"), "warning instance rendered:\n{cfg}");
+    assert!(cfg.contains("server api-2 10.20.1.12:9090"), "{cfg}");
+}
+
+#[test]
 fn pgbouncer_follows_primary_and_replicas() {
     let set = render_node("lb1", &example_catalog());
     let ini = text(&set, "pgbouncer");
