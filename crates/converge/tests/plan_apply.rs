@@ -21,6 +21,42 @@ fn plan_on_an_empty_root_shows_new_files_and_exits_2_touching_nothing() {
     assert_eq!(ws.tree(), before, "plan must not write anything");
 }
 
+/// Inode, mtime and bytes of every file under the root.
+fn snapshot(ws: &Workspace) -> Vec<(std::path::PathBuf, u64, i64, i64, Vec<u8>)> {
+    ws.tree()
+        .into_iter()
+        .map(|(path, bytes)| {
+            let m = std::fs::metadata(&path).expect("meta");
+            (path, m.ino(), m.mtime(), m.mtime_nsec(), bytes)
+        })
+        .collect()
+}
+
+#[test]
+fn plan_works_on_a_read_only_root_and_changes_nothing() {
+    let ws = Workspace::examples();
+    let out = ws.converge_read_only_root(&["plan", "--node", "lb1"]);
+    assert_exit(&out, 2);
+    let text = stdout(&out);
+    assert!(text.contains("server web-1 10.20.1.11:8080"), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("new ")), "{text}");
+    let created: Vec<_> = std::fs::read_dir(ws.root()).expect("root").collect();
+    assert!(created.is_empty(), "plan created {created:?}");
+
+    assert_exit(&ws.converge(&["apply", "--once", "--node", "lb1"]), 0);
+    let before = snapshot(&ws);
+    assert!(!before.is_empty());
+    let out = ws.converge_read_only_root(&["plan", "--node", "lb1"]);
+    assert_exit(&out, 0);
+    let text = stdout(&out);
+    assert!(
+        text.lines().any(|l| l.starts_with("unchanged  haproxy ")),
+        "{text}"
+    );
+    assert!(!text.contains("+++ b/"), "{text}");
+    assert_eq!(snapshot(&ws), before, "plan changed the applied tree");
+}
+
 #[test]
 fn plan_json_is_machine_readable() {
     let ws = Workspace::examples();

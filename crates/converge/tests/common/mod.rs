@@ -281,3 +281,34 @@ impl RunningDaemon {
             .unwrap_or(0.0)
     }
 }
+
+impl Workspace {
+    /// Runs `converge ARGS` with the root bind-mounted read-only in a
+    /// private mount namespace: tests run as root, whom file modes do not
+    /// stop, but a read-only mount stops everyone.
+    pub fn converge_read_only_root(&self, args: &[&str]) -> Output {
+        const SCRIPT: &str = r#"root=$1; shift
+mount --bind "$root" "$root" && mount -o remount,ro,bind "$root" && exec "$@""#;
+        let inner = self.command(args);
+        let mut cmd = Command::new("unshare");
+        cmd.args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            SCRIPT,
+            "sh",
+        ])
+        .arg(self.root())
+        .arg(inner.get_program())
+        .args(inner.get_args());
+        for (k, v) in inner.get_envs() {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
+        }
+        cmd.output().expect("run converge under unshare")
+    }
+}
