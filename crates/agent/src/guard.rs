@@ -17,6 +17,8 @@
 //! Working on the snapshot rather than on rendered text keeps the guard a
 //! pure function, and lets every template see one consistent world.
 
+pub mod baseline;
+
 use std::collections::BTreeSet;
 
 use converge_model::manifest::DbRole;
@@ -48,9 +50,9 @@ pub struct Guarded {
     pub holds: Vec<Hold>,
 }
 
-/// Applies the guard rules of every backend in `manifest`. With no last
-/// applied snapshot (the first reconcile) nothing is held: there is
-/// nothing better to keep.
+/// Applies the guard rules of every backend in `manifest`. With no
+/// baseline (a node that never applied, see [`baseline`]) nothing is held:
+/// there is nothing better to keep.
 pub fn guard(
     manifest: &Manifest,
     last: Option<&Catalog>,

@@ -7,6 +7,7 @@ use converge_model::{Catalog, Layout, Manifests, NodeDesired, RenderedSet};
 use converge_render::Templates;
 
 use crate::error::AgentError;
+use crate::guard::baseline;
 
 /// Where the inputs come from.
 #[derive(Debug, Clone)]
@@ -121,7 +122,9 @@ impl Prepared {
         Ok((set, plan))
     }
 
-    /// Renders `node` and runs one transaction.
+    /// Renders `node` and runs one transaction, then records the catalog
+    /// it rendered as the guard's baseline, so a daemon started later
+    /// measures changes against what this apply put live.
     pub fn apply(
         &self,
         node: &str,
@@ -129,6 +132,8 @@ impl Prepared {
     ) -> Result<(RenderedSet, ApplyReport), AgentError> {
         let set = self.render_at(node, &self.layout)?;
         let report = converge_apply::apply(&set, opts)?;
+        let stored = baseline::load(&self.layout);
+        baseline::advance(&self.layout, stored.as_ref(), &self.catalog);
         Ok((set, report))
     }
 }

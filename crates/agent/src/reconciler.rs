@@ -16,7 +16,7 @@ use converge_apply::{ApplyOptions, Outcome};
 use converge_consul::SourceHealth;
 use converge_model::{Catalog, Layout};
 
-use crate::guard::{guard, Hold};
+use crate::guard::{baseline, guard, Hold};
 use crate::pipeline::{hex_sha256, Inputs, Prepared};
 use crate::quiescence::Quiescence;
 use crate::status::{unix_now, BackendStatus, Board};
@@ -69,8 +69,13 @@ pub struct Reconciler {
     inputs_fingerprint: Option<[u8; 32]>,
     /// Last catalog read cleanly (file source).
     file_catalog: Option<Catalog>,
-    /// Snapshot behind the files now live.
-    last_applied: Option<Catalog>,
+    /// The guard's baseline: the snapshot it accepted last, read from
+    /// disk at start (see [`baseline`]). It advances after every pass
+    /// whose apply ran, whatever each bundle's outcome: a bundle that keeps
+    /// failing (a PgBouncer candidate its validator rejects) must not
+    /// freeze the baseline of every backend, or a later hold would bring
+    /// back instances that left long ago.
+    baseline: Option<Catalog>,
     /// Backends an operator released, consumed by the next pass.
     released: BTreeSet<String>,
     /// Rejections and warnings of the last render, to log only new ones.
@@ -80,13 +85,14 @@ pub struct Reconciler {
 impl Reconciler {
     /// A reconciler with nothing loaded yet.
     pub fn new(config: DaemonConfig, board: Arc<Board>) -> Self {
+        let baseline = baseline::load(&Layout::new(&config.inputs.root));
         Self {
             config,
             board,
             inputs: None,
             inputs_fingerprint: None,
             file_catalog: None,
-            last_applied: None,
+            baseline,
             released: BTreeSet::new(),
             findings: Vec::new(),
         }
@@ -174,7 +180,7 @@ impl Reconciler {
         let released = std::mem::take(&mut self.released);
         let guarded = guard(
             &prepared.manifests.manifest,
-            self.last_applied.as_ref(),
+            self.baseline.as_ref(),
             &catalog,
             &released,
         );
@@ -194,6 +200,7 @@ impl Reconciler {
         };
         self.board.metrics.renders.inc();
         let manifest = prepared.manifests.manifest.clone();
+        let layout = prepared.layout.clone();
         self.record_holds(&manifest, &guarded.catalog, &guarded.holds);
         self.report_findings(&set);
         let report = match converge_apply::apply(&set, &self.config.apply) {
@@ -256,9 +263,8 @@ impl Reconciler {
                 }
             }
         }
-        if all_ok {
-            self.last_applied = Some(guarded.catalog);
-        }
+        baseline::advance(&layout, self.baseline.as_ref(), &guarded.catalog);
+        self.baseline = Some(guarded.catalog);
         let converged = all_ok && guarded.holds.is_empty();
         self.board.update(|s| {
             s.converged = converged && s.input_error.is_none() && s.source_error.is_none();
@@ -347,3 +353,6 @@ impl Reconciler {
         });
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,172 @@
+//! The guard's baseline on disk: the instances behind the files converge
+//! last put live, kept in `<state_dir>/guard-baseline.json`.
+//!
+//! The guard measures a change against this snapshot. Held only in memory
+//! it would be empty after every restart of the daemon, and the first pass
+//! after a reboot — exactly when Consul tends to report every check
+//! critical until the agents have run them — would go unguarded and render
+//! empty backends over a working config. So the daemon and `apply --once`
+//! write it after each transaction, and a daemon starts from it.
+//!
+//! Only instances are stored (freshness is a property of one read, not of
+//! what went live). The file is written to a temporary name in the same
+//! directory, fsynced and renamed, so a crash leaves the old baseline or
+//! the new one. An unreadable or corrupt file is reported and ignored:
+//! without a baseline the guard holds nothing, which is how a node that
+//! never applied behaves anyway.
+
+use std::collections::BTreeMap;
+use std::io::{self, Write};
+use std::path::PathBuf;
+
+use converge_model::{Catalog, Instance, Layout};
+use serde::{Deserialize, Serialize};
+
+/// What the file holds.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Stored {
+    services: BTreeMap<String, Vec<Instance>>,
+}
+
+/// `<state_dir>/guard-baseline.json` under `layout`.
+pub fn path(layout: &Layout) -> PathBuf {
+    layout.state_dir().join("guard-baseline.json")
+}
+
+/// The stored baseline, if there is a readable one.
+pub fn load(layout: &Layout) -> Option<Catalog> {
+    let path = path(layout);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot read the guard baseline; the first pass is not guarded");
+            return None;
+        }
+    };
+    match serde_json::from_slice::<Stored>(&bytes) {
+        Ok(s) => Some(Catalog::fresh(0, s.services)),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "the guard baseline is corrupt; ignoring it, the first pass is not guarded");
+            None
+        }
+    }
+}
+
+/// Replaces the stored baseline with `catalog`'s instances, atomically.
+pub fn store(layout: &Layout, catalog: &Catalog) -> io::Result<()> {
+    let path = path(layout);
+    let dir = path
+        .parent()
+        .ok_or_else(|| io::Error::other("state directory has no parent"))?;
+    std::fs::create_dir_all(dir)?;
+    let stored = Stored {
+        services: catalog
+            .services()
+            .iter()
+            .map(|(name, e)| (name.clone(), e.instances.clone()))
+            .collect(),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".guard-baseline.")
+        .tempfile_in(dir)?;
+    serde_json::to_writer(&mut tmp, &stored)?;
+    tmp.flush()?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(&path).map_err(|e| e.error)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Whether `new` has other instances than `old`: the baseline is written
+/// only then, not on every pass of an idle node (indexes and freshness
+/// change without the instances changing).
+fn differs(old: Option<&Catalog>, new: &Catalog) -> bool {
+    let Some(old) = old else { return true };
+    old.services().len() != new.services().len()
+        || old
+            .services()
+            .iter()
+            .zip(new.services())
+            .any(|((a, ea), (b, eb))| a != b || ea.instances != eb.instances)
+}
+
+/// Moves the stored baseline from `old` to `new` when their instances
+/// differ. A failure is logged, not returned: a baseline that could not be
+/// written costs the guard of the first pass after a restart, never the
+/// apply that just went through.
+pub fn advance(layout: &Layout, old: Option<&Catalog>, new: &Catalog) {
+    if !differs(old, new) {
+        return;
+    }
+    if let Err(e) = store(layout, new) {
+        tracing::warn!(path = %path(layout).display(), error = %e, "cannot write the guard baseline");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use converge_model::Health;
+
+    use super::*;
+
+    fn web(ids: &[&str]) -> Catalog {
+        let instances = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| Instance {
+                id: id.to_string(),
+                node: "n".into(),
+                address: format!("10.0.0.{}", i + 1),
+                port: 80,
+                tags: ["t".to_string()].into(),
+                meta: [("k".to_string(), "v".to_string())].into(),
+                health: Health::Warning,
+            })
+            .collect();
+        Catalog::fresh(7, BTreeMap::from([("web".to_string(), instances)]))
+    }
+
+    #[test]
+    fn a_stored_baseline_reads_back_with_the_same_instances() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let layout = Layout::new(dir.path());
+        assert_eq!(load(&layout), None, "nothing stored yet");
+        store(&layout, &web(&["a", "b"])).expect("store");
+        store(&layout, &web(&["c"])).expect("store over the old one");
+        let back = load(&layout).expect("stored");
+        assert_eq!(back.service("web"), web(&["c"]).service("web"));
+        let names: Vec<_> = std::fs::read_dir(path(&layout).parent().expect("dir"))
+            .expect("ls")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, ["guard-baseline.json"], "no temp file left behind");
+    }
+
+    #[test]
+    fn only_other_instances_count_as_a_difference() {
+        let stale = web(&["a"]).with_service(
+            "web",
+            Some(converge_model::ServiceEntry {
+                instances: web(&["a"]).service("web").expect("web").instances.clone(),
+                freshness: converge_model::Freshness::Stale {
+                    since: std::time::SystemTime::UNIX_EPOCH,
+                    error: "agent down".into(),
+                },
+            }),
+        );
+        assert!(!differs(Some(&web(&["a"])), &stale), "same instances");
+        assert!(differs(Some(&web(&["a"])), &web(&["b"])));
+        assert!(differs(Some(&web(&["a"])), &Catalog::default()));
+        assert!(differs(None, &web(&["a"])));
+    }
+
+    #[test]
+    fn a_corrupt_baseline_is_ignored() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let layout = Layout::new(dir.path());
+        std::fs::create_dir_all(layout.state_dir()).expect("mkdir");
+        std::fs::write(path(&layout), "{\"services\": {\"web\": [{\"id\": 1}]}}").expect("write");
+        assert_eq!(load(&layout), None);
+    }
+}

@@ -1,0 +1,139 @@
+//! Reconcile passes over a file catalog and plain file targets under a
+//! temp root: what the guard keeps across failing bundles and restarts.
+
+use std::path::Path;
+
+use super::*;
+
+/// A repository with one guarded backend (`web`, `min_healthy: 1`)
+/// listed by `servers`, and a second target, `rejected`, that `extra`
+/// makes fail or succeed on its own.
+fn repo(dir: &Path, rejected_validator: &str) -> DaemonConfig {
+    let manifests = dir.join("manifests");
+    let templates = dir.join("templates");
+    std::fs::create_dir_all(&manifests).expect("mkdir");
+    std::fs::create_dir_all(&templates).expect("mkdir");
+    std::fs::write(
+        manifests.join("site.yaml"),
+        format!(
+            "nodes: {{lb1: {{}}}}\n\
+             backends:\n  web:\n    service: web\n    min_healthy: 1\n\
+             targets:\n  servers:\n    template: servers.tera\n    destination: /etc/servers.txt\n    validate: none\n    reload: none\n\
+             \x20 rejected:\n    template: other.tera\n    destination: /etc/other.txt\n    validate: {rejected_validator}\n    reload: none\n"
+        ),
+    )
+    .expect("write manifest");
+    std::fs::write(
+        templates.join("servers.tera"),
+        "{% for be in backends %}{% for s in be.servers %}{{ s.endpoint }}\n{% endfor %}{% endfor %}",
+    )
+    .expect("write template");
+    std::fs::write(templates.join("other.tera"), "{{ node.name }}\n").expect("write template");
+    let catalog = dir.join("catalog.yaml");
+    DaemonConfig {
+        inputs: Inputs {
+            manifests,
+            templates,
+            catalog: catalog.clone(),
+            root: dir.join("root"),
+        },
+        node: "lb1".into(),
+        catalog: CatalogFrom::File(catalog),
+        quiescence: Quiescence::new(Duration::ZERO, Duration::ZERO),
+        resync: Duration::from_secs(300),
+        apply: ApplyOptions::default(),
+    }
+}
+
+/// Writes the catalog file with passing `web` instances on these ports.
+fn set_web(config: &DaemonConfig, ports: &[u16]) {
+    let instances: String = ports
+        .iter()
+        .map(|p| {
+            format!(
+                "    - {{id: web-{p}, node: n, address: 127.0.0.1, port: {p}, health: passing}}\n"
+            )
+        })
+        .collect();
+    let text = if instances.is_empty() {
+        "services:\n  web: []\n".to_string()
+    } else {
+        format!("services:\n  web:\n{instances}")
+    };
+    std::fs::write(&config.inputs.catalog, text).expect("write catalog");
+}
+
+fn pass(config: &DaemonConfig, board: &Arc<Board>, reconciler: &mut Reconciler) -> String {
+    reconciler.load_inputs();
+    reconciler.reconcile(None);
+    assert_eq!(board.status().input_error, None);
+    std::fs::read_to_string(config.inputs.root.join("etc/servers.txt")).expect("servers.txt")
+}
+
+#[test]
+fn a_bundle_that_keeps_failing_does_not_freeze_the_guard_baseline() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = repo(dir.path(), "{command: [\"false\"]}");
+    let board = Board::new("lb1", "file");
+    let mut r = Reconciler::new(config.clone(), board.clone());
+
+    set_web(&config, &[8001, 8002, 8003]);
+    assert_eq!(
+        pass(&config, &board, &mut r),
+        "127.0.0.1:8001\n127.0.0.1:8002\n127.0.0.1:8003\n"
+    );
+    assert!(
+        board.status().targets["rejected"].last_error.is_some(),
+        "the other target is rejected on every pass"
+    );
+
+    // 8001 leaves, 8004 joins: applied although `rejected` fails again.
+    set_web(&config, &[8002, 8003, 8004]);
+    assert_eq!(
+        pass(&config, &board, &mut r),
+        "127.0.0.1:8002\n127.0.0.1:8003\n127.0.0.1:8004\n"
+    );
+
+    // Everything vanishes: held at the servers that were live, not at a
+    // baseline from before the first failure (which still had 8001).
+    set_web(&config, &[]);
+    assert_eq!(
+        pass(&config, &board, &mut r),
+        "127.0.0.1:8002\n127.0.0.1:8003\n127.0.0.1:8004\n"
+    );
+    let holds = board.status().holds;
+    assert_eq!(holds.len(), 1, "{holds:?}");
+    assert_eq!((holds[0].before, holds[0].after), (3, 0));
+}
+
+#[test]
+fn a_restarted_daemon_guards_its_first_pass_with_the_stored_baseline() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = repo(dir.path(), "none");
+    set_web(&config, &[8001, 8002]);
+    {
+        let board = Board::new("lb1", "file");
+        let mut first = Reconciler::new(config.clone(), board.clone());
+        assert_eq!(
+            pass(&config, &board, &mut first),
+            "127.0.0.1:8001\n127.0.0.1:8002\n"
+        );
+    }
+
+    // The node reboots; the catalog comes back with nothing healthy yet.
+    set_web(&config, &[]);
+    let board = Board::new("lb1", "file");
+    let mut restarted = Reconciler::new(config.clone(), board.clone());
+    assert_eq!(
+        pass(&config, &board, &mut restarted),
+        "127.0.0.1:8001\n127.0.0.1:8002\n",
+        "the first pass after a restart is held like any other"
+    );
+    assert_eq!(board.status().holds.len(), 1);
+
+    // Recovery goes through, and is what the next restart starts from.
+    set_web(&config, &[8003]);
+    assert_eq!(pass(&config, &board, &mut restarted), "127.0.0.1:8003\n");
+    let stored = baseline::load(&Layout::new(&config.inputs.root)).expect("stored baseline");
+    assert_eq!(stored.service("web").expect("web").instances.len(), 1);
+}
