@@ -14,15 +14,19 @@
 //! since the port may belong to someone else after a bind race.
 //!
 //! [`Pgbouncer::sql`] and [`Pgbouncer::admin`] run `psql` through it, the way an application
-//! (or an operator on the admin console) would.
+//! (or an operator on the admin console) would; [`Pgbouncer::show`] reads
+//! a console `SHOW` by column name. [`trust_config`] writes a config for a
+//! test that needs no converge-rendered one.
 
+use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
 use std::net::{Ipv4Addr, TcpStream};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::postgres::psql;
+use crate::postgres::{give_to_postgres, psql, psql_command};
 use crate::process::Child;
 use crate::wait;
 
@@ -128,43 +132,86 @@ impl Pgbouncer {
         psql(self.port, user, "pgbouncer", command)
     }
 
+    /// Runs an admin-console `SHOW …` as `user` and returns its rows, each
+    /// a map from column name to value.
+    ///
+    /// # Errors
+    ///
+    /// psql failed; the message carries its stderr.
+    pub fn show(&self, user: &str, what: &str) -> Result<Vec<BTreeMap<String, String>>, String> {
+        let out = psql_command(self.port, user, "pgbouncer")
+            .args(["-A", "-z", "-P", "footer=off", "-c", what])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run psql: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "`{what}` as {user} failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut lines = text.lines();
+        let header: Vec<&str> = lines.next().unwrap_or_default().split('\0').collect();
+        Ok(lines
+            .map(|l| {
+                header
+                    .iter()
+                    .map(|h| h.to_string())
+                    .zip(l.split('\0').map(str::to_string))
+                    .collect()
+            })
+            .collect())
+    }
+
     /// Stops PgBouncer (`SIGTERM`, then `SIGKILL`); returns when it is gone.
     pub fn stop(&mut self) {
         self.child.stop();
     }
 }
 
+/// Writes `pgbouncer.ini` in `dir` for 127.0.0.1:`port`, its unix socket
+/// and pidfile in `dir`, with `databases` as the `[databases]` section
+/// (`name = host=… port=… dbname=…` lines), trust authentication for users
+/// `app` and `admin`, and `admin` as the console's admin; hands `dir` to
+/// the `postgres` user PgBouncer runs as. Returns the config's path.
+///
+/// # Errors
+///
+/// A file cannot be written or `dir` cannot be handed over.
+pub fn trust_config(dir: &Path, port: u16, databases: &str) -> Result<PathBuf, String> {
+    let fail = |e: std::io::Error| format!("cannot write into {}: {e}", dir.display());
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).map_err(fail)?;
+    give_to_postgres(dir)?;
+    let d = dir.display();
+    let config = dir.join("pgbouncer.ini");
+    fs::write(
+        &config,
+        format!(
+            "[databases]\n{databases}\
+             [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\n\
+             unix_socket_dir = {d}\npidfile = {d}/pgbouncer.pid\n\
+             auth_type = trust\nauth_file = {d}/userlist.txt\nadmin_users = admin\n"
+        ),
+    )
+    .map_err(fail)?;
+    fs::write(dir.join("userlist.txt"), "\"app\" \"\"\n\"admin\" \"\"\n").map_err(fail)?;
+    Ok(config)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::postgres::{give_to_postgres, Postgres};
-    use std::os::unix::fs::PermissionsExt;
+    use crate::postgres::Postgres;
 
     #[test]
     fn routes_to_a_real_postgres_and_stops_by_pid() {
         let pg = Postgres::start().expect("postgres");
         let dir = tempfile::tempdir().expect("tempdir");
-        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
-        give_to_postgres(dir.path()).expect("chown");
         let port = crate::free_port();
-        let d = dir.path().display();
-        let config = dir.path().join("pgbouncer.ini");
-        fs::write(
-            &config,
-            format!(
-                "[databases]\napp = host=127.0.0.1 port={pg} dbname=app\n\
-                 [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\n\
-                 unix_socket_dir = {d}\npidfile = {d}/pgbouncer.pid\n\
-                 auth_type = trust\nauth_file = {d}/userlist.txt\nadmin_users = admin\n",
-                pg = pg.port()
-            ),
-        )
-        .expect("config");
-        fs::write(
-            dir.path().join("userlist.txt"),
-            "\"app\" \"\"\n\"admin\" \"\"\n",
-        )
-        .expect("userlist");
+        let databases = format!("app = host=127.0.0.1 port={} dbname=app\n", pg.port());
+        let config = trust_config(dir.path(), port, &databases).expect("config");
         let mut pgb = Pgbouncer::start(&config, port).expect("pgbouncer");
         let landed = pgb
             .sql("app", "app", "select inet_server_port()")
@@ -175,6 +222,10 @@ mod tests {
             dbs.contains(&format!("app|127.0.0.1|{}|app", pg.port())),
             "{dbs}"
         );
+        let rows = pgb.show("admin", "SHOW DATABASES").expect("show databases");
+        let app = rows.iter().find(|r| r["name"] == "app").expect("app row");
+        assert_eq!(app["port"], pg.port().to_string());
+        assert_eq!(app["paused"], "0");
         let pid = pgb.pid();
         assert_eq!(
             crate::process::read_pidfile(&dir.path().join("pgbouncer.pid")),

@@ -20,10 +20,11 @@
 //! [`Child`] guard's `SIGTERM`/`SIGKILL` path if it is still running.
 
 use std::fs::{self, File};
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{ChildStdin, ChildStdout, Command, ExitStatus, Output, Stdio};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
@@ -255,6 +256,81 @@ pub fn psql_command(port: u16, user: &str, db: &str) -> Command {
         .env_remove("PGPASSWORD")
         .env_remove("PGSERVICE");
     cmd
+}
+
+/// A `psql` session fed one line at a time, for a transaction a test
+/// holds open across something else (a PgBouncer `PAUSE`, a switch of
+/// primary). Killed by pid and reaped on drop.
+#[derive(Debug)]
+pub struct Session {
+    child: std::process::Child,
+    input: Option<ChildStdin>,
+    output: BufReader<ChildStdout>,
+}
+
+impl Session {
+    /// Opens `psql -At` to 127.0.0.1:`port` as `user` in `db` (its stderr
+    /// goes to the test's).
+    ///
+    /// # Errors
+    ///
+    /// psql cannot be started.
+    pub fn open(port: u16, user: &str, db: &str) -> Result<Self, String> {
+        let mut child = psql_command(port, user, db)
+            .arg("-At")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("cannot run psql: {e}"))?;
+        let input = child.stdin.take();
+        let output = child.stdout.take().ok_or("psql has no stdout")?;
+        Ok(Self {
+            child,
+            input,
+            output: BufReader::new(output),
+        })
+    }
+
+    /// Sends one line of SQL and returns the next line of output, trimmed
+    /// (empty when psql has exited, say after an error).
+    ///
+    /// # Errors
+    ///
+    /// The session was finished, or psql's pipes failed.
+    pub fn query(&mut self, sql: &str) -> Result<String, String> {
+        let input = self.input.as_mut().ok_or("the session is finished")?;
+        writeln!(input, "{sql}")
+            .and_then(|()| input.flush())
+            .map_err(|e| format!("cannot write to psql: {e}"))?;
+        let mut line = String::new();
+        self.output
+            .read_line(&mut line)
+            .map_err(|e| format!("cannot read from psql: {e}"))?;
+        Ok(line.trim().to_string())
+    }
+
+    /// Closes psql's stdin (it then exits) and waits up to `deadline` for
+    /// its exit status.
+    ///
+    /// # Errors
+    ///
+    /// psql is still running at the deadline.
+    pub fn finish(&mut self, deadline: Duration) -> Result<ExitStatus, String> {
+        drop(self.input.take());
+        wait::until_some(deadline, "the psql session to exit", || {
+            self.child.try_wait().ok().flatten()
+        })
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
 }
 
 fn check(what: &str, out: &Output) -> Result<(), String> {
