@@ -30,13 +30,17 @@
 //! PostgreSQL client package every PgBouncer node already has; a node
 //! without it gets a reload error naming `psql`, never a silent skip.
 //! PgBouncer keeps the pause state itself, so separate sessions for
-//! `PAUSE`, `RELOAD` and `RESUME` behave as one.
+//! `PAUSE`, `RELOAD` and `RESUME` behave as one. Answers are read with
+//! their header and found by column name, so a PgBouncer that adds columns
+//! reads the same; an answer is read whole (up to a bound far beyond any
+//! real `SHOW DATABASES`, past which it is an error, never a cut).
 //!
 //! A console that refuses connections (no socket file, connection refused)
 //! means PgBouncer is not running: like a signal to a missing pid, that is
 //! [`ReloadOutcome::NotRunning`], and the files wait for its start.
 
 use std::collections::BTreeSet;
+use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -51,7 +55,8 @@ use crate::reload::{describe, Failure, ReloadOutcome};
 /// One admin command's result.
 #[derive(Debug)]
 enum Answer {
-    /// The command's output (`psql -At`: one row a line, `|` between fields).
+    /// The command's output: a header line, then one row a line, a NUL
+    /// byte between fields (`psql -A -z`: no value can hold a NUL).
     Ok(String),
     /// The console could not be reached at all.
     Unreachable(String),
@@ -176,28 +181,64 @@ pub struct DatabaseRoute {
 /// `converge status`.
 pub fn show_databases(admin: &PgbouncerAdmin) -> Result<Vec<DatabaseRoute>, String> {
     let timeout = Duration::from_secs(admin.timeout_secs.clamp(1, 10));
-    let rows = match command(admin, "SHOW DATABASES", timeout) {
-        Answer::Ok(rows) => rows,
-        Answer::Unreachable(e) => return Err(format!("PgBouncer not reachable: {e}")),
-        Answer::Failed(e) => return Err(e),
-    };
-    // Columns of 1.18: name|host|port|database|force_user|pool_size|
-    // min_pool_size|reserve_pool|pool_mode|max_connections|
-    // current_connections|paused|disabled
-    Ok(rows
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split('|').collect();
-            (f.len() >= 12 && f[0] != "pgbouncer").then(|| DatabaseRoute {
-                name: f[0].to_string(),
-                host: f[1].to_string(),
-                port: f[2].to_string(),
-                database: f[3].to_string(),
-                paused: f[11] == "1",
-            })
-        })
-        .collect())
+    match command(admin, "SHOW DATABASES", timeout) {
+        Answer::Ok(text) => parse_databases(&text),
+        Answer::Unreachable(e) => Err(format!("PgBouncer not reachable: {e}")),
+        Answer::Failed(e) => Err(e),
+    }
 }
+
+/// Reads `SHOW DATABASES` as [`command`] prints it. Columns are found by
+/// their names in the header, not by position: PgBouncer adds columns
+/// between versions (`paused` is the 12th in 1.18). A missing column or a
+/// row that does not match the header is an error, never a guess. The
+/// console's own `pgbouncer` row is left out.
+fn parse_databases(text: &str) -> Result<Vec<DatabaseRoute>, String> {
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap_or_default().split('\0').collect();
+    let column = |name: &str| {
+        header.iter().position(|h| *h == name).ok_or_else(|| {
+            format!(
+                "SHOW DATABASES has no `{name}` column (columns: {})",
+                header.join(", ")
+            )
+        })
+    };
+    let (name, host, port, database, paused) = (
+        column("name")?,
+        column("host")?,
+        column("port")?,
+        column("database")?,
+        column("paused")?,
+    );
+    let mut routes = Vec::new();
+    for (i, line) in lines.enumerate() {
+        let f: Vec<&str> = line.split('\0').collect();
+        if f.len() != header.len() {
+            return Err(format!(
+                "SHOW DATABASES row {} has {} fields where the header has {}: {:?}",
+                i + 1,
+                f.len(),
+                header.len(),
+                line.replace('\0', "|")
+            ));
+        }
+        if f[name] != "pgbouncer" {
+            routes.push(DatabaseRoute {
+                name: f[name].to_string(),
+                host: f[host].to_string(),
+                port: f[port].to_string(),
+                database: f[database].to_string(),
+                paused: f[paused] == "1",
+            });
+        }
+    }
+    Ok(routes)
+}
+
+/// The most of a console answer that is read back. `SHOW DATABASES` of a
+/// few thousand databases is well under it; more is an error, not a cut.
+const MAX_ANSWER: u64 = 4 << 20;
 
 /// Runs one console command with `psql`, killed by pid at `timeout`.
 fn command(admin: &PgbouncerAdmin, sql: &str, timeout: Duration) -> Answer {
@@ -215,7 +256,8 @@ fn command(admin: &PgbouncerAdmin, sql: &str, timeout: Duration) -> Answer {
     };
     let connect = timeout.as_secs().clamp(2, 30).to_string();
     let spawned = Command::new("psql")
-        .args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-w"])
+        .args(["-X", "-q", "-A", "-z", "-P", "footer=off"])
+        .args(["-v", "ON_ERROR_STOP=1", "-w"])
         .args(["-h", &admin.host, "-p", &admin.port.to_string()])
         .args(["-U", &admin.user, "-d", "pgbouncer", "-c", sql])
         .env("PGCONNECT_TIMEOUT", connect)
@@ -245,14 +287,10 @@ fn command(admin: &PgbouncerAdmin, sql: &str, timeout: Duration) -> Answer {
             }
         }
     };
-    let read = |f: &mut std::fs::File| {
-        let mut s = String::new();
-        let _ = f.seek(SeekFrom::Start(0));
-        let _ = f.take(4096).read_to_string(&mut s);
-        s.trim().to_string()
+    let (stderr, stdout) = match (read_back(&mut err), read_back(&mut out)) {
+        (Ok(e), Ok(o)) => (e, o),
+        (Err(e), _) | (_, Err(e)) => return Answer::Failed(format!("`{sql}`: {e}")),
     };
-    let stderr = read(&mut err);
-    let stdout = read(&mut out);
     if status.success() {
         return Answer::Ok(stdout);
     }
@@ -267,17 +305,20 @@ fn command(admin: &PgbouncerAdmin, sql: &str, timeout: Duration) -> Answer {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pause_names_each_moved_database_or_none_or_all() {
-        let only = |names: &[&str]| PauseScope::Only(names.iter().map(|n| n.to_string()).collect());
-        assert_eq!(only(&["app", "app_ro"]).arguments(), [" app", " app_ro"]);
-        assert!(only(&[]).arguments().is_empty(), "nothing moved: no PAUSE");
-        assert_eq!(PauseScope::All.arguments(), [""]);
-        // A name the console would not read as one word pauses everything.
-        assert_eq!(only(&["app", "odd name"]).arguments(), [""]);
+/// What `psql` wrote to `f`, up to [`MAX_ANSWER`] bytes.
+fn read_back(f: &mut File) -> Result<String, String> {
+    let mut bytes = Vec::new();
+    f.seek(SeekFrom::Start(0))
+        .and_then(|_| f.take(MAX_ANSWER + 1).read_to_end(&mut bytes))
+        .map_err(|e| format!("cannot read psql's output back: {e}"))?;
+    if bytes.len() as u64 > MAX_ANSWER {
+        return Err(format!(
+            "psql wrote more than {} MiB; nothing of it was used",
+            MAX_ANSWER >> 20
+        ));
     }
+    Ok(String::from_utf8_lossy(&bytes).trim().to_string())
 }
+
+#[cfg(test)]
+mod tests;

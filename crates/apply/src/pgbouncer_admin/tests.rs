@@ -1,0 +1,197 @@
+//! The console's answers as PgBouncer prints them, and the reload against
+//! a real PgBouncer in front of a real PostgreSQL.
+
+use std::io::Write;
+use std::path::Path;
+
+use converge_testkit::free_port;
+use converge_testkit::pgbouncer::{trust_config, Pgbouncer};
+
+use super::*;
+
+#[test]
+fn pause_names_each_moved_database_or_none_or_all() {
+    let only = |names: &[&str]| PauseScope::Only(names.iter().map(|n| n.to_string()).collect());
+    assert_eq!(only(&["app", "app_ro"]).arguments(), [" app", " app_ro"]);
+    assert!(only(&[]).arguments().is_empty(), "nothing moved: no PAUSE");
+    assert_eq!(PauseScope::All.arguments(), [""]);
+    // A name the console would not read as one word pauses everything.
+    assert_eq!(only(&["app", "odd name"]).arguments(), [""]);
+}
+
+/// Rows as `psql -A -z` prints them: a NUL between fields.
+fn answer(rows: &[&[&str]]) -> String {
+    rows.iter()
+        .map(|r| r.join("\0"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+const HEADER_1_18: &[&str] = &[
+    "name",
+    "host",
+    "port",
+    "database",
+    "force_user",
+    "pool_size",
+    "min_pool_size",
+    "reserve_pool",
+    "pool_mode",
+    "max_connections",
+    "current_connections",
+    "paused",
+    "disabled",
+];
+
+fn route(name: &str, host: &str, port: &str, paused: bool) -> DatabaseRoute {
+    DatabaseRoute {
+        name: name.into(),
+        host: host.into(),
+        port: port.into(),
+        database: name.into(),
+        paused,
+    }
+}
+
+#[test]
+fn show_databases_of_1_18_reads_by_column_name() {
+    let text = answer(&[
+        HEADER_1_18,
+        &[
+            "app",
+            "10.0.0.5",
+            "5432",
+            "app",
+            "",
+            "20",
+            "0",
+            "5",
+            "transaction",
+            "0",
+            "1",
+            "1",
+            "0",
+        ],
+        &[
+            "pgbouncer",
+            "",
+            "6432",
+            "pgbouncer",
+            "pgbouncer",
+            "2",
+            "0",
+            "0",
+            "statement",
+            "0",
+            "0",
+            "0",
+            "0",
+        ],
+        &[
+            "reports", "10.0.0.6", "5433", "reports", "", "20", "0", "0", "session", "0", "0", "0",
+            "0",
+        ],
+    ]);
+    assert_eq!(
+        parse_databases(&text),
+        Ok(vec![
+            route("app", "10.0.0.5", "5432", true),
+            route("reports", "10.0.0.6", "5433", false),
+        ])
+    );
+}
+
+#[test]
+fn show_databases_with_a_column_inserted_reads_the_same() {
+    // A later PgBouncer adds `server_lifetime` before `pool_mode`: `paused`
+    // moves one column right, and the 12th field is `current_connections`.
+    let mut header = HEADER_1_18.to_vec();
+    header.insert(8, "server_lifetime");
+    let text = answer(&[
+        &header,
+        &[
+            "app",
+            "10.0.0.5",
+            "5432",
+            "app",
+            "",
+            "20",
+            "0",
+            "5",
+            "3600",
+            "transaction",
+            "0",
+            "1",
+            "0",
+            "0",
+        ],
+    ]);
+    assert_eq!(
+        parse_databases(&text),
+        Ok(vec![route("app", "10.0.0.5", "5432", false)])
+    );
+}
+
+#[test]
+fn show_databases_without_a_needed_column_or_with_a_short_row_is_an_error() {
+    let without: Vec<&str> = HEADER_1_18
+        .iter()
+        .copied()
+        .filter(|c| *c != "paused")
+        .collect();
+    let err = parse_databases(&answer(&[&without])).expect_err("no paused column");
+    assert!(err.contains("no `paused` column"), "{err}");
+
+    let err = parse_databases(&answer(&[HEADER_1_18, &["app", "10.0.0.5", "5432"]]))
+        .expect_err("short row");
+    assert!(err.contains("row 1 has 3 fields"), "{err}");
+}
+
+#[test]
+fn an_answer_beyond_the_bound_is_refused_not_cut() {
+    let mut f = tempfile::tempfile().expect("tempfile");
+    let line = "x".repeat(1023) + "\n";
+    for _ in 0..(MAX_ANSWER / 1024) {
+        f.write_all(line.as_bytes()).expect("write");
+    }
+    let whole = read_back(&mut f).expect("exactly the bound is read");
+    assert_eq!(whole.len() as u64, MAX_ANSWER - 1, "all of it, trimmed");
+    f.write_all(b"y").expect("one byte more");
+    let err = read_back(&mut f).expect_err("over the bound");
+    assert!(err.contains("more than 4 MiB"), "{err}");
+}
+
+/// How the tests reach a console [`trust_config`] set up in `dir`.
+fn console(dir: &Path, port: u16, timeout_secs: u64) -> PgbouncerAdmin {
+    PgbouncerAdmin {
+        host: dir.display().to_string(),
+        port,
+        user: "admin".into(),
+        pause: true,
+        timeout_secs,
+    }
+}
+
+#[test]
+fn show_databases_reads_every_row_of_a_long_answer() {
+    // 300 databases make an answer of about 20 KiB; none of them need a
+    // server, since PgBouncer connects only when a client logs in.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let databases: String = (0..300)
+        .map(|i| {
+            format!(
+                "db{i:03} = host=127.0.0.1 port={} dbname=db{i:03}\n",
+                10_000 + i
+            )
+        })
+        .collect();
+    let config = trust_config(dir.path(), port, &databases).expect("config");
+    let _pgbouncer = Pgbouncer::start(&config, port).expect("pgbouncer");
+
+    let routes = show_databases(&console(dir.path(), port, 5)).expect("SHOW DATABASES");
+    assert_eq!(routes.len(), 300);
+    let last = routes.iter().find(|r| r.name == "db299").expect("db299");
+    assert_eq!(last.port, "10299");
+    assert!(routes.iter().all(|r| !r.paused), "{routes:?}");
+}
