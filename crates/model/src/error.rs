@@ -28,7 +28,6 @@ impl fmt::Display for Location {
 
 /// One problem in the manifests or the catalog file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{location}: {path}: {message}")]
 pub struct ManifestError {
     /// Where the offending value (or its parent) is written.
     pub location: Location,
@@ -36,6 +35,18 @@ pub struct ManifestError {
     pub path: String,
     /// What is wrong, phrased for the person who wrote the file.
     pub message: String,
+}
+
+/// `location: path: message`, without the path when it is empty (a
+/// problem with a whole file or directory).
+impl fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}: {}", self.location, self.message)
+        } else {
+            write!(f, "{}: {}: {}", self.location, self.path, self.message)
+        }
+    }
 }
 
 /// Every problem found in one pass; never empty when returned as an error.
@@ -55,3 +66,30 @@ impl fmt::Display for ManifestErrors {
 }
 
 impl std::error::Error for ManifestErrors {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_problem_with_a_whole_file_has_no_empty_field_path() {
+        let e = ManifestError {
+            location: Location {
+                file: PathBuf::from("manifests"),
+                line: 0,
+                column: 0,
+            },
+            path: String::new(),
+            message: "cannot read manifests directory".into(),
+        };
+        assert_eq!(e.to_string(), "manifests: cannot read manifests directory");
+        let e = ManifestError {
+            path: "nodes.lb1".into(),
+            ..e
+        };
+        assert_eq!(
+            e.to_string(),
+            "manifests: nodes.lb1: cannot read manifests directory"
+        );
+    }
+}
