@@ -17,8 +17,12 @@
 //! without pausing anything. Only when what moved is unknown (a reload an
 //! interrupted apply left owed) does a bare `PAUSE` hold every database.
 //! The switch takes as long as the longest open transaction on a moved
-//! database, bounded by `timeout_secs`; past it PgBouncer is resumed and
-//! the reload fails, so the transaction rolls the files back.
+//! database, bounded by `timeout_secs` for all the `PAUSE`s together;
+//! past it the reload fails, so the transaction rolls the files back.
+//! Whatever ends the reload, every database a `PAUSE` was sent for is
+//! `RESUME`d first: PgBouncer keeps a `PAUSE` in force after its `psql` is
+//! killed, and a database left paused would hold every query until an
+//! operator noticed.
 //!
 //! The console is reached with `psql`, one process per command, each killed
 //! by pid at the timeout. Why not a Rust client: the console speaks the
@@ -91,74 +95,88 @@ impl PauseScope {
 }
 
 /// Runs the action: `[PAUSE …,] RELOAD[, RESUME …]`, pausing `scope`.
+///
+/// Every `PAUSE` sent is followed by its `RESUME` on every way out, the
+/// failed one included: a `PAUSE` whose `psql` was killed at the timeout
+/// stays in force inside PgBouncer, still waiting on the transaction.
 pub(crate) fn reload(
     action: &ReloadAction,
     admin: &PgbouncerAdmin,
     scope: &PauseScope,
 ) -> Result<ReloadOutcome, Failure> {
     let timeout = Duration::from_secs(admin.timeout_secs.max(1));
+    let databases: Vec<String> = if admin.pause {
+        scope.arguments()
+    } else {
+        Vec::new()
+    };
+    // One deadline for all the PAUSEs: each database paused waits for the
+    // next one's transactions, so the hold is bounded as a whole.
+    let deadline = Instant::now() + timeout;
+    let mut sent = 0;
+    let step: Result<ReloadOutcome, (String, String)> = 'step: {
+        for db in &databases {
+            sent += 1;
+            let started = Instant::now();
+            let left = deadline.saturating_duration_since(started);
+            match command(admin, &format!("PAUSE{db}"), left) {
+                Answer::Ok(_) => tracing::info!(
+                    database = if db.is_empty() { "(all)" } else { db.trim() },
+                    waited_ms = started.elapsed().as_millis() as u64,
+                    "pgbouncer paused for the reload"
+                ),
+                // Nothing is paused yet: nobody listens.
+                Answer::Unreachable(_) if sent == 1 => return Ok(ReloadOutcome::NotRunning),
+                Answer::Unreachable(e) | Answer::Failed(e) => {
+                    break 'step Err((format!("PAUSE{db} did not complete; not reloaded"), e))
+                }
+            }
+        }
+        match command(admin, "RELOAD", timeout) {
+            Answer::Ok(_) => Ok(ReloadOutcome::Reloaded),
+            Answer::Unreachable(_) if sent == 0 => Ok(ReloadOutcome::NotRunning),
+            Answer::Unreachable(e) | Answer::Failed(e) => Err(("RELOAD failed".into(), e)),
+        }
+    };
+    let resumed = resume(admin, &databases[..sent], timeout);
     let fail = |detail: String, stderr: String| Failure {
         command: describe(action),
         detail,
         stderr,
     };
-    let paused: Vec<String> = if admin.pause {
-        scope.arguments()
-    } else {
-        Vec::new()
-    };
-    let resume_all = || -> Vec<Answer> {
-        paused
-            .iter()
-            .map(|db| command(admin, &format!("RESUME{db}"), timeout))
-            .collect()
-    };
-    for db in &paused {
-        let started = Instant::now();
-        match command(admin, &format!("PAUSE{db}"), timeout) {
-            Answer::Ok(_) => tracing::info!(
-                database = if db.is_empty() { "(all)" } else { db.trim() },
-                waited_ms = started.elapsed().as_millis() as u64,
-                "pgbouncer paused for the reload"
-            ),
-            Answer::Unreachable(_) => return Ok(ReloadOutcome::NotRunning),
-            Answer::Failed(e) => {
-                // PAUSE may be half done (waiting on a transaction): undo
-                // it and every one before it.
-                let resumed = resume_all();
-                return Err(fail(
-                    format!("PAUSE{db} did not complete; resumed ({resumed:?}); not reloaded"),
-                    e,
-                ));
-            }
-        }
-    }
-    let reloaded = command(admin, "RELOAD", timeout);
-    let resumed = (!paused.is_empty()).then(|| {
-        let answers = resume_all();
-        answers
-            .into_iter()
-            .find(|a| !matches!(a, Answer::Ok(_)))
-            .unwrap_or(Answer::Ok(String::new()))
-    });
-    match (reloaded, resumed) {
-        (Answer::Ok(_), None | Some(Answer::Ok(_))) => Ok(ReloadOutcome::Reloaded),
-        (Answer::Unreachable(_), None) => Ok(ReloadOutcome::NotRunning),
-        (Answer::Ok(_), Some(Answer::Unreachable(e) | Answer::Failed(e))) => Err(fail(
+    match (step, resumed) {
+        (Ok(outcome), Ok(())) => Ok(outcome),
+        (Ok(_), Err(e)) => Err(fail(
             "reloaded, but RESUME failed: PgBouncer may still hold queries".into(),
             e,
         )),
-        (Answer::Unreachable(e) | Answer::Failed(e), resumed) => Err(fail(
-            format!(
-                "RELOAD failed{}",
-                match resumed {
-                    Some(Answer::Ok(_)) => "; resumed",
-                    Some(_) => "; RESUME failed too: PgBouncer may still hold queries",
-                    None => "",
+        (Err((what, e)), resumed) => {
+            let after = match (sent, resumed) {
+                (0, _) => String::new(),
+                (_, Ok(())) => "; resumed".into(),
+                (_, Err(r)) => {
+                    format!("; RESUME failed too, PgBouncer may still hold queries: {r}")
                 }
-            ),
-            e,
-        )),
+            };
+            Err(fail(format!("{what}{after}"), e))
+        }
+    }
+}
+
+/// `RESUME`s each of `databases` (arguments as [`PauseScope::arguments`]
+/// gives them), all of them even when one fails; the failures, if any.
+fn resume(admin: &PgbouncerAdmin, databases: &[String], timeout: Duration) -> Result<(), String> {
+    let failed: Vec<String> = databases
+        .iter()
+        .filter_map(|db| match command(admin, &format!("RESUME{db}"), timeout) {
+            Answer::Ok(_) => None,
+            Answer::Unreachable(e) | Answer::Failed(e) => Some(e),
+        })
+        .collect();
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(failed.join("; "))
     }
 }
 

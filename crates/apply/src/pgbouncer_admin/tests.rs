@@ -3,9 +3,11 @@
 
 use std::io::Write;
 use std::path::Path;
+use std::time::Duration;
 
 use converge_testkit::free_port;
 use converge_testkit::pgbouncer::{trust_config, Pgbouncer};
+use converge_testkit::postgres::{Postgres, Session};
 
 use super::*;
 
@@ -194,4 +196,57 @@ fn show_databases_reads_every_row_of_a_long_answer() {
     let last = routes.iter().find(|r| r.name == "db299").expect("db299");
     assert_eq!(last.port, "10299");
     assert!(routes.iter().all(|r| !r.paused), "{routes:?}");
+}
+
+#[test]
+fn a_pause_that_outlasts_the_timeout_resumes_every_database_it_paused() {
+    let pg = Postgres::start().expect("postgres");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    // Two names for the one database; `app` sorts first, so its PAUSE
+    // completes before `archive`'s waits on the open transaction.
+    let databases = format!(
+        "app = host=127.0.0.1 port={p} dbname=app pool_mode=transaction\n\
+         archive = host=127.0.0.1 port={p} dbname=app pool_mode=transaction\n",
+        p = pg.port()
+    );
+    let config = trust_config(dir.path(), port, &databases).expect("config");
+    let pgbouncer = Pgbouncer::start(&config, port).expect("pgbouncer");
+    let mut report = Session::open(port, "app", "archive").expect("psql");
+    assert_eq!(
+        report.query("BEGIN; select 'open';").expect("query"),
+        "open"
+    );
+
+    let admin = console(dir.path(), port, 1);
+    let scope = PauseScope::Only(["app".to_string(), "archive".to_string()].into());
+    let err = reload(&ReloadAction::Pgbouncer(admin.clone()), &admin, &scope)
+        .expect_err("PAUSE archive waits past the timeout");
+    assert_eq!(
+        err.detail,
+        "PAUSE archive did not complete; not reloaded; resumed"
+    );
+    assert!(
+        err.stderr.contains("`PAUSE archive` did not answer within"),
+        "{err:?}"
+    );
+
+    // Neither database is left paused: both take new queries.
+    let rows = pgbouncer.show("admin", "SHOW DATABASES").expect("console");
+    for db in ["app", "archive"] {
+        let row = rows.iter().find(|r| r["name"] == db).expect("row");
+        assert_eq!(row["paused"], "0", "{db} left paused: {rows:?}");
+        assert_eq!(
+            pgbouncer.sql("app", db, "select 'served'"),
+            Ok("served".into()),
+            "{db}"
+        );
+    }
+    // The transaction the PAUSE waited on was not cut.
+    assert_eq!(
+        report.query("COMMIT; select 'committed';").expect("query"),
+        "committed"
+    );
+    let status = report.finish(Duration::from_secs(20)).expect("psql exits");
+    assert!(status.success(), "{status}");
 }
