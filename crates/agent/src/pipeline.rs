@@ -3,8 +3,10 @@
 use std::path::PathBuf;
 
 use converge_apply::{ApplyOptions, ApplyReport, Plan};
-use converge_model::{Catalog, Layout, Manifests, NodeDesired, RenderedSet};
-use converge_render::Templates;
+use converge_model::{
+    Catalog, Layout, Location, ManifestError, Manifests, NodeDesired, RenderedSet,
+};
+use converge_render::{RenderError, Templates};
 
 use crate::error::AgentError;
 use crate::guard::baseline;
@@ -80,12 +82,41 @@ impl Inputs {
     }
 
     /// Loads and validates manifests and parses templates: the desired
-    /// state without the catalog.
+    /// state without the catalog. Templates parse without manifests, so
+    /// both are checked and every problem in either is reported at once; a
+    /// syntax error names the targets using the broken template whenever
+    /// the manifests could be read.
     pub fn load_config(&self) -> Result<(Manifests, Templates), AgentError> {
-        let manifests = Manifests::load(&self.manifests).map_err(AgentError::Manifest)?;
-        manifests.validate().map_err(AgentError::Manifest)?;
-        let templates = Templates::load(&self.templates)?;
-        Ok((manifests, templates))
+        let loaded = Manifests::load(&self.manifests);
+        let templates = Templates::load(&self.templates).map_err(|e| match &loaded {
+            Ok(m) => e.name_targets(&m.manifest),
+            Err(_) => e,
+        });
+        let manifests = loaded.and_then(|m| m.validate().map(|()| m));
+        match (manifests, templates) {
+            (Ok(manifests), Ok(templates)) => Ok((manifests, templates)),
+            (Err(problems), Ok(_)) => Err(AgentError::Manifest(problems)),
+            (Ok(_), Err(e)) => Err(e.into()),
+            (Err(mut problems), Err(e)) => {
+                match e {
+                    RenderError::Syntax(broken) => {
+                        problems
+                            .0
+                            .extend(broken.into_iter().map(ManifestError::from));
+                    }
+                    other => problems.0.push(ManifestError {
+                        location: Location {
+                            file: self.templates.clone(),
+                            line: 0,
+                            column: 0,
+                        },
+                        path: String::new(),
+                        message: other.to_string(),
+                    }),
+                }
+                Err(AgentError::Manifest(problems))
+            }
+        }
     }
 }
 

@@ -3,7 +3,10 @@
 //! Renders every node against the catalog file with paths rooted in a
 //! scratch directory, writes each file there, and runs its target's real
 //! validator on it, bundle siblings included. Nothing outside the scratch
-//! directory is touched. Every problem is collected, not just the first.
+//! directory is touched. Every problem is collected, not just the first:
+//! manifest and template problems all together by
+//! [`Inputs::load_config`](crate::pipeline::Inputs::load_config) before
+//! this runs, then every node's render and every file's validator here.
 
 use std::path::PathBuf;
 

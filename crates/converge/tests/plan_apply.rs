@@ -141,6 +141,62 @@ fn validate_reports_a_config_the_real_program_rejects() {
     );
 }
 
+/// Replaces `from` with `to` in the workspace file `rel`; returns the
+/// 1-based line `from` started on.
+fn break_line(ws: &Workspace, rel: &str, from: &str, to: &str) -> usize {
+    let text = ws.read(rel);
+    let at = text
+        .find(from)
+        .unwrap_or_else(|| panic!("{rel} has no `{from}`"));
+    ws.write(rel, &text.replacen(from, to, 1));
+    text[..at].matches('\n').count() + 1
+}
+
+#[test]
+fn validate_reports_every_broken_template_and_bad_manifest_in_one_run() {
+    let ws = Workspace::examples();
+    let haproxy = break_line(
+        &ws,
+        "templates/haproxy.cfg.tera",
+        "maxconn {{ haproxy.maxconn }}",
+        "maxconn {{ haproxy.maxconn }",
+    );
+    let pgbouncer = break_line(
+        &ws,
+        "templates/pgbouncer.ini.tera",
+        "listen_port = {{ pgbouncer.listen_port }}",
+        "listen_port = {% if %}",
+    );
+    let manifest = break_line(
+        &ws,
+        "manifests/http.yaml",
+        "default_backend: redis",
+        "default_backend: rediss",
+    );
+    let out = ws.converge(&["validate"]);
+    assert_exit(&out, 1);
+    let text = stdout(&out) + &stderr(&out);
+    for (file, line, what) in [
+        (
+            "haproxy.cfg.tera",
+            haproxy,
+            "target haproxy: template syntax error",
+        ),
+        (
+            "pgbouncer.ini.tera",
+            pgbouncer,
+            "target pgbouncer: template syntax error",
+        ),
+        ("http.yaml", manifest, "frontends.redis_in.default_backend"),
+    ] {
+        let at = format!("{file}:{line}:");
+        assert!(
+            text.lines().any(|l| l.contains(&at) && l.contains(what)),
+            "no `{at} ... {what}` in:\n{text}"
+        );
+    }
+}
+
 #[test]
 fn a_broken_template_names_file_and_line_and_changes_nothing() {
     let ws = Workspace::examples();
@@ -154,7 +210,11 @@ fn a_broken_template_names_file_and_line_and_changes_nothing() {
     let out = ws.converge(&["apply", "--once", "--node", "lb1"]);
     assert_exit(&out, 1);
     let err = stderr(&out);
-    assert!(err.contains("haproxy.cfg.tera:3"), "{err}");
+    assert!(
+        err.contains("haproxy.cfg.tera:3:")
+            && err.contains(": target haproxy: template syntax error"),
+        "{err}"
+    );
     assert_eq!(ws.tree(), before);
 
     // A missing variable names the target and the line too.

@@ -19,7 +19,7 @@ pub mod view;
 
 use converge_model::{Catalog, Layout, NodeDesired, ReloadAction, RenderedFile, RenderedSet};
 
-pub use error::RenderError;
+pub use error::{RenderError, SyntaxError};
 pub use templates::Templates;
 
 /// Renders every target of `desired` against `catalog`, paths under `layout`.

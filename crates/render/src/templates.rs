@@ -6,9 +6,10 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use converge_model::Location;
 use tera::Tera;
 
-use crate::error::RenderError;
+use crate::error::{RenderError, SyntaxError};
 
 /// Parsed templates and their sources (kept to place errors on a line).
 pub struct Templates {
@@ -56,16 +57,27 @@ impl Templates {
         let mut tera = Tera::default();
         tera.autoescape_on(vec![]);
         tera.register_filter("pgb_quote", pgb_quote);
-        // Each file is added alone so a syntax error names its own file.
+        // Each file is added alone so a syntax error names its own file,
+        // and every file is tried so one run reports every broken one.
+        let mut errors = Vec::new();
         for (name, text) in &sources {
-            tera.add_raw_template(name, text).map_err(|e| {
+            if let Err(e) = tera.add_raw_template(name, text) {
                 let message = chain(&e);
-                RenderError::Syntax {
-                    file: dir.join(name),
-                    line: pest_line(&message).unwrap_or(0),
+                let (line, column) = pest_position(&message).unwrap_or((0, 0));
+                errors.push(SyntaxError {
+                    template: name.clone(),
+                    location: Location {
+                        file: dir.join(name),
+                        line,
+                        column,
+                    },
+                    targets: Vec::new(),
                     message,
-                }
-            })?;
+                });
+            }
+        }
+        if !errors.is_empty() {
+            return Err(RenderError::Syntax(errors));
         }
         Ok(Self {
             dir: dir.to_path_buf(),
@@ -139,9 +151,15 @@ fn chain(e: &dyn std::error::Error) -> String {
 }
 
 /// Tera's parser reports ` --> LINE:COL`.
-fn pest_line(message: &str) -> Option<usize> {
+fn pest_position(message: &str) -> Option<(usize, usize)> {
     let rest = &message[message.find("--> ")? + 4..];
-    rest.split(':').next()?.trim().parse().ok()
+    let (line, rest) = rest.split_once(':')?;
+    let column = rest
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()?;
+    Some((line.trim().parse().ok()?, column))
 }
 
 /// The name in "Variable `x` not found" or "Filter `x` not found".
@@ -172,7 +190,47 @@ mod tests {
     fn syntax_error_names_file_and_line() {
         let err = one("line one\nline two\n{% for x in %}\n").expect_err("bad syntax");
         let msg = err.to_string();
-        assert!(msg.starts_with("templates/t.tera:3:"), "{msg}");
+        assert!(
+            msg.starts_with("templates/t.tera:3:13: template syntax error:"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn every_broken_template_is_reported_with_the_targets_using_it() {
+        let sources = BTreeMap::from([
+            ("a.tera".to_string(), "{{ x }\n".to_string()),
+            ("b.tera".to_string(), "fine {{ x }}\n".to_string()),
+            ("c.tera".to_string(), "\n\n{% if %}\n".to_string()),
+        ]);
+        let err = Templates::from_sources(Path::new("templates"), sources).expect_err("two broken");
+        let manifests = converge_model::Manifests::from_sources(
+            Path::new("m"),
+            &[(
+                PathBuf::from("m/t.yaml"),
+                "targets:\n  \
+                 one: {template: a.tera, destination: /a, validate: none}\n  \
+                 two: {template: a.tera, destination: /b, validate: none}\n  \
+                 three: {template: b.tera, destination: /c, validate: none}\n"
+                    .to_string(),
+            )],
+        )
+        .expect("manifest");
+        let msg = err.name_targets(&manifests.manifest).to_string();
+        // Each error's first line; Tera adds a snippet under it.
+        let lines: Vec<&str> = msg
+            .lines()
+            .filter(|l| l.starts_with("templates/"))
+            .collect();
+        assert_eq!(lines.len(), 2, "{msg}");
+        assert!(
+            lines[0].starts_with("templates/a.tera:1:6: targets one, two: template syntax error:"),
+            "{msg}"
+        );
+        assert!(
+            lines[1].starts_with("templates/c.tera:3:7: template syntax error:"),
+            "{msg}"
+        );
     }
 
     #[test]
