@@ -4,14 +4,27 @@
 //! A watch only wakes the loop; which file changed does not matter, since
 //! every pass reloads everything. Editors that replace a file by rename are
 //! covered because the parent directories are watched, not the files.
+//!
+//! Events wake the loop only once they have been quiet for [`SETTLE`].
+//! Writes are not atomic: `git checkout` and many editors truncate a file
+//! and then write it, and a pass that read in between would take a
+//! half-written template that still parses as the new "last good" one —
+//! every later render through it rejected by the validator, catalog
+//! changes no longer applied. Each event restarts the wait, on a thread
+//! that blocks on its channel, so an idle daemon still never polls.
 
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+use std::time::Duration;
 
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 use crate::daemon::Trigger;
 use crate::reconciler::{CatalogFrom, DaemonConfig};
+
+/// How long file events must be quiet before the loop is woken.
+pub const SETTLE: Duration = Duration::from_millis(200);
 
 /// Live watches; dropping this stops them.
 pub struct FileWatch {
@@ -30,6 +43,18 @@ impl FileWatch {
             absolute(&config.inputs.templates),
         ];
         let file = catalog_file.clone();
+        let (events, settled) = channel::<()>();
+        std::thread::Builder::new()
+            .name("converge-file-settle".into())
+            .spawn(move || {
+                settle(&settled, SETTLE, || {
+                    // A full channel already holds a wake-up: dropping is fine.
+                    let _ = wake.try_send(Trigger::Files);
+                })
+            })
+            .map_err(|e| {
+                notify::Error::generic(&format!("cannot start the file-settle thread: {e}"))
+            })?;
         let mut watcher =
             notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
                 let Ok(event) = res else { return };
@@ -43,8 +68,7 @@ impl FileWatch {
                     .iter()
                     .any(|p| dirs.iter().any(|d| p.starts_with(d)) || Some(p) == file.as_ref());
                 if ours {
-                    // A full channel already holds a wake-up: dropping is fine.
-                    let _ = wake.try_send(Trigger::Files);
+                    let _ = events.send(());
                 }
             })?;
         watcher.watch(&config.inputs.manifests, RecursiveMode::Recursive)?;
@@ -60,6 +84,52 @@ impl FileWatch {
     }
 }
 
+/// Calls `quiet` once after each burst of events on `events` has been
+/// followed by `settle` without one; returns when every sender is gone
+/// (the watcher was dropped).
+fn settle(events: &Receiver<()>, settle: Duration, mut quiet: impl FnMut()) {
+    while events.recv().is_ok() {
+        loop {
+            match events.recv_timeout(settle) {
+                Ok(()) => continue,
+                Err(RecvTimeoutError::Timeout) => break,
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+        quiet();
+    }
+}
+
 fn absolute(p: &Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_of_events_wakes_once_and_only_after_it_ends() {
+        let (tx, rx) = channel();
+        let (woke_tx, woke) = channel();
+        // A settle time far longer than the burst takes to send.
+        let t = std::thread::spawn(move || {
+            settle(&rx, Duration::from_secs(2), || {
+                woke_tx.send(()).expect("test alive");
+            })
+        });
+        for _ in 0..50 {
+            tx.send(()).expect("send");
+        }
+        woke.recv_timeout(Duration::from_secs(30))
+            .expect("one wake-up after the burst");
+        // A second burst wakes again; then dropping the sender ends the
+        // thread, and no wake-up was sent for anything else.
+        tx.send(()).expect("send");
+        woke.recv_timeout(Duration::from_secs(30))
+            .expect("a wake-up for the second burst");
+        drop(tx);
+        t.join().expect("settle thread");
+        assert!(woke.try_recv().is_err(), "one wake-up per burst");
+    }
 }
