@@ -127,11 +127,7 @@ fn validate_accepts_the_examples_with_the_real_programs() {
 #[test]
 fn validate_reports_a_config_the_real_program_rejects() {
     let ws = Workspace::examples();
-    let t = ws.read("templates/haproxy.cfg.tera").replace(
-        "    balance {{ be.balance }}",
-        "    balance {{ be.balance }}\n    bogus_directive on",
-    );
-    ws.write("templates/haproxy.cfg.tera", &t);
+    break_haproxy_config(&ws);
     let out = ws.converge(&["validate"]);
     assert_exit(&out, 1);
     let text = stdout(&out);
@@ -150,6 +146,17 @@ fn break_line(ws: &Workspace, rel: &str, from: &str, to: &str) -> usize {
         .unwrap_or_else(|| panic!("{rel} has no `{from}`"));
     ws.write(rel, &text.replacen(from, to, 1));
     text[..at].matches('\n').count() + 1
+}
+
+/// A template edit that renders fine but gives every backend a directive
+/// HAProxy does not know.
+fn break_haproxy_config(ws: &Workspace) {
+    break_line(
+        ws,
+        "templates/haproxy.cfg.tera",
+        "    balance {{ be.balance }}",
+        "    balance {{ be.balance }}\n    bogus_directive on",
+    );
 }
 
 #[test]
@@ -195,6 +202,44 @@ fn validate_reports_every_broken_template_and_bad_manifest_in_one_run() {
             "no `{at} ... {what}` in:\n{text}"
         );
     }
+}
+
+#[test]
+fn a_candidate_the_real_haproxy_rejects_keeps_the_live_file_and_leaves_no_temp_files() {
+    let ws = Workspace::examples();
+    assert_exit(&ws.converge(&["apply", "--once", "--node", "lb1"]), 0);
+    let cfg = ws.root().join("etc/haproxy/haproxy.cfg");
+    let listing = || -> Vec<String> {
+        let dir = cfg.parent().expect("dir");
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .expect("read_dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let (bytes, inode, names) = (
+        std::fs::read(&cfg).expect("cfg"),
+        std::fs::metadata(&cfg).expect("meta").ino(),
+        listing(),
+    );
+    break_haproxy_config(&ws);
+    let out = ws.converge(&["apply", "--once", "--node", "lb1"]);
+    assert_exit(&out, 1);
+    let text = stdout(&out);
+    assert!(
+        text.contains("[ALERT]")
+            && text.contains("unknown keyword 'bogus_directive'")
+            && text.contains("kept the live files"),
+        "{text}"
+    );
+    assert_eq!(
+        std::fs::read(&cfg).expect("cfg"),
+        bytes,
+        "live file changed"
+    );
+    assert_eq!(std::fs::metadata(&cfg).expect("meta").ino(), inode);
+    assert_eq!(listing(), names, "files left beside the live one");
 }
 
 #[test]
