@@ -10,7 +10,8 @@
 //! refused connection, a timeout, a 5xx or a 429 will go away by waiting,
 //! so the caller backs off and keeps its last good data; a 403 is a
 //! configuration problem (the token lacks a permission) that waiting does
-//! not fix, so it is reported as such and not retried in a tight loop.
+//! not fix, so it is reported as such and not retried at all (the
+//! [source](crate::source) stops asking until it is restarted).
 
 use reqwest::StatusCode;
 

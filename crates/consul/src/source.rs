@@ -51,6 +51,16 @@
 //! published as empty. Reads are retried with a [`Backoff`]; after a
 //! watch recovers (its index reset to a plain read, see
 //! [`blocking`](crate::blocking)) everything is refetched once.
+//!
+//! An error that asking again cannot fix ([`Error::is_retryable`] is false:
+//! a 403 from a missing ACL permission, an unknown token, a filter Consul
+//! rejects) is not retried. Waiting does not grant a permission, so a retry
+//! would only repeat the refusal at the backoff's cap, forever, from every
+//! node. The source reports it as [`SourceHealth::Degraded`] with
+//! `config_error`, keeps the last good data (stale), and stops asking for
+//! what failed: that service's reads, or, for a watch, everything. It asks
+//! again once it is restarted, which the daemon does on SIGHUP after the
+//! operator fixed the token or policy.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
@@ -125,8 +135,10 @@ pub enum SourceHealth {
     Degraded {
         /// The latest failure.
         reason: String,
-        /// Whether an operator must fix something (token, ACL policy,
-        /// address) rather than wait.
+        /// Whether asking again cannot help (a token without a needed
+        /// permission, a filter Consul rejects): the source stopped asking
+        /// for what failed until it is restarted, and an operator must fix
+        /// something rather than wait.
         config_error: bool,
     },
 }
@@ -241,7 +253,29 @@ enum Signal {
 struct Known {
     instances: Vec<Instance>,
     last_ok: Option<SystemTime>,
-    error: Option<String>,
+    error: Option<Failure>,
+}
+
+/// Why the latest read of a service, or a watch, failed.
+#[derive(Debug, Clone)]
+struct Failure {
+    /// What went wrong and what the source does about it.
+    message: String,
+    /// Asking again cannot help ([`Error::is_retryable`] is false): what
+    /// failed is not asked for again until the source is restarted.
+    parked: bool,
+}
+
+impl Failure {
+    fn new(error: &Error) -> Self {
+        let parked = !error.is_retryable();
+        let message = if parked {
+            format!("{error}; not asked again until the source restarts (SIGHUP)")
+        } else {
+            error.to_string()
+        };
+        Self { message, parked }
+    }
 }
 
 struct Loop {
@@ -253,8 +287,7 @@ struct Loop {
     checks_index: u64,
     services_index: u64,
     watch_up: [bool; 2],
-    watch_error: Option<Error>,
-    fetch_error: Option<(String, bool)>,
+    watch_error: Option<Failure>,
     need_full: bool,
     dirty: BTreeSet<String>,
     retry: Backoff,
@@ -292,7 +325,6 @@ async fn run(
         services_index: 0,
         watch_up: [false, false],
         watch_error: None,
-        fetch_error: None,
         need_full: true,
         dirty: BTreeSet::new(),
         retry_at: None,
@@ -321,17 +353,7 @@ async fn run(
                 lp.need_full = true;
                 lp.resync_at = Instant::now() + jittered(lp.config.resync_interval, &mut lp.rng);
             }
-            _ = sleep_until_opt(retry_at) => {
-                lp.retry_at = None;
-                let failed: Vec<String> = lp
-                    .known
-                    .iter()
-                    .filter(|(_, k)| k.error.is_some() || k.last_ok.is_none())
-                    .map(|(n, _)| n.clone())
-                    .collect();
-                lp.dirty.extend(failed);
-                lp.dirty.extend(lp.watched.iter().filter(|s| !lp.known.contains_key(*s)).cloned());
-            }
+            _ = sleep_until_opt(retry_at) => lp.on_retry(),
         }
         lp.fetch().await;
         let next = lp.state();
@@ -374,18 +396,50 @@ impl Loop {
                 }
             }
             Signal::Failed { watch, error } => {
-                tracing::warn!(?watch, %error, "Consul watch failed; keeping the last good catalog");
+                let failure = Failure::new(&error);
+                if failure.parked {
+                    tracing::error!(?watch, %error, "Consul refused the watch; keeping the last good catalog and not asking again until the source restarts (SIGHUP)");
+                } else {
+                    tracing::warn!(?watch, %error, "Consul watch failed; keeping the last good catalog");
+                }
                 self.watch_up[watch as usize] = false;
                 if watch == Watch::Checks {
                     self.checks = None;
                 }
                 self.need_full = true;
-                self.watch_error = Some(error);
+                // A parked watch never recovers, so its failure is the one
+                // to report until the source restarts.
+                if self.watch_error.as_ref().is_none_or(|f| !f.parked) {
+                    self.watch_error = Some(failure);
+                }
             }
         }
         if self.watch_up.iter().all(|u| *u) {
             self.watch_error = None;
         }
+    }
+
+    /// The retry timer: reads again every service whose latest read failed
+    /// in a way waiting can fix, and every one never read.
+    fn on_retry(&mut self) {
+        self.retry_at = None;
+        let failed = self.known.iter().filter(|(_, k)| match &k.error {
+            Some(f) => !f.parked,
+            None => k.last_ok.is_none(),
+        });
+        let failed: Vec<String> = failed.map(|(n, _)| n.clone()).collect();
+        self.dirty.extend(failed);
+        let unread = self.watched.iter().filter(|s| !self.known.contains_key(*s));
+        let unread: Vec<String> = unread.cloned().collect();
+        self.dirty.extend(unread);
+    }
+
+    /// Whether `service` failed in a way asking again cannot fix.
+    fn is_parked(&self, service: &str) -> bool {
+        self.known
+            .get(service)
+            .and_then(|k| k.error.as_ref())
+            .is_some_and(|f| f.parked)
     }
 
     fn set_watched(&mut self, new: BTreeSet<String>) {
@@ -398,8 +452,9 @@ impl Loop {
     }
 
     /// Reads every dirty service (all of them after a full-refetch
-    /// trigger), at most `fetch_concurrency` at a time. Does nothing while
-    /// a watch is down: the reads would fail too, and the watch's recovery
+    /// trigger), at most `fetch_concurrency` at a time, except those
+    /// parked by a failure asking again cannot fix. Does nothing while a
+    /// watch is down: the reads would fail too, and the watch's recovery
     /// triggers one full refetch.
     async fn fetch(&mut self) {
         if !self.watch_up.iter().all(|u| *u) {
@@ -411,7 +466,7 @@ impl Loop {
         }
         let todo: Vec<String> = std::mem::take(&mut self.dirty)
             .into_iter()
-            .filter(|s| self.watched.contains(s))
+            .filter(|s| self.watched.contains(s) && !self.is_parked(s))
             .collect();
         if todo.is_empty() {
             return;
@@ -423,8 +478,7 @@ impl Loop {
         let mut pending = todo.into_iter();
         let mut running = JoinSet::new();
         let limit = self.config.concurrency();
-        let mut failed: Option<(String, bool)> = None;
-        let mut ok_count = 0usize;
+        let mut retry_needed = false;
         loop {
             while running.len() < limit {
                 let Some(name) = pending.next() else { break };
@@ -443,43 +497,52 @@ impl Loop {
             let entry = self.known.entry(name.clone()).or_default();
             match result {
                 Ok(resp) => {
-                    ok_count += 1;
                     entry.instances = resp.value;
                     entry.instances.sort();
                     entry.last_ok = Some(SystemTime::now());
                     entry.error = None;
                 }
                 Err(e) => {
-                    tracing::warn!(service = %name, error = %e, "Consul read failed; keeping the last good instances");
-                    let is_config = e.is_config_error();
-                    let msg = e.to_string();
-                    entry.error = Some(msg.clone());
-                    if failed.as_ref().is_none_or(|(_, c)| !*c) {
-                        failed = Some((msg, is_config));
+                    let failure = Failure::new(&e);
+                    if failure.parked {
+                        tracing::error!(service = %name, error = %e, "Consul refused the read; keeping the last good instances and not asking again until the source restarts (SIGHUP)");
+                    } else {
+                        tracing::warn!(service = %name, error = %e, "Consul read failed; keeping the last good instances");
+                        retry_needed = true;
                     }
+                    entry.error = Some(failure);
                 }
             }
         }
-        match failed {
-            Some(f) => {
-                self.fetch_error = Some(f);
-                let delay = self.retry.next_delay();
-                self.retry_at = Some(Instant::now() + delay);
-            }
-            None => {
-                if ok_count > 0 && self.known.values().all(|k| k.error.is_none()) {
-                    self.retry.reset();
-                    self.retry_at = None;
-                    self.fetch_error = None;
-                }
-            }
+        if retry_needed {
+            let delay = self.retry.next_delay();
+            self.retry_at = Some(Instant::now() + delay);
+        } else if !self
+            .known
+            .values()
+            .any(|k| k.error.as_ref().is_some_and(|f| !f.parked))
+        {
+            self.retry.reset();
+            self.retry_at = None;
         }
+    }
+
+    /// The failure to report: a watch's before a read's, and one that
+    /// parked something before one that is retried.
+    fn failure(&self) -> Option<&Failure> {
+        let reads = self
+            .watched
+            .iter()
+            .filter_map(|s| self.known.get(s)?.error.as_ref());
+        let mut all = self.watch_error.iter().chain(reads);
+        let first = all.clone().next();
+        all.find(|f| f.parked).or(first)
     }
 
     /// The state to publish: last good data everywhere, stale where the
     /// latest read or a watch failed.
     fn state(&self) -> SourceState {
-        let watch_down = self.watch_error.as_ref().map(ToString::to_string);
+        let watch_down = self.watch_error.as_ref().map(|f| &f.message);
         let mut services = BTreeMap::new();
         let mut missing = BTreeSet::new();
         for name in &self.watched {
@@ -491,7 +554,7 @@ impl Loop {
                 missing.insert(name.clone());
                 continue;
             };
-            let freshness = match (&k.error, &watch_down) {
+            let freshness = match (k.error.as_ref().map(|f| &f.message), watch_down) {
                 (Some(e), _) | (None, Some(e)) => Freshness::Stale {
                     since,
                     error: e.clone(),
@@ -506,15 +569,10 @@ impl Loop {
                 },
             );
         }
-        let health = if let Some(e) = &self.watch_error {
+        let health = if let Some(f) = self.failure() {
             SourceHealth::Degraded {
-                reason: e.to_string(),
-                config_error: e.is_config_error(),
-            }
-        } else if let Some((reason, config_error)) = &self.fetch_error {
-            SourceHealth::Degraded {
-                reason: reason.clone(),
-                config_error: *config_error,
+                reason: f.message.clone(),
+                config_error: f.parked,
             }
         } else if self.watch_up.iter().all(|u| *u) && missing.is_empty() {
             SourceHealth::Healthy
@@ -613,6 +671,8 @@ async fn watch_services(client: Client, config: SourceConfig, tx: mpsc::Sender<S
 /// it with this round's options, an answer whose index moved becomes the
 /// signal `changed` builds, an unchanged index sends nothing, and a
 /// failure (after the query's backoff) is [`Signal::Failed`] for `which`.
+/// A failure asking again cannot fix is reported once, and the watch then
+/// holds its sender without asking Consul anything until the source stops.
 async fn watch_index<T, F, Fut>(
     client: Client,
     config: SourceConfig,
@@ -636,6 +696,16 @@ async fn watch_index<T, F, Fut>(
         let sig = match q.next(|o| read(client.clone(), o)).await {
             Ok(u) if u.outcome == IndexOutcome::Unchanged => continue,
             Ok(u) => changed(u),
+            Err(error) if !error.is_retryable() => {
+                let failed = Signal::Failed {
+                    watch: which,
+                    error,
+                };
+                if tx.send(failed).await.is_ok() {
+                    tx.closed().await;
+                }
+                return;
+            }
             Err(error) => Signal::Failed {
                 watch: which,
                 error,
@@ -799,7 +869,6 @@ mod tests {
             services_index: 0,
             watch_up: [true, true],
             watch_error: None,
-            fetch_error: None,
             need_full: false,
             dirty: BTreeSet::new(),
             retry: Backoff::for_consul(),
@@ -823,7 +892,10 @@ mod tests {
             Known {
                 instances: vec![inst("w1", "n1")],
                 last_ok: Some(since),
-                error: Some("cannot reach Consul".into()),
+                error: Some(Failure {
+                    message: "cannot reach Consul".into(),
+                    parked: false,
+                }),
             },
         );
         let s = l.state();
@@ -869,5 +941,72 @@ mod tests {
         // While the watch is down, nothing is fetched (and nothing dropped).
         l.fetch().await;
         assert!(l.need_full, "recovery must refetch everything");
+    }
+
+    fn denied(endpoint: &str) -> Error {
+        Error::PermissionDenied {
+            endpoint: endpoint.into(),
+            message: "Permission denied: token lacks 'service:read'".into(),
+        }
+    }
+
+    fn refused(endpoint: &str) -> Error {
+        Error::Connect {
+            endpoint: endpoint.into(),
+            message: "connection refused".into(),
+        }
+    }
+
+    fn assert_parked_reason(s: &SourceState, endpoint: &str) {
+        match &s.health {
+            SourceHealth::Degraded {
+                reason,
+                config_error,
+            } => {
+                assert!(*config_error, "{reason}");
+                assert!(reason.contains(endpoint), "{reason}");
+                assert!(reason.contains("not asked again"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_read_is_not_retried_and_outranks_a_retryable_one() {
+        let mut l = lp();
+        l.known.insert(
+            "web".into(),
+            Known {
+                instances: vec![inst("w1", "n1")],
+                last_ok: Some(SystemTime::now()),
+                error: Some(Failure::new(&denied("/v1/health/service/web"))),
+            },
+        );
+        l.known.insert(
+            "db".into(),
+            Known {
+                error: Some(Failure::new(&refused("/v1/health/service/db"))),
+                ..Known::default()
+            },
+        );
+        l.on_retry();
+        assert_eq!(l.dirty, BTreeSet::from(["db".to_string()]));
+        let s = l.state();
+        assert_parked_reason(&s, "/v1/health/service/web");
+        let web = s.catalog.service("web").expect("last good web kept");
+        assert_eq!(web.instances.len(), 1);
+        assert!(matches!(web.freshness, Freshness::Stale { .. }));
+    }
+
+    #[tokio::test]
+    async fn a_refused_watch_stays_the_reported_failure() {
+        let mut l = lp();
+        for (watch, error) in [
+            (Watch::Checks, denied("/v1/health/state/any")),
+            (Watch::Services, refused("/v1/catalog/services")),
+        ] {
+            l.on_signal(Signal::Failed { watch, error });
+        }
+        assert_parked_reason(&l.state(), "/v1/health/state/any");
     }
 }

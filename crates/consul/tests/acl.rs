@@ -1,21 +1,158 @@
 //! ACLs against a real agent with `default_policy = "deny"`: a token
 //! without the needed permission is a clear, non-retryable configuration
-//! error (never an empty answer); a token with it works; the token never
-//! shows up in what converge prints.
+//! error (never an empty answer) that the source reports once and does not
+//! ask again; a token with it works; the token travels in a header and
+//! never shows up in what converge prints.
 
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use converge_consul::{
-    CatalogSource, Client, Config, Error, HealthQuery, QueryOptions, SourceConfig, SourceHealth,
+    CatalogSource, Client, Config, Error, HealthQuery, Pacing, QueryOptions, SourceConfig,
+    SourceHealth, SourceState,
 };
 use converge_model::Secret;
 use converge_testkit::consul::ConsulAgent;
+use converge_testkit::wait;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 
-fn client_with(agent: &ConsulAgent, token: &str) -> Client {
-    let config = Config::new(&agent.http_url())
+fn client_with(url: &str, token: &str) -> Client {
+    let config = Config::new(url)
         .expect("config")
         .with_token(Secret::new(token));
     Client::new(config).expect("client")
+}
+
+/// A loopback TCP proxy in front of the real agent that records the head
+/// of every request passing through it. It answers nothing itself: every
+/// byte goes on to the agent and back, so its record is what the agent
+/// received. Request heads are found at blank lines, which holds for the
+/// bodiless GETs the source sends.
+struct RecordingProxy {
+    addr: SocketAddr,
+    heads: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RecordingProxy {
+    async fn start(agent: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let task = tokio::spawn({
+            let heads = heads.clone();
+            async move {
+                let mut relays = tokio::task::JoinSet::new();
+                while let Ok((client, _)) = listener.accept().await {
+                    relays.spawn(relay(client, agent, heads.clone()));
+                }
+            }
+        });
+        Self { addr, heads, task }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn heads(&self) -> Vec<String> {
+        self.heads.lock().expect("lock").clone()
+    }
+
+    /// Requests the agent received for `path` (whatever the query string).
+    fn count(&self, path: &str) -> usize {
+        let line = |h: &String| h.lines().next().unwrap_or_default().to_string();
+        self.heads()
+            .iter()
+            .map(line)
+            .filter(|l| l.split([' ', '?']).nth(1) == Some(path))
+            .count()
+    }
+}
+
+impl Drop for RecordingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn relay(client: TcpStream, agent: SocketAddr, heads: Arc<Mutex<Vec<String>>>) {
+    let Ok(upstream) = TcpStream::connect(agent).await else {
+        return;
+    };
+    let (mut from_client, mut to_client) = client.into_split();
+    let (mut from_agent, mut to_agent) = upstream.into_split();
+    let requests = async move {
+        let mut pending = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = match from_client.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            pending.extend_from_slice(&buf[..n]);
+            while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head: Vec<u8> = pending.drain(..end + 4).collect();
+                let head = String::from_utf8_lossy(&head[..end]).into_owned();
+                heads.lock().expect("lock").push(head);
+            }
+            if to_agent.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    };
+    let answers = tokio::io::copy(&mut from_agent, &mut to_client);
+    let _ = tokio::join!(requests, answers);
+}
+
+/// Watches `web` retrying every 10–40 ms and waking its watches every
+/// 100 ms or so: a source that asked again after a refusal would show it
+/// many times within a few rounds of its own watches.
+fn eager_source(client: Client) -> CatalogSource {
+    let mut config = SourceConfig::new(["web"]);
+    config.retry_base = Duration::from_millis(10);
+    config.retry_cap = Duration::from_millis(40);
+    config.pacing = Pacing {
+        wait: Duration::from_millis(100),
+        unchanged_interval: Duration::from_millis(100),
+        ..Pacing::default()
+    };
+    CatalogSource::spawn(client, config)
+}
+
+/// Waits for the source to report a configuration error, and checks it
+/// names ACLs, keeps the token out, and publishes no `web`.
+async fn assert_config_error(source: &CatalogSource, token: &str) -> SourceState {
+    let mut rx = source.subscribe();
+    let state = tokio::time::timeout(
+        Duration::from_secs(15),
+        rx.wait_for(|s| matches!(s.health, SourceHealth::Degraded { .. })),
+    )
+    .await
+    .expect("source reports the ACL problem")
+    .expect("source alive")
+    .clone();
+    match &state.health {
+        SourceHealth::Degraded {
+            reason,
+            config_error,
+        } => {
+            assert!(*config_error, "{reason}");
+            assert!(reason.contains("ACL"), "{reason}");
+            assert!(reason.contains("not asked again"), "{reason}");
+            assert!(!reason.contains(token), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        state.catalog.service("web").is_none(),
+        "{:?}",
+        state.catalog
+    );
+    assert!(state.missing.contains("web"));
+    state
 }
 
 fn assert_denied(e: &Error, endpoint: &str, token: &str) {
@@ -38,7 +175,10 @@ async fn token_without_permission_is_a_configuration_error_not_an_empty_answer()
         .unwrap_or_else(|e| panic!("cannot start the real consul agent with ACLs: {e}"));
     a.register_service_with_ttl("web-1", "web", 8080, &[])
         .expect("register");
-    let admin = client_with(&a, a.management_token().expect("management token"));
+    let admin = client_with(
+        &a.http_url(),
+        a.management_token().expect("management token"),
+    );
     let start = Instant::now();
     loop {
         let r = admin
@@ -59,7 +199,7 @@ async fn token_without_permission_is_a_configuration_error_not_an_empty_answer()
     let narrow =
         tokio::task::block_in_place(|| a.create_token(r#"service "other" { policy = "read" }"#))
             .expect("narrow token");
-    let c = client_with(&a, &narrow);
+    let c = client_with(&a.http_url(), &narrow);
     let e = c
         .health_service("web", &HealthQuery::default(), &QueryOptions::default())
         .await
@@ -87,41 +227,63 @@ async fn token_without_permission_is_a_configuration_error_not_an_empty_answer()
 
     // A token Consul does not know.
     let bogus = "00000000-1111-4222-8333-444444444444";
-    let e = client_with(&a, bogus)
+    let e = client_with(&a.http_url(), bogus)
         .health_service("web", &HealthQuery::default(), &QueryOptions::default())
         .await
         .expect_err("unknown token");
     assert_denied(&e, "/v1/health/service/web", bogus);
 
-    // The source reports the configuration error and does not publish
-    // "web has no instances".
-    let source = CatalogSource::spawn(c.clone(), SourceConfig::new(["web"]));
-    let mut rx = source.subscribe();
-    let state = tokio::time::timeout(
-        Duration::from_secs(15),
-        rx.wait_for(|s| matches!(s.health, SourceHealth::Degraded { .. })),
-    )
-    .await
-    .expect("source reports the ACL problem")
-    .expect("source alive")
-    .clone();
-    match &state.health {
-        SourceHealth::Degraded {
-            reason,
-            config_error,
-        } => {
-            assert!(*config_error, "{reason}");
-            assert!(reason.contains("ACL"), "{reason}");
-            assert!(!reason.contains(&narrow), "{reason}");
-        }
-        other => panic!("{other:?}"),
-    }
-    assert!(
-        state.catalog.service("web").is_none(),
-        "{:?}",
-        state.catalog
+    // A source reports the configuration error, does not publish "web
+    // has no instances", and does not ask again. Through recording
+    // proxies: with `narrow` the watches run but reading web is refused,
+    // with `bogus` the watches themselves are refused (HTTP 403).
+    let narrow_proxy = RecordingProxy::start(a.http_addr()).await;
+    let bogus_proxy = RecordingProxy::start(a.http_addr()).await;
+    let narrow_source = eager_source(client_with(&narrow_proxy.url(), &narrow));
+    let bogus_source = eager_source(client_with(&bogus_proxy.url(), bogus));
+    assert_config_error(&narrow_source, &narrow).await;
+    assert_config_error(&bogus_source, bogus).await;
+    // The narrow source's checks watch keeps going round; five more rounds
+    // are long enough for a dozen retries, had there been any.
+    let rounds = narrow_proxy.count("/v1/health/state/any");
+    tokio::task::block_in_place(|| {
+        wait::until(
+            Duration::from_secs(15),
+            "five more rounds of the checks watch",
+            || narrow_proxy.count("/v1/health/state/any") >= rounds + 5,
+        )
+    })
+    .expect("the narrow source keeps watching");
+    assert_eq!(
+        narrow_proxy.count("/v1/health/service/web"),
+        1,
+        "web was read again after the refusal: {:#?}",
+        narrow_proxy.heads()
     );
-    assert!(state.missing.contains("web"));
+    assert_eq!(
+        bogus_proxy.heads().len(),
+        2,
+        "one request per watch, none after the 403: {:#?}",
+        bogus_proxy.heads()
+    );
+    assert!(matches!(
+        narrow_source.current().health,
+        SourceHealth::Degraded {
+            config_error: true,
+            ..
+        }
+    ));
+    // The token travelled in a header, never in a request line.
+    for head in narrow_proxy.heads() {
+        let (request_line, headers) = head.split_once("\r\n").expect("head");
+        assert!(!request_line.contains(&narrow), "{request_line}");
+        assert!(
+            headers
+                .to_ascii_lowercase()
+                .contains(&format!("x-consul-token: {narrow}")),
+            "{headers}"
+        );
+    }
 
     // With the permission, the same calls work.
     let wide = tokio::task::block_in_place(|| {
@@ -133,7 +295,7 @@ async fn token_without_permission_is_a_configuration_error_not_an_empty_answer()
         )
     })
     .expect("wide token");
-    let c = client_with(&a, &wide);
+    let c = client_with(&a.http_url(), &wide);
     let r = c
         .health_service("web", &HealthQuery::default(), &QueryOptions::default())
         .await
