@@ -80,6 +80,9 @@ pub struct Reconciler {
     released: BTreeSet<String>,
     /// Rejections and warnings of the last render, to log only new ones.
     findings: Vec<String>,
+    /// Whether the source was failing at the last pass, so a failure is
+    /// counted once, when it starts.
+    source_failing: bool,
 }
 
 impl Reconciler {
@@ -95,6 +98,7 @@ impl Reconciler {
             baseline,
             released: BTreeSet::new(),
             findings: Vec::new(),
+            source_failing: false,
         }
     }
 
@@ -145,15 +149,16 @@ impl Reconciler {
     fn read_file_catalog(&mut self, path: &Path) -> Option<Catalog> {
         match Catalog::load_file(path) {
             Ok(c) => {
-                self.board.snapshot_read();
-                self.board.update(|s| s.source_error = None);
+                self.record_source(SourceHealth::Healthy);
                 self.file_catalog = Some(c);
             }
             Err(e) => {
-                let msg = e.to_string();
-                tracing::error!(error = %msg, "catalog file is invalid; keeping the last good snapshot");
-                self.board.metrics.source_errors.inc();
-                self.board.update(|s| s.source_error = Some(msg));
+                let reason = e.to_string();
+                tracing::error!(error = %reason, "catalog file is invalid; keeping the last good snapshot");
+                self.record_source(SourceHealth::Degraded {
+                    reason,
+                    config_error: false,
+                });
             }
         }
         self.file_catalog.clone()
@@ -299,18 +304,29 @@ impl Reconciler {
         self.findings = findings;
     }
 
-    fn consul_catalog(&mut self, state: &converge_consul::SourceState) -> Option<Catalog> {
-        let error = match &state.health {
-            SourceHealth::Healthy => None,
-            SourceHealth::Starting => Some("waiting for the first answer from Consul".to_string()),
-            SourceHealth::Degraded { reason, .. } => Some(reason.clone()),
+    /// Puts the source's condition in the status and metrics: a failure is
+    /// counted when it starts (not on every pass it lasts), and the
+    /// snapshot age runs only while the source fails.
+    fn record_source(&mut self, health: SourceHealth) {
+        let (error, failing) = match health {
+            SourceHealth::Healthy => (None, false),
+            SourceHealth::Starting => (
+                Some("waiting for the first answer from Consul".to_string()),
+                false,
+            ),
+            SourceHealth::Degraded { reason, .. } => (Some(reason), true),
         };
-        if error.is_some() {
+        if failing && !self.source_failing {
             self.board.metrics.source_errors.inc();
-        } else {
-            self.board.snapshot_read();
+            self.board.fail("catalog");
         }
+        self.source_failing = failing;
+        self.board.snapshot_current(error.is_none());
         self.board.update(|s| s.source_error = error);
+    }
+
+    fn consul_catalog(&mut self, state: &converge_consul::SourceState) -> Option<Catalog> {
+        self.record_source(state.health.clone());
         // A service never read is unknown, not empty: render nothing until
         // every watched service has been read once.
         if !state.is_complete() {
@@ -320,11 +336,18 @@ impl Reconciler {
         Some((*state.catalog).clone())
     }
 
+    /// Puts the holds of this pass in the status and metrics; a hold is
+    /// logged and counted when it starts, not on every pass it lasts.
     fn record_holds(&self, manifest: &converge_model::Manifest, catalog: &Catalog, holds: &[Hold]) {
-        for h in holds {
+        let before = self.board.status().holds;
+        let new: Vec<&Hold> = holds
+            .iter()
+            .filter(|h| !before.iter().any(|b| b.backend == h.backend))
+            .collect();
+        for h in &new {
             tracing::warn!(backend = %h.backend, before = h.before, after = h.after, "change held: {}", h.reason);
         }
-        self.board.metrics.guard_holds.inc_by(holds.len() as u64);
+        self.board.metrics.guard_holds.inc_by(new.len() as u64);
         self.board.metrics.held_backends.set(holds.len() as i64);
         self.board.update(|s| {
             s.holds = holds.to_vec();

@@ -87,13 +87,17 @@ pub struct Metrics {
     pub runtime_api_updates: Counter,
     /// Failures by stage.
     pub failures: Family<Stage, Counter>,
-    /// Changes held by the guard.
+    /// Changes the guard started holding (a hold that lasts several
+    /// passes counts once).
     pub guard_holds: Counter,
     /// Backends held right now.
     pub held_backends: Gauge,
-    /// Failed reads of the catalog source.
+    /// Times the catalog source started failing (one failure lasting
+    /// several passes counts once).
     pub source_errors: Counter,
-    /// Seconds since the snapshot in force was read (set at scrape).
+    /// Seconds since the snapshot in force was last known current: 0 while
+    /// the source is healthy (it follows the catalog as it changes),
+    /// growing while it fails (set at scrape).
     pub snapshot_age_seconds: Gauge<f64, AtomicU64>,
     /// Unix time of the last fully successful reconcile.
     pub last_success_seconds: Gauge,
@@ -103,7 +107,7 @@ pub struct Metrics {
 #[derive(Debug)]
 pub struct Board {
     status: Mutex<Status>,
-    snapshot_at: Mutex<Option<Instant>>,
+    snapshot: Mutex<Snapshot>,
     /// Counters and gauges.
     pub metrics: Metrics,
     registry: Registry,
@@ -130,7 +134,7 @@ impl Board {
         registry.register("failures", "Failures by stage", m.failures.clone());
         registry.register(
             "guard_holds",
-            "Changes held back by the guard",
+            "Changes the guard started holding back",
             m.guard_holds.clone(),
         );
         registry.register(
@@ -140,12 +144,12 @@ impl Board {
         );
         registry.register(
             "source_errors",
-            "Failed catalog source reads",
+            "Times the catalog source started failing",
             m.source_errors.clone(),
         );
         registry.register(
             "snapshot_age_seconds",
-            "Age of the catalog snapshot in force",
+            "Seconds since the catalog snapshot in force was last known current",
             m.snapshot_age_seconds.clone(),
         );
         registry.register(
@@ -159,7 +163,7 @@ impl Board {
                 source: source.to_string(),
                 ..Status::default()
             }),
-            snapshot_at: Mutex::new(None),
+            snapshot: Mutex::new(Snapshot::default()),
             metrics,
             registry,
         })
@@ -178,24 +182,30 @@ impl Board {
         f(&mut self.status.lock().unwrap_or_else(PoisonError::into_inner));
     }
 
-    /// Records that a fresh snapshot was read now.
-    pub fn snapshot_read(&self) {
-        *self
-            .snapshot_at
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+    /// Records how the source answered this pass: `true` when the
+    /// snapshot in force is current, `false` when it is the last good one.
+    pub fn snapshot_current(&self, current: bool) {
+        let mut s = self.snapshot.lock().unwrap_or_else(PoisonError::into_inner);
+        if current {
+            s.current = true;
+            s.at = Some(Instant::now());
+        } else if s.current {
+            // Current until this pass found the source failing.
+            s.current = false;
+            s.at = Some(Instant::now());
+        }
     }
 
     /// Prometheus text exposition.
     pub fn metrics_text(&self) -> String {
-        if let Some(at) = *self
-            .snapshot_at
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-        {
-            self.metrics
-                .snapshot_age_seconds
-                .set(at.elapsed().as_secs_f64());
+        let snapshot = *self.snapshot.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(at) = snapshot.at {
+            let age = if snapshot.current {
+                0.0
+            } else {
+                at.elapsed().as_secs_f64()
+            };
+            self.metrics.snapshot_age_seconds.set(age);
         }
         let mut out = String::new();
         // Encoding into a String cannot fail.
@@ -212,6 +222,14 @@ impl Board {
             })
             .inc();
     }
+}
+
+/// Whether the snapshot in force is current, and since when it is not.
+#[derive(Debug, Clone, Copy, Default)]
+struct Snapshot {
+    current: bool,
+    /// When it was last known current.
+    at: Option<Instant>,
 }
 
 /// Seconds since the Unix epoch.

@@ -137,3 +137,56 @@ fn a_restarted_daemon_guards_its_first_pass_with_the_stored_baseline() {
     let stored = baseline::load(&Layout::new(&config.inputs.root)).expect("stored baseline");
     assert_eq!(stored.service("web").expect("web").instances.len(), 1);
 }
+
+fn catalog_failures(board: &Board) -> u64 {
+    board
+        .metrics
+        .failures
+        .get_or_create(&crate::status::Stage {
+            stage: "catalog".into(),
+        })
+        .get()
+}
+
+fn snapshot_age(board: &Board) -> f64 {
+    board.metrics_text();
+    board.metrics.snapshot_age_seconds.get()
+}
+
+#[test]
+fn a_failing_source_and_a_lasting_hold_count_once_and_age_the_snapshot() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = repo(dir.path(), "none");
+    let board = Board::new("lb1", "file");
+    let mut r = Reconciler::new(config.clone(), board.clone());
+    set_web(&config, &[8001]);
+    pass(&config, &board, &mut r);
+    assert_eq!(snapshot_age(&board), 0.0, "a healthy source is current");
+
+    // Two passes over a broken catalog file: one failure episode.
+    std::fs::write(&config.inputs.catalog, "services: [").expect("write");
+    for _ in 0..2 {
+        assert_eq!(
+            pass(&config, &board, &mut r),
+            "127.0.0.1:8001\n",
+            "last good snapshot"
+        );
+    }
+    assert!(board.status().source_error.is_some());
+    assert_eq!(board.metrics.source_errors.get(), 1);
+    assert_eq!(catalog_failures(&board), 1);
+    assert!(snapshot_age(&board) > 0.0, "the snapshot in force is aging");
+
+    // Back, then a hold that lasts two passes: one hold counted.
+    set_web(&config, &[8001]);
+    pass(&config, &board, &mut r);
+    assert_eq!(snapshot_age(&board), 0.0);
+    assert_eq!(board.status().source_error, None);
+    set_web(&config, &[]);
+    for _ in 0..2 {
+        assert_eq!(pass(&config, &board, &mut r), "127.0.0.1:8001\n", "held");
+    }
+    assert_eq!(board.status().holds.len(), 1);
+    assert_eq!(board.metrics.guard_holds.get(), 1);
+    assert_eq!(board.metrics.held_backends.get(), 1);
+}
