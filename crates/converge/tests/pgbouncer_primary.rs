@@ -8,15 +8,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::{RunningDaemon, Workspace};
 use converge_testkit::consul::ConsulAgent;
 use converge_testkit::pgbouncer::Pgbouncer;
-use converge_testkit::postgres::{give_to_postgres, psql_command, Postgres};
+use converge_testkit::postgres::{give_to_postgres, Postgres, Session};
 use converge_testkit::{free_port, wait};
 
 /// Generous: two cores shared with other suites.
@@ -45,6 +43,18 @@ fn site(port: u16, reload: &str) -> String {
 /// Both targets SIGHUP the pid in PgBouncer's pidfile.
 const SIGHUP: &str =
     "    reload:\n      signal: {pidfile: /run/postgresql/pgbouncer.pid, signal: SIGHUP}\n";
+
+/// How many clients of `db` wait in PgBouncer for a server connection
+/// (`cl_waiting` of `SHOW POOLS`); 0 while the console cannot be asked.
+fn waiting(pgbouncer: &Pgbouncer, db: &str) -> u32 {
+    pgbouncer
+        .show("converge", "SHOW POOLS")
+        .unwrap_or_default()
+        .iter()
+        .filter(|pool| pool["database"] == db)
+        .filter_map(|pool| pool["cl_waiting"].parse::<u32>().ok())
+        .sum()
+}
 
 /// Consul, clusters A and B, the daemon and PgBouncer.
 struct Stack {
@@ -205,64 +215,6 @@ fn pause_reload(port: u16) -> String {
     )
 }
 
-/// A `psql` session through PgBouncer fed line by line; killed by pid
-/// and reaped on drop.
-struct Session {
-    child: std::process::Child,
-    input: Option<std::process::ChildStdin>,
-    output: BufReader<std::process::ChildStdout>,
-}
-
-impl Session {
-    fn open(port: u16, db: &str) -> Self {
-        let mut child = psql_command(port, "app", db)
-            .arg("-At")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("psql");
-        let input = child.stdin.take();
-        let output = BufReader::new(child.stdout.take().expect("stdout"));
-        Self {
-            child,
-            input,
-            output,
-        }
-    }
-
-    /// Closes stdin (psql then exits) and waits for its exit status.
-    fn finish(&mut self) -> std::process::ExitStatus {
-        drop(self.input.take());
-        let mut status = None;
-        wait::until(DEADLINE, "the psql session to exit", || {
-            status = self.child.try_wait().ok().flatten();
-            status.is_some()
-        })
-        .expect("psql exits");
-        status.expect("status")
-    }
-
-    /// Sends one statement and returns its one line of output.
-    fn query(&mut self, sql: &str) -> String {
-        let input = self.input.as_mut().expect("session open");
-        writeln!(input, "{sql}").expect("write to psql");
-        input.flush().expect("flush");
-        let mut line = String::new();
-        self.output.read_line(&mut line).expect("read from psql");
-        line.trim().to_string()
-    }
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn with_pause_a_transaction_open_at_the_switch_commits_and_the_next_lands_on_b() {
     let port = free_port();
@@ -279,14 +231,14 @@ fn with_pause_a_transaction_open_at_the_switch_commits_and_the_next_lands_on_b()
         .expect("table on A");
 
     // A transaction in flight on A.
-    let mut tx = Session::open(port, "app");
+    let mut tx = Session::open(port, "app", "app").expect("psql");
     assert_eq!(
         tx.query("BEGIN; select inet_server_port();"),
-        s.a.port().to_string()
+        Ok(s.a.port().to_string())
     );
     assert_eq!(
         tx.query("insert into marks values ('in flight') returning what;"),
-        "in flight"
+        Ok("in flight".into())
     );
 
     // Count the PAUSEs so far, and wait for this switch's own.
@@ -303,7 +255,8 @@ fn with_pause_a_transaction_open_at_the_switch_commits_and_the_next_lands_on_b()
     .unwrap_or_else(|e| panic!("{e}\n{}", s.diagnostics()));
 
     // A new client while the transaction is open is held, not sent to B
-    // (where it would run alongside the open transaction on A).
+    // (where it would run alongside the open transaction on A): PgBouncer
+    // counts it among the clients waiting on `app`.
     let (sender, next) = std::sync::mpsc::channel();
     let pgb_port = s.pgbouncer().port();
     std::thread::spawn(move || {
@@ -312,24 +265,23 @@ fn with_pause_a_transaction_open_at_the_switch_commits_and_the_next_lands_on_b()
             converge_testkit::postgres::psql(pgb_port, "app", "app", "select inet_server_port()");
         let _ = sender.send((r, started.elapsed()));
     });
-    assert!(
-        next.recv_timeout(Duration::from_secs(2)).is_err(),
-        "a new query ran while a transaction was still open on the old primary\n{}",
-        s.diagnostics()
-    );
+    wait::until(DEADLINE, "PgBouncer to hold the new query", || {
+        waiting(s.pgbouncer(), "app") > 0
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", s.diagnostics()));
 
     // The open transaction still commits, on A.
     assert_eq!(
         tx.query("insert into marks values ('after switch') returning what;"),
-        "after switch"
+        Ok("after switch".into())
     );
     // COMMIT ends the transaction, PAUSE completes, and the same client's
     // next transaction (transaction pooling) runs on B after RESUME.
     assert_eq!(
         tx.query("COMMIT; select inet_server_port();"),
-        b_port.to_string()
+        Ok(b_port.to_string())
     );
-    let status = tx.finish();
+    let status = tx.finish(DEADLINE).expect("psql exits");
     assert!(status.success(), "psql session: {status}");
     assert_eq!(
         s.a.sql(
@@ -395,10 +347,10 @@ fn pause_holds_only_the_database_that_moves() {
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", s.diagnostics()));
 
-    let mut report = Session::open(port, "archive");
+    let mut report = Session::open(port, "app", "archive").expect("psql");
     assert_eq!(
         report.query("BEGIN; select inet_server_port();"),
-        a_port.to_string()
+        Ok(a_port.to_string())
     );
 
     s.switch(true);
@@ -415,10 +367,10 @@ fn pause_holds_only_the_database_that_moves() {
     // The archive transaction was neither held nor cut.
     assert_eq!(
         report.query("select inet_server_port();"),
-        a_port.to_string()
+        Ok(a_port.to_string())
     );
-    assert_eq!(report.query("COMMIT; select 'done';"), "done");
-    let status = report.finish();
+    assert_eq!(report.query("COMMIT; select 'done';"), Ok("done".into()));
+    let status = report.finish(DEADLINE).expect("psql exits");
     assert!(status.success(), "psql session: {status}");
 }
 
