@@ -44,6 +44,22 @@ fn site(port: u16, reload: &str) -> String {
 const SIGHUP: &str =
     "    reload:\n      signal: {pidfile: /run/postgresql/pgbouncer.pid, signal: SIGHUP}\n";
 
+/// A workspace for `site` and `catalog` where PgBouncer, running as
+/// `postgres`, reaches the files under the root and can write its pidfile
+/// and socket there.
+fn workspace(site: &str, catalog: &str) -> Workspace {
+    let ws = Workspace::custom(site, catalog);
+    ws.write("manifests/secrets/app", "");
+    ws.write("manifests/secrets/converge", "");
+    for dir in [ws.dir.path(), &ws.root()] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let run = ws.root().join("run/postgresql");
+    std::fs::create_dir_all(&run).expect("run dir");
+    give_to_postgres(&run).expect("chown run dir");
+    ws
+}
+
 /// How many clients of `db` wait in PgBouncer for a server connection
 /// (`cl_waiting` of `SHOW POOLS`); 0 while the console cannot be asked.
 fn waiting(pgbouncer: &Pgbouncer, db: &str) -> u32 {
@@ -88,17 +104,7 @@ impl Stack {
         consul
             .register_service_with_ttl("pg-b", "postgres", b.port(), &["replica"])
             .expect("register B");
-        let ws = Workspace::custom(site, "services: {}\n");
-        ws.write("manifests/secrets/app", "");
-        ws.write("manifests/secrets/converge", "");
-        // PgBouncer runs as `postgres`: it must reach the files under the
-        // root and write its pidfile and socket there.
-        for dir in [ws.dir.path(), &ws.root()] {
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-        }
-        let run = ws.root().join("run/postgresql");
-        std::fs::create_dir_all(&run).expect("run dir");
-        give_to_postgres(&run).expect("chown run dir");
+        let ws = workspace(site, "services: {}\n");
         let daemon = ws.run_daemon_with_consul(&consul, daemon_args);
         let mut s = Self {
             consul,
@@ -209,9 +215,14 @@ fn moving_the_primary_tag_moves_pgbouncer_to_the_new_primary() {
 
 /// Both targets reload over the admin console's unix socket, with PAUSE.
 fn pause_reload(port: u16) -> String {
+    pause_reload_within(port, 90)
+}
+
+/// Same, with PAUSE given up after `timeout_secs`.
+fn pause_reload_within(port: u16, timeout_secs: u64) -> String {
     format!(
         "    reload:\n      pgbouncer: {{host: /run/postgresql, port: {port}, user: converge, \
-         pause: true, timeout_secs: 90}}\n"
+         pause: true, timeout_secs: {timeout_secs}}}\n"
     )
 }
 
@@ -371,6 +382,69 @@ fn pause_holds_only_the_database_that_moves() {
     );
     assert_eq!(report.query("COMMIT; select 'done';"), Ok("done".into()));
     let status = report.finish(DEADLINE).expect("psql exits");
+    assert!(status.success(), "psql session: {status}");
+}
+
+#[test]
+fn a_pause_that_outlasts_its_timeout_rolls_back_and_leaves_nothing_paused() {
+    // No daemon and no Consul: `apply --once` on a catalog file, so the
+    // report of the failed reload is the command's own output.
+    let a = Postgres::start().expect("cluster A");
+    let port = free_port();
+    let catalog = |pg_port: u16| {
+        format!(
+            "services:\n  postgres:\n    - {{id: pg1, node: db1, address: 127.0.0.1, \
+             port: {pg_port}, tags: [primary], health: passing}}\n"
+        )
+    };
+    let ws = workspace(
+        &site(port, &pause_reload_within(port, 1)),
+        &catalog(a.port()),
+    );
+    common::assert_exit(&ws.converge(&["apply", "--once", "--node", "lb1"]), 0);
+    let config = ws.root().join("etc/pgbouncer/pgbouncer.ini");
+    let before = std::fs::read_to_string(&config).expect("config");
+    let pgbouncer = Pgbouncer::start(&config, port).expect("pgbouncer");
+
+    // A transaction open on `app` through the whole apply.
+    let mut tx = Session::open(port, "app", "app").expect("psql");
+    assert_eq!(
+        tx.query("BEGIN; select inet_server_port();"),
+        Ok(a.port().to_string())
+    );
+
+    // The primary moves (to a port nobody serves: the move never lands).
+    ws.write("catalog.yaml", &catalog(free_port()));
+    let out = ws.converge(&["apply", "--once", "--node", "lb1"]);
+    common::assert_exit(&out, 1);
+    let report = format!("{}{}", common::stdout(&out), common::stderr(&out));
+    assert!(
+        report.contains("PAUSE app did not complete; not reloaded; resumed")
+            && report.contains("`PAUSE app` did not answer within"),
+        "{report}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&config).expect("config"),
+        before,
+        "the previous file is back\n{report}"
+    );
+
+    // Nothing is left paused: `app` takes new queries, on A.
+    let rows = pgbouncer
+        .show("converge", "SHOW DATABASES")
+        .expect("console");
+    let app = rows.iter().find(|r| r["name"] == "app").expect("app row");
+    assert_eq!(app["paused"], "0", "{rows:?}\n{report}");
+    assert_eq!(
+        pgbouncer.sql("app", "app", "select inet_server_port()"),
+        Ok(a.port().to_string())
+    );
+    // And the transaction the PAUSE waited on commits.
+    assert_eq!(
+        tx.query("COMMIT; select 'committed';"),
+        Ok("committed".into())
+    );
+    let status = tx.finish(DEADLINE).expect("psql exits");
     assert!(status.success(), "psql session: {status}");
 }
 
