@@ -87,8 +87,14 @@ async fn serve(config: DaemonConfig, args: &RunArgs) -> anyhow::Result<()> {
         });
     }
 
+    let stopping = stop_rx.clone();
     daemon
-        .run(stop_rx, |board| {
+        .run(stop_rx, move |board| {
+            // A pass that ends after a stop was requested must not tell
+            // systemd the service is ready again.
+            if *stopping.borrow() {
+                return;
+            }
             let s = board.status();
             let line = if s.converged {
                 "converged".to_string()

@@ -178,12 +178,41 @@ pub struct RunningDaemon {
 impl Workspace {
     /// Starts `converge run` for node lb1 with this workspace's inputs.
     pub fn run_daemon(&self, extra: &[&str]) -> RunningDaemon {
+        let (cmd, listen) = self.daemon_command(extra);
+        self.spawn_daemon(cmd, listen)
+    }
+
+    /// [`run_daemon`](Self::run_daemon) as systemd starts a `Type=notify`
+    /// service: `NOTIFY_SOCKET`, and a watchdog of `watchdog_usec` with
+    /// `WATCHDOG_PID` naming the daemon's own pid (a shell that `exec`s
+    /// the daemon knows it in advance).
+    pub fn run_daemon_notify(&self, socket: &Path, watchdog_usec: u64) -> RunningDaemon {
+        let (inner, listen) = self.daemon_command(&[]);
+        let mut cmd = Command::new("/bin/sh");
+        cmd.args(["-c", r#"export WATCHDOG_PID=$$; exec "$0" "$@""#])
+            .arg(inner.get_program())
+            .args(inner.get_args());
+        for (k, v) in inner.get_envs() {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
+        }
+        cmd.env("NOTIFY_SOCKET", socket)
+            .env("WATCHDOG_USEC", watchdog_usec.to_string());
+        self.spawn_daemon(cmd, listen)
+    }
+
+    fn daemon_command(&self, extra: &[&str]) -> (Command, u16) {
         let listen = converge_testkit::free_port();
         let listen_at = format!("127.0.0.1:{listen}");
         let mut cmd = self.command(&["run", "--node", "lb1", "--listen", &listen_at]);
-        cmd.args(extra)
-            .env("RUST_LOG", "info")
-            .stdout(std::process::Stdio::null())
+        cmd.args(extra).env("RUST_LOG", "info");
+        (cmd, listen)
+    }
+
+    fn spawn_daemon(&self, mut cmd: Command, listen: u16) -> RunningDaemon {
+        cmd.stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(self.path("daemon.log")).expect("log"));
         let child =
             converge_testkit::Child::spawn("converge run", &mut cmd).expect("spawn converge run");
