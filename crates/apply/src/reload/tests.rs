@@ -182,7 +182,6 @@ fn a_hanging_command_is_killed_at_the_timeout() {
     let dir = tempfile::tempdir().expect("tempdir");
     let pidfile = dir.path().join("child.pid");
     let action = ReloadAction::Shell(format!("sleep 30 & echo $! > {}; wait", pidfile.display()));
-    let started = Instant::now();
     let err = run(
         &action,
         Limits {
@@ -193,18 +192,16 @@ fn a_hanging_command_is_killed_at_the_timeout() {
     )
     .expect_err("timeout");
     assert!(err.detail.contains("timed out"), "{err:?}");
-    assert!(started.elapsed() < Duration::from_secs(10));
     // The whole process group went, grandchildren included.
     let pid: i32 = std::fs::read_to_string(&pidfile)
         .expect("pidfile")
         .trim()
         .parse()
         .expect("pid");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while alive(Pid::from_raw(pid)) {
-        assert!(Instant::now() < deadline, "grandchild {pid} survived");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait::until(DEADLINE, &format!("grandchild {pid} to be gone"), || {
+        !alive(Pid::from_raw(pid))
+    })
+    .expect("the whole process group was killed");
 }
 
 #[test]

@@ -3,7 +3,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use converge_model::manifest::Validator;
 use converge_model::{ReloadAction, RenderedFile};
@@ -350,12 +350,15 @@ fn pgbouncer_accepts_a_good_config_with_its_staged_userlist() {
         !b.siblings[1].0.exists(),
         "the live userlist must not exist for this test"
     );
-    let started = Instant::now();
     b.check().expect("pgbouncer comes up on the candidate");
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "took {:?}",
-        started.elapsed()
+    // The check stopped and reaped the PgBouncer it started: nothing this
+    // thread spawned is left.
+    let children =
+        fs::read_to_string("/proc/thread-self/children").expect("this thread's children");
+    assert_eq!(
+        children.trim(),
+        "",
+        "the trial PgBouncer outlived the check"
     );
     assert!(!b.dir.path().join("nonexistent").exists());
 }
@@ -498,7 +501,6 @@ fn command_is_killed_with_its_children_at_the_deadline() {
     let path = dir.path().join("c.conf");
     let script = format!("sleep 60 & echo $! > {}; wait", pidfile.display());
     let file = staged(argv(&["sh", "-c", &script]), &path, &path, "x");
-    let started = Instant::now();
     let err = validate_within(
         &Candidate {
             file: &file,
@@ -509,7 +511,6 @@ fn command_is_killed_with_its_children_at_the_deadline() {
     )
     .expect_err("times out");
     assert_eq!(err.failure, Failure::TimedOut(Duration::from_millis(500)));
-    assert!(started.elapsed() < Duration::from_secs(5));
     let bg = read_pidfile(&pidfile).expect("background pid");
     wait::until(
         Duration::from_secs(2),
