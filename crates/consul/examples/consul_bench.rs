@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use converge_consul::{
-    CatalogSource, Client, Config, HealthQuery, QueryOptions, SourceConfig, SourceHealth,
+    CatalogSource, Config, HealthQuery, QueryOptions, SourceConfig, SourceHealth,
 };
 use converge_model::Health;
 use converge_testkit::consul::{open_connections_to, ConsulAgent};
@@ -75,11 +75,9 @@ async fn main() {
     };
 
     let cfg = SourceConfig::new((0..services).map(|i| format!("s{i}")));
-    let client = Client::with_pool(
-        Config::new(&agent.http_url()).expect("config"),
-        cfg.fetch_concurrency,
-    )
-    .expect("client");
+    let client = cfg
+        .client(Config::new(&agent.http_url()).expect("config"))
+        .expect("client");
     let started = Instant::now();
     let source = CatalogSource::spawn(client.clone(), cfg);
     let mut rx = source.subscribe();

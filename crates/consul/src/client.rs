@@ -6,8 +6,12 @@
 //! to the caller ([`BlockingQuery`](crate::BlockingQuery), the
 //! [source](crate::source)), which knows whether waiting is useful.
 //!
-//! Two things the client does enforce because only it can see them:
+//! The things the client does enforce because only it can see them:
 //!
+//! - **Connections are bounded.** At most `max_requests` requests (long
+//!   polls included) are in flight at once, however many tasks share the
+//!   client, and at most as many idle connections are kept; see
+//!   [`MAX_CONNECTIONS`] for why that bounds the connections to Consul.
 //! - **Request timeouts follow `wait`.** A blocking request may legitimately
 //!   take `wait` plus up to `wait/16` of Consul's jitter, so its timeout is
 //!   `wait + wait/16 +` [`Config::blocking_margin`]; plain reads use
@@ -39,9 +43,33 @@ use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
+use tokio::sync::Semaphore;
 
 use crate::config::Config;
 use crate::error::Error;
+
+/// Most TCP connections a [`Client`] and its clones hold to Consul, whose
+/// default limit is 200 per client address, shared with everything else
+/// on the node.
+///
+/// It holds by construction, whatever the callers do: a connection either
+/// carries a request or sits idle in the pool. Every request, long poll or
+/// read, holds one of `max_requests` ≤ [`MAX_REQUESTS`] slots from before it
+/// is sent until its body has been read, and the pool keeps at most
+/// `max_requests` idle connections, so there are at most
+/// `2 × MAX_REQUESTS` = 32.
+///
+/// One moment falls outside that count: hyper hands a finished connection
+/// back to the pool from a spawned task, and a request starting before that
+/// task runs opens a new one; whichever connection the pool then has no
+/// room for is closed. The overshoot lasts one task wake-up and needs a
+/// request to start in it, which is why the source does not run at the
+/// bound (see [`source`](crate::source)).
+pub const MAX_CONNECTIONS: usize = 32;
+
+/// Most requests a client lets through at once
+/// ([`Client::with_max_requests`] clamps to it).
+pub const MAX_REQUESTS: usize = MAX_CONNECTIONS / 2;
 
 /// Per-request options of a read.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -178,6 +206,8 @@ pub struct AgentSelf {
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
+    slots: Arc<Semaphore>,
+    max_requests: usize,
     base: Url,
     datacenter: Option<String>,
     request_timeout: Duration,
@@ -196,14 +226,17 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
-    /// Builds a client: reads TLS files, prepares the token header.
+    /// Builds a client: reads TLS files, prepares the token header. It
+    /// lets [`MAX_REQUESTS`] requests through at once.
     pub fn new(config: Config) -> Result<Self, Error> {
-        Self::with_pool(config, 16)
+        Self::with_max_requests(config, MAX_REQUESTS)
     }
 
-    /// Like [`Client::new`], keeping at most `max_idle` idle connections
-    /// to Consul between requests.
-    pub fn with_pool(config: Config, max_idle: usize) -> Result<Self, Error> {
+    /// Like [`Client::new`], letting at most `max_requests` (clamped to
+    /// 1..=[`MAX_REQUESTS`]) requests through at once and keeping at most
+    /// as many idle connections; further requests wait for a slot.
+    pub fn with_max_requests(config: Config, max_requests: usize) -> Result<Self, Error> {
+        let max_requests = max_requests.clamp(1, MAX_REQUESTS);
         let has_token = config.token.is_some();
         let mut headers = HeaderMap::new();
         if let Some(token) = &config.token {
@@ -217,7 +250,7 @@ impl Client {
             .use_rustls_tls()
             .default_headers(headers)
             .connect_timeout(config.connect_timeout)
-            .pool_max_idle_per_host(max_idle)
+            .pool_max_idle_per_host(max_requests)
             .pool_idle_timeout(Duration::from_secs(30))
             .tcp_nodelay(true)
             .http1_only()
@@ -267,6 +300,8 @@ impl Client {
             .map_err(|e| Error::Config(format!("cannot build HTTP client: {e}")))?;
         Ok(Self {
             http,
+            slots: Arc::new(Semaphore::new(max_requests)),
+            max_requests,
             base: config.address,
             datacenter: config.datacenter,
             request_timeout: config.request_timeout,
@@ -277,9 +312,14 @@ impl Client {
     }
 
     /// Requests sent so far by this client and its clones (for load
-    /// measurements).
+    /// measurements); one waiting for a slot is not sent yet.
     pub fn requests_sent(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Most requests this client and its clones have in flight at once.
+    pub fn max_requests(&self) -> usize {
+        self.max_requests
     }
 
     /// The agent's base URL.
@@ -660,6 +700,12 @@ impl Client {
             req = req.body(body);
         }
         let ms = timeout.as_millis();
+        // Held until the body is read: see MAX_CONNECTIONS.
+        let _slot = self
+            .slots
+            .acquire()
+            .await
+            .expect("the client never closes its request slots");
         self.requests.fetch_add(1, Ordering::Relaxed);
         let resp = req
             .send()
@@ -951,6 +997,24 @@ mod tests {
         assert!(t > wait + wait / 16, "{t:?}");
         let plain = QueryOptions::default();
         assert_eq!(client.timeout_for(&plain), Duration::from_secs(15));
+    }
+
+    #[test]
+    fn request_limit_is_clamped_to_what_the_connection_bound_allows() {
+        let config = || Config::new("127.0.0.1:1").expect("config");
+        for (asked, want) in [
+            (0, 1),
+            (3, 3),
+            (MAX_REQUESTS, MAX_REQUESTS),
+            (1000, MAX_REQUESTS),
+        ] {
+            let client = Client::with_max_requests(config(), asked).expect("client");
+            assert_eq!(client.max_requests(), want, "asked for {asked}");
+        }
+        assert_eq!(
+            Client::new(config()).expect("client").max_requests(),
+            MAX_REQUESTS
+        );
     }
 
     #[test]

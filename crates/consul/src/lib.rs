@@ -6,7 +6,9 @@
 //!   `CONSUL_HTTP_*` variables.
 //! - [`Client`]: one async method per endpoint converge uses (health,
 //!   catalog, KV with CAS, agent, status). It does not retry or sleep; it
-//!   reports typed [`Error`]s that say whether retrying can help.
+//!   reports typed [`Error`]s that say whether retrying can help, and lets
+//!   a bounded number of requests through at once, which bounds the
+//!   connections to Consul.
 //! - [`blocking`]: Consul's blocking-query rules (index reset, index ≥ 1,
 //!   no spinning) as a small state machine, and [`Backoff`] for failures.
 //! - [`source`]: watches the services the manifests reference with a

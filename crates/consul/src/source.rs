@@ -21,11 +21,17 @@
 //! - targeted `/v1/health/service/:name` reads for the services named by
 //!   the diff, at most [`SourceConfig::fetch_concurrency`] at a time.
 //!
-//! At most `2 + fetch_concurrency` requests are in flight and the client
-//! keeps at most `fetch_concurrency` idle connections. The HTTP pool hands a
-//! finished connection back asynchronously, so a read starting at that
-//! moment may open a new one; that is why the default concurrency is 12,
-//! not 30: measured peaks stay at 15–21 connections, well inside 32.
+//! The bound of 32 connections is the [`Client`]'s, and holds by
+//! construction (see [`MAX_CONNECTIONS`](crate::client::MAX_CONNECTIONS)):
+//! a client lets at most
+//! `max_requests` requests through at once and keeps at most as many idle
+//! connections. [`SourceConfig::client`] sizes one for the two watches
+//! plus the fetch pool, which is clamped to [`MAX_FETCH_CONCURRENCY`] so
+//! both always fit in [`MAX_REQUESTS`]: 2 + 14 requests and 16 idle
+//! connections at most. The default pool is 12 (2 × 14 = 28 connections),
+//! which leaves room for the moment the HTTP pool is still handing a
+//! finished connection back while a read opens a new one; measured peaks
+//! stay at 15–21.
 //!
 //! The trade-off: a health flip costs one wake-up of the checks watch (whose
 //! answer grows with the number of checks in the datacenter, not with what
@@ -74,12 +80,19 @@ use tokio::time::Instant;
 
 use crate::backoff::Backoff;
 use crate::blocking::{BlockingQuery, IndexOutcome, Pacing, Update};
-use crate::client::{Client, Consistency, HealthCheck, HealthQuery, QueryOptions, Response};
+use crate::client::{
+    Client, Consistency, HealthCheck, HealthQuery, QueryOptions, Response, MAX_REQUESTS,
+};
 use crate::config::Config;
 use crate::error::Error;
 
-/// Most reads the source runs at once, whatever is configured.
-pub const MAX_FETCH_CONCURRENCY: usize = 28;
+/// Long polls the source keeps open: the checks watch and the services
+/// watch.
+const WATCHES: usize = 2;
+
+/// Most reads the source runs at once, whatever is configured: what a
+/// client lets through besides the two watches.
+pub const MAX_FETCH_CONCURRENCY: usize = MAX_REQUESTS - WATCHES;
 
 /// What to watch and how.
 #[derive(Debug, Clone)]
@@ -116,6 +129,13 @@ impl SourceConfig {
             retry_base: Duration::from_millis(250),
             retry_cap: Duration::from_secs(30),
         }
+    }
+
+    /// A client for this source: room for both watches and the fetch
+    /// pool, and no more (see
+    /// [`MAX_CONNECTIONS`](crate::client::MAX_CONNECTIONS)).
+    pub fn client(&self, consul: Config) -> Result<Client, Error> {
+        Client::with_max_requests(consul, WATCHES + self.concurrency())
     }
 
     fn concurrency(&self) -> usize {
@@ -178,15 +198,17 @@ impl Drop for CatalogSource {
 }
 
 impl CatalogSource {
-    /// Builds a client sized for the source and starts watching.
+    /// Builds a client sized for the source ([`SourceConfig::client`])
+    /// and starts watching.
     pub fn connect(consul: Config, config: SourceConfig) -> Result<Self, Error> {
-        let client = Client::with_pool(consul, config.concurrency())?;
+        let client = config.client(consul)?;
         Ok(Self::spawn(client, config))
     }
 
-    /// Starts watching with `client`. For the connection bound to hold,
-    /// the client should not keep more idle connections than
-    /// `fetch_concurrency` ([`Client::with_pool`]).
+    /// Starts watching with `client`, whose request limit bounds the
+    /// connections. A client letting fewer than `2 + fetch_concurrency`
+    /// requests through makes reads wait for the watches' long polls;
+    /// [`SourceConfig::client`] builds one that fits.
     pub fn spawn(client: Client, config: SourceConfig) -> Self {
         let initial = SourceState {
             catalog: Arc::new(Catalog::default()),
@@ -855,6 +877,32 @@ mod tests {
     fn unchanged_views_name_nothing() {
         let v = view(&[("n1", "c-web", "web", "passing")]);
         assert!(changed_services(&v, &v.clone(), &BTreeMap::new()).is_empty());
+    }
+
+    #[test]
+    fn the_sources_client_fits_both_watches_and_the_fetch_pool() {
+        for asked in [
+            0,
+            1,
+            12,
+            MAX_FETCH_CONCURRENCY,
+            MAX_FETCH_CONCURRENCY + 1,
+            1000,
+        ] {
+            let mut config = SourceConfig::new(["web"]);
+            config.fetch_concurrency = asked;
+            let consul = Config::new("127.0.0.1:1").expect("config");
+            let client = config.client(consul).expect("client");
+            assert_eq!(
+                client.max_requests(),
+                WATCHES + config.concurrency(),
+                "fetch_concurrency {asked}"
+            );
+            assert!(
+                2 * client.max_requests() <= crate::client::MAX_CONNECTIONS,
+                "fetch_concurrency {asked}: requests and idle connections exceed the bound"
+            );
+        }
     }
 
     fn lp() -> Loop {

@@ -12,6 +12,7 @@ use converge_consul::{
 };
 use converge_model::Health;
 use converge_testkit::consul::ConsulAgent;
+use converge_testkit::wait;
 
 fn agent() -> ConsulAgent {
     ConsulAgent::start().unwrap_or_else(|e| panic!("cannot start the real consul agent: {e}"))
@@ -336,6 +337,66 @@ async fn blocking_query_wakes_on_change_not_before() {
     assert!(flipped_at.elapsed() < Duration::from_secs(5));
     assert!(got.meta.index > first.meta.index);
     assert_eq!(got.value[0].health, Health::Critical);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_beyond_the_clients_limit_wait_for_a_free_slot() {
+    let a = agent();
+    let c =
+        Client::with_max_requests(Config::new(&a.http_url()).expect("config"), 3).expect("client");
+    let check = a
+        .register_service_with_ttl("web-1", "web", 80, &[])
+        .expect("register");
+    let first = eventually("web-1 registered", Duration::from_secs(10), || async {
+        let r = c
+            .health_service("web", &HealthQuery::default(), &q())
+            .await
+            .ok()?;
+        (!r.value.is_empty()).then_some(r)
+    })
+    .await;
+    let sent_before = c.requests_sent();
+
+    // Eight long polls on a client that lets three through: three reach
+    // the agent and park there, five wait for a slot.
+    let opts = QueryOptions {
+        index: first.meta.index,
+        wait: Some(Duration::from_secs(300)),
+        ..q()
+    };
+    let waiters: Vec<_> = (0..8)
+        .map(|_| {
+            let (c, opts) = (c.clone(), opts.clone());
+            tokio::spawn(async move {
+                c.health_service("web", &HealthQuery::default(), &opts)
+                    .await
+            })
+        })
+        .collect();
+    tokio::task::block_in_place(|| {
+        wait::until(Duration::from_secs(10), "three long polls sent", || {
+            c.requests_sent() >= sent_before + 3
+        })
+    })
+    .expect("the first three go out");
+    assert_eq!(
+        c.requests_sent(),
+        sent_before + 3,
+        "a fourth request went out while three long polls held every slot"
+    );
+
+    // The change wakes the three; the five then go out in turn.
+    tokio::task::block_in_place(|| a.fail(&check)).expect("fail");
+    for w in waiters {
+        let got = tokio::time::timeout(Duration::from_secs(15), w)
+            .await
+            .expect("every long poll returns on the change, not after its 300 s wait")
+            .expect("join")
+            .expect("read");
+        assert!(got.meta.index > first.meta.index);
+        assert_eq!(got.value[0].health, Health::Critical);
+    }
+    assert_eq!(c.requests_sent(), sent_before + 8);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

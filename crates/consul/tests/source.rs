@@ -7,9 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use converge_consul::{
-    CatalogSource, Client, Config, Pacing, SourceConfig, SourceHealth, SourceState,
-};
+use converge_consul::{CatalogSource, Config, Pacing, SourceConfig, SourceHealth, SourceState};
 use converge_model::{Freshness, Health};
 use converge_testkit::consul::{open_connections_to, ConsulAgent};
 use tokio::sync::watch;
@@ -255,8 +253,7 @@ async fn six_hundred_watched_services_stay_within_32_connections() {
         wait: Duration::from_secs(300),
         ..Pacing::default()
     };
-    let fetch_concurrency = cfg.fetch_concurrency;
-    let client = Client::with_pool(consul, fetch_concurrency).expect("client");
+    let client = cfg.client(consul).expect("client");
     let src = CatalogSource::spawn(client.clone(), cfg);
     let mut rx = src.subscribe();
     let s = wait_state(
