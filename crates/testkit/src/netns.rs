@@ -5,7 +5,8 @@
 //! A [`Netns`] is created with `ip netns add` under a name no other test
 //! uses (`cvg-PID-N-TAG`: this process, a per-process counter, the caller's
 //! tag), with `lo` up. Commands run inside with `ip netns exec NAME ...`
-//! ([`Netns::command`]), which switches namespace and then `exec`s the
+//! ([`Netns::command`], or [`Netns::enter`] for a command built
+//! elsewhere), which switches namespace and then `exec`s the
 //! program, so the pid of the spawned [`Child`] is the program's own pid.
 //! Addresses are observed with `ip -n NAME -o addr show dev IF`.
 //!
@@ -93,6 +94,24 @@ impl Netns {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.name]).arg(program);
         cmd
+    }
+
+    /// `cmd` as a command that runs inside the namespace: its program and
+    /// arguments after `ip netns exec NAME`, with the environment changes
+    /// it sets or removes (not an `env_clear`) and its working directory.
+    pub fn enter(&self, cmd: &Command) -> Command {
+        let mut inside = self.command(cmd.get_program());
+        inside.args(cmd.get_args());
+        for (key, value) in cmd.get_envs() {
+            match value {
+                Some(v) => inside.env(key, v),
+                None => inside.env_remove(key),
+            };
+        }
+        if let Some(dir) = cmd.get_current_dir() {
+            inside.current_dir(dir);
+        }
+        inside
     }
 
     /// Runs `program ARGS` inside the namespace to completion; its stdout.
@@ -361,6 +380,36 @@ fn pid_of(pid: u32) -> Pid {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn enter_wraps_program_arguments_environment_and_directory() {
+        // Never created, so dropping it deletes nothing.
+        let ns = Netns {
+            name: "cvg-test".into(),
+            deleted: true,
+        };
+        let mut cmd = Command::new("converge");
+        cmd.args(["status", "--node", "lb1"])
+            .env("A", "1")
+            .env_remove("B")
+            .current_dir("/tmp");
+        let inside = ns.enter(&cmd);
+        assert_eq!(inside.get_program(), "ip");
+        let args: Vec<&OsStr> = inside.get_args().collect();
+        assert_eq!(
+            args,
+            ["netns", "exec", "cvg-test", "converge", "status", "--node", "lb1"]
+        );
+        let envs: Vec<(&OsStr, Option<&OsStr>)> = inside.get_envs().collect();
+        assert_eq!(
+            envs,
+            [
+                (OsStr::new("A"), Some(OsStr::new("1"))),
+                (OsStr::new("B"), None)
+            ]
+        );
+        assert_eq!(inside.get_current_dir(), Some(std::path::Path::new("/tmp")));
+    }
 
     #[test]
     fn parses_ip_o_addr_output() {
