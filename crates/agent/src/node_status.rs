@@ -1,23 +1,27 @@
 //! `converge status`: one screen for the on-call engineer — what converge
 //! last did on this node, which servers HAProxy is using right now, where
-//! PgBouncer sends each database, and whether this node holds its VIPs.
+//! PgBouncer sends each database, and for each VRRP instance keepalived's
+//! own state and whether this node holds the VIP.
 //!
 //! Every section is gathered on its own and carries its own error, so a
 //! program that cannot be asked (HAProxy down, the daemon not running)
 //! never hides what the others say. Nothing here changes anything.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::time::{Duration, UNIX_EPOCH};
 
 use converge_apply::pgbouncer_admin::{show_databases, DatabaseRoute};
 use converge_apply::LiveServer;
-use converge_model::manifest::{PgbouncerAdmin, Reload, Validator};
+use converge_model::manifest::{PgbouncerAdmin, Reload};
 use converge_model::{Layout, Manifests};
 use serde::Serialize;
 
 use crate::pipeline::hex_sha256;
 use crate::status::Status;
+
+mod vrrp;
+
+pub use vrrp::{VipLive, VrrpState};
 
 /// A section's content, or why it could not be gathered.
 #[derive(Debug, Serialize)]
@@ -53,24 +57,6 @@ pub struct TargetLive {
     pub last_apply: Option<u64>,
     /// The daemon's last error for this target.
     pub last_error: Option<String>,
-}
-
-/// One VRRP instance as this node holds it now.
-#[derive(Debug, Serialize)]
-pub struct VipLive {
-    /// Instance name.
-    pub name: String,
-    /// Interface.
-    pub interface: String,
-    /// `MASTER` when every address is on this node, `BACKUP` when none,
-    /// `PARTIAL` otherwise.
-    pub state: &'static str,
-    /// Addresses present on this node.
-    pub held: Vec<String>,
-    /// Addresses configured.
-    pub addresses: Vec<String>,
-    /// keepalived's pid, when its pidfile names a live process.
-    pub keepalived_pid: Option<u32>,
 }
 
 /// Everything `converge status` shows.
@@ -128,14 +114,7 @@ pub async fn gather(
         .collect();
     let socket = layout.path(&desired.manifest.haproxy.stats_socket);
     let haproxy = converge_apply::live_servers(&socket, Duration::from_secs(2)).into();
-    let pidfile = desired
-        .targets
-        .values()
-        .find_map(|t| match (&t.validate, &t.reload) {
-            (Validator::Keepalived, Reload::Signal { pidfile, .. }) => Some(layout.path(pidfile)),
-            _ => None,
-        });
-    let keepalived = vips(&desired, pidfile.as_deref()).into();
+    let keepalived = vrrp::vips(&desired, layout).into();
     let pgbouncer = console(&desired, layout)
         .and_then(|admin| show_databases(&admin))
         .into();
@@ -179,65 +158,6 @@ fn console(
         admin.host = layout.path(&admin.host).display().to_string();
     }
     Ok(admin)
-}
-
-fn vips(
-    desired: &converge_model::NodeDesired,
-    pidfile: Option<&Path>,
-) -> Result<Vec<VipLive>, String> {
-    let output = Command::new("ip")
-        .args(["-o", "addr", "show"])
-        .output()
-        .map_err(|e| format!("cannot run `ip -o addr show`: {e}"))?;
-    if !output.status.success() {
-        return Err(format!(
-            "`ip -o addr show` failed: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        ));
-    }
-    let present = String::from_utf8_lossy(&output.stdout).into_owned();
-    let local: Vec<&str> = present
-        .lines()
-        .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            f.find(|w| *w == "inet" || *w == "inet6")?;
-            f.next()
-        })
-        .collect();
-    let pid = pidfile
-        .and_then(|p| std::fs::read_to_string(p).ok())
-        .and_then(|s| s.trim().parse::<u32>().ok())
-        .filter(|pid| Path::new(&format!("/proc/{pid}")).exists());
-    Ok(desired
-        .vips
-        .values()
-        .map(|v| {
-            let held: Vec<String> = v
-                .vip
-                .addresses
-                .iter()
-                .filter(|a| {
-                    let ip = a.split('/').next().unwrap_or(a);
-                    local.iter().any(|l| l.split('/').next() == Some(ip))
-                })
-                .cloned()
-                .collect();
-            VipLive {
-                name: v.name.clone(),
-                interface: v.node_interface.clone(),
-                state: if held.is_empty() {
-                    "BACKUP"
-                } else if held.len() == v.vip.addresses.len() {
-                    "MASTER"
-                } else {
-                    "PARTIAL"
-                },
-                held,
-                addresses: v.vip.addresses.clone(),
-                keepalived_pid: pid,
-            }
-        })
-        .collect())
 }
 
 /// `GET /status` from the daemon's loopback listener.

@@ -102,7 +102,7 @@ fn text(r: &NodeReport) -> String {
         }
         Section::Error(e) => out += &format!("{e}\n"),
     }
-    out += "\nKEEPALIVED VIP       STATE    INTERFACE  ADDRESSES\n";
+    out += "\nKEEPALIVED VIP       STATE    HOLDS VIP  INTERFACE  ADDRESSES\n";
     match &r.keepalived {
         Section::Ok(vips) => {
             for v in vips {
@@ -110,13 +110,27 @@ fn text(r: &NodeReport) -> String {
                     Some(pid) => format!("keepalived pid {pid}"),
                     None => "keepalived NOT running".into(),
                 };
+                let holds = if v.holds_vip {
+                    "yes".to_string()
+                } else if v.held.is_empty() {
+                    "no".to_string()
+                } else {
+                    format!("partial: {}", v.held.join(", "))
+                };
                 out += &format!(
-                    "{:<20} {:<8} {:<10} {} ({running})\n",
+                    "{:<20} {:<8} {:<10} {:<10} {} ({running})\n",
                     v.name,
-                    v.state,
+                    v.state.as_str(),
+                    holds,
                     v.interface,
                     v.addresses.join(", ")
                 );
+                if let Some(note) = &v.state_note {
+                    out += &format!("  state unknown: {note}\n");
+                }
+                if let Some(warning) = &v.warning {
+                    out += &format!("  WARNING: {warning}\n");
+                }
             }
         }
         Section::Error(e) => out += &format!("{e}\n"),
