@@ -14,6 +14,12 @@
 //! `haproxy_check`) is `/bin/test -e DIR/lbN-healthy`, a file the test
 //! creates and deletes.
 //!
+//! At each step `converge status --format json` runs on both nodes, inside
+//! each node's namespace (where its addresses are), and must report
+//! keepalived's own state — MASTER, BACKUP, FAULT, or UNKNOWN once
+//! keepalived is killed — apart from whether the node holds the VIP, which
+//! a killed keepalived leaves behind.
+//!
 //! The VIP move time printed here is one sample; `vip_move_times` (ignored,
 //! run on demand) takes many:
 //!
@@ -32,6 +38,7 @@ use common::{assert_exit, stdout, Workspace};
 use converge_testkit::keepalived::Keepalived;
 use converge_testkit::netns::{Lan, Netns};
 use converge_testkit::wait;
+use serde_json::Value;
 
 /// Generous: the test asserts where the VIP goes, not how fast, on a
 /// loaded two-core machine. VRRP itself needs about 3 × advert_int (1 s)
@@ -90,6 +97,26 @@ impl Node {
             .as_ref()
             .map(Keepalived::log)
             .unwrap_or_default()
+    }
+
+    /// `converge status ARGS` for this node, run inside `ns`.
+    fn status(&self, ns: &Netns, args: &[&str]) -> String {
+        let mut all = vec!["status", "--node", self.name];
+        all.extend_from_slice(args);
+        let out = ns
+            .enter(&self.ws.command(&all))
+            .output()
+            .expect("run converge status");
+        assert_exit(&out, 0);
+        stdout(&out)
+    }
+
+    /// The VIP's entry in the keepalived section of `converge status`.
+    fn vip_status(&self, ns: &Netns) -> Value {
+        let out = self.status(ns, &["--format", "json"]);
+        let doc: Value = serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("{} status is not JSON ({e}):\n{out}", self.name));
+        doc["keepalived"]["ok"][0].clone()
     }
 }
 
@@ -181,20 +208,47 @@ impl Site {
         })
     }
 
+    /// Waits until `converge status` reports `(state, holds_vip)` for lb1
+    /// and for lb2, and returns both VIP entries.
+    fn expect_status(&self, want: [(&str, bool); 2], why: &str) -> [Value; 2] {
+        let mut seen = [Value::Null, Value::Null];
+        let reported = wait::until(MOVE_DEADLINE, why, || {
+            seen = [
+                self.lb1.vip_status(&self.net.members[0]),
+                self.lb2.vip_status(&self.net.members[1]),
+            ];
+            seen.iter()
+                .zip(want)
+                .all(|(v, (state, holds))| v["state"] == state && v["holds_vip"] == holds)
+        });
+        if let Err(e) = reported {
+            self.fail(&format!(
+                "{e}\nconverge status: lb1 {:#}\nlb2 {:#}",
+                seen[0], seen[1]
+            ));
+        }
+        seen
+    }
+
     fn expect(&self, why: &str, cond: impl FnMut() -> bool) -> Duration {
         let start = Instant::now();
         if let Err(e) = wait::until(MOVE_DEADLINE, why, cond) {
-            panic!(
-                "{e}\nlb1 ({}): {:?}\nlb2 ({}): {:?}\n--- lb1 keepalived\n{}\n--- lb2 keepalived\n{}",
-                self.net.members[0].name(),
-                self.net.members[0].addresses(IFACE),
-                self.net.members[1].name(),
-                self.net.members[1].addresses(IFACE),
-                self.lb1.log(),
-                self.lb2.log()
-            );
+            self.fail(&e);
         }
         start.elapsed()
+    }
+
+    /// Panics with `what`, both nodes' addresses and keepalived logs.
+    fn fail(&self, what: &str) -> ! {
+        panic!(
+            "{what}\nlb1 ({}): {:?}\nlb2 ({}): {:?}\n--- lb1 keepalived\n{}\n--- lb2 keepalived\n{}",
+            self.net.members[0].name(),
+            self.net.members[0].addresses(IFACE),
+            self.net.members[1].name(),
+            self.net.members[1].addresses(IFACE),
+            self.lb1.log(),
+            self.lb2.log()
+        );
     }
 
     /// Crashes lb1's keepalived (both processes, by pid) and returns the
@@ -300,10 +354,23 @@ targets:
 fn vip_follows_priority_failures_and_manifest_changes() {
     let mut site = Site::up();
 
-    // 1. The higher priority holds the VIP.
+    // 1. The higher priority holds the VIP, and status says so from
+    //    keepalived's own report.
     site.expect_on_lb1(true, "the VIP on lb1 (priority 150) only");
+    let [lb1, lb2] = site.expect_status(
+        [("MASTER", true), ("BACKUP", false)],
+        "status: lb1 MASTER holding the VIP, lb2 BACKUP",
+    );
+    let lb1_pid = site.lb1.running().pid();
+    assert_eq!(lb1["keepalived_pid"], lb1_pid, "{lb1:#}");
+    assert_eq!(lb1["priority"], 150, "{lb1:#}");
+    assert_eq!(lb2["priority"], 100, "{lb2:#}");
+    for v in [&lb1, &lb2] {
+        assert!(v["warning"].is_null() && v["state_note"].is_null(), "{v:#}");
+    }
 
-    // 2. lb1's keepalived dies: lb2 takes the VIP.
+    // 2. lb1's keepalived dies: lb2 takes the VIP. lb1 keeps a stale copy
+    //    of it, and its last report said MASTER; status must say neither.
     let moved = site.crash_lb1();
     println!(
         "keepalived VIP move after killing the MASTER (SIGKILL): on lb2's interface after \
@@ -311,17 +378,46 @@ fn vip_follows_priority_failures_and_manifest_changes() {
         moved.address.as_secs_f64(),
         moved.client.as_secs_f64()
     );
+    let [lb1, _] = site.expect_status(
+        [("UNKNOWN", true), ("MASTER", true)],
+        "status: lb1 UNKNOWN with a stale VIP, lb2 MASTER",
+    );
+    assert!(lb1["keepalived_pid"].is_null(), "{lb1:#}");
+    let note = lb1["state_note"].as_str().unwrap_or_default();
+    assert!(note.contains("not running"), "{lb1:#}");
+    let warning = lb1["warning"].as_str().unwrap_or_default();
+    assert!(warning.starts_with("stale VIP"), "{lb1:#}");
+    let text = site.lb1.status(&site.net.members[0], &[]);
+    let row: Vec<&str> = text
+        .lines()
+        .find(|l| l.starts_with("edge "))
+        .map(|l| l.split_whitespace().take(3).collect())
+        .unwrap_or_default();
+    assert_eq!(row, ["edge", "UNKNOWN", "yes"], "{text}");
+    assert!(
+        text.contains("keepalived NOT running") && text.contains("WARNING: stale VIP"),
+        "{text}"
+    );
 
     // 3. lb1 comes back and preempts (its start removes the stale VIP)...
     site.lb1.start(&site.net.members[0]);
     site.expect_on_lb1(true, "lb1 to take the VIP back after its restart");
-    // ... and gives it away when its track script fails.
+    site.expect_status(
+        [("MASTER", true), ("BACKUP", false)],
+        "status: lb1 MASTER again after its restart, lb2 BACKUP",
+    );
+    // ... and gives it away when its track script fails: FAULT, which the
+    // addresses alone would show as BACKUP.
     site.lb1.set_healthy(false);
     site.expect_on_lb1(false, "the VIP on lb2 once lb1's track script fails");
     assert!(
         site.lb1.log().contains("FAULT"),
         "lb1 should be in FAULT:\n{}",
         site.lb1.log()
+    );
+    site.expect_status(
+        [("FAULT", false), ("MASTER", true)],
+        "status: lb1 FAULT, lb2 MASTER",
     );
     site.lb1.set_healthy(true);
     site.expect_on_lb1(true, "lb1 to take the VIP back once its check passes");
@@ -334,6 +430,11 @@ fn vip_follows_priority_failures_and_manifest_changes() {
     let conf2 = std::fs::read_to_string(site.lb2.config()).expect("lb2 config");
     assert!(conf2.contains("priority 200"), "{conf2}");
     site.expect_on_lb1(false, "the VIP on lb2 after its priority went to 200");
+    let [_, lb2] = site.expect_status(
+        [("BACKUP", false), ("MASTER", true)],
+        "status: lb2 MASTER after the reload, lb1 BACKUP",
+    );
+    assert_eq!(lb2["priority"], 200, "{lb2:#}");
     for n in [&mut site.lb1, &mut site.lb2] {
         let name = n.name;
         assert!(
