@@ -11,7 +11,7 @@ use converge_consul::{
     QueryOptions,
 };
 use converge_model::Health;
-use converge_testkit::consul::ConsulAgent;
+use converge_testkit::consul::{open_connections_to, ConsulAgent};
 use converge_testkit::wait;
 
 fn agent() -> ConsulAgent {
@@ -40,6 +40,22 @@ where
         assert!(start.elapsed() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+}
+
+/// Waits until this process holds more established connections to the
+/// agent than `before`: a request started on a client of its own (whose
+/// pool is empty) is then on its way to the agent, and stopping the agent
+/// cuts it.
+fn wait_connected(agent: &ConsulAgent, before: usize) {
+    let port = agent.http_addr().port();
+    tokio::task::block_in_place(|| {
+        wait::until(
+            Duration::from_secs(10),
+            "a new connection to the agent",
+            || open_connections_to(port) > before,
+        )
+    })
+    .expect("the request reaches the agent");
 }
 
 async fn health_of(c: &Client, service: &str, id: &str) -> Option<Health> {
@@ -318,23 +334,29 @@ async fn blocking_query_wakes_on_change_not_before() {
     );
     assert_eq!(same.meta.index, first.meta.index);
 
-    // A check flips while the query waits: it returns early, index moved.
-    let check = "ttl:web-1".to_string();
+    // A check flips while the query waits: it returns long before its
+    // wait runs out, with the moved index. (Had the flip beaten the
+    // request to the agent, the old index would make it return at once,
+    // with the same answer.)
     let opts = QueryOptions {
         index: first.meta.index,
-        wait: Some(Duration::from_secs(30)),
+        wait: Some(Duration::from_secs(300)),
         ..q()
     };
-    let c2 = c.clone();
+    let before = open_connections_to(a.http_addr().port());
+    let own = client(&a);
     let waiter = tokio::spawn(async move {
-        c2.health_service("web", &HealthQuery::default(), &opts)
+        own.health_service("web", &HealthQuery::default(), &opts)
             .await
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let flipped_at = Instant::now();
-    tokio::task::block_in_place(|| a.fail(&check)).expect("fail");
-    let got = waiter.await.expect("join").expect("woke");
-    assert!(flipped_at.elapsed() < Duration::from_secs(5));
+    wait_connected(&a, before);
+    assert!(!waiter.is_finished(), "returned before anything changed");
+    tokio::task::block_in_place(|| a.fail("ttl:web-1")).expect("fail");
+    let got = tokio::time::timeout(Duration::from_secs(15), waiter)
+        .await
+        .expect("the change wakes the query")
+        .expect("join")
+        .expect("woke");
     assert!(got.meta.index > first.meta.index);
     assert_eq!(got.value[0].health, Health::Critical);
 }
@@ -441,13 +463,15 @@ async fn watch_survives_an_agent_restart_whose_index_went_backwards() {
     assert!(before > 30, "index {before}");
 
     // The watch is waiting on `before` when the agent restarts: the cut
-    // request is a retryable error, and the next one is a plain read.
-    let c2 = c.clone();
+    // request is a retryable error, and the next one is a plain read. It
+    // goes out on a client of its own, so its connection shows.
+    let connected = open_connections_to(a.http_addr().port());
+    let own = client(&a);
     let in_flight = tokio::spawn(async move {
-        let r = next_web(&mut watch, &c2).await;
+        let r = next_web(&mut watch, &own).await;
         (watch, r)
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_connected(&a, connected);
     assert!(!in_flight.is_finished(), "the watch should be blocking");
     tokio::task::block_in_place(|| a.restart()).expect("restart");
     let (mut watch, cut) = in_flight.await.expect("join");

@@ -10,6 +10,7 @@ use std::time::Duration;
 use converge_consul::{CatalogSource, Config, Pacing, SourceConfig, SourceHealth, SourceState};
 use converge_model::{Freshness, Health};
 use converge_testkit::consul::{open_connections_to, ConsulAgent};
+use converge_testkit::wait;
 use tokio::sync::watch;
 
 fn agent() -> ConsulAgent {
@@ -141,7 +142,10 @@ async fn outage_keeps_last_good_snapshot_then_recovers_through_an_index_reset() 
         ..Pacing::default()
     };
     cfg.retry_cap = Duration::from_secs(1);
-    let src = source(&a, cfg);
+    let client = cfg
+        .client(Config::new(&a.http_url()).expect("config"))
+        .expect("client");
+    let src = CatalogSource::spawn(client.clone(), cfg);
     let mut rx = src.subscribe();
     wait_state(&mut rx, "web-1 fresh", T, |s| {
         s.health == SourceHealth::Healthy && ids(s, "web") == vec!["web-1"]
@@ -181,9 +185,24 @@ async fn outage_keeps_last_good_snapshot_then_recovers_through_an_index_reset() 
         other => panic!("{other:?}"),
     }
 
-    // Still the last good instances a while later (retries keep failing).
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(ids(&rx.borrow(), "web"), vec!["web-1"]);
+    // Still the last good instances after both watches asked again, and
+    // failed, twice each.
+    let tried = client.requests_sent();
+    tokio::task::block_in_place(|| {
+        wait::until(T, "four more requests to the stopped agent", || {
+            client.requests_sent() >= tried + 4
+        })
+    })
+    .expect("the watches keep retrying");
+    let s = rx.borrow().clone();
+    assert_eq!(ids(&s, "web"), vec!["web-1"]);
+    assert!(
+        matches!(
+            s.catalog.service("web").expect("web").freshness,
+            Freshness::Stale { .. }
+        ),
+        "{s:#?}"
+    );
 
     // Back, with an empty in-memory catalog and a lower index.
     tokio::task::block_in_place(|| a.start_again()).expect("start again");
