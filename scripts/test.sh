@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian 12 machine with the Rust and Go
 # toolchains: installs the real programs, builds Consul and consul-template
-# from the pinned Go module (cached under target/peers/), then runs every
-# test of the workspace, including the end-to-end tests against real
-# haproxy, pgbouncer, keepalived and consul.
+# from the pinned Go module (cached under target/peers/; a consul of the
+# pinned major.minor already on PATH is used instead of building one), then
+# runs every test of the workspace, including the end-to-end tests against
+# real haproxy, pgbouncer, keepalived and consul.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/install-deps.sh
 if [ -f scripts/build-peers.sh ]; then
   bash scripts/build-peers.sh
+  # target/peers/bin/consul is the built consul, or a link to the one on PATH.
   export CONVERGE_CONSUL_BIN="${CONVERGE_CONSUL_BIN:-$PWD/target/peers/bin/consul}"
+  echo "test: consul $(readlink -f "$CONVERGE_CONSUL_BIN"): $("$CONVERGE_CONSUL_BIN" version | head -n1)"
 fi
 
 echo "test: cargo fmt --check"
