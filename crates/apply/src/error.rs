@@ -160,6 +160,10 @@ pub enum ApplyError {
         detail: String,
         /// The program's stderr (and stdout), trimmed and truncated.
         stderr: String,
+        /// Nothing reached the program, and asking again at once would
+        /// fail the same way: a rollback restores the files and does not
+        /// reload.
+        untouched: bool,
     },
 
     /// Putting the previous files back after a failure failed too.

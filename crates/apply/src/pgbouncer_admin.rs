@@ -114,7 +114,9 @@ pub(crate) fn reload(
     // next one's transactions, so the hold is bounded as a whole.
     let deadline = Instant::now() + timeout;
     let mut sent = 0;
-    let step: Result<ReloadOutcome, (String, String)> = 'step: {
+    // An error says what failed, PgBouncer's words, and whether RELOAD
+    // was never sent (so PgBouncer still runs the files it ran before).
+    let step: Result<ReloadOutcome, (String, String, bool)> = 'step: {
         for db in &databases {
             sent += 1;
             let started = Instant::now();
@@ -128,29 +130,31 @@ pub(crate) fn reload(
                 // Nothing is paused yet: nobody listens.
                 Answer::Unreachable(_) if sent == 1 => return Ok(ReloadOutcome::NotRunning),
                 Answer::Unreachable(e) | Answer::Failed(e) => {
-                    break 'step Err((format!("PAUSE{db} did not complete; not reloaded"), e))
+                    break 'step Err((format!("PAUSE{db} did not complete; not reloaded"), e, true))
                 }
             }
         }
         match command(admin, "RELOAD", timeout) {
             Answer::Ok(_) => Ok(ReloadOutcome::Reloaded),
             Answer::Unreachable(_) if sent == 0 => Ok(ReloadOutcome::NotRunning),
-            Answer::Unreachable(e) | Answer::Failed(e) => Err(("RELOAD failed".into(), e)),
+            Answer::Unreachable(e) | Answer::Failed(e) => Err(("RELOAD failed".into(), e, false)),
         }
     };
     let resumed = resume(admin, &databases[..sent], timeout);
-    let fail = |detail: String, stderr: String| Failure {
+    let fail = |detail: String, stderr: String, untouched: bool| Failure {
         command: describe(action),
         detail,
         stderr,
+        untouched,
     };
     match (step, resumed) {
         (Ok(outcome), Ok(())) => Ok(outcome),
         (Ok(_), Err(e)) => Err(fail(
             "reloaded, but RESUME failed: PgBouncer may still hold queries".into(),
             e,
+            false,
         )),
-        (Err((what, e)), resumed) => {
+        (Err((what, e, untouched)), resumed) => {
             let after = match (sent, resumed) {
                 (0, _) => String::new(),
                 (_, Ok(())) => "; resumed".into(),
@@ -158,7 +162,7 @@ pub(crate) fn reload(
                     format!("; RESUME failed too, PgBouncer may still hold queries: {r}")
                 }
             };
-            Err(fail(format!("{what}{after}"), e))
+            Err(fail(format!("{what}{after}"), e, untouched))
         }
     }
 }

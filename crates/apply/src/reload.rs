@@ -86,6 +86,10 @@ pub(crate) struct Failure {
     pub command: String,
     pub detail: String,
     pub stderr: String,
+    /// Nothing reached the program: it still runs what it ran before the
+    /// commit, and asking again at once would fail the same way (a
+    /// PgBouncer `PAUSE` that timed out on an open transaction).
+    pub untouched: bool,
 }
 
 /// Limits for running reload actions.
@@ -137,6 +141,7 @@ pub(crate) fn run(
                     command: describe(action),
                     detail: "empty command".into(),
                     stderr: String::new(),
+                    untouched: false,
                 });
             };
             let mut cmd = Command::new(prog);
@@ -172,6 +177,7 @@ fn signal_pidfile(
         command: describe(action),
         detail,
         stderr: String::new(),
+        untouched: false,
     };
     let Some(sig) = parse_signal(signal) else {
         return Err(fail(format!("unknown signal `{signal}`")));
@@ -313,6 +319,7 @@ fn run_command(action: &ReloadAction, mut cmd: Command, timeout: Duration) -> Re
         command: describe(action),
         detail,
         stderr,
+        untouched: false,
     };
     let (out, err) = match (tempfile::tempfile(), tempfile::tempfile()) {
         (Ok(o), Ok(e)) => (o, e),

@@ -290,10 +290,16 @@ impl Txn<'_> {
             }
             Err(e) => {
                 tracing::warn!(bundle = self.name, error = %self.set.redact(&e.to_string()), "reload failed; rolling back");
+                let program = match e {
+                    ApplyError::Reload {
+                        untouched: true, ..
+                    } => Program::Untouched,
+                    _ => Program::Told,
+                };
                 Err(Failure::RolledBack(self.roll_back(
                     &committed,
                     &e.to_string(),
-                    true,
+                    program,
                 )))
             }
         }
@@ -453,7 +459,7 @@ impl Txn<'_> {
                 return Err(Failure::RolledBack(self.roll_back(
                     &committed,
                     &err.to_string(),
-                    false,
+                    Program::NotTold,
                 )));
             }
             tracing::info!(bundle = self.name, target = %m.file.target, path = %dest.display(), "committed");
@@ -475,7 +481,7 @@ impl Txn<'_> {
                 return Err(Failure::RolledBack(self.roll_back(
                     &committed,
                     &err.to_string(),
-                    false,
+                    Program::NotTold,
                 )));
             }
         }
@@ -483,7 +489,7 @@ impl Txn<'_> {
             return Err(Failure::RolledBack(self.roll_back(
                 &committed,
                 &e.to_string(),
-                false,
+                Program::NotTold,
             )));
         }
         Ok(committed)
@@ -532,6 +538,7 @@ impl Txn<'_> {
                 command: f.command,
                 detail: f.detail,
                 stderr: f.stderr,
+                untouched: f.untouched,
             })?;
             tracing::info!(bundle = self.name, action = %self.set.redact(&reload::describe(action)), outcome = o.as_str(), "reload");
             outcome = outcome.merge(o);
@@ -562,12 +569,16 @@ impl Txn<'_> {
     }
 
     /// Puts back the previous bytes (or removes files that were new) of
-    /// `committed`, then, if `reload` (or a reload was owed from before),
-    /// reloads. Returns the text for the report: the original error and
-    /// what the rollback did. The pending-reload marker goes once the live
-    /// files are the previous ones and the program has been told.
-    fn roll_back(&self, committed: &[&Member], cause: &str, reload: bool) -> String {
-        let reload = reload || self.owed;
+    /// `committed`, then reloads as `program` says. Returns the text for
+    /// the report: the original error and what the rollback did. The
+    /// pending-reload marker goes once the live files are the previous
+    /// ones and the program runs them.
+    fn roll_back(&self, committed: &[&Member], cause: &str, program: Program) -> String {
+        let reload = match program {
+            Program::Told => true,
+            Program::NotTold => self.owed,
+            Program::Untouched => false,
+        };
         let mut restore_errors = Vec::new();
         for m in committed.iter().rev() {
             if let Err(e) = restore(m) {
@@ -600,13 +611,34 @@ impl Txn<'_> {
                 }
             }
         } else {
-            true
+            if program == Program::Untouched {
+                text.push_str("; not reloaded: the program never took the new files");
+            }
+            // A reload owed from before stays owed: the program still runs
+            // files older than the restored ones.
+            program != Program::Untouched || !self.owed
         };
         if restore_errors.is_empty() && reloaded {
             pending::clear(&self.set.layout, self.name);
         }
         text
     }
+}
+
+/// What the program saw of a commit being rolled back, which decides
+/// whether the rollback reloads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Program {
+    /// A reload reached it (and failed): reload it on the restored files.
+    Told,
+    /// The commit failed before any reload: reload only if a reload was
+    /// owed from an interrupted apply.
+    NotTold,
+    /// The reload failed before reaching it, and would fail the same way
+    /// again at once (a PgBouncer `PAUSE` timed out on an open
+    /// transaction): it still runs the restored files, or an older owed
+    /// set, which the next apply reloads.
+    Untouched,
 }
 
 /// Writes `m`'s previous bytes back atomically with their previous mode

@@ -428,6 +428,16 @@ fn a_pause_that_outlasts_its_timeout_rolls_back_and_leaves_nothing_paused() {
         before,
         "the previous file is back\n{report}"
     );
+    // PgBouncer never took the new file, so the rollback does not PAUSE
+    // again on the same transaction, and leaves no reload owed: the next
+    // apply must not hold every database once more.
+    assert!(
+        report.contains("not reloaded: the program never took the new files")
+            && !report.contains("reloading them failed"),
+        "{report}"
+    );
+    let owed = ws.root().join("var/lib/converge/pending/pgbouncer");
+    assert!(!owed.exists(), "a reload is still owed: {}", owed.display());
 
     // Nothing is left paused: `app` takes new queries, on A.
     let rows = pgbouncer
