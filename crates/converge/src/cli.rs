@@ -1,6 +1,7 @@
 //! Command-line flags. Every command shares the input flags, so `plan`,
 //! `apply` and `validate` always look at the same world.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -91,8 +92,10 @@ pub struct Cli {
     pub node: Option<String>,
 
     /// Prefix for every destination, pidfile and socket path, so converge
-    /// can run unprivileged against a directory.
-    #[arg(long, global = true, env = "CONVERGE_ROOT", default_value = "/")]
+    /// can run unprivileged against a directory. A relative path is made
+    /// absolute against the working directory (a relative socket path in
+    /// haproxy.cfg would read as host:port).
+    #[arg(long, global = true, env = "CONVERGE_ROOT", default_value = "/", value_parser = absolute_path)]
     pub root: PathBuf,
 
     /// Log format on stderr.
@@ -320,10 +323,16 @@ impl Cli {
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
         let builder = tracing_subscriber::fmt()
             .with_env_filter(filter)
+            .with_ansi(std::io::stderr().is_terminal())
             .with_writer(std::io::stderr);
         match self.log_format {
             LogFormat::Text => builder.init(),
             LogFormat::Json => builder.json().init(),
         }
     }
+}
+
+/// `--root` as an absolute path.
+fn absolute_path(s: &str) -> Result<PathBuf, String> {
+    std::path::absolute(s).map_err(|e| format!("cannot make `{s}` absolute: {e}"))
 }

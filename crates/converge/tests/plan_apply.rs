@@ -407,3 +407,36 @@ fn status_with_nothing_running_reports_each_section_s_error() {
     );
     assert!(text.contains("keepalived NOT running"), "{text}");
 }
+
+#[test]
+fn relative_paths_are_taken_from_the_working_directory() {
+    let ws = Workspace::examples();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_converge"))
+        .current_dir(ws.dir.path())
+        .args([
+            "apply",
+            "--once",
+            "--node",
+            "lb1",
+            "--manifests",
+            "manifests",
+        ])
+        .args([
+            "--templates",
+            "templates",
+            "--catalog",
+            "catalog.yaml",
+            "--root",
+            "root",
+        ])
+        .env_remove("CONSUL_HTTP_ADDR")
+        .env_remove("CONVERGE_ROOT")
+        .output()
+        .expect("run converge");
+    assert_exit(&out, 0);
+    // The stats socket under a relative root is still a path to HAProxy,
+    // not host:port, so `haproxy -c` accepted the candidate.
+    let cfg = std::fs::read_to_string(ws.root().join("etc/haproxy/haproxy.cfg")).expect("cfg");
+    let socket = format!("stats socket {}/", ws.root().display());
+    assert!(cfg.contains(&socket), "{cfg}");
+}
