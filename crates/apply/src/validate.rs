@@ -143,6 +143,29 @@ pub fn validate_within(candidate: &Candidate<'_>, timeout: Duration) -> Result<(
         Validator::Command(argv) => command::check(candidate, argv, timeout),
         Validator::None => Ok(()),
     }
+    .map_err(|mut e| {
+        e.output = name_candidates(candidate, &e.output);
+        e
+    })
+}
+
+/// The program's output with each staged path (`.haproxy.cfg.converge-stage.…`,
+/// deleted by the time anyone reads it) replaced by `(candidate) DESTINATION`,
+/// so `file:line` in an `[ALERT]` names the file an operator knows.
+fn name_candidates(candidate: &Candidate<'_>, output: &str) -> String {
+    std::iter::once((candidate.file.destination.as_path(), candidate.staged))
+        .chain(
+            candidate
+                .siblings
+                .iter()
+                .map(|(d, s)| (d.as_path(), s.as_path())),
+        )
+        .fold(output.to_string(), |out, (dest, staged)| {
+            out.replace(
+                &*staged.to_string_lossy(),
+                &format!("(candidate) {}", dest.display()),
+            )
+        })
 }
 
 /// Runs `cmd` with `timeout` and maps "could not run" and "timed out" to

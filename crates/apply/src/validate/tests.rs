@@ -86,7 +86,7 @@ fn haproxy_refusal_names_the_line() {
         "    default_backend be\n",
         "    default_backend be\n    bogus_keyword on\n",
     );
-    let (_dir, path, result) = check(Validator::Haproxy, &broken);
+    let (dir, path, result) = check(Validator::Haproxy, &broken);
     let err = rejected(result);
     assert_eq!(err.target, "test_target");
     assert!(
@@ -100,8 +100,18 @@ fn haproxy_refusal_names_the_line() {
         "{}",
         err.command
     );
-    let line = format!("[{}:11]", path.display());
+    // The line is named in the destination's terms: the staged file is
+    // gone by the time anyone reads this.
+    let line = format!(
+        "[(candidate) {}:11]",
+        dir.path().join("etc/live.conf").display()
+    );
     assert!(err.output.contains(&line), "no {line} in:\n{}", err.output);
+    assert!(
+        !err.output.contains(&*path.to_string_lossy()),
+        "{}",
+        err.output
+    );
     assert!(
         err.output.contains("unknown keyword 'bogus_keyword'"),
         "{}",
@@ -200,11 +210,11 @@ fn keepalived_refuses_an_unknown_keyword() {
         "    advert_int 1\n",
         "    advert_int 1\n    bogus_keyword 7\n",
     );
-    let (_dir, path, result) = check(Validator::Keepalived, &broken);
+    let (dir, _, result) = check(Validator::Keepalived, &broken);
     let err = rejected(result);
     let expected = format!(
-        "({}: Line 18) Unknown keyword 'bogus_keyword'",
-        path.display()
+        "((candidate) {}: Line 18) Unknown keyword 'bogus_keyword'",
+        dir.path().join("etc/live.conf").display()
     );
     assert!(
         err.output.contains(&expected),
@@ -404,8 +414,8 @@ fn pgbouncer_refuses_a_bad_value_with_file_and_line() {
     );
     let err = rejected(b.check());
     let expected = format!(
-        "ERROR invalid value \"sideways\" for parameter pool_mode in configuration ({}:12)",
-        b.ini_staged.display()
+        "ERROR invalid value \"sideways\" for parameter pool_mode in configuration ((candidate) {}:12)",
+        b.ini.destination.display()
     );
     assert!(
         err.output.contains(&expected),
@@ -474,7 +484,7 @@ fn command_substitutes_every_placeholder() {
 
 #[test]
 fn command_refusal_carries_the_output() {
-    let (_dir, path, result) = check(
+    let (dir, path, result) = check(
         argv(&[
             "sh",
             "-c",
@@ -486,7 +496,13 @@ fn command_refusal_carries_the_output() {
     );
     let err = rejected(result);
     assert_eq!(err.failure, Failure::Rejected("exit status 3".to_string()));
-    assert_eq!(err.output, format!("bad line 3 in {}", path.display()));
+    assert_eq!(
+        err.output,
+        format!(
+            "bad line 3 in (candidate) {}",
+            dir.path().join("etc/live.conf").display()
+        )
+    );
     assert!(
         err.command.ends_with(&format!("sh {}", path.display())),
         "{}",
