@@ -8,6 +8,15 @@ pub enum AgentError {
     /// The manifests (or a secret they reference) are invalid.
     #[error("{0}")]
     Manifest(ManifestErrors),
+    /// The manifests and the templates are both broken: every problem of
+    /// each, so one run shows them all.
+    #[error("{manifests}\n{templates}")]
+    Inputs {
+        /// Every manifest problem.
+        manifests: ManifestErrors,
+        /// Every template problem.
+        templates: converge_render::RenderError,
+    },
     /// The catalog file is invalid.
     #[error("{0}")]
     Catalog(ManifestErrors),

@@ -3,10 +3,8 @@
 use std::path::PathBuf;
 
 use converge_apply::{ApplyOptions, ApplyReport, Plan};
-use converge_model::{
-    Catalog, Layout, Location, ManifestError, Manifests, NodeDesired, RenderedSet,
-};
-use converge_render::{RenderError, Templates};
+use converge_model::{Catalog, Layout, Manifests, NodeDesired, RenderedSet};
+use converge_render::Templates;
 
 use crate::error::AgentError;
 use crate::guard::baseline;
@@ -97,25 +95,10 @@ impl Inputs {
             (Ok(manifests), Ok(templates)) => Ok((manifests, templates)),
             (Err(problems), Ok(_)) => Err(AgentError::Manifest(problems)),
             (Ok(_), Err(e)) => Err(e.into()),
-            (Err(mut problems), Err(e)) => {
-                match e {
-                    RenderError::Syntax(broken) => {
-                        problems
-                            .0
-                            .extend(broken.into_iter().map(ManifestError::from));
-                    }
-                    other => problems.0.push(ManifestError {
-                        location: Location {
-                            file: self.templates.clone(),
-                            line: 0,
-                            column: 0,
-                        },
-                        path: String::new(),
-                        message: other.to_string(),
-                    }),
-                }
-                Err(AgentError::Manifest(problems))
-            }
+            (Err(manifests), Err(templates)) => Err(AgentError::Inputs {
+                manifests,
+                templates,
+            }),
         }
     }
 }

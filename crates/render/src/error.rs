@@ -85,8 +85,8 @@ impl fmt::Display for SyntaxError {
     }
 }
 
-/// A syntax error listed among manifest problems, for a caller that reports
-/// both in one message.
+/// A syntax error in the shape of a manifest problem (`file:line:column:
+/// subject: message`), which is how it is displayed.
 impl From<SyntaxError> for ManifestError {
     fn from(e: SyntaxError) -> Self {
         ManifestError {
