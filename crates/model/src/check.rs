@@ -212,7 +212,30 @@ impl Manifests {
 
     fn check_targets(&self, errors: &mut Vec<ManifestError>) {
         let mut seen: BTreeMap<&str, &str> = BTreeMap::new();
+        // program → (first target reloading it, its bundle)
+        let mut programs: BTreeMap<String, (&str, String)> = BTreeMap::new();
         for (name, t) in &self.manifest.targets {
+            let bundle = t.bundle.clone().unwrap_or_else(|| name.clone());
+            if let Some(program) = reloaded_program(&t.reload) {
+                match programs.get(&program) {
+                    Some((first, first_bundle)) if *first_bundle != bundle => {
+                        errors.push(self.error(
+                            "targets",
+                            name,
+                            &[key("bundle")],
+                            format!(
+                                "target `{first}` (bundle `{first_bundle}`) reloads the same program ({program}); \
+                                 put both in one bundle (`bundle: {first_bundle}`) so they are checked and \
+                                 committed together and the program reloads once"
+                            ),
+                        ))
+                    }
+                    Some(_) => {}
+                    None => {
+                        programs.insert(program, (name, bundle));
+                    }
+                }
+            }
             if !t.destination.starts_with('/') {
                 errors.push(self.error(
                     "targets",
@@ -537,6 +560,18 @@ fn edit_distance(a: &str, b: &str) -> usize {
         prev = cur;
     }
     prev[b.len()]
+}
+
+/// Which running program a reload action addresses, for telling two
+/// targets that reload the same one; `None` for no reload.
+fn reloaded_program(reload: &Reload) -> Option<String> {
+    match reload {
+        Reload::Signal { pidfile, .. } => Some(format!("the pid in {pidfile}")),
+        Reload::Pgbouncer(a) => Some(format!("PgBouncer's console at {}:{}", a.host, a.port)),
+        Reload::Command(argv) => Some(format!("`{}`", argv.join(" "))),
+        Reload::Shell(script) => Some(format!("sh -c `{script}`")),
+        Reload::None => None,
+    }
 }
 
 #[cfg(test)]

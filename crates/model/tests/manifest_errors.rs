@@ -189,3 +189,31 @@ fn unknown_node_in_priorities_and_bad_cidr() {
         "{errs:?}"
     );
 }
+
+#[test]
+fn two_targets_reloading_one_program_must_share_a_bundle() {
+    let reload = "    reload:\n      signal: {pidfile: /run/haproxy.pid, signal: SIGUSR2}\n";
+    let base = BASE.replace(
+        "    validate: haproxy\n",
+        &format!("    validate: haproxy\n{reload}"),
+    );
+    let map = format!(
+        "  hosts_map:\n    template: hosts.map.tera\n    destination: /etc/haproxy/hosts.map\n    validate: none\n{reload}"
+    );
+    let errs = errors(&[("a.yaml", &format!("{base}{map}"))]);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].starts_with("m/a.yaml:")
+            && errs[0].contains("targets.hosts_map.bundle")
+            && errs[0].contains("target `haproxy` (bundle `haproxy`) reloads the same program (the pid in /run/haproxy.pid)")
+            && errs[0].contains("`bundle: haproxy`"),
+        "{errs:?}"
+    );
+
+    // In one bundle they are checked, committed and reloaded together.
+    let bundled = map.replace(
+        "    validate: none\n",
+        "    validate: none\n    bundle: haproxy\n",
+    );
+    load(&[("a.yaml", &format!("{base}{bundled}"))]).expect("one bundle is fine");
+}
