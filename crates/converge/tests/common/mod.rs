@@ -188,16 +188,8 @@ impl Workspace {
     /// the daemon knows it in advance).
     pub fn run_daemon_notify(&self, socket: &Path, watchdog_usec: u64) -> RunningDaemon {
         let (inner, listen) = self.daemon_command(&[]);
-        let mut cmd = Command::new("/bin/sh");
-        cmd.args(["-c", r#"export WATCHDOG_PID=$$; exec "$0" "$@""#])
-            .arg(inner.get_program())
-            .args(inner.get_args());
-        for (k, v) in inner.get_envs() {
-            match v {
-                Some(v) => cmd.env(k, v),
-                None => cmd.env_remove(k),
-            };
-        }
+        let script = r#"export WATCHDOG_PID=$$; exec "$@""#;
+        let mut cmd = wrapped(&["/bin/sh", "-c", script, "sh"], &[], &inner);
         cmd.env("NOTIFY_SOCKET", socket)
             .env("WATCHDOG_USEC", watchdog_usec.to_string());
         self.spawn_daemon(cmd, listen)
@@ -318,9 +310,8 @@ impl Workspace {
     pub fn converge_read_only_root(&self, args: &[&str]) -> Output {
         const SCRIPT: &str = r#"root=$1; shift
 mount --bind "$root" "$root" && mount -o remount,ro,bind "$root" && exec "$@""#;
-        let inner = self.command(args);
-        let mut cmd = Command::new("unshare");
-        cmd.args([
+        let unshare = [
+            "unshare",
             "--mount",
             "--propagation",
             "private",
@@ -328,16 +319,28 @@ mount --bind "$root" "$root" && mount -o remount,ro,bind "$root" && exec "$@""#;
             "-c",
             SCRIPT,
             "sh",
-        ])
-        .arg(self.root())
+        ];
+        wrapped(&unshare, &[self.root().as_os_str()], &self.command(args))
+            .output()
+            .expect("run converge under unshare")
+    }
+}
+
+/// `inner` started through `wrapper` (a program and its arguments, ending
+/// in a shell script that `exec`s `"$@"`), with `extra` arguments for the
+/// script before `inner`'s program: the same program, arguments and
+/// environment changes as `inner`.
+fn wrapped(wrapper: &[&str], extra: &[&std::ffi::OsStr], inner: &Command) -> Command {
+    let mut cmd = Command::new(wrapper[0]);
+    cmd.args(&wrapper[1..])
+        .args(extra)
         .arg(inner.get_program())
         .args(inner.get_args());
-        for (k, v) in inner.get_envs() {
-            match v {
-                Some(v) => cmd.env(k, v),
-                None => cmd.env_remove(k),
-            };
-        }
-        cmd.output().expect("run converge under unshare")
+    for (k, v) in inner.get_envs() {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
     }
+    cmd
 }
