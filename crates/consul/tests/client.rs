@@ -26,6 +26,29 @@ fn q() -> QueryOptions {
     QueryOptions::default()
 }
 
+/// Registers `web-1` with a TTL check and waits until `c` reads it: its
+/// check id, and the answer to block on.
+async fn register_web_1(
+    a: &ConsulAgent,
+    c: &Client,
+) -> (
+    String,
+    converge_consul::Response<Vec<converge_model::Instance>>,
+) {
+    let check = a
+        .register_service_with_ttl("web-1", "web", 80, &[])
+        .expect("register");
+    let first = eventually("web-1 registered", Duration::from_secs(10), || async {
+        let r = c
+            .health_service("web", &HealthQuery::default(), &q())
+            .await
+            .ok()?;
+        (!r.value.is_empty()).then_some(r)
+    })
+    .await;
+    (check, first)
+}
+
 /// Polls `f` until it yields `Some`, failing the test at `deadline`.
 async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut f: F) -> T
 where
@@ -305,16 +328,7 @@ async fn kv_get_recurse_and_compare_and_set() {
 async fn blocking_query_wakes_on_change_not_before() {
     let a = agent();
     let c = client(&a);
-    a.register_service_with_ttl("web-1", "web", 80, &[])
-        .expect("register");
-    let first = eventually("web-1 registered", Duration::from_secs(10), || async {
-        let r = c
-            .health_service("web", &HealthQuery::default(), &q())
-            .await
-            .ok()?;
-        (!r.value.is_empty()).then_some(r)
-    })
-    .await;
+    let (_, first) = register_web_1(&a, &c).await;
 
     // Nothing changes: the query holds for its wait.
     let opts = QueryOptions {
@@ -366,17 +380,7 @@ async fn requests_beyond_the_clients_limit_wait_for_a_free_slot() {
     let a = agent();
     let c =
         Client::with_max_requests(Config::new(&a.http_url()).expect("config"), 3).expect("client");
-    let check = a
-        .register_service_with_ttl("web-1", "web", 80, &[])
-        .expect("register");
-    let first = eventually("web-1 registered", Duration::from_secs(10), || async {
-        let r = c
-            .health_service("web", &HealthQuery::default(), &q())
-            .await
-            .ok()?;
-        (!r.value.is_empty()).then_some(r)
-    })
-    .await;
+    let (check, first) = register_web_1(&a, &c).await;
     let sent_before = c.requests_sent();
 
     // Eight long polls on a client that lets three through: three reach
