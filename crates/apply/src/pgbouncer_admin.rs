@@ -42,6 +42,14 @@
 //! A console that refuses connections (no socket file, connection refused)
 //! means PgBouncer is not running: like a signal to a missing pid, that is
 //! [`ReloadOutcome::NotRunning`], and the files wait for its start.
+//!
+//! For `converge status` the same console is read, never changed:
+//! `SHOW DATABASES` says where each database goes now, and `SHOW CONFIG`
+//! which restart-only settings PgBouncer still runs with values other than
+//! its file's ([`pending_restart`]). Those are the settings `plan` reports
+//! as "needs restart" while the change is pending; once a reload has
+//! applied the file, the plan compares equal files, and only the running
+//! PgBouncer still tells the old value.
 
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -54,6 +62,8 @@ use converge_model::ReloadAction;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use crate::pgbouncer_ini::section;
+use crate::plan::restart::PGBOUNCER_RESTART_ONLY;
 use crate::reload::{describe, Failure, ReloadOutcome};
 
 /// One admin command's result.
@@ -202,60 +212,215 @@ pub struct DatabaseRoute {
 /// Asks the console at `admin` where each database goes, for
 /// `converge status`.
 pub fn show_databases(admin: &PgbouncerAdmin) -> Result<Vec<DatabaseRoute>, String> {
+    parse_databases(&show(admin, "SHOW DATABASES")?)
+}
+
+/// A restart-only setting whose value in the file differs from the one
+/// the running PgBouncer uses: a restart, not a reload, applies it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PendingRestart {
+    /// The `[pgbouncer]` key.
+    pub key: String,
+    /// The value PgBouncer runs with (`SHOW CONFIG`).
+    pub running: String,
+    /// The value a restart would take from the file.
+    pub file: String,
+    /// The file does not set the key: `file` is PgBouncer's default.
+    pub default: bool,
+}
+
+/// The restart-only settings (the keys `plan` says "needs restart" for)
+/// that the PgBouncer answering at `admin` runs with values other than
+/// those its file `ini` gives, for `converge status`: what a change
+/// applied by a reload left waiting for a restart.
+///
+/// Each key's value in the `[pgbouncer]` section, read as
+/// [`plan`](crate::plan) reads it, is compared with `SHOW CONFIG`'s
+/// `value`; a key the file does not set is compared with the `default`
+/// column (PgBouncer 1.18 has it), and makes no claim when the console
+/// has no such column or does not know the key. Numbers are compared as
+/// numbers: the file's are read like C's `strtol` with base 0, as
+/// PgBouncer reads them (`0x80` and `128` are equal, `0700` is octal),
+/// and the console prints them in decimal, `unix_socket_mode` included
+/// (`0700` shows as `448`); that mode is reported in octal, the other
+/// numbers in decimal, text as written. Not compared:
+///
+/// - `user`: `pgbouncer -u USER` overrides the file's `user` (checked
+///   with 1.18), and the command line is not visible here, so the two
+///   differ with nothing a restart would change.
+/// - a file with an `%include` line: the included file is not read, so
+///   what the whole configuration sets is unknown; that is an error, not
+///   an empty answer.
+pub fn pending_restart(admin: &PgbouncerAdmin, ini: &[u8]) -> Result<Vec<PendingRestart>, String> {
+    let ini = String::from_utf8_lossy(ini);
+    if ini.lines().any(|l| l.trim_start().starts_with("%include")) {
+        return Err(
+            "the file has an %include line, which is not followed: restart-only \
+             settings not compared"
+                .into(),
+        );
+    }
+    compare_config(&show(admin, "SHOW CONFIG")?, &ini)
+}
+
+/// [`pending_restart`] on `SHOW CONFIG`'s answer `text` and the file `ini`.
+fn compare_config(text: &str, ini: &str) -> Result<Vec<PendingRestart>, String> {
+    let table = Table::parse("SHOW CONFIG", text)?;
+    let (key, value) = (table.column("key")?, table.column("value")?);
+    let default = table.header.iter().position(|h| *h == "default");
+    let file = section(ini, "pgbouncer", true);
+    let mut pending = Vec::new();
+    for name in PGBOUNCER_RESTART_ONLY {
+        let Some(kind) = Kind::of(name) else {
+            continue;
+        };
+        let Some(row) = table.rows.iter().find(|r| r[key] == *name) else {
+            continue;
+        };
+        let (wanted, is_default) = match (file.get(*name), default) {
+            (Some(v), _) => (v.as_str(), false),
+            (None, Some(d)) => (row[d], true),
+            (None, None) => continue,
+        };
+        let (running, wanted) = (kind.show(row[value]), kind.show(wanted));
+        if running != wanted {
+            pending.push(PendingRestart {
+                key: name.to_string(),
+                running,
+                file: wanted,
+                default: is_default,
+            });
+        }
+    }
+    Ok(pending)
+}
+
+/// How a restart-only value is compared and shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Text,
+    Number,
+    /// A number shown in octal.
+    Mode,
+}
+
+impl Kind {
+    /// The kind of a restart-only key, `None` for one not compared.
+    fn of(key: &str) -> Option<Self> {
+        match key {
+            "user" => None,
+            "unix_socket_mode" => Some(Self::Mode),
+            "disable_pqexec" | "listen_backlog" | "listen_port" | "pkt_buf" | "so_reuseport" => {
+                Some(Self::Number)
+            }
+            _ => Some(Self::Text),
+        }
+    }
+
+    /// `value` in one spelling per meaning; a number that does not read
+    /// as one is kept as written.
+    fn show(self, value: &str) -> String {
+        match (self, c_integer(value)) {
+            (Self::Number, Some(n)) => n.to_string(),
+            (Self::Mode, Some(n)) => format!("{n:04o}"),
+            _ => value.to_string(),
+        }
+    }
+}
+
+/// `text` read as C's `strtol(text, _, 0)` reads a whole unsigned
+/// number: `0x` hexadecimal, a leading `0` octal, else decimal.
+fn c_integer(text: &str) -> Option<u64> {
+    let (digits, radix) = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => (hex, 16),
+        None if text.len() > 1 && text.starts_with('0') => (&text[1..], 8),
+        None => (text, 10),
+    };
+    if digits.starts_with(['+', '-']) {
+        return None;
+    }
+    u64::from_str_radix(digits, radix).ok()
+}
+
+/// The answer to a `SHOW` for `converge status`; an unreachable console
+/// says so.
+fn show(admin: &PgbouncerAdmin, what: &str) -> Result<String, String> {
     let timeout = Duration::from_secs(admin.timeout_secs.clamp(1, 10));
-    match command(admin, "SHOW DATABASES", timeout) {
-        Answer::Ok(text) => parse_databases(&text),
+    match command(admin, what, timeout) {
+        Answer::Ok(text) => Ok(text),
         Answer::Unreachable(e) => Err(format!("PgBouncer not reachable: {e}")),
         Answer::Failed(e) => Err(e),
     }
 }
 
-/// Reads `SHOW DATABASES` as [`command`] prints it. Columns are found by
-/// their names in the header, not by position: PgBouncer adds columns
-/// between versions (`paused` is the 12th in 1.18). A missing column or a
-/// row that does not match the header is an error, never a guess. The
-/// console's own `pgbouncer` row is left out.
-fn parse_databases(text: &str) -> Result<Vec<DatabaseRoute>, String> {
-    let mut lines = text.lines();
-    let header: Vec<&str> = lines.next().unwrap_or_default().split('\0').collect();
-    let column = |name: &str| {
-        header.iter().position(|h| *h == name).ok_or_else(|| {
+/// A console answer as [`command`] prints it, its columns found by their
+/// names in the header, not by position: PgBouncer adds columns between
+/// versions (`paused` is the 12th of `SHOW DATABASES` in 1.18). A missing
+/// column or a row that does not match the header is an error, never a
+/// guess.
+struct Table<'a> {
+    what: &'a str,
+    header: Vec<&'a str>,
+    rows: Vec<Vec<&'a str>>,
+}
+
+impl<'a> Table<'a> {
+    /// Reads `text`, the answer to `what`.
+    fn parse(what: &'a str, text: &'a str) -> Result<Self, String> {
+        let mut lines = text.lines();
+        let header: Vec<&str> = lines.next().unwrap_or_default().split('\0').collect();
+        let mut rows = Vec::new();
+        for (i, line) in lines.enumerate() {
+            let f: Vec<&str> = line.split('\0').collect();
+            if f.len() != header.len() {
+                return Err(format!(
+                    "{what} row {} has {} fields where the header has {}: {:?}",
+                    i + 1,
+                    f.len(),
+                    header.len(),
+                    line.replace('\0', "|")
+                ));
+            }
+            rows.push(f);
+        }
+        Ok(Self { what, header, rows })
+    }
+
+    /// The position of column `name`.
+    fn column(&self, name: &str) -> Result<usize, String> {
+        self.header.iter().position(|h| *h == name).ok_or_else(|| {
             format!(
-                "SHOW DATABASES has no `{name}` column (columns: {})",
-                header.join(", ")
+                "{} has no `{name}` column (columns: {})",
+                self.what,
+                self.header.join(", ")
             )
         })
-    };
-    let (name, host, port, database, paused) = (
-        column("name")?,
-        column("host")?,
-        column("port")?,
-        column("database")?,
-        column("paused")?,
-    );
-    let mut routes = Vec::new();
-    for (i, line) in lines.enumerate() {
-        let f: Vec<&str> = line.split('\0').collect();
-        if f.len() != header.len() {
-            return Err(format!(
-                "SHOW DATABASES row {} has {} fields where the header has {}: {:?}",
-                i + 1,
-                f.len(),
-                header.len(),
-                line.replace('\0', "|")
-            ));
-        }
-        if f[name] != "pgbouncer" {
-            routes.push(DatabaseRoute {
-                name: f[name].to_string(),
-                host: f[host].to_string(),
-                port: f[port].to_string(),
-                database: f[database].to_string(),
-                paused: f[paused] == "1",
-            });
-        }
     }
-    Ok(routes)
+}
+
+/// Reads `SHOW DATABASES` as [`command`] prints it, leaving out the
+/// console's own `pgbouncer` row.
+fn parse_databases(text: &str) -> Result<Vec<DatabaseRoute>, String> {
+    let table = Table::parse("SHOW DATABASES", text)?;
+    let (name, host, port, database, paused) = (
+        table.column("name")?,
+        table.column("host")?,
+        table.column("port")?,
+        table.column("database")?,
+        table.column("paused")?,
+    );
+    Ok(table
+        .rows
+        .iter()
+        .filter(|f| f[name] != "pgbouncer")
+        .map(|f| DatabaseRoute {
+            name: f[name].to_string(),
+            host: f[host].to_string(),
+            port: f[port].to_string(),
+            database: f[database].to_string(),
+            paused: f[paused] == "1",
+        })
+        .collect())
 }
 
 /// The most of a console answer that is read back. `SHOW DATABASES` of a

@@ -284,7 +284,7 @@ fn diff_text(set: &RenderedSet, file: &RenderedFile, old: Option<&[u8]>) -> Stri
         .to_string()
 }
 
-mod restart;
+pub(crate) mod restart;
 
 /// Logs, for the daemon and `apply`, what the plan shows as
 /// "needs restart" for a changed file.

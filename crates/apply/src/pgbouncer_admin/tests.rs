@@ -250,3 +250,129 @@ fn a_pause_that_outlasts_the_timeout_resumes_every_database_it_paused() {
     let status = report.finish(Duration::from_secs(20)).expect("psql exits");
     assert!(status.success(), "{status}");
 }
+
+/// `SHOW CONFIG`'s restart-only rows as PgBouncer 1.18 printed them for a
+/// config setting `listen_port = 6432`, `unix_socket_dir = /tmp/pgb` and
+/// `pidfile = /tmp/pgb/pgbouncer.pid`, started with `-u postgres`.
+const CONFIG_1_18: &[&[&str]] = &[
+    &["key", "value", "default", "changeable"],
+    &["default_pool_size", "20", "20", "yes"],
+    &["disable_pqexec", "0", "0", "no"],
+    &["job_name", "pgbouncer", "pgbouncer", "no"],
+    &["listen_addr", "127.0.0.1", "", "no"],
+    &["listen_backlog", "128", "128", "no"],
+    &["listen_port", "6432", "6432", "no"],
+    &["pidfile", "/tmp/pgb/pgbouncer.pid", "", "no"],
+    &["pkt_buf", "4096", "4096", "no"],
+    &["resolv_conf", "", "", "no"],
+    &["so_reuseport", "0", "0", "no"],
+    &["unix_socket_dir", "/tmp/pgb", "/tmp", "no"],
+    &["unix_socket_group", "", "", "no"],
+    &["unix_socket_mode", "511", "0777", "no"],
+    &["user", "postgres", "", "no"],
+];
+
+const INI: &str = "[databases]\napp = host=10.0.0.5\n[pgbouncer]\nlisten_addr = 127.0.0.1\n\
+                   listen_port = 6432\nunix_socket_dir = /tmp/pgb\n\
+                   pidfile = /tmp/pgb/pgbouncer.pid\n";
+
+fn pending(key: &str, running: &str, file: &str, default: bool) -> PendingRestart {
+    PendingRestart {
+        key: key.into(),
+        running: running.into(),
+        file: file.into(),
+        default,
+    }
+}
+
+#[test]
+fn the_file_pgbouncer_runs_needs_no_restart_however_its_numbers_are_spelt() {
+    let config = answer(CONFIG_1_18);
+    assert_eq!(compare_config(&config, INI), Ok(vec![]));
+    // Hex and octal as PgBouncer reads them, the mode it prints in decimal,
+    // and `user`, which `-u` overrides, differing from the file.
+    let spelt = INI.replace("6432", "0x1920")
+        + "LISTEN_BACKLOG = 0200\nunix_socket_mode = 0777\nuser = pgbouncer\n";
+    assert_eq!(compare_config(&config, &spelt), Ok(vec![]));
+}
+
+#[test]
+fn a_restart_only_key_the_file_changes_or_drops_is_pending() {
+    let ini = INI
+        .replace("listen_port = 6432", "listen_port = 6433")
+        .replace("pidfile = /tmp/pgb/pgbouncer.pid\n", "")
+        + "unix_socket_mode = 0700\n[other]\njob_name = x\n";
+    assert_eq!(
+        compare_config(&answer(CONFIG_1_18), &ini),
+        Ok(vec![
+            pending("listen_port", "6432", "6433", false),
+            pending("pidfile", "/tmp/pgb/pgbouncer.pid", "", true),
+            pending("unix_socket_mode", "0777", "0700", false),
+        ])
+    );
+}
+
+#[test]
+fn without_a_default_column_a_key_the_file_does_not_set_makes_no_claim() {
+    let without: Vec<Vec<&str>> = CONFIG_1_18
+        .iter()
+        .map(|row| {
+            row.iter()
+                .enumerate()
+                .filter(|(i, _)| *i != 2)
+                .map(|(_, f)| *f)
+                .collect()
+        })
+        .collect();
+    let rows: Vec<&[&str]> = without.iter().map(Vec::as_slice).collect();
+    let ini = INI.replace(
+        "pidfile = /tmp/pgb/pgbouncer.pid\n",
+        "listen_backlog = 64\n",
+    );
+    assert_eq!(
+        compare_config(&answer(&rows), &ini),
+        Ok(vec![pending("listen_backlog", "128", "64", false)])
+    );
+    let err = compare_config(&answer(&[&["key", "default"]]), INI).expect_err("no value");
+    assert!(err.contains("SHOW CONFIG has no `value` column"), "{err}");
+}
+
+#[test]
+fn numbers_read_as_strtol_with_base_0() {
+    assert_eq!(c_integer("0x80"), Some(128));
+    assert_eq!(c_integer("0X1f"), Some(31));
+    assert_eq!(c_integer("010000"), Some(4096));
+    assert_eq!(c_integer("0"), Some(0));
+    assert_eq!(c_integer("6432"), Some(6432));
+    for not in ["", "08", "0x", "+5", "0x-5", "12 ", "abc"] {
+        assert_eq!(c_integer(not), None, "{not:?}");
+    }
+}
+
+#[test]
+fn pending_restart_compares_with_a_real_pgbouncer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let config = trust_config(dir.path(), port, "").expect("config");
+    let _pgbouncer = Pgbouncer::start(&config, port).expect("pgbouncer");
+    let admin = console(dir.path(), port, 5);
+    let ini = std::fs::read_to_string(&config).expect("read config");
+
+    // What it started on: nothing pending, defaults and the mode included.
+    assert_eq!(pending_restart(&admin, ini.as_bytes()), Ok(vec![]));
+
+    let changed = ini.replace(&format!("listen_port = {port}"), "listen_port = 0x1921")
+        + "unix_socket_mode = 0700\nso_reuseport = 1\n";
+    assert_eq!(
+        pending_restart(&admin, changed.as_bytes()),
+        Ok(vec![
+            pending("listen_port", &port.to_string(), "6433", false),
+            pending("so_reuseport", "0", "1", false),
+            pending("unix_socket_mode", "0777", "0700", false),
+        ])
+    );
+
+    let err = pending_restart(&admin, format!("%include /etc/x.ini\n{ini}").as_bytes())
+        .expect_err("an include is not followed");
+    assert!(err.contains("%include"), "{err}");
+}
