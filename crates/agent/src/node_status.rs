@@ -1,7 +1,8 @@
 //! `converge status`: one screen for the on-call engineer — what converge
 //! last did on this node, which servers HAProxy is using right now, where
-//! PgBouncer sends each database, and for each VRRP instance keepalived's
-//! own state and whether this node holds the VIP.
+//! PgBouncer sends each database and which of its settings wait for a
+//! restart, and for each VRRP instance keepalived's own state and whether
+//! this node holds the VIP.
 //!
 //! Every section is gathered on its own and carries its own error, so a
 //! program that cannot be asked (HAProxy down, the daemon not running)
@@ -10,9 +11,11 @@
 use std::path::PathBuf;
 use std::time::{Duration, UNIX_EPOCH};
 
-use converge_apply::pgbouncer_admin::{show_databases, DatabaseRoute};
+use converge_apply::pgbouncer_admin::{
+    pending_restart, show_databases, DatabaseRoute, PendingRestart,
+};
 use converge_apply::LiveServer;
-use converge_model::manifest::{PgbouncerAdmin, Reload};
+use converge_model::manifest::{PgbouncerAdmin, Reload, Validator};
 use converge_model::{Layout, Manifests};
 use serde::Serialize;
 
@@ -72,6 +75,10 @@ pub struct NodeReport {
     pub haproxy: Section<Vec<LiveServer>>,
     /// Where PgBouncer sends each database, from its admin console.
     pub pgbouncer: Section<Vec<DatabaseRoute>>,
+    /// Restart-only PgBouncer settings whose value in the live file is
+    /// not the one PgBouncer runs with: applied by a reload, they wait
+    /// for a restart.
+    pub pgbouncer_restart: Section<Vec<PendingRestart>>,
     /// This node's VRRP instances.
     pub keepalived: Section<Vec<VipLive>>,
 }
@@ -115,8 +122,10 @@ pub async fn gather(
     let socket = layout.path(&desired.manifest.haproxy.stats_socket);
     let haproxy = converge_apply::live_servers(&socket, Duration::from_secs(2)).into();
     let keepalived = vrrp::vips(&desired, layout).into();
-    let pgbouncer = console(&desired, layout)
-        .and_then(|admin| show_databases(&admin))
+    let admin = console(&desired, layout);
+    let pgbouncer = admin.clone().and_then(|a| show_databases(&a)).into();
+    let pgbouncer_restart = admin
+        .and_then(|a| pending_restart(&a, &pgbouncer_ini(&desired, layout)?))
         .into();
     Ok(NodeReport {
         node: node.to_string(),
@@ -124,6 +133,7 @@ pub async fn gather(
         targets,
         haproxy,
         pgbouncer,
+        pgbouncer_restart,
         keepalived,
     })
 }
@@ -158,6 +168,35 @@ fn console(
         admin.host = layout.path(&admin.host).display().to_string();
     }
     Ok(admin)
+}
+
+/// The live file of the one target validated with `pgbouncer`: the
+/// PgBouncer configuration converge renders.
+fn pgbouncer_ini(
+    desired: &converge_model::NodeDesired,
+    layout: &Layout,
+) -> Result<Vec<u8>, String> {
+    let files: Vec<(&String, PathBuf)> = desired
+        .targets
+        .iter()
+        .filter(|(_, t)| t.validate == Validator::Pgbouncer)
+        .map(|(name, t)| (name, layout.path(&t.destination)))
+        .collect();
+    match files.as_slice() {
+        [(_, path)] => {
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+        }
+        [] => Err("no target is validated with `pgbouncer`: no file to compare with".into()),
+        several => Err(format!(
+            "targets {} are all validated with `pgbouncer`; which one the console's \
+             PgBouncer runs is unknown",
+            several
+                .iter()
+                .map(|(name, _)| name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
 }
 
 /// `GET /status` from the daemon's loopback listener.

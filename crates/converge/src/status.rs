@@ -30,6 +30,15 @@ fn when(secs: Option<u64>) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
+/// A setting's value, `(empty)` when it is the empty string.
+fn shown(value: &str) -> &str {
+    if value.is_empty() {
+        "(empty)"
+    } else {
+        value
+    }
+}
+
 fn text(r: &NodeReport) -> String {
     let mut out = format!("node {}\n", r.node);
     match &r.daemon {
@@ -101,6 +110,20 @@ fn text(r: &NodeReport) -> String {
             }
         }
         Section::Error(e) => out += &format!("{e}\n"),
+    }
+    match &r.pgbouncer_restart {
+        Section::Ok(pending) => {
+            for p in pending {
+                out += &format!(
+                    "needs restart: {} {} → {}{}\n",
+                    p.key,
+                    shown(&p.running),
+                    shown(&p.file),
+                    if p.default { " (default)" } else { "" }
+                );
+            }
+        }
+        Section::Error(e) => out += &format!("restart-only settings not compared: {e}\n"),
     }
     out += "\nKEEPALIVED VIP       STATE    HOLDS VIP  INTERFACE  ADDRESSES\n";
     match &r.keepalived {
