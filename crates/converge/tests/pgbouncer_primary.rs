@@ -509,6 +509,97 @@ fn plan_says_needs_restart_for_settings_a_reload_leaves_alone() {
     );
 }
 
+/// `converge status --node lb1`, as JSON and as text, with no daemon.
+fn status(ws: &Workspace) -> (serde_json::Value, String) {
+    let daemon = format!("127.0.0.1:{}", free_port());
+    let args = ["status", "--node", "lb1", "--daemon", &daemon];
+    let out = ws.converge(&[&args[..], &["--format", "json"]].concat());
+    common::assert_exit(&out, 0);
+    let doc = serde_json::from_str(&common::stdout(&out)).expect("status json");
+    let out = ws.converge(&args);
+    common::assert_exit(&out, 0);
+    (doc, common::stdout(&out))
+}
+
+#[test]
+fn status_says_needs_restart_for_a_setting_the_reload_left_in_the_file_only() {
+    let catalog =
+        "services:\n  postgres:\n    - {id: pg1, node: db1, address: 127.0.0.1, port: 5432, \
+                   tags: [primary], health: passing}\n";
+    let (old, new) = (free_port(), free_port());
+    // Reloads go to the console where PgBouncer listens now, also once the
+    // manifest names another listen port.
+    let ws = workspace(&site(old, &pause_reload(old)), catalog);
+    common::assert_exit(&ws.converge(&["apply", "--once", "--node", "lb1"]), 0);
+    let config = ws.root().join("etc/pgbouncer/pgbouncer.ini");
+    let mut pgbouncer = Pgbouncer::start(&config, old).expect("pgbouncer");
+    let (doc, text) = status(&ws);
+    assert_eq!(
+        doc["pgbouncer_restart"],
+        serde_json::json!({"ok": []}),
+        "{doc}"
+    );
+    assert!(!text.contains("needs restart"), "{text}");
+
+    ws.write("manifests/site.yaml", &site(new, &pause_reload(old)));
+    let reloads = pgbouncer.log().matches("RELOAD command issued").count();
+    let out = ws.converge(&["apply", "--once", "--node", "lb1"]);
+    common::assert_exit(&out, 0);
+    assert!(
+        pgbouncer.log().matches("RELOAD command issued").count() > reloads,
+        "{}",
+        pgbouncer.log()
+    );
+    let running = pgbouncer.show("converge", "SHOW CONFIG").expect("console");
+    let port = running.iter().find(|r| r["key"] == "listen_port");
+    assert_eq!(
+        port.map(|r| r["value"].as_str()),
+        Some(old.to_string().as_str()),
+        "the reload keeps the old port"
+    );
+    // The files now agree with the manifest: the plan has nothing to say.
+    let plan = common::stdout(&ws.converge(&["plan", "--node", "lb1"]));
+    assert!(!plan.contains("needs restart"), "{plan}");
+
+    let (doc, text) = status(&ws);
+    assert_eq!(
+        doc["pgbouncer_restart"],
+        serde_json::json!({"ok": [{
+            "key": "listen_port",
+            "running": old.to_string(),
+            "file": new.to_string(),
+            "default": false,
+        }]}),
+        "{doc}"
+    );
+    assert!(doc["pgbouncer"]["ok"].is_array(), "{doc}");
+    assert!(
+        text.contains(&format!("needs restart: listen_port {old} → {new}\n")),
+        "{text}"
+    );
+
+    // PgBouncer down: the comparison says why it was not made, and the
+    // rest of the report stays.
+    pgbouncer.stop();
+    let (doc, _) = status(&ws);
+    let err = doc["pgbouncer_restart"]["error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(err.contains("PgBouncer not reachable"), "{doc}");
+    assert!(doc["targets"][0]["sha256"].is_string(), "{doc}");
+
+    // Restarted on the file, and asked on its new port: nothing pending.
+    let _pgbouncer = Pgbouncer::start(&config, new).expect("pgbouncer on the new port");
+    ws.write("manifests/site.yaml", &site(new, &pause_reload(new)));
+    let (doc, text) = status(&ws);
+    assert_eq!(
+        doc["pgbouncer_restart"],
+        serde_json::json!({"ok": []}),
+        "{doc}"
+    );
+    assert!(!text.contains("needs restart"), "{text}");
+}
+
 /// One switch as a client sees it.
 struct Switch {
     /// Tag change (first Consul write) → first new connection on the new
