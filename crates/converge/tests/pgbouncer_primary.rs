@@ -229,14 +229,10 @@ fn pause_reload_within(port: u16, timeout_secs: u64) -> String {
 #[test]
 fn with_pause_a_transaction_open_at_the_switch_commits_and_the_next_lands_on_b() {
     let port = free_port();
-    // The demotion and the promotion are two Consul changes; a quiescence
-    // window makes them one reload. (Applied one by one, the first would
-    // commit "no primary" and its PAUSE would wait on this transaction.)
-    let s = Stack::start_on(
-        port,
-        &pause_reload(port),
-        &["--wait-min", "2s", "--wait-max", "10s"],
-    );
+    // No quiescence: the demotion and the promotion arrive as two Consul
+    // changes, and the guard keeps `app` on A through the first, so the
+    // switch is one PAUSE, RELOAD, RESUME.
+    let s = Stack::start_on(port, &pause_reload(port), &[]);
     assert_eq!(s.landing(), Ok(s.a.port()), "{}", s.diagnostics());
     s.a.sql("app", "app", "create table marks (what text)")
         .expect("table on A");
