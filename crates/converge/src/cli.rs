@@ -83,6 +83,16 @@ pub struct Cli {
     #[arg(long, global = true, env = "CONSUL_CLIENT_KEY", value_name = "FILE")]
     pub consul_client_key: Option<PathBuf>,
 
+    /// Read the catalog of this Consul datacenter instead of the agent's
+    /// own (`?dc=` on every read; the agent forwards across the WAN).
+    #[arg(
+        long,
+        global = true,
+        env = "CONVERGE_CONSUL_DATACENTER",
+        value_name = "DC"
+    )]
+    pub consul_datacenter: Option<String>,
+
     /// How long plan/apply/validate wait for a complete snapshot from Consul.
     #[arg(long, global = true, value_parser = humantime::parse_duration, default_value = "15s")]
     pub consul_timeout: Duration,
@@ -261,12 +271,13 @@ impl Cli {
                     ("CONSUL_CLIENT_CERT", path(&self.consul_client_cert)),
                     ("CONSUL_CLIENT_KEY", path(&self.consul_client_key)),
                 ];
-                let config = converge_consul::Config::from_vars(|k| {
+                let mut config = converge_consul::Config::from_vars(|k| {
                     match flags.iter().find(|(name, _)| *name == k) {
                         Some((_, value)) => value.clone(),
                         None => std::env::var(k).ok(),
                     }
                 })?;
+                config.datacenter = self.consul_datacenter.clone();
                 Ok(CatalogFrom::Consul(Box::new(config)))
             }
             None => Ok(CatalogFrom::File(self.catalog.clone())),

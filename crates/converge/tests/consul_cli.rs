@@ -45,6 +45,32 @@ fn plan_reads_the_live_catalog_with_flag_or_env() {
     );
     assert_exit(&out, 2);
     assert!(stdout(&out).contains("server web-1 "), "{}", stdout(&out));
+
+    // A datacenter is asked for by name: the agent's own (a dev agent's is
+    // dc1) reads the same; one Consul does not know is an error that says
+    // so and changes nothing.
+    let url = consul.http_url();
+    let dc = |name: &str| {
+        ws.converge(&[
+            "plan",
+            "--node",
+            "lb1",
+            "--consul",
+            &url,
+            "--consul-datacenter",
+            name,
+        ])
+    };
+    let out = dc("dc1");
+    assert_exit(&out, 2);
+    assert!(stdout(&out).contains("server web-1 "), "{}", stdout(&out));
+    let out = dc("nowhere");
+    assert_exit(&out, 1);
+    let err = stderr(&out);
+    assert!(
+        err.contains("No path to datacenter") && err.contains("nothing was changed"),
+        "{err}"
+    );
 }
 
 /// An ACL policy that may read every service and node.
