@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 cargo build --release --locked --bin converge
-bin=target/release/converge
+bin="${CARGO_TARGET_DIR:-target}/release/converge"
 root=${DEMO_ROOT:-target/demo}
 mkdir -p "$root"
 
