@@ -10,12 +10,20 @@
 //! Determinism is by construction: every collection in the context is a
 //! sorted `Vec` or a `BTreeMap`, and Tera iterates them in order, so an
 //! unchanged world renders byte-identical files (invariant 3).
+//!
+//! [`Templates`] keeps the last render's servers serialized, so a health
+//! flip does not convert a thousand unchanged servers into Tera's context
+//! again; a value is reused only for an equal server, so the output is the
+//! same with or without it.
 #![deny(missing_docs)]
 
 pub mod error;
+mod memo;
 pub mod sanitize;
 pub mod templates;
 pub mod view;
+
+use std::collections::BTreeMap;
 
 use converge_model::{Catalog, Layout, NodeDesired, ReloadAction, RenderedFile, RenderedSet};
 
@@ -29,14 +37,33 @@ pub fn render(
     templates: &Templates,
     layout: &Layout,
 ) -> Result<RenderedSet, RenderError> {
-    let view = view::build(desired, catalog, layout);
-    let context =
-        tera::Context::from_serialize(&view.context).map_err(|e| RenderError::Context {
-            message: e.to_string(),
-        })?;
-    let mut files = std::collections::BTreeMap::new();
+    let view::View {
+        context,
+        rejections,
+        warnings,
+    } = view::build(desired, catalog, layout);
+    let files = templates.memo.with_context(context, |context| {
+        render_targets(desired, templates, layout, context)
+    })?;
+    Ok(RenderedSet {
+        node: desired.name.clone(),
+        layout: layout.clone(),
+        files,
+        rejections,
+        warnings,
+        secrets: desired.secrets.values().cloned().collect(),
+    })
+}
+
+fn render_targets(
+    desired: &NodeDesired,
+    templates: &Templates,
+    layout: &Layout,
+    context: &tera::Context,
+) -> Result<BTreeMap<String, RenderedFile>, RenderError> {
+    let mut files = BTreeMap::new();
     for (name, target) in &desired.targets {
-        let bytes = templates.render(name, &target.template, &context)?;
+        let bytes = templates.render(name, &target.template, context)?;
         let mode = converge_model::check::parse_mode(&target.mode).unwrap_or(0o644);
         files.insert(
             name.clone(),
@@ -55,12 +82,5 @@ pub fn render(
             },
         );
     }
-    Ok(RenderedSet {
-        node: desired.name.clone(),
-        layout: layout.clone(),
-        files,
-        rejections: view.rejections,
-        warnings: view.warnings,
-        secrets: desired.secrets.values().cloned().collect(),
-    })
+    Ok(files)
 }

@@ -10,12 +10,16 @@ use converge_model::Location;
 use tera::Tera;
 
 use crate::error::{RenderError, SyntaxError};
+use crate::memo::Memo;
 
-/// Parsed templates and their sources (kept to place errors on a line).
+/// Parsed templates and their sources (kept to place errors on a line),
+/// and the last render's servers with their serialized values, which the
+/// next render reuses.
 pub struct Templates {
     dir: PathBuf,
     tera: Tera,
     sources: BTreeMap<String, String>,
+    pub(crate) memo: Memo,
 }
 
 impl std::fmt::Debug for Templates {
@@ -83,6 +87,7 @@ impl Templates {
             dir: dir.to_path_buf(),
             tera,
             sources,
+            memo: Memo::default(),
         })
     }
 

@@ -128,7 +128,10 @@ pub struct BackendView {
     /// the backend with [`RUNTIME_API_MARKER`] so the applier knows.
     pub runtime_api: bool,
     /// Servers, sorted by instance id; for a runtime-API backend, its slots
-    /// in slot order, then instances that found no slot.
+    /// in slot order, then instances that found no slot. Serialized apart
+    /// from the rest, so that a render reuses the values of servers the
+    /// last render had too.
+    #[serde(skip)]
     pub servers: Vec<ServerView>,
 }
 
@@ -145,7 +148,7 @@ pub const RUNTIME_API_MARKER: &str = "# converge: runtime-api";
 pub const EMPTY_SLOT: (&str, u16) = ("127.0.0.1", 1);
 
 /// One server line.
-#[derive(Debug, Serialize)]
+#[derive(Debug, PartialEq, Serialize)]
 pub struct ServerView {
     /// Server name (the instance id, or the slot name `<backend>-sN`).
     pub name: String,
