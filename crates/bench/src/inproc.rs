@@ -2,7 +2,9 @@
 //! library calls a reconcile pass makes before its validator, timed in this
 //! process on a catalog of N instances of `web` (one flips per round).
 //!
-//! - load: `Inputs::load_config` (a pass re-reads manifests and templates);
+//! - load: `Inputs::fingerprint`, and `Inputs::load_config` only when it
+//!   changed, as the daemon does (never here, so templates, and with them
+//!   the render's kept servers, last from one pass to the next);
 //! - render: `Prepared::render_at`;
 //! - plan: `converge_apply::plan` against the previous render on disk
 //!   (it also builds a unified diff, which the daemon's apply does not, so
@@ -23,7 +25,7 @@ use crate::stats::Summary;
 pub struct InprocReport {
     /// Instances.
     pub backends: usize,
-    /// Manifests + templates load.
+    /// Manifests + templates fingerprint (and load, if changed).
     pub load: Summary,
     /// Render.
     pub render: Summary,
@@ -44,6 +46,7 @@ pub fn measure(stack: &Stack, backends: usize, rounds: usize) -> anyhow::Result<
     };
     let layout = Layout::new(&inputs.root);
     let (manifests, templates) = inputs.load_config().context("load manifests")?;
+    let mut loaded = inputs.fingerprint();
     let mut prepared = Prepared {
         manifests,
         templates,
@@ -54,10 +57,13 @@ pub fn measure(stack: &Stack, backends: usize, rounds: usize) -> anyhow::Result<
     for round in 0..=rounds {
         prepared.catalog = catalog(backends, round);
         let t = Instant::now();
-        let (m, tpl) = inputs.load_config().context("load manifests")?;
+        let fingerprint = inputs.fingerprint();
+        if fingerprint.is_none() || fingerprint != loaded {
+            (prepared.manifests, prepared.templates) =
+                inputs.load_config().context("load manifests")?;
+            loaded = fingerprint;
+        }
         let load = t.elapsed();
-        prepared.manifests = m;
-        prepared.templates = tpl;
         let t = Instant::now();
         let set = prepared.render_at("lb1", &layout).context("render")?;
         let render = t.elapsed();

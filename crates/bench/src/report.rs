@@ -292,7 +292,7 @@ pub fn markdown(run: &Run<'_>, env: &[(String, String)]) -> String {
         let _ = writeln!(o, "| step | p50 | p99 | max |");
         let _ = writeln!(o, "|---|---:|---:|---:|");
         for (name, s) in [
-            ("load manifests + templates", &i.load),
+            ("fingerprint manifests + templates", &i.load),
             ("render", &i.render),
             ("plan (with unified diff)", &i.plan),
             ("total", &i.total),
