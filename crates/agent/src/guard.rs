@@ -56,17 +56,16 @@ pub struct Guarded {
 pub fn guard(
     manifest: &Manifest,
     last: Option<&Catalog>,
-    new: &Catalog,
+    new: Catalog,
     released: &BTreeSet<String>,
 ) -> Guarded {
     let Some(last) = last else {
         return Guarded {
-            catalog: new.clone(),
+            catalog: new,
             holds: Vec::new(),
         };
     };
-    let mut catalog = new.clone();
-    let mut holds = Vec::new();
+    let mut holds: Vec<Hold> = Vec::new();
     for (name, b) in &manifest.backends {
         if released.contains(name) {
             continue;
@@ -76,7 +75,7 @@ pub fn guard(
                 .map(|e| e.instances.iter().filter(|i| serves(b, i)).count())
                 .unwrap_or(0)
         };
-        let (before, after) = (count(last), count(new));
+        let (before, after) = (count(last), count(&new));
         if after >= before {
             continue;
         }
@@ -91,7 +90,6 @@ pub fn guard(
         } else {
             continue;
         };
-        catalog = catalog.with_service(&b.service, last.service(&b.service).cloned());
         holds.push(Hold {
             backend: name.clone(),
             service: b.service.clone(),
@@ -99,6 +97,12 @@ pub fn guard(
             after,
             reason,
         });
+    }
+    // Held services go back to their last applied instances (entries
+    // replaced in `new`, nothing copied whole).
+    let mut catalog = new;
+    for h in &holds {
+        catalog = catalog.with_service(&h.service, last.service(&h.service).cloned());
     }
     for (name, d) in &manifest.databases {
         if d.role != DbRole::Primary || released.contains(name) {
@@ -168,9 +172,26 @@ mod tests {
     fn dropping_below_min_healthy_is_held_with_the_old_instances() {
         let m = manifest("    min_healthy: 1\n");
         let last = catalog(3, 3);
-        let g = guard(&m, Some(&last), &catalog(0, 0), &BTreeSet::new());
+        let g = guard(&m, Some(&last), catalog(0, 0), &BTreeSet::new());
         assert_eq!(g.holds.len(), 1);
         assert_eq!((g.holds[0].before, g.holds[0].after), (3, 0));
+        assert_eq!(g.catalog.service("web"), last.service("web"));
+    }
+
+    #[test]
+    fn two_backends_on_one_service_are_each_held_and_reported() {
+        let text = "nodes: {lb1: {}}\nbackends:\n  web:\n    service: web\n    min_healthy: 1\n  \
+                    web_canary:\n    service: web\n    min_healthy: 1\n";
+        let m = Manifests::from_sources(
+            Path::new("m"),
+            &[(PathBuf::from("m.yaml"), text.to_string())],
+        )
+        .expect("manifest")
+        .manifest;
+        let last = catalog(3, 3);
+        let g = guard(&m, Some(&last), catalog(0, 0), &BTreeSet::new());
+        let held: Vec<&str> = g.holds.iter().map(|h| h.backend.as_str()).collect();
+        assert_eq!(held, ["web", "web_canary"]);
         assert_eq!(g.catalog.service("web"), last.service("web"));
     }
 
@@ -178,9 +199,9 @@ mod tests {
     fn a_drop_above_the_fraction_is_held_and_a_small_one_passes() {
         let m = manifest("    max_drop_fraction: 0.5\n");
         let last = catalog(4, 4);
-        let big = guard(&m, Some(&last), &catalog(1, 4), &BTreeSet::new());
+        let big = guard(&m, Some(&last), catalog(1, 4), &BTreeSet::new());
         assert_eq!(big.holds.len(), 1, "3 of 4 is more than half");
-        let small = guard(&m, Some(&last), &catalog(2, 4), &BTreeSet::new());
+        let small = guard(&m, Some(&last), catalog(2, 4), &BTreeSet::new());
         assert!(small.holds.is_empty(), "2 of 4 is exactly half");
         assert_eq!(small.catalog, catalog(2, 4));
     }
@@ -189,12 +210,12 @@ mod tests {
     fn without_rules_or_after_release_the_change_goes_through() {
         let free = manifest("");
         let last = catalog(3, 3);
-        assert!(guard(&free, Some(&last), &catalog(0, 3), &BTreeSet::new())
+        assert!(guard(&free, Some(&last), catalog(0, 3), &BTreeSet::new())
             .holds
             .is_empty());
         let strict = manifest("    min_healthy: 2\n");
         let released = BTreeSet::from(["web".to_string()]);
-        let g = guard(&strict, Some(&last), &catalog(0, 3), &released);
+        let g = guard(&strict, Some(&last), catalog(0, 3), &released);
         assert!(g.holds.is_empty());
         assert_eq!(g.catalog, catalog(0, 3));
     }
@@ -230,15 +251,15 @@ mod tests {
         .expect("manifest")
         .manifest;
         let last = postgres(Some(0));
-        let gap = guard(&m, Some(&last), &postgres(None), &BTreeSet::new());
+        let gap = guard(&m, Some(&last), postgres(None), &BTreeSet::new());
         assert_eq!(gap.holds.len(), 1, "demoted, nobody promoted yet");
         assert_eq!(gap.catalog.service("postgres"), last.service("postgres"));
-        let promoted = guard(&m, Some(&last), &postgres(Some(1)), &BTreeSet::new());
+        let promoted = guard(&m, Some(&last), postgres(Some(1)), &BTreeSet::new());
         assert!(promoted.holds.is_empty(), "a new primary goes through");
         let released = guard(
             &m,
             Some(&last),
-            &postgres(None),
+            postgres(None),
             &BTreeSet::from(["app".to_string()]),
         );
         assert!(released.holds.is_empty());
@@ -248,11 +269,11 @@ mod tests {
     fn growth_and_the_first_reconcile_are_never_held() {
         let m = manifest("    min_healthy: 5\n");
         assert!(
-            guard(&m, Some(&catalog(1, 3)), &catalog(2, 3), &BTreeSet::new())
+            guard(&m, Some(&catalog(1, 3)), catalog(2, 3), &BTreeSet::new())
                 .holds
                 .is_empty()
         );
-        assert!(guard(&m, None, &catalog(0, 0), &BTreeSet::new())
+        assert!(guard(&m, None, catalog(0, 0), &BTreeSet::new())
             .holds
             .is_empty());
     }

@@ -186,10 +186,12 @@ impl Reconciler {
         let guarded = guard(
             &prepared.manifests.manifest,
             self.baseline.as_ref(),
-            &catalog,
+            catalog,
             &released,
         );
-        prepared.catalog = guarded.catalog.clone();
+        // Moved in for the render and taken back after it: a deep copy of
+        // a thousand instances per pass is not free.
+        prepared.catalog = guarded.catalog;
         let set = match prepared.render_at(&self.config.node, &prepared.layout) {
             Ok(set) => set,
             Err(e) => {
@@ -206,7 +208,9 @@ impl Reconciler {
         self.board.metrics.renders.inc();
         let manifest = prepared.manifests.manifest.clone();
         let layout = prepared.layout.clone();
-        self.record_holds(&manifest, &guarded.catalog, &guarded.holds);
+        let accepted = std::mem::take(&mut prepared.catalog);
+        let holds = guarded.holds;
+        self.record_holds(&manifest, &accepted, &holds);
         self.report_findings(&set);
         let report = match converge_apply::apply(&set, &self.config.apply) {
             Ok(r) => r,
@@ -268,9 +272,9 @@ impl Reconciler {
                 }
             }
         }
-        baseline::advance(&layout, self.baseline.as_ref(), &guarded.catalog);
-        self.baseline = Some(guarded.catalog);
-        let converged = all_ok && guarded.holds.is_empty();
+        baseline::advance(&layout, self.baseline.as_ref(), &accepted);
+        self.baseline = Some(accepted);
+        let converged = all_ok && holds.is_empty();
         self.board.update(|s| {
             s.converged = converged && s.input_error.is_none() && s.source_error.is_none();
             if converged {
