@@ -518,6 +518,9 @@ impl Txn<'_> {
     }
 
     /// Runs each distinct reload action of the bundle once, in member order.
+    /// A failure counts as `untouched` only while no earlier action ran:
+    /// a program reloaded before it runs the new files and must be
+    /// reloaded back by the rollback.
     fn reload_all(&self) -> Result<ReloadOutcome, ApplyError> {
         let limits = reload::Limits {
             timeout: self.opts.reload_timeout,
@@ -532,13 +535,13 @@ impl Txn<'_> {
         }
         let pause = self.pause_scope();
         let mut outcome = ReloadOutcome::NoAction;
-        for action in actions {
+        for (i, action) in actions.into_iter().enumerate() {
             let o = reload::run(action, limits, &pause).map_err(|f| ApplyError::Reload {
                 bundle: self.name.to_string(),
                 command: f.command,
                 detail: f.detail,
                 stderr: f.stderr,
-                untouched: f.untouched,
+                untouched: f.untouched && i == 0,
             })?;
             tracing::info!(bundle = self.name, action = %self.set.redact(&reload::describe(action)), outcome = o.as_str(), "reload");
             outcome = outcome.merge(o);

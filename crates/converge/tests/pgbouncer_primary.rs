@@ -381,49 +381,93 @@ fn pause_holds_only_the_database_that_moves() {
     assert!(status.success(), "psql session: {status}");
 }
 
+/// An apply whose `PAUSE app` outlasts its 1 s timeout: PgBouncer runs on
+/// a file naming cluster A, a transaction stays open on `app`, and the
+/// primary moves to a port nobody serves. `extra_targets` is YAML added
+/// under `targets:`.
+struct TimedOutPause {
+    a: Postgres,
+    ws: Workspace,
+    pgbouncer: Pgbouncer,
+    /// The transaction the `PAUSE` waits on.
+    tx: Session,
+    /// The PgBouncer config before the failed apply.
+    before: String,
+    /// stdout and stderr of the failed apply.
+    report: String,
+}
+
+impl TimedOutPause {
+    fn run(extra_targets: &str) -> TimedOutPause {
+        // No daemon and no Consul: `apply --once` on a catalog file, so the
+        // report of the failed reload is the command's own output.
+        let a = Postgres::start().expect("cluster A");
+        let port = free_port();
+        let catalog = |pg_port: u16| {
+            format!(
+                "services:\n  postgres:\n    - {{id: pg1, node: db1, address: 127.0.0.1, \
+                 port: {pg_port}, tags: [primary], health: passing}}\n"
+            )
+        };
+        let site = site(port, &pause_reload_within(port, 1)) + extra_targets;
+        let ws = workspace(&site, &catalog(a.port()));
+        common::assert_exit(&ws.converge(&["apply", "--once", "--node", "lb1"]), 0);
+        let before = std::fs::read_to_string(Self::config(&ws)).expect("config");
+        let pgbouncer = Pgbouncer::start(&Self::config(&ws), port).expect("pgbouncer");
+
+        let mut tx = Session::open(port, "app", "app").expect("psql");
+        assert_eq!(
+            tx.query("BEGIN; select inet_server_port();"),
+            Ok(a.port().to_string())
+        );
+
+        ws.write("catalog.yaml", &catalog(free_port()));
+        let out = ws.converge(&["apply", "--once", "--node", "lb1"]);
+        common::assert_exit(&out, 1);
+        let report = format!("{}{}", common::stdout(&out), common::stderr(&out));
+        assert!(
+            report.contains("PAUSE app did not complete; not reloaded; resumed")
+                && report.contains("`PAUSE app` did not answer within"),
+            "{report}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(Self::config(&ws)).expect("config"),
+            before,
+            "the previous file is back\n{report}"
+        );
+        TimedOutPause {
+            a,
+            ws,
+            pgbouncer,
+            tx,
+            before,
+            report,
+        }
+    }
+
+    fn config(ws: &Workspace) -> std::path::PathBuf {
+        ws.root().join("etc/pgbouncer/pgbouncer.ini")
+    }
+
+    fn owed(&self) -> std::path::PathBuf {
+        self.ws.root().join("var/lib/converge/pending/pgbouncer")
+    }
+
+    /// Commits the open transaction and checks its session ends cleanly.
+    fn commit(mut self) {
+        assert_eq!(
+            self.tx.query("COMMIT; select 'committed';"),
+            Ok("committed".into())
+        );
+        let status = self.tx.finish(DEADLINE).expect("psql exits");
+        assert!(status.success(), "psql session: {status}");
+    }
+}
+
 #[test]
 fn a_pause_that_outlasts_its_timeout_rolls_back_and_leaves_nothing_paused() {
-    // No daemon and no Consul: `apply --once` on a catalog file, so the
-    // report of the failed reload is the command's own output.
-    let a = Postgres::start().expect("cluster A");
-    let port = free_port();
-    let catalog = |pg_port: u16| {
-        format!(
-            "services:\n  postgres:\n    - {{id: pg1, node: db1, address: 127.0.0.1, \
-             port: {pg_port}, tags: [primary], health: passing}}\n"
-        )
-    };
-    let ws = workspace(
-        &site(port, &pause_reload_within(port, 1)),
-        &catalog(a.port()),
-    );
-    common::assert_exit(&ws.converge(&["apply", "--once", "--node", "lb1"]), 0);
-    let config = ws.root().join("etc/pgbouncer/pgbouncer.ini");
-    let before = std::fs::read_to_string(&config).expect("config");
-    let pgbouncer = Pgbouncer::start(&config, port).expect("pgbouncer");
-
-    // A transaction open on `app` through the whole apply.
-    let mut tx = Session::open(port, "app", "app").expect("psql");
-    assert_eq!(
-        tx.query("BEGIN; select inet_server_port();"),
-        Ok(a.port().to_string())
-    );
-
-    // The primary moves (to a port nobody serves: the move never lands).
-    ws.write("catalog.yaml", &catalog(free_port()));
-    let out = ws.converge(&["apply", "--once", "--node", "lb1"]);
-    common::assert_exit(&out, 1);
-    let report = format!("{}{}", common::stdout(&out), common::stderr(&out));
-    assert!(
-        report.contains("PAUSE app did not complete; not reloaded; resumed")
-            && report.contains("`PAUSE app` did not answer within"),
-        "{report}"
-    );
-    assert_eq!(
-        std::fs::read_to_string(&config).expect("config"),
-        before,
-        "the previous file is back\n{report}"
-    );
+    let t = TimedOutPause::run("");
+    let report = &t.report;
     // PgBouncer never took the new file, so the rollback does not PAUSE
     // again on the same transaction, and leaves no reload owed: the next
     // apply must not hold every database once more.
@@ -432,26 +476,74 @@ fn a_pause_that_outlasts_its_timeout_rolls_back_and_leaves_nothing_paused() {
             && !report.contains("reloading them failed"),
         "{report}"
     );
-    let owed = ws.root().join("var/lib/converge/pending/pgbouncer");
-    assert!(!owed.exists(), "a reload is still owed: {}", owed.display());
+    assert!(!t.owed().exists(), "a reload is still owed\n{report}");
 
     // Nothing is left paused: `app` takes new queries, on A.
-    let rows = pgbouncer
+    let rows = t
+        .pgbouncer
         .show("converge", "SHOW DATABASES")
         .expect("console");
     let app = rows.iter().find(|r| r["name"] == "app").expect("app row");
     assert_eq!(app["paused"], "0", "{rows:?}\n{report}");
     assert_eq!(
-        pgbouncer.sql("app", "app", "select inet_server_port()"),
-        Ok(a.port().to_string())
+        t.pgbouncer.sql("app", "app", "select inet_server_port()"),
+        Ok(t.a.port().to_string())
     );
     // And the transaction the PAUSE waited on commits.
-    assert_eq!(
-        tx.query("COMMIT; select 'committed';"),
-        Ok("committed".into())
+    t.commit();
+}
+
+#[test]
+fn a_pause_timeout_after_another_reload_of_the_bundle_reloads_that_one_back() {
+    // A second target in the bundle, ordered before `pgbouncer`, whose
+    // reload command counts its runs: it takes the new file before the
+    // PAUSE times out, so the rollback must reload it onto the old one.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let runs = dir.path().join("runs");
+    let extra = format!(
+        "  mirror:\n    template: pgbouncer.ini.tera\n    destination: /etc/mirror/pgbouncer.ini\n\
+         \x20   validate: none\n    bundle: pgbouncer\n\
+         \x20   reload:\n      command: [/bin/sh, -c, \"echo run >> {}\"]\n",
+        runs.display()
     );
-    let status = tx.finish(DEADLINE).expect("psql exits");
-    assert!(status.success(), "psql session: {status}");
+    let t = TimedOutPause::run(&extra);
+    let report = &t.report;
+    let mirror = t.ws.root().join("etc/mirror/pgbouncer.ini");
+    assert_eq!(
+        std::fs::read_to_string(&mirror).expect("mirror"),
+        t.before,
+        "{report}"
+    );
+    // First apply, the forward reload of the failed one, and its rollback.
+    assert_eq!(
+        std::fs::read_to_string(&runs)
+            .expect("runs")
+            .lines()
+            .count(),
+        3,
+        "{report}"
+    );
+    assert!(
+        !report.contains("the program never took the new files"),
+        "{report}"
+    );
+    // The rollback reloaded the bundle, PAUSE included, which the open
+    // transaction holds up again: the reload stays owed.
+    assert!(report.contains("reloading them failed too"), "{report}");
+    assert!(t.owed().exists(), "no reload owed\n{report}");
+    t.commit();
+}
+
+/// `converge status` finds no restart-only setting pending, in JSON and
+/// in text.
+fn assert_nothing_needs_restart(ws: &Workspace) {
+    let (doc, text) = status(ws);
+    assert_eq!(
+        doc["pgbouncer_restart"],
+        serde_json::json!({"ok": []}),
+        "{doc}"
+    );
+    assert!(!text.contains("needs restart"), "{text}");
 }
 
 #[test]
@@ -529,13 +621,7 @@ fn status_says_needs_restart_for_a_setting_the_reload_left_in_the_file_only() {
     common::assert_exit(&ws.converge(&["apply", "--once", "--node", "lb1"]), 0);
     let config = ws.root().join("etc/pgbouncer/pgbouncer.ini");
     let mut pgbouncer = Pgbouncer::start(&config, old).expect("pgbouncer");
-    let (doc, text) = status(&ws);
-    assert_eq!(
-        doc["pgbouncer_restart"],
-        serde_json::json!({"ok": []}),
-        "{doc}"
-    );
-    assert!(!text.contains("needs restart"), "{text}");
+    assert_nothing_needs_restart(&ws);
 
     ws.write("manifests/site.yaml", &site(new, &pause_reload(old)));
     let reloads = pgbouncer.log().matches("RELOAD command issued").count();
@@ -587,13 +673,7 @@ fn status_says_needs_restart_for_a_setting_the_reload_left_in_the_file_only() {
     // Restarted on the file, and asked on its new port: nothing pending.
     let _pgbouncer = Pgbouncer::start(&config, new).expect("pgbouncer on the new port");
     ws.write("manifests/site.yaml", &site(new, &pause_reload(new)));
-    let (doc, text) = status(&ws);
-    assert_eq!(
-        doc["pgbouncer_restart"],
-        serde_json::json!({"ok": []}),
-        "{doc}"
-    );
-    assert!(!text.contains("needs restart"), "{text}");
+    assert_nothing_needs_restart(&ws);
 }
 
 /// One switch as a client sees it.
