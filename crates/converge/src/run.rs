@@ -55,6 +55,11 @@ async fn serve(config: DaemonConfig, args: &RunArgs) -> anyhow::Result<()> {
         stop_rx.clone(),
     ));
 
+    // READY=1 and STOPPING=1 go out under one lock, so that no pass
+    // ending while the stop is requested can tell systemd the service is
+    // ready again after it was told the service stops.
+    let stopped = std::sync::Arc::new(std::sync::Mutex::new(false));
+    let stopping = stopped.clone();
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
@@ -71,7 +76,11 @@ async fn serve(config: DaemonConfig, args: &RunArgs) -> anyhow::Result<()> {
             }
         }
         tracing::info!("stop requested; finishing any apply in flight");
-        let _ = sd_notify::notify(false, &[NotifyState::Stopping]);
+        {
+            let mut stopped = stopping.lock().unwrap_or_else(|e| e.into_inner());
+            *stopped = true;
+            let _ = sd_notify::notify(false, &[NotifyState::Stopping]);
+        }
         let _ = stop_tx.send(true);
     });
 
@@ -87,12 +96,10 @@ async fn serve(config: DaemonConfig, args: &RunArgs) -> anyhow::Result<()> {
         });
     }
 
-    let stopping = stop_rx.clone();
     daemon
         .run(stop_rx, move |board| {
-            // A pass that ends after a stop was requested must not tell
-            // systemd the service is ready again.
-            if *stopping.borrow() {
+            let stopped = stopped.lock().unwrap_or_else(|e| e.into_inner());
+            if *stopped {
                 return;
             }
             let s = board.status();
