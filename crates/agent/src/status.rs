@@ -163,7 +163,10 @@ impl Board {
                 source: source.to_string(),
                 ..Status::default()
             }),
-            snapshot: Mutex::new(Snapshot::default()),
+            snapshot: Mutex::new(Snapshot {
+                current: false,
+                at: Instant::now(),
+            }),
             metrics,
             registry,
         })
@@ -186,27 +189,22 @@ impl Board {
     /// snapshot in force is current, `false` when it is the last good one.
     pub fn snapshot_current(&self, current: bool) {
         let mut s = self.snapshot.lock().unwrap_or_else(PoisonError::into_inner);
-        if current {
-            s.current = true;
-            s.at = Some(Instant::now());
-        } else if s.current {
-            // Current until this pass found the source failing.
-            s.current = false;
-            s.at = Some(Instant::now());
+        if current || s.current {
+            // Current now, or until this pass found the source failing.
+            s.at = Instant::now();
         }
+        s.current = current;
     }
 
     /// Prometheus text exposition.
     pub fn metrics_text(&self) -> String {
         let snapshot = *self.snapshot.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(at) = snapshot.at {
-            let age = if snapshot.current {
-                0.0
-            } else {
-                at.elapsed().as_secs_f64()
-            };
-            self.metrics.snapshot_age_seconds.set(age);
-        }
+        let age = if snapshot.current {
+            0.0
+        } else {
+            snapshot.at.elapsed().as_secs_f64()
+        };
+        self.metrics.snapshot_age_seconds.set(age);
         let mut out = String::new();
         // Encoding into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
@@ -225,11 +223,13 @@ impl Board {
 }
 
 /// Whether the snapshot in force is current, and since when it is not.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 struct Snapshot {
     current: bool,
-    /// When it was last known current.
-    at: Option<Instant>,
+    /// When it was last known current; while no source answer was ever
+    /// current, when the board was made (the daemon's start), so that a
+    /// source failing from the start shows an age that grows.
+    at: Instant,
 }
 
 /// Seconds since the Unix epoch.

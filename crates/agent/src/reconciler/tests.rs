@@ -190,3 +190,19 @@ fn a_failing_source_and_a_lasting_hold_count_once_and_age_the_snapshot() {
     assert_eq!(board.metrics.guard_holds.get(), 1);
     assert_eq!(board.metrics.held_backends.get(), 1);
 }
+
+#[test]
+fn a_source_failing_from_the_start_shows_a_growing_snapshot_age() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = repo(dir.path(), "none");
+    std::fs::write(&config.inputs.catalog, "services: [").expect("write");
+    let board = Board::new("lb1", "file");
+    let mut r = Reconciler::new(config.clone(), board.clone());
+    r.load_inputs();
+    r.reconcile(None);
+    assert!(board.status().source_error.is_some());
+    let first = snapshot_age(&board);
+    assert!(first > 0.0, "no snapshot was ever current: {first}");
+    r.reconcile(None);
+    assert!(snapshot_age(&board) > first, "the age grows");
+}
