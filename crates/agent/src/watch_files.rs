@@ -11,11 +11,14 @@
 //! half-written template that still parses as the new "last good" one —
 //! every later render through it rejected by the validator, catalog
 //! changes no longer applied. Each event restarts the wait, on a thread
-//! that blocks on its channel, so an idle daemon still never polls.
+//! that blocks on its channel, so an idle daemon still never polls. A
+//! burst that never goes quiet (a process rewriting a file under the
+//! manifests every 100 ms) wakes the loop anyway after [`MAX_SETTLE`], so
+//! it cannot starve the daemon of file changes.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
@@ -25,6 +28,9 @@ use crate::reconciler::{CatalogFrom, DaemonConfig};
 
 /// How long file events must be quiet before the loop is woken.
 pub const SETTLE: Duration = Duration::from_millis(200);
+
+/// The longest a burst of file events delays the wake-up.
+pub const MAX_SETTLE: Duration = Duration::from_secs(2);
 
 /// Live watches; dropping this stops them.
 pub struct FileWatch {
@@ -47,7 +53,7 @@ impl FileWatch {
         std::thread::Builder::new()
             .name("converge-file-settle".into())
             .spawn(move || {
-                settle(&settled, SETTLE, || {
+                settle(&settled, SETTLE, MAX_SETTLE, || {
                     // A full channel already holds a wake-up: dropping is fine.
                     let _ = wake.try_send(Trigger::Files);
                 })
@@ -85,12 +91,17 @@ impl FileWatch {
 }
 
 /// Calls `quiet` once after each burst of events on `events` has been
-/// followed by `settle` without one; returns when every sender is gone
-/// (the watcher was dropped).
-fn settle(events: &Receiver<()>, settle: Duration, mut quiet: impl FnMut()) {
+/// followed by `settle` without one, or has lasted `max`; returns when
+/// every sender is gone (the watcher was dropped).
+fn settle(events: &Receiver<()>, settle: Duration, max: Duration, mut quiet: impl FnMut()) {
     while events.recv().is_ok() {
+        let deadline = Instant::now() + max;
         loop {
-            match events.recv_timeout(settle) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match events.recv_timeout(settle.min(left)) {
                 Ok(()) => continue,
                 Err(RecvTimeoutError::Timeout) => break,
                 Err(RecvTimeoutError::Disconnected) => return,
@@ -108,19 +119,24 @@ fn absolute(p: &Path) -> PathBuf {
 mod tests {
     use super::*;
 
+    /// Longer than any test runs: a wake-up cannot come from it.
+    const HOUR: Duration = Duration::from_secs(3600);
+
     #[test]
-    fn a_burst_of_events_wakes_once_and_only_after_it_ends() {
+    fn a_burst_of_events_wakes_once_after_it_ends() {
         let (tx, rx) = channel();
         let (woke_tx, woke) = channel();
-        // A settle time far longer than the burst takes to send.
-        let t = std::thread::spawn(move || {
-            settle(&rx, Duration::from_secs(2), || {
-                woke_tx.send(()).expect("test alive");
-            })
-        });
+        // The whole burst is queued before the thread reads any of it,
+        // so it is drained without waiting: one wake-up, whatever the
+        // machine's speed.
         for _ in 0..50 {
             tx.send(()).expect("send");
         }
+        let t = std::thread::spawn(move || {
+            settle(&rx, Duration::from_millis(20), HOUR, || {
+                woke_tx.send(()).expect("test alive");
+            })
+        });
         woke.recv_timeout(Duration::from_secs(30))
             .expect("one wake-up after the burst");
         // A second burst wakes again; then dropping the sender ends the
@@ -131,5 +147,29 @@ mod tests {
         drop(tx);
         t.join().expect("settle thread");
         assert!(woke.try_recv().is_err(), "one wake-up per burst");
+    }
+
+    #[test]
+    fn a_burst_that_never_goes_quiet_still_wakes() {
+        let (tx, rx) = channel();
+        let (woke_tx, woke) = channel();
+        // Never quiet for an hour, so only the bound can wake it.
+        let t = std::thread::spawn(move || {
+            settle(&rx, HOUR, Duration::from_millis(100), || {
+                let _ = woke_tx.send(());
+            })
+        });
+        let (stop_tx, stop) = channel::<()>();
+        let writer = std::thread::spawn(move || {
+            while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(Duration::from_millis(10))
+            {
+                tx.send(()).expect("settle thread alive");
+            }
+        });
+        woke.recv_timeout(Duration::from_secs(30))
+            .expect("a wake-up while events keep coming");
+        drop(stop_tx);
+        writer.join().expect("writer");
+        t.join().expect("settle thread");
     }
 }
