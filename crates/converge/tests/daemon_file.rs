@@ -39,18 +39,11 @@ fn the_file_catalog_is_watched_and_resync_repairs_what_no_watch_sees() {
         &haproxy_site(free_port(), "", "haproxy", false),
         &catalog(&[8001, 8002]),
     );
-    let _daemon = ws.run_daemon(&["--resync", "1s", "--log-format", "json"]);
+    // A resync far beyond the test: only the watch can see the edit.
+    let daemon = ws.run_daemon(&["--resync", "1h", "--log-format", "json"]);
     ws.wait_file(CONFIG, DEADLINE, "two servers", |c| servers(c) == 2);
-
-    // An edit of the catalog file is seen by its watch.
     ws.write("catalog.yaml", &catalog(&[8001, 8002, 8003]));
     ws.wait_file(CONFIG, DEADLINE, "the third server", |c| servers(c) == 3);
-
-    // Nothing watches the destination: only the resync notices it gone.
-    std::fs::remove_file(ws.root().join(CONFIG)).expect("remove the live file");
-    ws.wait_file(CONFIG, DEADLINE, "the resync to restore the file", |c| {
-        servers(c) == 3
-    });
 
     // Every log line is one JSON object with a level and a message.
     let log = ws.daemon_log();
@@ -60,6 +53,20 @@ fn the_file_catalog_is_watched_and_resync_repairs_what_no_watch_sees() {
             serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
         assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
     }
+    drop(daemon);
+
+    // Nothing watches the destination: once a daemon with a short resync
+    // has finished its first pass (a second one started, passes run one
+    // at a time), only the resync notices the file gone.
+    let daemon = ws.run_daemon(&["--resync", "1s"]);
+    converge_testkit::wait::until(DEADLINE, "the first pass to end", || {
+        daemon.metric("converge_reconciles_total") >= 2.0
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", ws.daemon_log()));
+    std::fs::remove_file(ws.root().join(CONFIG)).expect("remove the live file");
+    ws.wait_file(CONFIG, DEADLINE, "the resync to restore the file", |c| {
+        servers(c) == 3
+    });
 }
 
 /// Datagrams from the daemon to a `NOTIFY_SOCKET` the test owns.
