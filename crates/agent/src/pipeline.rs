@@ -138,7 +138,7 @@ impl Prepared {
 
     /// Renders `node` and runs one transaction, then records the catalog
     /// it rendered as the guard's baseline, so a daemon started later
-    /// measures changes against what this apply put live.
+    /// measures changes against the snapshot this apply acted on.
     pub fn apply(
         &self,
         node: &str,

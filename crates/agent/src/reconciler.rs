@@ -343,7 +343,9 @@ impl Reconciler {
     /// Puts the holds of this pass in the status and metrics; a hold is
     /// logged and counted when it starts, not on every pass it lasts.
     fn record_holds(&self, manifest: &converge_model::Manifest, catalog: &Catalog, holds: &[Hold]) {
-        let before = self.board.status().holds;
+        // Only the holds, not a copy of the whole status.
+        let mut before = Vec::new();
+        self.board.update(|s| before.clone_from(&s.holds));
         let new: Vec<&Hold> = holds
             .iter()
             .filter(|h| !before.iter().any(|b| b.backend == h.backend))

@@ -52,12 +52,12 @@ use crate::error::Error;
 /// default limit is 200 per client address, shared with everything else
 /// on the node.
 ///
-/// It holds by construction, whatever the callers do: a connection either
-/// carries a request or sits idle in the pool. Every request, long poll or
-/// read, holds one of `max_requests` ≤ [`MAX_REQUESTS`] slots from before it
-/// is sent until its body has been read, and the pool keeps at most
-/// `max_requests` idle connections, so there are at most
-/// `2 × MAX_REQUESTS` = 32.
+/// It holds by construction, whatever the callers do, but for the one
+/// moment described below: a connection either carries a request or sits
+/// idle in the pool. Every request, long poll or read, holds one of
+/// `max_requests` ≤ [`MAX_REQUESTS`] slots from before it is sent until
+/// its body has been read, and the pool keeps at most `max_requests` idle
+/// connections, so there are at most `2 × MAX_REQUESTS` = 32.
 ///
 /// One moment falls outside that count: hyper hands a finished connection
 /// back to the pool from a spawned task, and a request starting before that

@@ -1,5 +1,8 @@
-//! The guard's baseline on disk: the instances behind the files converge
-//! last put live, kept in `<state_dir>/guard-baseline.json`.
+//! The guard's baseline on disk: the instances of the snapshot the guard
+//! last accepted for an apply, kept in `<state_dir>/guard-baseline.json`.
+//! It advances after every apply that ran, whatever each bundle's outcome
+//! (see the reconciler's `baseline` field for why), so after a rejected
+//! or rolled-back bundle it is ahead of what that bundle's files hold.
 //!
 //! The guard measures a change against this snapshot. Held only in memory
 //! it would be empty after every restart of the daemon, and the first pass
