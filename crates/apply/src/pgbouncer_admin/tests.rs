@@ -1,13 +1,7 @@
-//! The console's answers as PgBouncer prints them, and the reload against
-//! a real PgBouncer in front of a real PostgreSQL.
+//! The console's answers as PgBouncer prints them; the same against a
+//! real PgBouncer is in `tests/pgbouncer_console.rs`.
 
 use std::io::Write;
-use std::path::Path;
-use std::time::Duration;
-
-use converge_testkit::free_port;
-use converge_testkit::pgbouncer::{trust_config, Pgbouncer};
-use converge_testkit::postgres::{Postgres, Session};
 
 use super::*;
 
@@ -163,94 +157,6 @@ fn an_answer_beyond_the_bound_is_refused_not_cut() {
     assert!(err.contains("more than 4 MiB"), "{err}");
 }
 
-/// How the tests reach a console [`trust_config`] set up in `dir`.
-fn console(dir: &Path, port: u16, timeout_secs: u64) -> PgbouncerAdmin {
-    PgbouncerAdmin {
-        host: dir.display().to_string(),
-        port,
-        user: "admin".into(),
-        pause: true,
-        timeout_secs,
-    }
-}
-
-#[test]
-fn show_databases_reads_every_row_of_a_long_answer() {
-    // 300 databases make an answer of about 20 KiB; none of them need a
-    // server, since PgBouncer connects only when a client logs in.
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let databases: String = (0..300)
-        .map(|i| {
-            format!(
-                "db{i:03} = host=127.0.0.1 port={} dbname=db{i:03}\n",
-                10_000 + i
-            )
-        })
-        .collect();
-    let config = trust_config(dir.path(), port, &databases).expect("config");
-    let _pgbouncer = Pgbouncer::start(&config, port).expect("pgbouncer");
-
-    let routes = show_databases(&console(dir.path(), port, 5)).expect("SHOW DATABASES");
-    assert_eq!(routes.len(), 300);
-    let last = routes.iter().find(|r| r.name == "db299").expect("db299");
-    assert_eq!(last.port, "10299");
-    assert!(routes.iter().all(|r| !r.paused), "{routes:?}");
-}
-
-#[test]
-fn a_pause_that_outlasts_the_timeout_resumes_every_database_it_paused() {
-    let pg = Postgres::start().expect("postgres");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    // Two names for the one database; `app` sorts first, so its PAUSE
-    // completes before `archive`'s waits on the open transaction.
-    let databases = format!(
-        "app = host=127.0.0.1 port={p} dbname=app pool_mode=transaction\n\
-         archive = host=127.0.0.1 port={p} dbname=app pool_mode=transaction\n",
-        p = pg.port()
-    );
-    let config = trust_config(dir.path(), port, &databases).expect("config");
-    let pgbouncer = Pgbouncer::start(&config, port).expect("pgbouncer");
-    let mut report = Session::open(port, "app", "archive").expect("psql");
-    assert_eq!(
-        report.query("BEGIN; select 'open';").expect("query"),
-        "open"
-    );
-
-    let admin = console(dir.path(), port, 1);
-    let scope = PauseScope::Only(["app".to_string(), "archive".to_string()].into());
-    let err = reload(&ReloadAction::Pgbouncer(admin.clone()), &admin, &scope)
-        .expect_err("PAUSE archive waits past the timeout");
-    assert_eq!(
-        err.detail,
-        "PAUSE archive did not complete; not reloaded; resumed"
-    );
-    assert!(
-        err.stderr.contains("`PAUSE archive` did not answer within"),
-        "{err:?}"
-    );
-
-    // Neither database is left paused: both take new queries.
-    let rows = pgbouncer.show("admin", "SHOW DATABASES").expect("console");
-    for db in ["app", "archive"] {
-        let row = rows.iter().find(|r| r["name"] == db).expect("row");
-        assert_eq!(row["paused"], "0", "{db} left paused: {rows:?}");
-        assert_eq!(
-            pgbouncer.sql("app", db, "select 'served'"),
-            Ok("served".into()),
-            "{db}"
-        );
-    }
-    // The transaction the PAUSE waited on was not cut.
-    assert_eq!(
-        report.query("COMMIT; select 'committed';").expect("query"),
-        "committed"
-    );
-    let status = report.finish(Duration::from_secs(20)).expect("psql exits");
-    assert!(status.success(), "{status}");
-}
-
 /// `SHOW CONFIG`'s restart-only rows as PgBouncer 1.18 printed them for a
 /// config setting `listen_port = 6432`, `unix_socket_dir = /tmp/pgb` and
 /// `pidfile = /tmp/pgb/pgbouncer.pid`, started with `-u postgres`.
@@ -347,32 +253,4 @@ fn numbers_read_as_strtol_with_base_0() {
     for not in ["", "08", "0x", "+5", "0x-5", "12 ", "abc"] {
         assert_eq!(c_integer(not), None, "{not:?}");
     }
-}
-
-#[test]
-fn pending_restart_compares_with_a_real_pgbouncer() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let config = trust_config(dir.path(), port, "").expect("config");
-    let _pgbouncer = Pgbouncer::start(&config, port).expect("pgbouncer");
-    let admin = console(dir.path(), port, 5);
-    let ini = std::fs::read_to_string(&config).expect("read config");
-
-    // What it started on: nothing pending, defaults and the mode included.
-    assert_eq!(pending_restart(&admin, ini.as_bytes()), Ok(vec![]));
-
-    let changed = ini.replace(&format!("listen_port = {port}"), "listen_port = 0x1921")
-        + "unix_socket_mode = 0700\nso_reuseport = 1\n";
-    assert_eq!(
-        pending_restart(&admin, changed.as_bytes()),
-        Ok(vec![
-            pending("listen_port", &port.to_string(), "6433", false),
-            pending("so_reuseport", "0", "1", false),
-            pending("unix_socket_mode", "0777", "0700", false),
-        ])
-    );
-
-    let err = pending_restart(&admin, format!("%include /etc/x.ini\n{ini}").as_bytes())
-        .expect_err("an include is not followed");
-    assert!(err.contains("%include"), "{err}");
 }
