@@ -14,7 +14,11 @@
 //!
 //! Either way the reading is accurate to about two probe intervals (round
 //! robin may pick another backend for the first requests of the new
-//! worker), the same for both tools.
+//! worker), the same for both tools — as long as a probe request itself is
+//! fast. Each observation carries the median request time, and the report
+//! shows it, so a slow probe (one that once cost ~44 ms per request: a
+//! request head split over several writes, held back by Nagle until
+//! HAProxy's delayed ACK) shows up as such instead of as routing latency.
 
 use std::time::{Duration, Instant};
 
@@ -33,6 +37,8 @@ pub struct Observed {
     pub latency: Duration,
     /// Probe requests that failed (refused, reset, not 200).
     pub failures: usize,
+    /// Median time of one probe request, start to answer.
+    pub request: Duration,
 }
 
 /// Probes `front` until `target` is reached (`reach`) or has stopped being
@@ -49,12 +55,14 @@ pub fn routing_change(
     deadline: Duration,
 ) -> Result<Observed, String> {
     let mut starts: Vec<Instant> = Vec::new();
+    let mut took: Vec<Duration> = Vec::new();
     let mut failures = 0;
     let mut last_hit: Option<usize> = None;
     let mut misses = 0;
     loop {
         let start = Instant::now();
         let answer = get(front);
+        took.push(start.elapsed());
         starts.push(start);
         let i = starts.len() - 1;
         match answer.as_deref() {
@@ -63,6 +71,7 @@ pub fn routing_change(
                     return Ok(Observed {
                         latency: start - t0,
                         failures,
+                        request: median(&mut took),
                     });
                 }
                 last_hit = Some(i);
@@ -75,6 +84,7 @@ pub fn routing_change(
                     return Ok(Observed {
                         latency: starts[first].saturating_duration_since(t0),
                         failures,
+                        request: median(&mut took),
                     });
                 }
             }
@@ -94,4 +104,10 @@ pub fn routing_change(
         }
         std::thread::sleep(INTERVAL);
     }
+}
+
+/// The middle value of a non-empty list (the loop pushes before returning).
+fn median(values: &mut [Duration]) -> Duration {
+    values.sort_unstable();
+    values[values.len() / 2]
 }

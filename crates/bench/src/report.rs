@@ -52,23 +52,24 @@ pub fn markdown(run: &Run<'_>, env: &[(String, String)]) -> String {
         p.flips,
         p.gap.as_millis()
     );
-    let _ = writeln!(o, "| tool | flips seen | p50 | p90 | p99 | max | removal p50 | re-add p50 | missed | probe failures | reloads per flip (tool / HAProxy) | runtime-API updates per flip |");
+    let _ = writeln!(o, "| tool | flips seen | p50 | p90 | p99 | max | removal p50 | re-add p50 | missed | probe failures | probe request p50 | reloads per flip (tool / HAProxy) | runtime-API updates per flip |");
     let _ = writeln!(
         o,
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for t in run.tools {
         let all = lat(t, |_| true);
         let rem = lat(t, |to_passing| !to_passing);
         let add = lat(t, |to_passing| to_passing);
         let fails: usize = t.flips.iter().map(|f| f.seen.failures).sum();
+        let probe = Summary::of(&t.flips.iter().map(|f| f.seen.request).collect::<Vec<_>>());
         let tr: u64 = t.flips.iter().map(|f| f.tool_reloads).sum();
         let hr: usize = t.flips.iter().map(|f| f.haproxy_reloads).sum();
         let ru: u64 = t.flips.iter().map(|f| f.runtime_updates).sum();
         let n = t.flips.len().max(1) as f64;
         let _ = writeln!(
             o,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} / {:.2} | {:.2} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} / {:.2} | {:.2} |",
             t.kind,
             t.flips.len(),
             opt(all, |s| s.p50),
@@ -79,6 +80,7 @@ pub fn markdown(run: &Run<'_>, env: &[(String, String)]) -> String {
             opt(add, |s| s.p50),
             t.missed.len(),
             fails,
+            opt(probe, |s| s.p50),
             tr as f64 / n,
             hr as f64 / n,
             ru as f64 / n
@@ -343,16 +345,17 @@ pub fn markdown(run: &Run<'_>, env: &[(String, String)]) -> String {
 
 /// Every timed flip, one CSV line each.
 pub fn flips_csv(tools: &[ToolReport]) -> String {
-    let mut o = String::from("tool,flip,to_passing,latency_ms,probe_failures,tool_reloads,haproxy_reloads,runtime_updates\n");
+    let mut o = String::from("tool,flip,to_passing,latency_ms,probe_failures,probe_request_ms,tool_reloads,haproxy_reloads,runtime_updates\n");
     for t in tools {
         for (i, f) in t.flips.iter().enumerate() {
             let _ = writeln!(
                 o,
-                "{},{i},{},{:.3},{},{},{},{}",
+                "{},{i},{},{:.3},{},{:.3},{},{},{}",
                 t.kind,
                 f.to_passing,
                 f.seen.latency.as_secs_f64() * 1000.0,
                 f.seen.failures,
+                f.seen.request.as_secs_f64() * 1000.0,
                 f.tool_reloads,
                 f.haproxy_reloads,
                 f.runtime_updates
