@@ -37,7 +37,7 @@ mod pending;
 pub mod pgbouncer_admin;
 mod pgbouncer_ini;
 mod plan;
-mod reload;
+pub mod reload;
 mod report;
 mod runtime_api;
 mod stage;

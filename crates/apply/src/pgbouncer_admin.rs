@@ -79,7 +79,7 @@ enum Answer {
 
 /// Which databases a `PAUSE` holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum PauseScope {
+pub enum PauseScope {
     /// Every database (bare `PAUSE`): what the change moves is unknown.
     All,
     /// These databases; none means no `PAUSE` at all.

@@ -32,7 +32,7 @@ use serde::Serialize;
 
 pub(crate) use crate::pgbouncer_admin::PauseScope;
 
-mod disposition;
+pub mod disposition;
 
 use disposition::Disposition;
 
@@ -82,9 +82,12 @@ impl ReloadOutcome {
 
 /// Why a reload failed (the caller adds the bundle name).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Failure {
+pub struct Failure {
+    /// The action as [`describe`] shows it.
     pub command: String,
+    /// What went wrong, in words.
     pub detail: String,
+    /// The command's standard error, trimmed (empty for signals).
     pub stderr: String,
     /// Nothing reached the program: it still runs what it ran before the
     /// commit, and asking again at once would fail the same way (a
@@ -94,8 +97,10 @@ pub(crate) struct Failure {
 
 /// Limits for running reload actions.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Limits {
+pub struct Limits {
+    /// How long a reload command may run before its group is killed.
     pub timeout: Duration,
+    /// How long a signalled process must stay alive to count as reloaded.
     pub settle: Duration,
     /// How long to wait for a process to handle a signal before sending it.
     pub ready: Duration,
@@ -126,7 +131,7 @@ pub fn describe(action: &ReloadAction) -> String {
 
 /// Runs one reload action; `pause` says which databases a PgBouncer
 /// admin-console reload holds (other actions ignore it).
-pub(crate) fn run(
+pub fn run(
     action: &ReloadAction,
     limits: Limits,
     pause: &PauseScope,
@@ -409,4 +414,13 @@ fn collect_output(mut out: File, mut err: File) -> String {
 }
 
 #[cfg(test)]
-mod tests;
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signal_names_parse_with_or_without_prefix() {
+        assert_eq!(parse_signal("SIGUSR2"), Some(Signal::SIGUSR2));
+        assert_eq!(parse_signal("hup"), Some(Signal::SIGHUP));
+        assert_eq!(parse_signal("SIGBOGUS"), None);
+    }
+}

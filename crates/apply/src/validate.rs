@@ -38,8 +38,6 @@ pub mod haproxy;
 pub mod keepalived;
 pub mod pgbouncer;
 mod run;
-#[cfg(test)]
-mod tests;
 
 /// How long a validator may run before it is killed and the candidate
 /// refused.

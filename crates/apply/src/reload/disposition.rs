@@ -37,7 +37,7 @@ use nix::unistd::Pid;
 
 /// What `pid` would do with a signal delivered now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Disposition {
+pub enum Disposition {
     /// A handler is installed and some thread has the signal unblocked.
     Caught,
     /// Blocked in every thread and read from a signalfd.
@@ -54,7 +54,7 @@ pub(crate) enum Disposition {
 
 impl Disposition {
     /// Whether a signal sent now is acted on.
-    pub(crate) fn handles(self) -> bool {
+    pub fn handles(self) -> bool {
         matches!(self, Disposition::Caught | Disposition::SignalFd)
     }
 }
@@ -71,7 +71,7 @@ fn bit(sig: Signal) -> u64 {
 /// `/proc/PID/status` cannot be read or lacks the `SigCgt`/`SigIgn`/
 /// `SigBlk` lines (the process is gone, `/proc` is not mounted or hides
 /// it).
-pub(crate) fn read(pid: Pid, sig: Signal) -> io::Result<Disposition> {
+pub fn read(pid: Pid, sig: Signal) -> io::Result<Disposition> {
     let proc_dir = Path::new("/proc").join(pid.to_string());
     let status = fs::read_to_string(proc_dir.join("status"))?;
     let caught = mask(&status, "SigCgt")?;

@@ -2,17 +2,26 @@
 //! ignore) signals, perl blocking one, keepalived reading a signalfd, and
 //! a real HAProxy master signalled several times in a row.
 
-use std::path::PathBuf;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
+use converge_apply::pgbouncer_admin::PauseScope;
+use converge_apply::reload::disposition::{self, Disposition};
+use converge_apply::reload::{Failure, Limits};
+use converge_apply::ReloadOutcome;
+use converge_model::ReloadAction;
 use converge_testkit::haproxy::minimal_config;
+use converge_testkit::process::pid_alive;
 use converge_testkit::{wait, Child, Haproxy};
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
 
-use super::*;
-
-/// [`super::run`] for actions that are not PgBouncer's console, which
-/// ignore the pause scope.
+/// [`converge_apply::reload::run`] for actions that are not PgBouncer's
+/// console, which ignore the pause scope.
 fn run(action: &ReloadAction, limits: Limits) -> Result<ReloadOutcome, Failure> {
-    super::run(action, limits, &PauseScope::All)
+    converge_apply::reload::run(action, limits, &PauseScope::All)
 }
 
 /// Deadline for anything a test waits for a process to do.
@@ -79,13 +88,6 @@ fn pending(pid: u32, sig: Signal) -> bool {
             .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
             .is_some_and(|m| m & bit != 0)
     })
-}
-
-#[test]
-fn signal_names_parse_with_or_without_prefix() {
-    assert_eq!(parse_signal("SIGUSR2"), Some(Signal::SIGUSR2));
-    assert_eq!(parse_signal("hup"), Some(Signal::SIGHUP));
-    assert_eq!(parse_signal("SIGBOGUS"), None);
 }
 
 #[test]
@@ -193,13 +195,13 @@ fn a_hanging_command_is_killed_at_the_timeout() {
     .expect_err("timeout");
     assert!(err.detail.contains("timed out"), "{err:?}");
     // The whole process group went, grandchildren included.
-    let pid: i32 = std::fs::read_to_string(&pidfile)
+    let pid: u32 = std::fs::read_to_string(&pidfile)
         .expect("pidfile")
         .trim()
         .parse()
         .expect("pid");
     wait::until(DEADLINE, &format!("grandchild {pid} to be gone"), || {
-        !alive(Pid::from_raw(pid))
+        !pid_alive(pid)
     })
     .expect("the whole process group was killed");
 }
@@ -447,7 +449,7 @@ fn usr2_while_a_real_haproxy_master_re_executes_waits_and_takes_effect() {
         h.servers("be"),
         vec![("d".to_string(), "127.0.0.1:9004".to_string())]
     );
-    assert!(alive(Pid::from_raw(master as i32)), "{}", h.log());
+    assert!(pid_alive(master), "{}", h.log());
     assert_eq!(
         std::fs::read_to_string(h.pidfile())
             .expect("pidfile")

@@ -1,5 +1,6 @@
 //! Every validator against the real program, with a good and a broken
-//! candidate each.
+//! candidate each: `haproxy -c`, `keepalived -t` in a scratch network
+//! namespace, PgBouncer's trial start, and argv commands.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -10,7 +11,7 @@ use converge_model::{ReloadAction, RenderedFile};
 use converge_testkit::process::{pid_alive, read_pidfile};
 use converge_testkit::wait;
 
-use super::*;
+use converge_apply::validate::{validate, validate_within, Candidate, Failure, ValidateError};
 
 /// A rendered file for `destination`, staged at `staged` (written here).
 fn staged(validator: Validator, destination: &Path, staged: &Path, bytes: &str) -> RenderedFile {
@@ -188,7 +189,7 @@ fn keepalived_accepts_a_config_for_interfaces_this_machine_lacks() {
     let (_dir, path, result) = check(Validator::Keepalived, KEEPALIVED_GOOD);
     result.expect("keepalived accepts the config in the scratch namespace");
     // Not vacuous: outside the namespace the same file is refused.
-    let plain = std::process::Command::new(run::program("keepalived"))
+    let plain = std::process::Command::new("/usr/sbin/keepalived")
         .args(["-t", "-f"])
         .arg(&path)
         .output()
