@@ -9,11 +9,19 @@
 //! `set server B/S state ready|maint`) and keep its worker, its connections
 //! and its counters.
 //!
-//! The file stays the truth: the candidate has been validated and committed
-//! like any other before this runs, so a later reload (or a restart) gives
-//! exactly what the API set. This module only decides whether the API can
-//! stand in for the reload and, if so, makes it; every doubt is answered
-//! with the reload:
+//! The file stays the truth. The transaction sends the commands while
+//! `haproxy -c` checks the candidate, not after it: the validator is most
+//! of a change's latency (about 50 ms), and a membership-only candidate
+//! differs from the live file, which HAProxy already accepted, only in slot
+//! addresses and `disabled` flags, which HAProxy's runtime API parses and
+//! refuses itself. The pending-reload marker is durable before the first
+//! command, and the candidate is committed only once it is validated, so a
+//! later reload (or a restart) gives exactly what the API set; a candidate
+//! the validator rejects, or a commit that fails, is undone by reloading
+//! HAProxy on the live file, and a crash in between by the next apply's
+//! owed reload. This module only decides whether the API can stand in for
+//! the reload and, if so, makes it; every doubt is answered with the
+//! reload:
 //!
 //! - [`plan`] (pure) classifies live → candidate. Anything but slot address,
 //!   port and `disabled` changes inside marked backends — another line, a
@@ -27,7 +35,7 @@
 //!   that the same worker now shows exactly the candidate's servers.
 //!
 //! Any failure is returned for the caller to log and fall back to the
-//! normal reload, which is safe because the file on disk is already right.
+//! normal reload once the candidate is committed.
 
 use std::collections::BTreeSet;
 use std::fmt;

@@ -6,7 +6,10 @@
 //! set (a changed userlist is checked through its unchanged
 //! `pgbouncer.ini`); validate each; only when all accept, back up, rename
 //! the changed members over their destinations and fsync the directories
-//! (invariants 1 and 2); then run each distinct reload action once. The
+//! (invariants 1 and 2); then run each distinct reload action once, or,
+//! for a membership-only change of runtime-API backends, nothing: the
+//! runtime API gave HAProxy the new servers while the validator ran, and a
+//! rejection reloads HAProxy on the live files. The
 //! fsyncs, backups and pending-reload marker a commit needs are written
 //! while the validators run, off the latency of a change. If a
 //! commit step or a reload fails, the previous bytes (held in memory since
@@ -249,19 +252,27 @@ impl Txn<'_> {
         // The validators only read the candidates, so everything that must
         // be on disk before the first rename (the candidates themselves,
         // the backups, the pending-reload marker) is written meanwhile
-        // instead of adding its fsyncs to every change's latency.
+        // instead of adding its fsyncs to every change's latency. Once the
+        // marker is durable, a membership-only change of runtime-API
+        // backends goes to HAProxy meanwhile too, instead of waiting for
+        // `haproxy -c` (see `runtime_api`): HAProxy checks each command
+        // itself, and a rejected file is undone by reloading HAProxy on
+        // the live one.
         let mut backups = Vec::new();
         let (validated, durable) = std::thread::scope(|s| {
-            let durable = s.spawn(|| self.make_durable(&staged, &rewrites, &mut backups));
+            let durable = s.spawn(|| {
+                self.make_durable(&staged, &rewrites, &mut backups)
+                    .map(|()| self.runtime_update())
+            });
             let validated = self.validate_all(&staged);
             (validated, durable.join())
         });
         let durable = durable.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         if let Err(e) = validated {
-            self.forget_durable(&backups);
-            return Err(Failure::Rejected(e.to_string()));
+            let told = matches!(durable, Ok(Some(_)));
+            return Err(Failure::Rejected(self.reject(&e, &backups, told)));
         }
-        durable.map_err(failed)?;
+        let runtime = durable.map_err(failed)?;
         failpoint::hit("validated");
 
         // Only the rewritten members are committed; the other candidates
@@ -273,11 +284,16 @@ impl Txn<'_> {
             }
         }
 
-        let committed = self.commit(to_commit)?;
+        let told = if runtime.is_some() {
+            Program::Told
+        } else {
+            Program::NotTold
+        };
+        let committed = self.commit(to_commit, told)?;
         failpoint::hit("committed");
         self.prune_backups(&rewrites);
 
-        if let Some(servers) = self.runtime_update() {
+        if let Some(servers) = runtime {
             pending::clear(&self.set.layout, self.name);
             failpoint::hit("reloaded");
             return Ok(Outcome::RuntimeUpdated { servers });
@@ -308,7 +324,9 @@ impl Txn<'_> {
     /// Hands a membership-only change of runtime-API backends to the
     /// running HAProxy instead of reloading it (see
     /// [`runtime_api`](crate::runtime_api)); `None` means reload. Not after
-    /// an interrupted apply: HAProxy may not run the live file then.
+    /// an interrupted apply: HAProxy may not run the live file then. Runs
+    /// only once the pending-reload marker is durable, so a crash before
+    /// the commit leaves the next apply a reload onto the files on disk.
     fn runtime_update(&self) -> Option<usize> {
         if self.owed {
             return None;
@@ -415,19 +433,36 @@ impl Txn<'_> {
         Ok(())
     }
 
-    /// Undoes [`make_durable`](Self::make_durable) for a rejected bundle:
-    /// nothing was committed, so its backups are copies of files that stay
-    /// live and no reload is owed (unless an interrupted apply left one
-    /// owed before this one began).
-    fn forget_durable(&self, backups: &[PathBuf]) {
+    /// Undoes a rejected bundle and returns the report's text. Nothing
+    /// was committed, so its backups are copies of files that stay live.
+    /// If the runtime API already gave HAProxy the candidate's servers
+    /// (`told`), HAProxy is reloaded on the live files. No reload is owed
+    /// afterwards, unless an interrupted apply left one owed before this
+    /// one began or that reload failed: then the marker stays, and the next
+    /// apply reloads.
+    fn reject(&self, e: &ApplyError, backups: &[PathBuf], told: bool) -> String {
         for b in backups {
             if let Err(e) = std::fs::remove_file(b) {
                 tracing::warn!(backup = %b.display(), error = %e, "cannot remove the backup of a rejected apply");
             }
         }
-        if !self.owed {
+        let mut text = e.to_string();
+        let mut owed = self.owed;
+        if told {
+            match self.reload_all() {
+                Ok(_) => text.push_str(
+                    "; the runtime API update made meanwhile was undone by reloading the live files",
+                ),
+                Err(r) => {
+                    text.push_str(&format!("; undoing the runtime API update made meanwhile failed ({r}); the next apply reloads"));
+                    owed = true;
+                }
+            }
+        }
+        if !owed {
             pending::clear(&self.set.layout, self.name);
         }
+        text
     }
 
     /// Bounds each committed target's backups; a failure costs disk space,
@@ -441,10 +476,12 @@ impl Txn<'_> {
     }
 
     /// Renames each candidate over its destination and syncs the
-    /// directories. On failure, whatever was renamed is put back.
+    /// directories. On failure, whatever was renamed is put back, and the
+    /// program reloaded on it if `program` was already told of the change.
     fn commit<'m>(
         &self,
         to_commit: Vec<(&'m Member<'m>, TempPath)>,
+        program: Program,
     ) -> Result<Vec<&'m Member<'m>>, Failure> {
         let multi = to_commit.len() > 1;
         let mut committed: Vec<&Member> = Vec::with_capacity(to_commit.len());
@@ -459,7 +496,7 @@ impl Txn<'_> {
                 return Err(Failure::RolledBack(self.roll_back(
                     &committed,
                     &err.to_string(),
-                    Program::NotTold,
+                    program,
                 )));
             }
             tracing::info!(bundle = self.name, target = %m.file.target, path = %dest.display(), "committed");
@@ -481,7 +518,7 @@ impl Txn<'_> {
                 return Err(Failure::RolledBack(self.roll_back(
                     &committed,
                     &err.to_string(),
-                    Program::NotTold,
+                    program,
                 )));
             }
         }
@@ -489,7 +526,7 @@ impl Txn<'_> {
             return Err(Failure::RolledBack(self.roll_back(
                 &committed,
                 &e.to_string(),
-                Program::NotTold,
+                program,
             )));
         }
         Ok(committed)
@@ -632,10 +669,12 @@ impl Txn<'_> {
 /// whether the rollback reloads it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Program {
-    /// A reload reached it (and failed): reload it on the restored files.
+    /// A reload reached it (and failed), or the runtime API gave it the
+    /// new servers before the commit failed: reload it on the restored
+    /// files.
     Told,
-    /// The commit failed before any reload: reload only if a reload was
-    /// owed from an interrupted apply.
+    /// The commit failed before any reload or runtime API update: reload
+    /// only if a reload was owed from an interrupted apply.
     NotTold,
     /// The reload failed before reaching it, and would fail the same way
     /// again at once (a PgBouncer `PAUSE` timed out on an open

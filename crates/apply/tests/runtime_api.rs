@@ -5,6 +5,7 @@
 //! reload.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -264,5 +265,71 @@ fn with_haproxy_stopped_the_files_wait_for_its_start() {
         Outcome::Applied {
             reload: ReloadOutcome::NotRunning
         }
+    );
+}
+
+/// A candidate the validator rejects after the runtime API already gave
+/// HAProxy its servers (they go out while the validator runs): HAProxy is
+/// reloaded on the live file, which stays as it was.
+///
+/// `haproxy -c` does not reject a membership-only change of a file it
+/// accepted, so the rejection comes from a stand-in named for what it is:
+/// a `haproxy` script first on `PATH` that refuses candidates naming one
+/// backend's port and runs the real haproxy for everything else. `PATH`
+/// is put back, and the script deleted, before the test ends.
+#[test]
+fn a_rejected_candidate_undoes_the_runtime_update() {
+    let (b1, b2, _b3) = backends();
+    let node = Node::start(&[Slot::To(b1.port()), Slot::Empty]);
+    node.wait_reached(&["b1"]);
+    let (before, live, worker) = (node.servers(), node.live(), node.haproxy.worker_pid());
+
+    let stand_in = tempfile::tempdir().expect("tempdir");
+    let script = stand_in.path().join("haproxy");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nif [ \"$1\" = -c ] && grep -q ':{} ' \"$3\"; then\n  \
+             echo '[ALERT] (1) : refused by the test stand-in' >&2; exit 1\nfi\n\
+             exec /usr/sbin/haproxy \"$@\"\n",
+            b2.port()
+        ),
+    )
+    .expect("write stand-in");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut with_stand_in = vec![stand_in.path().to_path_buf()];
+    with_stand_in.extend(std::env::split_paths(&path));
+    std::env::set_var("PATH", std::env::join_paths(with_stand_in).expect("PATH"));
+    let set = set(
+        node.root.path(),
+        config(
+            node.root.path(),
+            node.front,
+            &[Slot::To(b1.port()), Slot::To(b2.port())],
+            "",
+        ),
+    );
+    let report = apply(&set, &ApplyOptions::default());
+    std::env::set_var("PATH", path);
+    drop(stand_in);
+
+    let report = report.expect("apply");
+    let Outcome::Rejected { error } = &report.bundle("haproxy").expect("bundle").outcome else {
+        panic!("expected a rejection:\n{report}");
+    };
+    assert_eq!(node.live(), live, "the live file is untouched");
+    wait::until(
+        DEADLINE,
+        "HAProxy to run the live file's servers again",
+        || node.servers() == before,
+    )
+    .unwrap_or_else(|e| panic!("{e}: {:?} against {before:?}", node.servers()));
+    assert_ne!(node.haproxy.worker_pid(), worker, "by a reload");
+    node.wait_reached(&["b1"]);
+    assert!(error.contains("refused by the test stand-in"), "{error}");
+    assert!(
+        error.contains("undone by reloading the live files"),
+        "{error}"
     );
 }
