@@ -231,15 +231,21 @@ pub fn markdown(run: &Run<'_>, env: &[(String, String)]) -> String {
         );
         let _ = writeln!(o, "| step | p50 | p90 | p99 | max |");
         let _ = writeln!(o, "|---|---:|---:|---:|---:|");
-        let rows: [(&str, Column); 6] = [
+        let rows: [(&str, Column); 7] = [
             ("flip → source published (not converge's share)", |p| {
                 p.source
             }),
             (
-                "woken → validator started (load, guard, render, plan, stage, spawn)",
+                "woken → validator spawned (load, guard, render, plan, stage, fork + exec)",
                 |p| p.before_validator,
             ),
-            ("validator: `haproxy -c` (excluded)", |p| p.validator),
+            (
+                "validator: spawned → `haproxy -c` exited (excluded)",
+                |p| p.validator,
+            ),
+            ("… of which the timing wrapper's start-up", |p| {
+                p.wrapper_start
+            }),
             (
                 "validator exited → committed (reap, rename, fsync)",
                 |p| p.after_validator,

@@ -167,6 +167,9 @@ impl Drop for Running {
 pub(super) fn run(cmd: &mut Command, timeout: Duration) -> Result<(ExitStatus, String), RunError> {
     let start = Instant::now();
     let mut running = Running::spawn(cmd).map_err(RunError::Io)?;
+    // From here on the time is the validator's own (its loading included):
+    // the benchmark of converge's share takes this line as the boundary.
+    tracing::debug!(program = %cmd.get_program().to_string_lossy(), "validator spawned");
     match running.wait_until(start, timeout).map_err(RunError::Io)? {
         Some(status) => Ok((status, running.output())),
         None => {
