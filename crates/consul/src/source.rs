@@ -312,6 +312,12 @@ struct Loop {
     watch_error: Option<Failure>,
     need_full: bool,
     dirty: BTreeSet<String>,
+    /// Services whose latest read answered at an index past the check view
+    /// it was compared against: the read may already hold a change that
+    /// the next view, compared with the last one, shows as none (a check
+    /// that flips and flips back between two answers of the watch). The
+    /// next view reads them again.
+    ahead: BTreeSet<String>,
     retry: Backoff,
     retry_at: Option<Instant>,
     resync_at: Instant,
@@ -349,6 +355,7 @@ async fn run(
         watch_error: None,
         need_full: true,
         dirty: BTreeSet::new(),
+        ahead: BTreeSet::new(),
         retry_at: None,
         resync_at,
         rng,
@@ -401,6 +408,7 @@ impl Loop {
             } => {
                 self.watch_up[0] = true;
                 self.checks_index = index;
+                self.dirty.append(&mut self.ahead);
                 match (&self.checks, outcome) {
                     (Some(old), IndexOutcome::Moved | IndexOutcome::Unchanged) => {
                         let changed = changed_services(old, &view, &self.known);
@@ -516,25 +524,7 @@ impl Loop {
                 break;
             };
             let Ok((name, result)) = joined else { continue };
-            let entry = self.known.entry(name.clone()).or_default();
-            match result {
-                Ok(resp) => {
-                    entry.instances = resp.value;
-                    entry.instances.sort();
-                    entry.last_ok = Some(SystemTime::now());
-                    entry.error = None;
-                }
-                Err(e) => {
-                    let failure = Failure::new(&e);
-                    if failure.parked {
-                        tracing::error!(service = %name, error = %e, "Consul refused the read; keeping the last good instances and not asking again until the source restarts (SIGHUP)");
-                    } else {
-                        tracing::warn!(service = %name, error = %e, "Consul read failed; keeping the last good instances");
-                        retry_needed = true;
-                    }
-                    entry.error = Some(failure);
-                }
-            }
+            retry_needed |= self.record_read(name, result);
         }
         if retry_needed {
             let delay = self.retry.next_delay();
@@ -546,6 +536,41 @@ impl Loop {
         {
             self.retry.reset();
             self.retry_at = None;
+        }
+    }
+
+    /// Keeps what one read of `name` answered; `true` when it failed in a
+    /// way that asking again later can fix.
+    fn record_read(
+        &mut self,
+        name: String,
+        result: Result<Response<Vec<Instance>>, Error>,
+    ) -> bool {
+        let entry = self.known.entry(name.clone()).or_default();
+        match result {
+            Ok(resp) => {
+                entry.instances = resp.value;
+                entry.instances.sort();
+                entry.last_ok = Some(SystemTime::now());
+                entry.error = None;
+                if resp.meta.index > self.checks_index {
+                    self.ahead.insert(name);
+                } else {
+                    self.ahead.remove(&name);
+                }
+                false
+            }
+            Err(e) => {
+                let failure = Failure::new(&e);
+                let retry = !failure.parked;
+                if failure.parked {
+                    tracing::error!(service = %name, error = %e, "Consul refused the read; keeping the last good instances and not asking again until the source restarts (SIGHUP)");
+                } else {
+                    tracing::warn!(service = %name, error = %e, "Consul read failed; keeping the last good instances");
+                }
+                entry.error = Some(failure);
+                retry
+            }
         }
     }
 
@@ -796,6 +821,7 @@ fn jittered(d: Duration, rng: &mut fastrand::Rng) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::client::QueryMeta;
     use converge_model::Health;
 
     fn inst(id: &str, node: &str) -> Instance {
@@ -919,6 +945,7 @@ mod tests {
             watch_error: None,
             need_full: false,
             dirty: BTreeSet::new(),
+            ahead: BTreeSet::new(),
             retry: Backoff::for_consul(),
             retry_at: None,
             resync_at: Instant::now(),
@@ -989,6 +1016,47 @@ mod tests {
         // While the watch is down, nothing is fetched (and nothing dropped).
         l.fetch().await;
         assert!(l.need_full, "recovery must refetch everything");
+    }
+
+    /// The checks watch answers with web passing (index 10); the read it
+    /// triggers runs after web went critical (index 11); the next answer
+    /// (index 12) has web passing again, the same as the first. Compared
+    /// view to view nothing changed, but the catalog says critical: web
+    /// must be read again, or the flip back is lost until something else
+    /// changes.
+    #[tokio::test]
+    async fn a_read_past_its_check_view_is_read_again_at_the_next_view() {
+        let checks = |l: &mut Loop, index: u64| {
+            l.on_signal(Signal::Checks {
+                outcome: IndexOutcome::Moved,
+                index,
+                view: view(&[("n1", "c-web", "web", "passing")]),
+            });
+        };
+        let read = |index: u64, health: Health| {
+            Ok(Response {
+                value: vec![Instance {
+                    health,
+                    ..inst("w1", "n1")
+                }],
+                meta: QueryMeta {
+                    index,
+                    ..QueryMeta::default()
+                },
+            })
+        };
+        let mut l = lp();
+        checks(&mut l, 10);
+        l.dirty.clear();
+        assert!(!l.record_read("web".into(), read(11, Health::Critical)));
+        checks(&mut l, 12);
+        assert_eq!(l.dirty, BTreeSet::from(["web".to_string()]));
+
+        // A read no newer than the view it follows needs no second look.
+        l.dirty.clear();
+        assert!(!l.record_read("web".into(), read(12, Health::Passing)));
+        checks(&mut l, 13);
+        assert!(l.dirty.is_empty(), "{:?}", l.dirty);
     }
 
     fn denied(endpoint: &str) -> Error {
