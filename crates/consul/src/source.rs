@@ -19,7 +19,11 @@
 //!   check-less instance, a new port or tag). Its body cannot say *which*
 //!   instance changed, so a move refetches every watched service;
 //! - targeted `/v1/health/service/:name` reads for the services named by
-//!   the diff, at most [`SourceConfig::fetch_concurrency`] at a time.
+//!   the diff, at most [`SourceConfig::fetch_concurrency`] at a time. A
+//!   read runs after the answer that named it and can already hold a later
+//!   change; when its index is past that answer's, the service is read
+//!   again at the next answer, because a check that flipped back makes the
+//!   next answer equal the last and the diff would name nothing.
 //!
 //! The bound of 32 connections is the [`Client`]'s, and holds by
 //! construction (see [`MAX_CONNECTIONS`](crate::client::MAX_CONNECTIONS)):
