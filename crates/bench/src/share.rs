@@ -230,27 +230,14 @@ pub struct Steps {
 /// left out.
 pub fn flip_steps(log: &str, flips: &[(i64, Duration)]) -> Vec<Steps> {
     let events = parse_log(log);
-    let first = |from: i64, until: i64, pick: fn(&Event) -> Option<i64>| {
-        events
-            .iter()
-            .filter_map(pick)
-            .find(|&t| t >= from)
-            .filter(|&t| t < until)
-    };
     let us = |d: i64| Duration::from_micros(u64::try_from(d).unwrap_or(0));
     let mut out = Vec::new();
     for (i, &(t0, latency)) in flips.iter().enumerate() {
         let next = flips.get(i + 1).map_or(i64::MAX, |f| f.0);
-        let Some(woken) = first(t0, next, |e| match e {
-            Event::Woken(t) => Some(*t),
-            _ => None,
-        }) else {
+        let Some(woken) = first(&events, Line::Woken, t0, next) else {
             continue;
         };
-        let Some(committed) = first(woken, next, |e| match e {
-            Event::Committed(t) => Some(*t),
-            _ => None,
-        }) else {
+        let Some(committed) = first(&events, Line::Committed, woken, next) else {
             continue;
         };
         let seen = t0 + i64::try_from(latency.as_micros()).unwrap_or(i64::MAX);
@@ -263,13 +250,31 @@ pub fn flip_steps(log: &str, flips: &[(i64, Duration)]) -> Vec<Steps> {
     out
 }
 
-/// A log event we use, with its timestamp in microseconds since the epoch.
+/// Which of converge's log lines an [`Event`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Event {
-    Woken(i64),
-    Spawned(i64),
-    Committed(i64),
-    Reload(i64),
+enum Line {
+    Woken,
+    Spawned,
+    Committed,
+    Reload,
+}
+
+/// A log line we use, with its timestamp in microseconds since the epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Event {
+    line: Line,
+    at: i64,
+}
+
+/// The time of the first `line` at or after `from`, if it is before
+/// `until`.
+fn first(events: &[Event], line: Line, from: i64, until: i64) -> Option<i64> {
+    events
+        .iter()
+        .filter(|e| e.line == line)
+        .map(|e| e.at)
+        .find(|&t| t >= from)
+        .filter(|&t| t < until)
 }
 
 fn parse_log(log: &str) -> Vec<Event> {
@@ -282,15 +287,14 @@ fn parse_log(log: &str) -> Vec<Event> {
             continue;
         };
         let fields = &v["fields"];
-        match fields["message"].as_str() {
-            Some("woken") if fields["trigger"].as_str() == Some("Catalog") => {
-                out.push(Event::Woken(ts))
-            }
-            Some("validator spawned") => out.push(Event::Spawned(ts)),
-            Some("committed") => out.push(Event::Committed(ts)),
-            Some("reload") => out.push(Event::Reload(ts)),
-            _ => {}
-        }
+        let line = match fields["message"].as_str() {
+            Some("woken") if fields["trigger"].as_str() == Some("Catalog") => Line::Woken,
+            Some("validator spawned") => Line::Spawned,
+            Some("committed") => Line::Committed,
+            Some("reload") => Line::Reload,
+            _ => continue,
+        };
+        out.push(Event { line, at: ts });
     }
     out
 }
@@ -305,42 +309,23 @@ fn parse_timings(text: &str) -> Vec<(i64, i64)> {
 }
 
 fn match_flips(starts: &[i64], events: &[Event], validators: &[(i64, i64)]) -> (Vec<Pass>, usize) {
-    let first = |from: i64, pick: fn(&Event) -> Option<i64>| {
-        events.iter().filter_map(pick).find(|&t| t >= from)
-    };
     let mut passes = Vec::new();
     let mut unmatched = 0;
     for (i, &t0) in starts.iter().enumerate() {
         let next = starts.get(i + 1).copied().unwrap_or(i64::MAX);
-        let woken = first(t0, |e| match e {
-            Event::Woken(t) => Some(*t),
-            _ => None,
-        });
-        let Some(woken) = woken.filter(|&w| w < next) else {
+        let Some(woken) = first(events, Line::Woken, t0, next) else {
             unmatched += 1;
             continue;
         };
-        let committed = first(woken, |e| match e {
-            Event::Committed(t) => Some(*t),
-            _ => None,
-        });
-        let Some(committed) = committed.filter(|&c| c < next) else {
+        let Some(committed) = first(events, Line::Committed, woken, next) else {
             unmatched += 1;
             continue;
         };
-        let spawned = first(woken, |e| match e {
-            Event::Spawned(t) => Some(*t),
-            _ => None,
-        });
-        let Some(spawned) = spawned.filter(|&s| s < committed) else {
+        let Some(spawned) = first(events, Line::Spawned, woken, committed) else {
             unmatched += 1;
             continue;
         };
-        let reload = first(committed, |e| match e {
-            Event::Reload(t) => Some(*t),
-            _ => None,
-        })
-        .unwrap_or(committed);
+        let reload = first(events, Line::Reload, committed, i64::MAX).unwrap_or(committed);
         let Some(&(vs, ve)) = validators
             .iter()
             .rev()

@@ -54,7 +54,7 @@ pub enum Disposition {
 
 impl Disposition {
     /// Whether a signal sent now is acted on.
-    pub fn handles(self) -> bool {
+    pub(crate) fn handles(self) -> bool {
         matches!(self, Disposition::Caught | Disposition::SignalFd)
     }
 }
