@@ -23,6 +23,12 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "test: cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 echo "test: cargo test"
-cargo test --workspace --locked 2>&1 | tee target/test.log
-# One closing line for the whole run, summed over every test binary.
+# Every test binary runs even after one fails, so a red run names every
+# failing test at once instead of only the first binary's.
+status=0
+cargo test --workspace --locked --no-fail-fast 2>&1 | tee target/test.log || status=$?
+# One closing line for the whole run, summed over every test binary, and
+# the failing tests by name.
 awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "%d passed, %d failed, %d skipped\n", p, f, i }' target/test.log
+grep -E '^test .* FAILED$' target/test.log || true
+exit "$status"

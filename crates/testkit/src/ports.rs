@@ -1,20 +1,69 @@
-//! Free loopback ports.
+//! Free loopback ports for the real programs the tests start.
 //!
-//! The kernel picks a free port when we bind `127.0.0.1:0`; we read it and
-//! close the socket so a real program can bind it next. That leaves a short
-//! window in which another process could take the port; callers that start
-//! a program on it should treat "address in use" as a reason to retry with
-//! a fresh port, not as a test failure.
+//! A port is picked here, released, and bound again by haproxy, pgbouncer,
+//! postgres or consul a moment later. Ports the kernel hands out — to a
+//! `bind` on port 0 or to the local end of an outgoing connection — come
+//! from the ephemeral range, so a port taken from that range can be handed
+//! to someone else inside that moment; a CI run once lost a pgbouncer start
+//! that way ("bind(): Address already in use"). The kernel never hands out
+//! a port below the ephemeral range on its own, so the ports come from
+//! there: a process-wide counter (starting at an offset taken from the pid,
+//! so two test binaries running at once start far apart) walks the range
+//! and each candidate is bound once to check nobody else holds it.
 
+use std::fs;
 use std::net::{Ipv4Addr, TcpListener};
+use std::sync::atomic::{AtomicU32, Ordering};
 
-/// A TCP port on 127.0.0.1 that was free a moment ago.
+/// The lowest port handed out: well above the well-known and registered
+/// ports that services on a CI machine tend to sit on.
+const FLOOR: u16 = 10_000;
+
+/// The kernel's own choice is used when the ephemeral range starts so low
+/// that fewer ports than this lie between `FLOOR` and it.
+const MIN_SPAN: u16 = 1_000;
+
+/// A TCP port on 127.0.0.1 that was free a moment ago and that the kernel
+/// will not give to anyone else on its own.
 ///
 /// # Panics
 ///
 /// When the loopback interface cannot be bound at all, which means the
 /// machine cannot run these tests.
 pub fn free_port() -> u16 {
+    let Some(ceiling) = ephemeral_low().filter(|low| low.saturating_sub(FLOOR) >= MIN_SPAN) else {
+        return kernel_port();
+    };
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let span = u32::from(ceiling - FLOOR);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7_919) % span,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    walk(&NEXT, span).unwrap_or_else(kernel_port)
+}
+
+/// The first port from `FLOOR + next` on (wrapping within `span`) that can
+/// be bound now; `next` is left just past it.
+fn walk(next: &AtomicU32, span: u32) -> Option<u16> {
+    (0..span).find_map(|_| {
+        let offset = next.fetch_add(1, Ordering::Relaxed) % span;
+        let port = FLOOR + u16::try_from(offset).ok()?;
+        TcpListener::bind((Ipv4Addr::LOCALHOST, port))
+            .is_ok()
+            .then_some(port)
+    })
+}
+
+/// The first port of the kernel's ephemeral range, when it can be read.
+fn ephemeral_low() -> Option<u16> {
+    let range = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    range.split_whitespace().next()?.parse().ok()
+}
+
+fn kernel_port() -> u16 {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .unwrap_or_else(|e| panic!("cannot bind 127.0.0.1:0 to find a free port: {e}"));
     listener
@@ -33,5 +82,35 @@ mod tests {
         assert_ne!(port, 0);
         let again = TcpListener::bind((Ipv4Addr::LOCALHOST, port));
         assert!(again.is_ok(), "port {port} was not free: {again:?}");
+    }
+
+    #[test]
+    fn ports_lie_below_the_ephemeral_range_and_are_not_repeated() {
+        let low = ephemeral_low().expect("this machine has an ephemeral port range");
+        let ports: Vec<u16> = (0..50).map(|_| free_port()).collect();
+        for port in &ports {
+            assert!(
+                (FLOOR..low).contains(port),
+                "port {port} is outside {FLOOR}..{low}"
+            );
+        }
+        let mut unique = ports.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(
+            unique.len(),
+            ports.len(),
+            "a port was handed out twice: {ports:?}"
+        );
+    }
+
+    #[test]
+    fn a_port_someone_holds_is_skipped() {
+        let held = TcpListener::bind((Ipv4Addr::LOCALHOST, free_port())).expect("bind");
+        let held_port = held.local_addr().expect("addr").port();
+        let next = AtomicU32::new(u32::from(held_port - FLOOR));
+        let span = u32::from(ephemeral_low().expect("ephemeral range") - FLOOR);
+        let port = walk(&next, span).expect("a free port");
+        assert_ne!(port, held_port, "the held port was handed out");
     }
 }
