@@ -14,6 +14,7 @@
 use std::fs;
 use std::net::{Ipv4Addr, TcpListener};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
 
 /// The lowest port handed out: well above the well-known and registered
 /// ports that services on a CI machine tend to sit on.
@@ -31,36 +32,44 @@ const MIN_SPAN: u16 = 1_000;
 /// When the loopback interface cannot be bound at all, which means the
 /// machine cannot run these tests.
 pub fn free_port() -> u16 {
-    let Some(ceiling) = ephemeral_low().filter(|low| low.saturating_sub(FLOOR) >= MIN_SPAN) else {
-        return kernel_port();
-    };
-    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
-    let span = u32::from(ceiling - FLOOR);
-    let _ = NEXT.compare_exchange(
-        u32::MAX,
-        std::process::id().wrapping_mul(7_919) % span,
-        Ordering::Relaxed,
-        Ordering::Relaxed,
-    );
-    walk(&NEXT, span).unwrap_or_else(kernel_port)
+    static WALK: OnceLock<Option<Walk>> = OnceLock::new();
+    WALK.get_or_init(Walk::below_ephemeral)
+        .as_ref()
+        .and_then(Walk::next_free)
+        .unwrap_or_else(kernel_port)
 }
 
-/// The first port from `FLOOR + next` on (wrapping within `span`) that can
-/// be bound now; `next` is left just past it.
-fn walk(next: &AtomicU32, span: u32) -> Option<u16> {
-    (0..span).find_map(|_| {
-        let offset = next.fetch_add(1, Ordering::Relaxed) % span;
-        let port = FLOOR + u16::try_from(offset).ok()?;
-        TcpListener::bind((Ipv4Addr::LOCALHOST, port))
-            .is_ok()
-            .then_some(port)
-    })
+/// A cursor over `FLOOR..FLOOR + span`, shared by every test of a process.
+struct Walk {
+    next: AtomicU32,
+    span: u32,
 }
 
-/// The first port of the kernel's ephemeral range, when it can be read.
-fn ephemeral_low() -> Option<u16> {
-    let range = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
-    range.split_whitespace().next()?.parse().ok()
+impl Walk {
+    /// The ports between `FLOOR` and the kernel's ephemeral range, read
+    /// once, starting at an offset taken from the pid; `None` when the
+    /// range cannot be read or leaves too few ports below it.
+    fn below_ephemeral() -> Option<Self> {
+        let range = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+        let low: u16 = range.split_whitespace().next()?.parse().ok()?;
+        let span = u32::from(low.checked_sub(FLOOR).filter(|s| *s >= MIN_SPAN)?);
+        Some(Self {
+            next: AtomicU32::new(std::process::id().wrapping_mul(7_919) % span),
+            span,
+        })
+    }
+
+    /// The first port from the cursor on (wrapping within the span) that
+    /// can be bound now; the cursor is left just past it.
+    fn next_free(&self) -> Option<u16> {
+        (0..self.span).find_map(|_| {
+            let offset = self.next.fetch_add(1, Ordering::Relaxed) % self.span;
+            let port = FLOOR + u16::try_from(offset).ok()?;
+            TcpListener::bind((Ipv4Addr::LOCALHOST, port))
+                .is_ok()
+                .then_some(port)
+        })
+    }
 }
 
 fn kernel_port() -> u16 {
@@ -86,12 +95,13 @@ mod tests {
 
     #[test]
     fn ports_lie_below_the_ephemeral_range_and_are_not_repeated() {
-        let low = ephemeral_low().expect("this machine has an ephemeral port range");
+        let walk = Walk::below_ephemeral().expect("this machine has an ephemeral port range");
+        let ceiling = FLOOR + u16::try_from(walk.span).expect("span fits a port");
         let ports: Vec<u16> = (0..50).map(|_| free_port()).collect();
         for port in &ports {
             assert!(
-                (FLOOR..low).contains(port),
-                "port {port} is outside {FLOOR}..{low}"
+                (FLOOR..ceiling).contains(port),
+                "port {port} is outside {FLOOR}..{ceiling}"
             );
         }
         let mut unique = ports.clone();
@@ -108,9 +118,10 @@ mod tests {
     fn a_port_someone_holds_is_skipped() {
         let held = TcpListener::bind((Ipv4Addr::LOCALHOST, free_port())).expect("bind");
         let held_port = held.local_addr().expect("addr").port();
-        let next = AtomicU32::new(u32::from(held_port - FLOOR));
-        let span = u32::from(ephemeral_low().expect("ephemeral range") - FLOOR);
-        let port = walk(&next, span).expect("a free port");
+        let walk = Walk::below_ephemeral().expect("this machine has an ephemeral port range");
+        walk.next
+            .store(u32::from(held_port - FLOOR), Ordering::Relaxed);
+        let port = walk.next_free().expect("a free port");
         assert_ne!(port, held_port, "the held port was handed out");
     }
 }
