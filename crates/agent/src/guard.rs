@@ -1,18 +1,27 @@
 //! The guard: a sudden loss of servers is held back, not applied.
 //!
-//! When a backend would drop below its `min_healthy` servers, or lose more
-//! than `max_drop_fraction` of them in one change, the guard keeps that
+//! When a backend that has servers would have none (unless its manifest
+//! says `allow_empty: true`), would drop below its `min_healthy` servers,
+//! or would lose more than `max_drop_fraction` of them in one change, the
+//! guard keeps that
 //! backend's service at the instances of the last applied snapshot, so the
 //! last good servers stay configured, and reports a [`Hold`]. The hold ends
 //! by itself when the catalog recovers, or when an operator releases the
 //! backend (then the current catalog is accepted once).
 //!
-//! A PgBouncer database that had a primary and would have none is held the
-//! same way: a Patroni switchover is two catalog writes (demote, then
-//! promote), and the state in between — no primary at all — would drop the
-//! database from PgBouncer and fail every client, where keeping the last
-//! primary until the new one is tagged fails nothing that was not already
-//! failing.
+//! Drop to zero is held by default because an empty answer is far more
+//! often a broken source than a service that went away: a Consul agent
+//! restarted with an empty catalog, a proxy answering `200 []`. Rendering
+//! it would empty the backend, and a backend with no server fails every
+//! request, where the last servers fail only the ones that are really down.
+//!
+//! A PgBouncer database that had a host and would have none is held the
+//! same way (unless `allow_empty`): a Patroni switchover is two catalog
+//! writes (demote, then promote), and the state in between — no primary at
+//! all — would drop the database from PgBouncer and fail every client,
+//! where keeping the last primary until the new one is tagged fails nothing
+//! that was not already failing. The same holds for the replicas of a
+//! `role: replica` entry.
 //!
 //! Working on the snapshot rather than on rendered text keeps the guard a
 //! pure function, and lets every template see one consistent world.
@@ -79,7 +88,9 @@ pub fn guard(
         if after >= before {
             continue;
         }
-        let reason = if after < b.min_healthy as usize {
+        let reason = if after == 0 && !b.allow_empty {
+            format!("would leave no server of {before}; set allow_empty: true if that is meant")
+        } else if after < b.min_healthy as usize {
             format!("would leave {after} of min_healthy {}", b.min_healthy)
         } else if (before - after) as f64 / before as f64 > b.max_drop_fraction {
             format!(
@@ -105,28 +116,32 @@ pub fn guard(
         catalog = catalog.with_service(&h.service, last.service(&h.service).cloned());
     }
     for (name, d) in &manifest.databases {
-        if d.role != DbRole::Primary || released.contains(name) {
+        if d.allow_empty || released.contains(name) {
             continue;
         }
-        let primaries = |c: &Catalog| {
+        let hosts = |c: &Catalog| {
             c.service(&d.service)
                 .map(|e| {
                     e.instances
                         .iter()
-                        .filter(|i| fills_role(&manifest.pgbouncer, DbRole::Primary, i))
+                        .filter(|i| fills_role(&manifest.pgbouncer, d.role, i))
                         .count()
                 })
                 .unwrap_or(0)
         };
-        let (before, after) = (primaries(last), primaries(&catalog));
-        if before == 1 && after == 0 {
+        let (before, after) = (hosts(last), hosts(&catalog));
+        if before > 0 && after == 0 {
             catalog = catalog.with_service(&d.service, last.service(&d.service).cloned());
+            let reason = match d.role {
+                DbRole::Primary => format!("database {name} would have no primary; keeping the last one until a new one is tagged"),
+                DbRole::Replica => format!("database {name} would have no replica; keeping the last ones until one is healthy"),
+            };
             holds.push(Hold {
                 backend: name.clone(),
                 service: d.service.clone(),
                 before,
                 after,
-                reason: format!("database {name} would have no primary; keeping the last one until a new one is tagged"),
+                reason,
             });
         }
     }
@@ -207,8 +222,27 @@ mod tests {
     }
 
     #[test]
-    fn without_rules_or_after_release_the_change_goes_through() {
-        let free = manifest("");
+    fn a_drop_to_zero_is_held_by_default_even_without_rules() {
+        let m = manifest("");
+        let last = catalog(3, 3);
+        for empty in [catalog(0, 3), catalog(0, 0), Catalog::default()] {
+            let g = guard(&m, Some(&last), empty, &BTreeSet::new());
+            assert_eq!(g.holds.len(), 1);
+            assert_eq!((g.holds[0].before, g.holds[0].after), (3, 0));
+            assert!(
+                g.holds[0].reason.contains("allow_empty"),
+                "{}",
+                g.holds[0].reason
+            );
+            assert_eq!(g.catalog.service("web"), last.service("web"));
+        }
+        let one_left = guard(&m, Some(&last), catalog(1, 3), &BTreeSet::new());
+        assert!(one_left.holds.is_empty(), "no rule against 3 -> 1");
+    }
+
+    #[test]
+    fn without_rules_with_allow_empty_or_after_release_the_change_goes_through() {
+        let free = manifest("    allow_empty: true\n");
         let last = catalog(3, 3);
         assert!(guard(&free, Some(&last), catalog(0, 3), &BTreeSet::new())
             .holds
@@ -263,6 +297,40 @@ mod tests {
             &BTreeSet::from(["app".to_string()]),
         );
         assert!(released.holds.is_empty());
+    }
+
+    #[test]
+    fn replicas_dropping_to_none_are_held_unless_allowed() {
+        let text = |extra: &str| {
+            format!("nodes: {{lb1: {{}}}}\ndatabases:\n  ro:\n    service: postgres\n    role: replica\n{extra}")
+        };
+        let m = |extra: &str| {
+            Manifests::from_sources(Path::new("m"), &[(PathBuf::from("m.yaml"), text(extra))])
+                .expect("manifest")
+                .manifest
+        };
+        let last = postgres(Some(0));
+        // Every instance turns primary-tagged: no replica left.
+        let mut none = postgres(Some(0));
+        for i in 0..2 {
+            let mut e = none.service("postgres").expect("pg").clone();
+            e.instances[i].tags = ["primary".to_string()].into();
+            none = none.with_service("postgres", Some(e));
+        }
+        let held = guard(&m(""), Some(&last), none.clone(), &BTreeSet::new());
+        assert_eq!(held.holds.len(), 1);
+        assert!(
+            held.holds[0].reason.contains("no replica"),
+            "{:?}",
+            held.holds
+        );
+        let allowed = guard(
+            &m("    allow_empty: true\n"),
+            Some(&last),
+            none,
+            &BTreeSet::new(),
+        );
+        assert!(allowed.holds.is_empty());
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod error;
 pub mod guard;
 pub mod http;
 pub mod node_status;
+pub mod pass;
 pub mod pipeline;
 pub mod quiescence;
 pub mod reconciler;

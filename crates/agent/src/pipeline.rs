@@ -1,13 +1,16 @@
-//! Load → render → plan → apply for one node, as plain function calls.
+//! Load → pass → plan or apply for one node, as plain function calls: the
+//! one-shot commands' side of [`crate::pass`].
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use converge_apply::{ApplyOptions, ApplyReport, Plan};
-use converge_model::{Catalog, Layout, Manifests, NodeDesired, RenderedSet};
+use converge_model::{Catalog, Layout, Manifests, NodeDesired};
 use converge_render::Templates;
 
 use crate::error::AgentError;
 use crate::guard::baseline;
+use crate::pass::{self, Pass};
 
 /// Where the inputs come from.
 #[derive(Debug, Clone)]
@@ -22,32 +25,33 @@ pub struct Inputs {
     pub root: PathBuf,
 }
 
-/// Validated manifests, parsed templates and a catalog snapshot: everything
-/// needed to render any node.
+/// Validated manifests and parsed templates: the desired state of every
+/// node, waiting for a catalog.
 #[derive(Debug)]
 pub struct Prepared {
     /// The manifests, validated.
     pub manifests: Manifests,
     /// Parsed templates.
     pub templates: Templates,
-    /// The catalog snapshot.
-    pub catalog: Catalog,
     /// Path layout under `--root`.
     pub layout: Layout,
 }
 
 impl Inputs {
-    /// Loads and checks manifests, templates and catalog. Every manifest
-    /// problem is reported at once.
+    /// Loads and checks manifests and templates. Every manifest problem is
+    /// reported at once.
     pub fn prepare(&self) -> Result<Prepared, AgentError> {
         let (manifests, templates) = self.load_config()?;
-        let catalog = Catalog::load_file(&self.catalog).map_err(AgentError::Catalog)?;
         Ok(Prepared {
             manifests,
             templates,
-            catalog,
             layout: Layout::new(&self.root),
         })
+    }
+
+    /// Reads the catalog file.
+    pub fn catalog_file(&self) -> Result<Catalog, AgentError> {
+        Catalog::load_file(&self.catalog).map_err(AgentError::Catalog)
     }
 }
 
@@ -118,37 +122,46 @@ impl Prepared {
         self.manifests.for_node(node).map_err(AgentError::Manifest)
     }
 
-    /// Renders `node`'s targets under `layout`.
-    pub fn render_at(&self, node: &str, layout: &Layout) -> Result<RenderedSet, AgentError> {
-        let desired = self.desired(node)?;
-        Ok(converge_render::render(
-            &desired,
-            &self.catalog,
-            &self.templates,
-            layout,
-        )?)
+    /// The pass `run` would make on `node` now: guarded against the
+    /// baseline on disk, with `released` accepted once. Reads only.
+    pub fn pass(
+        &self,
+        node: &str,
+        catalog: Catalog,
+        released: &BTreeSet<String>,
+    ) -> Result<Pass, AgentError> {
+        let stored = baseline::load(&self.layout);
+        pass::run(self, node, &self.layout, catalog, stored.as_ref(), released)
     }
 
-    /// Renders `node` and compares with the live files; touches nothing.
-    pub fn plan(&self, node: &str) -> Result<(RenderedSet, Plan), AgentError> {
-        let set = self.render_at(node, &self.layout)?;
-        let plan = converge_apply::plan(&set)?;
-        Ok((set, plan))
+    /// The pass on `node`, compared with the live files; touches nothing.
+    pub fn plan(
+        &self,
+        node: &str,
+        catalog: Catalog,
+        released: &BTreeSet<String>,
+    ) -> Result<(Pass, Plan), AgentError> {
+        let pass = self.pass(node, catalog, released)?;
+        let plan = converge_apply::plan(&pass.set)?;
+        Ok((pass, plan))
     }
 
-    /// Renders `node` and runs one transaction, then records the catalog
-    /// it rendered as the guard's baseline, so a daemon started later
-    /// measures changes against the snapshot this apply acted on.
+    /// The pass on `node` and one transaction of its rendered set; then the
+    /// catalog it rendered becomes the guard's baseline, so the next
+    /// `apply --once` or a daemon started later measures changes against
+    /// the snapshot this apply acted on.
     pub fn apply(
         &self,
         node: &str,
+        catalog: Catalog,
+        released: &BTreeSet<String>,
         opts: &ApplyOptions,
-    ) -> Result<(RenderedSet, ApplyReport), AgentError> {
-        let set = self.render_at(node, &self.layout)?;
-        let report = converge_apply::apply(&set, opts)?;
+    ) -> Result<(Pass, ApplyReport), AgentError> {
         let stored = baseline::load(&self.layout);
-        baseline::advance(&self.layout, stored.as_ref(), &self.catalog);
-        Ok((set, report))
+        let pass = pass::run(self, node, &self.layout, catalog, stored.as_ref(), released)?;
+        let report = converge_apply::apply(&pass.set, opts)?;
+        baseline::advance(&self.layout, stored.as_ref(), &pass.accepted);
+        Ok((pass, report))
     }
 }
 

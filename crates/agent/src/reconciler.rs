@@ -16,7 +16,8 @@ use converge_apply::{ApplyOptions, Outcome};
 use converge_consul::SourceHealth;
 use converge_model::{Catalog, Layout};
 
-use crate::guard::{baseline, guard, Hold};
+use crate::guard::{baseline, Hold};
+use crate::pass::{self, Pass};
 use crate::pipeline::{hex_sha256, Inputs, Prepared};
 use crate::quiescence::Quiescence;
 use crate::status::{unix_now, BackendStatus, Board};
@@ -131,7 +132,6 @@ impl Reconciler {
                 self.inputs = Some(Prepared {
                     manifests,
                     templates,
-                    catalog: Catalog::default(),
                     layout: Layout::new(&self.config.inputs.root),
                 });
                 self.board.update(|s| s.input_error = None);
@@ -178,22 +178,20 @@ impl Reconciler {
             (CatalogFrom::Consul(_), Some(state)) => self.consul_catalog(state),
             (CatalogFrom::Consul(_), None) => None,
         };
-        let (Some(prepared), Some(catalog)) = (self.inputs.as_mut(), catalog) else {
+        let (Some(prepared), Some(catalog)) = (self.inputs.as_ref(), catalog) else {
             self.board.update(|s| s.converged = false);
             return;
         };
         let released = std::mem::take(&mut self.released);
-        let guarded = guard(
-            &prepared.manifests.manifest,
-            self.baseline.as_ref(),
+        let pass = match pass::run(
+            prepared,
+            &self.config.node,
+            &prepared.layout,
             catalog,
+            self.baseline.as_ref(),
             &released,
-        );
-        // Moved in for the render and taken back after it: a deep copy of
-        // a thousand instances per pass is not free.
-        prepared.catalog = guarded.catalog;
-        let set = match prepared.render_at(&self.config.node, &prepared.layout) {
-            Ok(set) => set,
+        ) {
+            Ok(pass) => pass,
             Err(e) => {
                 let msg = e.to_string();
                 tracing::error!(error = %msg, "render failed; live files unchanged");
@@ -208,8 +206,12 @@ impl Reconciler {
         self.board.metrics.renders.inc();
         let manifest = prepared.manifests.manifest.clone();
         let layout = prepared.layout.clone();
-        let accepted = std::mem::take(&mut prepared.catalog);
-        let holds = guarded.holds;
+        let complete = pass.complete();
+        let Pass {
+            set,
+            holds,
+            accepted,
+        } = pass;
         self.record_holds(&manifest, &accepted, &holds);
         self.report_findings(&set);
         let report = match converge_apply::apply(&set, &self.config.apply) {
@@ -274,7 +276,7 @@ impl Reconciler {
         }
         baseline::advance(&layout, self.baseline.as_ref(), &accepted);
         self.baseline = Some(accepted);
-        let converged = all_ok && holds.is_empty();
+        let converged = all_ok && complete;
         self.board.update(|s| {
             s.converged = converged && s.input_error.is_none() && s.source_error.is_none();
             if converged {
@@ -293,18 +295,20 @@ impl Reconciler {
         let findings: Vec<String> = set
             .rejections
             .iter()
-            .map(|r| {
-                format!(
-                    "service {} instance {}: {} `{}` rejected: {}",
-                    r.service, r.instance, r.field, r.value, r.reason
-                )
-            })
+            .map(|r| format!("left out: {r}"))
             .chain(set.warnings.iter().cloned())
             .collect();
         for f in findings.iter().filter(|f| !self.findings.contains(f)) {
             tracing::warn!("{f}");
         }
-        self.board.update(|s| s.findings = findings.clone());
+        self.board
+            .metrics
+            .left_out_instances
+            .set(set.rejections.len() as i64);
+        self.board.update(|s| {
+            s.findings = findings.clone();
+            s.left_out = set.rejections.clone();
+        });
         self.findings = findings;
     }
 

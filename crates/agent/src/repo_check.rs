@@ -8,13 +8,15 @@
 //! [`Inputs::load_config`](crate::pipeline::Inputs::load_config) before
 //! this runs, then every node's render and every file's validator here.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use converge_apply::validate::{validate, Candidate};
-use converge_model::Layout;
+use converge_model::{Catalog, Layout};
 use serde::Serialize;
 
 use crate::error::AgentError;
+use crate::pass;
 use crate::pipeline::Prepared;
 
 /// The outcome for one rendered file.
@@ -35,8 +37,8 @@ pub struct RepoReport {
     pub files: Vec<FileCheck>,
     /// Problems that stopped a node from rendering at all.
     pub node_errors: Vec<(String, String)>,
-    /// Catalog instances refused while rendering (per node).
-    pub rejections: Vec<String>,
+    /// Catalog instances left out while rendering (per node).
+    pub left_out: Vec<String>,
     /// Render warnings (per node).
     pub warnings: Vec<String>,
 }
@@ -48,8 +50,14 @@ impl RepoReport {
     }
 }
 
-/// Renders and checks `nodes` (every node when empty).
-pub fn check(prepared: &Prepared, nodes: &[String]) -> Result<RepoReport, AgentError> {
+/// Renders `nodes` (every node when empty) against `catalog` and checks
+/// every file. Each node goes through the same [`pass`] as `plan` and
+/// `apply`, with no baseline (a repository has no live state to guard).
+pub fn check(
+    prepared: &Prepared,
+    catalog: &Catalog,
+    nodes: &[String],
+) -> Result<RepoReport, AgentError> {
     let scratch = tempfile::Builder::new()
         .prefix("converge-validate-")
         .tempdir()
@@ -62,19 +70,17 @@ pub fn check(prepared: &Prepared, nodes: &[String]) -> Result<RepoReport, AgentE
     let mut report = RepoReport::default();
     for node in &all {
         let layout = Layout::new(scratch.path().join(node));
-        let set = match prepared.render_at(node, &layout) {
-            Ok(set) => set,
+        let none = BTreeSet::new();
+        let set = match pass::run(prepared, node, &layout, catalog.clone(), None, &none) {
+            Ok(pass) => pass.set,
             Err(e) => {
                 report.node_errors.push((node.clone(), e.to_string()));
                 continue;
             }
         };
-        report.rejections.extend(set.rejections.iter().map(|r| {
-            format!(
-                "{node}: service {} instance {}: {} `{}` rejected: {}",
-                r.service, r.instance, r.field, r.value, r.reason
-            )
-        }));
+        report
+            .left_out
+            .extend(set.rejections.iter().map(|r| format!("{node}: {r}")));
         report
             .warnings
             .extend(set.warnings.iter().map(|w| format!("{node}: {w}")));

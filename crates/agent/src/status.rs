@@ -62,8 +62,11 @@ pub struct Status {
     pub backends: BTreeMap<String, BackendStatus>,
     /// Every change held back by the guard (backends and databases).
     pub holds: Vec<Hold>,
-    /// Catalog values rejected and render warnings of the last pass.
+    /// Instances left out and render warnings of the last pass, as lines.
     pub findings: Vec<String>,
+    /// Catalog instances the last pass left out, and why.
+    #[serde(default)]
+    pub left_out: Vec<converge_model::Rejection>,
 }
 
 /// Labels of the failure counter.
@@ -92,6 +95,8 @@ pub struct Metrics {
     pub guard_holds: Counter,
     /// Backends held right now.
     pub held_backends: Gauge,
+    /// Catalog instances the last pass left out.
+    pub left_out_instances: Gauge,
     /// Times the catalog source started failing (one failure lasting
     /// several passes counts once).
     pub source_errors: Counter,
@@ -141,6 +146,11 @@ impl Board {
             "held_backends",
             "Backends whose change is held now",
             m.held_backends.clone(),
+        );
+        registry.register(
+            "left_out_instances",
+            "Catalog instances the last pass left out (a value that could break out of its field, or a duplicated identity)",
+            m.left_out_instances.clone(),
         );
         registry.register(
             "source_errors",

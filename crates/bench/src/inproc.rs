@@ -5,7 +5,7 @@
 //! - load: `Inputs::fingerprint`, and `Inputs::load_config` only when it
 //!   changed, as the daemon does (never here, so templates, and with them
 //!   the render's kept servers, last from one pass to the next);
-//! - render: `Prepared::render_at`;
+//! - render: the pass (`converge_agent::pass::run`: guard and render);
 //! - plan: `converge_apply::plan` against the previous render on disk
 //!   (it also builds a unified diff, which the daemon's apply does not, so
 //!   this is an upper bound for the comparison step).
@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use converge_agent::pass;
 use converge_agent::{Inputs, Prepared};
 use converge_model::{Catalog, Health, Instance, Layout};
 
@@ -50,12 +51,11 @@ pub fn measure(stack: &Stack, backends: usize, rounds: usize) -> anyhow::Result<
     let mut prepared = Prepared {
         manifests,
         templates,
-        catalog: Catalog::default(),
         layout: layout.clone(),
     };
     let mut samples = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
     for round in 0..=rounds {
-        prepared.catalog = catalog(backends, round);
+        let snapshot = catalog(backends, round);
         let t = Instant::now();
         let fingerprint = inputs.fingerprint();
         if fingerprint.is_none() || fingerprint != loaded {
@@ -65,7 +65,16 @@ pub fn measure(stack: &Stack, backends: usize, rounds: usize) -> anyhow::Result<
         }
         let load = t.elapsed();
         let t = Instant::now();
-        let set = prepared.render_at("lb1", &layout).context("render")?;
+        let set = pass::run(
+            &prepared,
+            "lb1",
+            &layout,
+            snapshot,
+            None,
+            &Default::default(),
+        )
+        .context("render")?
+        .set;
         let render = t.elapsed();
         let t = Instant::now();
         let plan = converge_apply::plan(&set).context("plan")?;

@@ -2,26 +2,54 @@
 
 use std::time::Duration;
 
-use converge_apply::ApplyOptions;
+use converge_agent::guard::Hold;
+use converge_apply::{ApplyOptions, ApplyReport};
+use converge_model::Rejection;
+use serde::Serialize;
 
 use crate::cli::{ApplyArgs, Cli, Format};
 use crate::exit;
 
-/// Runs one apply; 0 when every bundle is unchanged or applied.
+/// The JSON document `--format json` prints.
+#[derive(Serialize)]
+struct ApplyDocument<'a> {
+    #[serde(flatten)]
+    report: &'a ApplyReport,
+    holds: &'a [Hold],
+    left_out: &'a [Rejection],
+    warnings: &'a [String],
+}
+
+/// Runs one apply; 0 when every bundle is unchanged or applied with
+/// nothing held or left out, 3 when applied but held or left out.
 pub fn run(cli: &Cli, args: &ApplyArgs) -> anyhow::Result<u8> {
     let node = cli.node()?;
-    let prepared = cli.prepare()?;
+    let (prepared, catalog) = cli.prepare()?;
     let opts = ApplyOptions {
         lock_timeout: Duration::from_secs(args.lock_timeout),
         ..ApplyOptions::default()
     };
-    let (set, report) = prepared.apply(&node, &opts)?;
+    let (pass, report) = prepared.apply(&node, catalog, &args.release.set(), &opts)?;
     match args.format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Format::Json => {
+            let doc = ApplyDocument {
+                report: &report,
+                holds: &pass.holds,
+                left_out: pass.left_out(),
+                warnings: &pass.set.warnings,
+            };
+            println!("{}", serde_json::to_string_pretty(&doc)?);
+        }
         Format::Text => {
             print!("{report}");
-            crate::plan::print_findings(&set);
+            crate::plan::print_findings(&pass);
         }
     }
-    Ok(if report.ok() { exit::OK } else { exit::ERROR })
+    Ok(if !report.ok() {
+        exit::ERROR
+    } else if !pass.complete() {
+        exit::INCOMPLETE
+    } else {
+        exit::OK
+    })
 }

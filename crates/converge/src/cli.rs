@@ -1,6 +1,7 @@
 //! Command-line flags. Every command shares the input flags, so `plan`,
 //! `apply` and `validate` always look at the same world.
 
+use std::collections::BTreeSet;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,6 +10,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use converge_agent::reconciler::CatalogFrom;
 use converge_agent::{Inputs, Prepared};
+use converge_model::Catalog;
 
 /// Keep HAProxy, PgBouncer and keepalived on this node equal to the
 /// manifests, using live facts from a catalog.
@@ -135,13 +137,26 @@ pub enum Command {
     Run(RunArgs),
     /// Show what would change on this node as a unified diff; touch nothing.
     ///
-    /// Exit status: 0 no changes, 2 changes, 1 error.
+    /// It makes every decision `run` would make here, through the same code:
+    /// changes the guard holds back (a backend that would lose every server
+    /// or too many at once, a database that would lose its primary) are
+    /// listed with their reason, and catalog instances left out (a value
+    /// that could break out of its field, a duplicated identity) are listed
+    /// by service, instance and node.
+    ///
+    /// Exit status: 0 nothing to change, 2 changes or a change held back,
+    /// 1 error.
     Plan(PlanArgs),
     /// Render, validate, commit and reload this node's targets.
     ///
     /// Each changed target is staged next to its destination, checked by the
     /// real program, committed by rename and reloaded; a failed reload rolls
-    /// the files back. Exit status: 0 success, 1 any failure.
+    /// the files back. Holds and left-out instances are decided as `run`
+    /// decides them.
+    ///
+    /// Exit status: 0 every target applied or unchanged, nothing held and
+    /// nobody left out; 3 applied, but a change is held back or an instance
+    /// left out, so the node is not at the desired state; 1 any failure.
     Apply(ApplyArgs),
     /// Where traffic goes on this node: per target the last apply, hash and
     /// error; HAProxy's live servers; whether this node holds its VIPs.
@@ -152,7 +167,8 @@ pub enum Command {
     /// Lint manifests and templates, render every node and check every file
     /// with the real programs in a scratch directory (for manifest-repo CI).
     ///
-    /// Exit status: 0 all good, 1 problems (all of them are listed).
+    /// Exit status: 0 all good, 1 problems (all of them are listed), 3
+    /// every file passed but catalog instances were left out (listed).
     Validate(ValidateArgs),
 }
 
@@ -180,6 +196,26 @@ pub struct PlanArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
+
+    #[command(flatten)]
+    pub release: Release,
+}
+
+/// Holds an operator lets through once.
+#[derive(Debug, Args)]
+pub struct Release {
+    /// Accept the current catalog for this backend or database once, even
+    /// though the guard would hold it (the daemon's `POST /release/NAME`).
+    /// Repeat for several.
+    #[arg(long = "release", value_name = "NAME")]
+    pub names: Vec<String>,
+}
+
+impl Release {
+    /// The released names, as the pass takes them.
+    pub fn set(&self) -> BTreeSet<String> {
+        self.names.iter().cloned().collect()
+    }
 }
 
 /// `apply` flags.
@@ -196,6 +232,9 @@ pub struct ApplyArgs {
     /// Output format of the report.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
+
+    #[command(flatten)]
+    pub release: Release,
 }
 
 /// `run` flags.
@@ -284,31 +323,28 @@ impl Cli {
         }
     }
 
-    /// Loads everything a one-shot command needs; with `--consul`, reads
-    /// one complete snapshot of the services the manifests use.
-    pub fn prepare(&self) -> anyhow::Result<Prepared> {
+    /// Manifests and templates, and one complete catalog snapshot: the
+    /// catalog file, or every service the manifests reference read once
+    /// from Consul.
+    pub fn prepare(&self) -> anyhow::Result<(Prepared, Catalog)> {
         let inputs = self.inputs();
-        match self.catalog_from()? {
-            CatalogFrom::File(_) => Ok(inputs.prepare()?),
+        let prepared = inputs.prepare()?;
+        let catalog = match self.catalog_from()? {
+            CatalogFrom::File(_) => inputs.catalog_file()?,
             CatalogFrom::Consul(config) => {
-                let (manifests, templates) = inputs.load_config()?;
-                let services = converge_agent::reconciler::referenced_services(&manifests.manifest);
+                let services =
+                    converge_agent::reconciler::referenced_services(&prepared.manifests.manifest);
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()?;
-                let catalog = runtime.block_on(converge_agent::consul_once::snapshot(
+                runtime.block_on(converge_agent::consul_once::snapshot(
                     *config,
                     services,
                     self.consul_timeout,
-                ))?;
-                Ok(Prepared {
-                    manifests,
-                    templates,
-                    catalog,
-                    layout: converge_model::Layout::new(&self.root),
-                })
+                ))?
             }
-        }
+        };
+        Ok((prepared, catalog))
     }
 
     /// `--node`, or this machine's host name.

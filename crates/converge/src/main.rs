@@ -20,8 +20,12 @@ pub(crate) mod exit {
     pub const OK: u8 = 0;
     /// Any error; nothing was changed unless the message says otherwise.
     pub const ERROR: u8 = 1;
-    /// `plan` found changes.
+    /// `plan` found changes, or a change the guard holds back.
     pub const CHANGES: u8 = 2;
+    /// `apply` (or `validate`) did what it could, but the node is not at
+    /// the desired state: a change is held back or a catalog instance was
+    /// left out.
+    pub const INCOMPLETE: u8 = 3;
 }
 
 fn main() -> ExitCode {

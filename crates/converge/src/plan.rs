@@ -1,6 +1,8 @@
 //! `converge plan`: the diff `apply` would make, touching nothing.
 
-use converge_model::RenderedSet;
+use converge_agent::guard::Hold;
+use converge_agent::pass::Pass;
+use converge_model::Rejection;
 use serde::Serialize;
 
 use crate::cli::{Cli, Format, PlanArgs};
@@ -12,47 +14,52 @@ struct PlanDocument<'a> {
     node: &'a str,
     changes: bool,
     plan: &'a converge_apply::Plan,
-    rejections: &'a [converge_model::Rejection],
+    holds: &'a [Hold],
+    left_out: &'a [Rejection],
     warnings: &'a [String],
 }
 
-/// Runs `plan`; 0 no changes, 2 changes.
+/// Runs `plan`; 0 nothing to do, 2 changes or holds.
 pub fn run(cli: &Cli, args: &PlanArgs) -> anyhow::Result<u8> {
     let node = cli.node()?;
-    let prepared = cli.prepare()?;
-    let (set, plan) = prepared.plan(&node)?;
+    let (prepared, catalog) = cli.prepare()?;
+    let (pass, plan) = prepared.plan(&node, catalog, &args.release.set())?;
     match args.format {
         Format::Json => {
             let doc = PlanDocument {
                 node: &node,
                 changes: plan.has_changes(),
                 plan: &plan,
-                rejections: &set.rejections,
-                warnings: &set.warnings,
+                holds: &pass.holds,
+                left_out: pass.left_out(),
+                warnings: &pass.set.warnings,
             };
             println!("{}", serde_json::to_string_pretty(&doc)?);
         }
         Format::Text => {
             print!("{plan}");
-            print_findings(&set);
+            print_findings(&pass);
         }
     }
-    Ok(if plan.has_changes() {
+    Ok(if plan.has_changes() || !pass.holds.is_empty() {
         exit::CHANGES
     } else {
         exit::OK
     })
 }
 
-/// Rejected catalog instances and render warnings, after the summary.
-pub fn print_findings(set: &RenderedSet) {
-    for r in &set.rejections {
+/// Holds, left-out instances and render warnings, after the summary.
+pub fn print_findings(pass: &Pass) {
+    for h in &pass.holds {
         println!(
-            "rejected: service {} instance {}: {} `{}`: {}",
-            r.service, r.instance, r.field, r.value, r.reason
+            "held: {} (service {}): {}; keeping its last {} (release once with --release {})",
+            h.backend, h.service, h.reason, h.before, h.backend
         );
     }
-    for w in &set.warnings {
+    for r in pass.left_out() {
+        println!("left out: {r}");
+    }
+    for w in &pass.set.warnings {
         println!("warning: {w}");
     }
 }

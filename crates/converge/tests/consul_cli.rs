@@ -31,7 +31,7 @@ fn plan_reads_the_live_catalog_with_flag_or_env() {
     assert_exit(&out, 2);
     let text = stdout(&out);
     assert!(
-        text.contains("+    server web-1 127.0.0.1:8081 check"),
+        text.contains("+    server web-1:converge-test 127.0.0.1:8081 check"),
         "{text}"
     );
     assert!(
@@ -44,7 +44,11 @@ fn plan_reads_the_live_catalog_with_flag_or_env() {
         &[("CONSUL_HTTP_ADDR", &consul.http_url())],
     );
     assert_exit(&out, 2);
-    assert!(stdout(&out).contains("server web-1 "), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("server web-1:converge-test "),
+        "{}",
+        stdout(&out)
+    );
 
     // A datacenter is asked for by name: the agent's own (a dev agent's is
     // dc1) reads the same; one Consul does not know is an error that says
@@ -63,7 +67,11 @@ fn plan_reads_the_live_catalog_with_flag_or_env() {
     };
     let out = dc("dc1");
     assert_exit(&out, 2);
-    assert!(stdout(&out).contains("server web-1 "), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("server web-1:converge-test "),
+        "{}",
+        stdout(&out)
+    );
     let out = dc("nowhere");
     assert_exit(&out, 1);
     let err = stderr(&out);
@@ -192,7 +200,7 @@ fn sighup_reads_a_rotated_token_file_and_reconnects() {
     ws.write("consul.token", &format!("{good}\n"));
     daemon.child.signal(Signal::SIGHUP).expect("SIGHUP");
     ws.wait_file("etc/haproxy/haproxy.cfg", deadline, "web-1 rendered", |c| {
-        c.contains("server web-1 127.0.0.1:8081 ")
+        c.contains("server web-1:converge-test 127.0.0.1:8081 ")
     });
     wait::until(deadline, "the daemon to converge", || {
         daemon.status()["converged"] == true

@@ -135,7 +135,7 @@ fn flapping_inside_the_quiescence_window_reloads_at_most_once() {
         std::thread::sleep(Duration::from_millis(50));
     }
     s.wait_config(
-        |c| !c.contains("server web-3 "),
+        |c| !c.contains("server web-3:converge-test "),
         "web-3 to leave the config",
     );
     // The pass that wrote it counts its reload after the swap. Passes run
@@ -188,7 +188,7 @@ fn consul_outage_keeps_serving_and_reports_degraded_then_recovers() {
     // HAProxy.
     s.consul.fail(&s.checks[1]).expect("fail web-2");
     s.wait_config(
-        |c| !c.contains("server web-2 "),
+        |c| !c.contains("server web-2:converge-test "),
         "a change after the outage to apply",
     );
     wait::until(DEADLINE, "HAProxy to stop sending to b2", || {
@@ -249,14 +249,14 @@ fn a_broken_template_keeps_the_last_config_serving_until_fixed() {
     // through them while the edit is broken.
     s.consul.fail(&s.checks[0]).expect("fail web-1");
     s.wait_config(
-        |c| !c.contains("server web-1 "),
+        |c| !c.contains("server web-1:converge-test "),
         "web-1 to leave the config, rendered by the last good template",
     );
     assert_eq!(
         s.config(),
         cfg.replace(
             &cfg.lines()
-                .find(|l| l.contains("server web-1 "))
+                .find(|l| l.contains("server web-1:converge-test "))
                 .map(|l| format!("{l}\n"))
                 .expect("web-1 line"),
             ""
@@ -317,9 +317,11 @@ fn sigterm_during_an_apply_finishes_it_and_leaves_no_staged_files() {
     // live, complete.
     let now = std::fs::read_to_string(dir.join("haproxy.cfg")).expect("config");
     assert_ne!(now, old, "the apply in flight was abandoned");
-    assert!(!now.contains("server web-1 "), "{now}");
+    assert!(!now.contains("server web-1:converge-test "), "{now}");
     assert!(
-        now.ends_with('\n') && now.contains("server web-2 ") && now.contains("server web-3 "),
+        now.ends_with('\n')
+            && now.contains("server web-2:converge-test ")
+            && now.contains("server web-3:converge-test "),
         "config complete: {now}"
     );
 }
@@ -342,7 +344,15 @@ fn status_shows_the_daemon_the_targets_and_the_live_servers() {
         .iter()
         .map(|s| s["name"].as_str().unwrap_or_default().to_string())
         .collect();
-    assert_eq!(servers, names(&["web-1", "web-2", "web-3"]), "{doc}");
+    assert_eq!(
+        servers,
+        names(&[
+            "web-1:converge-test",
+            "web-2:converge-test",
+            "web-3:converge-test"
+        ]),
+        "{doc}"
+    );
 
     let text = common::stdout(
         &s.ws

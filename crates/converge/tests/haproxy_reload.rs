@@ -52,7 +52,7 @@ fn apply_reloads_a_running_haproxy_and_the_new_servers_are_live() {
         || {
             let servers = haproxy.servers("web");
             let names: Vec<&str> = servers.iter().map(|(n, _)| n.as_str()).collect();
-            names == ["web-0", "web-1"]
+            names == ["web-0:app0", "web-1:app1"]
         },
     )
     .unwrap_or_else(|e| panic!("{e}\nhaproxy log:\n{}", haproxy.log()));

@@ -16,7 +16,7 @@ fn plan_on_an_empty_root_shows_new_files_and_exits_2_touching_nothing() {
     assert_exit(&out, 2);
     let text = stdout(&out);
     assert!(text.contains("+++ b/"), "{text}");
-    assert!(text.contains("server web-1 10.20.1.11:8080"), "{text}");
+    assert!(text.contains("server web-1:app1 10.20.1.11:8080"), "{text}");
     assert!(text.contains("new"), "{text}");
     assert_eq!(ws.tree(), before, "plan must not write anything");
 }
@@ -38,7 +38,7 @@ fn plan_works_on_a_read_only_root_and_changes_nothing() {
     let out = ws.converge_read_only_root(&["plan", "--node", "lb1"]);
     assert_exit(&out, 2);
     let text = stdout(&out);
-    assert!(text.contains("server web-1 10.20.1.11:8080"), "{text}");
+    assert!(text.contains("server web-1:app1 10.20.1.11:8080"), "{text}");
     assert!(text.lines().any(|l| l.starts_with("new ")), "{text}");
     let created: Vec<_> = std::fs::read_dir(ws.root()).expect("root").collect();
     assert!(created.is_empty(), "plan created {created:?}");
@@ -304,15 +304,16 @@ fn hostile_catalog_data_is_rejected_by_name_and_the_rest_applies() {
     );
     ws.write("catalog.yaml", &c);
     let out = ws.converge(&["apply", "--once", "--node", "lb1"]);
-    assert_exit(&out, 0);
+    // Applied, but an instance is left out: not the desired state.
+    assert_exit(&out, 3);
     let text = stdout(&out);
     assert!(
-        text.contains("rejected: service web instance web-2: address"),
+        text.contains("left out: service web instance web-2 on node app2: address"),
         "{text}"
     );
     let cfg = std::fs::read_to_string(ws.root().join("etc/haproxy/haproxy.cfg")).expect("cfg");
     assert!(
-        cfg.contains("server web-1 ") && !cfg.contains("6.6.6.6"),
+        cfg.contains("server web-1:app1 ") && !cfg.contains("6.6.6.6"),
         "{cfg}"
     );
 }

@@ -47,7 +47,11 @@ fn haproxy_up_pgbouncer_down_shows_the_servers_and_the_console_error() {
         .iter()
         .filter_map(|s| s["name"].as_str())
         .collect();
-    assert_eq!(servers, BTreeSet::from(["web-1", "web-2"]), "{doc}");
+    assert_eq!(
+        servers,
+        BTreeSet::from(["web-1:app1", "web-2:app2"]),
+        "{doc}"
+    );
     let console = doc["pgbouncer"]["error"]
         .as_str()
         .unwrap_or_else(|| panic!("no PgBouncer error: {doc}"));

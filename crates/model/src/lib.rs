@@ -17,6 +17,7 @@ pub mod catalog;
 pub mod check;
 pub mod desired;
 pub mod error;
+pub mod identity;
 pub mod load;
 pub mod locate;
 pub mod manifest;

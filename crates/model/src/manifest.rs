@@ -190,6 +190,13 @@ pub struct Backend {
     /// Also route to instances whose checks are `warning`.
     #[serde(default)]
     pub include_warning: bool,
+    /// Let a change leave this backend with no server at all. By default
+    /// a backend that had servers and would have none is held at its last
+    /// servers: an empty answer is far more often a broken source (an
+    /// agent restarted empty, a proxy answering `[]`) than a service that
+    /// really went away.
+    #[serde(default)]
+    pub allow_empty: bool,
     /// Render a fixed number of server slots and apply membership changes
     /// (instances added, removed, health changed) through HAProxy's runtime
     /// API instead of a reload.
@@ -279,6 +286,11 @@ pub struct Database {
     /// Cap on server connections to this database.
     #[serde(default)]
     pub max_db_connections: Option<u32>,
+    /// Let a change leave this database with no host. By default a
+    /// database that had a host (its primary, or one replica at least) and
+    /// would have none keeps its last hosts, for the reason backends do.
+    #[serde(default)]
+    pub allow_empty: bool,
 }
 
 /// Program-wide HAProxy settings.

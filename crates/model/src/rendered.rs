@@ -5,9 +5,10 @@
 //! renderer. Paths here are already prefixed with `--root`.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::manifest::{PgbouncerAdmin, Reload, Validator};
 use crate::secret::Secret;
@@ -108,19 +109,33 @@ pub struct RenderedFile {
     pub backups: u32,
 }
 
-/// A catalog value that was refused because it could break out of its field.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// A catalog instance left out of the render, and why: a value that could
+/// break out of its field, or an identity another instance also claims.
+/// The rest of the render goes on without it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rejection {
     /// Service name (as the manifest names it).
     pub service: String,
     /// Instance id, escaped for display.
     pub instance: String,
+    /// Consul node of the instance, escaped for display.
+    pub node: String,
     /// Which field (`address`, `tags`, `meta.weight`, `id`).
     pub field: String,
     /// The value, escaped and truncated for display.
     pub value: String,
     /// Why it was refused.
     pub reason: String,
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "service {} instance {} on node {}: {} `{}`: {}",
+            self.service, self.instance, self.node, self.field, self.value, self.reason
+        )
+    }
 }
 
 /// Everything rendered for one node.

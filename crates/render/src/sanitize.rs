@@ -9,7 +9,7 @@
 //!
 //! | field | accepted |
 //! |---|---|
-//! | id, node | `[A-Za-z0-9_.:-]`, 1–128 |
+//! | id, node | any text, 1–512 bytes: they never reach a template as they are, only through [`converge_model::identity::name`], whose alphabet is safe everywhere |
 //! | address | an IP address, or a DNS name (labels `[A-Za-z0-9-]`, ≤ 253) |
 //! | port | 1–65535 |
 //! | tag | `[A-Za-z0-9_.:=/@+-]`, 1–128 |
@@ -18,40 +18,39 @@
 //!
 //! An instance with any field outside its rule is left out of the render
 //! entirely (a half-trusted instance is not trusted), and a [`Rejection`]
-//! naming service, instance, field and an escaped copy of the value is
-//! reported; the rest of the render goes on. Nothing is escaped in place:
-//! rejecting is simpler to reason about than per-format quoting, and real
-//! registrations never need these characters.
+//! naming service, instance, node, field and an escaped copy of the value
+//! is reported; the rest of the render goes on. Nothing is escaped in
+//! place: rejecting is simpler to reason about than per-format quoting, and
+//! real registrations never need these characters in these fields. Ids are
+//! the exception because real tools do use such characters there (Patroni's
+//! `scope/member`), and a name can be derived from them where a value
+//! cannot.
 
 use converge_model::{Instance, Rejection};
 
 const MAX_SHOWN: usize = 64;
 
+/// Longest id or node name taken; far beyond any real registration, short
+/// enough that a derived name stays a reasonable config token.
+const MAX_NAME: usize = 512;
+
 /// Checks every field of `inst`; the first offending field is reported.
-pub fn check(service: &str, inst: &Instance) -> Result<(), Rejection> {
-    let reject = |field: &str, value: &str, reason: &str| Rejection {
-        service: service.to_string(),
-        instance: shown(&inst.id),
-        field: field.to_string(),
-        value: shown(value),
-        reason: reason.to_string(),
+pub fn check(service: &str, inst: &Instance) -> Result<(), Box<Rejection>> {
+    let reject = |field: &str, value: &str, reason: &str| {
+        Box::new(rejection(service, inst, field, value, reason))
     };
-    if !token(&inst.id, 128, |c| {
-        c.is_ascii_alphanumeric() || "_.:-".contains(c)
-    }) {
+    if !token(&inst.id, MAX_NAME, |_| true) {
         return Err(reject(
             "id",
             &inst.id,
-            "instance ids must match [A-Za-z0-9_.:-]{1,128}",
+            "instance ids must be 1 to 512 bytes",
         ));
     }
-    if !token(&inst.node, 128, |c| {
-        c.is_ascii_alphanumeric() || "_.:-".contains(c)
-    }) {
+    if !token(&inst.node, MAX_NAME, |_| true) {
         return Err(reject(
             "node",
             &inst.node,
-            "node names must match [A-Za-z0-9_.:-]{1,128}",
+            "node names must be 1 to 512 bytes",
         ));
     }
     if !address(&inst.address) {
@@ -92,6 +91,26 @@ pub fn check(service: &str, inst: &Instance) -> Result<(), Rejection> {
         }
     }
     Ok(())
+}
+
+/// A [`Rejection`] of `inst` for `field`, with the values escaped for
+/// display; also how the view reports an instance it leaves out for
+/// another reason.
+pub fn rejection(
+    service: &str,
+    inst: &Instance,
+    field: &str,
+    value: &str,
+    reason: &str,
+) -> Rejection {
+    Rejection {
+        service: service.to_string(),
+        instance: shown(&inst.id),
+        node: shown(&inst.node),
+        field: field.to_string(),
+        value: shown(value),
+        reason: reason.to_string(),
+    }
 }
 
 fn token(s: &str, max: usize, ok: impl Fn(char) -> bool) -> bool {
@@ -164,9 +183,9 @@ mod tests {
                 Box::new(|i| i.address = "10.0.0.1 backup".into()),
             ),
             ("address", Box::new(|i| i.address = "a".repeat(300))),
-            ("id", Box::new(|i| i.id = "web#1".into())),
-            ("id", Box::new(|i| i.id = "web\"1".into())),
-            ("node", Box::new(|i| i.node = "n 1".into())),
+            ("id", Box::new(|i| i.id = String::new())),
+            ("id", Box::new(|i| i.id = "w\n".repeat(300))),
+            ("node", Box::new(|i| i.node = String::new())),
             (
                 "tags",
                 Box::new(|i| {
@@ -198,6 +217,24 @@ mod tests {
                 "value must be escaped: {}",
                 r.value
             );
+        }
+    }
+
+    #[test]
+    fn ids_and_nodes_real_tools_write_are_accepted() {
+        // Patroni, Nomad, Consul's default (id == service name), and the
+        // characters the old charset refused.
+        for id in [
+            "pgdrill/pg1",
+            "_nomad-task-0b9e-web-http-8080",
+            "web",
+            "web@eu:8080",
+            "web #1 \"quoted\"\n",
+        ] {
+            let mut i = inst();
+            i.id = id.into();
+            i.node = "node with spaces/and;more".into();
+            assert!(check("web", &i).is_ok(), "{id}");
         }
     }
 

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use converge_model::desired::NodeVip;
 use converge_model::manifest::{Backend, DbRole, Mode, PgbouncerSettings, PoolMode, SslVerify};
-use converge_model::{Catalog, Health, Instance, Layout, NodeDesired, Rejection};
+use converge_model::{identity, Catalog, Health, Instance, Layout, NodeDesired, Rejection};
 use serde::Serialize;
 
 use crate::sanitize;
@@ -150,9 +150,11 @@ pub const EMPTY_SLOT: (&str, u16) = ("127.0.0.1", 1);
 /// One server line.
 #[derive(Debug, PartialEq, Serialize)]
 pub struct ServerView {
-    /// Server name (the instance id, or the slot name `<backend>-sN`).
+    /// Server name: the instance's [`identity::name`], or the slot name
+    /// `<backend>-sN`.
     pub name: String,
-    /// The instance behind it; `None` for an empty slot.
+    /// The [`identity::name`] of the instance behind it; `None` for an
+    /// empty slot.
     pub instance: Option<String>,
     /// Address.
     pub address: String,
@@ -213,7 +215,7 @@ pub struct DatabaseView {
     pub host: Option<String>,
     /// Port.
     pub port: Option<u16>,
-    /// Instance ids chosen, sorted.
+    /// [`identity::name`]s of the instances chosen, sorted.
     pub instances: Vec<String>,
     /// Pool mode keyword.
     pub pool_mode: &'static str,
@@ -292,16 +294,11 @@ pub fn build(desired: &NodeDesired, catalog: &Catalog, layout: &Layout) -> View 
         if safe.contains_key(service) {
             continue;
         }
-        let mut ok = Vec::new();
-        if let Some(entry) = catalog.service(service) {
-            for inst in &entry.instances {
-                match sanitize::check(service, inst) {
-                    Ok(()) => ok.push(inst),
-                    Err(r) => rejections.push(r),
-                }
-            }
-        }
-        safe.insert(service, ok);
+        let instances = catalog
+            .service(service)
+            .map(|e| e.instances.as_slice())
+            .unwrap_or_default();
+        safe.insert(service, admitted(service, instances, &mut rejections));
     }
 
     let backends = m
@@ -351,15 +348,18 @@ pub fn build(desired: &NodeDesired, catalog: &Catalog, layout: &Layout) -> View 
                 DbRole::Primary => "primary",
                 DbRole::Replica => "replica",
             };
+            // Whether a warning already says why the entry has no host.
+            let mut explained = false;
             if d.role == DbRole::Primary && chosen.len() > 1 {
-                let ids: Vec<&str> = chosen.iter().map(|i| i.id.as_str()).collect();
+                let names: Vec<String> = chosen.iter().map(|i| identity::name(i)).collect();
                 warnings.push(format!(
                     "database {name}: {} instances of `{}` claim to be primary ({}); routing to none until one does",
                     chosen.len(),
                     d.service,
-                    ids.join(", ")
+                    names.join(", ")
                 ));
                 chosen.clear();
+                explained = true;
             }
             // PgBouncer takes one port for a host list: keep the replicas on
             // the first one's port.
@@ -372,7 +372,7 @@ pub fn build(desired: &NodeDesired, catalog: &Catalog, layout: &Layout) -> View 
                     ));
                 }
             }
-            if chosen.is_empty() && warnings.iter().all(|w| !w.starts_with(&format!("database {name}:"))) {
+            if chosen.is_empty() && !explained {
                 warnings.push(format!("database {name}: no healthy {role} of `{}`", d.service));
             }
             DatabaseView {
@@ -382,7 +382,7 @@ pub fn build(desired: &NodeDesired, catalog: &Catalog, layout: &Layout) -> View 
                 host: (!chosen.is_empty())
                     .then(|| chosen.iter().map(|i| i.address.as_str()).collect::<Vec<_>>().join(",")),
                 port: chosen.first().map(|i| i.port),
-                instances: chosen.iter().map(|i| i.id.clone()).collect(),
+                instances: chosen.iter().map(|i| identity::name(i)).collect(),
                 pool_mode: match d.pool_mode {
                     PoolMode::Session => "session",
                     PoolMode::Transaction => "transaction",
@@ -490,6 +490,41 @@ pub fn build(desired: &NodeDesired, catalog: &Catalog, layout: &Layout) -> View 
     }
 }
 
+/// The instances of `service` that may be rendered: each identity
+/// (Consul node, service id) claimed by one instance only, and every value
+/// safe for its field ([`sanitize`]). Two instances with one identity
+/// cannot come from Consul, only from a hand-edited catalog file; which of
+/// them is meant cannot be told, so both are left out and reported, and
+/// the rest renders.
+fn admitted<'a>(
+    service: &str,
+    instances: &'a [Instance],
+    rejections: &mut Vec<Rejection>,
+) -> Vec<&'a Instance> {
+    let mut ok = Vec::with_capacity(instances.len());
+    // Sorted by id, then node: equal identities are neighbours.
+    for (k, inst) in instances.iter().enumerate() {
+        let same = |other: &Instance| other.id == inst.id && other.node == inst.node;
+        let duplicated =
+            (k > 0 && same(&instances[k - 1])) || instances.get(k + 1).is_some_and(same);
+        if duplicated {
+            rejections.push(sanitize::rejection(
+                service,
+                inst,
+                "id",
+                &inst.id,
+                "another instance of the service has the same node and id; each of them is left out",
+            ));
+            continue;
+        }
+        match sanitize::check(service, inst) {
+            Ok(()) => ok.push(inst),
+            Err(r) => rejections.push(*r),
+        }
+    }
+    ok
+}
+
 /// Whether `inst` may take `role` for a PgBouncer database: healthy and
 /// carrying one of the role's tags. The guard uses the same rule.
 pub fn fills_role(settings: &PgbouncerSettings, role: DbRole, inst: &Instance) -> bool {
@@ -510,9 +545,10 @@ pub fn serves(b: &Backend, inst: &Instance) -> bool {
 }
 
 fn instance_server(i: &Instance) -> ServerView {
+    let name = identity::name(i);
     ServerView {
-        name: i.id.clone(),
-        instance: Some(i.id.clone()),
+        instance: Some(name.clone()),
+        name,
         address: i.address.clone(),
         port: i.port,
         endpoint: endpoint(&i.address, i.port),
@@ -523,10 +559,12 @@ fn instance_server(i: &Instance) -> ServerView {
 
 /// The server lines of a runtime-API backend: `slots` lines named
 /// `<backend>-s1`.., each holding one serving instance or empty (disabled),
-/// then, named by instance id, the instances that found no free slot.
+/// then, named by their [`identity::name`], the instances that found no
+/// free slot. The two kinds of name cannot collide: an identity name always
+/// holds a `:`, a slot name never does.
 ///
-/// Each instance prefers the slot its id hashes to and takes the next free
-/// one after it; instances are placed in id order. So the layout is a pure
+/// Each instance prefers the slot its identity name hashes to and takes
+/// the next free one after it; instances are placed in identity order. So the layout is a pure
 /// function of the instance set (invariant 3), and an instance keeps its
 /// slot when others come and go unless it had been pushed along by a
 /// collision. Filling slots in sorted order would instead shift every later
@@ -543,7 +581,7 @@ fn slot_servers(
     let mut table: Vec<Option<&Instance>> = vec![None; n];
     let mut overflow = Vec::new();
     for inst in serving {
-        let start = (fnv1a(inst.id.as_bytes()) % n as u64) as usize;
+        let start = (fnv1a(identity::name(inst).as_bytes()) % n as u64) as usize;
         match (0..n)
             .map(|k| (start + k) % n)
             .find(|&s| table[s].is_none())
@@ -575,24 +613,16 @@ fn slot_servers(
         })
         .collect();
     if !overflow.is_empty() {
-        let ids: Vec<&str> = overflow.iter().map(|i| i.id.as_str()).collect();
+        let extra: Vec<ServerView> = overflow.iter().map(|i| instance_server(i)).collect();
+        let names: Vec<&str> = extra.iter().map(|s| s.name.as_str()).collect();
         warnings.push(format!(
             "backend {backend}: {} serving instances but {n} runtime-API slots; {} served \
              as extra servers, whose changes need a reload: {}",
             serving.len(),
             overflow.len(),
-            ids.join(", ")
+            names.join(", ")
         ));
-        for inst in overflow {
-            if out.iter().any(|s| s.name == inst.id) {
-                warnings.push(format!(
-                    "backend {backend}: instance `{}` has a slot's name and is left out",
-                    inst.id
-                ));
-            } else {
-                out.push(instance_server(inst));
-            }
-        }
+        out.extend(extra);
     }
     out
 }
@@ -700,7 +730,7 @@ mod tests {
             }
         }
         let used: Vec<String> = layout(&servers).into_values().collect();
-        assert_eq!(used, ["web-0", "web-1"].map(String::from).to_vec());
+        assert_eq!(used, ["web-0:n", "web-1:n"].map(String::from).to_vec());
     }
 
     #[test]
@@ -828,6 +858,6 @@ targets:
             .and_then(|rest| rest.split("\nbackend web\n").next())
             .expect("api backend");
         assert!(!api.contains(RUNTIME_API_MARKER), "{cfg}");
-        assert!(api.contains("server web-a 10.0.0.1:8001 check"), "{cfg}");
+        assert!(api.contains("server web-a:n 10.0.0.1:8001 check"), "{cfg}");
     }
 }

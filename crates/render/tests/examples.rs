@@ -29,15 +29,21 @@ fn text(set: &RenderedSet, target: &str) -> String {
 fn haproxy_gets_only_healthy_tagged_instances() {
     let set = render_node("lb1", &example_catalog());
     let cfg = text(&set, "haproxy");
-    assert!(cfg.contains("server web-1 10.20.1.11:8080 check"), "{cfg}");
-    assert!(cfg.contains("server web-2 10.20.1.12:8080 check"), "{cfg}");
+    assert!(
+        cfg.contains("server web-1:app1 10.20.1.11:8080 check"),
+        "{cfg}"
+    );
+    assert!(
+        cfg.contains("server web-2:app2 10.20.1.12:8080 check"),
+        "{cfg}"
+    );
     assert!(!cfg.contains("web-3"), "critical instance rendered:\n{cfg}");
     assert!(
         !cfg.contains("web-canary"),
         "untagged instance rendered:\n{cfg}"
     );
     // api includes warning instances by manifest choice.
-    assert!(cfg.contains("server api-2 10.20.1.12:9090"), "{cfg}");
+    assert!(cfg.contains("server api-2:app2 10.20.1.12:9090"), "{cfg}");
     assert!(cfg.contains("cookie WSSERVER insert"), "{cfg}");
     assert!(
         cfg.contains("stats socket /srv/demo/run/haproxy/admin.sock"),
@@ -62,9 +68,12 @@ services:
 "#;
     let catalog = Catalog::parse(Path::new("warning.yaml"), text_catalog).expect("parses");
     let cfg = text(&render_node("lb1", &catalog), "haproxy");
-    assert!(cfg.contains("server web-1 10.20.1.11:8080 check"), "{cfg}");
+    assert!(
+        cfg.contains("server web-1:app1 10.20.1.11:8080 check"),
+        "{cfg}"
+    );
     assert!(!cfg.contains("web-2"), "warning instance rendered:\n{cfg}");
-    assert!(cfg.contains("server api-2 10.20.1.12:9090"), "{cfg}");
+    assert!(cfg.contains("server api-2:app2 10.20.1.12:9090"), "{cfg}");
 }
 
 #[test]
@@ -139,9 +148,15 @@ services:
     let catalog = Catalog::parse(Path::new("hostile.yaml"), text_catalog).expect("parses");
     let set = render_node("lb1", &catalog);
     let cfg = text(&set, "haproxy");
-    assert!(cfg.contains("server web-1 "), "{cfg}");
+    assert!(cfg.contains("server web-1:app1 "), "{cfg}");
     assert!(
         !cfg.contains("pwned") && !cfg.contains("web#2") && !cfg.contains("web-4"),
+        "{cfg}"
+    );
+    // An id is never refused for its characters: it reaches the config
+    // only through its derived name.
+    assert!(
+        cfg.contains("server web_232:app2 10.20.1.12:8080 check"),
         "{cfg}"
     );
     let fields: Vec<(&str, &str)> = set
@@ -150,7 +165,7 @@ services:
         .map(|r| (r.instance.as_str(), r.field.as_str()))
         .collect();
     assert!(fields.contains(&("evil", "address")), "{fields:?}");
-    assert!(fields.contains(&("web#2", "id")), "{fields:?}");
+    assert!(!fields.iter().any(|(i, _)| *i == "web#2"), "{fields:?}");
     assert!(fields.contains(&("web-4", "tags")), "{fields:?}");
     assert!(fields.contains(&("pg1", "meta.note")), "{fields:?}");
     let ini = text(&set, "pgbouncer");

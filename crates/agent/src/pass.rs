@@ -1,0 +1,68 @@
+//! One pass: every decision converge makes about a node, in one pure call.
+//!
+//! `inputs + catalog + guard baseline + operator releases → rendered set +
+//! holds + left-out instances`. `converge plan`, `converge apply --once`,
+//! `converge validate` and the daemon's reconciler all call [`run`], and
+//! nothing else decides what goes live, so `plan` on a node shows exactly
+//! what `run` would do there, holds included: a decision made only in the
+//! daemon would be a bug by construction, not by oversight.
+//!
+//! The pass touches nothing. Reading the baseline from disk, applying the
+//! rendered set and recording the next baseline are the callers' steps
+//! around it ([`crate::pipeline`] for the one-shot commands, the reconciler
+//! for the daemon).
+
+use std::collections::BTreeSet;
+
+use converge_model::{Catalog, Layout, Rejection, RenderedSet};
+
+use crate::error::AgentError;
+use crate::guard::{guard, Hold};
+use crate::pipeline::Prepared;
+
+/// What one pass decided.
+#[derive(Debug)]
+pub struct Pass {
+    /// Every target of the node, rendered against [`Pass::accepted`]; its
+    /// `rejections` are the instances left out.
+    pub set: RenderedSet,
+    /// Changes the guard held back, each with its reason.
+    pub holds: Vec<Hold>,
+    /// The catalog as rendered: the input with held services at their
+    /// baseline instances. What the next baseline becomes once applied.
+    pub accepted: Catalog,
+}
+
+impl Pass {
+    /// Catalog instances left out of the render, and why.
+    pub fn left_out(&self) -> &[Rejection] {
+        &self.set.rejections
+    }
+
+    /// Whether the render holds everything the catalog asked for: nothing
+    /// held back, nobody left out.
+    pub fn complete(&self) -> bool {
+        self.holds.is_empty() && self.left_out().is_empty()
+    }
+}
+
+/// Guards `catalog` against `baseline` (minus the backends and databases
+/// an operator `released`) and renders `node` against the result, paths
+/// under `layout`.
+pub fn run(
+    prepared: &Prepared,
+    node: &str,
+    layout: &Layout,
+    catalog: Catalog,
+    baseline: Option<&Catalog>,
+    released: &BTreeSet<String>,
+) -> Result<Pass, AgentError> {
+    let desired = prepared.desired(node)?;
+    let guarded = guard(&desired.manifest, baseline, catalog, released);
+    let set = converge_render::render(&desired, &guarded.catalog, &prepared.templates, layout)?;
+    Ok(Pass {
+        set,
+        holds: guarded.holds,
+        accepted: guarded.catalog,
+    })
+}
