@@ -80,6 +80,44 @@ fn plan_never_shows_secrets() {
 }
 
 #[test]
+fn after_a_secret_rotation_plan_shows_neither_the_old_nor_the_new_value() {
+    let ws = Workspace::examples();
+    assert_exit(&ws.converge(&["apply", "--once", "--node", "lb1"]), 0);
+    let old = ws.read("manifests/secrets/vrrp.pass").trim().to_string();
+    ws.write("manifests/secrets/vrrp.pass", "r0tatedPw\n");
+    for format in ["text", "json"] {
+        let out = ws.converge(&["plan", "--node", "lb1", "--format", format, "-vv"]);
+        assert_exit(&out, 2);
+        let all = stdout(&out) + &stderr(&out);
+        assert!(
+            !all.contains(&old),
+            "old VRRP password leaked ({format}):\n{all}"
+        );
+        assert!(
+            !all.contains("r0tatedPw"),
+            "new VRRP password leaked ({format}):\n{all}"
+        );
+        let diff = match format {
+            "json" => {
+                let doc: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("json");
+                let files = doc["plan"]["files"].as_array().expect("files").clone();
+                files
+                    .iter()
+                    .find(|f| f["target"] == "keepalived")
+                    .and_then(|f| f["diff"].as_str().map(str::to_string))
+                    .expect("keepalived diff")
+            }
+            _ => stdout(&out),
+        };
+        assert!(
+            diff.contains("-        auth_pass ********")
+                && diff.contains("+        auth_pass ********"),
+            "the changed line must still show, masked ({format}):\n{diff}"
+        );
+    }
+}
+
+#[test]
 fn apply_then_plan_is_clean_and_a_second_apply_writes_nothing() {
     let ws = Workspace::examples();
     let out = ws.converge(&["apply", "--once", "--node", "lb1"]);
