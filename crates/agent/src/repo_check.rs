@@ -7,6 +7,8 @@
 //! manifest and template problems all together by
 //! [`Inputs::load_config`](crate::pipeline::Inputs::load_config) before
 //! this runs, then every node's render and every file's validator here.
+//! The scratch directory holds secrets, so it is private and cleaned up
+//! even after a killed run ([`scratch`]).
 
 use std::path::PathBuf;
 
@@ -16,6 +18,8 @@ use serde::Serialize;
 
 use crate::error::AgentError;
 use crate::pipeline::Prepared;
+
+mod scratch;
 
 /// The outcome for one rendered file.
 #[derive(Debug, Serialize)]
@@ -50,10 +54,7 @@ impl RepoReport {
 
 /// Renders and checks `nodes` (every node when empty).
 pub fn check(prepared: &Prepared, nodes: &[String]) -> Result<RepoReport, AgentError> {
-    let scratch = tempfile::Builder::new()
-        .prefix("converge-validate-")
-        .tempdir()
-        .map_err(AgentError::Scratch)?;
+    let scratch = scratch::create(&std::env::temp_dir()).map_err(AgentError::Scratch)?;
     let all: Vec<String> = if nodes.is_empty() {
         prepared.manifests.manifest.nodes.keys().cloned().collect()
     } else {
@@ -81,15 +82,7 @@ pub fn check(prepared: &Prepared, nodes: &[String]) -> Result<RepoReport, AgentE
         // Write every file where it would live under the scratch root, so
         // references between bundle members resolve to real files.
         for f in set.files.values() {
-            let written = f
-                .destination
-                .parent()
-                .map(std::fs::create_dir_all)
-                .transpose()
-                .and_then(|_| std::fs::write(&f.destination, &f.bytes));
-            if let Err(e) = written {
-                return Err(AgentError::Scratch(e));
-            }
+            scratch::write(&f.destination, &f.bytes, f.mode).map_err(AgentError::Scratch)?;
         }
         for f in set.files.values() {
             let siblings: Vec<(PathBuf, PathBuf)> = set
