@@ -334,6 +334,25 @@ fn a_bad_manifest_is_reported_with_its_location_and_changes_nothing() {
 }
 
 #[test]
+fn a_secret_file_that_would_inject_config_is_refused_by_field_and_file() {
+    let ws = Workspace::examples();
+    ws.write(
+        "manifests/secrets/vrrp.pass",
+        "pw\n    virtual_ipaddress {\n        10.9.9.9/32\n    }\n",
+    );
+    let out = ws.converge(&["apply", "--once", "--node", "lb1"]);
+    assert_exit(&out, 1);
+    let err = stderr(&out);
+    assert!(
+        err.contains("auth_pass")
+            && err.contains("secrets/vrrp.pass")
+            && err.contains("line break"),
+        "{err}"
+    );
+    assert!(ws.tree().is_empty(), "nothing may be written");
+}
+
+#[test]
 fn hostile_catalog_data_is_rejected_by_name_and_the_rest_applies() {
     let ws = Workspace::examples();
     let c = ws.read("catalog.yaml").replace(
