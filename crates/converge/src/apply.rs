@@ -6,6 +6,7 @@ use converge_apply::ApplyOptions;
 
 use crate::cli::{ApplyArgs, Cli, Format};
 use crate::exit;
+use crate::output::{out, outln};
 
 /// Runs one apply; 0 when every bundle is unchanged or applied.
 pub fn run(cli: &Cli, args: &ApplyArgs) -> anyhow::Result<u8> {
@@ -17,9 +18,9 @@ pub fn run(cli: &Cli, args: &ApplyArgs) -> anyhow::Result<u8> {
     };
     let (set, report) = prepared.apply(&node, &opts)?;
     match args.format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Format::Json => outln!("{}", serde_json::to_string_pretty(&report)?),
         Format::Text => {
-            print!("{report}");
+            out!("{report}");
             crate::plan::print_findings(&set);
         }
     }

@@ -3,6 +3,7 @@
 
 mod apply;
 mod cli;
+mod output;
 mod plan;
 mod run;
 mod status;
@@ -47,11 +48,20 @@ fn main() -> ExitCode {
         Command::Status(args) => status::run(&cli, args),
         Command::Validate(args) => validate::run(&cli, args),
     };
-    match result {
-        Ok(code) => ExitCode::from(code),
+    let code = match result {
+        Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            output::error_line(&format!("error: {e:#}"));
+            exit::ERROR
+        }
+    };
+    // A closed stdout is the reader's choice; any other failure to write
+    // means the output is incomplete, which the exit code must say.
+    match output::failure() {
+        Some(e) => {
+            output::error_line(&format!("error: cannot write output: {e}"));
             ExitCode::from(exit::ERROR)
         }
+        None => ExitCode::from(code),
     }
 }

@@ -5,6 +5,7 @@ use serde::Serialize;
 
 use crate::cli::{Cli, Format, PlanArgs};
 use crate::exit;
+use crate::output::{out, outln};
 
 /// The JSON document `--format json` prints.
 #[derive(Serialize)]
@@ -30,10 +31,10 @@ pub fn run(cli: &Cli, args: &PlanArgs) -> anyhow::Result<u8> {
                 rejections: &set.rejections,
                 warnings: &set.warnings,
             };
-            println!("{}", serde_json::to_string_pretty(&doc)?);
+            outln!("{}", serde_json::to_string_pretty(&doc)?);
         }
         Format::Text => {
-            print!("{plan}");
+            out!("{plan}");
             print_findings(&set);
         }
     }
@@ -47,12 +48,16 @@ pub fn run(cli: &Cli, args: &PlanArgs) -> anyhow::Result<u8> {
 /// Rejected catalog instances and render warnings, after the summary.
 pub fn print_findings(set: &RenderedSet) {
     for r in &set.rejections {
-        println!(
+        outln!(
             "rejected: service {} instance {}: {} `{}`: {}",
-            r.service, r.instance, r.field, r.value, r.reason
+            r.service,
+            r.instance,
+            r.field,
+            r.value,
+            r.reason
         );
     }
     for w in &set.warnings {
-        println!("warning: {w}");
+        outln!("warning: {w}");
     }
 }
