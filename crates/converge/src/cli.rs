@@ -156,6 +156,19 @@ pub enum Command {
     Validate(ValidateArgs),
 }
 
+impl Command {
+    /// The output format the command was asked for (`run` has none).
+    pub fn format(&self) -> Option<Format> {
+        match self {
+            Command::Run(_) => None,
+            Command::Plan(a) => Some(a.format),
+            Command::Apply(a) => Some(a.format),
+            Command::Status(a) => Some(a.format),
+            Command::Validate(a) => Some(a.format),
+        }
+    }
+}
+
 /// Output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {

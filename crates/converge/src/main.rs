@@ -13,7 +13,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use cli::{Cli, Command};
+use cli::{Cli, Command, Format};
 
 /// Exit codes shared by every command (plan adds 2 for "changes").
 pub(crate) mod exit {
@@ -36,6 +36,10 @@ fn main() -> ExitCode {
             } else {
                 exit::OK
             };
+            let args: Vec<String> = std::env::args().collect();
+            if code == exit::ERROR && output::wants_json(&args) {
+                output::outln!("{:#}", output::usage_document(&e));
+            }
             let _ = e.print();
             return ExitCode::from(code);
         }
@@ -51,6 +55,9 @@ fn main() -> ExitCode {
     let code = match result {
         Ok(code) => code,
         Err(e) => {
+            if cli.command.format() == Some(Format::Json) {
+                output::outln!("{:#}", output::error_document(&e));
+            }
             output::error_line(&format!("error: {e:#}"));
             exit::ERROR
         }
