@@ -10,7 +10,7 @@
 //! The scratch directory holds secrets, so it is private and cleaned up
 //! even after a killed run ([`scratch`]).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use converge_apply::validate::{validate, Candidate};
 use converge_model::Layout;
@@ -99,9 +99,42 @@ pub fn check(prepared: &Prepared, nodes: &[String]) -> Result<RepoReport, AgentE
             report.files.push(FileCheck {
                 node: node.clone(),
                 target: f.target.clone(),
-                error: result.err().map(|e| set.redact(&e.to_string())),
+                error: result
+                    .err()
+                    .map(|e| set.redact(&as_on_node(&e.to_string(), node, &layout.root))),
             });
         }
     }
     Ok(report)
+}
+
+/// A validator's message with the scratch directory taken out of every
+/// path, so it names the node and the destination an operator knows
+/// (`(candidate for lb1) /etc/haproxy/haproxy.cfg:10`), not a directory
+/// that is gone by the time it is read.
+fn as_on_node(message: &str, node: &str, root: &Path) -> String {
+    let root = root.to_string_lossy();
+    message
+        .replace(
+            &format!("(candidate) {root}"),
+            &format!("(candidate for {node}) "),
+        )
+        .replace(&*root, "")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_name_the_node_and_the_destination() {
+        let root = Path::new("/tmp/converge-validate-7-x/lb1");
+        let message = "target haproxy: `haproxy -c -f /tmp/converge-validate-7-x/lb1/etc/haproxy/haproxy.cfg` \
+                       rejected the candidate:\n    [ALERT] [(candidate) /tmp/converge-validate-7-x/lb1/etc/haproxy/haproxy.cfg:10]";
+        assert_eq!(
+            as_on_node(message, "lb1", root),
+            "target haproxy: `haproxy -c -f /etc/haproxy/haproxy.cfg` rejected the candidate:\n    \
+             [ALERT] [(candidate for lb1) /etc/haproxy/haproxy.cfg:10]"
+        );
+    }
 }

@@ -173,6 +173,15 @@ fn validate_reports_a_config_the_real_program_rejects() {
         text.contains("FAIL  lb1 haproxy") && text.contains("bogus_directive"),
         "{text}"
     );
+    // The node and the destination, not a scratch path that is gone.
+    assert!(
+        text.contains("(candidate for lb1) /etc/haproxy/haproxy.cfg:"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("converge-validate-") && !text.contains("(candidate) (candidate)"),
+        "{text}"
+    );
 }
 
 /// Replaces `from` with `to` in the workspace file `rel`; returns the
