@@ -142,6 +142,10 @@ pub enum Command {
     /// Each changed target is staged next to its destination, checked by the
     /// real program, committed by rename and reloaded; a failed reload rolls
     /// the files back. Exit status: 0 success, 1 any failure.
+    // Without this, clap's "missing --once" usage line lists the flags
+    // that were given (`--lock-timeout <LOCK_TIMEOUT> --format <FORMAT>`)
+    // as if they were required too.
+    #[command(override_usage = "converge apply --once [OPTIONS]")]
     Apply(ApplyArgs),
     /// Where traffic goes on this node: per target the last apply, hash and
     /// error; HAProxy's live servers; whether this node holds its VIPs.

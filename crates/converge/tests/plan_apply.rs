@@ -409,6 +409,15 @@ fn bad_flags_get_usage_not_a_panic() {
     let out = ws.converge(&["apply", "--node", "lb1"]);
     assert_exit(&out, 1);
     assert!(stderr(&out).contains("--once"), "{}", stderr(&out));
+    // Flags with defaults are options, never shown as required.
+    let out = ws.converge(&["apply", "--lock-timeout", "5", "--format", "json"]);
+    assert_exit(&out, 1);
+    let usage = stderr(&out);
+    let usage = usage
+        .lines()
+        .find(|l| l.starts_with("Usage:"))
+        .unwrap_or_else(|| panic!("no usage line:\n{usage}"));
+    assert_eq!(usage, "Usage: converge apply --once [OPTIONS]");
 }
 
 #[test]
