@@ -8,7 +8,7 @@
 //! [`Inputs::load_config`](crate::pipeline::Inputs::load_config) before
 //! this runs, then every node's render and every file's validator here.
 //! The scratch directory holds secrets, so it is private and cleaned up
-//! even after a killed run ([`scratch`]).
+//! even after a killed run (`repo_check/scratch.rs`).
 
 use std::path::{Path, PathBuf};
 

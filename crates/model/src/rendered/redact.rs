@@ -89,7 +89,7 @@ impl Redactor {
     }
 
     /// `text` with every known value, and whatever stands where a secret
-    /// stands, replaced by [`MASK`].
+    /// stands, replaced by `********`.
     pub fn redact(&self, text: &str) -> String {
         let mut out = text.to_string();
         for v in &self.values {
