@@ -36,3 +36,19 @@ pub enum AgentError {
     #[error("cannot prepare scratch directory: {0}")]
     Scratch(std::io::Error),
 }
+
+impl AgentError {
+    /// Which input was at fault, as one word a program can branch on
+    /// (`converge … --format json` prints it): `manifest`, `catalog`,
+    /// `template`, `apply`, `watch` or `scratch`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AgentError::Manifest(_) | AgentError::Inputs { .. } => "manifest",
+            AgentError::Catalog(_) | AgentError::Source(_) => "catalog",
+            AgentError::Render(_) => "template",
+            AgentError::Apply(_) => "apply",
+            AgentError::Watch(_) => "watch",
+            AgentError::Scratch(_) => "scratch",
+        }
+    }
+}

@@ -3,7 +3,8 @@
 //! - `GET /health`: 200 while the process is alive, converged or not (a
 //!   liveness probe must not restart a daemon that is correctly holding
 //!   back a bad change).
-//! - `GET /metrics`: Prometheus text.
+//! - `GET /metrics`: OpenMetrics text, served as
+//!   `application/openmetrics-text; version=1.0.0`.
 //! - `GET /status`: JSON per target and per backend (see [`Status`]).
 //! - `POST /release/{name}`: accept the current catalog once for a held
 //!   backend or database.
@@ -48,14 +49,18 @@ pub async fn serve(
         .await
 }
 
+/// The content type of an OpenMetrics 1.0 text body, which is what the
+/// `prometheus-client` encoder writes (it ends in `# EOF`). Serving it as
+/// Prometheus' `text/plain; version=0.0.4` made strict scrapers parse it
+/// with the wrong grammar.
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
 async fn metrics(State(app): State<App>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        app.board.metrics_text(),
-    )
+    metrics_response(&app.board)
+}
+
+fn metrics_response(board: &Board) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, OPENMETRICS)], board.metrics_text())
 }
 
 async fn status(State(app): State<App>) -> impl IntoResponse {
@@ -77,4 +82,43 @@ async fn release(State(app): State<App>, Path(backend): Path<String>) -> impl In
         StatusCode::ACCEPTED,
         format!("released `{backend}` for the next pass\n"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn metrics_are_served_as_openmetrics_text() {
+        let board = Board::new("lb1", "file");
+        board.fail("render");
+        let response = metrics_response(&board).into_response();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            response
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .map(|v| v.to_str().ok()),
+            Some(Some(OPENMETRICS))
+        );
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .expect("body");
+        let text = std::str::from_utf8(&body).expect("utf-8");
+        // The OpenMetrics grammar: descriptors, samples, and `# EOF` last.
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        for line in text.lines() {
+            let descriptor = ["# HELP ", "# TYPE ", "# UNIT ", "# EOF"]
+                .iter()
+                .any(|p| line.starts_with(p));
+            let sample = line
+                .rsplit_once(' ')
+                .is_some_and(|(name, value)| !name.is_empty() && value.parse::<f64>().is_ok());
+            assert!(descriptor || sample, "not OpenMetrics: {line:?}\n{text}");
+        }
+        assert!(
+            text.contains("converge_failures_total{stage=\"render\"} 1"),
+            "{text}"
+        );
+    }
 }

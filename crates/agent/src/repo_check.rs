@@ -7,9 +7,11 @@
 //! manifest and template problems all together by
 //! [`Inputs::load_config`](crate::pipeline::Inputs::load_config) before
 //! this runs, then every node's render and every file's validator here.
+//! The scratch directory holds secrets, so it is private and cleaned up
+//! even after a killed run (`repo_check/scratch.rs`).
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use converge_apply::validate::{validate, Candidate};
 use converge_model::{Catalog, Layout};
@@ -18,6 +20,8 @@ use serde::Serialize;
 use crate::error::AgentError;
 use crate::pass;
 use crate::pipeline::Prepared;
+
+mod scratch;
 
 /// The outcome for one rendered file.
 #[derive(Debug, Serialize)]
@@ -58,10 +62,7 @@ pub fn check(
     catalog: &Catalog,
     nodes: &[String],
 ) -> Result<RepoReport, AgentError> {
-    let scratch = tempfile::Builder::new()
-        .prefix("converge-validate-")
-        .tempdir()
-        .map_err(AgentError::Scratch)?;
+    let scratch = scratch::create(&std::env::temp_dir()).map_err(AgentError::Scratch)?;
     let all: Vec<String> = if nodes.is_empty() {
         prepared.manifests.manifest.nodes.keys().cloned().collect()
     } else {
@@ -87,15 +88,7 @@ pub fn check(
         // Write every file where it would live under the scratch root, so
         // references between bundle members resolve to real files.
         for f in set.files.values() {
-            let written = f
-                .destination
-                .parent()
-                .map(std::fs::create_dir_all)
-                .transpose()
-                .and_then(|_| std::fs::write(&f.destination, &f.bytes));
-            if let Err(e) = written {
-                return Err(AgentError::Scratch(e));
-            }
+            scratch::write(&f.destination, &f.bytes, f.mode).map_err(AgentError::Scratch)?;
         }
         for f in set.files.values() {
             let siblings: Vec<(PathBuf, PathBuf)> = set
@@ -112,9 +105,42 @@ pub fn check(
             report.files.push(FileCheck {
                 node: node.clone(),
                 target: f.target.clone(),
-                error: result.err().map(|e| set.redact(&e.to_string())),
+                error: result
+                    .err()
+                    .map(|e| set.redact(&as_on_node(&e.to_string(), node, &layout.root))),
             });
         }
     }
     Ok(report)
+}
+
+/// A validator's message with the scratch directory taken out of every
+/// path, so it names the node and the destination an operator knows
+/// (`(candidate for lb1) /etc/haproxy/haproxy.cfg:10`), not a directory
+/// that is gone by the time it is read.
+fn as_on_node(message: &str, node: &str, root: &Path) -> String {
+    let root = root.to_string_lossy();
+    message
+        .replace(
+            &format!("(candidate) {root}"),
+            &format!("(candidate for {node}) "),
+        )
+        .replace(&*root, "")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_name_the_node_and_the_destination() {
+        let root = Path::new("/tmp/converge-validate-7-x/lb1");
+        let message = "target haproxy: `haproxy -c -f /tmp/converge-validate-7-x/lb1/etc/haproxy/haproxy.cfg` \
+                       rejected the candidate:\n    [ALERT] [(candidate) /tmp/converge-validate-7-x/lb1/etc/haproxy/haproxy.cfg:10]";
+        assert_eq!(
+            as_on_node(message, "lb1", root),
+            "target haproxy: `haproxy -c -f /etc/haproxy/haproxy.cfg` rejected the candidate:\n    \
+             [ALERT] [(candidate for lb1) /etc/haproxy/haproxy.cfg:10]"
+        );
+    }
 }

@@ -4,10 +4,12 @@
 //! creates, locks or stats-and-touches anything) and compares it with the
 //! rendered bytes through the same [`live`](crate::live) comparison `apply`
 //! uses, so the two cannot disagree. Diffs are unified diffs with three
-//! lines of context; every diff passes through
-//! [`RenderedSet::redact`](converge_model::RenderedSet::redact), and a
-//! `secret: true` target's diff body is replaced by a notice, so neither
-//! text nor JSON output can show a secret value (invariant 7). A change
+//! lines of context; every diff passes through the set's
+//! [`Redactor`](converge_model::rendered::Redactor), which masks today's
+//! secret values and whatever the live file holds where a secret stands
+//! (the old value after a rotation), and a `secret: true` target's diff
+//! body is replaced by a notice, so neither text nor JSON output can show
+//! a secret value, new or old (invariant 7). A change
 //! `apply` would hand to the HAProxy runtime API instead of reloading is
 //! decided by the same [`runtime_api`](crate::runtime_api) planning, and
 //! said on its summary line.
@@ -171,11 +173,12 @@ pub fn plan(set: &RenderedSet) -> Result<Plan, ApplyError> {
         read.push((file, current, change, metadata));
     }
     let runtime = runtime_updates(&read, &pending_reloads);
+    let redactor = set.redactor();
     let mut files = Vec::with_capacity(read.len());
     for (file, current, change, metadata) in read {
         let old = current.as_ref().map(|l| l.bytes.as_slice());
         let diff = match change {
-            Change::Changed | Change::New => set.redact(&diff_text(set, file, old)),
+            Change::Changed | Change::New => redactor.redact(&diff_text(set, file, old)),
             Change::Unchanged | Change::Metadata => String::new(),
         };
         files.push(PlannedFile {
@@ -187,8 +190,8 @@ pub fn plan(set: &RenderedSet) -> Result<Plan, ApplyError> {
             metadata,
             old_sha256: old.map(sha256_hex),
             new_sha256: sha256_hex(&file.bytes),
-            validate: set.redact(&describe_validator(&file.validate)),
-            reload: set.redact(&reload::describe(&file.reload)),
+            validate: redactor.redact(&describe_validator(&file.validate)),
+            reload: redactor.redact(&reload::describe(&file.reload)),
             needs_restart: match (&file.validate, change) {
                 (Validator::Pgbouncer, Change::Changed) => restart::pgbouncer(old, &file.bytes),
                 _ => Vec::new(),

@@ -150,20 +150,45 @@ pub fn validate_within(candidate: &Candidate<'_>, timeout: Duration) -> Result<(
 /// The program's output with each staged path (`.haproxy.cfg.converge-stage.…`,
 /// deleted by the time anyone reads it) replaced by `(candidate) DESTINATION`,
 /// so `file:line` in an `[ALERT]` names the file an operator knows.
+///
+/// One pass over the output, each staged path once: a candidate that is
+/// also listed among its siblings, or staged at its own destination (as
+/// `converge validate` does), is named once, not `(candidate) (candidate)`.
 fn name_candidates(candidate: &Candidate<'_>, output: &str) -> String {
-    std::iter::once((candidate.file.destination.as_path(), candidate.staged))
-        .chain(
-            candidate
-                .siblings
-                .iter()
-                .map(|(d, s)| (d.as_path(), s.as_path())),
-        )
-        .fold(output.to_string(), |out, (dest, staged)| {
-            out.replace(
-                &*staged.to_string_lossy(),
-                &format!("(candidate) {}", dest.display()),
+    let mut names: Vec<(String, String)> =
+        std::iter::once((candidate.file.destination.as_path(), candidate.staged))
+            .chain(
+                candidate
+                    .siblings
+                    .iter()
+                    .map(|(d, s)| (d.as_path(), s.as_path())),
             )
-        })
+            .map(|(dest, staged)| {
+                (
+                    staged.to_string_lossy().into_owned(),
+                    format!("(candidate) {}", dest.display()),
+                )
+            })
+            .filter(|(staged, _)| !staged.is_empty())
+            .collect();
+    // Longest first, so a path that extends another is matched whole.
+    names.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
+    names.dedup_by(|a, b| a.0 == b.0);
+    let mut out = String::with_capacity(output.len());
+    let mut rest = output;
+    loop {
+        let next = names
+            .iter()
+            .filter_map(|(staged, name)| rest.find(staged.as_str()).map(|at| (at, staged, name)))
+            .min_by_key(|(at, _, _)| *at);
+        let Some((at, staged, name)) = next else {
+            out.push_str(rest);
+            return out;
+        };
+        out.push_str(&rest[..at]);
+        out.push_str(name);
+        rest = &rest[at + staged.len()..];
+    }
 }
 
 /// Runs `cmd` with `timeout` and maps "could not run" and "timed out" to
@@ -190,4 +215,42 @@ fn run_checked(
             run::excerpt(out.lines(), MAX_LINES),
         ),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::Fixture;
+
+    #[test]
+    fn a_candidate_staged_at_its_destination_and_listed_as_a_sibling_is_named_once() {
+        let mut fx = Fixture::new();
+        fx.add("haproxy", "/etc/haproxy/haproxy.cfg", "global\n");
+        fx.add("map", "/etc/haproxy/hosts.map", "a b\n");
+        let file = &fx.set.files["haproxy"];
+        let map = &fx.set.files["map"];
+        let dest = file.destination.clone();
+        let siblings = vec![
+            (dest.clone(), dest.clone()),
+            (map.destination.clone(), map.destination.clone()),
+        ];
+        let candidate = Candidate {
+            file,
+            staged: &dest,
+            siblings: &siblings,
+        };
+        let output = format!(
+            "[ALERT] parsing [{}:10] : cannot open map {}",
+            dest.display(),
+            map.destination.display()
+        );
+        assert_eq!(
+            name_candidates(&candidate, &output),
+            format!(
+                "[ALERT] parsing [(candidate) {}:10] : cannot open map (candidate) {}",
+                dest.display(),
+                map.destination.display()
+            )
+        );
+    }
 }

@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::cli::{ApplyArgs, Cli, Format};
 use crate::exit;
+use crate::output::{out, outln};
 
 /// The JSON document `--format json` prints.
 #[derive(Serialize)]
@@ -38,10 +39,10 @@ pub fn run(cli: &Cli, args: &ApplyArgs) -> anyhow::Result<u8> {
                 left_out: pass.left_out(),
                 warnings: &pass.set.warnings,
             };
-            println!("{}", serde_json::to_string_pretty(&doc)?);
+            outln!("{}", serde_json::to_string_pretty(&doc)?);
         }
         Format::Text => {
-            print!("{report}");
+            out!("{report}");
             crate::plan::print_findings(&pass);
         }
     }

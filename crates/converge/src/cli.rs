@@ -157,6 +157,10 @@ pub enum Command {
     /// Exit status: 0 every target applied or unchanged, nothing held and
     /// nobody left out; 3 applied, but a change is held back or an instance
     /// left out, so the node is not at the desired state; 1 any failure.
+    // Without this, clap's "missing --once" usage line lists the flags
+    // that were given (`--lock-timeout <LOCK_TIMEOUT> --format <FORMAT>`)
+    // as if they were required too.
+    #[command(override_usage = "converge apply --once [OPTIONS]")]
     Apply(ApplyArgs),
     /// Where traffic goes on this node: per target the last apply, hash and
     /// error; HAProxy's live servers; whether this node holds its VIPs.
@@ -170,6 +174,19 @@ pub enum Command {
     /// Exit status: 0 all good, 1 problems (all of them are listed), 3
     /// every file passed but catalog instances were left out (listed).
     Validate(ValidateArgs),
+}
+
+impl Command {
+    /// The output format the command was asked for (`run` has none).
+    pub fn format(&self) -> Option<Format> {
+        match self {
+            Command::Run(_) => None,
+            Command::Plan(a) => Some(a.format),
+            Command::Apply(a) => Some(a.format),
+            Command::Status(a) => Some(a.format),
+            Command::Validate(a) => Some(a.format),
+        }
+    }
 }
 
 /// Output format.

@@ -3,6 +3,7 @@
 
 mod apply;
 mod cli;
+mod output;
 mod plan;
 mod run;
 mod status;
@@ -12,7 +13,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use cli::{Cli, Command};
+use cli::{Cli, Command, Format};
 
 /// Exit codes shared by every command (plan adds 2 for "changes").
 pub(crate) mod exit {
@@ -39,6 +40,10 @@ fn main() -> ExitCode {
             } else {
                 exit::OK
             };
+            let args: Vec<String> = std::env::args().collect();
+            if code == exit::ERROR && output::wants_json(&args) {
+                output::outln!("{:#}", output::usage_document(&e));
+            }
             let _ = e.print();
             return ExitCode::from(code);
         }
@@ -51,11 +56,23 @@ fn main() -> ExitCode {
         Command::Status(args) => status::run(&cli, args),
         Command::Validate(args) => validate::run(&cli, args),
     };
-    match result {
-        Ok(code) => ExitCode::from(code),
+    let code = match result {
+        Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            if cli.command.format() == Some(Format::Json) {
+                output::outln!("{:#}", output::error_document(&e));
+            }
+            output::error_line(&format!("error: {e:#}"));
+            exit::ERROR
+        }
+    };
+    // A closed stdout is the reader's choice; any other failure to write
+    // means the output is incomplete, which the exit code must say.
+    match output::failure() {
+        Some(e) => {
+            output::error_line(&format!("error: cannot write output: {e}"));
             ExitCode::from(exit::ERROR)
         }
+        None => ExitCode::from(code),
     }
 }

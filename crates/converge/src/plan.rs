@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::cli::{Cli, Format, PlanArgs};
 use crate::exit;
+use crate::output::{out, outln};
 
 /// The JSON document `--format json` prints.
 #[derive(Serialize)]
@@ -34,10 +35,10 @@ pub fn run(cli: &Cli, args: &PlanArgs) -> anyhow::Result<u8> {
                 left_out: pass.left_out(),
                 warnings: &pass.set.warnings,
             };
-            println!("{}", serde_json::to_string_pretty(&doc)?);
+            outln!("{}", serde_json::to_string_pretty(&doc)?);
         }
         Format::Text => {
-            print!("{plan}");
+            out!("{plan}");
             print_findings(&pass);
         }
     }
@@ -51,15 +52,19 @@ pub fn run(cli: &Cli, args: &PlanArgs) -> anyhow::Result<u8> {
 /// Holds, left-out instances and render warnings, after the summary.
 pub fn print_findings(pass: &Pass) {
     for h in &pass.holds {
-        println!(
+        outln!(
             "held: {} (service {}): {}; keeping its last {} (release once with --release {})",
-            h.backend, h.service, h.reason, h.before, h.backend
+            h.backend,
+            h.service,
+            h.reason,
+            h.before,
+            h.backend
         );
     }
     for r in pass.left_out() {
-        println!("left out: {r}");
+        outln!("left out: {r}");
     }
     for w in &pass.set.warnings {
-        println!("warning: {w}");
+        outln!("warning: {w}");
     }
 }

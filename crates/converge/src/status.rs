@@ -7,6 +7,7 @@ use converge_model::Layout;
 
 use crate::cli::{Cli, Format, StatusArgs};
 use crate::exit;
+use crate::output::{out, outln};
 
 /// Prints the report; exits 0 even when a section could not be gathered
 /// (the report says so), 1 when the manifests cannot be read.
@@ -19,8 +20,8 @@ pub fn run(cli: &Cli, args: &StatusArgs) -> anyhow::Result<u8> {
         .build()?;
     let report = runtime.block_on(gather(&manifests, &node, &layout, &args.daemon))?;
     match args.format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-        Format::Text => print!("{}", text(&report)),
+        Format::Json => outln!("{}", serde_json::to_string_pretty(&report)?),
+        Format::Text => out!("{}", text(&report)),
     }
     Ok(exit::OK)
 }

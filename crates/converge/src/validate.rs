@@ -4,32 +4,33 @@ use converge_agent::repo_check;
 
 use crate::cli::{Cli, Format, ValidateArgs};
 use crate::exit;
+use crate::output::outln;
 
 /// Runs the repository check; 0 when everything passed.
 pub fn run(cli: &Cli, args: &ValidateArgs) -> anyhow::Result<u8> {
     let (prepared, catalog) = cli.prepare()?;
     let report = repo_check::check(&prepared, &catalog, &args.only)?;
     match args.format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Format::Json => outln!("{}", serde_json::to_string_pretty(&report)?),
         Format::Text => {
             for (node, e) in &report.node_errors {
-                println!("FAIL  {node}: {e}");
+                outln!("FAIL  {node}: {e}");
             }
             for f in &report.files {
                 match &f.error {
-                    None => println!("ok    {} {}", f.node, f.target),
-                    Some(e) => println!("FAIL  {} {}: {e}", f.node, f.target),
+                    None => outln!("ok    {} {}", f.node, f.target),
+                    Some(e) => outln!("FAIL  {} {}: {e}", f.node, f.target),
                 }
             }
             for r in &report.left_out {
-                println!("left out: {r}");
+                outln!("left out: {r}");
             }
             for w in &report.warnings {
-                println!("warning: {w}");
+                outln!("warning: {w}");
             }
             let failed = report.files.iter().filter(|f| f.error.is_some()).count()
                 + report.node_errors.len();
-            println!(
+            outln!(
                 "{} files checked, {failed} problems, {} instances left out",
                 report.files.len(),
                 report.left_out.len()

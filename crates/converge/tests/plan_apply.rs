@@ -80,6 +80,44 @@ fn plan_never_shows_secrets() {
 }
 
 #[test]
+fn after_a_secret_rotation_plan_shows_neither_the_old_nor_the_new_value() {
+    let ws = Workspace::examples();
+    assert_exit(&ws.converge(&["apply", "--once", "--node", "lb1"]), 0);
+    let old = ws.read("manifests/secrets/vrrp.pass").trim().to_string();
+    ws.write("manifests/secrets/vrrp.pass", "r0tatedPw\n");
+    for format in ["text", "json"] {
+        let out = ws.converge(&["plan", "--node", "lb1", "--format", format, "-vv"]);
+        assert_exit(&out, 2);
+        let all = stdout(&out) + &stderr(&out);
+        assert!(
+            !all.contains(&old),
+            "old VRRP password leaked ({format}):\n{all}"
+        );
+        assert!(
+            !all.contains("r0tatedPw"),
+            "new VRRP password leaked ({format}):\n{all}"
+        );
+        let diff = match format {
+            "json" => {
+                let doc: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("json");
+                let files = doc["plan"]["files"].as_array().expect("files").clone();
+                files
+                    .iter()
+                    .find(|f| f["target"] == "keepalived")
+                    .and_then(|f| f["diff"].as_str().map(str::to_string))
+                    .expect("keepalived diff")
+            }
+            _ => stdout(&out),
+        };
+        assert!(
+            diff.contains("-        auth_pass ********")
+                && diff.contains("+        auth_pass ********"),
+            "the changed line must still show, masked ({format}):\n{diff}"
+        );
+    }
+}
+
+#[test]
 fn apply_then_plan_is_clean_and_a_second_apply_writes_nothing() {
     let ws = Workspace::examples();
     let out = ws.converge(&["apply", "--once", "--node", "lb1"]);
@@ -133,6 +171,15 @@ fn validate_reports_a_config_the_real_program_rejects() {
     let text = stdout(&out);
     assert!(
         text.contains("FAIL  lb1 haproxy") && text.contains("bogus_directive"),
+        "{text}"
+    );
+    // The node and the destination, not a scratch path that is gone.
+    assert!(
+        text.contains("(candidate for lb1) /etc/haproxy/haproxy.cfg:"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("converge-validate-") && !text.contains("(candidate) (candidate)"),
         "{text}"
     );
 }
@@ -296,6 +343,25 @@ fn a_bad_manifest_is_reported_with_its_location_and_changes_nothing() {
 }
 
 #[test]
+fn a_secret_file_that_would_inject_config_is_refused_by_field_and_file() {
+    let ws = Workspace::examples();
+    ws.write(
+        "manifests/secrets/vrrp.pass",
+        "pw\n    virtual_ipaddress {\n        10.9.9.9/32\n    }\n",
+    );
+    let out = ws.converge(&["apply", "--once", "--node", "lb1"]);
+    assert_exit(&out, 1);
+    let err = stderr(&out);
+    assert!(
+        err.contains("auth_pass")
+            && err.contains("secrets/vrrp.pass")
+            && err.contains("line break"),
+        "{err}"
+    );
+    assert!(ws.tree().is_empty(), "nothing may be written");
+}
+
+#[test]
 fn hostile_catalog_data_is_rejected_by_name_and_the_rest_applies() {
     let ws = Workspace::examples();
     let c = ws.read("catalog.yaml").replace(
@@ -344,6 +410,15 @@ fn bad_flags_get_usage_not_a_panic() {
     let out = ws.converge(&["apply", "--node", "lb1"]);
     assert_exit(&out, 1);
     assert!(stderr(&out).contains("--once"), "{}", stderr(&out));
+    // Flags with defaults are options, never shown as required.
+    let out = ws.converge(&["apply", "--lock-timeout", "5", "--format", "json"]);
+    assert_exit(&out, 1);
+    let usage = stderr(&out);
+    let usage = usage
+        .lines()
+        .find(|l| l.starts_with("Usage:"))
+        .unwrap_or_else(|| panic!("no usage line:\n{usage}"));
+    assert_eq!(usage, "Usage: converge apply --once [OPTIONS]");
 }
 
 #[test]

@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 use crate::manifest::{PgbouncerAdmin, Reload, Validator};
 use crate::secret::Secret;
 
+mod redact;
+pub use redact::Redactor;
+
 /// Prefix for every destination, pidfile and socket path (`--root`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Layout {
@@ -166,15 +169,21 @@ impl RenderedSet {
         out
     }
 
-    /// Replaces every secret value in `text` with `********`.
+    /// Masks every secret in `text`: today's values, and whatever stands
+    /// where a secret stands in the rendered files (so the value a live
+    /// file still holds from before a rotation is masked too). See
+    /// [`Redactor`]; build one with [`RenderedSet::redactor`] to mask many
+    /// texts against the same set.
     pub fn redact(&self, text: &str) -> String {
-        let mut out = text.to_string();
-        for s in &self.secrets {
-            if !s.expose().is_empty() {
-                out = out.replace(s.expose(), "********");
-            }
-        }
-        out
+        self.redactor().redact(text)
+    }
+
+    /// The masks for this set, learned once from its secrets and files.
+    pub fn redactor(&self) -> Redactor {
+        Redactor::new(
+            self.secrets.iter().map(Secret::expose),
+            self.files.values().map(|f| f.bytes.as_slice()),
+        )
     }
 
     /// The file for `destination`, if one is rendered there.
