@@ -14,11 +14,30 @@
 
 use std::collections::BTreeSet;
 
-use converge_model::{Catalog, Layout, Rejection, RenderedSet};
+use converge_model::{Catalog, Layout, Manifests, NodeDesired, Rejection, RenderedSet};
+use converge_render::Templates;
 
 use crate::error::AgentError;
 use crate::guard::{guard, Hold};
-use crate::pipeline::Prepared;
+
+/// Validated manifests and parsed templates: the desired state of every
+/// node, waiting for a catalog. What a pass reads besides the catalog.
+#[derive(Debug)]
+pub struct Prepared {
+    /// The manifests, validated.
+    pub manifests: Manifests,
+    /// Parsed templates.
+    pub templates: Templates,
+    /// Path layout under `--root`.
+    pub layout: Layout,
+}
+
+impl Prepared {
+    /// The desired state of `node`.
+    pub fn desired(&self, node: &str) -> Result<NodeDesired, AgentError> {
+        self.manifests.for_node(node).map_err(AgentError::Manifest)
+    }
+}
 
 /// What one pass decided.
 #[derive(Debug)]

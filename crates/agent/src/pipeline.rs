@@ -5,11 +5,12 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use converge_apply::{ApplyOptions, ApplyReport, Plan};
-use converge_model::{Catalog, Layout, Manifests, NodeDesired};
+use converge_model::{Catalog, Layout, Manifests};
 use converge_render::Templates;
 
 use crate::error::AgentError;
 use crate::guard::baseline;
+pub use crate::pass::Prepared;
 use crate::pass::{self, Pass};
 
 /// Where the inputs come from.
@@ -23,18 +24,6 @@ pub struct Inputs {
     pub catalog: PathBuf,
     /// Prefix for every destination, pidfile and socket.
     pub root: PathBuf,
-}
-
-/// Validated manifests and parsed templates: the desired state of every
-/// node, waiting for a catalog.
-#[derive(Debug)]
-pub struct Prepared {
-    /// The manifests, validated.
-    pub manifests: Manifests,
-    /// Parsed templates.
-    pub templates: Templates,
-    /// Path layout under `--root`.
-    pub layout: Layout,
 }
 
 impl Inputs {
@@ -117,11 +106,6 @@ pub fn hex_sha256(bytes: &[u8]) -> String {
 }
 
 impl Prepared {
-    /// The desired state of `node`.
-    pub fn desired(&self, node: &str) -> Result<NodeDesired, AgentError> {
-        self.manifests.for_node(node).map_err(AgentError::Manifest)
-    }
-
     /// The pass `run` would make on `node` now: guarded against the
     /// baseline on disk, with `released` accepted once. Reads only.
     pub fn pass(

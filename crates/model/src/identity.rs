@@ -24,7 +24,7 @@
 //!
 //! Why it cannot collide: the escape is injective (a `_` is always followed
 //! by either `_` or two hex digits, so an escaped string decodes back
-//! unambiguously, see [`decode`] in the tests), and neither escaped part
+//! unambiguously: the tests' `decode` inverts it), and neither escaped part
 //! contains a `:`, so the one `:` splits the name back into exactly the
 //! pair it came from. Distinct identities therefore get distinct names, and
 //! the output alphabet, `[A-Za-z0-9._:-]`, is exactly what HAProxy accepts

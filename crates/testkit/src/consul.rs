@@ -488,6 +488,28 @@ ports {{
         Ok(check_id)
     }
 
+    /// Registers a service on this agent from the JSON body of Consul's
+    /// `/v1/agent/service/register`, as a tool that registers itself sends
+    /// it (an `ID` in its own format, or none so Consul takes the name).
+    ///
+    /// # Errors
+    ///
+    /// Consul refused the registration.
+    pub fn agent_register(&self, body: &str) -> Result<(), String> {
+        self.put_ok("/v1/agent/service/register", body)
+    }
+
+    /// Registers a node and its service through `/v1/catalog/register`
+    /// (the JSON body as Consul takes it): how instances on other Consul
+    /// nodes appear without running an agent for each node.
+    ///
+    /// # Errors
+    ///
+    /// Consul refused the registration.
+    pub fn catalog_register(&self, body: &str) -> Result<(), String> {
+        self.put_ok("/v1/catalog/register", body)
+    }
+
     /// Registers a service instance with no check at all.
     ///
     /// # Errors

@@ -1,7 +1,7 @@
 //! Test support for converge: real programs in per-test temp dirs on free
 //! loopback ports, stopped by pid when dropped.
 //!
-//! Nothing here is a stand-in for a real program: [`haproxy::Haproxy`] is
+//! Nothing here but [`standin`] is a stand-in for a real program: [`haproxy::Haproxy`] is
 //! the HAProxy binary in master-worker mode, reloaded with the same signal
 //! converge sends in production and queried over its runtime API.
 //!
@@ -16,6 +16,9 @@
 //!   name, so a test sees which server HAProxy picked.
 //! - [`http::request`] / [`http::get`]: a plain HTTP/1.1 request on
 //!   loopback, the body of a 2xx answer.
+//! - [`standin::EmptyAnswerProxy`]: the one stand-in, named for what it
+//!   is: a real Consul behind a proxy that answers one service with
+//!   `200 []`, a fault a real agent cannot produce on demand.
 //! - [`haproxy::Haproxy`]: start, query (`show servers state`,
 //!   `show stat`, any runtime command), reload with `SIGUSR2`, stop;
 //!   [`haproxy::minimal_config`] writes a config it can start on.
@@ -34,6 +37,7 @@ pub mod pgbouncer;
 pub mod ports;
 pub mod postgres;
 pub mod process;
+pub mod standin;
 pub mod wait;
 
 pub use haproxy::Haproxy;
