@@ -32,7 +32,6 @@ use std::collections::BTreeSet;
 
 use converge_model::manifest::DbRole;
 use converge_model::{Catalog, Manifest};
-use converge_render::view::{fills_role, serves};
 use serde::{Deserialize, Serialize};
 
 /// A change held back for one backend.
@@ -81,7 +80,7 @@ pub fn guard(
         }
         let count = |c: &Catalog| {
             c.service(&b.service)
-                .map(|e| e.instances.iter().filter(|i| serves(b, i)).count())
+                .map(|e| e.instances.iter().filter(|i| b.serves(i)).count())
                 .unwrap_or(0)
         };
         let (before, after) = (count(last), count(&new));
@@ -124,7 +123,7 @@ pub fn guard(
                 .map(|e| {
                     e.instances
                         .iter()
-                        .filter(|i| fills_role(&manifest.pgbouncer, d.role, i))
+                        .filter(|i| manifest.pgbouncer.fills_role(d.role, i))
                         .count()
                 })
                 .unwrap_or(0)

@@ -367,12 +367,7 @@ impl Reconciler {
                 .map(|(name, b)| {
                     let servers = catalog
                         .service(&b.service)
-                        .map(|e| {
-                            e.instances
-                                .iter()
-                                .filter(|i| converge_render::view::serves(b, i))
-                                .count()
-                        })
+                        .map(|e| e.instances.iter().filter(|i| b.serves(i)).count())
                         .unwrap_or(0);
                     (
                         name.clone(),

@@ -9,7 +9,10 @@
 use std::collections::BTreeMap;
 
 use converge_model::desired::NodeVip;
-use converge_model::manifest::{Backend, DbRole, Mode, PgbouncerSettings, PoolMode, SslVerify};
+use converge_model::manifest::{
+    Backend, Database, DbRole, Frontend, HaproxySettings, Mode, PgbouncerSettings, PoolMode,
+    SslVerify,
+};
 use converge_model::{identity, Catalog, Health, Instance, Layout, NodeDesired, Rejection};
 use serde::Serialize;
 
@@ -282,8 +285,8 @@ pub fn build(desired: &NodeDesired, catalog: &Catalog, layout: &Layout) -> View 
     let mut rejections = Vec::new();
     let mut warnings = Vec::new();
 
-    // Sanitize each referenced service once, so a rejection is reported once
-    // however many backends use the service.
+    // Admit each referenced service once, so a left-out instance is
+    // reported once however many backends use the service.
     let mut safe: BTreeMap<&str, Vec<&Instance>> = BTreeMap::new();
     let referenced = m
         .backends
@@ -304,99 +307,172 @@ pub fn build(desired: &NodeDesired, catalog: &Catalog, layout: &Layout) -> View 
     let backends = m
         .backends
         .iter()
-        .map(|(name, b)| {
-            let serving: Vec<&Instance> = safe[b.service.as_str()]
-                .iter()
-                .copied()
-                .filter(|i| serves(b, i))
-                .collect();
-            if serving.is_empty() {
-                warnings.push(format!(
-                    "backend {name}: no healthy instance of service `{}`",
-                    b.service
-                ));
-            }
-            let servers = match &b.runtime_api {
-                None => serving.iter().map(|i| instance_server(i)).collect(),
-                Some(rt) => slot_servers(name, rt.slots, &serving, &mut warnings),
-            };
-            BackendView {
-                name: name.clone(),
-                mode: mode_str(b.mode),
-                balance: format!("{:?}", b.balance).to_lowercase(),
-                check_path: b.health_check.as_ref().map(|h| h.path.clone()),
-                check_status: b.health_check.as_ref().map(|h| h.expect_status),
-                server_options: b.server_options.join(" "),
-                maxconn: b.maxconn,
-                sticky_cookie: b.sticky.as_ref().map(|s| s.cookie.clone()),
-                runtime_api: b.runtime_api.is_some(),
-                servers,
-            }
-        })
+        .map(|(name, b)| backend_view(name, b, &safe[b.service.as_str()], &mut warnings))
         .collect();
-
     let databases = m
         .databases
         .iter()
         .map(|(name, d)| {
-            let mut chosen: Vec<&Instance> = safe[d.service.as_str()]
-                .iter()
-                .copied()
-                .filter(|i| fills_role(&m.pgbouncer, d.role, i))
-                .collect();
-            let role = match d.role {
-                DbRole::Primary => "primary",
-                DbRole::Replica => "replica",
-            };
-            // Whether a warning already says why the entry has no host.
-            let mut explained = false;
-            if d.role == DbRole::Primary && chosen.len() > 1 {
-                let names: Vec<String> = chosen.iter().map(|i| identity::name(i)).collect();
-                warnings.push(format!(
-                    "database {name}: {} instances of `{}` claim to be primary ({}); routing to none until one does",
-                    chosen.len(),
-                    d.service,
-                    names.join(", ")
-                ));
-                chosen.clear();
-                explained = true;
-            }
-            // PgBouncer takes one port for a host list: keep the replicas on
-            // the first one's port.
-            if let Some(port) = chosen.first().map(|i| i.port) {
-                let before = chosen.len();
-                chosen.retain(|i| i.port == port);
-                if chosen.len() < before {
-                    warnings.push(format!(
-                        "database {name}: replicas listen on different ports; using those on {port}"
-                    ));
-                }
-            }
-            if chosen.is_empty() && !explained {
-                warnings.push(format!("database {name}: no healthy {role} of `{}`", d.service));
-            }
-            DatabaseView {
-                name: name.clone(),
-                dbname: d.dbname.clone().unwrap_or_else(|| name.clone()),
-                role,
-                host: (!chosen.is_empty())
-                    .then(|| chosen.iter().map(|i| i.address.as_str()).collect::<Vec<_>>().join(",")),
-                port: chosen.first().map(|i| i.port),
-                instances: chosen.iter().map(|i| identity::name(i)).collect(),
-                pool_mode: match d.pool_mode {
-                    PoolMode::Session => "session",
-                    PoolMode::Transaction => "transaction",
-                    PoolMode::Statement => "statement",
-                },
-                pool_size: d.pool_size,
-                reserve_pool: d.reserve_pool,
-                max_db_connections: d.max_db_connections,
-            }
+            database_view(
+                name,
+                d,
+                &m.pgbouncer,
+                &safe[d.service.as_str()],
+                &mut warnings,
+            )
         })
         .collect();
+    let context = Context {
+        node: NodeView {
+            name: desired.name.clone(),
+            address: desired.node.address.clone(),
+            vars: desired.node.vars.clone(),
+        },
+        root: layout.root.display().to_string(),
+        haproxy: haproxy_view(&m.haproxy, layout),
+        frontends: m
+            .frontends
+            .iter()
+            .map(|(name, f)| frontend_view(name, f))
+            .collect(),
+        backends,
+        pgbouncer: pgbouncer_view(desired, layout),
+        databases,
+        vips: desired
+            .vips
+            .values()
+            .map(|v| vip_view(desired, v))
+            .collect(),
+        targets: m
+            .targets
+            .iter()
+            .map(|(name, t)| {
+                (
+                    name.clone(),
+                    TargetView {
+                        path: layout.path(&t.destination).display().to_string(),
+                    },
+                )
+            })
+            .collect(),
+    };
+    View {
+        context,
+        rejections,
+        warnings,
+    }
+}
 
-    let p = &m.pgbouncer;
-    let pgbouncer = PgbouncerView {
+/// One backend with its servers: the admitted instances that serve it,
+/// as plain server lines or in runtime-API slots.
+fn backend_view(
+    name: &str,
+    b: &Backend,
+    admitted: &[&Instance],
+    warnings: &mut Vec<String>,
+) -> BackendView {
+    let serving: Vec<&Instance> = admitted.iter().copied().filter(|i| b.serves(i)).collect();
+    if serving.is_empty() {
+        warnings.push(format!(
+            "backend {name}: no healthy instance of service `{}`",
+            b.service
+        ));
+    }
+    let servers = match &b.runtime_api {
+        None => serving.iter().map(|i| instance_server(i)).collect(),
+        Some(rt) => slot_servers(name, rt.slots, &serving, warnings),
+    };
+    BackendView {
+        name: name.to_string(),
+        mode: mode_str(b.mode),
+        balance: format!("{:?}", b.balance).to_lowercase(),
+        check_path: b.health_check.as_ref().map(|h| h.path.clone()),
+        check_status: b.health_check.as_ref().map(|h| h.expect_status),
+        server_options: b.server_options.join(" "),
+        maxconn: b.maxconn,
+        sticky_cookie: b.sticky.as_ref().map(|s| s.cookie.clone()),
+        runtime_api: b.runtime_api.is_some(),
+        servers,
+    }
+}
+
+/// One PgBouncer database: its primary, or its replicas on one port. Two
+/// instances claiming primary route to none (the guard decides whether the
+/// last one is kept); each reason for an empty entry is warned once.
+fn database_view(
+    name: &str,
+    d: &Database,
+    settings: &PgbouncerSettings,
+    admitted: &[&Instance],
+    warnings: &mut Vec<String>,
+) -> DatabaseView {
+    let mut chosen: Vec<&Instance> = admitted
+        .iter()
+        .copied()
+        .filter(|i| settings.fills_role(d.role, i))
+        .collect();
+    let role = match d.role {
+        DbRole::Primary => "primary",
+        DbRole::Replica => "replica",
+    };
+    // Whether a warning already says why the entry has no host.
+    let mut explained = false;
+    if d.role == DbRole::Primary && chosen.len() > 1 {
+        let names: Vec<String> = chosen.iter().map(|i| identity::name(i)).collect();
+        warnings.push(format!(
+            "database {name}: {} instances of `{}` claim to be primary ({}); routing to none until one does",
+            chosen.len(),
+            d.service,
+            names.join(", ")
+        ));
+        chosen.clear();
+        explained = true;
+    }
+    // PgBouncer takes one port for a host list: keep the replicas on the
+    // first one's port.
+    if let Some(port) = chosen.first().map(|i| i.port) {
+        let before = chosen.len();
+        chosen.retain(|i| i.port == port);
+        if chosen.len() < before {
+            warnings.push(format!(
+                "database {name}: replicas listen on different ports; using those on {port}"
+            ));
+        }
+    }
+    if chosen.is_empty() && !explained {
+        warnings.push(format!(
+            "database {name}: no healthy {role} of `{}`",
+            d.service
+        ));
+    }
+    DatabaseView {
+        name: name.to_string(),
+        dbname: d.dbname.clone().unwrap_or_else(|| name.to_string()),
+        role,
+        host: (!chosen.is_empty()).then(|| {
+            chosen
+                .iter()
+                .map(|i| i.address.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        }),
+        port: chosen.first().map(|i| i.port),
+        instances: chosen.iter().map(|i| identity::name(i)).collect(),
+        pool_mode: match d.pool_mode {
+            PoolMode::Session => "session",
+            PoolMode::Transaction => "transaction",
+            PoolMode::Statement => "statement",
+        },
+        pool_size: d.pool_size,
+        reserve_pool: d.reserve_pool,
+        max_db_connections: d.max_db_connections,
+    }
+}
+
+/// PgBouncer's settings, with the users' secrets and rooted paths.
+fn pgbouncer_view(desired: &NodeDesired, layout: &Layout) -> PgbouncerView {
+    let p = &desired.manifest.pgbouncer;
+    PgbouncerView {
         listen_addr: p.listen_addr.clone(),
         listen_port: p.listen_port,
         auth_type: p.auth_type.clone(),
@@ -421,72 +497,37 @@ pub fn build(desired: &NodeDesired, catalog: &Catalog, layout: &Layout) -> View 
             .display()
             .to_string(),
         unix_socket_dir: layout.path("/run/postgresql").display().to_string(),
-    };
+    }
+}
 
-    let vips = desired
-        .vips
-        .values()
-        .map(|v| vip_view(desired, v))
-        .collect();
+fn haproxy_view(h: &HaproxySettings, layout: &Layout) -> HaproxyView {
+    HaproxyView {
+        maxconn: h.maxconn,
+        stats_socket: layout.path(&h.stats_socket).display().to_string(),
+        timeout_connect: h.timeouts.connect.clone(),
+        timeout_client: h.timeouts.client.clone(),
+        timeout_server: h.timeouts.server.clone(),
+        httpclient_ssl_verify: h.httpclient_ssl_verify.map(SslVerify::as_str),
+    }
+}
 
-    let h = &m.haproxy;
-    let context = Context {
-        node: NodeView {
-            name: desired.name.clone(),
-            address: desired.node.address.clone(),
-            vars: desired.node.vars.clone(),
-        },
-        root: layout.root.display().to_string(),
-        haproxy: HaproxyView {
-            maxconn: h.maxconn,
-            stats_socket: layout.path(&h.stats_socket).display().to_string(),
-            timeout_connect: h.timeouts.connect.clone(),
-            timeout_client: h.timeouts.client.clone(),
-            timeout_server: h.timeouts.server.clone(),
-            httpclient_ssl_verify: h.httpclient_ssl_verify.map(SslVerify::as_str),
-        },
-        frontends: m
-            .frontends
+fn frontend_view(name: &str, f: &Frontend) -> FrontendView {
+    FrontendView {
+        name: name.to_string(),
+        mode: mode_str(f.mode),
+        bind: f.bind.clone(),
+        default_backend: f.default_backend.clone(),
+        routes: f
+            .routes
             .iter()
-            .map(|(name, f)| FrontendView {
-                name: name.clone(),
-                mode: mode_str(f.mode),
-                bind: f.bind.clone(),
-                default_backend: f.default_backend.clone(),
-                routes: f
-                    .routes
-                    .iter()
-                    .enumerate()
-                    .map(|(index, r)| RouteView {
-                        index,
-                        host: r.host.clone(),
-                        path_prefix: r.path_prefix.clone(),
-                        backend: r.backend.clone(),
-                    })
-                    .collect(),
+            .enumerate()
+            .map(|(index, r)| RouteView {
+                index,
+                host: r.host.clone(),
+                path_prefix: r.path_prefix.clone(),
+                backend: r.backend.clone(),
             })
             .collect(),
-        backends,
-        pgbouncer,
-        databases,
-        vips,
-        targets: m
-            .targets
-            .iter()
-            .map(|(name, t)| {
-                (
-                    name.clone(),
-                    TargetView {
-                        path: layout.path(&t.destination).display().to_string(),
-                    },
-                )
-            })
-            .collect(),
-    };
-    View {
-        context,
-        rejections,
-        warnings,
     }
 }
 
@@ -523,25 +564,6 @@ fn admitted<'a>(
         }
     }
     ok
-}
-
-/// Whether `inst` may take `role` for a PgBouncer database: healthy and
-/// carrying one of the role's tags. The guard uses the same rule.
-pub fn fills_role(settings: &PgbouncerSettings, role: DbRole, inst: &Instance) -> bool {
-    let tags = match role {
-        DbRole::Primary => &settings.primary_tags,
-        DbRole::Replica => &settings.replica_tags,
-    };
-    inst.health == Health::Passing && tags.iter().any(|t| inst.tags.contains(t))
-}
-
-/// Whether `inst` may serve backend `b` by health and tags (the sanitizer
-/// decides separately whether its values are safe to render). The guard
-/// counts servers with the same rule the render uses.
-pub fn serves(b: &Backend, inst: &Instance) -> bool {
-    let healthy =
-        inst.health == Health::Passing || (b.include_warning && inst.health == Health::Warning);
-    healthy && b.tags.iter().all(|t| inst.tags.contains(t))
 }
 
 fn instance_server(i: &Instance) -> ServerView {
