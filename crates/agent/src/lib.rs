@@ -1,26 +1,35 @@
-//! The pipeline every converge command runs: load the manifests and the
-//! catalog, render this node's targets, plan against the live files, apply.
+//! Everything converge decides and does on a node, below the command line.
 //!
-//! Each step is one call on immutable values ([`pipeline`]); the CLI calls
-//! them once, and the daemon will call the very same functions in its loop,
-//! so `plan` on a node shows exactly what `run` would do there.
-//! [`repo_check`] is the manifest repository's CI: every node rendered and
-//! every file checked by the real programs in a scratch directory.
+//! The data flow, one module each:
+//!
+//! - [`inputs`]: manifests and templates loaded and checked ([`Prepared`]);
+//! - [`source`]: the catalog, from the file or Consul, behind one
+//!   interface;
+//! - [`pass`]: the one pure pass — inputs, catalog, guard baseline and
+//!   releases in; rendered set, holds and left-out instances out — with
+//!   [`guard`] (the hold policy and its baseline on disk);
+//! - [`once`]: `plan` and `apply --once`: the pass, then the plan or one
+//!   transaction;
+//! - [`daemon`]: `converge run`, a small loop around the same pass;
+//! - [`validate`]: `converge validate`, every node rendered and every file
+//!   checked by the real programs in a scratch directory;
+//! - [`status`]: `converge status`, where traffic goes on this node.
+//!
+//! `plan`, `apply --once`, `validate` and the daemon all call
+//! [`pass::run`], so `plan` on a node shows exactly what `run` would do
+//! there.
 #![deny(missing_docs)]
 
-pub mod consul_once;
 pub mod daemon;
 pub mod error;
 pub mod guard;
-pub mod http;
-pub mod node_status;
+pub mod inputs;
+pub mod once;
 pub mod pass;
-pub mod pipeline;
-pub mod quiescence;
-pub mod reconciler;
-pub mod repo_check;
+pub mod source;
 pub mod status;
-pub mod watch_files;
+pub mod validate;
 
 pub use error::AgentError;
-pub use pipeline::{Inputs, Prepared};
+pub use inputs::Inputs;
+pub use pass::Prepared;

@@ -9,7 +9,7 @@
 //!
 //! The pass touches nothing. Reading the baseline from disk, applying the
 //! rendered set and recording the next baseline are the callers' steps
-//! around it ([`crate::pipeline`] for the one-shot commands, the reconciler
+//! around it ([`crate::once`] for the one-shot commands, the reconciler
 //! for the daemon).
 
 use std::collections::BTreeSet;

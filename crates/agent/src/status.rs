@@ -1,251 +1,215 @@
-//! What the daemon knows about itself, for `/status`, `/metrics` and logs.
+//! `converge status`: one screen for the on-call engineer — what converge
+//! last did on this node, which servers HAProxy is using right now, where
+//! PgBouncer sends each database and which of its settings wait for a
+//! restart, and for each VRRP instance keepalived's own state and whether
+//! this node holds the VIP.
 //!
-//! One [`Board`] is shared by the reconcile loop (the only writer) and the
-//! HTTP handlers (readers). Counters are Prometheus types from
-//! `prometheus-client`; the JSON status is a plain serializable struct.
+//! Every section is gathered on its own and carries its own error, so a
+//! program that cannot be asked (HAProxy down, the daemon not running)
+//! never hides what the others say. Nothing here changes anything.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::path::PathBuf;
+use std::time::{Duration, UNIX_EPOCH};
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
-use serde::{Deserialize, Serialize};
+use converge_apply::pgbouncer_admin::{
+    pending_restart, show_databases, DatabaseRoute, PendingRestart,
+};
+use converge_apply::LiveServer;
+use converge_model::manifest::{PgbouncerAdmin, Reload, Validator};
+use converge_model::{Layout, Manifests};
+use serde::Serialize;
 
-use crate::guard::Hold;
+use crate::daemon::board::{hex_sha256, Status};
 
-/// Per-target state.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct TargetStatus {
-    /// SHA-256 of the last content rendered for it.
+mod vrrp;
+
+pub use vrrp::{VipLive, VrrpState};
+
+/// A section's content, or why it could not be gathered.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Section<T> {
+    /// Gathered.
+    Ok(T),
+    /// Not gathered, and why.
+    Error(String),
+}
+
+impl<T> From<Result<T, String>> for Section<T> {
+    fn from(r: Result<T, String>) -> Self {
+        match r {
+            Ok(v) => Section::Ok(v),
+            Err(e) => Section::Error(e),
+        }
+    }
+}
+
+/// One target as it is on disk, with what the daemon knows of it.
+#[derive(Debug, Serialize)]
+pub struct TargetLive {
+    /// Target name.
+    pub target: String,
+    /// Rooted destination.
+    pub destination: PathBuf,
+    /// SHA-256 of the live file, `None` when it does not exist.
     pub sha256: Option<String>,
-    /// Unix time of the last commit.
+    /// Modification time of the live file (Unix seconds).
+    pub modified: Option<u64>,
+    /// The daemon's last apply (Unix seconds), when it runs.
     pub last_apply: Option<u64>,
-    /// Latest failure, cleared by the next success.
+    /// The daemon's last error for this target.
     pub last_error: Option<String>,
 }
 
-/// Per-backend state.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct BackendStatus {
-    /// Servers in the snapshot that was rendered.
-    pub servers: usize,
-    /// The change held back, if any.
-    pub held: Option<Hold>,
-}
-
-/// The JSON `/status` document.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Status {
+/// Everything `converge status` shows.
+#[derive(Debug, Serialize)]
+pub struct NodeReport {
     /// Node name.
     pub node: String,
-    /// Last reconcile applied everything with no error and no hold.
-    pub converged: bool,
-    /// `file` or `consul`, and whether it is healthy.
-    pub source: String,
-    /// Source trouble, if any (last good snapshot stays in force).
-    pub source_error: Option<String>,
-    /// Manifest/template/render error, if the latest load failed (the
-    /// previous desired state stays in force).
-    pub input_error: Option<String>,
-    /// Unix time of the last reconcile.
-    pub last_reconcile: Option<u64>,
-    /// Unix time of the last fully successful reconcile.
-    pub last_success: Option<u64>,
-    /// Per target.
-    pub targets: BTreeMap<String, TargetStatus>,
-    /// Per backend.
-    pub backends: BTreeMap<String, BackendStatus>,
-    /// Every change held back by the guard (backends and databases).
-    pub holds: Vec<Hold>,
-    /// Instances left out and render warnings of the last pass, as lines.
-    pub findings: Vec<String>,
-    /// Catalog instances the last pass left out, and why.
-    #[serde(default)]
-    pub left_out: Vec<converge_model::Rejection>,
+    /// The daemon's own status (its `/status`).
+    pub daemon: Section<Status>,
+    /// Targets as they are on disk.
+    pub targets: Vec<TargetLive>,
+    /// HAProxy's servers, from its admin socket.
+    pub haproxy: Section<Vec<LiveServer>>,
+    /// Where PgBouncer sends each database, from its admin console.
+    pub pgbouncer: Section<Vec<DatabaseRoute>>,
+    /// Restart-only PgBouncer settings whose value in the live file is
+    /// not the one PgBouncer runs with: applied by a reload, they wait
+    /// for a restart.
+    pub pgbouncer_restart: Section<Vec<PendingRestart>>,
+    /// This node's VRRP instances.
+    pub keepalived: Section<Vec<VipLive>>,
 }
 
-/// Labels of the failure counter.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct Stage {
-    /// `load`, `catalog`, `render`, `validate`, `reload`, `apply`.
-    pub stage: String,
-}
-
-/// Prometheus metrics.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    /// Reconcile passes.
-    pub reconciles: Counter,
-    /// Successful renders.
-    pub renders: Counter,
-    /// Bundles whose program was reloaded.
-    pub reloads: Counter,
-    /// Bundles whose membership change HAProxy took over its runtime API,
-    /// with no reload.
-    pub runtime_api_updates: Counter,
-    /// Failures by stage.
-    pub failures: Family<Stage, Counter>,
-    /// Changes the guard started holding (a hold that lasts several
-    /// passes counts once).
-    pub guard_holds: Counter,
-    /// Backends held right now.
-    pub held_backends: Gauge,
-    /// Catalog instances the last pass left out.
-    pub left_out_instances: Gauge,
-    /// Times the catalog source started failing (one failure lasting
-    /// several passes counts once).
-    pub source_errors: Counter,
-    /// Seconds since the snapshot in force was last known current: 0 while
-    /// the source is healthy (it follows the catalog as it changes),
-    /// growing while it fails (set at scrape).
-    pub snapshot_age_seconds: Gauge<f64, AtomicU64>,
-    /// Unix time of the last fully successful reconcile.
-    pub last_success_seconds: Gauge,
-}
-
-/// Shared state of one daemon.
-#[derive(Debug)]
-pub struct Board {
-    status: Mutex<Status>,
-    snapshot: Mutex<Snapshot>,
-    /// Counters and gauges.
-    pub metrics: Metrics,
-    registry: Registry,
-}
-
-impl Board {
-    /// A board for `node`, reading from `source` (`file` or `consul`).
-    pub fn new(node: &str, source: &str) -> Arc<Self> {
-        let metrics = Metrics::default();
-        let mut registry = Registry::with_prefix("converge");
-        let m = &metrics;
-        registry.register("reconciles", "Reconcile passes", m.reconciles.clone());
-        registry.register("renders", "Successful renders", m.renders.clone());
-        registry.register(
-            "reloads",
-            "Program reloads after a commit",
-            m.reloads.clone(),
-        );
-        registry.register(
-            "runtime_api_updates",
-            "Membership changes applied through the HAProxy runtime API instead of a reload",
-            m.runtime_api_updates.clone(),
-        );
-        registry.register("failures", "Failures by stage", m.failures.clone());
-        registry.register(
-            "guard_holds",
-            "Changes the guard started holding back",
-            m.guard_holds.clone(),
-        );
-        registry.register(
-            "held_backends",
-            "Backends whose change is held now",
-            m.held_backends.clone(),
-        );
-        registry.register(
-            "left_out_instances",
-            "Catalog instances the last pass left out (a value that could break out of its field, or a duplicated identity)",
-            m.left_out_instances.clone(),
-        );
-        registry.register(
-            "source_errors",
-            "Times the catalog source started failing",
-            m.source_errors.clone(),
-        );
-        registry.register(
-            "snapshot_age_seconds",
-            "Seconds since the catalog snapshot in force was last known current",
-            m.snapshot_age_seconds.clone(),
-        );
-        registry.register(
-            "last_success_timestamp_seconds",
-            "Unix time of the last fully successful reconcile",
-            m.last_success_seconds.clone(),
-        );
-        Arc::new(Self {
-            status: Mutex::new(Status {
-                node: node.to_string(),
-                source: source.to_string(),
-                ..Status::default()
-            }),
-            snapshot: Mutex::new(Snapshot {
-                current: false,
-                at: Instant::now(),
-            }),
-            metrics,
-            registry,
+/// Gathers the report for `node`, asking the daemon at `daemon`.
+pub async fn gather(
+    manifests: &Manifests,
+    node: &str,
+    layout: &Layout,
+    daemon: &str,
+) -> Result<NodeReport, crate::AgentError> {
+    let desired = manifests
+        .for_node(node)
+        .map_err(crate::AgentError::Manifest)?;
+    let daemon_status: Section<Status> = ask_daemon(daemon).await.into();
+    let known = match &daemon_status {
+        Section::Ok(s) => Some(s),
+        Section::Error(_) => None,
+    };
+    let targets = desired
+        .targets
+        .iter()
+        .map(|(name, t)| {
+            let destination = layout.path(&t.destination);
+            let bytes = std::fs::read(&destination).ok();
+            let daemon_view = known.and_then(|s| s.targets.get(name));
+            TargetLive {
+                target: name.clone(),
+                sha256: bytes.as_deref().map(hex_sha256),
+                modified: std::fs::metadata(&destination)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                    .map(|d| d.as_secs()),
+                last_apply: daemon_view.and_then(|d| d.last_apply),
+                last_error: daemon_view.and_then(|d| d.last_error.clone()),
+                destination,
+            }
         })
-    }
+        .collect();
+    let socket = layout.path(&desired.manifest.haproxy.stats_socket);
+    let haproxy = converge_apply::live_servers(&socket, Duration::from_secs(2)).into();
+    let keepalived = vrrp::vips(&desired, layout).into();
+    let admin = console(&desired, layout);
+    let pgbouncer = admin.clone().and_then(|a| show_databases(&a)).into();
+    let pgbouncer_restart = admin
+        .and_then(|a| pending_restart(&a, &pgbouncer_ini(&desired, layout)?))
+        .into();
+    Ok(NodeReport {
+        node: node.to_string(),
+        daemon: daemon_status,
+        targets,
+        haproxy,
+        pgbouncer,
+        pgbouncer_restart,
+        keepalived,
+    })
+}
 
-    /// A copy of the status.
-    pub fn status(&self) -> Status {
-        self.status
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+/// How to reach PgBouncer's console: the manifest's admin reload settings
+/// when a target has them, else the unix socket of `pgbouncer` settings as
+/// its first admin user.
+fn console(
+    desired: &converge_model::NodeDesired,
+    layout: &Layout,
+) -> Result<PgbouncerAdmin, String> {
+    let from_target = desired.targets.values().find_map(|t| match &t.reload {
+        Reload::Pgbouncer(admin) => Some(admin.clone()),
+        _ => None,
+    });
+    let settings = &desired.manifest.pgbouncer;
+    let mut admin = match from_target {
+        Some(a) => a,
+        None => PgbouncerAdmin {
+            host: "/run/postgresql".into(),
+            port: settings.listen_port,
+            user: settings
+                .admin_users
+                .first()
+                .cloned()
+                .ok_or("no pgbouncer.admin_users in the manifests to ask the console as")?,
+            pause: false,
+            timeout_secs: 5,
+        },
+    };
+    if admin.host.starts_with('/') {
+        admin.host = layout.path(&admin.host).display().to_string();
     }
+    Ok(admin)
+}
 
-    /// Changes the status under its lock.
-    pub fn update(&self, f: impl FnOnce(&mut Status)) {
-        f(&mut self.status.lock().unwrap_or_else(PoisonError::into_inner));
-    }
-
-    /// Records how the source answered this pass: `true` when the
-    /// snapshot in force is current, `false` when it is the last good one.
-    pub fn snapshot_current(&self, current: bool) {
-        let mut s = self.snapshot.lock().unwrap_or_else(PoisonError::into_inner);
-        if current || s.current {
-            // Current now, or until this pass found the source failing.
-            s.at = Instant::now();
+/// The live file of the one target validated with `pgbouncer`: the
+/// PgBouncer configuration converge renders.
+fn pgbouncer_ini(
+    desired: &converge_model::NodeDesired,
+    layout: &Layout,
+) -> Result<Vec<u8>, String> {
+    let files: Vec<(&String, PathBuf)> = desired
+        .targets
+        .iter()
+        .filter(|(_, t)| t.validate == Validator::Pgbouncer)
+        .map(|(name, t)| (name, layout.path(&t.destination)))
+        .collect();
+    match files.as_slice() {
+        [(_, path)] => {
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
         }
-        s.current = current;
-    }
-
-    /// Prometheus text exposition.
-    pub fn metrics_text(&self) -> String {
-        let snapshot = *self.snapshot.lock().unwrap_or_else(PoisonError::into_inner);
-        let age = if snapshot.current {
-            0.0
-        } else {
-            snapshot.at.elapsed().as_secs_f64()
-        };
-        self.metrics.snapshot_age_seconds.set(age);
-        let mut out = String::new();
-        // Encoding into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
-    }
-
-    /// Counts a failure at `stage`.
-    pub fn fail(&self, stage: &str) {
-        self.metrics
-            .failures
-            .get_or_create(&Stage {
-                stage: stage.to_string(),
-            })
-            .inc();
+        [] => Err("no target is validated with `pgbouncer`: no file to compare with".into()),
+        several => Err(format!(
+            "targets {} are all validated with `pgbouncer`; which one the console's \
+             PgBouncer runs is unknown",
+            several
+                .iter()
+                .map(|(name, _)| name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
     }
 }
 
-/// Whether the snapshot in force is current, and since when it is not.
-#[derive(Debug, Clone, Copy)]
-struct Snapshot {
-    current: bool,
-    /// When it was last known current; while no source answer was ever
-    /// current, when the board was made (the daemon's start), so that a
-    /// source failing from the start shows an age that grows.
-    at: Instant,
-}
-
-/// Seconds since the Unix epoch.
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+/// `GET /status` from the daemon's loopback listener.
+async fn ask_daemon(addr: &str) -> Result<Status, String> {
+    let url = format!("http://{addr}/status");
+    let answer = reqwest::Client::new()
+        .get(&url)
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .map_err(|e| format!("daemon not reachable at {addr}: {e}"))?;
+    answer
+        .json::<Status>()
+        .await
+        .map_err(|e| format!("daemon at {addr}: bad /status document: {e}"))
 }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use converge_agent::reconciler::CatalogFrom;
+use converge_agent::source::{self, CatalogFrom};
 use converge_agent::{Inputs, Prepared};
 use converge_model::Catalog;
 
@@ -346,21 +346,11 @@ impl Cli {
     pub fn prepare(&self) -> anyhow::Result<(Prepared, Catalog)> {
         let inputs = self.inputs();
         let prepared = inputs.prepare()?;
-        let catalog = match self.catalog_from()? {
-            CatalogFrom::File(_) => inputs.catalog_file()?,
-            CatalogFrom::Consul(config) => {
-                let services =
-                    converge_agent::reconciler::referenced_services(&prepared.manifests.manifest);
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?;
-                runtime.block_on(converge_agent::consul_once::snapshot(
-                    *config,
-                    services,
-                    self.consul_timeout,
-                ))?
-            }
-        };
+        let catalog = source::read_once(
+            &self.catalog_from()?,
+            source::referenced_services(&prepared.manifests.manifest),
+            self.consul_timeout,
+        )?;
         Ok((prepared, catalog))
     }
 

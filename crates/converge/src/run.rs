@@ -2,9 +2,8 @@
 
 use std::time::Duration;
 
-use converge_agent::daemon::{Daemon, DEFAULT_RESYNC};
-use converge_agent::quiescence::Quiescence;
-use converge_agent::reconciler::DaemonConfig;
+use converge_agent::daemon::quiescence::Quiescence;
+use converge_agent::daemon::{Daemon, DaemonConfig, DEFAULT_RESYNC};
 use converge_apply::ApplyOptions;
 use sd_notify::NotifyState;
 use tokio::signal::unix::{signal, SignalKind};
@@ -48,7 +47,7 @@ async fn serve(config: DaemonConfig, args: &RunArgs) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
     tracing::info!(listen = %args.listen, "status listener up");
-    let http = tokio::spawn(converge_agent::http::serve(
+    let http = tokio::spawn(converge_agent::daemon::http::serve(
         listener,
         board,
         control.clone(),

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use converge_agent::node_status::{gather, NodeReport, Section};
+use converge_agent::status::{gather, NodeReport, Section};
 use converge_model::Layout;
 
 use crate::cli::{Cli, Format, StatusArgs};

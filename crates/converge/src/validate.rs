@@ -1,6 +1,6 @@
 //! `converge validate`: every node rendered, every file checked.
 
-use converge_agent::repo_check;
+use converge_agent::validate;
 
 use crate::cli::{Cli, Format, ValidateArgs};
 use crate::exit;
@@ -9,7 +9,7 @@ use crate::output::outln;
 /// Runs the repository check; 0 when everything passed.
 pub fn run(cli: &Cli, args: &ValidateArgs) -> anyhow::Result<u8> {
     let (prepared, catalog) = cli.prepare()?;
-    let report = repo_check::check(&prepared, &catalog, &args.only)?;
+    let report = validate::check(&prepared, &catalog, &args.only)?;
     match args.format {
         Format::Json => outln!("{}", serde_json::to_string_pretty(&report)?),
         Format::Text => {

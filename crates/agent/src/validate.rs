@@ -5,10 +5,10 @@
 //! validator on it, bundle siblings included. Nothing outside the scratch
 //! directory is touched. Every problem is collected, not just the first:
 //! manifest and template problems all together by
-//! [`Inputs::load_config`](crate::pipeline::Inputs::load_config) before
+//! [`Inputs::load_config`](crate::inputs::Inputs::load_config) before
 //! this runs, then every node's render and every file's validator here.
 //! The scratch directory holds secrets, so it is private and cleaned up
-//! even after a killed run (`repo_check/scratch.rs`).
+//! even after a killed run (`validate/scratch.rs`).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use crate::error::AgentError;
 use crate::pass;
-use crate::pipeline::Prepared;
+use crate::pass::Prepared;
 
 mod scratch;
 

@@ -9,7 +9,7 @@
 //! - `POST /release/{name}`: accept the current catalog once for a held
 //!   backend or database.
 //!
-//! [`Status`]: crate::status::Status
+//! [`Status`]: super::board::Status
 
 use std::sync::Arc;
 
@@ -20,8 +20,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use tokio::sync::watch;
 
-use crate::daemon::Control;
-use crate::status::Board;
+use super::board::Board;
+use super::control::Control;
 
 #[derive(Clone)]
 struct App {

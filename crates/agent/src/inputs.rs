@@ -1,17 +1,15 @@
-//! Load → pass → plan or apply for one node, as plain function calls: the
-//! one-shot commands' side of [`crate::pass`].
+//! Where a node's desired state comes from: the manifests and templates
+//! directories (and the catalog file, when that is the source), loaded,
+//! checked and fingerprinted. Every manifest and template problem is found
+//! in one load, so one run shows them all.
 
-use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use converge_apply::{ApplyOptions, ApplyReport, Plan};
-use converge_model::{Catalog, Layout, Manifests};
+use converge_model::{Layout, Manifests};
 use converge_render::Templates;
 
 use crate::error::AgentError;
-use crate::guard::baseline;
-pub use crate::pass::Prepared;
-use crate::pass::{self, Pass};
+use crate::pass::Prepared;
 
 /// Where the inputs come from.
 #[derive(Debug, Clone)]
@@ -38,13 +36,6 @@ impl Inputs {
         })
     }
 
-    /// Reads the catalog file.
-    pub fn catalog_file(&self) -> Result<Catalog, AgentError> {
-        Catalog::load_file(&self.catalog).map_err(AgentError::Catalog)
-    }
-}
-
-impl Inputs {
     /// A digest of every file directly in the manifests and templates
     /// directories, names and bytes: equal digests mean
     /// [`load_config`](Self::load_config) would read the same inputs. Reading
@@ -93,59 +84,6 @@ impl Inputs {
                 templates,
             }),
         }
-    }
-}
-
-/// Lowercase hex SHA-256, how status reports what a target holds.
-pub fn hex_sha256(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-impl Prepared {
-    /// The pass `run` would make on `node` now: guarded against the
-    /// baseline on disk, with `released` accepted once. Reads only.
-    pub fn pass(
-        &self,
-        node: &str,
-        catalog: Catalog,
-        released: &BTreeSet<String>,
-    ) -> Result<Pass, AgentError> {
-        let stored = baseline::load(&self.layout);
-        pass::run(self, node, &self.layout, catalog, stored.as_ref(), released)
-    }
-
-    /// The pass on `node`, compared with the live files; touches nothing.
-    pub fn plan(
-        &self,
-        node: &str,
-        catalog: Catalog,
-        released: &BTreeSet<String>,
-    ) -> Result<(Pass, Plan), AgentError> {
-        let pass = self.pass(node, catalog, released)?;
-        let plan = converge_apply::plan(&pass.set)?;
-        Ok((pass, plan))
-    }
-
-    /// The pass on `node` and one transaction of its rendered set; then the
-    /// catalog it rendered becomes the guard's baseline, so the next
-    /// `apply --once` or a daemon started later measures changes against
-    /// the snapshot this apply acted on.
-    pub fn apply(
-        &self,
-        node: &str,
-        catalog: Catalog,
-        released: &BTreeSet<String>,
-        opts: &ApplyOptions,
-    ) -> Result<(Pass, ApplyReport), AgentError> {
-        let stored = baseline::load(&self.layout);
-        let pass = pass::run(self, node, &self.layout, catalog, stored.as_ref(), released)?;
-        let report = converge_apply::apply(&pass.set, opts)?;
-        baseline::advance(&self.layout, stored.as_ref(), &pass.accepted);
-        Ok((pass, report))
     }
 }
 

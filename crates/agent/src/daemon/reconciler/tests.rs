@@ -2,8 +2,25 @@
 //! temp root: what the guard keeps across failing bundles and restarts.
 
 use std::path::Path;
+use std::time::Duration;
+
+use converge_apply::ApplyOptions;
 
 use super::*;
+use crate::daemon::board::Stage;
+use crate::daemon::quiescence::Quiescence;
+use crate::inputs::Inputs;
+use crate::source::{CatalogFrom, FileSource};
+
+/// A reconciler and the file source it reads, as the daemon pairs them.
+type Node = (Reconciler, FileSource);
+
+fn node(config: &DaemonConfig, board: &Arc<Board>) -> Node {
+    (
+        Reconciler::new(config.clone(), board.clone()),
+        FileSource::new(config.inputs.catalog.clone()),
+    )
+}
 
 /// A repository with one guarded backend (`web`, `min_healthy: 1`)
 /// listed by `servers`, and a second target, `rejected`, that `extra`
@@ -63,9 +80,9 @@ fn set_web(config: &DaemonConfig, ports: &[u16]) {
     std::fs::write(&config.inputs.catalog, text).expect("write catalog");
 }
 
-fn pass(config: &DaemonConfig, board: &Arc<Board>, reconciler: &mut Reconciler) -> String {
+fn pass(config: &DaemonConfig, board: &Arc<Board>, (reconciler, source): &mut Node) -> String {
     reconciler.load_inputs();
-    reconciler.reconcile(None);
+    reconciler.reconcile(source);
     assert_eq!(board.status().input_error, None);
     std::fs::read_to_string(config.inputs.root.join("etc/servers.txt")).expect("servers.txt")
 }
@@ -75,7 +92,7 @@ fn a_bundle_that_keeps_failing_does_not_freeze_the_guard_baseline() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = repo(dir.path(), "{command: [\"false\"]}");
     let board = Board::new("lb1", "file");
-    let mut r = Reconciler::new(config.clone(), board.clone());
+    let mut r = node(&config, &board);
 
     set_web(&config, &[8001, 8002, 8003]);
     assert_eq!(
@@ -113,7 +130,7 @@ fn a_restarted_daemon_guards_its_first_pass_with_the_stored_baseline() {
     set_web(&config, &[8001, 8002]);
     {
         let board = Board::new("lb1", "file");
-        let mut first = Reconciler::new(config.clone(), board.clone());
+        let mut first = node(&config, &board);
         assert_eq!(
             pass(&config, &board, &mut first),
             "127.0.0.1:8001\n127.0.0.1:8002\n"
@@ -123,7 +140,7 @@ fn a_restarted_daemon_guards_its_first_pass_with_the_stored_baseline() {
     // The node reboots; the catalog comes back with nothing healthy yet.
     set_web(&config, &[]);
     let board = Board::new("lb1", "file");
-    let mut restarted = Reconciler::new(config.clone(), board.clone());
+    let mut restarted = node(&config, &board);
     assert_eq!(
         pass(&config, &board, &mut restarted),
         "127.0.0.1:8001\n127.0.0.1:8002\n",
@@ -142,7 +159,7 @@ fn catalog_failures(board: &Board) -> u64 {
     board
         .metrics
         .failures
-        .get_or_create(&crate::status::Stage {
+        .get_or_create(&Stage {
             stage: "catalog".into(),
         })
         .get()
@@ -158,7 +175,7 @@ fn a_failing_source_and_a_lasting_hold_count_once_and_age_the_snapshot() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = repo(dir.path(), "none");
     let board = Board::new("lb1", "file");
-    let mut r = Reconciler::new(config.clone(), board.clone());
+    let mut r = node(&config, &board);
     set_web(&config, &[8001]);
     pass(&config, &board, &mut r);
     assert_eq!(snapshot_age(&board), 0.0, "a healthy source is current");
@@ -197,12 +214,12 @@ fn a_source_failing_from_the_start_shows_a_growing_snapshot_age() {
     let config = repo(dir.path(), "none");
     std::fs::write(&config.inputs.catalog, "services: [").expect("write");
     let board = Board::new("lb1", "file");
-    let mut r = Reconciler::new(config.clone(), board.clone());
-    r.load_inputs();
-    r.reconcile(None);
+    let mut r = node(&config, &board);
+    r.0.load_inputs();
+    r.0.reconcile(&mut r.1);
     assert!(board.status().source_error.is_some());
     let first = snapshot_age(&board);
     assert!(first > 0.0, "no snapshot was ever current: {first}");
-    r.reconcile(None);
+    r.0.reconcile(&mut r.1);
     assert!(snapshot_age(&board) > first, "the age grows");
 }

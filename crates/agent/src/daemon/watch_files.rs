@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
-use crate::daemon::Trigger;
-use crate::reconciler::{CatalogFrom, DaemonConfig};
+use super::control::Trigger;
+use crate::inputs::Inputs;
 
 /// How long file events must be quiet before the loop is woken.
 pub const SETTLE: Duration = Duration::from_millis(200);
@@ -38,16 +38,16 @@ pub struct FileWatch {
 }
 
 impl FileWatch {
-    /// Watches what `config` reads from disk.
-    pub fn start(config: &DaemonConfig, wake: mpsc::Sender<Trigger>) -> notify::Result<Self> {
-        let catalog_file = match &config.catalog {
-            CatalogFrom::File(p) => Some(absolute(p)),
-            CatalogFrom::Consul(_) => None,
-        };
-        let dirs = [
-            absolute(&config.inputs.manifests),
-            absolute(&config.inputs.templates),
-        ];
+    /// Watches the manifests and templates directories and, when the
+    /// catalog comes from a file, that file; each settled burst of changes
+    /// sends one [`Trigger::Files`] on `wake`.
+    pub fn start(
+        inputs: &Inputs,
+        catalog_file: Option<&Path>,
+        wake: mpsc::Sender<Trigger>,
+    ) -> notify::Result<Self> {
+        let catalog_file = catalog_file.map(absolute);
+        let dirs = [absolute(&inputs.manifests), absolute(&inputs.templates)];
         let file = catalog_file.clone();
         let (events, settled) = channel::<()>();
         std::thread::Builder::new()
@@ -77,8 +77,8 @@ impl FileWatch {
                     let _ = events.send(());
                 }
             })?;
-        watcher.watch(&config.inputs.manifests, RecursiveMode::Recursive)?;
-        watcher.watch(&config.inputs.templates, RecursiveMode::Recursive)?;
+        watcher.watch(&inputs.manifests, RecursiveMode::Recursive)?;
+        watcher.watch(&inputs.templates, RecursiveMode::Recursive)?;
         if let Some(file) = catalog_file {
             let dir = file
                 .parent()

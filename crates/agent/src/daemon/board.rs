@@ -1,0 +1,260 @@
+//! What the daemon knows about itself, for `/status`, `/metrics` and logs.
+//!
+//! One [`Board`] is shared by the reconcile loop (the only writer) and the
+//! HTTP handlers (readers). Counters are Prometheus types from
+//! `prometheus-client`; the JSON status is a plain serializable struct.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use serde::{Deserialize, Serialize};
+
+use crate::guard::Hold;
+
+/// Per-target state.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TargetStatus {
+    /// SHA-256 of the last content rendered for it.
+    pub sha256: Option<String>,
+    /// Unix time of the last commit.
+    pub last_apply: Option<u64>,
+    /// Latest failure, cleared by the next success.
+    pub last_error: Option<String>,
+}
+
+/// Per-backend state.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct BackendStatus {
+    /// Servers in the snapshot that was rendered.
+    pub servers: usize,
+    /// The change held back, if any.
+    pub held: Option<Hold>,
+}
+
+/// The JSON `/status` document.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Status {
+    /// Node name.
+    pub node: String,
+    /// Last reconcile applied everything with no error and no hold.
+    pub converged: bool,
+    /// `file` or `consul`, and whether it is healthy.
+    pub source: String,
+    /// Source trouble, if any (last good snapshot stays in force).
+    pub source_error: Option<String>,
+    /// Manifest/template/render error, if the latest load failed (the
+    /// previous desired state stays in force).
+    pub input_error: Option<String>,
+    /// Unix time of the last reconcile.
+    pub last_reconcile: Option<u64>,
+    /// Unix time of the last fully successful reconcile.
+    pub last_success: Option<u64>,
+    /// Per target.
+    pub targets: BTreeMap<String, TargetStatus>,
+    /// Per backend.
+    pub backends: BTreeMap<String, BackendStatus>,
+    /// Every change held back by the guard (backends and databases).
+    pub holds: Vec<Hold>,
+    /// Instances left out and render warnings of the last pass, as lines.
+    pub findings: Vec<String>,
+    /// Catalog instances the last pass left out, and why.
+    #[serde(default)]
+    pub left_out: Vec<converge_model::Rejection>,
+}
+
+/// Lowercase hex SHA-256, how status reports what a target holds.
+pub fn hex_sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Labels of the failure counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Stage {
+    /// `load`, `catalog`, `render`, `validate`, `reload`, `apply`.
+    pub stage: String,
+}
+
+/// Prometheus metrics.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Reconcile passes.
+    pub reconciles: Counter,
+    /// Successful renders.
+    pub renders: Counter,
+    /// Bundles whose program was reloaded.
+    pub reloads: Counter,
+    /// Bundles whose membership change HAProxy took over its runtime API,
+    /// with no reload.
+    pub runtime_api_updates: Counter,
+    /// Failures by stage.
+    pub failures: Family<Stage, Counter>,
+    /// Changes the guard started holding (a hold that lasts several
+    /// passes counts once).
+    pub guard_holds: Counter,
+    /// Backends held right now.
+    pub held_backends: Gauge,
+    /// Catalog instances the last pass left out.
+    pub left_out_instances: Gauge,
+    /// Times the catalog source started failing (one failure lasting
+    /// several passes counts once).
+    pub source_errors: Counter,
+    /// Seconds since the snapshot in force was last known current: 0 while
+    /// the source is healthy (it follows the catalog as it changes),
+    /// growing while it fails (set at scrape).
+    pub snapshot_age_seconds: Gauge<f64, AtomicU64>,
+    /// Unix time of the last fully successful reconcile.
+    pub last_success_seconds: Gauge,
+}
+
+/// Shared state of one daemon.
+#[derive(Debug)]
+pub struct Board {
+    status: Mutex<Status>,
+    snapshot: Mutex<Snapshot>,
+    /// Counters and gauges.
+    pub metrics: Metrics,
+    registry: Registry,
+}
+
+impl Board {
+    /// A board for `node`, reading from `source` (`file` or `consul`).
+    pub fn new(node: &str, source: &str) -> Arc<Self> {
+        let metrics = Metrics::default();
+        let mut registry = Registry::with_prefix("converge");
+        let m = &metrics;
+        registry.register("reconciles", "Reconcile passes", m.reconciles.clone());
+        registry.register("renders", "Successful renders", m.renders.clone());
+        registry.register(
+            "reloads",
+            "Program reloads after a commit",
+            m.reloads.clone(),
+        );
+        registry.register(
+            "runtime_api_updates",
+            "Membership changes applied through the HAProxy runtime API instead of a reload",
+            m.runtime_api_updates.clone(),
+        );
+        registry.register("failures", "Failures by stage", m.failures.clone());
+        registry.register(
+            "guard_holds",
+            "Changes the guard started holding back",
+            m.guard_holds.clone(),
+        );
+        registry.register(
+            "held_backends",
+            "Backends whose change is held now",
+            m.held_backends.clone(),
+        );
+        registry.register(
+            "left_out_instances",
+            "Catalog instances the last pass left out (a value that could break out of its field, or a duplicated identity)",
+            m.left_out_instances.clone(),
+        );
+        registry.register(
+            "source_errors",
+            "Times the catalog source started failing",
+            m.source_errors.clone(),
+        );
+        registry.register(
+            "snapshot_age_seconds",
+            "Seconds since the catalog snapshot in force was last known current",
+            m.snapshot_age_seconds.clone(),
+        );
+        registry.register(
+            "last_success_timestamp_seconds",
+            "Unix time of the last fully successful reconcile",
+            m.last_success_seconds.clone(),
+        );
+        Arc::new(Self {
+            status: Mutex::new(Status {
+                node: node.to_string(),
+                source: source.to_string(),
+                ..Status::default()
+            }),
+            snapshot: Mutex::new(Snapshot {
+                current: false,
+                at: Instant::now(),
+            }),
+            metrics,
+            registry,
+        })
+    }
+
+    /// A copy of the status.
+    pub fn status(&self) -> Status {
+        self.status
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Changes the status under its lock.
+    pub fn update(&self, f: impl FnOnce(&mut Status)) {
+        f(&mut self.status.lock().unwrap_or_else(PoisonError::into_inner));
+    }
+
+    /// Records how the source answered this pass: `true` when the
+    /// snapshot in force is current, `false` when it is the last good one.
+    pub fn snapshot_current(&self, current: bool) {
+        let mut s = self.snapshot.lock().unwrap_or_else(PoisonError::into_inner);
+        if current || s.current {
+            // Current now, or until this pass found the source failing.
+            s.at = Instant::now();
+        }
+        s.current = current;
+    }
+
+    /// Prometheus text exposition.
+    pub fn metrics_text(&self) -> String {
+        let snapshot = *self.snapshot.lock().unwrap_or_else(PoisonError::into_inner);
+        let age = if snapshot.current {
+            0.0
+        } else {
+            snapshot.at.elapsed().as_secs_f64()
+        };
+        self.metrics.snapshot_age_seconds.set(age);
+        let mut out = String::new();
+        // Encoding into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Counts a failure at `stage`.
+    pub fn fail(&self, stage: &str) {
+        self.metrics
+            .failures
+            .get_or_create(&Stage {
+                stage: stage.to_string(),
+            })
+            .inc();
+    }
+}
+
+/// Whether the snapshot in force is current, and since when it is not.
+#[derive(Debug, Clone, Copy)]
+struct Snapshot {
+    current: bool,
+    /// When it was last known current; while no source answer was ever
+    /// current, when the board was made (the daemon's start), so that a
+    /// source failing from the start shows an age that grows.
+    at: Instant,
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

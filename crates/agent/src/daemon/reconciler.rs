@@ -1,0 +1,141 @@
+//! One reconcile pass, and the state that survives between passes.
+//!
+//! A pass recomputes everything from the current inputs — it is a function
+//! of state, not of the event that woke it: reload manifests and templates
+//! (keeping the last good desired state when the new one is broken), read
+//! the [`Source`] (which keeps the last good snapshot when it fails), make
+//! the [`pass`] (guard and render, the same call `plan` and `apply --once`
+//! make), run the transaction, move the guard baseline. Every outcome goes
+//! to the [`Reporter`], the one place that writes status, metrics and log;
+//! no failure changes a live file.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use converge_model::{Catalog, Layout};
+
+use super::board::Board;
+use super::report::Reporter;
+use super::DaemonConfig;
+use crate::guard::baseline;
+use crate::pass::{self, Pass, Prepared};
+use crate::source::{referenced_services, Source};
+
+/// The reconcile state that survives between passes.
+pub struct Reconciler {
+    config: DaemonConfig,
+    report: Reporter,
+    /// Last manifests and templates that loaded cleanly.
+    inputs: Option<Prepared>,
+    /// [`Inputs::fingerprint`](crate::inputs::Inputs::fingerprint) of the files `inputs` was parsed from.
+    inputs_fingerprint: Option<[u8; 32]>,
+    /// The guard's baseline: the snapshot it accepted last, read from
+    /// disk at start (see [`baseline`]). It advances after every pass
+    /// whose apply ran, whatever each bundle's outcome: a bundle that keeps
+    /// failing (a PgBouncer candidate its validator rejects) must not
+    /// freeze the baseline of every backend, or a later hold would bring
+    /// back instances that left long ago.
+    baseline: Option<Catalog>,
+    /// Backends an operator released, consumed by the next pass.
+    released: BTreeSet<String>,
+}
+
+impl Reconciler {
+    /// A reconciler with nothing loaded yet.
+    pub fn new(config: DaemonConfig, board: Arc<Board>) -> Self {
+        let baseline = baseline::load(&Layout::new(&config.inputs.root));
+        Self {
+            config,
+            report: Reporter::new(board),
+            inputs: None,
+            inputs_fingerprint: None,
+            baseline,
+            released: BTreeSet::new(),
+        }
+    }
+
+    /// Marks `backend` released for the next pass.
+    pub fn release(&mut self, backend: String) {
+        self.released.insert(backend);
+    }
+
+    /// Services the current manifests reference (what the source watches).
+    pub fn services(&self) -> BTreeSet<String> {
+        self.inputs
+            .as_ref()
+            .map(|p| referenced_services(&p.manifests.manifest))
+            .unwrap_or_default()
+    }
+
+    /// Reloads manifests and templates; on failure keeps the previous ones
+    /// and reports the error (with its file:line) in the status. Files
+    /// byte-identical to the last clean load are not parsed again.
+    pub fn load_inputs(&mut self) {
+        let fingerprint = self.config.inputs.fingerprint();
+        if self.inputs.is_some() && fingerprint.is_some() && fingerprint == self.inputs_fingerprint
+        {
+            self.report.inputs(None);
+            return;
+        }
+        match self.config.inputs.load_config() {
+            Ok((manifests, templates)) => {
+                self.inputs_fingerprint = fingerprint;
+                self.inputs = Some(Prepared {
+                    manifests,
+                    templates,
+                    layout: Layout::new(&self.config.inputs.root),
+                });
+                self.report.inputs(None);
+            }
+            Err(e) => self.report.inputs(Some(e.to_string())),
+        }
+    }
+
+    /// One pass over the current inputs and `source`'s newest snapshot.
+    /// Blocking (source read, render, validators, reloads): call from a
+    /// blocking thread.
+    pub fn reconcile(&mut self, source: &mut dyn Source) {
+        self.report.pass_started();
+        let reading = source.read();
+        self.report.source(reading.health);
+        let (Some(prepared), Some(catalog)) = (self.inputs.as_ref(), reading.catalog) else {
+            self.report.not_converged();
+            return;
+        };
+        let released = std::mem::take(&mut self.released);
+        let pass = match pass::run(
+            prepared,
+            &self.config.node,
+            &prepared.layout,
+            catalog,
+            self.baseline.as_ref(),
+            &released,
+        ) {
+            Ok(pass) => pass,
+            Err(e) => return self.report.render_failed(e.to_string()),
+        };
+        self.report.rendered();
+        let complete = pass.complete();
+        let Pass {
+            set,
+            holds,
+            accepted,
+        } = pass;
+        self.report
+            .holds(&prepared.manifests.manifest, &accepted, &holds);
+        self.report.findings(&set);
+        let layout = prepared.layout.clone();
+        let outcome = converge_apply::apply(&set, &self.config.apply);
+        let report = match outcome {
+            Ok(r) => r,
+            Err(e) => return self.report.apply_failed(set.redact(&e.to_string())),
+        };
+        let all_ok = self.report.outcomes(&set, &report);
+        baseline::advance(&layout, self.baseline.as_ref(), &accepted);
+        self.baseline = Some(accepted);
+        self.report.converged(all_ok && complete);
+    }
+}
+
+#[cfg(test)]
+mod tests;
