@@ -30,7 +30,7 @@ pub mod baseline;
 
 use std::collections::BTreeSet;
 
-use converge_model::manifest::DbRole;
+use converge_model::manifest::{Backend, Database, DbRole, PgbouncerSettings};
 use converge_model::{Catalog, Manifest};
 use serde::{Deserialize, Serialize};
 
@@ -73,78 +73,106 @@ pub fn guard(
             holds: Vec::new(),
         };
     };
-    let mut holds: Vec<Hold> = Vec::new();
-    for (name, b) in &manifest.backends {
-        if released.contains(name) {
-            continue;
-        }
-        let count = |c: &Catalog| {
-            c.service(&b.service)
-                .map(|e| e.instances.iter().filter(|i| b.serves(i)).count())
-                .unwrap_or(0)
-        };
-        let (before, after) = (count(last), count(&new));
-        if after >= before {
-            continue;
-        }
-        let reason = if after == 0 && !b.allow_empty {
-            format!("would leave no server of {before}; set allow_empty: true if that is meant")
-        } else if after < b.min_healthy as usize {
-            format!("would leave {after} of min_healthy {}", b.min_healthy)
-        } else if (before - after) as f64 / before as f64 > b.max_drop_fraction {
-            format!(
-                "would remove {} of {before} servers, more than max_drop_fraction {}",
-                before - after,
-                b.max_drop_fraction
-            )
-        } else {
-            continue;
-        };
-        holds.push(Hold {
-            backend: name.clone(),
-            service: b.service.clone(),
-            before,
-            after,
-            reason,
-        });
-    }
+    let mut holds: Vec<Hold> = manifest
+        .backends
+        .iter()
+        .filter(|(name, _)| !released.contains(*name))
+        .filter_map(|(name, b)| backend_hold(name, b, last, &new))
+        .collect();
     // Held services go back to their last applied instances (entries
     // replaced in `new`, nothing copied whole).
     let mut catalog = new;
     for h in &holds {
         catalog = catalog.with_service(&h.service, last.service(&h.service).cloned());
     }
+    // Databases are judged on the catalog as the backends left it, so a
+    // service held for a backend is not held twice.
     for (name, d) in &manifest.databases {
-        if d.allow_empty || released.contains(name) {
+        if released.contains(name) {
             continue;
         }
-        let hosts = |c: &Catalog| {
-            c.service(&d.service)
-                .map(|e| {
-                    e.instances
-                        .iter()
-                        .filter(|i| manifest.pgbouncer.fills_role(d.role, i))
-                        .count()
-                })
-                .unwrap_or(0)
-        };
-        let (before, after) = (hosts(last), hosts(&catalog));
-        if before > 0 && after == 0 {
+        if let Some(hold) = database_hold(name, d, &manifest.pgbouncer, last, &catalog) {
             catalog = catalog.with_service(&d.service, last.service(&d.service).cloned());
-            let reason = match d.role {
-                DbRole::Primary => format!("database {name} would have no primary; keeping the last one until a new one is tagged"),
-                DbRole::Replica => format!("database {name} would have no replica; keeping the last ones until one is healthy"),
-            };
-            holds.push(Hold {
-                backend: name.clone(),
-                service: d.service.clone(),
-                before,
-                after,
-                reason,
-            });
+            holds.push(hold);
         }
     }
     Guarded { catalog, holds }
+}
+
+/// The hold of backend `name` going from `last` to `new`, if a rule holds it.
+fn backend_hold(name: &str, b: &Backend, last: &Catalog, new: &Catalog) -> Option<Hold> {
+    let count = |c: &Catalog| {
+        c.service(&b.service)
+            .map(|e| e.instances.iter().filter(|i| b.serves(i)).count())
+            .unwrap_or(0)
+    };
+    let (before, after) = (count(last), count(new));
+    if after >= before {
+        return None;
+    }
+    let reason = if after == 0 && !b.allow_empty {
+        format!("would leave no server of {before}; set allow_empty: true if that is meant")
+    } else if after < b.min_healthy as usize {
+        format!("would leave {after} of min_healthy {}", b.min_healthy)
+    } else if (before - after) as f64 / before as f64 > b.max_drop_fraction {
+        format!(
+            "would remove {} of {before} servers, more than max_drop_fraction {}",
+            before - after,
+            b.max_drop_fraction
+        )
+    } else {
+        return None;
+    };
+    Some(Hold {
+        backend: name.to_string(),
+        service: b.service.clone(),
+        before,
+        after,
+        reason,
+    })
+}
+
+/// The hold of database `name` going from `last` to `new`: one that had a
+/// host for its role and would have none, unless it allows that.
+fn database_hold(
+    name: &str,
+    d: &Database,
+    settings: &PgbouncerSettings,
+    last: &Catalog,
+    new: &Catalog,
+) -> Option<Hold> {
+    if d.allow_empty {
+        return None;
+    }
+    let hosts = |c: &Catalog| {
+        c.service(&d.service)
+            .map(|e| {
+                e.instances
+                    .iter()
+                    .filter(|i| settings.fills_role(d.role, i))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let (before, after) = (hosts(last), hosts(new));
+    if before == 0 || after > 0 {
+        return None;
+    }
+    let reason = match d.role {
+        DbRole::Primary => format!(
+            "database {name} would have no primary; keeping the last one until a new one is tagged"
+        ),
+        DbRole::Replica => format!(
+            "database {name} would have no replica; keeping the last ones until one is healthy"
+        ),
+    };
+    Some(Hold {
+        backend: name.to_string(),
+        service: d.service.clone(),
+        before,
+        after,
+        reason,
+    })
 }
 
 #[cfg(test)]

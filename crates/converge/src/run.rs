@@ -37,6 +37,9 @@ pub fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<u8> {
     Ok(exit::OK)
 }
 
+// Long on purpose: it wires the daemon, the HTTP listener, the signal
+// handlers and systemd's notifications together in the order they start
+// and stop; each piece is a few lines and reads best where it is started.
 async fn serve(config: DaemonConfig, args: &RunArgs) -> anyhow::Result<()> {
     let daemon = Daemon::new(config);
     let board = daemon.board();

@@ -40,8 +40,20 @@ fn shown(value: &str) -> &str {
     }
 }
 
+/// The one-screen text: each section on its own, in the order an
+/// operator reads them.
 fn text(r: &NodeReport) -> String {
     let mut out = format!("node {}\n", r.node);
+    daemon_text(r, &mut out);
+    targets_text(r, &mut out);
+    haproxy_text(r, &mut out);
+    pgbouncer_text(r, &mut out);
+    keepalived_text(r, &mut out);
+    out
+}
+
+/// The daemon's verdict, holds and findings.
+fn daemon_text(r: &NodeReport, out: &mut String) {
     match &r.daemon {
         Section::Ok(s) => {
             let state = if s.converged {
@@ -49,7 +61,7 @@ fn text(r: &NodeReport) -> String {
             } else {
                 "NOT converged"
             };
-            out += &format!(
+            *out += &format!(
                 "daemon: {state}; source {}{}; last success {}\n",
                 s.source,
                 s.source_error
@@ -59,24 +71,28 @@ fn text(r: &NodeReport) -> String {
                 when(s.last_success)
             );
             if let Some(e) = &s.input_error {
-                out += &format!("  input error (previous desired state in force): {e}\n");
+                *out += &format!("  input error (previous desired state in force): {e}\n");
             }
             for h in &s.holds {
-                out += &format!(
+                *out += &format!(
                     "  HELD {}: {} (to accept: curl -X POST http://DAEMON/release/{})\n",
                     h.backend, h.reason, h.backend
                 );
             }
             for f in &s.findings {
-                out += &format!("  {f}\n");
+                *out += &format!("  {f}\n");
             }
         }
-        Section::Error(e) => out += &format!("daemon: {e}\n"),
+        Section::Error(e) => *out += &format!("daemon: {e}\n"),
     }
-    out += "\nTARGET               SHA256        LAST APPLY                 ERROR\n";
+}
+
+/// Each target's hash, last apply and error.
+fn targets_text(r: &NodeReport, out: &mut String) {
+    *out += "\nTARGET               SHA256        LAST APPLY                 ERROR\n";
     for t in &r.targets {
         let sha = t.sha256.as_deref().map(|h| &h[..12]).unwrap_or("(missing)");
-        out += &format!(
+        *out += &format!(
             "{:<20} {:<13} {:<26} {}\n",
             t.target,
             sha,
@@ -84,24 +100,32 @@ fn text(r: &NodeReport) -> String {
             t.last_error.as_deref().unwrap_or("-")
         );
     }
-    out += "\nHAPROXY BACKEND      SERVER               ADDRESS                STATE\n";
+}
+
+/// HAProxy's live servers.
+fn haproxy_text(r: &NodeReport, out: &mut String) {
+    *out += "\nHAPROXY BACKEND      SERVER               ADDRESS                STATE\n";
     match &r.haproxy {
-        Section::Ok(servers) if servers.is_empty() => out += "(no servers)\n",
+        Section::Ok(servers) if servers.is_empty() => *out += "(no servers)\n",
         Section::Ok(servers) => {
             for s in servers {
-                out += &format!(
+                *out += &format!(
                     "{:<20} {:<20} {:<22} {}\n",
                     s.backend, s.name, s.endpoint, s.state
                 );
             }
         }
-        Section::Error(e) => out += &format!("{e}\n"),
+        Section::Error(e) => *out += &format!("{e}\n"),
     }
-    out += "\nPGBOUNCER DATABASE   HOST:PORT                      DATABASE\n";
+}
+
+/// PgBouncer's databases and settings awaiting a restart.
+fn pgbouncer_text(r: &NodeReport, out: &mut String) {
+    *out += "\nPGBOUNCER DATABASE   HOST:PORT                      DATABASE\n";
     match &r.pgbouncer {
         Section::Ok(dbs) => {
             for d in dbs {
-                out += &format!(
+                *out += &format!(
                     "{:<20} {:<30} {}{}\n",
                     d.name,
                     format!("{}:{}", d.host, d.port),
@@ -110,12 +134,12 @@ fn text(r: &NodeReport) -> String {
                 );
             }
         }
-        Section::Error(e) => out += &format!("{e}\n"),
+        Section::Error(e) => *out += &format!("{e}\n"),
     }
     match &r.pgbouncer_restart {
         Section::Ok(pending) => {
             for p in pending {
-                out += &format!(
+                *out += &format!(
                     "needs restart: {} {} → {}{}\n",
                     p.key,
                     shown(&p.running),
@@ -124,9 +148,13 @@ fn text(r: &NodeReport) -> String {
                 );
             }
         }
-        Section::Error(e) => out += &format!("restart-only settings not compared: {e}\n"),
+        Section::Error(e) => *out += &format!("restart-only settings not compared: {e}\n"),
     }
-    out += "\nKEEPALIVED VIP       STATE    HOLDS VIP  INTERFACE  ADDRESSES\n";
+}
+
+/// Each VRRP instance and whether this node holds its VIP.
+fn keepalived_text(r: &NodeReport, out: &mut String) {
+    *out += "\nKEEPALIVED VIP       STATE    HOLDS VIP  INTERFACE  ADDRESSES\n";
     match &r.keepalived {
         Section::Ok(vips) => {
             for v in vips {
@@ -141,7 +169,7 @@ fn text(r: &NodeReport) -> String {
                 } else {
                     format!("partial: {}", v.held.join(", "))
                 };
-                out += &format!(
+                *out += &format!(
                     "{:<20} {:<8} {:<10} {:<10} {} ({running})\n",
                     v.name,
                     v.state.as_str(),
@@ -150,14 +178,13 @@ fn text(r: &NodeReport) -> String {
                     v.addresses.join(", ")
                 );
                 if let Some(note) = &v.state_note {
-                    out += &format!("  state unknown: {note}\n");
+                    *out += &format!("  state unknown: {note}\n");
                 }
                 if let Some(warning) = &v.warning {
-                    out += &format!("  WARNING: {warning}\n");
+                    *out += &format!("  WARNING: {warning}\n");
                 }
             }
         }
-        Section::Error(e) => out += &format!("{e}\n"),
+        Section::Error(e) => *out += &format!("{e}\n"),
     }
-    out
 }

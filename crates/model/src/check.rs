@@ -44,6 +44,9 @@ impl Manifests {
         }
     }
 
+    // Long on purpose: one rule after another over one section, each a
+    // few lines and independent; split up, a section's rules would be
+    // scattered over helpers that each check one field.
     fn check_frontends(&self, errors: &mut Vec<ManifestError>) {
         let m = &self.manifest;
         for (name, fe) in &m.frontends {
@@ -210,6 +213,9 @@ impl Manifests {
         }
     }
 
+    // Long on purpose: one rule after another over one section, each a
+    // few lines and independent; split up, a section's rules would be
+    // scattered over helpers that each check one field.
     fn check_targets(&self, errors: &mut Vec<ManifestError>) {
         let mut seen: BTreeMap<&str, &str> = BTreeMap::new();
         // program → (first target reloading it, its bundle)
@@ -346,6 +352,9 @@ impl Manifests {
         }
     }
 
+    // Long on purpose: one rule after another over one section, each a
+    // few lines and independent; split up, a section's rules would be
+    // scattered over helpers that each check one field.
     fn check_vips(&self, errors: &mut Vec<ManifestError>) {
         let m = &self.manifest;
         let mut ids: BTreeMap<u8, &str> = BTreeMap::new();

@@ -61,6 +61,9 @@ impl NodeDesired {
 
 impl Manifests {
     /// The desired state of node `name`. Call after [`Manifests::validate`].
+    // Long on purpose: it resolves each part of a node's state (targets,
+    // VIPs with their peers, secrets) in the order they depend on each
+    // other, each step a few lines over one section.
     pub fn for_node(&self, name: &str) -> Result<NodeDesired, ManifestErrors> {
         let m = &self.manifest;
         let Some(node) = m.nodes.get(name) else {

@@ -285,24 +285,7 @@ pub fn build(desired: &NodeDesired, catalog: &Catalog, layout: &Layout) -> View 
     let mut rejections = Vec::new();
     let mut warnings = Vec::new();
 
-    // Admit each referenced service once, so a left-out instance is
-    // reported once however many backends use the service.
-    let mut safe: BTreeMap<&str, Vec<&Instance>> = BTreeMap::new();
-    let referenced = m
-        .backends
-        .values()
-        .map(|b| b.service.as_str())
-        .chain(m.databases.values().map(|d| d.service.as_str()));
-    for service in referenced {
-        if safe.contains_key(service) {
-            continue;
-        }
-        let instances = catalog
-            .service(service)
-            .map(|e| e.instances.as_slice())
-            .unwrap_or_default();
-        safe.insert(service, admitted(service, instances, &mut rejections));
-    }
+    let safe = admit_referenced(desired, catalog, &mut rejections);
 
     let backends = m
         .backends
@@ -361,6 +344,34 @@ pub fn build(desired: &NodeDesired, catalog: &Catalog, layout: &Layout) -> View 
         rejections,
         warnings,
     }
+}
+
+/// The admitted instances of every service the manifest references. Each
+/// service is admitted once, so a left-out instance is reported once
+/// however many backends use the service.
+fn admit_referenced<'a>(
+    desired: &'a NodeDesired,
+    catalog: &'a Catalog,
+    rejections: &mut Vec<Rejection>,
+) -> BTreeMap<&'a str, Vec<&'a Instance>> {
+    let m = &desired.manifest;
+    let mut safe: BTreeMap<&str, Vec<&Instance>> = BTreeMap::new();
+    let referenced = m
+        .backends
+        .values()
+        .map(|b| b.service.as_str())
+        .chain(m.databases.values().map(|d| d.service.as_str()));
+    for service in referenced {
+        if safe.contains_key(service) {
+            continue;
+        }
+        let instances = catalog
+            .service(service)
+            .map(|e| e.instances.as_slice())
+            .unwrap_or_default();
+        safe.insert(service, admitted(service, instances, rejections));
+    }
+    safe
 }
 
 /// One backend with its servers: the admitted instances that serve it,
