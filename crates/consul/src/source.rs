@@ -27,15 +27,16 @@
 //!
 //! The bound of 32 connections is the [`Client`]'s, and holds by
 //! construction (see [`MAX_CONNECTIONS`](crate::client::MAX_CONNECTIONS)):
-//! a client lets at most
-//! `max_requests` requests through at once and keeps at most as many idle
-//! connections. [`SourceConfig::client`] sizes one for the two watches
-//! plus the fetch pool, which is clamped to [`MAX_FETCH_CONCURRENCY`] so
-//! both always fit in [`MAX_REQUESTS`]: 2 + 14 requests and 16 idle
-//! connections at most. The default pool is 12 (2 × 14 = 28 connections),
-//! which leaves room for the moment the HTTP pool is still handing a
-//! finished connection back while a read opens a new one; measured peaks
-//! stay at 15–21.
+//! a client lets at most `max_requests` requests through at once and keeps
+//! at most as many idle connections. [`SourceConfig::client`] sizes one for
+//! the two watches plus the fetch pool, which is clamped to
+//! [`MAX_FETCH_CONCURRENCY`] so both always fit in
+//! [`MAX_REQUESTS`](crate::client::MAX_REQUESTS): 2 + 14 requests and 16
+//! idle connections at most. The default pool, 12, stays below that clamp
+//! to leave room for the moment the HTTP pool is still handing a finished
+//! connection back while a read opens a new one; the peaks this leads to
+//! are measured in `BENCHMARKS.md`, section "Consul source: flip →
+//! snapshot, idle load, connections".
 //!
 //! The trade-off: a health flip costs one wake-up of the checks watch (whose
 //! answer grows with the number of checks in the datacenter, not with what
@@ -43,13 +44,16 @@
 //! A registration costs a refetch of every watched service through the
 //! pool; registrations are rare next to health flips, and the pool keeps
 //! the burst bounded. A periodic resync ([`SourceConfig::resync_interval`],
-//! 30 minutes by default) refetches everything as a safety net; it is the
-//! bulk of the idle load (600 services: 600 reads per half hour, against 2
-//! long-poll wake-ups per minute), so it is kept long.
+//! 30 minutes by default) refetches everything as a safety net. It costs
+//! one read per watched service per interval, which with hundreds of
+//! services is most of the idle load (the two long polls wake rarely while
+//! nothing changes), so it is kept long.
 //!
-//! Measured on a dev agent (see the Consul section of `BENCHMARKS.md`): 600
-//! watched services, 15–21 connections at peak, 2 when idle; a TTL flip
-//! reaches a snapshot in about 12–15 ms (p50).
+//! What this costs against a real agent (connections at peak and when
+//! idle, requests per minute while idle, flip → snapshot latency at 10 and
+//! 600 watched services) is measured in `BENCHMARKS.md`, section "Consul
+//! source: flip → snapshot, idle load, connections", with the commands
+//! that reproduce it; numbers written here would go stale.
 //!
 //! # Failure
 //!
