@@ -1,0 +1,95 @@
+//! The HTTP client under [`Client`](super::Client): the token header, TLS
+//! roots and client identity, and a connection pool sized to the request
+//! limit.
+//!
+//! Built once per [`Client`](super::Client) and shared by its clones, so the
+//! pool's idle limit is one half of the connection bound (see
+//! [`MAX_CONNECTIONS`](super::MAX_CONNECTIONS)). Every problem with the
+//! configuration (an unreadable PEM file, half a client identity, a token
+//! that cannot be a header) is an [`Error::Config`] naming the file or
+//! variable, found here before any request is sent.
+
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, HeaderValue};
+
+use crate::config::{Config, TlsConfig};
+use crate::error::Error;
+
+/// A `reqwest` client for `config` that keeps at most `max_idle` idle
+/// connections and sends the token, if any, as a sensitive header.
+pub(super) fn http_client(config: &Config, max_idle: usize) -> Result<reqwest::Client, Error> {
+    let mut headers = HeaderMap::new();
+    if let Some(token) = &config.token {
+        let mut value = HeaderValue::from_str(token.expose()).map_err(|_| {
+            Error::Config("the Consul token contains characters not allowed in a header".into())
+        })?;
+        value.set_sensitive(true);
+        headers.insert("X-Consul-Token", value);
+    }
+    let builder = reqwest::Client::builder()
+        .use_rustls_tls()
+        .default_headers(headers)
+        .connect_timeout(config.connect_timeout)
+        .pool_max_idle_per_host(max_idle)
+        .pool_idle_timeout(Duration::from_secs(30))
+        .tcp_nodelay(true)
+        .http1_only()
+        .user_agent(concat!("converge/", env!("CARGO_PKG_VERSION")));
+    with_tls(builder, &config.tls)?
+        .build()
+        .map_err(|e| Error::Config(format!("cannot build HTTP client: {e}")))
+}
+
+/// Adds the CA bundle (replacing the built-in roots), the client identity
+/// and the verification switch of `tls` to `builder`.
+fn with_tls(
+    mut builder: reqwest::ClientBuilder,
+    tls: &TlsConfig,
+) -> Result<reqwest::ClientBuilder, Error> {
+    if let Some(ca) = &tls.ca_cert {
+        let pem = read_pem("CA certificate (CONSUL_CACERT)", ca)?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| Error::Config(format!("CA certificate {}: {e}", ca.display())))?;
+        if certs.is_empty() {
+            return Err(Error::Config(format!(
+                "CA certificate {} holds no certificate",
+                ca.display()
+            )));
+        }
+        builder = builder.tls_built_in_root_certs(false);
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    match (&tls.client_cert, &tls.client_key) {
+        (Some(cert), Some(key)) => {
+            let mut pem = read_pem("client certificate (CONSUL_CLIENT_CERT)", cert)?;
+            pem.push(b'\n');
+            pem.extend(read_pem("client key (CONSUL_CLIENT_KEY)", key)?);
+            let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
+                Error::Config(format!(
+                    "client certificate {} / key {}: {e}",
+                    cert.display(),
+                    key.display()
+                ))
+            })?;
+            builder = builder.identity(identity);
+        }
+        (None, None) => {}
+        _ => {
+            return Err(Error::Config(
+                "CONSUL_CLIENT_CERT and CONSUL_CLIENT_KEY must be set together".into(),
+            ))
+        }
+    }
+    if tls.insecure_skip_verify {
+        builder = builder.danger_accept_invalid_certs(true);
+    }
+    Ok(builder)
+}
+
+fn read_pem(what: &str, path: &std::path::Path) -> Result<Vec<u8>, Error> {
+    std::fs::read(path)
+        .map_err(|e| Error::Config(format!("cannot read {what} {}: {e}", path.display())))
+}

@@ -1,0 +1,379 @@
+//! The source's one task: it owns everything the source knows, reads what
+//! the watches say may have changed, and publishes a new [`SourceState`]
+//! when the result differs from the last.
+//!
+//! Watches and the services list only wake the loop; what it reads is
+//! decided from its own state (the check views, what each read answered,
+//! which services are dirty, ahead or parked), and a periodic resync
+//! refetches everything in case a signal was missed. Keeping all of it in
+//! one `Loop` value, changed only by its methods, lets the tests drive
+//! the loop signal by signal without Consul.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use converge_model::{Catalog, Freshness, Instance, ServiceEntry};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::backoff::Backoff;
+use crate::blocking::IndexOutcome;
+use crate::client::{Client, QueryOptions, Response};
+use crate::error::Error;
+
+use super::checks::{changed_services, CheckView};
+use super::known::{Failure, Known};
+use super::settings::SourceConfig;
+use super::state::{SourceHealth, SourceState};
+use super::watches::{watch_checks, watch_services, Signal, Watch};
+
+/// The source's state and the loop's steps; see the module docs.
+pub(super) struct Loop {
+    pub(super) client: Client,
+    pub(super) config: SourceConfig,
+    pub(super) watched: BTreeSet<String>,
+    pub(super) known: BTreeMap<String, Known>,
+    pub(super) checks: Option<CheckView>,
+    pub(super) checks_index: u64,
+    pub(super) services_index: u64,
+    pub(super) watch_up: [bool; 2],
+    pub(super) watch_error: Option<Failure>,
+    pub(super) need_full: bool,
+    pub(super) dirty: BTreeSet<String>,
+    /// Services whose latest read answered at an index past the check view
+    /// it was compared against: the read may already hold a change that
+    /// the next view, compared with the last one, shows as none (a check
+    /// that flips and flips back between two answers of the watch). The
+    /// next view reads them again.
+    pub(super) ahead: BTreeSet<String>,
+    pub(super) retry: Backoff,
+    pub(super) retry_at: Option<Instant>,
+    pub(super) resync_at: Instant,
+    pub(super) rng: fastrand::Rng,
+}
+
+pub(super) async fn run(
+    client: Client,
+    config: SourceConfig,
+    state_tx: watch::Sender<SourceState>,
+    mut services_rx: watch::Receiver<BTreeSet<String>>,
+) {
+    let (sig_tx, mut sig_rx) = mpsc::channel(8);
+    let mut watches = JoinSet::new();
+    watches.spawn(watch_checks(client.clone(), config.clone(), sig_tx.clone()));
+    watches.spawn(watch_services(client.clone(), config.clone(), sig_tx));
+
+    let mut rng = fastrand::Rng::new();
+    let resync_at = Instant::now() + jittered(config.resync_interval, &mut rng);
+    let mut lp = Loop {
+        watched: services_rx.borrow_and_update().clone(),
+        retry: Backoff::new(
+            config.retry_base,
+            config.retry_cap,
+            0.5,
+            fastrand::Rng::new(),
+        ),
+        client,
+        config,
+        known: BTreeMap::new(),
+        checks: None,
+        checks_index: 0,
+        services_index: 0,
+        watch_up: [false, false],
+        watch_error: None,
+        need_full: true,
+        dirty: BTreeSet::new(),
+        ahead: BTreeSet::new(),
+        retry_at: None,
+        resync_at,
+        rng,
+    };
+
+    loop {
+        let retry_at = lp.retry_at;
+        tokio::select! {
+            sig = sig_rx.recv() => {
+                let Some(sig) = sig else { return };
+                lp.on_signal(sig);
+                while let Ok(sig) = sig_rx.try_recv() {
+                    lp.on_signal(sig);
+                }
+            }
+            changed = services_rx.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let new = services_rx.borrow_and_update().clone();
+                lp.set_watched(new);
+            }
+            _ = tokio::time::sleep_until(lp.resync_at) => {
+                lp.need_full = true;
+                lp.resync_at = Instant::now() + jittered(lp.config.resync_interval, &mut lp.rng);
+            }
+            _ = sleep_until_opt(retry_at) => lp.on_retry(),
+        }
+        lp.fetch().await;
+        let next = lp.state();
+        state_tx.send_if_modified(|cur| {
+            let changed = *cur.catalog != *next.catalog
+                || cur.missing != next.missing
+                || cur.health != next.health;
+            if changed {
+                *cur = next;
+            }
+            changed
+        });
+    }
+}
+
+impl Loop {
+    pub(super) fn on_signal(&mut self, sig: Signal) {
+        match sig {
+            Signal::Checks {
+                outcome,
+                index,
+                view,
+            } => {
+                self.watch_up[0] = true;
+                self.checks_index = index;
+                self.dirty.append(&mut self.ahead);
+                match (&self.checks, outcome) {
+                    (Some(old), IndexOutcome::Moved | IndexOutcome::Unchanged) => {
+                        let changed = changed_services(old, &view, &self.known);
+                        self.dirty.extend(changed);
+                    }
+                    _ => self.need_full = true,
+                }
+                self.checks = Some(view);
+            }
+            Signal::Services { outcome, index } => {
+                self.watch_up[1] = true;
+                self.services_index = index;
+                if outcome.may_have_changed() {
+                    self.need_full = true;
+                }
+            }
+            Signal::Failed { watch, error } => {
+                let failure = Failure::new(&error);
+                if failure.parked {
+                    tracing::error!(?watch, %error, "Consul refused the watch; keeping the last good catalog and not asking again until the source restarts (SIGHUP)");
+                } else {
+                    tracing::warn!(?watch, %error, "Consul watch failed; keeping the last good catalog");
+                }
+                self.watch_up[watch as usize] = false;
+                if watch == Watch::Checks {
+                    self.checks = None;
+                }
+                self.need_full = true;
+                // A parked watch never recovers, so its failure is the one
+                // to report until the source restarts.
+                if self.watch_error.as_ref().is_none_or(|f| !f.parked) {
+                    self.watch_error = Some(failure);
+                }
+            }
+        }
+        if self.watch_up.iter().all(|u| *u) {
+            self.watch_error = None;
+        }
+    }
+
+    /// The retry timer: reads again every service whose latest read failed
+    /// in a way waiting can fix, and every one never read.
+    pub(super) fn on_retry(&mut self) {
+        self.retry_at = None;
+        let failed = self.known.iter().filter(|(_, k)| match &k.error {
+            Some(f) => !f.parked,
+            None => k.last_ok.is_none(),
+        });
+        let failed: Vec<String> = failed.map(|(n, _)| n.clone()).collect();
+        self.dirty.extend(failed);
+        let unread = self.watched.iter().filter(|s| !self.known.contains_key(*s));
+        let unread: Vec<String> = unread.cloned().collect();
+        self.dirty.extend(unread);
+    }
+
+    /// Whether `service` failed in a way asking again cannot fix.
+    fn is_parked(&self, service: &str) -> bool {
+        self.known
+            .get(service)
+            .and_then(|k| k.error.as_ref())
+            .is_some_and(|f| f.parked)
+    }
+
+    fn set_watched(&mut self, new: BTreeSet<String>) {
+        self.known.retain(|name, _| new.contains(name));
+        self.dirty.retain(|name| new.contains(name));
+        for name in new.difference(&self.watched) {
+            self.dirty.insert(name.clone());
+        }
+        self.watched = new;
+    }
+
+    /// Reads every dirty service (all of them after a full-refetch
+    /// trigger), at most `fetch_concurrency` at a time, except those
+    /// parked by a failure asking again cannot fix. Does nothing while a
+    /// watch is down: the reads would fail too, and the watch's recovery
+    /// triggers one full refetch.
+    pub(super) async fn fetch(&mut self) {
+        if !self.watch_up.iter().all(|u| *u) {
+            return;
+        }
+        if self.need_full {
+            self.need_full = false;
+            self.dirty.extend(self.watched.iter().cloned());
+        }
+        let todo: Vec<String> = std::mem::take(&mut self.dirty)
+            .into_iter()
+            .filter(|s| self.watched.contains(s) && !self.is_parked(s))
+            .collect();
+        if todo.is_empty() {
+            return;
+        }
+        let opts = QueryOptions {
+            consistency: self.config.consistency,
+            ..QueryOptions::default()
+        };
+        let mut pending = todo.into_iter();
+        let mut running = JoinSet::new();
+        let limit = self.config.concurrency();
+        let mut retry_needed = false;
+        loop {
+            while running.len() < limit {
+                let Some(name) = pending.next() else { break };
+                let client = self.client.clone();
+                let query = self.config.health.clone();
+                let opts = opts.clone();
+                running.spawn(async move {
+                    let r = client.health_service(&name, &query, &opts).await;
+                    (name, r)
+                });
+            }
+            let Some(joined) = running.join_next().await else {
+                break;
+            };
+            let Ok((name, result)) = joined else { continue };
+            retry_needed |= self.record_read(name, result);
+        }
+        if retry_needed {
+            let delay = self.retry.next_delay();
+            self.retry_at = Some(Instant::now() + delay);
+        } else if !self
+            .known
+            .values()
+            .any(|k| k.error.as_ref().is_some_and(|f| !f.parked))
+        {
+            self.retry.reset();
+            self.retry_at = None;
+        }
+    }
+
+    /// Keeps what one read of `name` answered; `true` when it failed in a
+    /// way that asking again later can fix.
+    pub(super) fn record_read(
+        &mut self,
+        name: String,
+        result: Result<Response<Vec<Instance>>, Error>,
+    ) -> bool {
+        let entry = self.known.entry(name.clone()).or_default();
+        match result {
+            Ok(resp) => {
+                entry.instances = resp.value;
+                entry.instances.sort();
+                entry.last_ok = Some(SystemTime::now());
+                entry.error = None;
+                if resp.meta.index > self.checks_index {
+                    self.ahead.insert(name);
+                } else {
+                    self.ahead.remove(&name);
+                }
+                false
+            }
+            Err(e) => {
+                let failure = Failure::new(&e);
+                let retry = !failure.parked;
+                if failure.parked {
+                    tracing::error!(service = %name, error = %e, "Consul refused the read; keeping the last good instances and not asking again until the source restarts (SIGHUP)");
+                } else {
+                    tracing::warn!(service = %name, error = %e, "Consul read failed; keeping the last good instances");
+                }
+                entry.error = Some(failure);
+                retry
+            }
+        }
+    }
+
+    /// The failure to report: a watch's before a read's, and one that
+    /// parked something before one that is retried.
+    fn failure(&self) -> Option<&Failure> {
+        let reads = self
+            .watched
+            .iter()
+            .filter_map(|s| self.known.get(s)?.error.as_ref());
+        let mut all = self.watch_error.iter().chain(reads);
+        let first = all.clone().next();
+        all.find(|f| f.parked).or(first)
+    }
+
+    /// The state to publish: last good data everywhere, stale where the
+    /// latest read or a watch failed.
+    pub(super) fn state(&self) -> SourceState {
+        let watch_down = self.watch_error.as_ref().map(|f| &f.message);
+        let mut services = BTreeMap::new();
+        let mut missing = BTreeSet::new();
+        for name in &self.watched {
+            let Some(k) = self.known.get(name) else {
+                missing.insert(name.clone());
+                continue;
+            };
+            let Some(since) = k.last_ok else {
+                missing.insert(name.clone());
+                continue;
+            };
+            let freshness = match (k.error.as_ref().map(|f| &f.message), watch_down) {
+                (Some(e), _) | (None, Some(e)) => Freshness::Stale {
+                    since,
+                    error: e.clone(),
+                },
+                (None, None) => Freshness::Fresh,
+            };
+            services.insert(
+                name.clone(),
+                ServiceEntry {
+                    instances: k.instances.clone(),
+                    freshness,
+                },
+            );
+        }
+        let health = if let Some(f) = self.failure() {
+            SourceHealth::Degraded {
+                reason: f.message.clone(),
+                config_error: f.parked,
+            }
+        } else if self.watch_up.iter().all(|u| *u) && missing.is_empty() {
+            SourceHealth::Healthy
+        } else {
+            SourceHealth::Starting
+        };
+        SourceState {
+            catalog: Arc::new(Catalog::new(
+                self.checks_index.max(self.services_index),
+                services,
+            )),
+            missing,
+            health,
+        }
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn jittered(d: Duration, rng: &mut fastrand::Rng) -> Duration {
+    d + d.mul_f64(0.1 * rng.f64())
+}
