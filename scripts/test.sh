@@ -7,6 +7,7 @@
 # real haproxy, pgbouncer, keepalived and consul.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+CARGO_DENY_VERSION=0.20.2
 
 bash scripts/install-deps.sh
 if [ -f scripts/build-peers.sh ]; then
@@ -22,6 +23,17 @@ echo "test: cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "test: cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
+# Licences, duplicate versions and sources of every dependency (deny.toml).
+# cargo-deny is built once from crates.io at a pinned version and kept
+# under target/tools/. Advisories need a database this machine cannot
+# fetch; deny.toml says so.
+deny=target/tools/bin/cargo-deny
+if ! "$deny" --version 2>/dev/null | grep -qx "cargo-deny $CARGO_DENY_VERSION"; then
+  echo "test: building cargo-deny $CARGO_DENY_VERSION into target/tools (once)"
+  cargo install cargo-deny --locked --version "$CARGO_DENY_VERSION" --root target/tools --quiet
+fi
+echo "test: cargo deny check licenses bans sources"
+"$deny" deny check --hide-inclusion-graph licenses bans sources
 echo "test: cargo test"
 # Every test binary runs even after one fails, so a red run names every
 # failing test at once instead of only the first binary's.
