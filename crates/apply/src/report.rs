@@ -8,7 +8,7 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::reload::ReloadOutcome;
+use converge_programs::ReloadOutcome;
 
 /// The result of one [`apply`](crate::apply).
 #[derive(Debug, Clone, Serialize)]

@@ -38,12 +38,12 @@ use crate::fsutil;
 use crate::live::{self, Change, Live, Ownership, MODE_MASK};
 use crate::lock::ApplyLock;
 use crate::pending;
-use crate::pgbouncer_ini;
-use crate::reload::{self, PauseScope, ReloadOutcome};
 use crate::report::{ApplyReport, BundleReport, Outcome};
-use crate::runtime_api;
 use crate::stage;
-use crate::validate::{self, Candidate};
+use converge_programs::haproxy::runtime_api;
+use converge_programs::pgbouncer::ini as pgbouncer_ini;
+use converge_programs::reload::{self, PauseScope, ReloadOutcome};
+use converge_programs::validate::{self, Candidate};
 
 /// How long an apply waits, and for what.
 #[derive(Debug, Clone)]
@@ -323,7 +323,7 @@ impl Txn<'_> {
 
     /// Hands a membership-only change of runtime-API backends to the
     /// running HAProxy instead of reloading it (see
-    /// [`runtime_api`](crate::runtime_api)); `None` means reload. Not after
+    /// [`runtime_api`](converge_programs::haproxy::runtime_api)); `None` means reload. Not after
     /// an interrupted apply: HAProxy may not run the live file then. Runs
     /// only once the pending-reload marker is durable, so a crash before
     /// the commit leaves the next apply a reload onto the files on disk.
@@ -334,7 +334,7 @@ impl Txn<'_> {
         let plan = runtime_api::plan(self.members.iter().map(|m| runtime_api::MemberView {
             file: m.file,
             live: m.live.as_ref().map(|l| l.bytes.as_slice()),
-            change: m.change,
+            rewrites: m.change.rewrites(),
         }))?;
         match runtime_api::run(&plan) {
             Ok(servers) => Some(servers),

@@ -303,7 +303,7 @@ fn backups_keep_only_the_newest_n() {
         .to_string_lossy()
         .into_owned();
     assert!(
-        name.ends_with(&crate::plan::sha256_hex(b"v3\n")[..8]),
+        name.ends_with(&crate::fsutil::sha256_hex(b"v3\n")[..8]),
         "{name}"
     );
 }

@@ -53,7 +53,8 @@
 use std::process::Command;
 use std::time::Duration;
 
-use super::{run, run_checked, Candidate, Failure, ValidateError, MAX_LINES};
+use crate::check::{run_checked, Candidate, CheckFailure, ValidateError, MAX_LINES};
+use crate::process;
 
 /// Sets up the interfaces, then becomes keepalived. `$1` is the candidate,
 /// the rest are interface names; exit 97 means the setup failed.
@@ -76,13 +77,13 @@ const SETUP_FAILED: i32 = 97;
 /// The most interfaces one config may make the check create.
 const MAX_INTERFACES: usize = 256;
 
-pub(super) fn check(candidate: &Candidate<'_>, timeout: Duration) -> Result<(), ValidateError> {
+pub(crate) fn check(candidate: &Candidate<'_>, timeout: Duration) -> Result<(), ValidateError> {
     let shown = format!("keepalived -t -f {}", candidate.staged.display());
     let refuse = |how: &str, output: String| {
         Err(ValidateError::new(
             candidate,
             shown.clone(),
-            Failure::Rejected(how.to_string()),
+            CheckFailure::Rejected(how.to_string()),
             output,
         ))
     };
@@ -101,7 +102,7 @@ pub(super) fn check(candidate: &Candidate<'_>, timeout: Duration) -> Result<(), 
         Err(e) => return refuse("refused before running keepalived", e),
     };
     let root = nix::unistd::geteuid().is_root();
-    let mut cmd = Command::new(run::program("unshare"));
+    let mut cmd = Command::new(process::program("unshare"));
     cmd.arg("--net");
     if !root {
         cmd.arg("--map-root-user");
@@ -127,19 +128,19 @@ pub(super) fn check(candidate: &Candidate<'_>, timeout: Duration) -> Result<(), 
             command: shown.clone(),
             ..e
         })?;
-    let excerpt = run::excerpt(output.lines(), MAX_LINES);
+    let excerpt = process::excerpt(output.lines(), MAX_LINES);
     let not_run = |output: String| {
         Err(ValidateError::new(
             candidate,
             shown.clone(),
-            Failure::NotRun,
+            CheckFailure::NotRun,
             output,
         ))
     };
     if status.code() == Some(SETUP_FAILED) || output.starts_with("unshare:") {
         return not_run(format!(
             "{excerpt}\n(the command run was `{}`)",
-            run::display(&cmd)
+            process::display(&cmd)
         ));
     }
     if !status.success() {
@@ -154,7 +155,7 @@ pub(super) fn check(candidate: &Candidate<'_>, timeout: Duration) -> Result<(), 
         return Err(ValidateError::new(
             candidate,
             shown.clone(),
-            Failure::Rejected(run::describe(status)),
+            CheckFailure::Rejected(process::describe(status)),
             output,
         ));
     }
@@ -162,7 +163,7 @@ pub(super) fn check(candidate: &Candidate<'_>, timeout: Duration) -> Result<(), 
         return Err(ValidateError::new(
             candidate,
             shown.clone(),
-            Failure::Rejected(
+            CheckFailure::Rejected(
                 "exit status 0, but keepalived could not read a config file".to_string(),
             ),
             excerpt,

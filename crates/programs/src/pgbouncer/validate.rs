@@ -55,8 +55,8 @@ use std::time::{Duration, Instant};
 
 use nix::unistd::{chown, User};
 
-use super::run::{self, Running};
-use super::{Candidate, Failure, ValidateError, MAX_LINES};
+use crate::check::{Candidate, CheckFailure, ValidateError, MAX_LINES};
+use crate::process::{self, Running};
 
 /// How often a bind race on the free port is retried.
 const ATTEMPTS: usize = 3;
@@ -64,10 +64,11 @@ const ATTEMPTS: usize = 3;
 /// How long PgBouncer gets to stop after `SIGTERM`.
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
-pub(super) fn check(candidate: &Candidate<'_>, timeout: Duration) -> Result<(), ValidateError> {
+pub(crate) fn check(candidate: &Candidate<'_>, timeout: Duration) -> Result<(), ValidateError> {
     let start = Instant::now();
-    let not_run =
-        |command: String, why: String| ValidateError::new(candidate, command, Failure::NotRun, why);
+    let not_run = |command: String, why: String| {
+        ValidateError::new(candidate, command, CheckFailure::NotRun, why)
+    };
     let base_cmd = format!("pgbouncer (on {})", candidate.staged.display());
     let overrides = sibling_overrides(candidate);
     for path in std::iter::once(candidate.staged).chain(overrides.iter().map(|(_, p)| p.as_path()))
@@ -97,7 +98,7 @@ pub(super) fn check(candidate: &Candidate<'_>, timeout: Duration) -> Result<(), 
                 format!("cannot write {}: {e}", wrapper.display()),
             )
         })?;
-        let mut cmd = Command::new(run::program("pgbouncer"));
+        let mut cmd = Command::new(process::program("pgbouncer"));
         if let Some(u) = &user {
             cmd.arg("-u").arg(&u.name);
         }
@@ -111,7 +112,7 @@ pub(super) fn check(candidate: &Candidate<'_>, timeout: Duration) -> Result<(), 
         let mut pause = Duration::from_millis(2);
         let outcome = loop {
             if let Some(status) = running.poll().map_err(io_err)? {
-                break Outcome::Exited(run::describe(status));
+                break Outcome::Exited(process::describe(status));
             }
             if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
                 && running.output().contains(&listening)
@@ -137,15 +138,15 @@ pub(super) fn check(candidate: &Candidate<'_>, timeout: Duration) -> Result<(), 
             Outcome::Up => Err(ValidateError::new(
                 candidate,
                 shown,
-                Failure::Rejected("it started, but logged errors".to_string()),
+                CheckFailure::Rejected("it started, but logged errors".to_string()),
                 errors,
             )),
             Outcome::Exited(how) => Err(ValidateError::new(
                 candidate,
                 shown,
-                Failure::Rejected(how),
+                CheckFailure::Rejected(how),
                 if errors.is_empty() {
-                    run::excerpt(output.lines(), MAX_LINES)
+                    process::excerpt(output.lines(), MAX_LINES)
                 } else {
                     errors
                 },
@@ -153,8 +154,8 @@ pub(super) fn check(candidate: &Candidate<'_>, timeout: Duration) -> Result<(), 
             Outcome::TimedOut => Err(ValidateError::new(
                 candidate,
                 shown,
-                Failure::TimedOut(timeout),
-                run::excerpt(output.lines(), MAX_LINES),
+                CheckFailure::TimedOut(timeout),
+                process::excerpt(output.lines(), MAX_LINES),
             )),
         };
     }
@@ -232,7 +233,7 @@ fn wrapper_text(staged: &Path, dir: &Path, port: u16, overrides: &[(String, Path
 fn describe(cmd: &Command, staged: &Path, port: u16, overrides: &[(String, PathBuf)]) -> String {
     let mut s = format!(
         "{} (wrapper: %include {}, listen 127.0.0.1:{port}",
-        run::display(cmd),
+        process::display(cmd),
         staged.display()
     );
     for (key, path) in overrides {
@@ -251,7 +252,7 @@ fn relevant(output: &str, wrapper: &Path) -> String {
         .filter(|l| !l.contains(wrapper.as_ref()))
         .map(|l| l.split_once("] ").map_or(l, |(_, rest)| rest))
         .filter(|l| l.starts_with("ERROR ") || l.starts_with("FATAL "));
-    run::excerpt(lines, MAX_LINES)
+    process::excerpt(lines, MAX_LINES)
 }
 
 /// The user PgBouncer runs as: `None` when we are not root (it runs as
