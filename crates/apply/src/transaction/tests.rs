@@ -147,6 +147,13 @@ fn a_failed_reload_rolls_back_byte_for_byte_and_reloads_the_old_files() {
         }
         other => panic!("expected rollback, got {other:?}"),
     }
+    let rollback = r
+        .bundle("app")
+        .and_then(|b| b.rollback.as_ref())
+        .expect("a rolled-back bundle says how");
+    assert!(rollback.complete && rollback.failed_steps.is_empty());
+    assert_eq!(rollback.reload, crate::RollbackReload::Reloaded);
+    assert_eq!(r.incomplete_rollbacks(), 0);
     assert_eq!(std::fs::read_to_string(&dest).expect("read"), old);
     assert_eq!(
         std::fs::metadata(&dest).expect("meta").mode() & 0o7777,

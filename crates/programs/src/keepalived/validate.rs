@@ -110,19 +110,7 @@ pub(crate) fn check(candidate: &Candidate<'_>, timeout: Duration) -> Result<(), 
     cmd.args(["--", "/bin/sh", "-c", SCRIPT, "converge-keepalived-check"])
         .arg(candidate.staged)
         .args(&names);
-    let shown = format!(
-        "{shown} (in a scratch network namespace with {}: {})",
-        if names.len() == 1 {
-            "interface"
-        } else {
-            "interfaces"
-        },
-        if names.is_empty() {
-            "none".to_string()
-        } else {
-            names.join(", ")
-        }
-    );
+    let shown = in_namespace(&shown, &names);
     let (status, output) =
         run_checked(candidate, &mut cmd, timeout).map_err(|e| ValidateError {
             command: shown.clone(),
@@ -170,6 +158,23 @@ pub(crate) fn check(candidate: &Candidate<'_>, timeout: Duration) -> Result<(), 
         ));
     }
     Ok(())
+}
+
+/// The command as shown, with the interfaces of its scratch namespace.
+fn in_namespace(shown: &str, names: &[String]) -> String {
+    format!(
+        "{shown} (in a scratch network namespace with {}: {})",
+        if names.len() == 1 {
+            "interface"
+        } else {
+            "interfaces"
+        },
+        if names.is_empty() {
+            "none".to_string()
+        } else {
+            names.join(", ")
+        }
+    )
 }
 
 /// A word of the config, with its 1-based line number.

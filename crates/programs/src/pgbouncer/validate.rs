@@ -71,19 +71,12 @@ pub(crate) fn check(candidate: &Candidate<'_>, timeout: Duration) -> Result<(), 
     };
     let base_cmd = format!("pgbouncer (on {})", candidate.staged.display());
     let overrides = sibling_overrides(candidate);
-    for path in std::iter::once(candidate.staged).chain(overrides.iter().map(|(_, p)| p.as_path()))
-    {
-        if path
-            .as_os_str()
-            .as_bytes()
-            .iter()
-            .any(|b| matches!(b, b'\n' | b'\r'))
-        {
-            return Err(not_run(
-                base_cmd,
-                format!("{} has a line break in its path", path.display()),
-            ));
-        }
+    let paths = std::iter::once(candidate.staged).chain(overrides.iter().map(|(_, p)| p.as_path()));
+    if let Some(path) = paths.into_iter().find(|p| has_line_break(p)) {
+        return Err(not_run(
+            base_cmd,
+            format!("{} has a line break in its path", path.display()),
+        ));
     }
     let user = run_as(candidate.file.owner.as_deref()).map_err(|e| not_run(base_cmd.clone(), e))?;
     let dir = private_dir(user.as_ref()).map_err(|e| not_run(base_cmd.clone(), e))?;
@@ -106,28 +99,8 @@ pub(crate) fn check(candidate: &Candidate<'_>, timeout: Duration) -> Result<(), 
         let shown = describe(&cmd, candidate.staged, port, &overrides);
         let mut running =
             Running::spawn(&mut cmd).map_err(|e| not_run(shown.clone(), e.to_string()))?;
-        let io_err = |e: std::io::Error| not_run(shown.clone(), e.to_string());
-        let listening = format!("listening on 127.0.0.1:{port}");
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        let mut pause = Duration::from_millis(2);
-        let outcome = loop {
-            if let Some(status) = running.poll().map_err(io_err)? {
-                break Outcome::Exited(process::describe(status));
-            }
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
-                && running.output().contains(&listening)
-            {
-                running.stop(STOP_GRACE).map_err(io_err)?;
-                break Outcome::Up;
-            }
-            let elapsed = start.elapsed();
-            if elapsed >= timeout {
-                running.kill().map_err(io_err)?;
-                break Outcome::TimedOut;
-            }
-            std::thread::sleep(pause.min(timeout - elapsed));
-            pause = (pause * 2).min(Duration::from_millis(20));
-        };
+        let outcome = await_up(&mut running, port, start, timeout)
+            .map_err(|e| not_run(shown.clone(), e.to_string()))?;
         let output = running.output();
         if output.contains("Address already in use") && attempt < ATTEMPTS {
             continue;
@@ -163,6 +136,46 @@ pub(crate) fn check(candidate: &Candidate<'_>, timeout: Duration) -> Result<(), 
         base_cmd,
         format!("no free port after {ATTEMPTS} attempts"),
     ))
+}
+
+/// A path the wrapper config could not hold on one line.
+fn has_line_break(path: &Path) -> bool {
+    path.as_os_str()
+        .as_bytes()
+        .iter()
+        .any(|b| matches!(b, b'\n' | b'\r'))
+}
+
+/// Waits for the trial PgBouncer on `port` to accept a connection and log
+/// that it listens (then stops it), to exit, or to reach the deadline
+/// `timeout` after `start` (then kills it).
+fn await_up(
+    running: &mut Running,
+    port: u16,
+    start: Instant,
+    timeout: Duration,
+) -> std::io::Result<Outcome> {
+    let listening = format!("listening on 127.0.0.1:{port}");
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let mut pause = Duration::from_millis(2);
+    loop {
+        if let Some(status) = running.poll()? {
+            return Ok(Outcome::Exited(process::describe(status)));
+        }
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+            && running.output().contains(&listening)
+        {
+            running.stop(STOP_GRACE)?;
+            return Ok(Outcome::Up);
+        }
+        let elapsed = start.elapsed();
+        if elapsed >= timeout {
+            running.kill()?;
+            return Ok(Outcome::TimedOut);
+        }
+        std::thread::sleep(pause.min(timeout - elapsed));
+        pause = (pause * 2).min(Duration::from_millis(20));
+    }
 }
 
 enum Outcome {
