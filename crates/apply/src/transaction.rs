@@ -22,6 +22,10 @@
 //! rename replaces the link, not its target); converge owns the path.
 //! Failpoints (see [`failpoint`](crate::failpoint)) mark every step a crash
 //! test may stop at.
+//!
+//! The programs themselves (validators, reloads, the runtime API) are
+//! driven through [`converge_programs`]; this module decides when. Putting
+//! files back, and the typed account of how that went, is `rollback`.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
