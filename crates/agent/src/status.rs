@@ -11,12 +11,12 @@
 use std::path::PathBuf;
 use std::time::{Duration, UNIX_EPOCH};
 
-use converge_apply::pgbouncer_admin::{
-    pending_restart, show_databases, DatabaseRoute, PendingRestart,
-};
-use converge_apply::LiveServer;
 use converge_model::manifest::{PgbouncerAdmin, Reload, Validator};
 use converge_model::{Layout, Manifests};
+use converge_programs::haproxy::runtime_api::{live_servers, LiveServer};
+use converge_programs::pgbouncer::console::{
+    pending_restart, show_databases, DatabaseRoute, PendingRestart,
+};
 use serde::Serialize;
 
 use crate::daemon::board::{hex_sha256, Status};
@@ -119,7 +119,7 @@ pub async fn gather(
         })
         .collect();
     let socket = layout.path(&desired.manifest.haproxy.stats_socket);
-    let haproxy = converge_apply::live_servers(&socket, Duration::from_secs(2)).into();
+    let haproxy = live_servers(&socket, Duration::from_secs(2)).into();
     let keepalived = vrrp::vips(&desired, layout).into();
     let admin = console(&desired, layout);
     let pgbouncer = admin.clone().and_then(|a| show_databases(&a)).into();

@@ -13,8 +13,8 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use converge_apply::validate::{validate, Candidate};
 use converge_model::{Catalog, Layout};
+use converge_programs::validate::{validate, Candidate};
 use serde::Serialize;
 
 use crate::error::AgentError;

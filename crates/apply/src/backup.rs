@@ -21,8 +21,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use converge_model::Layout;
 
 use crate::error::ApplyError;
-use crate::fsutil;
-use crate::plan::sha256_hex;
+use crate::fsutil::{self, sha256_hex};
 
 /// `<state_dir>/backups/<target>`.
 pub fn dir_for(layout: &Layout, target: &str) -> PathBuf {

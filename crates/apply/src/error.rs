@@ -11,7 +11,7 @@ use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::validate::ValidateError;
+use converge_programs::validate::ValidateError;
 
 /// A planning or applying failure.
 #[derive(Debug, thiserror::Error)]

@@ -9,6 +9,8 @@ use std::io;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 
+use sha2::{Digest, Sha256};
+
 use crate::error::ApplyError;
 
 /// fsyncs a directory, making renames and unlinks in it durable.
@@ -45,4 +47,12 @@ pub(crate) fn create_private_dir(dir: &Path) -> Result<(), ApplyError> {
         path: dir.to_path_buf(),
         source,
     })
+}
+
+/// Lowercase hex SHA-256: how plan shows a file and a backup is named.
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

@@ -34,24 +34,18 @@ mod fsutil;
 mod live;
 mod lock;
 mod pending;
-pub mod pgbouncer_admin;
-mod pgbouncer_ini;
 mod plan;
-pub mod reload;
 mod report;
-mod runtime_api;
 mod stage;
 #[cfg(test)]
 mod testutil;
 mod transaction;
-pub mod validate;
 
 pub use backup::{dir_for as backup_dir, list as list_backups};
+pub use converge_programs::{describe_reload, ReloadOutcome};
 pub use error::ApplyError;
 pub use live::Change;
 pub use lock::ApplyLock;
 pub use plan::{describe_validator, plan, Plan, PlannedFile};
-pub use reload::{describe as describe_reload, ReloadOutcome};
-pub use report::{ApplyReport, BundleReport, Outcome};
-pub use runtime_api::{live_servers, LiveServer};
+pub use report::{ApplyReport, BundleReport, Outcome, Rollback, RollbackReload};
 pub use transaction::{apply, ApplyOptions};

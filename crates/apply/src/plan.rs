@@ -11,7 +11,7 @@
 //! body is replaced by a notice, so neither text nor JSON output can show
 //! a secret value, new or old (invariant 7). A change
 //! `apply` would hand to the HAProxy runtime API instead of reloading is
-//! decided by the same [`runtime_api`](crate::runtime_api) planning, and
+//! decided by the same [`runtime_api`](converge_programs::haproxy::runtime_api) planning, and
 //! said on its summary line.
 
 use std::collections::BTreeMap;
@@ -20,14 +20,15 @@ use std::path::{Path, PathBuf};
 
 use converge_model::manifest::Validator;
 use converge_model::{RenderedFile, RenderedSet};
+use converge_programs::haproxy::runtime_api;
+use converge_programs::pgbouncer::restart;
+use converge_programs::reload;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use similar::TextDiff;
 
 use crate::error::ApplyError;
+use crate::fsutil::sha256_hex;
 use crate::live::{self, Change};
-use crate::reload;
-use crate::runtime_api;
 
 /// Everything `apply` would do on one node.
 #[derive(Debug, Clone, Serialize)]
@@ -222,23 +223,18 @@ fn runtime_updates(
                 .push(runtime_api::MemberView {
                     file,
                     live: current.as_ref().map(|l| l.bytes.as_slice()),
-                    change: *change,
+                    rewrites: change.rewrites(),
                 });
         }
     }
     bundles
         .into_values()
         .filter_map(runtime_api::plan)
-        .flat_map(|p| p.targets)
-        .map(|t| (t.target.clone(), t.changed().count()))
-        .collect()
-}
-
-/// Lowercase hex SHA-256.
-pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
+        .flat_map(|p| {
+            p.changed_servers()
+                .map(|(target, servers)| (target.to_string(), servers))
+                .collect::<Vec<_>>()
+        })
         .collect()
 }
 
@@ -286,8 +282,6 @@ fn diff_text(set: &RenderedSet, file: &RenderedFile, old: Option<&[u8]>) -> Stri
         .header(&old_header, &new_header)
         .to_string()
 }
-
-pub(crate) mod restart;
 
 /// Logs, for the daemon and `apply`, what the plan shows as
 /// "needs restart" for a changed file.

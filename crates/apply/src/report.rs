@@ -8,7 +8,8 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::reload::ReloadOutcome;
+use converge_model::RenderedSet;
+use converge_programs::ReloadOutcome;
 
 /// The result of one [`apply`](crate::apply).
 #[derive(Debug, Clone, Serialize)]
@@ -30,6 +31,10 @@ pub struct BundleReport {
     pub changed: Vec<String>,
     /// The result.
     pub outcome: Outcome,
+    /// How the previous files were put back, when the outcome is
+    /// [`Outcome::RolledBack`] (its `error` is this, as text).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<Rollback>,
 }
 
 /// The result for one bundle.
@@ -69,6 +74,87 @@ pub enum Outcome {
     },
 }
 
+/// How a rolled-back bundle was put back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Rollback {
+    /// What failed and made the transaction roll back.
+    pub cause: String,
+    /// Every committed file is back as it was, its directory synced.
+    pub complete: bool,
+    /// The restore steps that failed, in words (empty when `complete`).
+    pub failed_steps: Vec<String>,
+    /// What was done about the program.
+    pub reload: RollbackReload,
+}
+
+/// Whether the program was reloaded on the restored files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum RollbackReload {
+    /// It was, and took them.
+    Reloaded,
+    /// Reloading it failed too.
+    Failed {
+        /// Why.
+        error: String,
+    },
+    /// Not reloaded: the program never took the new files.
+    Untouched,
+    /// Not reloaded: nothing had told the program of the change.
+    NotNeeded,
+}
+
+impl Rollback {
+    pub(crate) fn new(cause: &str, failed_steps: Vec<String>, reload: RollbackReload) -> Self {
+        Self {
+            cause: cause.to_string(),
+            complete: failed_steps.is_empty(),
+            failed_steps,
+            reload,
+        }
+    }
+
+    /// The same rollback with every text passed through the set's secret
+    /// redaction, for the report.
+    pub(crate) fn redacted(self, set: &RenderedSet) -> Self {
+        Self {
+            cause: set.redact(&self.cause),
+            complete: self.complete,
+            failed_steps: self.failed_steps.iter().map(|s| set.redact(s)).collect(),
+            reload: match self.reload {
+                RollbackReload::Failed { error } => RollbackReload::Failed {
+                    error: set.redact(&error),
+                },
+                other => other,
+            },
+        }
+    }
+}
+
+/// The cause and what the rollback did, as the report has always read:
+/// `…; restored the previous files and reloaded them`, or
+/// `…; ROLLBACK INCOMPLETE: …`.
+impl fmt::Display for Rollback {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.cause)?;
+        if self.complete {
+            f.write_str("; restored the previous files")?;
+        } else {
+            write!(f, "; ROLLBACK INCOMPLETE: {}", self.failed_steps.join("; "))?;
+        }
+        match &self.reload {
+            RollbackReload::Reloaded => f.write_str(" and reloaded them"),
+            RollbackReload::Failed { error } => {
+                write!(f, ", but reloading them failed too: {error}")
+            }
+            RollbackReload::Untouched => {
+                f.write_str("; not reloaded: the program never took the new files")
+            }
+            RollbackReload::NotNeeded => Ok(()),
+        }
+    }
+}
+
 impl Outcome {
     fn word(&self) -> &'static str {
         match self {
@@ -106,6 +192,15 @@ impl ApplyReport {
     /// Some bundle's new files went live.
     pub fn applied_any(&self) -> bool {
         self.bundles.iter().any(|b| b.outcome.is_applied())
+    }
+
+    /// How many bundles were rolled back without every file put back
+    /// (their text says `ROLLBACK INCOMPLETE`).
+    pub fn incomplete_rollbacks(&self) -> usize {
+        self.bundles
+            .iter()
+            .filter(|b| b.rollback.as_ref().is_some_and(|r| !r.complete))
+            .count()
     }
 
     /// The report for `bundle`.
@@ -157,5 +252,39 @@ impl fmt::Display for ApplyReport {
             count(|o| matches!(o, Outcome::Failed { .. })),
             count(|o| matches!(o, Outcome::RolledBack { .. })),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rollback_reads_as_the_report_text_always_read() {
+        let done = Rollback::new("reload failed", Vec::new(), RollbackReload::Reloaded);
+        assert!(done.complete);
+        assert_eq!(
+            done.to_string(),
+            "reload failed; restored the previous files and reloaded them"
+        );
+        let broken = Rollback::new(
+            "commit failed",
+            vec!["cannot restore a".into(), "cannot sync /etc".into()],
+            RollbackReload::Failed {
+                error: "exit 1".into(),
+            },
+        );
+        assert!(!broken.complete);
+        assert_eq!(
+            broken.to_string(),
+            "commit failed; ROLLBACK INCOMPLETE: cannot restore a; cannot sync /etc, \
+             but reloading them failed too: exit 1"
+        );
+        let untouched = Rollback::new("PAUSE timed out", Vec::new(), RollbackReload::Untouched);
+        assert_eq!(
+            untouched.to_string(),
+            "PAUSE timed out; restored the previous files; not reloaded: the program never \
+             took the new files"
+        );
     }
 }

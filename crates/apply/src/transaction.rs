@@ -22,6 +22,10 @@
 //! rename replaces the link, not its target); converge owns the path.
 //! Failpoints (see [`failpoint`](crate::failpoint)) mark every step a crash
 //! test may stop at.
+//!
+//! The programs themselves (validators, reloads, the runtime API) are
+//! driven through [`converge_programs`]; this module decides when. Putting
+//! files back, and the typed account of how that went, is `rollback`.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -29,7 +33,6 @@ use std::time::Duration;
 
 use converge_model::manifest::Validator;
 use converge_model::{ReloadAction, RenderedFile, RenderedSet};
-use nix::unistd::{Gid, Uid};
 use tempfile::TempPath;
 
 use crate::error::ApplyError;
@@ -38,12 +41,16 @@ use crate::fsutil;
 use crate::live::{self, Change, Live, Ownership, MODE_MASK};
 use crate::lock::ApplyLock;
 use crate::pending;
-use crate::pgbouncer_ini;
-use crate::reload::{self, PauseScope, ReloadOutcome};
-use crate::report::{ApplyReport, BundleReport, Outcome};
-use crate::runtime_api;
+use crate::report::{ApplyReport, BundleReport, Outcome, Rollback};
 use crate::stage;
-use crate::validate::{self, Candidate};
+use converge_programs::haproxy::runtime_api;
+use converge_programs::pgbouncer::ini as pgbouncer_ini;
+use converge_programs::reload::{self, PauseScope, ReloadOutcome};
+use converge_programs::validate::{self, Candidate};
+
+mod rollback;
+
+use rollback::Program;
 
 /// How long an apply waits, and for what.
 #[derive(Debug, Clone)]
@@ -154,14 +161,17 @@ fn inspect<'a>(files: &[&'a RenderedFile]) -> Result<Vec<Member<'a>>, ApplyError
 }
 
 /// Why a bundle did not go live (unredacted error text).
-enum Failure {
+enum NotApplied {
+    /// A validator refused a candidate; nothing was committed.
     Rejected(String),
+    /// Something failed before any commit.
     Failed(String),
-    RolledBack(String),
+    /// A commit or reload failed and the previous files were put back.
+    RolledBack(Rollback),
 }
 
-fn failed(e: ApplyError) -> Failure {
-    Failure::Failed(e.to_string())
+fn failed(e: ApplyError) -> NotApplied {
+    NotApplied::Failed(e.to_string())
 }
 
 fn report(
@@ -169,19 +179,23 @@ fn report(
     name: &str,
     targets: Vec<String>,
     changed: Vec<String>,
-    result: Result<Outcome, Failure>,
+    result: Result<Outcome, NotApplied>,
 ) -> BundleReport {
+    let mut rollback = None;
     let outcome = match result {
         Ok(o) => o,
-        Err(Failure::Rejected(e)) => Outcome::Rejected {
+        Err(NotApplied::Rejected(e)) => Outcome::Rejected {
             error: set.redact(&e),
         },
-        Err(Failure::Failed(e)) => Outcome::Failed {
+        Err(NotApplied::Failed(e)) => Outcome::Failed {
             error: set.redact(&e),
         },
-        Err(Failure::RolledBack(e)) => Outcome::RolledBack {
-            error: set.redact(&e),
-        },
+        Err(NotApplied::RolledBack(r)) => {
+            let r = r.redacted(set);
+            let error = r.to_string();
+            rollback = Some(r);
+            Outcome::RolledBack { error }
+        }
     };
     match &outcome {
         Outcome::Unchanged => tracing::debug!(bundle = name, "unchanged"),
@@ -198,6 +212,7 @@ fn report(
         targets,
         changed,
         outcome,
+        rollback,
     }
 }
 
@@ -223,7 +238,7 @@ struct Txn<'a> {
 }
 
 impl Txn<'_> {
-    fn run(&self) -> Result<Outcome, Failure> {
+    fn run(&self) -> Result<Outcome, NotApplied> {
         if self.members.iter().all(|m| m.change == Change::Unchanged) {
             return if self.owed {
                 self.finish_owed_reload()
@@ -249,30 +264,7 @@ impl Txn<'_> {
 
         let mut staged = self.stage_all().map_err(failed)?;
         failpoint::hit("staged");
-        // The validators only read the candidates, so everything that must
-        // be on disk before the first rename (the candidates themselves,
-        // the backups, the pending-reload marker) is written meanwhile
-        // instead of adding its fsyncs to every change's latency. Once the
-        // marker is durable, a membership-only change of runtime-API
-        // backends goes to HAProxy meanwhile too, instead of waiting for
-        // `haproxy -c` (see `runtime_api`): HAProxy checks each command
-        // itself, and a rejected file is undone by reloading HAProxy on
-        // the live one.
-        let mut backups = Vec::new();
-        let (validated, durable) = std::thread::scope(|s| {
-            let durable = s.spawn(|| {
-                self.make_durable(&staged, &rewrites, &mut backups)
-                    .map(|()| self.runtime_update())
-            });
-            let validated = self.validate_all(&staged);
-            (validated, durable.join())
-        });
-        let durable = durable.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        if let Err(e) = validated {
-            let told = matches!(durable, Ok(Some(_)));
-            return Err(Failure::Rejected(self.reject(&e, &backups, told)));
-        }
-        let runtime = durable.map_err(failed)?;
+        let runtime = self.check_and_prepare(&staged, &rewrites)?;
         failpoint::hit("validated");
 
         // Only the rewritten members are committed; the other candidates
@@ -298,6 +290,47 @@ impl Txn<'_> {
             failpoint::hit("reloaded");
             return Ok(Outcome::RuntimeUpdated { servers });
         }
+        self.reload_or_roll_back(&committed)
+    }
+
+    /// Validates the candidates while, on another thread, making
+    /// everything durable that must be on disk before the first rename and
+    /// handing a membership-only change to HAProxy's runtime API. The
+    /// number of servers the runtime API updated, if it stood in for the
+    /// reload; a rejected candidate is undone (see [`Txn::reject`]).
+    fn check_and_prepare(
+        &self,
+        staged: &[TempPath],
+        rewrites: &[&Member],
+    ) -> Result<Option<usize>, NotApplied> {
+        // The validators only read the candidates, so everything that must
+        // be on disk before the first rename (the candidates themselves,
+        // the backups, the pending-reload marker) is written meanwhile
+        // instead of adding its fsyncs to every change's latency. Once the
+        // marker is durable, a membership-only change of runtime-API
+        // backends goes to HAProxy meanwhile too, instead of waiting for
+        // `haproxy -c` (see `runtime_api`): HAProxy checks each command
+        // itself, and a rejected file is undone by reloading HAProxy on
+        // the live one.
+        let mut backups = Vec::new();
+        let (validated, durable) = std::thread::scope(|s| {
+            let durable = s.spawn(|| {
+                self.make_durable(staged, rewrites, &mut backups)
+                    .map(|()| self.runtime_update())
+            });
+            let validated = self.validate_all(staged);
+            (validated, durable.join())
+        });
+        let durable = durable.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        if let Err(e) = validated {
+            let told = matches!(durable, Ok(Some(_)));
+            return Err(NotApplied::Rejected(self.reject(&e, &backups, told)));
+        }
+        durable.map_err(failed)
+    }
+
+    /// Reloads the committed bundle; on failure, rolls it back.
+    fn reload_or_roll_back(&self, committed: &[&Member]) -> Result<Outcome, NotApplied> {
         match self.reload_all() {
             Ok(reload) => {
                 pending::clear(&self.set.layout, self.name);
@@ -312,8 +345,8 @@ impl Txn<'_> {
                     } => Program::Untouched,
                     _ => Program::Told,
                 };
-                Err(Failure::RolledBack(self.roll_back(
-                    &committed,
+                Err(NotApplied::RolledBack(self.roll_back(
+                    committed,
                     &e.to_string(),
                     program,
                 )))
@@ -323,7 +356,7 @@ impl Txn<'_> {
 
     /// Hands a membership-only change of runtime-API backends to the
     /// running HAProxy instead of reloading it (see
-    /// [`runtime_api`](crate::runtime_api)); `None` means reload. Not after
+    /// [`runtime_api`](converge_programs::haproxy::runtime_api)); `None` means reload. Not after
     /// an interrupted apply: HAProxy may not run the live file then. Runs
     /// only once the pending-reload marker is durable, so a crash before
     /// the commit leaves the next apply a reload onto the files on disk.
@@ -334,7 +367,7 @@ impl Txn<'_> {
         let plan = runtime_api::plan(self.members.iter().map(|m| runtime_api::MemberView {
             file: m.file,
             live: m.live.as_ref().map(|l| l.bytes.as_slice()),
-            change: m.change,
+            rewrites: m.change.rewrites(),
         }))?;
         match runtime_api::run(&plan) {
             Ok(servers) => Some(servers),
@@ -349,7 +382,7 @@ impl Txn<'_> {
     /// them: reload now. On failure the marker stays, so the next apply
     /// tries again; there is nothing to roll back to that was validated
     /// more recently than what is live.
-    fn finish_owed_reload(&self) -> Result<Outcome, Failure> {
+    fn finish_owed_reload(&self) -> Result<Outcome, NotApplied> {
         tracing::info!(
             bundle = self.name,
             "running the reload an interrupted apply left pending"
@@ -359,7 +392,7 @@ impl Txn<'_> {
                 pending::clear(&self.set.layout, self.name);
                 Ok(Outcome::Applied { reload })
             }
-            Err(e) => Err(Failure::Failed(format!(
+            Err(e) => Err(NotApplied::Failed(format!(
                 "{e}; the files an interrupted apply committed stay in place and the reload will be retried"
             ))),
         }
@@ -482,7 +515,7 @@ impl Txn<'_> {
         &self,
         to_commit: Vec<(&'m Member<'m>, TempPath)>,
         program: Program,
-    ) -> Result<Vec<&'m Member<'m>>, Failure> {
+    ) -> Result<Vec<&'m Member<'m>>, NotApplied> {
         let multi = to_commit.len() > 1;
         let mut committed: Vec<&Member> = Vec::with_capacity(to_commit.len());
         for (m, tmp) in to_commit {
@@ -493,7 +526,7 @@ impl Txn<'_> {
                     path: dest.clone(),
                     source: e.error,
                 };
-                return Err(Failure::RolledBack(self.roll_back(
+                return Err(NotApplied::RolledBack(self.roll_back(
                     &committed,
                     &err.to_string(),
                     program,
@@ -515,7 +548,7 @@ impl Txn<'_> {
                     path: dir,
                     source,
                 };
-                return Err(Failure::RolledBack(self.roll_back(
+                return Err(NotApplied::RolledBack(self.roll_back(
                     &committed,
                     &err.to_string(),
                     program,
@@ -523,7 +556,7 @@ impl Txn<'_> {
             }
         }
         if let Err(e) = self.fix_metadata() {
-            return Err(Failure::RolledBack(self.roll_back(
+            return Err(NotApplied::RolledBack(self.roll_back(
                 &committed,
                 &e.to_string(),
                 program,
@@ -607,114 +640,6 @@ impl Txn<'_> {
                 .collect(),
         )
     }
-
-    /// Puts back the previous bytes (or removes files that were new) of
-    /// `committed`, then reloads as `program` says. Returns the text for
-    /// the report: the original error and what the rollback did. The
-    /// pending-reload marker goes once the live files are the previous
-    /// ones and the program runs them.
-    fn roll_back(&self, committed: &[&Member], cause: &str, program: Program) -> String {
-        let reload = match program {
-            Program::Told => true,
-            Program::NotTold => self.owed,
-            Program::Untouched => false,
-        };
-        let mut restore_errors = Vec::new();
-        for m in committed.iter().rev() {
-            if let Err(e) = restore(m) {
-                restore_errors.push(e.to_string());
-            }
-        }
-        for dir in dirs_of(committed) {
-            if let Err(e) = fsutil::sync_dir(&dir) {
-                restore_errors.push(format!("cannot sync {}: {e}", dir.display()));
-            }
-        }
-        failpoint::hit("rolled-back");
-        let mut text = cause.to_string();
-        if restore_errors.is_empty() {
-            text.push_str("; restored the previous files");
-        } else {
-            text.push_str("; ROLLBACK INCOMPLETE: ");
-            text.push_str(&restore_errors.join("; "));
-        }
-        let reloaded = if reload {
-            match self.reload_all() {
-                Ok(_) => {
-                    text.push_str(" and reloaded them");
-                    true
-                }
-                Err(e) => {
-                    text.push_str(", but reloading them failed too: ");
-                    text.push_str(&e.to_string());
-                    false
-                }
-            }
-        } else {
-            if program == Program::Untouched {
-                text.push_str("; not reloaded: the program never took the new files");
-            }
-            // A reload owed from before stays owed: the program still runs
-            // files older than the restored ones.
-            program != Program::Untouched || !self.owed
-        };
-        if restore_errors.is_empty() && reloaded {
-            pending::clear(&self.set.layout, self.name);
-        }
-        text
-    }
-}
-
-/// What the program saw of a commit being rolled back, which decides
-/// whether the rollback reloads it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Program {
-    /// A reload reached it (and failed), or the runtime API gave it the
-    /// new servers before the commit failed: reload it on the restored
-    /// files.
-    Told,
-    /// The commit failed before any reload or runtime API update: reload
-    /// only if a reload was owed from an interrupted apply.
-    NotTold,
-    /// The reload failed before reaching it, and would fail the same way
-    /// again at once (a PgBouncer `PAUSE` timed out on an open
-    /// transaction): it still runs the restored files, or an older owed
-    /// set, which the next apply reloads.
-    Untouched,
-}
-
-/// Writes `m`'s previous bytes back atomically with their previous mode
-/// and owner, or removes the file if there was none.
-fn restore(m: &Member) -> Result<(), ApplyError> {
-    let dest = &m.file.destination;
-    let err = |source: std::io::Error| ApplyError::Restore {
-        target: m.file.target.clone(),
-        path: dest.clone(),
-        source,
-    };
-    match &m.live {
-        Some(live) => {
-            use std::os::unix::fs::MetadataExt;
-            let own = if Uid::effective().is_root() {
-                Ownership {
-                    uid: Some(Uid::from_raw(live.meta.uid())),
-                    gid: Some(Gid::from_raw(live.meta.gid())),
-                }
-            } else {
-                Ownership::default()
-            };
-            let tmp = stage::write(dest, &live.bytes, live.meta.mode(), own).map_err(err)?;
-            stage::sync(&tmp).map_err(err)?;
-            tmp.persist(dest).map_err(|e| err(e.error))?;
-        }
-        None => match std::fs::remove_file(dest) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(err(e)),
-        },
-    }
-    tracing::info!(target = %m.file.target, path = %dest.display(), "restored previous file");
-    Ok(())
 }
 
 fn dirs_of(members: &[&Member]) -> BTreeSet<PathBuf> {

@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use converge_apply::pgbouncer_admin::{pending_restart, show_databases};
 use converge_apply::{apply, ApplyOptions, Outcome};
 use converge_model::manifest::{PgbouncerAdmin, Validator};
 use converge_model::{Layout, ReloadAction, RenderedFile, RenderedSet};
+use converge_programs::pgbouncer::console::{pending_restart, show_databases};
 use converge_testkit::free_port;
 use converge_testkit::pgbouncer::{trust_config, Pgbouncer};
 use converge_testkit::postgres::{Postgres, Session};

@@ -4,7 +4,7 @@
 //! converge runs with JSON logs at info level plus debug for
 //! `converge_agent::daemon`, which logs `woken trigger=Catalog` when the
 //! Consul source publishes a snapshot (the change is visible to converge),
-//! and for `converge_apply::validate`, which logs `validator spawned` once
+//! and for `converge_programs::process`, which logs `validator spawned` once
 //! the validator's process has been started (fork and exec returned). The
 //! apply logs `committed` once the new file is renamed into place, then
 //! `reload`. To know when `haproxy -c` exited, the manifest's validator for
@@ -138,7 +138,7 @@ pub fn measure(
         Kind::Converge,
         wait,
         "share",
-        "info,converge_agent::daemon=debug,converge_apply::validate=debug",
+        "info,converge_agent::daemon=debug,converge_programs::process=debug",
     )?;
     let servers = |cfg: &str| cfg.matches("    server web-").count();
     wait::until(DEADLINE, "converge to render every instance", || {

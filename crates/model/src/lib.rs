@@ -30,5 +30,7 @@ pub use desired::NodeDesired;
 pub use error::{Location, ManifestError, ManifestErrors};
 pub use load::Manifests;
 pub use manifest::Manifest;
-pub use rendered::{Layout, Rejection, ReloadAction, RenderedFile, RenderedSet};
+pub use rendered::{
+    Layout, Rejection, ReloadAction, RenderedFile, RenderedSet, RUNTIME_API_MARKER,
+};
 pub use secret::Secret;

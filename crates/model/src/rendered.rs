@@ -16,6 +16,14 @@ use crate::secret::Secret;
 mod redact;
 pub use redact::Redactor;
 
+/// The comment line that marks an HAProxy backend as runtime-API
+/// managed: the shipped template writes it in a backend with
+/// `runtime_api: {slots: N}`, and the applier updates the server lines of
+/// backends carrying it over the stats socket when nothing else in the
+/// file changed. One definition, since the renderer writes it and the
+/// applier looks for it.
+pub const RUNTIME_API_MARKER: &str = "# converge: runtime-api";
+
 /// Prefix for every destination, pidfile and socket path (`--root`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Layout {

@@ -138,10 +138,9 @@ pub struct BackendView {
     pub servers: Vec<ServerView>,
 }
 
-/// The comment line a template puts in a runtime-API backend. The applier
-/// updates the server lines of backends carrying it over the stats socket
-/// when nothing else in the file changed.
-pub const RUNTIME_API_MARKER: &str = "# converge: runtime-api";
+/// The comment line a template puts in a runtime-API backend (defined in
+/// the model, which the applier reads it from too).
+pub use converge_model::RUNTIME_API_MARKER;
 
 /// Address and port of an empty runtime-API slot. Loopback port 1 rather
 /// than `0.0.0.0`, which HAProxy reads as "the client's destination", and

@@ -215,7 +215,7 @@ fn slots(second: &str) -> String {
     format!(
         "global\n    stats socket /run/haproxy/admin.sock mode 600 level admin expose-fd listeners\n\
          backend web\n    {}\n    server web-s1 10.0.0.1:80 check\n    server web-s2 {second}\n",
-        crate::runtime_api::MARKER
+        converge_model::RUNTIME_API_MARKER
     )
 }
 

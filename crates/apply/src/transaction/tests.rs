@@ -147,6 +147,13 @@ fn a_failed_reload_rolls_back_byte_for_byte_and_reloads_the_old_files() {
         }
         other => panic!("expected rollback, got {other:?}"),
     }
+    let rollback = r
+        .bundle("app")
+        .and_then(|b| b.rollback.as_ref())
+        .expect("a rolled-back bundle says how");
+    assert!(rollback.complete && rollback.failed_steps.is_empty());
+    assert_eq!(rollback.reload, crate::RollbackReload::Reloaded);
+    assert_eq!(r.incomplete_rollbacks(), 0);
     assert_eq!(std::fs::read_to_string(&dest).expect("read"), old);
     assert_eq!(
         std::fs::metadata(&dest).expect("meta").mode() & 0o7777,
@@ -303,7 +310,7 @@ fn backups_keep_only_the_newest_n() {
         .to_string_lossy()
         .into_owned();
     assert!(
-        name.ends_with(&crate::plan::sha256_hex(b"v3\n")[..8]),
+        name.ends_with(&crate::fsutil::sha256_hex(b"v3\n")[..8]),
         "{name}"
     );
 }

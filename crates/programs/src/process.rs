@@ -1,16 +1,23 @@
-//! Running a checker program with a deadline, capturing what it says.
+//! The one way converge runs a child process.
 //!
-//! Every validator goes through [`Running`]: the program gets its own
-//! process group, stdin from `/dev/null`, and stdout and stderr on one
-//! anonymous temp file (so the two streams keep their relative order and a
-//! chatty program can never block on a full pipe). Exit is awaited in
-//! `poll(2)` on a pidfd with the deadline as timeout, so converge learns of
-//! it the moment it happens (a validator's exit is on the path of every
-//! change) and spends nothing meanwhile; on timeout the whole group is killed with `SIGKILL` and
-//! reaped. When the program exits by itself, anything it left running in
-//! its group is killed too, while the leader is still an unreaped zombie
-//! (`waitid(WNOWAIT)`), so its pid, which is the group id, cannot have
-//! been reused by then. Only ids we spawned are ever signalled.
+//! Every program converge starts goes through [`Running`]: validators
+//! (`haproxy -c`, `keepalived -t`, the trial PgBouncer, a manifest's
+//! command), reload commands, and `psql` for PgBouncer's console. One
+//! runner, so every child gets the same guarantees: its own process group,
+//! stdin from `/dev/null`, output on anonymous temp files (never pipes, so
+//! a chatty program, or a daemon a reload command starts that inherits its
+//! stdio, can never block on a full pipe or hang us), and a deadline.
+//!
+//! Exit is awaited in `poll(2)` on a pidfd with the deadline as timeout, so
+//! converge learns of it the moment it happens (a validator's exit is on
+//! the path of every change) and spends nothing meanwhile; on timeout the
+//! whole group is killed with `SIGKILL` and reaped. When the program exits
+//! by itself, anything it left running in its group is killed too (unless
+//! [`Options::keep_group_on_exit`] says the leftovers are the point, as for
+//! a reload command that starts the daemon), while the leader is still an
+//! unreaped zombie (`waitid(WNOWAIT)`), so its pid, which is the group id,
+//! cannot have been reused by then. Only ids we spawned are ever
+//! signalled.
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -26,42 +33,74 @@ use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
 use rustix::process::{pidfd_open, PidfdFlags};
 
-/// How a run ended when it did not simply exit.
+/// How a [`run`] ended when it did not simply exit.
 #[derive(Debug)]
-pub(super) enum RunError {
+pub enum RunError {
     /// The program could not be started, or its output not captured.
     Io(io::Error),
     /// Still running at the deadline; killed. Carries its output so far.
     TimedOut(String),
 }
 
-/// A started checker program.
-pub(super) struct Running {
+/// How a program is run, where the defaults fit a checker.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Capture standard error apart from standard output (read them with
+    /// [`Running::stdout`] and [`Running::stderr`]) instead of both on one
+    /// file in the order they were written.
+    pub separate_stderr: bool,
+    /// Leave what the program started in its group running once it has
+    /// exited by itself: a reload command may start the daemon. A timeout
+    /// kills the whole group all the same.
+    pub keep_group_on_exit: bool,
+}
+
+/// A started program.
+pub struct Running {
     child: std::process::Child,
+    /// Standard output, and standard error too unless `err` is set.
     out: File,
+    err: Option<File>,
+    keep_group_on_exit: bool,
     reaped: Option<ExitStatus>,
 }
 
 impl Running {
-    /// Starts `cmd` in a new process group with output captured.
-    pub(super) fn spawn(cmd: &mut Command) -> io::Result<Self> {
+    /// Starts `cmd` in a new process group with its output on one file.
+    pub fn spawn(cmd: &mut Command) -> io::Result<Self> {
+        Self::spawn_with(cmd, Options::default())
+    }
+
+    /// Starts `cmd` in a new process group as `options` say.
+    pub fn spawn_with(cmd: &mut Command, options: Options) -> io::Result<Self> {
         let out = tempfile::tempfile()?;
+        let err = if options.separate_stderr {
+            Some(tempfile::tempfile()?)
+        } else {
+            None
+        };
+        let err_w = match &err {
+            Some(e) => e.try_clone()?,
+            None => out.try_clone()?,
+        };
         let child = cmd
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
-            .stderr(out.try_clone()?)
+            .stderr(err_w)
             .process_group(0)
             .spawn()?;
         Ok(Self {
             child,
             out,
+            err,
+            keep_group_on_exit: options.keep_group_on_exit,
             reaped: None,
         })
     }
 
     /// The exit status once the program has exited (then reaped, with any
     /// leftovers in its group killed), `None` while it runs.
-    pub(super) fn poll(&mut self) -> io::Result<Option<ExitStatus>> {
+    pub fn poll(&mut self) -> io::Result<Option<ExitStatus>> {
         if self.reaped.is_some() {
             return Ok(self.reaped);
         }
@@ -75,14 +114,16 @@ impl Running {
         }
         // The leader is a zombie we have not reaped: its pid (= the group
         // id) is still ours, so signalling the group is safe.
-        let _ = killpg(self.pid(), Signal::SIGKILL);
+        if !self.keep_group_on_exit {
+            let _ = killpg(self.pid(), Signal::SIGKILL);
+        }
         self.reaped = Some(self.child.wait()?);
         Ok(self.reaped)
     }
 
     /// Waits until the program exits or `deadline` (measured from `start`)
     /// passes.
-    pub(super) fn wait_until(
+    pub fn wait_until(
         &mut self,
         start: Instant,
         deadline: Duration,
@@ -114,7 +155,7 @@ impl Running {
 
     /// Stops the program: `SIGTERM` to its group, up to `grace` to exit,
     /// then `SIGKILL`; always reaps.
-    pub(super) fn stop(&mut self, grace: Duration) -> io::Result<ExitStatus> {
+    pub fn stop(&mut self, grace: Duration) -> io::Result<ExitStatus> {
         if let Some(s) = self.poll()? {
             return Ok(s);
         }
@@ -126,7 +167,7 @@ impl Running {
     }
 
     /// `SIGKILL` to the group, then reaps.
-    pub(super) fn kill(&mut self) -> io::Result<ExitStatus> {
+    pub fn kill(&mut self) -> io::Result<ExitStatus> {
         if let Some(s) = self.poll()? {
             return Ok(s);
         }
@@ -136,8 +177,23 @@ impl Running {
         Ok(s)
     }
 
+    /// At most `limit` bytes of what the program wrote to standard output
+    /// (and standard error, unless captured apart), from the start.
+    pub fn stdout(&mut self, limit: u64) -> io::Result<Vec<u8>> {
+        read_back(&mut self.out, limit)
+    }
+
+    /// At most `limit` bytes of what the program wrote to standard error,
+    /// when [`Options::separate_stderr`] captured it apart; else nothing.
+    pub fn stderr(&mut self, limit: u64) -> io::Result<Vec<u8>> {
+        match &mut self.err {
+            Some(err) => read_back(err, limit),
+            None => Ok(Vec::new()),
+        }
+    }
+
     /// Everything the program wrote so far (lossy UTF-8).
-    pub(super) fn output(&mut self) -> String {
+    pub fn output(&mut self) -> String {
         let mut bytes = Vec::new();
         let read = self
             .out
@@ -162,9 +218,17 @@ impl Drop for Running {
     }
 }
 
+/// At most `limit` bytes of `f` from its start.
+pub fn read_back(f: &mut File, limit: u64) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    f.seek(SeekFrom::Start(0))?;
+    f.take(limit).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
 /// Runs `cmd` to completion or until `timeout`; returns its status and
 /// combined output.
-pub(super) fn run(cmd: &mut Command, timeout: Duration) -> Result<(ExitStatus, String), RunError> {
+pub fn run(cmd: &mut Command, timeout: Duration) -> Result<(ExitStatus, String), RunError> {
     let start = Instant::now();
     let mut running = Running::spawn(cmd).map_err(RunError::Io)?;
     // From here on the time is the validator's own (its loading included):
@@ -181,7 +245,7 @@ pub(super) fn run(cmd: &mut Command, timeout: Duration) -> Result<(ExitStatus, S
 
 /// `cmd` as a person would type it: arguments quoted for a POSIX shell
 /// when they need it.
-pub(super) fn display(cmd: &Command) -> String {
+pub fn display(cmd: &Command) -> String {
     std::iter::once(cmd.get_program())
         .chain(cmd.get_args())
         .map(quote)
@@ -204,7 +268,7 @@ fn quote(arg: &OsStr) -> String {
 /// At most `max` lines of `lines`, duplicates dropped (keepalived repeats
 /// each message once per parsing process), with a count of what was left
 /// out.
-pub(super) fn excerpt<'a>(lines: impl IntoIterator<Item = &'a str>, max: usize) -> String {
+pub fn excerpt<'a>(lines: impl IntoIterator<Item = &'a str>, max: usize) -> String {
     let mut seen = std::collections::HashSet::new();
     let unique: Vec<&str> = lines
         .into_iter()
@@ -219,7 +283,7 @@ pub(super) fn excerpt<'a>(lines: impl IntoIterator<Item = &'a str>, max: usize) 
 }
 
 /// Describes how a program ended: `exit status 1`, `killed by signal 9`.
-pub(super) fn describe(status: ExitStatus) -> String {
+pub fn describe(status: ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
     match (status.code(), status.signal()) {
         (Some(c), _) => format!("exit status {c}"),
@@ -232,7 +296,7 @@ pub(super) fn describe(status: ExitStatus) -> String {
 /// user's `PATH` usually lacks, while Debian installs haproxy, keepalived,
 /// pgbouncer and ip there); the bare name when found nowhere, so the spawn
 /// error names it.
-pub(super) fn program(name: &str) -> std::path::PathBuf {
+pub fn program(name: &str) -> std::path::PathBuf {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(["/usr/local/sbin", "/usr/sbin", "/sbin"].map(Into::into))

@@ -6,15 +6,15 @@
 //! keys PgBouncer 1.18 reports as `changeable = no` in `SHOW CONFIG`
 //! (read from the real binary; in its source they carry `CF_NO_RELOAD`,
 //! and a `RELOAD` silently keeps the old value). The file is read the way
-//! PgBouncer's parser reads it ([`pgbouncer_ini`](crate::pgbouncer_ini)),
+//! PgBouncer's parser reads it ([`ini`](super::ini)),
 //! keys case-insensitive, only the `[pgbouncer]` section counting. A key
 //! appearing or disappearing is a change (its default may differ from the
 //! value set).
 
-use crate::pgbouncer_ini::section;
+use super::ini::section;
 
 /// `[pgbouncer]` keys PgBouncer 1.18 applies only at startup.
-pub(crate) const PGBOUNCER_RESTART_ONLY: &[&str] = &[
+pub const PGBOUNCER_RESTART_ONLY: &[&str] = &[
     "disable_pqexec",
     "job_name",
     "listen_addr",
@@ -32,7 +32,7 @@ pub(crate) const PGBOUNCER_RESTART_ONLY: &[&str] = &[
 
 /// The restart-only `[pgbouncer]` keys whose values differ between the
 /// live file and the candidate, sorted; empty when there is no live file.
-pub(crate) fn pgbouncer(live: Option<&[u8]>, candidate: &[u8]) -> Vec<String> {
+pub fn pgbouncer(live: Option<&[u8]>, candidate: &[u8]) -> Vec<String> {
     let Some(live) = live else {
         return Vec::new();
     };

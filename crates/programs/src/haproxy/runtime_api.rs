@@ -49,12 +49,11 @@ use converge_model::manifest::Validator;
 use converge_model::{ReloadAction, RenderedFile};
 use nix::sys::signal::Signal;
 
-use crate::live::Change;
-use crate::reload::parse_signal;
+pub use converge_model::RUNTIME_API_MARKER as MARKER;
 
-/// The comment line that marks a backend as runtime-API managed (the
-/// shipped template writes it; a custom template opts in the same way).
-pub(crate) const MARKER: &str = "# converge: runtime-api";
+use super::cfg::{classify, Server};
+
+use crate::signal;
 
 /// How long one exchange on the stats socket may take.
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
@@ -65,7 +64,7 @@ const ADMIN_FORCED_MAINT: u32 = 0x01;
 
 /// Why the runtime API does not stand in for the reload.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Fallback(pub String);
+pub struct Fallback(pub String);
 
 impl fmt::Display for Fallback {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -75,23 +74,6 @@ impl fmt::Display for Fallback {
 
 fn fallback<T>(msg: impl Into<String>) -> Result<T, Fallback> {
     Err(Fallback(msg.into()))
-}
-
-/// One `server` line of a marked backend, as a file states it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Server {
-    pub backend: String,
-    pub name: String,
-    pub addr: IpAddr,
-    pub port: u16,
-    /// No `disabled` keyword.
-    pub enabled: bool,
-}
-
-impl Server {
-    fn id(&self) -> String {
-        format!("{}/{}", self.backend, self.name)
-    }
 }
 
 /// What one HAProxy target needs from the runtime API.
@@ -121,25 +103,37 @@ impl TargetPlan {
 
 /// Runtime-API updates standing in for one bundle's reload.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Plan {
-    pub targets: Vec<TargetPlan>,
+pub struct Plan {
+    pub(crate) targets: Vec<TargetPlan>,
+}
+
+impl Plan {
+    /// Each target the plan updates, with how many of its servers change.
+    pub fn changed_servers(&self) -> impl Iterator<Item = (&str, usize)> {
+        self.targets
+            .iter()
+            .map(|t| (t.target.as_str(), t.changed().count()))
+    }
 }
 
 /// A bundle member as [`plan`] sees it: the rendered file, the live bytes
-/// and how they compare.
-pub(crate) struct MemberView<'a> {
+/// and whether the bytes are replaced.
+pub struct MemberView<'a> {
+    /// The rendered target.
     pub file: &'a RenderedFile,
+    /// The bytes at its destination now, if any.
     pub live: Option<&'a [u8]>,
-    pub change: Change,
+    /// The commit replaces the bytes (not only mode or owner).
+    pub rewrites: bool,
 }
 
 /// Whether the bundle's rewrites are membership-only changes of HAProxy
 /// files, and what to send if so; `None` means reload as usual. Members
 /// that are unchanged or only differ in mode/owner don't matter.
-pub(crate) fn plan<'a>(members: impl IntoIterator<Item = MemberView<'a>>) -> Option<Plan> {
+pub fn plan<'a>(members: impl IntoIterator<Item = MemberView<'a>>) -> Option<Plan> {
     let mut targets = Vec::new();
     for m in members {
-        if !m.change.rewrites() {
+        if !m.rewrites {
             continue;
         }
         match target_plan(&m) {
@@ -167,7 +161,7 @@ fn target_plan(m: &MemberView) -> Result<TargetPlan, Fallback> {
     let master = match &file.reload {
         ReloadAction::None => return fallback("the target has no reload"),
         ReloadAction::Signal { pidfile, signal } => {
-            let Some(sig) = parse_signal(signal) else {
+            let Some(sig) = signal::parse(signal) else {
                 return fallback(format!("unknown signal `{signal}`"));
             };
             Some((pidfile.clone(), sig))
@@ -181,7 +175,7 @@ fn target_plan(m: &MemberView) -> Result<TargetPlan, Fallback> {
     else {
         return fallback("not UTF-8");
     };
-    let (socket, before, after) = classify(live, candidate)?;
+    let (socket, before, after) = classify(live, candidate).map_err(Fallback)?;
     Ok(TargetPlan {
         target: file.target.clone(),
         socket,
@@ -189,183 +183,6 @@ fn target_plan(m: &MemberView) -> Result<TargetPlan, Fallback> {
         before,
         after,
     })
-}
-
-/// A config reduced to what a reload would change besides slots: every
-/// line, with the servers of marked backends stripped of address, port and
-/// `disabled` (their name and other options stay).
-#[derive(Debug, Default)]
-struct Parsed {
-    skeleton: Vec<String>,
-    servers: Vec<Server>,
-    socket: Option<PathBuf>,
-}
-
-/// Section keywords of an HAProxy config.
-const SECTIONS: &[&str] = &[
-    "global",
-    "defaults",
-    "frontend",
-    "backend",
-    "listen",
-    "peers",
-    "resolvers",
-    "userlist",
-    "mailers",
-    "program",
-    "http-errors",
-    "ring",
-    "cache",
-    "fcgi-app",
-];
-
-fn parse(text: &str) -> Result<Parsed, Fallback> {
-    // Pass 1: which backends carry the marker.
-    let mut marked = BTreeSet::new();
-    let mut section: Option<(&str, &str)> = None;
-    for line in text.lines() {
-        let t = line.trim();
-        let mut words = t.split_whitespace();
-        if let Some(w) = words.next().filter(|w| SECTIONS.contains(w)) {
-            section = Some((w, words.next().unwrap_or("")));
-        } else if t.starts_with(MARKER) {
-            match section {
-                Some(("backend", name)) => {
-                    marked.insert(name);
-                }
-                _ => return fallback(format!("`{MARKER}` outside a backend")),
-            }
-        }
-    }
-    // Pass 2: the skeleton, the marked servers and the stats socket.
-    let mut out = Parsed::default();
-    let mut section: Option<(&str, &str)> = None;
-    for (n, line) in text.lines().enumerate() {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        match words.first() {
-            Some(w) if SECTIONS.contains(w) => {
-                section = Some((w, words.get(1).copied().unwrap_or("")));
-            }
-            Some(&"server") => {
-                if let Some(("backend", backend)) = section.filter(|(_, b)| marked.contains(b)) {
-                    let (server, rest) = server_line(backend, &words)
-                        .map_err(|e| Fallback(format!("line {}: {e}", n + 1)))?;
-                    out.skeleton
-                        .push(format!("server {} <slot> {}", server.name, rest.join(" ")));
-                    out.servers.push(server);
-                    continue;
-                }
-            }
-            Some(&"stats")
-                if out.socket.is_none() && section.is_some_and(|(s, _)| s == "global") =>
-            {
-                out.socket = admin_socket(&words);
-            }
-            _ => {}
-        }
-        out.skeleton.push(line.to_string());
-    }
-    Ok(out)
-}
-
-/// `server NAME ADDR:PORT OPTIONS...` → the server and its options without
-/// `disabled`.
-fn server_line<'w>(backend: &str, words: &[&'w str]) -> Result<(Server, Vec<&'w str>), String> {
-    let (Some(name), Some(endpoint)) = (words.get(1), words.get(2)) else {
-        return Err("a server line without a name and an address".into());
-    };
-    let (addr, port) = ip_endpoint(endpoint)
-        .ok_or_else(|| format!("server {name}: `{endpoint}` is not IP:PORT with a fixed port"))?;
-    let rest: Vec<&str> = words[3..]
-        .iter()
-        .copied()
-        .filter(|w| *w != "disabled")
-        .collect();
-    let enabled = rest.len() == words.len() - 3;
-    Ok((
-        Server {
-            backend: backend.to_string(),
-            name: name.to_string(),
-            addr,
-            port,
-            enabled,
-        },
-        rest,
-    ))
-}
-
-/// `1.2.3.4:80` or `[::1]:80`; a port of 0 or an offset means "the client's
-/// port", which `set server ... port` refuses.
-fn ip_endpoint(s: &str) -> Option<(IpAddr, u16)> {
-    let (host, port) = s.rsplit_once(':')?;
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let port: u16 = port.parse().ok().filter(|p| *p > 0)?;
-    Some((host.parse().ok()?, port))
-}
-
-/// The path of a `stats socket PATH ...` line in `global`, when it is a
-/// unix socket at admin level (the default level).
-fn admin_socket(words: &[&str]) -> Option<PathBuf> {
-    if words.get(1) != Some(&"socket") {
-        return None;
-    }
-    let path = words.get(2)?;
-    let path = path.strip_prefix("unix@").unwrap_or(path);
-    if !path.starts_with('/') {
-        return None;
-    }
-    let level = words
-        .windows(2)
-        .find(|w| w[0] == "level")
-        .map(|w| w[1])
-        .unwrap_or("admin");
-    (level == "admin").then(|| PathBuf::from(path))
-}
-
-/// Live → candidate: the socket and the servers of the changed backends,
-/// when nothing but slot addresses, ports and states differ.
-fn classify(live: &str, candidate: &str) -> Result<(PathBuf, Vec<Server>, Vec<Server>), Fallback> {
-    let old = parse(live)?;
-    let new = parse(candidate)?;
-    if old.servers.is_empty() && new.servers.is_empty() {
-        return fallback("no runtime-API backend");
-    }
-    if old.skeleton.len() != new.skeleton.len() {
-        return fallback(format!(
-            "{} lines besides the slots, {} before",
-            new.skeleton.len(),
-            old.skeleton.len()
-        ));
-    }
-    if let Some(n) = old
-        .skeleton
-        .iter()
-        .zip(&new.skeleton)
-        .position(|(a, b)| a != b)
-    {
-        return fallback(format!("line {} differs", n + 1));
-    }
-    // Equal skeletons hold the same server names in the same order.
-    let Some(socket) = old.socket else {
-        return fallback("no unix `stats socket` at admin level in `global`");
-    };
-    let changed: BTreeSet<&str> = old
-        .servers
-        .iter()
-        .zip(&new.servers)
-        .filter(|(a, b)| a != b)
-        .map(|(a, _)| a.backend.as_str())
-        .collect();
-    let keep = |s: &&Server| changed.contains(s.backend.as_str());
-    let before = old.servers.iter().filter(keep).cloned().collect();
-    let after = new.servers.iter().filter(keep).cloned().collect();
-    Ok((socket, before, after))
 }
 
 /// The runtime-API commands that take a running server from `before` to
@@ -403,7 +220,7 @@ fn accepted(command: &str, answer: &str) -> bool {
 
 /// Makes the planned changes through the runtime API; the number of
 /// servers changed, or why the caller must reload instead.
-pub(crate) fn run(plan: &Plan) -> Result<usize, Fallback> {
+pub fn run(plan: &Plan) -> Result<usize, Fallback> {
     let mut total = 0;
     for t in &plan.targets {
         total += run_target(t).map_err(|Fallback(e)| {

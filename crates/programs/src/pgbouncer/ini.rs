@@ -1,7 +1,7 @@
 //! Reading a `pgbouncer.ini` the way PgBouncer's parser does, for the two
 //! places that compare a live file with a candidate: settings that need a
-//! restart ([`plan`](crate::plan)) and databases a reload moves
-//! ([`pgbouncer_admin`](crate::pgbouncer_admin)).
+//! restart ([`restart`](super::restart), which `plan` reports) and
+//! databases a reload moves (the [`console`](super::console)'s `PAUSE`).
 //!
 //! `;` and `#` start a comment line, section names are case-insensitive,
 //! a key set twice keeps its last value. `%include` lines are not followed.
@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 /// The keys and last values of section `name` in `text`; keys are
 /// lowercased when `fold_keys` (PgBouncer's settings are case-insensitive,
 /// database names are not).
-pub(crate) fn section(text: &str, name: &str, fold_keys: bool) -> BTreeMap<String, String> {
+pub fn section(text: &str, name: &str, fold_keys: bool) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     let mut inside = false;
     for line in text.lines() {
@@ -38,7 +38,7 @@ pub(crate) fn section(text: &str, name: &str, fold_keys: bool) -> BTreeMap<Strin
 /// Databases defined in both files whose `[databases]` entry differs: the
 /// ones a reload sends somewhere else. Added and removed ones are not in
 /// the set (nothing runs on them to finish first).
-pub(crate) fn moved_databases(live: &[u8], candidate: &[u8]) -> BTreeSet<String> {
+pub fn moved_databases(live: &[u8], candidate: &[u8]) -> BTreeSet<String> {
     let old = section(&String::from_utf8_lossy(live), "databases", false);
     let new = section(&String::from_utf8_lossy(candidate), "databases", false);
     old.into_iter()

@@ -6,6 +6,7 @@ use converge_model::{ReloadAction, RenderedFile};
 use nix::sys::signal::Signal;
 
 use super::*;
+use crate::haproxy::cfg::{classify, ip_endpoint, Server};
 
 /// A config with backend `web` marked and holding `slots` (`ADDR:PORT` or
 /// `ADDR:PORT disabled`), and an unmarked backend `api`.
@@ -115,7 +116,7 @@ fn without_an_admin_unix_socket_there_is_no_runtime_path() {
             )
         };
         let err = classify(&edit(&live), &edit(&candidate)).expect_err(socket);
-        assert!(err.0.contains("stats socket"), "{socket}: {err}");
+        assert!(err.contains("stats socket"), "{socket}: {err}");
     }
     let unix = |t: &str| t.replace("/r/run/admin.sock mode 600 level admin", "unix@/r/a.sock");
     let (socket, _, _) = classify(&unix(&live), &unix(&candidate)).expect("default level");
@@ -261,17 +262,8 @@ fn parses_and_compares_servers_state() {
 
 fn file(target: &str, bytes: &str, validate: Validator, reload: ReloadAction) -> RenderedFile {
     RenderedFile {
-        target: target.into(),
-        destination: PathBuf::from(format!("/r/etc/{target}")),
-        bytes: bytes.as_bytes().to_vec(),
-        mode: 0o644,
-        owner: None,
-        group: None,
-        validate,
-        reload,
         bundle: "haproxy".into(),
-        secret: false,
-        backups: 3,
+        ..crate::testutil::rendered(target, format!("/r/etc/{target}"), bytes, validate, reload)
     }
 }
 
@@ -282,11 +274,20 @@ fn signal() -> ReloadAction {
     }
 }
 
+/// How a member compares with its live file, as the transaction tells
+/// [`plan`] (`Change` in `converge-apply`).
+#[derive(Debug, Clone, Copy)]
+enum Change {
+    Changed,
+    Metadata,
+    New,
+}
+
 fn view<'a>(file: &'a RenderedFile, live: Option<&'a str>, change: Change) -> MemberView<'a> {
     MemberView {
         file,
         live: live.map(str::as_bytes),
-        change,
+        rewrites: matches!(change, Change::Changed | Change::New),
     }
 }
 

@@ -143,6 +143,11 @@ fn show_databases_without_a_needed_column_or_with_a_short_row_is_an_error() {
     assert!(err.contains("row 1 has 3 fields"), "{err}");
 }
 
+/// What `psql` wrote to `f`, read as [`command`] reads its output.
+fn read_back(f: &mut std::fs::File) -> Result<String, String> {
+    bounded(crate::process::read_back(f, MAX_ANSWER + 1))
+}
+
 #[test]
 fn an_answer_beyond_the_bound_is_refused_not_cut() {
     let mut f = tempfile::tempfile().expect("tempfile");

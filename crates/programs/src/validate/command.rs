@@ -1,4 +1,4 @@
-//! An argv from the manifest, every `{}` (also inside an argument, as in
+//! A manifest's own validator: an argv, every `{}` (also inside an argument, as in
 //! `--config={}`) replaced by the staged path. Run directly, never through
 //! a shell; exit status 0 accepts the candidate.
 
@@ -6,9 +6,10 @@ use std::ffi::OsString;
 use std::process::Command;
 use std::time::Duration;
 
-use super::{run, run_checked, Candidate, Failure, ValidateError, MAX_LINES};
+use crate::check::{run_to_verdict, Candidate, CheckFailure, ValidateError, MAX_LINES};
+use crate::process;
 
-pub(super) fn check(
+pub(crate) fn check(
     candidate: &Candidate<'_>,
     argv: &[String],
     timeout: Duration,
@@ -18,35 +19,15 @@ pub(super) fn check(
         return Err(ValidateError::new(
             candidate,
             String::new(),
-            Failure::NotRun,
+            CheckFailure::NotRun,
             "the validator command is empty".to_string(),
         ));
     };
     let mut cmd = Command::new(program);
     cmd.args(args);
     run_to_verdict(candidate, &mut cmd, timeout, |output| {
-        run::excerpt(output.trim().lines(), MAX_LINES)
+        process::excerpt(output.trim().lines(), MAX_LINES)
     })
-}
-
-/// Runs a validator whose exit status 0 accepts the candidate; any other
-/// status rejects it, with `excerpt` picking what of the output to show.
-pub(super) fn run_to_verdict(
-    candidate: &Candidate<'_>,
-    cmd: &mut Command,
-    timeout: Duration,
-    excerpt: impl FnOnce(&str) -> String,
-) -> Result<(), ValidateError> {
-    let (status, output) = run_checked(candidate, cmd, timeout)?;
-    if status.success() {
-        return Ok(());
-    }
-    Err(ValidateError::new(
-        candidate,
-        run::display(cmd),
-        Failure::Rejected(run::describe(status)),
-        excerpt(&output),
-    ))
 }
 
 fn substitute(arg: &str, candidate: &Candidate<'_>) -> OsString {

@@ -53,7 +53,8 @@
 use std::process::Command;
 use std::time::Duration;
 
-use super::{run, run_checked, Candidate, Failure, ValidateError, MAX_LINES};
+use crate::check::{run_checked, Candidate, CheckFailure, ValidateError, MAX_LINES};
+use crate::process;
 
 /// Sets up the interfaces, then becomes keepalived. `$1` is the candidate,
 /// the rest are interface names; exit 97 means the setup failed.
@@ -76,13 +77,13 @@ const SETUP_FAILED: i32 = 97;
 /// The most interfaces one config may make the check create.
 const MAX_INTERFACES: usize = 256;
 
-pub(super) fn check(candidate: &Candidate<'_>, timeout: Duration) -> Result<(), ValidateError> {
+pub(crate) fn check(candidate: &Candidate<'_>, timeout: Duration) -> Result<(), ValidateError> {
     let shown = format!("keepalived -t -f {}", candidate.staged.display());
     let refuse = |how: &str, output: String| {
         Err(ValidateError::new(
             candidate,
             shown.clone(),
-            Failure::Rejected(how.to_string()),
+            CheckFailure::Rejected(how.to_string()),
             output,
         ))
     };
@@ -101,7 +102,7 @@ pub(super) fn check(candidate: &Candidate<'_>, timeout: Duration) -> Result<(), 
         Err(e) => return refuse("refused before running keepalived", e),
     };
     let root = nix::unistd::geteuid().is_root();
-    let mut cmd = Command::new(run::program("unshare"));
+    let mut cmd = Command::new(process::program("unshare"));
     cmd.arg("--net");
     if !root {
         cmd.arg("--map-root-user");
@@ -109,37 +110,25 @@ pub(super) fn check(candidate: &Candidate<'_>, timeout: Duration) -> Result<(), 
     cmd.args(["--", "/bin/sh", "-c", SCRIPT, "converge-keepalived-check"])
         .arg(candidate.staged)
         .args(&names);
-    let shown = format!(
-        "{shown} (in a scratch network namespace with {}: {})",
-        if names.len() == 1 {
-            "interface"
-        } else {
-            "interfaces"
-        },
-        if names.is_empty() {
-            "none".to_string()
-        } else {
-            names.join(", ")
-        }
-    );
+    let shown = in_namespace(&shown, &names);
     let (status, output) =
         run_checked(candidate, &mut cmd, timeout).map_err(|e| ValidateError {
             command: shown.clone(),
             ..e
         })?;
-    let excerpt = run::excerpt(output.lines(), MAX_LINES);
+    let excerpt = process::excerpt(output.lines(), MAX_LINES);
     let not_run = |output: String| {
         Err(ValidateError::new(
             candidate,
             shown.clone(),
-            Failure::NotRun,
+            CheckFailure::NotRun,
             output,
         ))
     };
     if status.code() == Some(SETUP_FAILED) || output.starts_with("unshare:") {
         return not_run(format!(
             "{excerpt}\n(the command run was `{}`)",
-            run::display(&cmd)
+            process::display(&cmd)
         ));
     }
     if !status.success() {
@@ -154,7 +143,7 @@ pub(super) fn check(candidate: &Candidate<'_>, timeout: Duration) -> Result<(), 
         return Err(ValidateError::new(
             candidate,
             shown.clone(),
-            Failure::Rejected(run::describe(status)),
+            CheckFailure::Rejected(process::describe(status)),
             output,
         ));
     }
@@ -162,13 +151,30 @@ pub(super) fn check(candidate: &Candidate<'_>, timeout: Duration) -> Result<(), 
         return Err(ValidateError::new(
             candidate,
             shown.clone(),
-            Failure::Rejected(
+            CheckFailure::Rejected(
                 "exit status 0, but keepalived could not read a config file".to_string(),
             ),
             excerpt,
         ));
     }
     Ok(())
+}
+
+/// The command as shown, with the interfaces of its scratch namespace.
+fn in_namespace(shown: &str, names: &[String]) -> String {
+    format!(
+        "{shown} (in a scratch network namespace with {}: {})",
+        if names.len() == 1 {
+            "interface"
+        } else {
+            "interfaces"
+        },
+        if names.is_empty() {
+            "none".to_string()
+        } else {
+            names.join(", ")
+        }
+    )
 }
 
 /// A word of the config, with its 1-based line number.

@@ -55,8 +55,8 @@ use std::time::{Duration, Instant};
 
 use nix::unistd::{chown, User};
 
-use super::run::{self, Running};
-use super::{Candidate, Failure, ValidateError, MAX_LINES};
+use crate::check::{Candidate, CheckFailure, ValidateError, MAX_LINES};
+use crate::process::{self, Running};
 
 /// How often a bind race on the free port is retried.
 const ATTEMPTS: usize = 3;
@@ -64,25 +64,19 @@ const ATTEMPTS: usize = 3;
 /// How long PgBouncer gets to stop after `SIGTERM`.
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
-pub(super) fn check(candidate: &Candidate<'_>, timeout: Duration) -> Result<(), ValidateError> {
+pub(crate) fn check(candidate: &Candidate<'_>, timeout: Duration) -> Result<(), ValidateError> {
     let start = Instant::now();
-    let not_run =
-        |command: String, why: String| ValidateError::new(candidate, command, Failure::NotRun, why);
+    let not_run = |command: String, why: String| {
+        ValidateError::new(candidate, command, CheckFailure::NotRun, why)
+    };
     let base_cmd = format!("pgbouncer (on {})", candidate.staged.display());
     let overrides = sibling_overrides(candidate);
-    for path in std::iter::once(candidate.staged).chain(overrides.iter().map(|(_, p)| p.as_path()))
-    {
-        if path
-            .as_os_str()
-            .as_bytes()
-            .iter()
-            .any(|b| matches!(b, b'\n' | b'\r'))
-        {
-            return Err(not_run(
-                base_cmd,
-                format!("{} has a line break in its path", path.display()),
-            ));
-        }
+    let paths = std::iter::once(candidate.staged).chain(overrides.iter().map(|(_, p)| p.as_path()));
+    if let Some(path) = paths.into_iter().find(|p| has_line_break(p)) {
+        return Err(not_run(
+            base_cmd,
+            format!("{} has a line break in its path", path.display()),
+        ));
     }
     let user = run_as(candidate.file.owner.as_deref()).map_err(|e| not_run(base_cmd.clone(), e))?;
     let dir = private_dir(user.as_ref()).map_err(|e| not_run(base_cmd.clone(), e))?;
@@ -97,7 +91,7 @@ pub(super) fn check(candidate: &Candidate<'_>, timeout: Duration) -> Result<(), 
                 format!("cannot write {}: {e}", wrapper.display()),
             )
         })?;
-        let mut cmd = Command::new(run::program("pgbouncer"));
+        let mut cmd = Command::new(process::program("pgbouncer"));
         if let Some(u) = &user {
             cmd.arg("-u").arg(&u.name);
         }
@@ -105,28 +99,8 @@ pub(super) fn check(candidate: &Candidate<'_>, timeout: Duration) -> Result<(), 
         let shown = describe(&cmd, candidate.staged, port, &overrides);
         let mut running =
             Running::spawn(&mut cmd).map_err(|e| not_run(shown.clone(), e.to_string()))?;
-        let io_err = |e: std::io::Error| not_run(shown.clone(), e.to_string());
-        let listening = format!("listening on 127.0.0.1:{port}");
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        let mut pause = Duration::from_millis(2);
-        let outcome = loop {
-            if let Some(status) = running.poll().map_err(io_err)? {
-                break Outcome::Exited(run::describe(status));
-            }
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
-                && running.output().contains(&listening)
-            {
-                running.stop(STOP_GRACE).map_err(io_err)?;
-                break Outcome::Up;
-            }
-            let elapsed = start.elapsed();
-            if elapsed >= timeout {
-                running.kill().map_err(io_err)?;
-                break Outcome::TimedOut;
-            }
-            std::thread::sleep(pause.min(timeout - elapsed));
-            pause = (pause * 2).min(Duration::from_millis(20));
-        };
+        let outcome = await_up(&mut running, port, start, timeout)
+            .map_err(|e| not_run(shown.clone(), e.to_string()))?;
         let output = running.output();
         if output.contains("Address already in use") && attempt < ATTEMPTS {
             continue;
@@ -137,15 +111,15 @@ pub(super) fn check(candidate: &Candidate<'_>, timeout: Duration) -> Result<(), 
             Outcome::Up => Err(ValidateError::new(
                 candidate,
                 shown,
-                Failure::Rejected("it started, but logged errors".to_string()),
+                CheckFailure::Rejected("it started, but logged errors".to_string()),
                 errors,
             )),
             Outcome::Exited(how) => Err(ValidateError::new(
                 candidate,
                 shown,
-                Failure::Rejected(how),
+                CheckFailure::Rejected(how),
                 if errors.is_empty() {
-                    run::excerpt(output.lines(), MAX_LINES)
+                    process::excerpt(output.lines(), MAX_LINES)
                 } else {
                     errors
                 },
@@ -153,8 +127,8 @@ pub(super) fn check(candidate: &Candidate<'_>, timeout: Duration) -> Result<(), 
             Outcome::TimedOut => Err(ValidateError::new(
                 candidate,
                 shown,
-                Failure::TimedOut(timeout),
-                run::excerpt(output.lines(), MAX_LINES),
+                CheckFailure::TimedOut(timeout),
+                process::excerpt(output.lines(), MAX_LINES),
             )),
         };
     }
@@ -162,6 +136,46 @@ pub(super) fn check(candidate: &Candidate<'_>, timeout: Duration) -> Result<(), 
         base_cmd,
         format!("no free port after {ATTEMPTS} attempts"),
     ))
+}
+
+/// A path the wrapper config could not hold on one line.
+fn has_line_break(path: &Path) -> bool {
+    path.as_os_str()
+        .as_bytes()
+        .iter()
+        .any(|b| matches!(b, b'\n' | b'\r'))
+}
+
+/// Waits for the trial PgBouncer on `port` to accept a connection and log
+/// that it listens (then stops it), to exit, or to reach the deadline
+/// `timeout` after `start` (then kills it).
+fn await_up(
+    running: &mut Running,
+    port: u16,
+    start: Instant,
+    timeout: Duration,
+) -> std::io::Result<Outcome> {
+    let listening = format!("listening on 127.0.0.1:{port}");
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let mut pause = Duration::from_millis(2);
+    loop {
+        if let Some(status) = running.poll()? {
+            return Ok(Outcome::Exited(process::describe(status)));
+        }
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+            && running.output().contains(&listening)
+        {
+            running.stop(STOP_GRACE)?;
+            return Ok(Outcome::Up);
+        }
+        let elapsed = start.elapsed();
+        if elapsed >= timeout {
+            running.kill()?;
+            return Ok(Outcome::TimedOut);
+        }
+        std::thread::sleep(pause.min(timeout - elapsed));
+        pause = (pause * 2).min(Duration::from_millis(20));
+    }
 }
 
 enum Outcome {
@@ -232,7 +246,7 @@ fn wrapper_text(staged: &Path, dir: &Path, port: u16, overrides: &[(String, Path
 fn describe(cmd: &Command, staged: &Path, port: u16, overrides: &[(String, PathBuf)]) -> String {
     let mut s = format!(
         "{} (wrapper: %include {}, listen 127.0.0.1:{port}",
-        run::display(cmd),
+        process::display(cmd),
         staged.display()
     );
     for (key, path) in overrides {
@@ -251,7 +265,7 @@ fn relevant(output: &str, wrapper: &Path) -> String {
         .filter(|l| !l.contains(wrapper.as_ref()))
         .map(|l| l.split_once("] ").map_or(l, |(_, rest)| rest))
         .filter(|l| l.starts_with("ERROR ") || l.starts_with("FATAL "));
-    run::excerpt(lines, MAX_LINES)
+    process::excerpt(lines, MAX_LINES)
 }
 
 /// The user PgBouncer runs as: `None` when we are not root (it runs as

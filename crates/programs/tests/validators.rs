@@ -11,7 +11,9 @@ use converge_model::{ReloadAction, RenderedFile};
 use converge_testkit::process::{pid_alive, read_pidfile};
 use converge_testkit::wait;
 
-use converge_apply::validate::{validate, validate_within, Candidate, Failure, ValidateError};
+use converge_programs::validate::{
+    validate, validate_within, Candidate, CheckFailure, ValidateError,
+};
 
 /// A rendered file for `destination`, staged at `staged` (written here).
 fn staged(validator: Validator, destination: &Path, staged: &Path, bytes: &str) -> RenderedFile {
@@ -53,7 +55,7 @@ fn check(
 fn rejected(result: Result<(), ValidateError>) -> ValidateError {
     let err = result.expect_err("the candidate must be refused");
     assert!(
-        matches!(err.failure, Failure::Rejected(_)),
+        matches!(err.failure, CheckFailure::Rejected(_)),
         "expected a refusal, got: {err}"
     );
     err
@@ -119,7 +121,10 @@ fn haproxy_refusal_names_the_line() {
         err.output
     );
     assert!(!err.output.contains("[NOTICE]"), "{}", err.output);
-    assert_eq!(err.failure, Failure::Rejected("exit status 1".to_string()));
+    assert_eq!(
+        err.failure,
+        CheckFailure::Rejected("exit status 1".to_string())
+    );
     let shown = err.to_string();
     assert!(shown.starts_with("target test_target: `"), "{shown}");
     assert!(
@@ -279,7 +284,7 @@ fn keepalived_refuses_interface_names_before_running_anything() {
     );
     assert_eq!(
         err.failure,
-        Failure::Rejected("refused before running keepalived".to_string())
+        CheckFailure::Rejected("refused before running keepalived".to_string())
     );
 }
 
@@ -392,7 +397,7 @@ fn pgbouncer_uses_the_staged_userlist_not_the_live_path() {
     );
     assert_eq!(
         err.failure,
-        Failure::Rejected("it started, but logged errors".to_string())
+        CheckFailure::Rejected("it started, but logged errors".to_string())
     );
 
     // A broken staged userlist is refused: its contents were read.
@@ -496,7 +501,10 @@ fn command_refusal_carries_the_output() {
         "x\n",
     );
     let err = rejected(result);
-    assert_eq!(err.failure, Failure::Rejected("exit status 3".to_string()));
+    assert_eq!(
+        err.failure,
+        CheckFailure::Rejected("exit status 3".to_string())
+    );
     assert_eq!(
         err.output,
         format!(
@@ -527,7 +535,10 @@ fn command_is_killed_with_its_children_at_the_deadline() {
         Duration::from_millis(500),
     )
     .expect_err("times out");
-    assert_eq!(err.failure, Failure::TimedOut(Duration::from_millis(500)));
+    assert_eq!(
+        err.failure,
+        CheckFailure::TimedOut(Duration::from_millis(500))
+    );
     let bg = read_pidfile(&pidfile).expect("background pid");
     wait::until(
         Duration::from_secs(2),
@@ -541,11 +552,11 @@ fn command_is_killed_with_its_children_at_the_deadline() {
 fn command_that_cannot_run_is_not_an_acceptance() {
     let (_dir, _, result) = check(argv(&["/nonexistent/converge-validator", "{}"]), "x");
     let err = result.expect_err("refused");
-    assert_eq!(err.failure, Failure::NotRun);
+    assert_eq!(err.failure, CheckFailure::NotRun);
     assert!(err.output.contains("No such file"), "{}", err.output);
 
     let (_dir, _, result) = check(argv(&[]), "x");
-    assert_eq!(result.expect_err("refused").failure, Failure::NotRun);
+    assert_eq!(result.expect_err("refused").failure, CheckFailure::NotRun);
 }
 
 #[test]

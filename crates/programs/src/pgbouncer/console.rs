@@ -24,8 +24,9 @@
 //! killed, and a database left paused would hold every query until an
 //! operator noticed.
 //!
-//! The console is reached with `psql`, one process per command, each killed
-//! by pid at the timeout. Why not a Rust client: the console speaks the
+//! The console is reached with `psql`, one process per command, run by the
+//! [`process`](crate::process) runner like every child, its group killed
+//! at the timeout. Why not a Rust client: the console speaks the
 //! PostgreSQL protocol with whatever `auth_type` the node uses (trust,
 //! peer over the unix socket, md5, SCRAM, certificates), and libpq through
 //! `psql` handles all of them and `~/.pgpass`, where a protocol client in
@@ -41,7 +42,7 @@
 //!
 //! A console that refuses connections (no socket file, connection refused)
 //! means PgBouncer is not running: like a signal to a missing pid, that is
-//! [`ReloadOutcome::NotRunning`], and the files wait for its start.
+//! [`ConsoleReload::NotRunning`], and the files wait for its start.
 //!
 //! For `converge status` the same console is read, never changed:
 //! `SHOW DATABASES` says where each database goes now, and `SHOW CONFIG`
@@ -52,19 +53,14 @@
 //! PgBouncer still tells the old value.
 
 use std::collections::BTreeSet;
-use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use converge_model::manifest::PgbouncerAdmin;
-use converge_model::ReloadAction;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 
-use crate::pgbouncer_ini::section;
-use crate::plan::restart::PGBOUNCER_RESTART_ONLY;
-use crate::reload::{describe, Failure, ReloadOutcome};
+use super::ini::section;
+use super::restart::PGBOUNCER_RESTART_ONLY;
+use crate::process::{Options, Running};
 
 /// One admin command's result.
 #[derive(Debug)]
@@ -104,16 +100,33 @@ impl PauseScope {
     }
 }
 
-/// Runs the action: `[PAUSE …,] RELOAD[, RESUME …]`, pausing `scope`.
+/// What a console reload did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsoleReload {
+    /// `RELOAD` was answered.
+    Reloaded,
+    /// Nobody listens on the console: PgBouncer is not running.
+    NotRunning,
+}
+
+/// Why a console reload failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleFailure {
+    /// What failed, and whether what was paused was resumed.
+    pub detail: String,
+    /// PgBouncer's (or `psql`'s) words.
+    pub stderr: String,
+    /// `RELOAD` was never sent: PgBouncer still runs the files it ran
+    /// before.
+    pub untouched: bool,
+}
+
+/// Runs `[PAUSE …,] RELOAD[, RESUME …]`, pausing `scope`.
 ///
 /// Every `PAUSE` sent is followed by its `RESUME` on every way out, the
 /// failed one included: a `PAUSE` whose `psql` was killed at the timeout
 /// stays in force inside PgBouncer, still waiting on the transaction.
-pub(crate) fn reload(
-    action: &ReloadAction,
-    admin: &PgbouncerAdmin,
-    scope: &PauseScope,
-) -> Result<ReloadOutcome, Failure> {
+pub fn reload(admin: &PgbouncerAdmin, scope: &PauseScope) -> Result<ConsoleReload, ConsoleFailure> {
     let timeout = Duration::from_secs(admin.timeout_secs.max(1));
     let databases: Vec<String> = if admin.pause {
         scope.arguments()
@@ -126,7 +139,7 @@ pub(crate) fn reload(
     let mut sent = 0;
     // An error says what failed, PgBouncer's words, and whether RELOAD
     // was never sent (so PgBouncer still runs the files it ran before).
-    let step: Result<ReloadOutcome, (String, String, bool)> = 'step: {
+    let step: Result<ConsoleReload, (String, String, bool)> = 'step: {
         for db in &databases {
             sent += 1;
             let started = Instant::now();
@@ -138,21 +151,20 @@ pub(crate) fn reload(
                     "pgbouncer paused for the reload"
                 ),
                 // Nothing is paused yet: nobody listens.
-                Answer::Unreachable(_) if sent == 1 => return Ok(ReloadOutcome::NotRunning),
+                Answer::Unreachable(_) if sent == 1 => return Ok(ConsoleReload::NotRunning),
                 Answer::Unreachable(e) | Answer::Failed(e) => {
                     break 'step Err((format!("PAUSE{db} did not complete; not reloaded"), e, true))
                 }
             }
         }
         match command(admin, "RELOAD", timeout) {
-            Answer::Ok(_) => Ok(ReloadOutcome::Reloaded),
-            Answer::Unreachable(_) if sent == 0 => Ok(ReloadOutcome::NotRunning),
+            Answer::Ok(_) => Ok(ConsoleReload::Reloaded),
+            Answer::Unreachable(_) if sent == 0 => Ok(ConsoleReload::NotRunning),
             Answer::Unreachable(e) | Answer::Failed(e) => Err(("RELOAD failed".into(), e, false)),
         }
     };
     let resumed = resume(admin, &databases[..sent], timeout);
-    let fail = |detail: String, stderr: String, untouched: bool| Failure {
-        command: describe(action),
+    let fail = |detail: String, stderr: String, untouched: bool| ConsoleFailure {
         detail,
         stderr,
         untouched,
@@ -235,7 +247,7 @@ pub struct PendingRestart {
 /// applied by a reload left waiting for a restart.
 ///
 /// Each key's value in the `[pgbouncer]` section, read as
-/// [`plan`](crate::plan) reads it, is compared with `SHOW CONFIG`'s
+/// `plan` reads it, is compared with `SHOW CONFIG`'s
 /// `value`; a key the file does not set is compared with the `default`
 /// column (PgBouncer 1.18 has it), and makes no claim when the console
 /// has no such column or does not know the key. Numbers are compared as
@@ -427,54 +439,39 @@ fn parse_databases(text: &str) -> Result<Vec<DatabaseRoute>, String> {
 /// few thousand databases is well under it; more is an error, not a cut.
 const MAX_ANSWER: u64 = 4 << 20;
 
-/// Runs one console command with `psql`, killed by pid at `timeout`.
+/// Runs one console command with `psql`, killed at `timeout`.
 fn command(admin: &PgbouncerAdmin, sql: &str, timeout: Duration) -> Answer {
-    let (mut out, mut err) = match (tempfile::tempfile(), tempfile::tempfile()) {
-        (Ok(o), Ok(e)) => (o, e),
-        (Err(e), _) | (_, Err(e)) => {
-            return Answer::Failed(format!("cannot create a temp file: {e}"))
-        }
-    };
-    let (out_w, err_w) = match (out.try_clone(), err.try_clone()) {
-        (Ok(o), Ok(e)) => (o, e),
-        (Err(e), _) | (_, Err(e)) => {
-            return Answer::Failed(format!("cannot duplicate a file: {e}"))
-        }
-    };
     let connect = timeout.as_secs().clamp(2, 30).to_string();
-    let spawned = Command::new("psql")
-        .args(["-X", "-q", "-A", "-z", "-P", "footer=off"])
+    let mut cmd = Command::new("psql");
+    cmd.args(["-X", "-q", "-A", "-z", "-P", "footer=off"])
         .args(["-v", "ON_ERROR_STOP=1", "-w"])
         .args(["-h", &admin.host, "-p", &admin.port.to_string()])
         .args(["-U", &admin.user, "-d", "pgbouncer", "-c", sql])
         .env("PGCONNECT_TIMEOUT", connect)
-        .env("PGAPPNAME", "converge")
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(out_w))
-        .stderr(Stdio::from(err_w))
-        .spawn();
-    let mut child = match spawned {
+        .env("PGAPPNAME", "converge");
+    let options = Options {
+        separate_stderr: true,
+        keep_group_on_exit: false,
+    };
+    let start = Instant::now();
+    let mut child = match Running::spawn_with(&mut cmd, options) {
         Ok(c) => c,
         Err(e) => return Answer::Failed(format!("cannot run psql for `{sql}`: {e}")),
     };
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(s)) => break s,
-            Ok(None) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            _ => {
-                let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
-                let _ = child.wait();
-                return Answer::Failed(format!(
-                    "`{sql}` did not answer within {:.0}s",
-                    timeout.as_secs_f64()
-                ));
-            }
+    let status = match child.wait_until(start, timeout) {
+        Ok(Some(s)) => s,
+        _ => {
+            let _ = child.kill();
+            return Answer::Failed(format!(
+                "`{sql}` did not answer within {:.0}s",
+                timeout.as_secs_f64()
+            ));
         }
     };
-    let (stderr, stdout) = match (read_back(&mut err), read_back(&mut out)) {
+    let (stderr, stdout) = match (
+        bounded(child.stderr(MAX_ANSWER + 1)),
+        bounded(child.stdout(MAX_ANSWER + 1)),
+    ) {
         (Ok(e), Ok(o)) => (e, o),
         (Err(e), _) | (_, Err(e)) => return Answer::Failed(format!("`{sql}`: {e}")),
     };
@@ -492,12 +489,10 @@ fn command(admin: &PgbouncerAdmin, sql: &str, timeout: Duration) -> Answer {
     }
 }
 
-/// What `psql` wrote to `f`, up to [`MAX_ANSWER`] bytes.
-fn read_back(f: &mut File) -> Result<String, String> {
-    let mut bytes = Vec::new();
-    f.seek(SeekFrom::Start(0))
-        .and_then(|_| f.take(MAX_ANSWER + 1).read_to_end(&mut bytes))
-        .map_err(|e| format!("cannot read psql's output back: {e}"))?;
+/// What `psql` wrote, read back up to one byte past [`MAX_ANSWER`]: more
+/// is an error, never a cut.
+fn bounded(read: std::io::Result<Vec<u8>>) -> Result<String, String> {
+    let bytes = read.map_err(|e| format!("cannot read psql's output back: {e}"))?;
     if bytes.len() as u64 > MAX_ANSWER {
         return Err(format!(
             "psql wrote more than {} MiB; nothing of it was used",

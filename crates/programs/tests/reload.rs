@@ -7,21 +7,20 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use converge_apply::pgbouncer_admin::PauseScope;
-use converge_apply::reload::disposition::{self, Disposition};
-use converge_apply::reload::{Failure, Limits};
-use converge_apply::ReloadOutcome;
 use converge_model::ReloadAction;
+use converge_programs::reload::{Limits, PauseScope, ReloadFailure};
+use converge_programs::signal::disposition::{self, Disposition};
+use converge_programs::ReloadOutcome;
 use converge_testkit::haproxy::minimal_config;
 use converge_testkit::process::pid_alive;
 use converge_testkit::{wait, Child, Haproxy};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
-/// [`converge_apply::reload::run`] for actions that are not PgBouncer's
+/// [`converge_programs::reload::run`] for actions that are not PgBouncer's
 /// console, which ignore the pause scope.
-fn run(action: &ReloadAction, limits: Limits) -> Result<ReloadOutcome, Failure> {
-    converge_apply::reload::run(action, limits, &PauseScope::All)
+fn run(action: &ReloadAction, limits: Limits) -> Result<ReloadOutcome, ReloadFailure> {
+    converge_programs::reload::run(action, limits, &PauseScope::All)
 }
 
 /// Deadline for anything a test waits for a process to do.

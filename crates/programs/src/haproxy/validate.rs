@@ -17,11 +17,11 @@
 use std::process::Command;
 use std::time::Duration;
 
-use super::command::run_to_verdict;
-use super::{run, Candidate, ValidateError, MAX_LINES};
+use crate::check::{run_to_verdict, Candidate, ValidateError, MAX_LINES};
+use crate::process;
 
-pub(super) fn check(candidate: &Candidate<'_>, timeout: Duration) -> Result<(), ValidateError> {
-    let mut cmd = Command::new(run::program("haproxy"));
+pub(crate) fn check(candidate: &Candidate<'_>, timeout: Duration) -> Result<(), ValidateError> {
+    let mut cmd = Command::new(process::program("haproxy"));
     cmd.arg("-c").arg("-f").arg(candidate.staged);
     run_to_verdict(candidate, &mut cmd, timeout, relevant)
 }
@@ -48,7 +48,7 @@ fn relevant(output: &str) -> String {
             .map(str::to_string)
             .collect();
     }
-    run::excerpt(keep.iter().map(String::as_str), MAX_LINES)
+    process::excerpt(keep.iter().map(String::as_str), MAX_LINES)
 }
 
 /// `[ALERT]    (1234) : config : ...` → `[ALERT] config : ...`.
