@@ -197,33 +197,14 @@ fn report(
             Outcome::RolledBack { error }
         }
     };
-    match &outcome {
-        Outcome::Unchanged => tracing::debug!(bundle = name, "unchanged"),
-        Outcome::Applied { reload } => tracing::info!(bundle = name, ?reload, "applied"),
-        Outcome::RuntimeUpdated { servers } => {
-            tracing::info!(bundle = name, servers, "applied through the runtime API")
-        }
-        Outcome::Rejected { error } | Outcome::Failed { error } | Outcome::RolledBack { error } => {
-            tracing::warn!(bundle = name, outcome = ?outcome_kind(&outcome), %error, "bundle not applied")
-        }
-    }
+    // The caller reports the outcome (the daemon's report module, or the
+    // one-shot command's output): logged here too it would appear twice.
     BundleReport {
         bundle: name.to_string(),
         targets,
         changed,
         outcome,
         rollback,
-    }
-}
-
-fn outcome_kind(o: &Outcome) -> &'static str {
-    match o {
-        Outcome::Unchanged => "unchanged",
-        Outcome::Applied { .. } => "applied",
-        Outcome::RuntimeUpdated { .. } => "runtime_updated",
-        Outcome::Rejected { .. } => "rejected",
-        Outcome::Failed { .. } => "failed",
-        Outcome::RolledBack { .. } => "rolled_back",
     }
 }
 

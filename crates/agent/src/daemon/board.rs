@@ -106,6 +106,9 @@ pub struct Metrics {
     pub held_backends: Gauge,
     /// Catalog instances the last pass left out.
     pub left_out_instances: Gauge,
+    /// Rollbacks that could not put every file back (the node may run a
+    /// mix of old and new files: page someone).
+    pub incomplete_rollbacks: Counter,
     /// Times the catalog source started failing (one failure lasting
     /// several passes counts once).
     pub source_errors: Counter,
@@ -160,6 +163,11 @@ impl Board {
             "left_out_instances",
             "Catalog instances the last pass left out (a value that could break out of its field, or a duplicated identity)",
             m.left_out_instances.clone(),
+        );
+        registry.register(
+            "incomplete_rollbacks",
+            "Rollbacks that could not restore every file of their bundle",
+            m.incomplete_rollbacks.clone(),
         );
         registry.register(
             "source_errors",

@@ -180,6 +180,10 @@ impl Reporter {
                 }
             }
         });
+        self.board
+            .metrics
+            .incomplete_rollbacks
+            .inc_by(report.incomplete_rollbacks() as u64);
         for b in &report.bundles {
             match &b.outcome {
                 Outcome::Applied { reload } => {
