@@ -23,6 +23,7 @@ pub mod locate;
 pub mod manifest;
 pub mod rendered;
 pub mod secret;
+pub mod wording;
 
 pub use catalog::{Catalog, Freshness, Health, Instance, ServiceEntry};
 pub use desired::NodeDesired;
