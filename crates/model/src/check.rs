@@ -63,7 +63,7 @@ impl Manifests {
         let unread = self.unreadable_files();
         if !unread.is_empty() {
             msg.push_str(&format!(
-                " (unless it is in {}, which could not be read past its YAML error)",
+                " (unless it is in {}, which could not be read in full)",
                 unread.join(", ")
             ));
         }

@@ -13,6 +13,7 @@
 //! each with its location, before anything downstream runs.
 #![deny(missing_docs)]
 
+pub mod bounds;
 pub mod catalog;
 pub mod check;
 pub mod desired;

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde_yaml::Value;
 
+use crate::bounds;
 use crate::error::{Location, ManifestError, ManifestErrors};
 use crate::locate::{format_path, PathIndex, Segment};
 use crate::manifest::Manifest;
@@ -50,7 +51,8 @@ pub struct Manifests {
     /// `(section, name)` of entries that are written but failed to load,
     /// so that references to them are not reported as undefined too.
     failed: HashSet<(String, String)>,
-    /// Files with a YAML syntax error: read only up to it.
+    /// Files with a YAML syntax error (read only up to it), or too large
+    /// or deeply nested to read at all.
     unreadable: Vec<PathBuf>,
 }
 
@@ -81,8 +83,7 @@ impl Manifests {
         }
         let mut texts = Vec::with_capacity(files.len());
         for path in files {
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| single(&path, String::new(), format!("cannot read: {e}")))?;
+            let text = bounds::read(&path, "manifest").map_err(|e| ManifestErrors(vec![e]))?;
             texts.push((path, text));
         }
         Self::from_sources(dir, &texts)
@@ -100,6 +101,15 @@ impl Manifests {
         };
         let mut errors = Vec::new();
         for (path, text) in texts {
+            if let Err(e) = bounds::check(path, text, "manifest") {
+                errors.push(e);
+                out.sources.push(Source {
+                    path: path.clone(),
+                    index: PathIndex::default(),
+                });
+                out.unreadable.push(path.clone());
+                continue;
+            }
             let source = Source {
                 path: path.clone(),
                 index: PathIndex::build(text),
@@ -379,10 +389,13 @@ pub fn valid_name(name: &str) -> bool {
 }
 
 /// Parses a whole document into `T`, placing a failure at `file:line:col`.
+/// `what` names the file's role in messages (`catalog`).
 pub(crate) fn parse_typed<T: DeserializeOwned>(
     path: &Path,
     text: &str,
+    what: &str,
 ) -> Result<T, ManifestErrors> {
+    bounds::check(path, text, what).map_err(|e| ManifestErrors(vec![e]))?;
     let value: Value = serde_yaml::from_str(text)
         .map_err(|e| ManifestErrors(vec![yaml_error(path, &e, String::new())]))?;
     let value = if value.is_null() {

@@ -239,7 +239,7 @@ fn a_syntax_error_does_not_hide_the_other_files_problems() {
         errs[1],
         format!(
             "m/a.yaml:{}:5: frontends.http_in.default_backend: backend `wbe` is not defined, \
-             did you mean `web`? (unless it is in m/b.yaml, which could not be read past its YAML error)",
+             did you mean `web`? (unless it is in m/b.yaml, which could not be read in full)",
             line_of(&text, "wbe")
         )
     );
