@@ -147,19 +147,13 @@ impl Catalog {
     /// Reads a catalog file: `services: {name: [instance, ...]}`.
     /// Errors carry `file:line:column` and the field path.
     pub fn load_file(path: &Path) -> Result<Self, ManifestErrors> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ManifestErrors(vec![crate::load::unlocated(
-                path,
-                String::new(),
-                format!("cannot read catalog file: {e}"),
-            )])
-        })?;
+        let text = crate::bounds::read(path, "catalog").map_err(|e| ManifestErrors(vec![e]))?;
         Self::parse(path, &text)
     }
 
     /// Parses catalog file text; `path` is used in error messages.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ManifestErrors> {
-        let file: CatalogFile = parse_typed(path, text)?;
+        let file: CatalogFile = parse_typed(path, text, "catalog")?;
         Ok(Self::fresh(0, file.services))
     }
 }

@@ -12,6 +12,7 @@ use crate::error::{ManifestError, ManifestErrors};
 use crate::load::Manifests;
 use crate::locate::Segment;
 use crate::manifest::{Mode, Reload, Validator};
+use crate::wording::suggest;
 
 /// Signals a reload may name.
 pub const SIGNALS: &[&str] = &[
@@ -42,6 +43,31 @@ impl Manifests {
         } else {
             Err(ManifestErrors(errors))
         }
+    }
+
+    /// "`kind` `name` is not defined", with the nearest defined name, when
+    /// no entry `name` of `section` exists; `None` when it exists, or when
+    /// an entry of that name failed to load (its own error says why). While
+    /// a file could not be read, the message says the name may be there.
+    fn undefined(&self, section: &str, kind: &str, name: &str) -> Option<String> {
+        let known: Vec<&str> = match section {
+            "backends" => self.manifest.backends.keys().map(String::as_str).collect(),
+            "targets" => self.manifest.targets.keys().map(String::as_str).collect(),
+            "nodes" => self.manifest.nodes.keys().map(String::as_str).collect(),
+            _ => Vec::new(),
+        };
+        if known.contains(&name) || self.failed_to_load(section, name) {
+            return None;
+        }
+        let mut msg = format!("{kind} `{name}` is not defined{}", suggest(name, known));
+        let unread = self.unreadable_files();
+        if !unread.is_empty() {
+            msg.push_str(&format!(
+                " (unless it is in {}, which could not be read in full)",
+                unread.join(", ")
+            ));
+        }
+        Some(msg)
     }
 
     // Long on purpose: one rule after another over one section, each a
@@ -90,15 +116,11 @@ impl Manifests {
             }
             for (path, backend) in refs {
                 match m.backends.get(backend) {
-                    None => errors.push(self.error(
-                        "frontends",
-                        name,
-                        &path,
-                        format!(
-                            "backend `{backend}` is not defined{}",
-                            suggest(backend, m.backends.keys())
-                        ),
-                    )),
+                    None => {
+                        if let Some(msg) = self.undefined("backends", "backend", backend) {
+                            errors.push(self.error("frontends", name, &path, msg));
+                        }
+                    }
                     Some(be) if be.mode != fe.mode => errors.push(self.error(
                         "frontends",
                         name,
@@ -323,15 +345,12 @@ impl Manifests {
         }
         for (name, node) in &m.nodes {
             for (i, t) in node.targets.iter().flatten().enumerate() {
-                if !m.targets.contains_key(t) {
+                if let Some(msg) = self.undefined("targets", "target", t) {
                     errors.push(self.error(
                         "nodes",
                         name,
                         &[key("targets"), Segment::Index(i)],
-                        format!(
-                            "target `{t}` is not defined{}",
-                            suggest(t, m.targets.keys())
-                        ),
+                        msg,
                     ));
                 }
             }
@@ -422,16 +441,8 @@ impl Manifests {
                 ));
             }
             for node in vip.priorities.keys() {
-                if !m.nodes.contains_key(node) {
-                    errors.push(self.error(
-                        "vips",
-                        name,
-                        &[key("priorities"), key(node)],
-                        format!(
-                            "node `{node}` is not defined{}",
-                            suggest(node, m.nodes.keys())
-                        ),
-                    ));
+                if let Some(msg) = self.undefined("nodes", "node", node) {
+                    errors.push(self.error("vips", name, &[key("priorities"), key(node)], msg));
                 }
             }
             for (node_name, node) in &m.nodes {
@@ -549,28 +560,6 @@ fn valid_cidr(a: &str) -> bool {
 }
 
 /// ", did you mean `x`?" for a near miss, else nothing.
-fn suggest<'a>(wrong: &str, known: impl Iterator<Item = &'a String>) -> String {
-    known
-        .filter(|k| edit_distance(wrong, k) <= 2)
-        .min_by_key(|k| edit_distance(wrong, k))
-        .map(|k| format!(", did you mean `{k}`?"))
-        .unwrap_or_default()
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let sub = prev[j] + usize::from(ca != *cb);
-            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
-        }
-        prev = cur;
-    }
-    prev[b.len()]
-}
-
 /// Which running program a reload action addresses, for telling two
 /// targets that reload the same one; `None` for no reload.
 fn reloaded_program(reload: &Reload) -> Option<String> {
@@ -624,12 +613,5 @@ mod tests {
                 )])
             );
         }
-    }
-
-    #[test]
-    fn suggestions_for_near_misses() {
-        let known = ["web".to_string(), "api".to_string()];
-        assert_eq!(suggest("wbe", known.iter()), ", did you mean `web`?");
-        assert_eq!(suggest("database", known.iter()), "");
     }
 }

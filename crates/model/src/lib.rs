@@ -13,6 +13,7 @@
 //! each with its location, before anything downstream runs.
 #![deny(missing_docs)]
 
+pub mod bounds;
 pub mod catalog;
 pub mod check;
 pub mod desired;
@@ -24,6 +25,7 @@ pub mod manifest;
 pub mod rendered;
 pub mod secret;
 pub mod selection;
+pub mod wording;
 
 pub use catalog::{Catalog, Freshness, Health, Instance, ServiceEntry};
 pub use desired::NodeDesired;

@@ -7,15 +7,17 @@
 //! prefixed with `section.name`, finds its position in the file's
 //! [`PathIndex`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 use serde_yaml::Value;
 
+use crate::bounds;
 use crate::error::{Location, ManifestError, ManifestErrors};
 use crate::locate::{format_path, PathIndex, Segment};
 use crate::manifest::Manifest;
+use crate::wording;
 
 /// Sections a manifest file may contain.
 const SECTIONS: &[&str] = &[
@@ -46,6 +48,12 @@ pub struct Manifests {
     sources: Vec<Source>,
     /// `(section, name)` → index into `sources`.
     origins: HashMap<(String, String), usize>,
+    /// `(section, name)` of entries that are written but failed to load,
+    /// so that references to them are not reported as undefined too.
+    failed: HashSet<(String, String)>,
+    /// Files with a YAML syntax error (read only up to it), or too large
+    /// or deeply nested to read at all.
+    unreadable: Vec<PathBuf>,
 }
 
 impl Manifests {
@@ -75,8 +83,7 @@ impl Manifests {
         }
         let mut texts = Vec::with_capacity(files.len());
         for path in files {
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| single(&path, String::new(), format!("cannot read: {e}")))?;
+            let text = bounds::read(&path, "manifest").map_err(|e| ManifestErrors(vec![e]))?;
             texts.push((path, text));
         }
         Self::from_sources(dir, &texts)
@@ -89,9 +96,20 @@ impl Manifests {
             manifest: Manifest::default(),
             sources: Vec::new(),
             origins: HashMap::new(),
+            failed: HashSet::new(),
+            unreadable: Vec::new(),
         };
         let mut errors = Vec::new();
         for (path, text) in texts {
+            if let Err(e) = bounds::check(path, text, "manifest") {
+                errors.push(e);
+                out.sources.push(Source {
+                    path: path.clone(),
+                    index: PathIndex::default(),
+                });
+                out.unreadable.push(path.clone());
+                continue;
+            }
             let source = Source {
                 path: path.clone(),
                 index: PathIndex::build(text),
@@ -102,16 +120,42 @@ impl Manifests {
                 Ok(v) => v,
                 Err(e) => {
                     errors.push(yaml_error(path, &e, String::new()));
+                    // The names written before the error exist; whatever
+                    // refers to them elsewhere is not a second problem.
+                    for section in SECTIONS {
+                        for name in out.sources[file_id].index.keys_under(section) {
+                            out.failed.insert(((*section).to_string(), name));
+                        }
+                    }
+                    out.unreadable.push(path.clone());
                     continue;
                 }
             };
             out.merge_file(file_id, value, &mut errors);
         }
         if errors.is_empty() {
-            Ok(out)
-        } else {
-            Err(ManifestErrors(errors))
+            return Ok(out);
         }
+        // Check what did load, so that one broken file or entry does not
+        // hide the reference errors of the others until it is fixed.
+        if let Err(more) = out.validate() {
+            errors.extend(more.0);
+        }
+        Err(ManifestErrors(errors))
+    }
+
+    /// True when entry `name` of `section` is written but failed to load.
+    pub(crate) fn failed_to_load(&self, section: &str, name: &str) -> bool {
+        self.failed
+            .contains(&(section.to_string(), name.to_string()))
+    }
+
+    /// The files that could not be parsed as YAML, as named to the loader.
+    pub(crate) fn unreadable_files(&self) -> Vec<String> {
+        self.unreadable
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect()
     }
 
     fn merge_file(&mut self, file_id: usize, value: Value, errors: &mut Vec<ManifestError>) {
@@ -151,10 +195,13 @@ impl Manifests {
                 other => errors.push(self.error_at(
                     file_id,
                     &path,
-                    format!(
-                        "unknown section `{other}`, expected one of: {}",
-                        SECTIONS.join(", ")
-                    ),
+                    match wording::suggest(other, SECTIONS.iter().copied()) {
+                        hint if hint.is_empty() => format!(
+                            "unknown section `{other}`, expected one of: {}",
+                            SECTIONS.join(", ")
+                        ),
+                        hint => format!("unknown section `{other}`{hint}"),
+                    },
                 )),
             }
         }
@@ -239,7 +286,10 @@ impl Manifests {
                     self.origins.insert(origin, file_id);
                     map(&mut self.manifest).insert(name, v);
                 }
-                Err(e) => errors.push(e),
+                Err(e) => {
+                    errors.push(e);
+                    self.failed.insert(origin);
+                }
             }
         }
     }
@@ -260,8 +310,7 @@ impl Manifests {
         serde_path_to_error::deserialize(value).map_err(|e| {
             let mut path = prefix.to_vec();
             path.extend(serde_path(e.path()));
-            let message = e.inner().to_string();
-            self.error_for_serde(file_id, path, message)
+            self.error_for_serde(file_id, path, &e.inner().to_string())
         })
     }
 
@@ -269,15 +318,15 @@ impl Manifests {
         &self,
         file_id: usize,
         mut path: Vec<Segment>,
-        message: String,
+        message: &str,
     ) -> ManifestError {
         // For an unknown field, point at the offending key itself.
-        if let Some(field) = backticked(&message, "unknown field `") {
+        if let Some(field) = backticked(message, "unknown field `") {
             if path.last() != Some(&Segment::Key(field.clone())) {
                 path.push(Segment::Key(field));
             }
         }
-        self.error_at(file_id, &path, message)
+        self.error_at(file_id, &path, wording::serde_message(message))
     }
 
     /// An error at `path` in source `file_id`.
@@ -340,10 +389,13 @@ pub fn valid_name(name: &str) -> bool {
 }
 
 /// Parses a whole document into `T`, placing a failure at `file:line:col`.
+/// `what` names the file's role in messages (`catalog`).
 pub(crate) fn parse_typed<T: DeserializeOwned>(
     path: &Path,
     text: &str,
+    what: &str,
 ) -> Result<T, ManifestErrors> {
+    bounds::check(path, text, what).map_err(|e| ManifestErrors(vec![e]))?;
     let value: Value = serde_yaml::from_str(text)
         .map_err(|e| ManifestErrors(vec![yaml_error(path, &e, String::new())]))?;
     let value = if value.is_null() {
@@ -359,6 +411,8 @@ pub(crate) fn parse_typed<T: DeserializeOwned>(
             index: PathIndex::build(text),
         }],
         origins: HashMap::new(),
+        failed: HashSet::new(),
+        unreadable: Vec::new(),
     };
     holder
         .entry(0, &[], value)

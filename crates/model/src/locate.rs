@@ -45,17 +45,28 @@ pub struct PathIndex {
 }
 
 impl PathIndex {
-    /// Indexes `source`. A document yaml-rust2 cannot parse yields an empty
-    /// index; serde_yaml reports the syntax error with its own position.
+    /// Indexes `source`. A document yaml-rust2 cannot parse is indexed up
+    /// to its syntax error (serde_yaml reports the error itself, with its
+    /// own position), so the names written before it are still known.
     pub fn build(source: &str) -> Self {
         let mut builder = Builder::default();
         let mut parser = Parser::new_from_str(source);
-        if parser.load(&mut builder, false).is_err() {
-            return Self::default();
-        }
+        // An error ends the walk; what was seen before it stays indexed.
+        let _ = parser.load(&mut builder, false);
         Self {
             positions: builder.positions,
         }
+    }
+
+    /// The keys directly under the top-level key `section`.
+    pub fn keys_under(&self, section: &str) -> Vec<String> {
+        self.positions
+            .keys()
+            .filter_map(|p| match p.as_slice() {
+                [Segment::Key(s), Segment::Key(name)] if s == section => Some(name.clone()),
+                _ => None,
+            })
+            .collect()
     }
 
     /// The position of `path`, or of its longest known prefix.

@@ -150,7 +150,8 @@ fn every_problem_in_every_file_is_reported() {
         "{errs:?}"
     );
     assert!(
-        errs[2].starts_with("m/b.yaml:5:1: frontendz: unknown section"),
+        errs[2]
+            == "m/b.yaml:5:1: frontendz: unknown section `frontendz`, did you mean `frontends`?",
         "{errs:?}"
     );
 }
@@ -216,4 +217,99 @@ fn two_targets_reloading_one_program_must_share_a_bundle() {
         "    validate: none\n    bundle: haproxy\n",
     );
     load(&[("a.yaml", &format!("{base}{bundled}"))]).expect("one bundle is fine");
+}
+
+#[test]
+fn a_syntax_error_does_not_hide_the_other_files_problems() {
+    // `b.yaml` breaks after defining backend `api`; `a.yaml` refers to it
+    // (fine, it is written) and to `wbe` (a typo of a backend it defines).
+    let broken = "backends:\n  api:\n    service: api\n  other: [\n";
+    let text = BASE.replace("default_backend: web", "default_backend: wbe");
+    let text = text.replace(
+        "    default_backend: wbe\n",
+        "    default_backend: wbe\n    routes:\n      - {path_prefix: /api, backend: api}\n",
+    );
+    let errs = errors(&[("a.yaml", &text), ("b.yaml", broken)]);
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert!(
+        errs[0].starts_with("m/b.yaml:") && errs[0].contains("invalid YAML"),
+        "{errs:?}"
+    );
+    assert_eq!(
+        errs[1],
+        format!(
+            "m/a.yaml:{}:5: frontends.http_in.default_backend: backend `wbe` is not defined, \
+             did you mean `web`? (unless it is in m/b.yaml, which could not be read in full)",
+            line_of(&text, "wbe")
+        )
+    );
+}
+
+#[test]
+fn an_entry_that_failed_to_load_is_not_also_undefined() {
+    let text = BASE.replace(
+        "    service: web\n",
+        "    service: web\n    maxconn: lots\n",
+    );
+    let errs = errors(&[("a.yaml", &text)]);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(errs[0].contains("backends.web.maxconn"), "{errs:?}");
+}
+
+#[test]
+fn an_unknown_field_offers_the_nearest_one() {
+    let text = BASE.replace(
+        "    service: web\n",
+        "    service: web\n    balnce: leastconn\n",
+    );
+    let errs = errors(&[("a.yaml", &text)]);
+    assert_eq!(
+        errs,
+        vec![format!(
+            "m/a.yaml:{}:5: backends.web.balnce: unknown field `balnce`, did you mean `balance`?",
+            line_of(&text, "balnce")
+        )]
+    );
+}
+
+#[test]
+fn type_errors_speak_the_manifests_language() {
+    let text = BASE
+        .replace(
+            "    service: web\n",
+            "    service: web\n    maxconn: lots\n",
+        )
+        .replace("bind: [\":80\"]", "bind: \":80\"");
+    let text = format!(
+        "{text}vips:\n  edge:\n    virtual_router_id: 300\n    interface: eth0\n    addresses: [10.0.0.10/24]\n    priorities: {{lb1: 100}}\n  edge2:\n    virtual_router_id: 52\n    interface: eth0\n    addresses: [10.0.0.11/24]\n    priorities: {{lb1: 100}}\n    unicast: maybe\n"
+    );
+    let errs = errors(&[("a.yaml", &text)]);
+    let find = |path: &str| {
+        errs.iter()
+            .find(|e| e.contains(path))
+            .unwrap_or_else(|| panic!("no error at {path}: {errs:?}"))
+            .clone()
+    };
+    assert!(
+        find("backends.web.maxconn").ends_with("expected a whole number, found the text \"lots\""),
+        "{errs:?}"
+    );
+    assert!(
+        find("frontends.http_in.bind").ends_with("expected a list, found the text \":80\""),
+        "{errs:?}"
+    );
+    assert!(
+        find("vips.edge.virtual_router_id")
+            .ends_with("expected a whole number from 0 to 255, got 300"),
+        "{errs:?}"
+    );
+    assert!(
+        find("vips.edge2.unicast").ends_with("expected true or false, found the text \"maybe\""),
+        "{errs:?}"
+    );
+    for e in &errs {
+        for rust in ["u32", "u8", "a sequence", "a boolean", "struct "] {
+            assert!(!e.contains(rust), "`{rust}` in {e}");
+        }
+    }
 }
