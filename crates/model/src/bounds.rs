@@ -19,8 +19,8 @@ use std::path::Path;
 
 use yaml_rust2::parser::{Event, Parser};
 
+use crate::error::unlocated;
 use crate::error::{Location, ManifestError};
-use crate::load::unlocated;
 
 /// Largest YAML file converge reads: 8 MiB.
 pub const MAX_BYTES: usize = 8 * 1024 * 1024;

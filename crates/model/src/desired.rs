@@ -68,7 +68,7 @@ impl Manifests {
         let m = &self.manifest;
         let Some(node) = m.nodes.get(name) else {
             let known: Vec<&str> = m.nodes.keys().map(String::as_str).collect();
-            return Err(ManifestErrors(vec![crate::load::unlocated(
+            return Err(ManifestErrors(vec![crate::error::unlocated(
                 &self.dir,
                 "nodes".into(),
                 format!(

@@ -3,7 +3,7 @@
 //! be pasted straight into an editor's "go to".
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// A place in a YAML source file. Lines and columns are 1-based.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +66,19 @@ impl fmt::Display for ManifestErrors {
 }
 
 impl std::error::Error for ManifestErrors {}
+
+/// An error about a whole file or directory, with no line to point at.
+pub(crate) fn unlocated(file: &Path, field: String, message: String) -> ManifestError {
+    ManifestError {
+        location: Location {
+            file: file.to_path_buf(),
+            line: 0,
+            column: 0,
+        },
+        path: field,
+        message,
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use serde_yaml::Value;
 
 use crate::bounds;
-use crate::error::{Location, ManifestError, ManifestErrors};
+use crate::error::{unlocated, Location, ManifestError, ManifestErrors};
 use crate::locate::{format_path, PathIndex, Segment};
 use crate::manifest::Manifest;
 use crate::wording;
@@ -454,17 +454,4 @@ fn yaml_error(path: &Path, e: &serde_yaml::Error, field: String) -> ManifestErro
 
 fn single(path: &Path, field: String, message: String) -> ManifestErrors {
     ManifestErrors(vec![unlocated(path, field, message)])
-}
-
-/// An error about a whole file or directory, with no line to point at.
-pub(crate) fn unlocated(file: &Path, field: String, message: String) -> ManifestError {
-    ManifestError {
-        location: Location {
-            file: file.to_path_buf(),
-            line: 0,
-            column: 0,
-        },
-        path: field,
-        message,
-    }
 }
