@@ -47,5 +47,5 @@ pub use error::ApplyError;
 pub use live::Change;
 pub use lock::ApplyLock;
 pub use plan::{describe_validator, plan, Plan, PlannedFile};
-pub use report::{ApplyReport, BundleReport, Outcome, Rollback, RollbackReload};
+pub use report::{ApplyReport, BundleReport, Outcome, Rollback, RollbackReload, Timings};
 pub use transaction::{apply, ApplyOptions};

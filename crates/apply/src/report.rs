@@ -5,6 +5,7 @@
 //! report can be logged or published as it is.
 
 use std::fmt;
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -35,6 +36,19 @@ pub struct BundleReport {
     /// [`Outcome::RolledBack`] (its `error` is this, as text).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rollback: Option<Rollback>,
+    /// How long the validators and the reload took (the metrics' duration
+    /// histograms); not part of the printed report.
+    #[serde(skip)]
+    pub timings: Timings,
+}
+
+/// Durations of one bundle's steps; `None` for a step it did not reach.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Timings {
+    /// Every validator of the bundle, together.
+    pub validate: Option<Duration>,
+    /// The reload (or the rollback that followed a failed one).
+    pub reload: Option<Duration>,
 }
 
 /// The result for one bundle.

@@ -29,7 +29,8 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use converge_model::manifest::Validator;
 use converge_model::{ReloadAction, RenderedFile, RenderedSet};
@@ -41,7 +42,7 @@ use crate::fsutil;
 use crate::live::{self, Change, Live, Ownership, MODE_MASK};
 use crate::lock::ApplyLock;
 use crate::pending;
-use crate::report::{ApplyReport, BundleReport, Outcome, Rollback};
+use crate::report::{ApplyReport, BundleReport, Outcome, Rollback, Timings};
 use crate::stage;
 use converge_programs::haproxy::runtime_api;
 use converge_programs::pgbouncer::ini as pgbouncer_ini;
@@ -129,15 +130,18 @@ fn run_bundle(
         .filter(|m| m.change != Change::Unchanged)
         .map(|m| m.file.target.clone())
         .collect();
-    let result = Txn {
+    let txn = Txn {
         set,
         name,
         members: &members,
         opts,
         owed: pending::is_pending(&set.layout, name),
-    }
-    .run();
-    report(set, name, targets, changed, result)
+        timings: Mutex::default(),
+    };
+    let result = txn.run();
+    let mut report = report(set, name, targets, changed, result);
+    report.timings = *txn.timings.lock().unwrap_or_else(PoisonError::into_inner);
+    report
 }
 
 fn inspect<'a>(files: &[&'a RenderedFile]) -> Result<Vec<Member<'a>>, ApplyError> {
@@ -205,6 +209,7 @@ fn report(
         changed,
         outcome,
         rollback,
+        timings: Timings::default(),
     }
 }
 
@@ -216,6 +221,8 @@ struct Txn<'a> {
     opts: &'a ApplyOptions,
     /// An interrupted apply committed this bundle without reloading it.
     owed: bool,
+    /// How long its validators and its reload took, for the metrics.
+    timings: Mutex<Timings>,
 }
 
 impl Txn<'_> {
@@ -245,7 +252,10 @@ impl Txn<'_> {
 
         let mut staged = self.stage_all().map_err(failed)?;
         failpoint::hit("staged");
-        let runtime = self.check_and_prepare(&staged, &rewrites)?;
+        let runtime = self.timed(
+            |t| &mut t.validate,
+            || self.check_and_prepare(&staged, &rewrites),
+        )?;
         failpoint::hit("validated");
 
         // Only the rewritten members are committed; the other candidates
@@ -271,7 +281,20 @@ impl Txn<'_> {
             failpoint::hit("reloaded");
             return Ok(Outcome::RuntimeUpdated { servers });
         }
-        self.reload_or_roll_back(&committed)
+        self.timed(|t| &mut t.reload, || self.reload_or_roll_back(&committed))
+    }
+
+    /// Runs `step`, recording how long it took in the slot `which` picks.
+    fn timed<T>(
+        &self,
+        which: impl FnOnce(&mut Timings) -> &mut Option<Duration>,
+        step: impl FnOnce() -> T,
+    ) -> T {
+        let started = Instant::now();
+        let out = step();
+        let mut timings = self.timings.lock().unwrap_or_else(PoisonError::into_inner);
+        *which(&mut timings) = Some(started.elapsed());
+        out
     }
 
     /// Validates the candidates while, on another thread, making

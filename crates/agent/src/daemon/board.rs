@@ -13,6 +13,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 
@@ -85,8 +86,31 @@ pub struct Stage {
     pub stage: String,
 }
 
+/// Every stage a failure is counted at, so each series exists (at zero)
+/// from the daemon's start: an alert on `increase(...)` needs a series to
+/// increase from.
+pub const STAGES: [&str; 6] = ["load", "catalog", "render", "validate", "reload", "apply"];
+
+/// Labels of the per-target series.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabel {
+    /// Target name, as the manifests name it.
+    pub target: String,
+}
+
+/// Labels of `converge_build_info`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildInfo {
+    version: String,
+}
+
+/// Buckets for durations from a millisecond to a minute.
+fn duration_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.001, 2.5, 14)
+}
+
 /// Prometheus metrics.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
     /// Reconcile passes.
     pub reconciles: Counter,
@@ -118,6 +142,41 @@ pub struct Metrics {
     pub snapshot_age_seconds: Gauge<f64, AtomicU64>,
     /// Unix time of the last fully successful reconcile.
     pub last_success_seconds: Gauge,
+    /// Seconds one pass took, from source read to the last reload.
+    pub pass_seconds: Histogram,
+    /// Seconds a bundle's validators took.
+    pub validate_seconds: Histogram,
+    /// Seconds a bundle's reload took (with its rollback, if it failed).
+    pub reload_seconds: Histogram,
+    /// Failed applies per target (rejected, failed or rolled back).
+    pub target_failures: Family<TargetLabel, Counter>,
+    /// Unix time each target was last applied or found unchanged.
+    pub target_last_success: Family<TargetLabel, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let histogram = || Histogram::new(duration_buckets());
+        Self {
+            reconciles: Counter::default(),
+            renders: Counter::default(),
+            reloads: Counter::default(),
+            runtime_api_updates: Counter::default(),
+            failures: Family::default(),
+            guard_holds: Counter::default(),
+            held_backends: Gauge::default(),
+            left_out_instances: Gauge::default(),
+            incomplete_rollbacks: Counter::default(),
+            source_errors: Counter::default(),
+            snapshot_age_seconds: Gauge::default(),
+            last_success_seconds: Gauge::default(),
+            pass_seconds: histogram(),
+            validate_seconds: histogram(),
+            reload_seconds: histogram(),
+            target_failures: Family::default(),
+            target_last_success: Family::default(),
+        }
+    }
 }
 
 /// Shared state of one daemon.
@@ -184,6 +243,43 @@ impl Board {
             "Unix time of the last fully successful reconcile",
             m.last_success_seconds.clone(),
         );
+        registry.register(
+            "pass_duration_seconds",
+            "Seconds one reconcile pass took",
+            m.pass_seconds.clone(),
+        );
+        registry.register(
+            "validate_duration_seconds",
+            "Seconds a bundle's validators took",
+            m.validate_seconds.clone(),
+        );
+        registry.register(
+            "reload_duration_seconds",
+            "Seconds a bundle's reload took, with its rollback if it failed",
+            m.reload_seconds.clone(),
+        );
+        registry.register(
+            "target_failures",
+            "Applies of a target that were rejected, failed or rolled back",
+            m.target_failures.clone(),
+        );
+        registry.register(
+            "target_last_success_timestamp_seconds",
+            "Unix time the target was last applied or found unchanged",
+            m.target_last_success.clone(),
+        );
+        let build = Family::<BuildInfo, Gauge>::default();
+        build
+            .get_or_create(&BuildInfo {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            })
+            .set(1);
+        registry.register("build_info", "converge's version", build);
+        for stage in STAGES {
+            let _ = m.failures.get_or_create(&Stage {
+                stage: stage.to_string(),
+            });
+        }
         Arc::new(Self {
             status: Mutex::new(Status {
                 node: node.to_string(),
@@ -236,6 +332,15 @@ impl Board {
         // Encoding into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    /// Makes each target's series exist (at zero) before its first apply.
+    pub fn targets(&self, targets: impl IntoIterator<Item = String>) {
+        for target in targets {
+            let label = TargetLabel { target };
+            let _ = self.metrics.target_failures.get_or_create(&label);
+            let _ = self.metrics.target_last_success.get_or_create(&label);
+        }
     }
 
     /// Counts a failure at `stage`.

@@ -11,6 +11,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Instant;
 
 use converge_model::{Catalog, Layout};
 
@@ -79,6 +80,9 @@ impl Reconciler {
         }
         match self.config.inputs.load_config() {
             Ok((manifests, templates)) => {
+                if let Ok(desired) = manifests.for_node(&self.config.node) {
+                    self.report.targets(desired.targets.into_keys());
+                }
                 self.inputs_fingerprint = fingerprint;
                 self.inputs = Some(Prepared {
                     manifests,
@@ -95,6 +99,12 @@ impl Reconciler {
     /// Blocking (source read, render, validators, reloads): call from a
     /// blocking thread.
     pub fn reconcile(&mut self, source: &mut dyn Source) {
+        let started = Instant::now();
+        self.pass(source);
+        self.report.pass_finished(started.elapsed());
+    }
+
+    fn pass(&mut self, source: &mut dyn Source) {
         self.report.pass_started();
         let reading = source.read();
         self.report.source(reading.health);

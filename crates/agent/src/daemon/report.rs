@@ -8,12 +8,13 @@
 //! left-out instance is logged when it first appears.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use converge_apply::{ApplyReport, Outcome, ReloadOutcome};
 use converge_consul::SourceHealth;
 use converge_model::{Catalog, Manifest, RenderedSet};
 
-use super::board::{hex_sha256, unix_now, BackendStatus, Board};
+use super::board::{hex_sha256, unix_now, BackendStatus, Board, TargetLabel};
 use crate::guard::Hold;
 
 /// The board, and what was reported last, to tell starts from repeats.
@@ -33,6 +34,16 @@ impl Reporter {
             findings: Vec::new(),
             source_failing: false,
         }
+    }
+
+    /// A pass ended, after `took`.
+    pub fn pass_finished(&self, took: Duration) {
+        self.board.metrics.pass_seconds.observe(took.as_secs_f64());
+    }
+
+    /// The targets this node renders, so their series exist from the start.
+    pub fn targets(&self, targets: impl IntoIterator<Item = String>) {
+        self.board.targets(targets);
     }
 
     /// A pass starts.
@@ -159,6 +170,15 @@ impl Reporter {
     pub fn outcomes(&self, set: &RenderedSet, report: &ApplyReport) -> bool {
         let now = unix_now();
         let mut all_ok = true;
+        let m = &self.board.metrics;
+        for b in &report.bundles {
+            if let Some(d) = b.timings.validate {
+                m.validate_seconds.observe(d.as_secs_f64());
+            }
+            if let Some(d) = b.timings.reload {
+                m.reload_seconds.observe(d.as_secs_f64());
+            }
+        }
         self.board.update(|s| {
             for b in &report.bundles {
                 for t in &b.targets {
@@ -176,6 +196,12 @@ impl Reporter {
                             all_ok = false;
                             entry.last_error = Some(error.clone());
                         }
+                    }
+                    let label = TargetLabel { target: t.clone() };
+                    if entry.last_error.is_some() {
+                        m.target_failures.get_or_create(&label).inc();
+                    } else {
+                        m.target_last_success.get_or_create(&label).set(now as i64);
                     }
                 }
             }

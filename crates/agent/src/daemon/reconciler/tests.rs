@@ -223,3 +223,63 @@ fn a_source_failing_from_the_start_shows_a_growing_snapshot_age() {
     r.0.reconcile(&mut r.1);
     assert!(snapshot_age(&board) > first, "the age grows");
 }
+
+/// The value of the first sample line starting with `series`.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+#[test]
+fn every_series_an_alert_needs_exists_from_the_first_pass() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = repo(dir.path(), "{command: [\"false\"]}");
+    let board = Board::new("lb1", "file");
+    let mut r = node(&config, &board);
+    let before = board.metrics_text();
+    assert_eq!(
+        sample(&before, "converge_failures_total{stage=\"render\"}"),
+        Some(0.0),
+        "{before}"
+    );
+    assert!(
+        before.contains("converge_build_info{version=\""),
+        "{before}"
+    );
+    set_web(&config, &[8001]);
+    pass(&config, &board, &mut r);
+    let text = board.metrics_text();
+    let target = |name: &str, t: &str| sample(&text, &format!("{name}{{target=\"{t}\"}}"));
+    // `servers` applied; `rejected` is refused by its validator.
+    assert_eq!(
+        target("converge_target_failures_total", "servers"),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        target("converge_target_failures_total", "rejected"),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(target("converge_target_last_success_timestamp_seconds", "servers") > Some(0.0));
+    assert_eq!(
+        target("converge_target_last_success_timestamp_seconds", "rejected"),
+        Some(0.0),
+        "present before its first success: {text}"
+    );
+    assert_eq!(
+        sample(&text, "converge_pass_duration_seconds_count"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "converge_validate_duration_seconds_count"),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "converge_reload_duration_seconds_count"),
+        Some(1.0),
+        "{text}"
+    );
+}
