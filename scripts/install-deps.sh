@@ -15,6 +15,7 @@ declare -A wanted=(
   [pgrep]=procps
   [psql]=postgresql-client
   [curl]=curl
+  [promtool]=prometheus
 )
 missing=()
 for cmd in "${!wanted[@]}"; do
@@ -24,7 +25,7 @@ done
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 
 if [ ${#missing[@]} -eq 0 ]; then
-  echo "install-deps: haproxy, pgbouncer, keepalived, iproute2, postgresql present"
+  echo "install-deps: haproxy, pgbouncer, keepalived, iproute2, postgresql, promtool present"
   exit 0
 fi
 

@@ -34,6 +34,9 @@ if ! "$deny" --version 2>/dev/null | grep -qx "cargo-deny $CARGO_DENY_VERSION"; 
 fi
 echo "test: cargo deny check licenses bans sources"
 "$deny" deny check --hide-inclusion-graph licenses bans sources
+echo "test: promtool check rules, promtool test rules (examples/prometheus)"
+promtool check rules examples/prometheus/converge-alerts.yml
+(cd examples/prometheus && promtool test rules converge-alerts.test.yml)
 echo "test: cargo test"
 # Every test binary runs even after one fails, so a red run names every
 # failing test at once instead of only the first binary's.

@@ -142,6 +142,9 @@ pub struct Metrics {
     pub snapshot_age_seconds: Gauge<f64, AtomicU64>,
     /// Unix time of the last fully successful reconcile.
     pub last_success_seconds: Gauge,
+    /// 1 when the last pass left the node at its desired state, else 0
+    /// (the same verdict as `/status` `converged`).
+    pub converged: Gauge,
     /// Seconds one pass took, from source read to the last reload.
     pub pass_seconds: Histogram,
     /// Seconds a bundle's validators took.
@@ -170,6 +173,7 @@ impl Default for Metrics {
             source_errors: Counter::default(),
             snapshot_age_seconds: Gauge::default(),
             last_success_seconds: Gauge::default(),
+            converged: Gauge::default(),
             pass_seconds: histogram(),
             validate_seconds: histogram(),
             reload_seconds: histogram(),
@@ -244,6 +248,11 @@ impl Board {
             m.last_success_seconds.clone(),
         );
         registry.register(
+            "converged",
+            "1 when the last pass left the node at its desired state",
+            m.converged.clone(),
+        );
+        registry.register(
             "pass_duration_seconds",
             "Seconds one reconcile pass took",
             m.pass_seconds.clone(),
@@ -303,9 +312,12 @@ impl Board {
             .clone()
     }
 
-    /// Changes the status under its lock.
+    /// Changes the status under its lock; `converge_converged` follows the
+    /// status's verdict, whoever changed it.
     pub fn update(&self, f: impl FnOnce(&mut Status)) {
-        f(&mut self.status.lock().unwrap_or_else(PoisonError::into_inner));
+        let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+        f(&mut status);
+        self.metrics.converged.set(i64::from(status.converged));
     }
 
     /// Records how the source answered this pass: `true` when the
