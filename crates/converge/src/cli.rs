@@ -174,13 +174,39 @@ pub enum Command {
     /// Exit status: 0 all good, 1 problems (all of them are listed), 3
     /// every file passed but catalog instances were left out (listed).
     Validate(ValidateArgs),
+    /// Print a shell completion script to stdout.
+    ///
+    /// bash: `converge completions bash > /etc/bash_completion.d/converge`;
+    /// zsh: into a directory on `$fpath` as `_converge`; fish: into
+    /// `~/.config/fish/completions/converge.fish`.
+    Completions(CompletionsArgs),
+    /// Write the man pages (converge(1) and one per command) into a
+    /// directory.
+    Man(ManArgs),
+}
+
+/// `completions` flags.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// `man` flags.
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Directory to write `converge.1`, `converge-plan.1`, ... into.
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: PathBuf,
 }
 
 impl Command {
-    /// The output format the command was asked for (`run` has none).
+    /// The output format the command was asked for (`run`, `completions`
+    /// and `man` have none).
     pub fn format(&self) -> Option<Format> {
         match self {
-            Command::Run(_) => None,
+            Command::Run(_) | Command::Completions(_) | Command::Man(_) => None,
             Command::Plan(a) => Some(a.format),
             Command::Apply(a) => Some(a.format),
             Command::Status(a) => Some(a.format),

@@ -3,6 +3,7 @@
 
 mod apply;
 mod cli;
+mod docs;
 mod output;
 mod plan;
 mod run;
@@ -55,6 +56,8 @@ fn main() -> ExitCode {
         Command::Apply(args) => apply::run(&cli, args),
         Command::Status(args) => status::run(&cli, args),
         Command::Validate(args) => validate::run(&cli, args),
+        Command::Completions(args) => docs::completions(args),
+        Command::Man(args) => docs::man(args),
     };
     let code = match result {
         Ok(code) => code,
