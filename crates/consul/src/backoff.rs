@@ -5,8 +5,21 @@
 //! Consul at the same moment does not come back at the same moment. A
 //! success resets the count. The random source is injected (a seeded
 //! [`fastrand::Rng`]) so the sequence is testable without sleeping.
+//!
+//! Two policies are named here: [`Backoff::for_consul`] for faults that
+//! waiting fixes, and the much slower [`Backoff::for_refusals`] for ACL
+//! refusals (see [`Retry::Slowly`](crate::Retry::Slowly)), which are asked
+//! again so that converge recovers by itself once the token works, but
+//! rarely enough that a fleet of nodes with a bad token costs Consul
+//! about one request per node and minute.
 
 use std::time::Duration;
+
+/// First delay of [`Backoff::for_refusals`].
+pub const REFUSAL_BASE: Duration = Duration::from_secs(5);
+
+/// Longest delay of [`Backoff::for_refusals`].
+pub const REFUSAL_CAP: Duration = Duration::from_secs(60);
 
 /// Exponential backoff with jitter and a cap.
 #[derive(Debug, Clone)]
@@ -39,6 +52,13 @@ impl Backoff {
             0.5,
             fastrand::Rng::new(),
         )
+    }
+
+    /// converge's default for a refusal Consul may lift (an ACL token not
+    /// found or lacking a permission): [`REFUSAL_BASE`] doubling to
+    /// [`REFUSAL_CAP`], half jitter.
+    pub fn for_refusals() -> Self {
+        Self::new(REFUSAL_BASE, REFUSAL_CAP, 0.5, fastrand::Rng::new())
     }
 
     /// Records a failure and returns how long to wait before the next try.
@@ -128,6 +148,22 @@ mod tests {
         b.reset();
         assert_eq!(b.failures(), 0);
         assert_eq!(b.next_delay(), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn refusals_start_at_seconds_and_settle_at_a_minute() {
+        let mut b = Backoff::for_refusals();
+        let first = b.next_delay();
+        assert!(
+            first >= REFUSAL_BASE / 2 && first <= REFUSAL_BASE,
+            "{first:?}"
+        );
+        for _ in 0..20 {
+            b.next_delay();
+        }
+        let late = b.next_delay();
+        assert!(late >= REFUSAL_CAP / 2 && late <= REFUSAL_CAP, "{late:?}");
+        assert_eq!(b.cap(), REFUSAL_CAP);
     }
 
     #[test]

@@ -191,10 +191,10 @@ impl BlockingQuery {
     /// Waits out the pause owed since the last request, sends one request
     /// through `send`, and applies the rules to its answer. Errors are
     /// returned to the caller after scheduling the backoff pause, so the
-    /// next call cannot come too soon. An error asking again cannot fix
-    /// ([`Error::is_retryable`] is false) is returned the same way; the
-    /// caller should stop calling rather than retry it (the
-    /// [source](crate::source) does).
+    /// next call cannot come too soon. An error that waiting does not fix
+    /// ([`Error::retry`] is not [`Retry::Soon`](crate::Retry::Soon)) is
+    /// returned the same way; the caller decides whether to wait longer or
+    /// stop (the [source](crate::source) does both, by kind).
     pub async fn next<T, F, Fut>(&mut self, send: F) -> Result<Update<T>, Error>
     where
         F: FnOnce(QueryOptions) -> Fut,

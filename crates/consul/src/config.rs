@@ -1,5 +1,12 @@
 //! Where Consul is and how to talk to it: address, ACL token, TLS,
-//! datacenter.
+//! datacenter, and the Enterprise namespace and admin partition.
+//!
+//! A namespace or partition set in the environment must never be dropped
+//! silently: converge would read the default namespace and render the
+//! wrong backends. They are sent as `?ns=` / `?partition=` on every
+//! catalog, health and KV request; Consul OSS answers those with HTTP 400
+//! ("Namespaces are a Consul Enterprise feature"), which the source
+//! reports as a configuration error rather than reading the default.
 //!
 //! [`Config::from_env`] follows HashiCorp's environment conventions so an
 //! operator's existing `CONSUL_HTTP_*` setup works unchanged; converge's own
@@ -35,6 +42,12 @@ pub struct Config {
     pub tls: TlsConfig,
     /// Datacenter to query (`?dc=`); the agent's own when `None`.
     pub datacenter: Option<String>,
+    /// Consul Enterprise namespace (`?ns=`, `CONSUL_NAMESPACE`); the
+    /// token's own when `None`.
+    pub namespace: Option<String>,
+    /// Consul Enterprise admin partition (`?partition=`,
+    /// `CONSUL_PARTITION`); the token's own when `None`.
+    pub partition: Option<String>,
     /// Timeout of a non-blocking request. Blocking requests get
     /// `wait + wait/16 +` [`Config::blocking_margin`] instead.
     pub request_timeout: Duration,
@@ -57,6 +70,11 @@ pub struct TlsConfig {
     /// Skip verification of Consul's certificate
     /// (`CONSUL_HTTP_SSL_VERIFY=false`). For tests only.
     pub insecure_skip_verify: bool,
+    /// The name sent as SNI and verified against Consul's certificate
+    /// instead of the address's host (`CONSUL_TLS_SERVER_NAME`), for an
+    /// address that is an IP or a name the certificate does not carry
+    /// (Consul's own certificates name `server.DC.consul`).
+    pub server_name: Option<String>,
 }
 
 impl Config {
@@ -69,6 +87,8 @@ impl Config {
             token_file: None,
             tls: TlsConfig::default(),
             datacenter: None,
+            namespace: None,
+            partition: None,
             request_timeout: Duration::from_secs(15),
             blocking_margin: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
@@ -96,8 +116,10 @@ impl Config {
 
     /// Reads `CONSUL_HTTP_ADDR`, `CONSUL_HTTP_SSL`, `CONSUL_HTTP_TOKEN`,
     /// `CONSUL_HTTP_TOKEN_FILE`, `CONSUL_CACERT`, `CONSUL_CLIENT_CERT`,
-    /// `CONSUL_CLIENT_KEY` and `CONSUL_HTTP_SSL_VERIFY` from the process
-    /// environment.
+    /// `CONSUL_CLIENT_KEY`, `CONSUL_HTTP_SSL_VERIFY`,
+    /// `CONSUL_TLS_SERVER_NAME`, `CONSUL_NAMESPACE` and `CONSUL_PARTITION`
+    /// from the process environment (an empty value is unset, as in
+    /// Consul's own client).
     pub fn from_env() -> Result<Self, Error> {
         Self::from_vars(|name| std::env::var(name).ok())
     }
@@ -139,7 +161,10 @@ impl Config {
                 Some(v) => !parse_bool("CONSUL_HTTP_SSL_VERIFY", &v)?,
                 None => false,
             },
+            server_name: nonempty("CONSUL_TLS_SERVER_NAME").map(|v| v.trim().to_string()),
         };
+        config.namespace = nonempty("CONSUL_NAMESPACE").map(|v| v.trim().to_string());
+        config.partition = nonempty("CONSUL_PARTITION").map(|v| v.trim().to_string());
         Ok(config)
     }
 }
@@ -332,6 +357,22 @@ mod tests {
             Some(PathBuf::from("/etc/consul/cli-key.pem"))
         );
         assert!(c.tls.insecure_skip_verify);
+    }
+
+    #[test]
+    fn namespace_partition_and_tls_server_name_are_read_and_empty_is_unset() {
+        let c = Config::from_vars(vars(&[
+            ("CONSUL_NAMESPACE", "team-a"),
+            ("CONSUL_PARTITION", "part-1"),
+            ("CONSUL_TLS_SERVER_NAME", "server.dc1.consul"),
+        ]))
+        .expect("c");
+        assert_eq!(c.namespace.as_deref(), Some("team-a"));
+        assert_eq!(c.partition.as_deref(), Some("part-1"));
+        assert_eq!(c.tls.server_name.as_deref(), Some("server.dc1.consul"));
+        let c = Config::from_vars(vars(&[("CONSUL_NAMESPACE", ""), ("CONSUL_PARTITION", " ")]))
+            .expect("c");
+        assert_eq!((c.namespace, c.partition), (None, None));
     }
 
     #[test]

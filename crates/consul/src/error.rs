@@ -6,12 +6,22 @@
 //! an operator reads "ACL not found" or "Permission denied: token lacks
 //! service:read" instead of a bare status code.
 //!
-//! The split that matters to the daemon is [`Error::is_retryable`]: a
-//! refused connection, a timeout, a 5xx or a 429 will go away by waiting,
-//! so the caller backs off and keeps its last good data; a 403 is a
-//! configuration problem (the token lacks a permission) that waiting does
-//! not fix, so it is reported as such and not retried at all (the
-//! [source](crate::source) stops asking until it is restarted).
+//! The split that matters to the daemon is [`Error::retry`], one of three
+//! [`Retry`] answers:
+//!
+//! - [`Retry::Soon`] ([`Error::is_retryable`]): a refused connection, a
+//!   timeout, a 5xx or a 429 goes away by waiting, so the caller backs
+//!   off and keeps its last good data;
+//! - [`Retry::Slowly`]: a 403, an ACL refusal. It is a configuration
+//!   problem, reported as such, but one that can end without converge
+//!   being told: `ACL not found` is often ACL replication lag on a
+//!   secondary datacenter or a token restored with the same SecretID, and
+//!   an operator fixes a policy for a valid token without restarting
+//!   anything. So it is asked again, at a slow capped pace;
+//! - [`Retry::Never`]: a request Consul rejects as malformed (a filter it
+//!   cannot parse, a parameter it does not know) or an unusable client
+//!   configuration. Nothing on Consul's side changes that; the
+//!   [source](crate::source) stops asking until it is restarted.
 
 use reqwest::StatusCode;
 
@@ -52,7 +62,7 @@ pub enum Error {
 
     /// The token is missing a permission, does not exist, or Consul
     /// filtered the answer by ACL so it cannot be trusted as complete.
-    /// A configuration error: not retryable.
+    /// A configuration error, asked again only slowly ([`Retry::Slowly`]).
     #[error(
         "Consul denied {endpoint} (ACL): {message}; check that the token \
          (CONSUL_HTTP_TOKEN / CONSUL_HTTP_TOKEN_FILE) has the needed policy"
@@ -99,16 +109,36 @@ pub enum Error {
     },
 }
 
+/// Whether, and how soon, asking Consul again can help; see the module
+/// docs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// A fault that waiting fixes: ask again with the normal backoff.
+    Soon,
+    /// A refusal (ACL) that an operator or Consul itself may lift at any
+    /// time: ask again with a slow backoff
+    /// ([`Backoff::for_refusals`](crate::Backoff::for_refusals)).
+    Slowly,
+    /// A request that will be refused the same way however often it is
+    /// sent: do not ask again until restarted.
+    Never,
+}
+
 impl Error {
-    /// Whether waiting and asking again can help.
-    pub fn is_retryable(&self) -> bool {
+    /// Whether, and how soon, asking again can help.
+    pub fn retry(&self) -> Retry {
         match self {
-            Error::Connect { .. } | Error::Timeout { .. } | Error::Decode { .. } => true,
-            Error::Status { status, .. } => *status >= 500 || *status == 429,
-            Error::Config(_) | Error::PermissionDenied { .. } | Error::InvalidRequest { .. } => {
-                false
-            }
+            Error::Connect { .. } | Error::Timeout { .. } | Error::Decode { .. } => Retry::Soon,
+            Error::Status { status, .. } if *status >= 500 || *status == 429 => Retry::Soon,
+            Error::PermissionDenied { .. } => Retry::Slowly,
+            Error::Status { .. } | Error::Config(_) | Error::InvalidRequest { .. } => Retry::Never,
         }
+    }
+
+    /// Whether waiting a little and asking again can help
+    /// ([`Retry::Soon`]).
+    pub fn is_retryable(&self) -> bool {
+        self.retry() == Retry::Soon
     }
 
     /// Whether this is a configuration problem (token, address, TLS files)
@@ -208,13 +238,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn forbidden_is_a_non_retryable_config_error_with_consuls_words() {
+    fn forbidden_is_a_config_error_asked_again_slowly_with_consuls_words() {
         let e = Error::from_status(
             "/v1/kv/fleet",
             StatusCode::FORBIDDEN,
             "Permission denied: token with AccessorID 'x' lacks permission 'key:read' on \"fleet\"\n",
         );
         assert!(!e.is_retryable());
+        assert_eq!(e.retry(), Retry::Slowly);
         assert!(e.is_config_error());
         let msg = e.to_string();
         assert!(msg.contains("/v1/kv/fleet"), "{msg}");
@@ -241,6 +272,8 @@ mod tests {
             "{bad_filter:?}"
         );
         assert!(!bad_filter.is_retryable() && bad_filter.is_config_error());
+        assert_eq!(bad_filter.retry(), Retry::Never);
+        assert_eq!(s400.retry(), Retry::Never);
         assert!(s500.is_retryable());
         assert!(s429.is_retryable());
         assert!(!s400.is_retryable());

@@ -35,5 +35,5 @@ pub use client::{
     Response,
 };
 pub use config::{Config, TlsConfig};
-pub use error::Error;
+pub use error::{Error, Retry};
 pub use source::{read_catalog, CatalogSource, SourceConfig, SourceHealth, SourceState};

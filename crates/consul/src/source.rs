@@ -67,15 +67,30 @@
 //! reset to a plain read, see [`blocking`](crate::blocking)) everything is
 //! refetched once.
 //!
-//! An error that asking again cannot fix ([`Error::is_retryable`] is false:
-//! a 403 from a missing ACL permission, an unknown token, a filter Consul
-//! rejects) is not retried. Waiting does not grant a permission, so a retry
-//! would only repeat the refusal at the backoff's cap, forever, from every
-//! node. The source reports it as [`SourceHealth::Degraded`] with
-//! `config_error`, keeps the last good data (stale), and stops asking for
-//! what failed: that service's reads, or, for a watch, everything. It asks
-//! again once it is restarted, which the daemon does on SIGHUP after the
-//! operator fixed the token or policy.
+//! A refusal ([`Retry::Slowly`](crate::Retry::Slowly): every 403, whether
+//! `ACL not found` or `Permission denied`, and an answer Consul filtered by
+//! ACL) is reported as [`SourceHealth::Degraded`] with `config_error`, so
+//! an operator sees it is not a network fault, and the last good data is
+//! kept (stale). It is asked again, but only at the slow pace of
+//! [`SourceConfig::refused_retry_base`] doubling to
+//! [`SourceConfig::refused_retry_cap`] (by default
+//! [`Backoff::for_refusals`](crate::Backoff::for_refusals): 5 s to 60 s,
+//! jittered), and the source recovers by itself once Consul accepts the
+//! token. Every 403 is treated alike, not only `ACL not found`: that one
+//! is often transient (ACL replication lag on a secondary datacenter, a
+//! token restored with the same SecretID), and a missing permission on a
+//! valid token is fixed by an operator editing the policy, which should
+//! take effect without also sending SIGHUP. One read per refused service
+//! (or one per watch) and minute per node is a small price for that. A
+//! refused service is read only when the refusal timer fires, not on every
+//! watch wake-up, so the pace holds however busy the catalog is.
+//!
+//! A request Consul rejects as malformed ([`Retry::Never`](crate::Retry::Never):
+//! a filter it cannot parse, a namespace on Consul OSS) is not retried:
+//! nothing on Consul's side changes the answer. The source reports it the
+//! same way and stops asking for what failed: that service's reads, or,
+//! for a watch, everything, until it is restarted, which the daemon does
+//! on SIGHUP.
 //!
 //! # Layout
 //!

@@ -1,15 +1,17 @@
 //! ACLs against a real agent with `default_policy = "deny"`: a token
-//! without the needed permission is a clear, non-retryable configuration
-//! error (never an empty answer) that the source reports once and does not
-//! ask again; a token with it works; the token travels in a header and
-//! never shows up in what converge prints.
+//! without the needed permission is a clear configuration error (never an
+//! empty answer) that the source reports and asks again only at its slow
+//! refusal pace, so it recovers by itself once the token works again (a
+//! deleted token restored with the same SecretID); a token with the
+//! permission works; the token travels in a header and never shows up in
+//! what converge prints.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use converge_consul::{
-    CatalogSource, Client, Config, Error, HealthQuery, Pacing, QueryOptions, SourceConfig,
+    CatalogSource, Client, Config, Error, HealthQuery, Pacing, QueryOptions, Retry, SourceConfig,
     SourceHealth, SourceState,
 };
 use converge_model::Secret;
@@ -107,19 +109,32 @@ async fn relay(client: TcpStream, agent: SocketAddr, heads: Arc<Mutex<Vec<String
     let _ = tokio::join!(requests, answers);
 }
 
-/// Watches `web` retrying every 10–40 ms and waking its watches every
-/// 100 ms or so: a source that asked again after a refusal would show it
-/// many times within a few rounds of its own watches.
+/// Watches `web` retrying faults every 10–40 ms and waking its watches
+/// every 100 ms or so, but refusals no sooner than every 15 s: a source
+/// that retried a refusal like a fault would show it many times within a
+/// few rounds of its own watches.
 fn eager_source(client: Client) -> CatalogSource {
+    CatalogSource::spawn(
+        client,
+        eager_config(Duration::from_secs(30), Duration::from_secs(60)),
+    )
+}
+
+/// Watches `web` retrying faults every 10–40 ms, waking its watches every
+/// 100 ms or so, and asking again after a refusal at `refused_base`
+/// doubling to `refused_cap`.
+fn eager_config(refused_base: Duration, refused_cap: Duration) -> SourceConfig {
     let mut config = SourceConfig::new(["web"]);
     config.retry_base = Duration::from_millis(10);
     config.retry_cap = Duration::from_millis(40);
+    config.refused_retry_base = refused_base;
+    config.refused_retry_cap = refused_cap;
     config.pacing = Pacing {
         wait: Duration::from_millis(100),
         unchanged_interval: Duration::from_millis(100),
         ..Pacing::default()
     };
-    CatalogSource::spawn(client, config)
+    config
 }
 
 /// Waits for the source to report a configuration error, and checks it
@@ -141,7 +156,7 @@ async fn assert_config_error(source: &CatalogSource, token: &str) -> SourceState
         } => {
             assert!(*config_error, "{reason}");
             assert!(reason.contains("ACL"), "{reason}");
-            assert!(reason.contains("not asked again"), "{reason}");
+            assert!(reason.contains("asked again at a slowing pace"), "{reason}");
             assert!(!reason.contains(token), "{reason}");
         }
         other => panic!("{other:?}"),
@@ -161,6 +176,7 @@ fn assert_denied(e: &Error, endpoint: &str, token: &str) {
         "expected a permission error, got {e:?}"
     );
     assert!(!e.is_retryable(), "{e}");
+    assert_eq!(e.retry(), Retry::Slowly, "{e}");
     assert!(e.is_config_error(), "{e}");
     let msg = e.to_string();
     assert!(msg.contains(endpoint), "{msg}");
@@ -234,7 +250,8 @@ async fn token_without_permission_is_a_configuration_error_not_an_empty_answer()
     assert_denied(&e, "/v1/health/service/web", bogus);
 
     // A source reports the configuration error, does not publish "web
-    // has no instances", and does not ask again. Through recording
+    // has no instances", and does not ask again before its slow refusal
+    // pace says so (the recovery is tested below). Through recording
     // proxies: with `narrow` the watches run but reading web is refused,
     // with `bogus` the watches themselves are refused (HTTP 403).
     let narrow_proxy = RecordingProxy::start(a.http_addr()).await;
@@ -263,7 +280,7 @@ async fn token_without_permission_is_a_configuration_error_not_an_empty_answer()
     assert_eq!(
         bogus_proxy.heads().len(),
         2,
-        "one request per watch, none after the 403: {:#?}",
+        "one request per watch, none after the 403 within the refusal pace: {:#?}",
         bogus_proxy.heads()
     );
     assert!(matches!(
@@ -325,4 +342,121 @@ async fn token_without_permission_is_a_configuration_error_not_an_empty_answer()
         state.catalog.service("web").map(|s| s.instances.len()),
         Some(1)
     );
+}
+
+/// A token with permission to read everything converge reads.
+const READER: &str = r#"service_prefix "" { policy = "read" }
+                        node_prefix "" { policy = "read" }"#;
+
+/// A request to the agent's ACL API with `token`: status and JSON body.
+async fn acl_call(
+    a: &ConsulAgent,
+    method: reqwest::Method,
+    path: &str,
+    token: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let mut req = reqwest::Client::new()
+        .request(method, format!("{}{path}", a.http_url()))
+        .header("X-Consul-Token", token);
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    let resp = req.send().await.expect("ACL API reachable");
+    let status = resp.status().as_u16();
+    let text = resp.text().await.expect("ACL API body");
+    (status, serde_json::from_str(&text).unwrap_or_default())
+}
+
+/// Waits up to `secs` for a state `what` describes.
+async fn wait_state(
+    source: &CatalogSource,
+    secs: u64,
+    what: &str,
+    ok: impl FnMut(&SourceState) -> bool,
+) -> SourceState {
+    let mut rx = source.subscribe();
+    let state = tokio::time::timeout(Duration::from_secs(secs), rx.wait_for(ok))
+        .await
+        .unwrap_or_else(|_| panic!("{what} within {secs} s: {:?}", source.current().health))
+        .expect("source alive")
+        .clone();
+    state
+}
+
+/// The transient `ACL not found` of issue 15: the token the source runs
+/// with is deleted (as replication lag on a secondary datacenter looks to
+/// converge), then created again with the same SecretID. The source
+/// reports the refusal as a configuration error, keeps the last good
+/// `web`, and, without a restart, follows Consul again once the token
+/// works. The refusal pace is shortened so this takes seconds, not the
+/// default minute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_token_restored_with_the_same_secret_is_followed_again_without_restart() {
+    let a = ConsulAgent::start_with_acl()
+        .unwrap_or_else(|e| panic!("cannot start the real consul agent with ACLs: {e}"));
+    let admin = a.management_token().expect("management token").to_string();
+    a.register_service_with_ttl("web-1", "web", 8080, &[])
+        .expect("register");
+    let secret = tokio::task::block_in_place(|| a.create_token(READER)).expect("token");
+    let (status, me) = acl_call(
+        &a,
+        reqwest::Method::GET,
+        "/v1/acl/token/self",
+        &secret,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{me}");
+    let accessor = me["AccessorID"].as_str().expect("AccessorID").to_string();
+    let policies = me["Policies"].clone();
+
+    let config = eager_config(Duration::from_millis(200), Duration::from_secs(1));
+    let source = CatalogSource::spawn(client_with(&a.http_url(), &secret), config);
+    let healthy = |s: &SourceState| {
+        s.health == SourceHealth::Healthy
+            && s.catalog
+                .service("web")
+                .is_some_and(|w| w.instances.len() == 1)
+    };
+    wait_state(&source, 20, "healthy with the token", healthy).await;
+
+    let path = format!("/v1/acl/token/{accessor}");
+    let (status, body) = acl_call(&a, reqwest::Method::DELETE, &path, &admin, None).await;
+    assert_eq!(status, 200, "deleting the token: {body}");
+    let refused = wait_state(&source, 20, "the refusal reported", |s| {
+        matches!(&s.health, SourceHealth::Degraded { config_error: true, reason } if reason.contains("ACL not found"))
+    })
+    .await;
+    let SourceHealth::Degraded { reason, .. } = &refused.health else {
+        unreachable!()
+    };
+    assert!(reason.contains("asked again at a slowing pace"), "{reason}");
+    assert!(!reason.contains(&secret), "{reason}");
+    let web = refused.catalog.service("web").expect("last good web kept");
+    assert_eq!(web.instances.len(), 1);
+    assert!(matches!(
+        web.freshness,
+        converge_model::Freshness::Stale { .. }
+    ));
+
+    let restore = serde_json::json!({ "SecretID": secret, "Policies": policies });
+    let (status, body) = acl_call(
+        &a,
+        reqwest::Method::PUT,
+        "/v1/acl/token",
+        &admin,
+        Some(restore),
+    )
+    .await;
+    assert_eq!(status, 200, "restoring the token: {body}");
+    let state = wait_state(
+        &source,
+        20,
+        "followed again after the token came back",
+        healthy,
+    )
+    .await;
+    let web = state.catalog.service("web").expect("web");
+    assert_eq!(web.freshness, converge_model::Freshness::Fresh);
 }

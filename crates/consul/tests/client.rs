@@ -596,3 +596,72 @@ async fn one_shot_catalog_read_for_plan() {
     .expect_err("agent down");
     assert!(e.is_retryable(), "{e}");
 }
+
+/// Consul OSS has no namespaces or partitions, and says so: it answers
+/// `?ns=` and `?partition=` with HTTP 400 on every catalog, health and KV
+/// path, even for `default`. converge must then report a configuration
+/// error, never fall back to reading the default namespace (what the
+/// README's Consul section promises).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consul_oss_rejects_a_namespace_or_partition_and_the_source_says_so() {
+    let a = agent();
+    for (field, value, words) in [
+        (
+            "ns",
+            "default",
+            "Namespaces are a Consul Enterprise feature",
+        ),
+        (
+            "partition",
+            "team-a",
+            "Partitions are a Consul Enterprise feature",
+        ),
+    ] {
+        let mut config = Config::new(&a.http_url()).expect("config");
+        match field {
+            "ns" => config.namespace = Some(value.into()),
+            _ => config.partition = Some(value.into()),
+        }
+        let c = Client::new(config.clone()).expect("client");
+        let e = c
+            .health_service("consul", &HealthQuery::default(), &q())
+            .await
+            .expect_err("OSS rejects the parameter");
+        assert!(matches!(e, Error::InvalidRequest { .. }), "{e:?}");
+        assert_eq!(e.retry(), converge_consul::Retry::Never, "{e}");
+        assert!(e.to_string().contains(words), "{e}");
+        let e = c.kv_get("fleet/lb1", &q()).await.expect_err("kv too");
+        assert!(e.to_string().contains(words), "{e}");
+        c.status_leader().await.expect("status is not scoped");
+
+        let source = converge_consul::CatalogSource::connect(
+            config,
+            converge_consul::SourceConfig::new(["consul"]),
+        )
+        .expect("source");
+        let mut rx = source.subscribe();
+        let state = tokio::time::timeout(
+            Duration::from_secs(15),
+            rx.wait_for(|s| s.health != converge_consul::SourceHealth::Starting),
+        )
+        .await
+        .expect("the source reports within 15 s")
+        .expect("source alive")
+        .clone();
+        match &state.health {
+            converge_consul::SourceHealth::Degraded {
+                reason,
+                config_error,
+            } => {
+                assert!(*config_error, "{reason}");
+                assert!(reason.contains(words), "{reason}");
+            }
+            other => panic!("{field}: {other:?}"),
+        }
+        assert!(
+            state.missing.contains("consul"),
+            "nothing read: {:?}",
+            state.missing
+        );
+    }
+}

@@ -1,6 +1,7 @@
 //! TLS against a real agent serving HTTPS with mutual TLS: the CA and
-//! client certificate from the HashiCorp variables are used; without the
-//! client certificate or the CA the connection is refused.
+//! client certificate from the HashiCorp variables are used, and
+//! `CONSUL_TLS_SERVER_NAME` is the name verified; without the client
+//! certificate or the CA the connection is refused.
 
 use converge_consul::{Client, Config};
 use converge_testkit::consul::ConsulAgent;
@@ -30,6 +31,33 @@ async fn mutual_tls_with_the_consul_env_variables() {
     let c = Client::new(config).expect("client");
     let leader = c.status_leader().await.expect("leader over mutual TLS");
     assert!(leader.starts_with("127.0.0.1:"), "{leader}");
+
+    // CONSUL_TLS_SERVER_NAME is the name sent and verified: the agent's
+    // certificate names server.dc1.consul (which no DNS resolves), so the
+    // request reaching it proves the name was used and the address kept;
+    // a name the certificate lacks fails verification.
+    let with_name = |name: &str| {
+        Config::from_vars(vars(vec![
+            ("CONSUL_HTTP_ADDR", format!("https://{addr}")),
+            ("CONSUL_CACERT", path(&ca)),
+            ("CONSUL_CLIENT_CERT", path(&cert)),
+            ("CONSUL_CLIENT_KEY", path(&key)),
+            ("CONSUL_TLS_SERVER_NAME", name.to_string()),
+        ]))
+        .expect("config")
+    };
+    let c = Client::new(with_name("server.dc1.consul")).expect("client");
+    assert_eq!(c.address().as_str(), format!("https://{addr}/"));
+    c.status_leader()
+        .await
+        .expect("leader through the certificate's own name");
+    let e = Client::new(with_name("other.dc1.consul"))
+        .expect("client")
+        .status_leader()
+        .await
+        .expect_err("the certificate does not name other.dc1.consul");
+    let msg = e.to_string().to_lowercase();
+    assert!(msg.contains("certificate"), "{msg}");
 
     // No client certificate: the agent refuses the handshake.
     let config = Config::from_vars(vars(vec![

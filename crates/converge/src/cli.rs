@@ -95,6 +95,31 @@ pub struct Cli {
     )]
     pub consul_datacenter: Option<String>,
 
+    /// Consul Enterprise namespace to read (`?ns=` on every catalog,
+    /// health and KV read). Consul OSS refuses it.
+    #[arg(long, global = true, env = "CONSUL_NAMESPACE", value_name = "NS")]
+    pub consul_namespace: Option<String>,
+
+    /// Consul Enterprise admin partition to read (`?partition=` on every
+    /// catalog, health and KV read). Consul OSS refuses it.
+    #[arg(
+        long,
+        global = true,
+        env = "CONSUL_PARTITION",
+        value_name = "PARTITION"
+    )]
+    pub consul_partition: Option<String>,
+
+    /// Name to send as TLS SNI and to verify Consul's certificate against,
+    /// instead of the host in --consul (e.g. `server.dc1.consul`).
+    #[arg(
+        long,
+        global = true,
+        env = "CONSUL_TLS_SERVER_NAME",
+        value_name = "NAME"
+    )]
+    pub consul_tls_server_name: Option<String>,
+
     /// How long plan/apply/validate wait for a complete snapshot from Consul.
     #[arg(long, global = true, value_parser = humantime::parse_duration, default_value = "15s")]
     pub consul_timeout: Duration,
@@ -352,6 +377,12 @@ impl Cli {
                     ("CONSUL_CACERT", path(&self.consul_cacert)),
                     ("CONSUL_CLIENT_CERT", path(&self.consul_client_cert)),
                     ("CONSUL_CLIENT_KEY", path(&self.consul_client_key)),
+                    ("CONSUL_NAMESPACE", self.consul_namespace.clone()),
+                    ("CONSUL_PARTITION", self.consul_partition.clone()),
+                    (
+                        "CONSUL_TLS_SERVER_NAME",
+                        self.consul_tls_server_name.clone(),
+                    ),
                 ];
                 let mut config = converge_consul::Config::from_vars(|k| {
                     match flags.iter().find(|(name, _)| *name == k) {

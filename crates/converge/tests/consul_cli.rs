@@ -79,6 +79,26 @@ fn plan_reads_the_live_catalog_with_flag_or_env() {
         err.contains("No path to datacenter") && err.contains("nothing was changed"),
         "{err}"
     );
+
+    // A namespace or partition, from the variable or the flag, reaches
+    // Consul; this OSS agent refuses it, and converge says so rather than
+    // plan from the default namespace.
+    let plan = ["plan", "--node", "lb1", "--consul", url.as_str()];
+    let out = ws.converge_env(&plan, &[("CONSUL_NAMESPACE", "team-a")]);
+    assert_exit(&out, 1);
+    let err = stderr(&out);
+    assert!(
+        err.contains("Namespaces are a Consul Enterprise feature")
+            && err.contains("nothing was changed"),
+        "{err}"
+    );
+    let out = ws.converge(&[&plan[..], &["--consul-partition", "team-a"]].concat());
+    assert_exit(&out, 1);
+    let err = stderr(&out);
+    assert!(
+        err.contains("Partitions are a Consul Enterprise feature"),
+        "{err}"
+    );
 }
 
 /// An ACL policy that may read every service and node.

@@ -1,6 +1,13 @@
 //! The HTTP client under [`Client`](super::Client): the token header, TLS
-//! roots and client identity, and a connection pool sized to the request
-//! limit.
+//! roots and client identity, the TLS server name, and a connection pool
+//! sized to the request limit.
+//!
+//! A TLS server name ([`TlsConfig::server_name`], `CONSUL_TLS_SERVER_NAME`)
+//! must be both the SNI and the name the certificate is verified against,
+//! as in Consul's own client. rustls takes both from the URL's host, so
+//! requests go to a URL whose host is the server name (`target_url`), and
+//! a resolver (`PinnedHost`) connects that name to the configured
+//! address's host and port. Verification itself stays rustls's own.
 //!
 //! Built once per [`Client`](super::Client) and shared by its clones, so the
 //! pool's idle limit is one half of the connection bound (see
@@ -9,9 +16,13 @@
 //! that cannot be a header) is an [`Error::Config`] naming the file or
 //! variable, found here before any request is sent.
 
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::Duration;
 
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::header::{HeaderMap, HeaderValue};
+use reqwest::Url;
 
 use crate::config::{Config, TlsConfig};
 use crate::error::Error;
@@ -36,6 +47,10 @@ pub(super) fn http_client(config: &Config, max_idle: usize) -> Result<reqwest::C
         .tcp_nodelay(true)
         .http1_only()
         .user_agent(concat!("converge/", env!("CARGO_PKG_VERSION")));
+    let builder = match pinned_host(config) {
+        Some(pinned) => builder.dns_resolver(Arc::new(pinned)),
+        None => builder,
+    };
     with_tls(builder, &config.tls)?
         .build()
         .map_err(|e| Error::Config(format!("cannot build HTTP client: {e}")))
@@ -87,6 +102,66 @@ fn with_tls(
         builder = builder.danger_accept_invalid_certs(true);
     }
     Ok(builder)
+}
+
+/// The URL requests are sent to: the configured address, with the TLS
+/// server name as its host when one is set for an `https` address (which
+/// makes rustls send and verify that name).
+pub(super) fn target_url(config: &Config) -> Result<Url, Error> {
+    let mut url = config.address.clone();
+    if let (Some(name), "https") = (&config.tls.server_name, url.scheme()) {
+        url.set_host(Some(name)).map_err(|e| {
+            Error::Config(format!(
+                "TLS server name {name:?} (CONSUL_TLS_SERVER_NAME) is not a host name: {e}"
+            ))
+        })?;
+    }
+    Ok(url)
+}
+
+/// The resolver that sends the TLS server name to the configured host,
+/// when there is one to send (`https` with a server name).
+fn pinned_host(config: &Config) -> Option<PinnedHost> {
+    config.tls.server_name.as_ref()?;
+    if config.address.scheme() != "https" {
+        return None;
+    }
+    // An IPv6 host comes bracketed, as in a URL.
+    let host = config.address.host_str()?;
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    Some(PinnedHost {
+        host,
+        port: config.address.port_or_known_default()?,
+    })
+}
+
+/// Resolves whatever name is asked (the client only ever asks for the TLS
+/// server name) to the configured address's host: an IP as is, a host name
+/// through the system resolver, at every new connection so a moved Consul
+/// is found.
+struct PinnedHost {
+    host: String,
+    port: u16,
+}
+
+impl Resolve for PinnedHost {
+    fn resolve(&self, _name: Name) -> Resolving {
+        let (host, port) = (self.host.clone(), self.port);
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
+                Ok(ip) => vec![SocketAddr::new(ip, port)],
+                Err(_) => {
+                    tokio::task::spawn_blocking(move || (host.as_str(), port).to_socket_addrs())
+                        .await??
+                        .collect()
+                }
+            };
+            Ok(Box::new(addrs.into_iter()) as Addrs)
+        })
+    }
 }
 
 fn read_pem(what: &str, path: &std::path::Path) -> Result<Vec<u8>, Error> {

@@ -308,3 +308,40 @@ async fn refused_connection_is_retryable() {
     assert!(err.is_retryable());
     assert!(err.to_string().contains("/v1/status/leader"), "{err}");
 }
+
+/// Consul Enterprise scopes catalog, health and KV data by namespace and
+/// partition; a configured one must reach every such request, or converge
+/// reads the default namespace. Agent and status paths are not scoped.
+#[tokio::test]
+async fn namespace_and_partition_go_on_every_catalog_health_and_kv_request() {
+    let (addr, server) = stand_in_agent(vec![
+        ("200 OK", "", "[]"),
+        ("200 OK", "", "[]"),
+        ("200 OK", "", "{}"),
+        ("404 Not Found", "", ""),
+        ("404 Not Found", "", ""),
+        ("200 OK", "", "true"),
+        ("200 OK", "", "\"127.0.0.1:8300\""),
+    ])
+    .await;
+    let mut config = Config::new(&addr).expect("config");
+    config.namespace = Some("team-a".into());
+    config.partition = Some("part 1".into());
+    let c = Client::new(config).expect("client");
+    let o = QueryOptions::default();
+    c.health_service("web", &HealthQuery::default(), &o)
+        .await
+        .expect("health");
+    c.health_state("any", &o).await.expect("checks");
+    c.catalog_services(&o).await.expect("services");
+    c.kv_get("fleet/lb1", &o).await.expect("kv get");
+    c.kv_list("fleet/", &o).await.expect("kv list");
+    c.kv_put("fleet/lb1", b"x", Some(0)).await.expect("kv put");
+    c.status_leader().await.expect("leader");
+    let seen = server.await.expect("server");
+    let lines: Vec<&str> = seen.iter().filter_map(|h| h.lines().next()).collect();
+    for line in &lines[..6] {
+        assert!(line.contains("ns=team-a&partition=part+1 "), "{line}");
+    }
+    assert_eq!(lines[6], "GET /v1/status/leader HTTP/1.1", "{lines:?}");
+}

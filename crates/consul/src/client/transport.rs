@@ -1,6 +1,7 @@
 //! One request to Consul, done the same way for every endpoint: the URL
-//! and its query parameters, the timeout, a request slot, the stale-read
-//! fallback, status and body decoding.
+//! and its query parameters (the configured datacenter, and on catalog,
+//! health and KV paths the namespace and partition), the timeout, a
+//! request slot, the stale-read fallback, status and body decoding.
 //!
 //! `Transport` owns what bounds the connections: the shared HTTP client
 //! and the semaphore of request slots. Every request holds a slot from
@@ -18,7 +19,7 @@ use reqwest::{Method, StatusCode, Url};
 use serde::de::DeserializeOwned;
 use tokio::sync::Semaphore;
 
-use super::connection::http_client;
+use super::connection::{http_client, target_url};
 use super::query::{query_meta, Consistency, QueryOptions, Response};
 use crate::config::Config;
 use crate::error::Error;
@@ -28,8 +29,14 @@ use crate::error::Error;
 pub(super) struct Transport {
     http: reqwest::Client,
     slots: Arc<Semaphore>,
+    /// The configured address, as shown to people.
     base: Url,
+    /// Where requests go: `base`, with the TLS server name as its host
+    /// when one is configured (see `connection`).
+    target: Url,
     datacenter: Option<String>,
+    /// `?ns=` and `?partition=`, in that order, for scoped paths.
+    scope: Vec<(&'static str, String)>,
     request_timeout: Duration,
     blocking_margin: Duration,
     requests: Arc<AtomicU64>,
@@ -39,11 +46,17 @@ impl Transport {
     /// A transport letting `max_requests` requests through at once and
     /// keeping as many idle connections.
     pub(super) fn new(config: Config, max_requests: usize) -> Result<Self, Error> {
+        let scope = [("ns", &config.namespace), ("partition", &config.partition)]
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, v.clone()?)))
+            .collect();
         Ok(Self {
             http: http_client(&config, max_requests)?,
             slots: Arc::new(Semaphore::new(max_requests)),
+            target: target_url(&config)?,
             base: config.address,
             datacenter: config.datacenter,
+            scope,
             request_timeout: config.request_timeout,
             blocking_margin: config.blocking_margin,
             requests: Arc::new(AtomicU64::new(0)),
@@ -159,6 +172,9 @@ impl Transport {
             if let Some(dc) = opts.datacenter.as_ref().or(self.datacenter.as_ref()) {
                 q.append_pair("dc", dc);
             }
+            for (k, v) in self.scope_for(segments) {
+                q.append_pair(k, v);
+            }
             match opts.consistency {
                 Consistency::Default => {}
                 Consistency::Consistent => {
@@ -210,6 +226,9 @@ impl Transport {
             if let Some(dc) = &self.datacenter {
                 q.append_pair("dc", dc);
             }
+            for (k, v) in self.scope_for(segments) {
+                q.append_pair(k, v);
+            }
         }
         let (status, _, body) = self
             .send(Method::PUT, url, endpoint, self.request_timeout, Some(body))
@@ -229,8 +248,19 @@ impl Transport {
         }
     }
 
+    /// The namespace and partition parameters of a request for a path
+    /// Consul scopes by them (catalog, health, KV); agent and status
+    /// paths are not scoped and get neither.
+    fn scope_for(&self, segments: &[&str]) -> &[(&'static str, String)] {
+        if matches!(segments, ["v1", "catalog" | "health" | "kv", ..]) {
+            &self.scope
+        } else {
+            &[]
+        }
+    }
+
     pub(super) fn url(&self, segments: &[&str]) -> Url {
-        let mut url = self.base.clone();
+        let mut url = self.target.clone();
         if let Ok(mut path) = url.path_segments_mut() {
             path.clear();
             path.extend(segments);

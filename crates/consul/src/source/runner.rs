@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use crate::backoff::Backoff;
 use crate::blocking::IndexOutcome;
 use crate::client::{Client, QueryOptions, Response};
-use crate::error::Error;
+use crate::error::{Error, Retry};
 
 use super::checks::{changed_services, CheckView};
 use super::known::{Failure, Known};
@@ -50,6 +50,12 @@ pub(super) struct Loop {
     pub(super) ahead: BTreeSet<String>,
     pub(super) retry: Backoff,
     pub(super) retry_at: Option<Instant>,
+    /// The slow pace at which refused reads are asked again.
+    pub(super) refusals: Backoff,
+    pub(super) refused_at: Option<Instant>,
+    /// The refusal timer fired: the next fetch asks again for the services
+    /// Consul refused.
+    pub(super) refused_due: bool,
     pub(super) resync_at: Instant,
     pub(super) rng: fastrand::Rng,
 }
@@ -69,12 +75,8 @@ pub(super) async fn run(
     let resync_at = Instant::now() + jittered(config.resync_interval, &mut rng);
     let mut lp = Loop {
         watched: services_rx.borrow_and_update().clone(),
-        retry: Backoff::new(
-            config.retry_base,
-            config.retry_cap,
-            0.5,
-            fastrand::Rng::new(),
-        ),
+        retry: config.retry_backoff(),
+        refusals: config.refusal_backoff(),
         client,
         config,
         known: BTreeMap::new(),
@@ -87,12 +89,14 @@ pub(super) async fn run(
         dirty: BTreeSet::new(),
         ahead: BTreeSet::new(),
         retry_at: None,
+        refused_at: None,
+        refused_due: false,
         resync_at,
         rng,
     };
 
     loop {
-        let retry_at = lp.retry_at;
+        let (retry_at, refused_at) = (lp.retry_at, lp.refused_at);
         tokio::select! {
             sig = sig_rx.recv() => {
                 let Some(sig) = sig else { return };
@@ -113,8 +117,10 @@ pub(super) async fn run(
                 lp.resync_at = Instant::now() + jittered(lp.config.resync_interval, &mut lp.rng);
             }
             _ = sleep_until_opt(retry_at) => lp.on_retry(),
+            _ = sleep_until_opt(refused_at) => lp.on_refused_retry(),
         }
         lp.fetch().await;
+        lp.pace_refusals();
         let next = lp.state();
         state_tx.send_if_modified(|cur| {
             let changed = *cur.catalog != *next.catalog
@@ -156,20 +162,26 @@ impl Loop {
                 }
             }
             Signal::Failed { watch, error } => {
-                let failure = Failure::new(&error);
-                if failure.parked {
-                    tracing::error!(?watch, %error, "Consul refused the watch; keeping the last good catalog and not asking again until the source restarts (SIGHUP)");
-                } else {
-                    tracing::warn!(?watch, %error, "Consul watch failed; keeping the last good catalog");
+                let failure = Failure::new(&error, self.config.refused_retry_cap);
+                match failure.retry {
+                    Retry::Soon => {
+                        tracing::warn!(?watch, %error, "Consul watch failed; keeping the last good catalog")
+                    }
+                    Retry::Slowly => {
+                        tracing::error!(?watch, %error, "Consul refused the watch; keeping the last good catalog and asking again slowly")
+                    }
+                    Retry::Never => {
+                        tracing::error!(?watch, %error, "Consul rejected the watch; keeping the last good catalog and not asking again until the source restarts (SIGHUP)")
+                    }
                 }
                 self.watch_up[watch as usize] = false;
                 if watch == Watch::Checks {
                     self.checks = None;
                 }
                 self.need_full = true;
-                // A parked watch never recovers, so its failure is the one
-                // to report until the source restarts.
-                if self.watch_error.as_ref().is_none_or(|f| !f.parked) {
+                // A refusal is what an operator must act on, so a network
+                // fault of the other watch does not hide it.
+                if self.watch_error.as_ref().is_none_or(|f| !f.config_error()) {
                     self.watch_error = Some(failure);
                 }
             }
@@ -184,7 +196,7 @@ impl Loop {
     pub(super) fn on_retry(&mut self) {
         self.retry_at = None;
         let failed = self.known.iter().filter(|(_, k)| match &k.error {
-            Some(f) => !f.parked,
+            Some(f) => f.retry == Retry::Soon,
             None => k.last_ok.is_none(),
         });
         let failed: Vec<String> = failed.map(|(n, _)| n.clone()).collect();
@@ -194,12 +206,48 @@ impl Loop {
         self.dirty.extend(unread);
     }
 
-    /// Whether `service` failed in a way asking again cannot fix.
-    fn is_parked(&self, service: &str) -> bool {
-        self.known
-            .get(service)
-            .and_then(|k| k.error.as_ref())
-            .is_some_and(|f| f.parked)
+    /// The refusal timer: the next fetch reads again every service whose
+    /// latest read Consul refused.
+    pub(super) fn on_refused_retry(&mut self) {
+        self.refused_at = None;
+        self.refused_due = true;
+        let refused = self.refused().cloned().collect::<Vec<_>>();
+        self.dirty.extend(refused);
+    }
+
+    /// Watched services whose latest read Consul refused.
+    fn refused(&self) -> impl Iterator<Item = &String> {
+        self.watched.iter().filter(|s| {
+            self.known
+                .get(*s)
+                .and_then(|k| k.error.as_ref())
+                .is_some_and(|f| f.retry == Retry::Slowly)
+        })
+    }
+
+    /// Keeps the refusal timer in step with what is refused: armed at the
+    /// next slow delay while a watched service is refused and it is not
+    /// already waiting, disarmed (and the pace reset) once none is. A
+    /// service that is still refused when the timer fires makes the next
+    /// delay longer.
+    pub(super) fn pace_refusals(&mut self) {
+        if self.refused().next().is_none() {
+            self.refusals.reset();
+            self.refused_at = None;
+        } else if self.refused_at.is_none() && !self.refused_due {
+            self.refused_at = Some(Instant::now() + self.refusals.next_delay());
+        }
+    }
+
+    /// Whether `service` is not to be read now: Consul rejected its read
+    /// for good, or refused it and the refusal timer has not fired.
+    fn is_held(&self, service: &str) -> bool {
+        let failure = self.known.get(service).and_then(|k| k.error.as_ref());
+        match failure.map(|f| f.retry) {
+            Some(Retry::Never) => true,
+            Some(Retry::Slowly) => !self.refused_due,
+            Some(Retry::Soon) | None => false,
+        }
     }
 
     fn set_watched(&mut self, new: BTreeSet<String>) {
@@ -212,8 +260,9 @@ impl Loop {
     }
 
     /// Reads every dirty service (all of them after a full-refetch
-    /// trigger), at most `fetch_concurrency` at a time, except those
-    /// parked by a failure asking again cannot fix. Does nothing while a
+    /// trigger), at most `fetch_concurrency` at a time, except those held
+    /// by a refusal (until the refusal timer fires) or by a request Consul
+    /// rejects for good. Does nothing while a
     /// watch is down: the reads would fail too, and the watch's recovery
     /// triggers one full refetch.
     pub(super) async fn fetch(&mut self) {
@@ -226,8 +275,9 @@ impl Loop {
         }
         let todo: Vec<String> = std::mem::take(&mut self.dirty)
             .into_iter()
-            .filter(|s| self.watched.contains(s) && !self.is_parked(s))
+            .filter(|s| self.watched.contains(s) && !self.is_held(s))
             .collect();
+        self.refused_due = false;
         if todo.is_empty() {
             return;
         }
@@ -262,7 +312,7 @@ impl Loop {
         } else if !self
             .known
             .values()
-            .any(|k| k.error.as_ref().is_some_and(|f| !f.parked))
+            .any(|k| k.error.as_ref().is_some_and(|f| f.retry == Retry::Soon))
         {
             self.retry.reset();
             self.retry_at = None;
@@ -270,7 +320,8 @@ impl Loop {
     }
 
     /// Keeps what one read of `name` answered; `true` when it failed in a
-    /// way that asking again later can fix.
+    /// way that asking again soon can fix (a refusal is paced by
+    /// [`Loop::pace_refusals`]).
     pub(super) fn record_read(
         &mut self,
         name: String,
@@ -291,21 +342,27 @@ impl Loop {
                 false
             }
             Err(e) => {
-                let failure = Failure::new(&e);
-                let retry = !failure.parked;
-                if failure.parked {
-                    tracing::error!(service = %name, error = %e, "Consul refused the read; keeping the last good instances and not asking again until the source restarts (SIGHUP)");
-                } else {
-                    tracing::warn!(service = %name, error = %e, "Consul read failed; keeping the last good instances");
+                let failure = Failure::new(&e, self.config.refused_retry_cap);
+                match failure.retry {
+                    Retry::Soon => {
+                        tracing::warn!(service = %name, error = %e, "Consul read failed; keeping the last good instances")
+                    }
+                    Retry::Slowly => {
+                        tracing::error!(service = %name, error = %e, "Consul refused the read; keeping the last good instances and asking again slowly")
+                    }
+                    Retry::Never => {
+                        tracing::error!(service = %name, error = %e, "Consul rejected the read; keeping the last good instances and not asking again until the source restarts (SIGHUP)")
+                    }
                 }
+                let soon = failure.retry == Retry::Soon;
                 entry.error = Some(failure);
-                retry
+                soon
             }
         }
     }
 
-    /// The failure to report: a watch's before a read's, and one that
-    /// parked something before one that is retried.
+    /// The failure to report: a watch's before a read's, and a
+    /// configuration error (a refusal) before a fault waiting fixes.
     fn failure(&self) -> Option<&Failure> {
         let reads = self
             .watched
@@ -313,7 +370,7 @@ impl Loop {
             .filter_map(|s| self.known.get(s)?.error.as_ref());
         let mut all = self.watch_error.iter().chain(reads);
         let first = all.clone().next();
-        all.find(|f| f.parked).or(first)
+        all.find(|f| f.config_error()).or(first)
     }
 
     /// The state to publish: last good data everywhere, stale where the
@@ -349,7 +406,7 @@ impl Loop {
         let health = if let Some(f) = self.failure() {
             SourceHealth::Degraded {
                 reason: f.message.clone(),
-                config_error: f.parked,
+                config_error: f.config_error(),
             }
         } else if self.watch_up.iter().all(|u| *u) && missing.is_empty() {
             SourceHealth::Healthy

@@ -9,6 +9,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use crate::backoff::{Backoff, REFUSAL_BASE, REFUSAL_CAP};
 use crate::blocking::Pacing;
 use crate::client::{Client, Consistency, HealthQuery, MAX_REQUESTS};
 use crate::config::Config;
@@ -42,6 +43,11 @@ pub struct SourceConfig {
     pub retry_base: Duration,
     /// Longest retry delay.
     pub retry_cap: Duration,
+    /// First delay before asking again for something Consul refused (an
+    /// ACL refusal, [`Retry::Slowly`](crate::Retry::Slowly)).
+    pub refused_retry_base: Duration,
+    /// Longest delay before asking again for something Consul refused.
+    pub refused_retry_cap: Duration,
 }
 
 impl SourceConfig {
@@ -56,7 +62,25 @@ impl SourceConfig {
             resync_interval: Duration::from_secs(30 * 60),
             retry_base: Duration::from_millis(250),
             retry_cap: Duration::from_secs(30),
+            refused_retry_base: REFUSAL_BASE,
+            refused_retry_cap: REFUSAL_CAP,
         }
+    }
+
+    /// The backoff after a failure that waiting fixes.
+    pub(super) fn retry_backoff(&self) -> Backoff {
+        Backoff::new(self.retry_base, self.retry_cap, 0.5, fastrand::Rng::new())
+    }
+
+    /// The backoff after a refusal, by default
+    /// [`Backoff::for_refusals`]'s pace.
+    pub(super) fn refusal_backoff(&self) -> Backoff {
+        Backoff::new(
+            self.refused_retry_base,
+            self.refused_retry_cap,
+            0.5,
+            fastrand::Rng::new(),
+        )
     }
 
     /// A client for this source: room for both watches and the fetch

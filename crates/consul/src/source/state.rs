@@ -22,10 +22,10 @@ pub enum SourceHealth {
     Degraded {
         /// The latest failure.
         reason: String,
-        /// Whether asking again cannot help (a token without a needed
-        /// permission, a filter Consul rejects): the source stopped asking
-        /// for what failed until it is restarted, and an operator must fix
-        /// something rather than wait.
+        /// Whether an operator must fix something rather than wait for
+        /// the network: a token refused by ACL (asked again slowly, so the
+        /// source recovers by itself once it works) or a request Consul
+        /// rejects (not asked again until the source restarts).
         config_error: bool,
     },
 }

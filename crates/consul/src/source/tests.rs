@@ -3,7 +3,7 @@
 //! real agent is tested in `tests/`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use converge_model::{Freshness, Health, Instance};
 use tokio::time::Instant;
@@ -17,6 +17,7 @@ use super::*;
 use crate::backoff::Backoff;
 use crate::blocking::IndexOutcome;
 use crate::client::{QueryMeta, Response};
+use crate::error::Retry;
 
 fn inst(id: &str, node: &str) -> Instance {
     Instance {
@@ -142,6 +143,9 @@ fn lp() -> Loop {
         ahead: BTreeSet::new(),
         retry: Backoff::for_consul(),
         retry_at: None,
+        refusals: Backoff::for_refusals(),
+        refused_at: None,
+        refused_due: false,
         resync_at: Instant::now(),
         rng: fastrand::Rng::with_seed(1),
     }
@@ -163,7 +167,7 @@ async fn never_read_is_missing_not_empty_and_failures_keep_last_good() {
             last_ok: Some(since),
             error: Some(Failure {
                 message: "cannot reach Consul".into(),
-                parked: false,
+                retry: Retry::Soon,
             }),
         },
     );
@@ -267,7 +271,20 @@ fn refused(endpoint: &str) -> Error {
     }
 }
 
-fn assert_parked_reason(s: &SourceState, endpoint: &str) {
+fn rejected(endpoint: &str) -> Error {
+    Error::InvalidRequest {
+        endpoint: endpoint.into(),
+        message: "HTTP 400: Invalid query parameter".into(),
+    }
+}
+
+fn failure(error: &Error) -> Option<Failure> {
+    Some(Failure::new(error, Duration::from_secs(60)))
+}
+
+/// Checks the source reports a configuration error for `endpoint` whose
+/// reason says what the source does about it (`what`).
+fn assert_config_reason(s: &SourceState, endpoint: &str, what: &str) {
     match &s.health {
         SourceHealth::Degraded {
             reason,
@@ -275,37 +292,104 @@ fn assert_parked_reason(s: &SourceState, endpoint: &str) {
         } => {
             assert!(*config_error, "{reason}");
             assert!(reason.contains(endpoint), "{reason}");
-            assert!(reason.contains("not asked again"), "{reason}");
+            assert!(reason.contains(what), "{reason}");
         }
         other => panic!("{other:?}"),
     }
 }
 
-#[tokio::test]
-async fn a_refused_read_is_not_retried_and_outranks_a_retryable_one() {
+const SLOWLY: &str = "asked again at a slowing pace, at least every 60 s";
+
+/// web refused (it had been read once), db unreachable.
+fn refused_web_unreachable_db() -> Loop {
     let mut l = lp();
     l.known.insert(
         "web".into(),
         Known {
             instances: vec![inst("w1", "n1")],
             last_ok: Some(SystemTime::now()),
-            error: Some(Failure::new(&denied("/v1/health/service/web"))),
+            error: failure(&denied("/v1/health/service/web")),
         },
     );
     l.known.insert(
         "db".into(),
         Known {
-            error: Some(Failure::new(&refused("/v1/health/service/db"))),
+            error: failure(&refused("/v1/health/service/db")),
+            ..Known::default()
+        },
+    );
+    l
+}
+
+#[tokio::test]
+async fn a_refused_read_waits_for_the_slow_pace_and_outranks_a_retryable_one() {
+    let mut l = refused_web_unreachable_db();
+    l.on_retry();
+    assert_eq!(l.dirty, BTreeSet::from(["db".to_string()]));
+    let s = l.state();
+    assert_config_reason(&s, "/v1/health/service/web", SLOWLY);
+    let web = s.catalog.service("web").expect("last good web kept");
+    assert_eq!(web.instances.len(), 1);
+    assert!(matches!(web.freshness, Freshness::Stale { .. }));
+}
+
+/// The refusal timer runs at [`Backoff::for_refusals`]'s pace: armed
+/// once per round of refusals, it makes the next fetch ask for the
+/// refused services, and a round with none left disarms and resets it.
+#[tokio::test(start_paused = true)]
+async fn a_refusal_is_asked_again_at_the_slow_pace_until_it_is_lifted() {
+    let mut l = refused_web_unreachable_db();
+    let start = Instant::now();
+    l.pace_refusals();
+    let at = l.refused_at.expect("armed while web is refused");
+    let first = at - start;
+    assert!(first >= crate::backoff::REFUSAL_BASE / 2, "{first:?}");
+    assert!(first <= crate::backoff::REFUSAL_BASE, "{first:?}");
+    l.pace_refusals();
+    assert_eq!(l.refused_at, Some(at), "one timer, not one per round");
+
+    tokio::time::sleep_until(at).await;
+    l.on_refused_retry();
+    assert_eq!(l.dirty, BTreeSet::from(["web".to_string()]));
+    assert!(l.refused_due);
+    l.pace_refusals();
+    assert_eq!(l.refused_at, None, "not re-armed before web is asked");
+
+    // Still refused: the next pause is longer.
+    l.refused_due = false;
+    l.record_read("web".into(), Err(denied("/v1/health/service/web")));
+    l.pace_refusals();
+    let second = l.refused_at.expect("armed again") - Instant::now();
+    assert!(second >= crate::backoff::REFUSAL_BASE, "{second:?}");
+    assert_eq!(l.refusals.failures(), 2);
+
+    // Lifted: nothing refused is left, so the timer and its pace reset.
+    let ok = Response {
+        value: vec![inst("w1", "n1")],
+        meta: QueryMeta::default(),
+    };
+    assert!(!l.record_read("web".into(), Ok(ok)));
+    l.pace_refusals();
+    assert_eq!(l.refused_at, None);
+    assert_eq!(l.refusals.failures(), 0);
+}
+
+#[tokio::test]
+async fn a_rejected_read_is_not_asked_again_until_restart() {
+    let mut l = lp();
+    l.known.insert(
+        "web".into(),
+        Known {
+            error: failure(&rejected("/v1/health/service/web")),
             ..Known::default()
         },
     );
     l.on_retry();
-    assert_eq!(l.dirty, BTreeSet::from(["db".to_string()]));
-    let s = l.state();
-    assert_parked_reason(&s, "/v1/health/service/web");
-    let web = s.catalog.service("web").expect("last good web kept");
-    assert_eq!(web.instances.len(), 1);
-    assert!(matches!(web.freshness, Freshness::Stale { .. }));
+    l.on_refused_retry();
+    assert!(!l.dirty.contains("web"), "{:?}", l.dirty);
+    l.pace_refusals();
+    assert_eq!(l.refused_at, None, "nothing to pace");
+    assert_config_reason(&l.state(), "/v1/health/service/web", "not asked again");
 }
 
 #[tokio::test]
@@ -317,5 +401,5 @@ async fn a_refused_watch_stays_the_reported_failure() {
     ] {
         l.on_signal(Signal::Failed { watch, error });
     }
-    assert_parked_reason(&l.state(), "/v1/health/state/any");
+    assert_config_reason(&l.state(), "/v1/health/state/any", SLOWLY);
 }

@@ -6,17 +6,16 @@
 //! `Signal` on a channel; it holds no catalog state, so the loop decides
 //! what to read from what it knows, whichever order signals arrive in.
 //! Both watches share one function, `watch_index`, so they follow
-//! Consul's blocking-query rules and the parking of refused requests the
-//! same way.
+//! Consul's blocking-query rules, the slow pace of refused requests and
+//! the parking of rejected ones the same way.
 
 use std::future::Future;
 
 use tokio::sync::mpsc;
 
-use crate::backoff::Backoff;
 use crate::blocking::{BlockingQuery, IndexOutcome, Pacing, Update};
 use crate::client::{Client, QueryOptions, Response};
-use crate::error::Error;
+use crate::error::{Error, Retry};
 
 use super::checks::{check_view, CheckView};
 use super::settings::SourceConfig;
@@ -82,8 +81,11 @@ pub(super) async fn watch_services(client: Client, config: SourceConfig, tx: mps
 /// it with this round's options, an answer whose index moved becomes the
 /// signal `changed` builds, an unchanged index sends nothing, and a
 /// failure (after the query's backoff) is [`Signal::Failed`] for `which`.
-/// A failure asking again cannot fix is reported once, and the watch then
-/// holds its sender without asking Consul anything until the source stops.
+/// After a refusal ([`Retry::Slowly`]) the watch also waits out the
+/// source's refusal backoff (so the pause is the longer of the two), and
+/// asks again. A request Consul rejects for good ([`Retry::Never`]) is
+/// reported once, and the watch then holds its sender without asking
+/// Consul anything until the source stops.
 async fn watch_index<T, F, Fut>(
     client: Client,
     config: SourceConfig,
@@ -96,18 +98,28 @@ async fn watch_index<T, F, Fut>(
     Fut: Future<Output = Result<Response<T>, Error>>,
 {
     let (opts, pacing) = watch_options(&config);
-    let backoff = Backoff::new(
-        config.retry_base,
-        config.retry_cap,
-        0.5,
-        fastrand::Rng::new(),
-    );
-    let mut q = BlockingQuery::new(opts, pacing, backoff, fastrand::Rng::new());
+    let mut refusals = config.refusal_backoff();
+    let mut q = BlockingQuery::new(opts, pacing, config.retry_backoff(), fastrand::Rng::new());
     loop {
-        let sig = match q.next(|o| read(client.clone(), o)).await {
+        let answer = q.next(|o| read(client.clone(), o)).await;
+        if answer.is_ok() {
+            refusals.reset();
+        }
+        let sig = match answer {
             Ok(u) if u.outcome == IndexOutcome::Unchanged => continue,
             Ok(u) => changed(u),
-            Err(error) if !error.is_retryable() => {
+            Err(error) if error.retry() == Retry::Slowly => {
+                let failed = Signal::Failed {
+                    watch: which,
+                    error,
+                };
+                if tx.send(failed).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(refusals.next_delay()).await;
+                continue;
+            }
+            Err(error) if error.retry() == Retry::Never => {
                 let failed = Signal::Failed {
                     watch: which,
                     error,
