@@ -16,6 +16,7 @@ declare -A wanted=(
   [psql]=postgresql-client
   [curl]=curl
   [promtool]=prometheus
+  [python3]=python3
 )
 missing=()
 for cmd in "${!wanted[@]}"; do
