@@ -1,17 +1,17 @@
 //! How large and how deeply nested a YAML input may be.
 //!
-//! serde_yaml (through unsafe-libyaml) takes time quadratic in the nesting
+//! serde_norway (through unsafe-libyaml) takes time quadratic in the nesting
 //! depth before it gives up with "recursion limit exceeded": a few hundred
 //! kilobytes of `[[[[…` kept it busy for over a minute. Manifests and
 //! catalogs are a few levels deep, so every YAML text is measured here
 //! first, cheaply, and refused with its file (and, for depth, the line
-//! where the limit is crossed) before serde_yaml sees it.
+//! where the limit is crossed) before serde_norway sees it.
 //!
 //! Depth is counted on yaml-rust2's event stream, pulled one event at a
 //! time and abandoned at the first container past [`MAX_DEPTH`]. Its
 //! scanner does work proportional to the open flow levels per token and
 //! stops at 255 of them, so the check is linear in the text. A text it
-//! cannot parse passes; the syntax error is serde_yaml's to report, with
+//! cannot parse passes; the syntax error is serde_norway's to report, with
 //! its own position.
 
 use std::io::Read;

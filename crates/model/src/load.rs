@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
-use serde_yaml::Value;
+use serde_norway::Value;
 
 use crate::bounds;
 use crate::error::{unlocated, Location, ManifestError, ManifestErrors};
@@ -116,7 +116,7 @@ impl Manifests {
             };
             let file_id = out.sources.len();
             out.sources.push(source);
-            let value: Value = match serde_yaml::from_str(text) {
+            let value: Value = match serde_norway::from_str(text) {
                 Ok(v) => v,
                 Err(e) => {
                     errors.push(yaml_error(path, &e, String::new()));
@@ -396,7 +396,7 @@ pub(crate) fn parse_typed<T: DeserializeOwned>(
     what: &str,
 ) -> Result<T, ManifestErrors> {
     bounds::check(path, text, what).map_err(|e| ManifestErrors(vec![e]))?;
-    let value: Value = serde_yaml::from_str(text)
+    let value: Value = serde_norway::from_str(text)
         .map_err(|e| ManifestErrors(vec![yaml_error(path, &e, String::new())]))?;
     let value = if value.is_null() {
         Value::Mapping(Default::default())
@@ -436,7 +436,7 @@ fn backticked(message: &str, after: &str) -> Option<String> {
     Some(rest.split('`').next()?.to_string())
 }
 
-fn yaml_error(path: &Path, e: &serde_yaml::Error, field: String) -> ManifestError {
+fn yaml_error(path: &Path, e: &serde_norway::Error, field: String) -> ManifestError {
     let (line, column) = e
         .location()
         .map(|l| (l.line(), l.column()))

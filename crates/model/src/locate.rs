@@ -1,6 +1,6 @@
 //! Field path → source position, for error messages.
 //!
-//! serde_yaml drops positions once a document is a `Value`, and the typed
+//! serde_norway drops positions once a document is a `Value`, and the typed
 //! structs carry none. Rather than thread spans through every struct, the
 //! loader walks each file once with yaml-rust2's event parser and records
 //! where every mapping key and sequence item starts. Any error that knows its
@@ -46,7 +46,7 @@ pub struct PathIndex {
 
 impl PathIndex {
     /// Indexes `source`. A document yaml-rust2 cannot parse is indexed up
-    /// to its syntax error (serde_yaml reports the error itself, with its
+    /// to its syntax error (serde_norway reports the error itself, with its
     /// own position), so the names written before it are still known.
     pub fn build(source: &str) -> Self {
         let mut builder = Builder::default();

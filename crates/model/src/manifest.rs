@@ -45,7 +45,7 @@ pub struct Node {
     pub targets: Option<Vec<String>>,
     /// Free-form per-node values for templates (`node.vars.x`).
     #[serde(default)]
-    pub vars: BTreeMap<String, serde_yaml::Value>,
+    pub vars: BTreeMap<String, serde_norway::Value>,
 }
 
 /// A keepalived VRRP instance and the addresses it floats.
@@ -71,7 +71,7 @@ pub struct Vip {
     #[serde(default)]
     pub nopreempt: bool,
     /// VRRP PASS authentication secret.
-    #[serde(default, with = "serde_yaml::with::singleton_map")]
+    #[serde(default, with = "serde_norway::with::singleton_map")]
     pub auth_pass: Option<SecretRef>,
     /// Track the local haproxy process; a dead haproxy gives the VIP away.
     #[serde(default = "yes")]
@@ -385,7 +385,7 @@ pub struct PgbouncerSettings {
     #[serde(default)]
     pub admin_users: Vec<String>,
     /// Users and their password secrets, rendered into the auth file.
-    #[serde(default, with = "serde_yaml::with::singleton_map_recursive")]
+    #[serde(default, with = "serde_norway::with::singleton_map_recursive")]
     pub users: BTreeMap<String, SecretRef>,
     /// Tags that mark the primary (Patroni: `primary`, legacy `master`).
     #[serde(default = "default_primary_tags")]
@@ -501,10 +501,10 @@ pub struct Target {
     #[serde(default = "default_mode")]
     pub mode: String,
     /// Check run on the staged candidate.
-    #[serde(with = "serde_yaml::with::singleton_map")]
+    #[serde(with = "serde_norway::with::singleton_map")]
     pub validate: Validator,
     /// Action after commit.
-    #[serde(default = "default_reload", with = "serde_yaml::with::singleton_map")]
+    #[serde(default = "default_reload", with = "serde_norway::with::singleton_map")]
     pub reload: Reload,
     /// Targets sharing a bundle name validate, commit, reload and roll back
     /// as one unit (a config and its userlist or map files).

@@ -1,4 +1,4 @@
-//! Inputs too large or too deeply nested are refused before serde_yaml
+//! Inputs too large or too deeply nested are refused before serde_norway
 //! parses them (it takes time quadratic in the depth), with the file and,
 //! for depth, the line. Timings are in BENCHMARKS.md, not asserted here.
 

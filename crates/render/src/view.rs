@@ -59,7 +59,7 @@ pub struct NodeView {
     /// Own address, if declared.
     pub address: Option<String>,
     /// Per-node variables.
-    pub vars: BTreeMap<String, serde_yaml::Value>,
+    pub vars: BTreeMap<String, serde_norway::Value>,
 }
 
 /// Global HAProxy settings.
