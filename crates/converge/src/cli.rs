@@ -426,7 +426,9 @@ impl Cli {
     /// (`RUST_LOG` wins when set).
     pub fn init_logging(&self) {
         let level = match self.verbose {
-            0 => "warn",
+            // The daemon's one line per reload, rollback, hold and
+            // recovery (its report) shows by default; the rest at warn.
+            0 => "warn,converge_agent::daemon::report=info",
             1 => "info",
             _ => "debug",
         };

@@ -176,3 +176,24 @@ fn systemd_hears_ready_reloading_watchdog_and_stopping_in_order() {
         .collect();
     assert!(!after.contains("READY=1"), "{:?}", notes.seen);
 }
+
+#[test]
+fn the_default_log_level_says_each_apply_hold_and_recovery_once() {
+    let ws = Workspace::custom(
+        &haproxy_site(free_port(), "", "haproxy", false),
+        &catalog(&[8001, 8002]),
+    );
+    let _daemon = ws.run_daemon_default_log(&[]);
+    let logged = |what: &str, needle: &'static str| {
+        converge_testkit::wait::until(DEADLINE, what, || ws.daemon_log().contains(needle))
+            .unwrap_or_else(|e| panic!("{e}\n{}", ws.daemon_log()));
+    };
+    logged("the first apply", "applied");
+    ws.write("catalog.yaml", "services:\n  web: []\n");
+    logged("the hold", "change held");
+    ws.write("catalog.yaml", &catalog(&[8001]));
+    logged("the hold's end", "hold ended");
+    let log = ws.daemon_log();
+    assert_eq!(log.matches("change held").count(), 1, "{log}");
+    assert!(!log.contains("DEBUG"), "{log}");
+}

@@ -105,6 +105,9 @@ impl Reporter {
             self.board.metrics.source_errors.inc();
             self.board.fail("catalog");
         }
+        if !failing && self.source_failing {
+            tracing::info!("catalog source recovered; following it again");
+        }
         self.source_failing = failing;
         self.board.snapshot_current(error.is_none());
         self.board.update(|s| s.source_error = error);
@@ -121,6 +124,12 @@ impl Reporter {
             .collect();
         for h in &new {
             tracing::warn!(backend = %h.backend, before = h.before, after = h.after, "change held: {}", h.reason);
+        }
+        for ended in before
+            .iter()
+            .filter(|b| !holds.iter().any(|h| h.backend == b.backend))
+        {
+            tracing::info!(backend = %ended.backend, "hold ended: the catalog recovered or the operator released it");
         }
         self.board.metrics.guard_holds.inc_by(new.len() as u64);
         self.board.metrics.held_backends.set(holds.len() as i64);

@@ -196,11 +196,25 @@ impl Workspace {
     }
 
     fn daemon_command(&self, extra: &[&str]) -> (Command, u16) {
+        let (mut cmd, listen) = self.daemon_command_default_log(extra);
+        cmd.env("RUST_LOG", "info");
+        (cmd, listen)
+    }
+
+    /// `converge run` at the log level an operator gets by default.
+    fn daemon_command_default_log(&self, extra: &[&str]) -> (Command, u16) {
         let listen = converge_testkit::free_port();
         let listen_at = format!("127.0.0.1:{listen}");
         let mut cmd = self.command(&["run", "--node", "lb1", "--listen", &listen_at]);
-        cmd.args(extra).env("RUST_LOG", "info");
+        cmd.args(extra);
         (cmd, listen)
+    }
+
+    /// [`run_daemon`](Self::run_daemon) with no `RUST_LOG`: the default
+    /// log level.
+    pub fn run_daemon_default_log(&self, extra: &[&str]) -> RunningDaemon {
+        let (cmd, listen) = self.daemon_command_default_log(extra);
+        self.spawn_daemon(cmd, listen)
     }
 
     fn spawn_daemon(&self, mut cmd: Command, listen: u16) -> RunningDaemon {
