@@ -129,6 +129,8 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+// Long on purpose: one arm per benchmark command, each a few lines that
+// start its stack and print its report.
 fn run(args: Args, argv: String) -> anyhow::Result<()> {
     let target = stack::repo().join("target");
     let bins = Binaries {

@@ -107,6 +107,8 @@ pub struct ToolReport {
     pub steps: Vec<Steps>,
 }
 
+// Long on purpose: the phases of one measurement in the order they run
+// against one stack.
 /// Measures `kind` against `stack`.
 pub fn measure(stack: &Stack, kind: Kind, plan: &Plan) -> anyhow::Result<ToolReport> {
     ensure_passing(stack)?;
@@ -256,6 +258,7 @@ impl Counts {
     }
 }
 
+// Long on purpose: one burst's writes, waits and counts, in order.
 /// Check changes `plan.flap_period` apart, starting from passing; then
 /// waits for the dust to settle and counts the reloads. Even-numbered
 /// bursts make `plan.flaps` changes, odd ones one fewer, so with an even

@@ -27,6 +27,8 @@ pub struct Run<'a> {
     pub argv: String,
 }
 
+// Long on purpose: the report's text, section by section in the order it
+// prints; each section is a few lines of formatting.
 /// Renders the report.
 pub fn markdown(run: &Run<'_>, env: &[(String, String)]) -> String {
     let mut o = String::new();

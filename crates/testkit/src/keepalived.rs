@@ -58,6 +58,8 @@ pub struct Keepalived {
 }
 
 impl Keepalived {
+    // Long on purpose: keepalived's config, its start inside the namespace
+    // and the wait for its pidfile, in the order they happen.
     /// Starts keepalived on `config` inside `ns`, writing its parent's pid
     /// to `pidfile`, and waits until it is ready (see the module docs).
     ///

@@ -194,6 +194,8 @@ pub struct Board {
 }
 
 impl Board {
+    // Long on purpose: one registration per metric, each with its help text;
+    // a list to read down, not logic.
     /// A board for `node`, reading from `source` (`file` or `consul`).
     pub fn new(node: &str, source: &str) -> Arc<Self> {
         let metrics = Metrics::default();

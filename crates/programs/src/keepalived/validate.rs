@@ -77,6 +77,9 @@ const SETUP_FAILED: i32 = 97;
 /// The most interfaces one config may make the check create.
 const MAX_INTERFACES: usize = 256;
 
+// Long on purpose: the scratch namespace's set-up, the check and the
+// verdict, in the order they run; split, each piece would need the others'
+// state.
 pub(crate) fn check(candidate: &Candidate<'_>, timeout: Duration) -> Result<(), ValidateError> {
     let shown = format!("keepalived -t -f {}", candidate.staged.display());
     let refuse = |how: &str, output: String| {
