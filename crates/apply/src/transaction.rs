@@ -92,6 +92,9 @@ pub fn apply(set: &RenderedSet, opts: &ApplyOptions) -> Result<ApplyReport, Appl
         .filter_map(|f| f.destination.parent().map(Path::to_path_buf))
         .collect();
     stage::remove_stale(&dirs);
+    // Like staged files, children a killed run left running are its
+    // leftovers (invariant 8).
+    converge_programs::process::lineage::reap_leftovers();
     let bundles = set
         .bundles()
         .into_iter()

@@ -193,6 +193,7 @@ fn run_command(
     let options = Options {
         separate_stderr: true,
         keep_group_on_exit: true,
+        ..Options::default()
     };
     let start = Instant::now();
     let mut child = Running::spawn_with(&mut cmd, options)
