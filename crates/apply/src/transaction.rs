@@ -46,6 +46,7 @@ use crate::stage;
 use converge_programs::haproxy::runtime_api;
 use converge_programs::pgbouncer::ini as pgbouncer_ini;
 use converge_programs::reload::{self, PauseScope, ReloadOutcome};
+use converge_programs::signal;
 use converge_programs::validate::{self, Candidate};
 
 mod rollback;
@@ -590,13 +591,21 @@ impl Txn<'_> {
         let pause = self.pause_scope();
         let mut outcome = ReloadOutcome::NoAction;
         for (i, action) in actions.into_iter().enumerate() {
-            let o = reload::run(action, limits, &pause).map_err(|f| ApplyError::Reload {
-                bundle: self.name.to_string(),
-                command: f.command,
-                detail: f.detail,
-                stderr: f.stderr,
-                untouched: f.untouched && i == 0,
-            })?;
+            // The program whose pidfile a signal reads, as the validators
+            // of the members reloaded this way name it.
+            let program = self
+                .members
+                .iter()
+                .filter(|m| &m.file.reload == action)
+                .find_map(|m| signal::Program::of(&m.file.validate));
+            let o =
+                reload::run(action, limits, &pause, program).map_err(|f| ApplyError::Reload {
+                    bundle: self.name.to_string(),
+                    command: f.command,
+                    detail: f.detail,
+                    stderr: f.stderr,
+                    untouched: f.untouched && i == 0,
+                })?;
             tracing::info!(bundle = self.name, action = %self.set.redact(&reload::describe(action)), outcome = o.as_str(), "reload");
             outcome = outcome.merge(o);
         }
