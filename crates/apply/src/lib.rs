@@ -27,9 +27,9 @@
 //! through the set's secret redaction.
 #![deny(missing_docs)]
 
+pub use converge_programs::failpoint;
 mod backup;
 mod error;
-pub mod failpoint;
 mod fsutil;
 mod live;
 mod lock;

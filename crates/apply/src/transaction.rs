@@ -47,6 +47,7 @@ use crate::stage;
 use converge_programs::haproxy::runtime_api;
 use converge_programs::pgbouncer::ini as pgbouncer_ini;
 use converge_programs::reload::{self, PauseScope, ReloadOutcome};
+use converge_programs::signal;
 use converge_programs::validate::{self, Candidate};
 
 mod rollback;
@@ -93,6 +94,9 @@ pub fn apply(set: &RenderedSet, opts: &ApplyOptions) -> Result<ApplyReport, Appl
         .filter_map(|f| f.destination.parent().map(Path::to_path_buf))
         .collect();
     stage::remove_stale(&dirs);
+    // Like staged files, children a killed run left running are its
+    // leftovers (invariant 8).
+    converge_programs::process::lineage::reap_leftovers();
     let bundles = set
         .bundles()
         .into_iter()
@@ -610,13 +614,21 @@ impl Txn<'_> {
         let pause = self.pause_scope();
         let mut outcome = ReloadOutcome::NoAction;
         for (i, action) in actions.into_iter().enumerate() {
-            let o = reload::run(action, limits, &pause).map_err(|f| ApplyError::Reload {
-                bundle: self.name.to_string(),
-                command: f.command,
-                detail: f.detail,
-                stderr: f.stderr,
-                untouched: f.untouched && i == 0,
-            })?;
+            // The program whose pidfile a signal reads, as the validators
+            // of the members reloaded this way name it.
+            let program = self
+                .members
+                .iter()
+                .filter(|m| &m.file.reload == action)
+                .find_map(|m| signal::Program::of(&m.file.validate));
+            let o =
+                reload::run(action, limits, &pause, program).map_err(|f| ApplyError::Reload {
+                    bundle: self.name.to_string(),
+                    command: f.command,
+                    detail: f.detail,
+                    stderr: f.stderr,
+                    untouched: f.untouched && i == 0,
+                })?;
             tracing::info!(bundle = self.name, action = %self.set.redact(&reload::describe(action)), outcome = o.as_str(), "reload");
             outcome = outcome.merge(o);
         }

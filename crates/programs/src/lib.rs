@@ -15,7 +15,8 @@
 //! - [`signal`]: signals through a pidfile, sent only once the process
 //!   handles them (read from `/proc`).
 //! - [`process`]: the one runner every child goes through (pidfd wait, own
-//!   process group, killed as a group at its deadline).
+//!   process group, killed as a group at its deadline, dies with converge).
+//! - [`failpoint`]: crash points for tests, shared with the applier.
 //! - [`validate`] and [`reload`]: the manifest's `validate` and `reload`
 //!   settings, dispatched to the modules above.
 //!
@@ -24,6 +25,7 @@
 #![deny(missing_docs)]
 
 pub mod check;
+pub mod failpoint;
 pub mod haproxy;
 pub mod keepalived;
 pub mod pgbouncer;

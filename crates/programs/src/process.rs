@@ -18,6 +18,12 @@
 //! unreaped zombie (`waitid(WNOWAIT)`), so its pid, which is the group id,
 //! cannot have been reused by then. Only ids we spawned are ever
 //! signalled.
+//!
+//! Every child also dies with converge, `kill -9` included, and what a
+//! crashed converge left running is reaped by the next run: see
+//! [`lineage`] for how (a parent-death signal set through `setpriv`, a PID
+//! namespace for children that change user, and a record of started
+//! children checked by pid and start time).
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -32,6 +38,8 @@ use nix::unistd::Pid;
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
 use rustix::process::{pidfd_open, PidfdFlags};
+
+pub mod lineage;
 
 /// How a [`run`] ended when it did not simply exit.
 #[derive(Debug)]
@@ -53,6 +61,10 @@ pub struct Options {
     /// exited by itself: a reload command may start the daemon. A timeout
     /// kills the whole group all the same.
     pub keep_group_on_exit: bool,
+    /// Run the program in its own PID namespace (as root), so that it and
+    /// everything it starts die with converge even when it changes user;
+    /// see [`lineage`]. The program sees itself as pid 2.
+    pub pid_namespace: bool,
 }
 
 /// A started program.
@@ -63,6 +75,7 @@ pub struct Running {
     err: Option<File>,
     keep_group_on_exit: bool,
     reaped: Option<ExitStatus>,
+    record: Option<lineage::Record>,
 }
 
 impl Running {
@@ -83,18 +96,24 @@ impl Running {
             Some(e) => e.try_clone()?,
             None => out.try_clone()?,
         };
-        let child = cmd
+        static REAPED: std::sync::Once = std::sync::Once::new();
+        REAPED.call_once(|| {
+            lineage::reap_leftovers();
+        });
+        let child = lineage::wrap(cmd, options.pid_namespace)?
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(err_w)
             .process_group(0)
             .spawn()?;
+        let record = lineage::Record::create(child.id(), !options.keep_group_on_exit);
         Ok(Self {
             child,
             out,
             err,
             keep_group_on_exit: options.keep_group_on_exit,
             reaped: None,
+            record,
         })
     }
 
@@ -117,8 +136,7 @@ impl Running {
         if !self.keep_group_on_exit {
             let _ = killpg(self.pid(), Signal::SIGKILL);
         }
-        self.reaped = Some(self.child.wait()?);
-        Ok(self.reaped)
+        self.reap().map(Some)
     }
 
     /// Waits until the program exits or `deadline` (measured from `start`)
@@ -172,8 +190,16 @@ impl Running {
             return Ok(s);
         }
         let _ = killpg(self.pid(), Signal::SIGKILL);
+        self.reap()
+    }
+
+    /// Waits for the exited (or killed) child and forgets its record.
+    fn reap(&mut self) -> io::Result<ExitStatus> {
         let s = self.child.wait()?;
         self.reaped = Some(s);
+        if let Some(record) = self.record.take() {
+            record.remove();
+        }
         Ok(s)
     }
 

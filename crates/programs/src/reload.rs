@@ -1,8 +1,8 @@
 //! Telling a program to pick up committed files: the manifest's reload
 //! actions, one function that runs any of them.
 //!
-//! - `Signal`: through the pidfile, once the process handles it (see
-//!   [`signal`]).
+//! - `Signal`: through the pidfile, once the process handles it, and only
+//!   if it is the program the target's validator names (see [`signal`]).
 //! - `Command`: an argv run without a shell; `Shell`: `/bin/sh -c`. Both
 //!   go through the [`process`](crate::process) runner and must exit 0
 //!   within a timeout, else the process group is killed. What they leave
@@ -24,7 +24,7 @@ use serde::Serialize;
 pub use crate::pgbouncer::console::PauseScope;
 use crate::pgbouncer::console::{self, ConsoleReload};
 use crate::process::{Options, Running};
-use crate::signal::{self, Sent};
+use crate::signal::{self, Program, Sent};
 
 /// What a reload did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -120,11 +120,13 @@ pub fn describe(action: &ReloadAction) -> String {
 }
 
 /// Runs one reload action; `pause` says which databases a PgBouncer
-/// admin-console reload holds (other actions ignore it).
+/// admin-console reload holds, and `program` which program a signal's
+/// pidfile must name (other actions ignore them).
 pub fn run(
     action: &ReloadAction,
     limits: Limits,
     pause: &PauseScope,
+    program: Option<Program>,
 ) -> Result<ReloadOutcome, ReloadFailure> {
     match action {
         ReloadAction::None => Ok(ReloadOutcome::NoAction),
@@ -133,7 +135,7 @@ pub fn run(
                 ready: limits.ready,
                 settle: limits.settle,
             };
-            match signal::send_to_pidfile(pidfile, signal, timing) {
+            match signal::send_to_pidfile(pidfile, signal, timing, program) {
                 Ok(Sent::Delivered) => Ok(ReloadOutcome::Reloaded),
                 Ok(Sent::NotRunning) => Ok(ReloadOutcome::NotRunning),
                 Err(detail) => Err(ReloadFailure {
@@ -193,6 +195,7 @@ fn run_command(
     let options = Options {
         separate_stderr: true,
         keep_group_on_exit: true,
+        ..Options::default()
     };
     let start = Instant::now();
     let mut child = Running::spawn_with(&mut cmd, options)

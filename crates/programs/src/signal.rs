@@ -13,6 +13,12 @@
 //! not sent and the caller is told why. After the signal, the process must
 //! still be alive after a short settle window (a zombie counts as dead).
 //!
+//! A pidfile can be stale, its pid reused by a stranger. When the caller
+//! names the [`Program`] (from the target's validator), the process must
+//! run that executable, and for HAProxy a new worker must appear after the
+//! signal; see [`identity`]. The process is held by a pidfd from the first
+//! check to the signal, so the pid cannot change hands in between.
+//!
 //! This is the one place converge signals a process it did not start, so
 //! it is kept apart from the [`process`](crate::process) runner, which only
 //! ever signals its own children.
@@ -24,10 +30,13 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use rustix::process::{pidfd_open, pidfd_send_signal, PidfdFlags};
 
 pub mod disposition;
+pub mod identity;
 
 use disposition::Disposition;
+pub use identity::Program;
 
 /// What sending a signal through a pidfile did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,8 +71,14 @@ pub fn parse(name: &str) -> Option<Signal> {
 }
 
 /// Sends `signal` (a name [`parse`] reads) to the process whose pid is the
-/// first word of `pidfile`, once it handles it; why not, in words.
-pub fn send_to_pidfile(pidfile: &Path, signal: &str, timing: Timing) -> Result<Sent, String> {
+/// first word of `pidfile`, once it handles it and, when `program` is
+/// known, only if it is that program; why not, in words.
+pub fn send_to_pidfile(
+    pidfile: &Path,
+    signal: &str,
+    timing: Timing,
+    program: Option<Program>,
+) -> Result<Sent, String> {
     let Some(sig) = parse(signal) else {
         return Err(format!("unknown signal `{signal}`"));
     };
@@ -83,14 +98,34 @@ pub fn send_to_pidfile(pidfile: &Path, signal: &str, timing: Timing) -> Result<S
     if !alive(pid) {
         return Ok(Sent::NotRunning);
     }
+    // From here the pidfd names this process, whatever becomes of the pid.
+    let pidfd = match rustix::process::Pid::from_raw(pid.as_raw())
+        .ok_or(rustix::io::Errno::SRCH)
+        .and_then(|p| pidfd_open(p, PidfdFlags::empty()))
+    {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::SRCH) => return Ok(Sent::NotRunning),
+        Err(e) => return Err(format!("cannot open pid {pid}: {e}")),
+    };
+    if let Some(program) = program {
+        identity::check(pid, program)?;
+    }
     match await_handler(pid, sig, timing.ready) {
         Ready::Yes => {}
         Ready::Gone => return Ok(Sent::NotRunning),
         Ready::No(why) => return Err(why),
     }
-    match kill(pid, sig) {
+    let new_worker = program == Some(Program::Haproxy) && sig == Signal::SIGUSR2;
+    let workers = if new_worker {
+        identity::children(pid)
+    } else {
+        Vec::new()
+    };
+    let rsig = rustix::process::Signal::from_named_raw(sig as i32)
+        .ok_or_else(|| format!("cannot send {sig}: not a signal this system names"))?;
+    match pidfd_send_signal(&pidfd, rsig) {
         Ok(()) => {}
-        Err(nix::errno::Errno::ESRCH) => return Ok(Sent::NotRunning),
+        Err(rustix::io::Errno::SRCH) => return Ok(Sent::NotRunning),
         Err(e) => return Err(format!("cannot send {sig} to pid {pid}: {e}")),
     }
     let deadline = Instant::now() + timing.settle;
@@ -99,10 +134,14 @@ pub fn send_to_pidfile(pidfile: &Path, signal: &str, timing: Timing) -> Result<S
             return Err(format!("pid {pid} exited after {sig}"));
         }
         if Instant::now() >= deadline {
-            return Ok(Sent::Delivered);
+            break;
         }
         std::thread::sleep(Duration::from_millis(10).min(timing.settle));
     }
+    if new_worker {
+        identity::await_new_worker(pid, &workers, timing.ready)?;
+    }
+    Ok(Sent::Delivered)
 }
 
 /// How often a process's signal disposition is read while waiting.

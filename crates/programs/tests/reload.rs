@@ -10,9 +10,11 @@ use std::time::{Duration, Instant};
 use converge_model::ReloadAction;
 use converge_programs::reload::{Limits, PauseScope, ReloadFailure};
 use converge_programs::signal::disposition::{self, Disposition};
+use converge_programs::signal::Program;
 use converge_programs::ReloadOutcome;
 use converge_testkit::haproxy::minimal_config;
 use converge_testkit::process::pid_alive;
+use converge_testkit::stranger::Stranger;
 use converge_testkit::{wait, Child, Haproxy};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
@@ -20,7 +22,7 @@ use nix::unistd::Pid;
 /// [`converge_programs::reload::run`] for actions that are not PgBouncer's
 /// console, which ignore the pause scope.
 fn run(action: &ReloadAction, limits: Limits) -> Result<ReloadOutcome, ReloadFailure> {
-    converge_programs::reload::run(action, limits, &PauseScope::All)
+    converge_programs::reload::run(action, limits, &PauseScope::All, None)
 }
 
 /// Deadline for anything a test waits for a process to do.
@@ -154,6 +156,71 @@ fn a_signalled_process_that_survives_is_reloaded() {
     assert_eq!(run(&hup, limits()), Ok(ReloadOutcome::Reloaded));
     wait::until(DEADLINE, "the HUP trap to run", || lines_in(&hups) == 1).expect("trap ran");
     assert!(child.is_running(), "the shell survived");
+}
+
+#[test]
+fn a_stale_pidfile_naming_a_stranger_is_refused_and_the_stranger_not_signalled() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut stranger = Stranger::start(dir.path()).expect("stranger");
+    let usr2 = pidfile_action(dir.path(), stranger.pid(), "USR2");
+    let pid = Pid::from_raw(i32::try_from(stranger.pid()).expect("pid"));
+    assert_eq!(
+        disposition::read(pid, Signal::SIGUSR2).expect("read"),
+        Disposition::Caught,
+        "the stranger handles SIGUSR2 (SigCgt), so only its identity can refuse it"
+    );
+    for (program, name) in [
+        (Program::Haproxy, "haproxy"),
+        (Program::Pgbouncer, "pgbouncer"),
+    ] {
+        let err = converge_programs::reload::run(&usr2, limits(), &PauseScope::All, Some(program))
+            .expect_err("a stranger is no reload");
+        assert!(
+            err.detail.contains(&format!("not {name}")) && err.detail.contains("stale"),
+            "{err:?}"
+        );
+    }
+    assert_eq!(
+        stranger.handled().expect("handled"),
+        "",
+        "the stranger was signalled"
+    );
+}
+
+/// A real HAProxy master serving `a` from a config in `dir`, and `SIGUSR2`
+/// through its pidfile.
+fn real_haproxy(dir: &Path) -> (Haproxy, PathBuf, u16, ReloadAction) {
+    let cfg = dir.join("haproxy.cfg");
+    let port = converge_testkit::free_port();
+    std::fs::write(&cfg, minimal_config(dir, port, &[("a", 9001)])).expect("write");
+    let h = Haproxy::start(&cfg, &dir.join("haproxy.pid"), &dir.join("admin.sock"))
+        .expect("haproxy starts");
+    let usr2 = ReloadAction::Signal {
+        pidfile: h.pidfile().to_path_buf(),
+        signal: "SIGUSR2".into(),
+    };
+    (h, cfg, port, usr2)
+}
+
+#[test]
+fn a_real_haproxy_master_is_recognised_and_its_new_worker_awaited() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (h, cfg, port, usr2) = real_haproxy(dir.path());
+    std::fs::write(&cfg, minimal_config(dir.path(), port, &[("b", 9002)])).expect("write");
+    let reloaded =
+        converge_programs::reload::run(&usr2, limits(), &PauseScope::All, Some(Program::Haproxy));
+    assert_eq!(
+        reloaded,
+        Ok(ReloadOutcome::Reloaded),
+        "haproxy log:\n{}",
+        h.log()
+    );
+    // Reloaded means a new worker runs, so it already loaded the new file.
+    wait::until(DEADLINE, "the new worker to serve server b", || {
+        h.try_command("show servers state be")
+            .is_ok_and(|s| s.contains(" b 127.0.0.1 "))
+    })
+    .unwrap_or_else(|e| panic!("{e}; haproxy log:\n{}", h.log()));
 }
 
 #[test]
@@ -397,20 +464,8 @@ fn until_soon(what: &str, mut cond: impl FnMut() -> bool) -> Result<(), String> 
 #[test]
 fn usr2_while_a_real_haproxy_master_re_executes_waits_and_takes_effect() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = dir.path().join("haproxy.cfg");
-    let port = converge_testkit::free_port();
-    std::fs::write(&cfg, minimal_config(dir.path(), port, &[("a", 9001)])).expect("write");
-    let h = Haproxy::start(
-        &cfg,
-        &dir.path().join("haproxy.pid"),
-        &dir.path().join("admin.sock"),
-    )
-    .expect("haproxy starts");
+    let (h, cfg, port, usr2) = real_haproxy(dir.path());
     let master = h.master_pid();
-    let usr2 = ReloadAction::Signal {
-        pidfile: h.pidfile().to_path_buf(),
-        signal: "SIGUSR2".into(),
-    };
     let limits = Limits {
         settle: Duration::ZERO,
         ..limits()

@@ -19,6 +19,8 @@
 //! - [`standin::EmptyAnswerProxy`]: the one stand-in, named for what it
 //!   is: a real Consul behind a proxy that answers one service with
 //!   `200 []`, a fault a real agent cannot produce on demand.
+//! - [`stranger::Stranger`]: a process that handles reload signals and
+//!   records them, to stand where a stale pidfile points.
 //! - [`haproxy::Haproxy`]: start, query (`show servers state`,
 //!   `show stat`, any runtime command), reload with `SIGUSR2`, stop;
 //!   [`haproxy::minimal_config`] writes a config it can start on.
@@ -38,6 +40,7 @@ pub mod ports;
 pub mod postgres;
 pub mod process;
 pub mod standin;
+pub mod stranger;
 pub mod wait;
 
 pub use haproxy::Haproxy;

@@ -134,6 +134,32 @@ pub fn haproxy_site(port: u16, backend_extra: &str, validate: &str, reload: bool
     )
 }
 
+/// A catalog whose service `web` has one passing instance on loopback per
+/// port: `web-I` on node `appI`.
+pub fn web_catalog(ports: &[u16]) -> String {
+    let mut s = String::from("services:\n  web:\n");
+    for (i, p) in ports.iter().enumerate() {
+        s.push_str(&format!(
+            "    - {{id: web-{i}, node: app{i}, address: 127.0.0.1, port: {p}, health: passing}}\n"
+        ));
+    }
+    s
+}
+
+/// A [`haproxy_site`] checked by `haproxy -c` and reloaded by signal, with
+/// [`web_catalog`]`(ports)`, applied once while HAProxy does not run yet
+/// (so nothing needed a reload).
+pub fn applied_haproxy_site(ports: &[u16]) -> Workspace {
+    let ws = Workspace::custom(
+        &haproxy_site(converge_testkit::free_port(), "", "haproxy", true),
+        &web_catalog(ports),
+    );
+    let out = ws.converge(&["apply", "--once", "--node", "lb1"]);
+    assert_exit(&out, 0);
+    assert!(stdout(&out).contains("not running"), "{}", stdout(&out));
+    ws
+}
+
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }

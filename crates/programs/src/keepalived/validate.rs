@@ -8,14 +8,17 @@
 //! the node's `eth7`. So the check runs as:
 //!
 //! ```text
-//! unshare --net [--map-root-user] -- /bin/sh -c SCRIPT converge-keepalived-check STAGED IFACE...
+//! unshare --net --pid --fork --kill-child=KILL [--map-root-user] -- /bin/sh -c SCRIPT converge-keepalived-check STAGED IFACE...
 //! ```
 //!
 //! where SCRIPT creates each IFACE (a `dummy` link, or a `bridge` where the
 //! kernel has no dummy driver, as on some VM kernels) and then `exec`s
 //! `keepalived -t -f STAGED`. The path and the names are positional
-//! arguments, never part of the script text. The namespace has no name and
-//! no other member, so it disappears with the process, even on `SIGKILL`.
+//! arguments, never part of the script text. The namespaces have no name
+//! and no other member, so they disappear with the process, even on
+//! `SIGKILL`; keepalived is the init of its PID namespace, so the
+//! processes it forks die with it, and it dies with converge (see
+//! [`lineage`](crate::process::lineage)).
 //! `--map-root-user` is added when not running as root (unprivileged user
 //! namespaces must then be enabled).
 //!
@@ -106,7 +109,9 @@ pub(crate) fn check(candidate: &Candidate<'_>, timeout: Duration) -> Result<(), 
     };
     let root = nix::unistd::geteuid().is_root();
     let mut cmd = Command::new(process::program("unshare"));
-    cmd.arg("--net");
+    // Its own PID namespace too, so keepalived and the processes it forks
+    // die with converge (see `process::lineage`).
+    cmd.args(["--net", "--pid", "--fork", "--kill-child=KILL"]);
     if !root {
         cmd.arg("--map-root-user");
     }

@@ -452,6 +452,7 @@ fn command(admin: &PgbouncerAdmin, sql: &str, timeout: Duration) -> Answer {
     let options = Options {
         separate_stderr: true,
         keep_group_on_exit: false,
+        ..Options::default()
     };
     let start = Instant::now();
     let mut child = match Running::spawn_with(&mut cmd, options) {

@@ -40,9 +40,14 @@
 //! are overridden (on the node, an address it lacks only logs a `WARNING`
 //! unless no address at all can be bound: `FATAL nowhere to listen on`).
 //!
-//! The check process is stopped by pid on every path out of this module;
-//! only if converge itself is killed with `SIGKILL` mid-check does it
-//! outlive us (under systemd the unit's cgroup is cleaned up on stop).
+//! The check process is stopped by pid on every path out of this module,
+//! and it runs in its own PID namespace
+//! ([`Options::pid_namespace`](crate::process::Options)), so it dies with
+//! converge even when converge is killed with `SIGKILL` mid-check: `-u`
+//! makes it change user, which clears a parent-death signal, but not the
+//! namespace's. PgBouncer sees its pid as 2, so the pidfile it writes in
+//! the temp dir is not used. Failpoint `trial-up` (see
+//! [`crate::failpoint`]) kills converge while it is up.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -56,7 +61,8 @@ use std::time::{Duration, Instant};
 use nix::unistd::{chown, User};
 
 use crate::check::{Candidate, CheckFailure, ValidateError, MAX_LINES};
-use crate::process::{self, Running};
+use crate::failpoint;
+use crate::process::{self, Options, Running};
 
 /// How often a bind race on the free port is retried.
 const ATTEMPTS: usize = 3;
@@ -97,8 +103,12 @@ pub(crate) fn check(candidate: &Candidate<'_>, timeout: Duration) -> Result<(), 
         }
         cmd.arg(&wrapper).current_dir(dir.path());
         let shown = describe(&cmd, candidate.staged, port, &overrides);
-        let mut running =
-            Running::spawn(&mut cmd).map_err(|e| not_run(shown.clone(), e.to_string()))?;
+        let options = Options {
+            pid_namespace: true,
+            ..Options::default()
+        };
+        let mut running = Running::spawn_with(&mut cmd, options)
+            .map_err(|e| not_run(shown.clone(), e.to_string()))?;
         let outcome = await_up(&mut running, port, start, timeout)
             .map_err(|e| not_run(shown.clone(), e.to_string()))?;
         let output = running.output();
@@ -165,6 +175,7 @@ fn await_up(
         if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
             && running.output().contains(&listening)
         {
+            failpoint::hit("trial-up");
             running.stop(STOP_GRACE)?;
             return Ok(Outcome::Up);
         }

@@ -1,5 +1,7 @@
 //! Crash points for tests of invariant 1 (a crash at any step leaves every
-//! target either the old or the new complete file).
+//! target either the old or the new complete file) and of invariant 8 (a
+//! child converge started dies with it). They live with the programs, the
+//! lowest crate that has a point, and the applier re-exports them.
 //!
 //! **Test hook.** When the environment variable `CONVERGE_FAILPOINT` equals
 //! the name passed to [`hit`], the process sends itself `SIGKILL`: no
@@ -10,7 +12,8 @@
 //! `None`.
 //!
 //! The points, in the order a transaction passes them ([`POINTS`]):
-//! `staged` (candidates written, not validated), `validated`, `backed-up`,
+//! `staged` (candidates written, not validated), `trial-up` (PgBouncer's
+//! trial start is up on the candidate, not yet stopped), `validated`, `backed-up`,
 //! `committed-one` (after the first rename of a bundle committing more than
 //! one file), `committed` (all renamed, directories synced, not reloaded),
 //! `reloaded`, `rolled-back` (previous files restored after a failed
@@ -24,6 +27,7 @@ pub const ENV: &str = "CONVERGE_FAILPOINT";
 /// Every failpoint, in transaction order.
 pub const POINTS: &[&str] = &[
     "staged",
+    "trial-up",
     "validated",
     "backed-up",
     "committed-one",
