@@ -208,6 +208,13 @@ pub enum Command {
     /// Write the man pages (converge(1) and one per command) into a
     /// directory.
     Man(ManArgs),
+    /// Print the JSON Schema of a manifest file, for editors.
+    ///
+    /// Generated from converge's own manifest types, so it accepts what
+    /// converge accepts (minus the cross-references `converge validate`
+    /// checks). With yaml-language-server, put
+    /// `# yaml-language-server: $schema=PATH` on a manifest's first line.
+    Schema,
 }
 
 /// `completions` flags.
@@ -231,7 +238,7 @@ impl Command {
     /// and `man` have none).
     pub fn format(&self) -> Option<Format> {
         match self {
-            Command::Run(_) | Command::Completions(_) | Command::Man(_) => None,
+            Command::Run(_) | Command::Completions(_) | Command::Man(_) | Command::Schema => None,
             Command::Plan(a) => Some(a.format),
             Command::Apply(a) => Some(a.format),
             Command::Status(a) => Some(a.format),

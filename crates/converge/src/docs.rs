@@ -16,6 +16,13 @@ pub fn completions(args: &CompletionsArgs) -> anyhow::Result<u8> {
     Ok(exit::OK)
 }
 
+/// Prints the manifest file's JSON Schema.
+pub fn schema() -> anyhow::Result<u8> {
+    let schema = converge_model::schema::manifest_schema();
+    crate::output::outln!("{}", serde_json::to_string_pretty(&schema)?);
+    Ok(exit::OK)
+}
+
 /// Writes `converge.1` and one page per command into `--out-dir`.
 pub fn man(args: &ManArgs) -> anyhow::Result<u8> {
     std::fs::create_dir_all(&args.out_dir)

@@ -58,6 +58,7 @@ fn main() -> ExitCode {
         Command::Validate(args) => validate::run(&cli, args),
         Command::Completions(args) => docs::completions(args),
         Command::Man(args) => docs::man(args),
+        Command::Schema => docs::schema(),
     };
     let code = match result {
         Ok(code) => code,

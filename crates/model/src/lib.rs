@@ -23,6 +23,7 @@ pub mod load;
 pub mod locate;
 pub mod manifest;
 pub mod rendered;
+pub mod schema;
 pub mod secret;
 pub mod selection;
 pub mod wording;

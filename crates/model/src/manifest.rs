@@ -8,12 +8,16 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::secret::SecretRef;
 
-/// The merged manifests of one repository.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+/// The merged manifests of one repository; as a schema, what one manifest
+/// file may hold (every section optional, nothing else allowed).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+#[schemars(title = "converge manifest file")]
 pub struct Manifest {
     /// Load-balancer nodes, by name (`lb1`, `lb2`).
     pub nodes: BTreeMap<String, Node>,
@@ -34,7 +38,7 @@ pub struct Manifest {
 }
 
 /// One load-balancer node.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Node {
     /// The node's own address, used for VRRP unicast peers.
@@ -45,11 +49,12 @@ pub struct Node {
     pub targets: Option<Vec<String>>,
     /// Free-form per-node values for templates (`node.vars.x`).
     #[serde(default)]
+    #[schemars(with = "BTreeMap<String, serde_json::Value>")]
     pub vars: BTreeMap<String, serde_norway::Value>,
 }
 
 /// A keepalived VRRP instance and the addresses it floats.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Vip {
     /// VRRP router id, 1..=255, unique per network segment.
@@ -72,6 +77,7 @@ pub struct Vip {
     pub nopreempt: bool,
     /// VRRP PASS authentication secret.
     #[serde(default, with = "serde_norway::with::singleton_map")]
+    #[schemars(with = "Option<SecretRef>")]
     pub auth_pass: Option<SecretRef>,
     /// Track the local haproxy process; a dead haproxy gives the VIP away.
     #[serde(default = "yes")]
@@ -82,7 +88,7 @@ pub struct Vip {
 }
 
 /// keepalived notify hooks (absolute paths of executables).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Notify {
     /// Run on becoming MASTER.
@@ -97,7 +103,7 @@ pub struct Notify {
 }
 
 /// HAProxy proxy mode.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Layer 7.
@@ -108,7 +114,7 @@ pub enum Mode {
 }
 
 /// An HAProxy frontend.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Frontend {
     /// `http` or `tcp`.
@@ -124,7 +130,7 @@ pub struct Frontend {
 }
 
 /// One HTTP routing rule: all given conditions must match.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
     /// Match the `Host` header exactly (port ignored).
@@ -138,7 +144,7 @@ pub struct Route {
 }
 
 /// Load-balancing algorithm.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Balance {
     /// Weighted round robin.
@@ -153,7 +159,7 @@ pub enum Balance {
 }
 
 /// An HAProxy backend whose servers come from a catalog service.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Backend {
     /// `http` or `tcp`.
@@ -212,7 +218,7 @@ pub struct Backend {
 /// can take with `set server ... addr/state`. Size it for the most instances
 /// the service will have: healthy instances beyond the slots are still
 /// served, as extra server lines that cost a reload when they change.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeApi {
     /// Server lines rendered for the backend, 1..=1024.
@@ -220,7 +226,7 @@ pub struct RuntimeApi {
 }
 
 /// HTTP health check of a backend's servers.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheck {
     /// Request path, e.g. `/up`.
@@ -231,7 +237,7 @@ pub struct HealthCheck {
 }
 
 /// Cookie stickiness.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Sticky {
     /// Cookie name HAProxy inserts.
@@ -239,7 +245,7 @@ pub struct Sticky {
 }
 
 /// PgBouncer pool mode.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum PoolMode {
     /// Server released after the client disconnects.
@@ -252,7 +258,7 @@ pub enum PoolMode {
 }
 
 /// Which members of the Postgres service a database routes to.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DbRole {
     /// The single instance tagged as primary.
@@ -263,7 +269,7 @@ pub enum DbRole {
 }
 
 /// A PgBouncer database entry.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Database {
     /// Catalog service of the Postgres cluster.
@@ -294,7 +300,7 @@ pub struct Database {
 }
 
 /// Program-wide HAProxy settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HaproxySettings {
     /// Global connection limit.
@@ -316,7 +322,7 @@ pub struct HaproxySettings {
 }
 
 /// A value for HAProxy's `httpclient.ssl.verify`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SslVerify {
     /// Do not verify (and do not load the CA store).
@@ -347,7 +353,7 @@ impl Default for HaproxySettings {
 }
 
 /// HAProxy timeouts, in HAProxy's own time syntax (`5s`, `30s`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Timeouts {
     /// `timeout connect`.
@@ -369,7 +375,7 @@ impl Default for Timeouts {
 }
 
 /// Program-wide PgBouncer settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PgbouncerSettings {
     /// Address PgBouncer listens on.
@@ -386,6 +392,7 @@ pub struct PgbouncerSettings {
     pub admin_users: Vec<String>,
     /// Users and their password secrets, rendered into the auth file.
     #[serde(default, with = "serde_norway::with::singleton_map_recursive")]
+    #[schemars(with = "BTreeMap<String, SecretRef>")]
     pub users: BTreeMap<String, SecretRef>,
     /// Tags that mark the primary (Patroni: `primary`, legacy `master`).
     #[serde(default = "default_primary_tags")]
@@ -418,7 +425,7 @@ impl Default for PgbouncerSettings {
 }
 
 /// How a staged candidate is checked before it may replace the live file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Validator {
     /// `haproxy -c -f FILE`.
@@ -436,7 +443,7 @@ pub enum Validator {
 }
 
 /// How the program picks up a committed file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase", deny_unknown_fields)]
 pub enum Reload {
     /// Send a signal to the pid in `pidfile` (relative to `--root`).
@@ -459,7 +466,7 @@ pub enum Reload {
 }
 
 /// How converge reaches PgBouncer's admin console (database `pgbouncer`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PgbouncerAdmin {
     /// A TCP host, or an absolute directory holding the unix socket
@@ -484,7 +491,7 @@ pub struct PgbouncerAdmin {
 }
 
 /// A file converge renders and owns.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Target {
     /// Template file name under `templates/`.
@@ -502,9 +509,11 @@ pub struct Target {
     pub mode: String,
     /// Check run on the staged candidate.
     #[serde(with = "serde_norway::with::singleton_map")]
+    #[schemars(with = "Validator")]
     pub validate: Validator,
     /// Action after commit.
     #[serde(default = "default_reload", with = "serde_norway::with::singleton_map")]
+    #[schemars(with = "Reload")]
     pub reload: Reload,
     /// Targets sharing a bundle name validate, commit, reload and roll back
     /// as one unit (a config and its userlist or map files).

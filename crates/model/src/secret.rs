@@ -17,7 +17,7 @@ use nix::fcntl::OFlag;
 use serde::{Deserialize, Serialize};
 
 /// Where a secret is read from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase", deny_unknown_fields)]
 pub enum SecretRef {
     /// A file; relative paths are relative to the manifests directory.
