@@ -631,26 +631,29 @@ fn endpoint(address: &str, port: u16) -> String {
     }
 }
 
+/// An instance of node `n` at 10.0.0.1, for the view's tests.
+#[cfg(test)]
+fn test_instance(id: &str, port: u16, health: Health) -> Instance {
+    Instance {
+        id: id.into(),
+        node: "n".into(),
+        address: "10.0.0.1".into(),
+        port,
+        tags: Default::default(),
+        meta: Default::default(),
+        health,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
     use std::path::{Path, PathBuf};
 
-    use converge_model::{Catalog, Health, Instance, Layout, Manifests};
+    use converge_model::{Catalog, Health, Layout, Manifests};
 
+    use super::test_instance as inst;
     use super::*;
-
-    fn inst(id: &str, port: u16, health: Health) -> Instance {
-        Instance {
-            id: id.into(),
-            node: "n".into(),
-            address: "10.0.0.1".into(),
-            port,
-            tags: Default::default(),
-            meta: Default::default(),
-            health,
-        }
-    }
 
     #[test]
     fn the_shipped_template_marks_the_backend_and_renders_its_slots() {

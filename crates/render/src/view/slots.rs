@@ -88,19 +88,8 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 mod tests {
     use std::collections::BTreeMap;
 
+    use super::super::test_instance as inst;
     use super::*;
-
-    fn inst(id: &str, port: u16, health: Health) -> Instance {
-        Instance {
-            id: id.into(),
-            node: "n".into(),
-            address: "10.0.0.1".into(),
-            port,
-            tags: Default::default(),
-            meta: Default::default(),
-            health,
-        }
-    }
 
     fn ids(n: usize) -> Vec<Instance> {
         (0..n)
