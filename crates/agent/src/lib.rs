@@ -2,7 +2,8 @@
 //!
 //! The data flow, one module each:
 //!
-//! - [`inputs`]: manifests and templates loaded and checked ([`Prepared`]);
+//! - [`inputs`]: manifests and templates loaded and checked ([`Prepared`]),
+//!   named by their [`revision`] (a Git commit or a content hash);
 //! - [`source`]: the catalog, from the file or Consul, behind one
 //!   interface;
 //! - [`pass`]: the one pure pass — inputs, catalog, guard baseline and
@@ -26,6 +27,7 @@ pub mod guard;
 pub mod inputs;
 pub mod once;
 pub mod pass;
+pub mod revision;
 pub mod source;
 pub mod status;
 pub mod validate;
@@ -33,3 +35,4 @@ pub mod validate;
 pub use error::AgentError;
 pub use inputs::Inputs;
 pub use pass::Prepared;
+pub use revision::Revision;
