@@ -14,7 +14,9 @@
 //! - [`daemon`]: `converge run`, a small loop around the same pass;
 //! - [`validate`]: `converge validate`, every node rendered and every file
 //!   checked by the real programs in a scratch directory;
-//! - [`status`]: `converge status`, where traffic goes on this node.
+//! - [`status`]: `converge status`, where traffic goes on this node;
+//! - [`publish`]: `converge publish`, a validated revision put in Consul
+//!   KV for the fleet, and the fleet's desired revision moved to it.
 //!
 //! `plan`, `apply --once`, `validate` and the daemon all call
 //! [`pass::run`], so `plan` on a node shows exactly what `run` would do
@@ -27,6 +29,7 @@ pub mod guard;
 pub mod inputs;
 pub mod once;
 pub mod pass;
+pub mod publish;
 pub mod revision;
 pub mod source;
 pub mod status;
