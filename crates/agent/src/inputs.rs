@@ -10,6 +10,7 @@ use converge_render::Templates;
 
 use crate::error::AgentError;
 use crate::pass::Prepared;
+use crate::revision::Revision;
 
 /// Where the inputs come from.
 #[derive(Debug, Clone)]
@@ -28,12 +29,25 @@ impl Inputs {
     /// Loads and checks manifests and templates. Every manifest problem is
     /// reported at once.
     pub fn prepare(&self) -> Result<Prepared, AgentError> {
+        // Named before reading, so an edit while loading can only make the
+        // name older than the files, never newer.
+        let revision = self.revision();
         let (manifests, templates) = self.load_config()?;
         Ok(Prepared {
             manifests,
             templates,
             layout: Layout::new(&self.root),
+            revision,
         })
+    }
+
+    /// The revision of these manifests and templates: their Git commit,
+    /// else a content hash of [`fingerprint`](Self::fingerprint). `None`
+    /// only when a directory cannot be read (then loading fails too, and
+    /// says why).
+    pub fn revision(&self) -> Option<Revision> {
+        Revision::git(&self.manifests, &self.templates)
+            .or_else(|| self.fingerprint().map(|d| Revision::content(&d)))
     }
 
     /// A digest of every file directly in the manifests and templates
@@ -42,20 +56,26 @@ impl Inputs {
     /// and hashing the files is cheap next to parsing them, which the
     /// daemon would otherwise repeat on every pass. `None` when a directory
     /// cannot be read (then the caller loads, and reports the error).
+    ///
+    /// Only file names count, not where the directories are, so the same
+    /// files give the same digest on every machine: the content-hash
+    /// [`Revision`] is built from it.
     pub fn fingerprint(&self) -> Option<[u8; 32]> {
         use sha2::Digest;
         let mut hash = sha2::Sha256::new();
-        for dir in [&self.manifests, &self.templates] {
+        for (tag, dir) in [(b'm', &self.manifests), (b't', &self.templates)] {
             let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
                 .ok()?
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|p| p.is_file())
                 .collect();
             files.sort();
-            hash.update(dir.as_os_str().as_encoded_bytes());
+            hash.update([tag]);
             for path in files {
                 let bytes = std::fs::read(&path).ok()?;
-                hash.update(path.as_os_str().as_encoded_bytes());
+                let name = path.file_name().unwrap_or_default().as_encoded_bytes();
+                hash.update((name.len() as u64).to_le_bytes());
+                hash.update(name);
                 hash.update((bytes.len() as u64).to_le_bytes());
                 hash.update(&bytes);
             }
@@ -123,6 +143,21 @@ mod tests {
         std::fs::remove_file(i.manifests.join("more.yaml")).expect("rm");
         std::fs::write(i.templates.join("more.yaml"), "").expect("write");
         assert_ne!(i.fingerprint().expect("fingerprint"), added);
+
+        // The same files elsewhere: the same digest.
+        let moved = tempfile::tempdir().expect("tempdir");
+        let there = inputs(moved.path());
+        for (from, to) in [
+            (&i.manifests, &there.manifests),
+            (&i.templates, &there.templates),
+        ] {
+            std::fs::create_dir_all(to).expect("mkdir");
+            for e in std::fs::read_dir(from).expect("read_dir") {
+                let p = e.expect("entry").path();
+                std::fs::copy(&p, to.join(p.file_name().expect("name"))).expect("copy");
+            }
+        }
+        assert_eq!(there.fingerprint(), i.fingerprint(), "another directory");
 
         std::fs::remove_dir_all(&i.templates).expect("rm");
         assert_eq!(i.fingerprint(), None, "an unreadable directory");

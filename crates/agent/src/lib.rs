@@ -2,7 +2,8 @@
 //!
 //! The data flow, one module each:
 //!
-//! - [`inputs`]: manifests and templates loaded and checked ([`Prepared`]);
+//! - [`inputs`]: manifests and templates loaded and checked ([`Prepared`]),
+//!   named by their [`revision`] (a Git commit or a content hash);
 //! - [`source`]: the catalog, from the file or Consul, behind one
 //!   interface;
 //! - [`pass`]: the one pure pass — inputs, catalog, guard baseline and
@@ -13,7 +14,9 @@
 //! - [`daemon`]: `converge run`, a small loop around the same pass;
 //! - [`validate`]: `converge validate`, every node rendered and every file
 //!   checked by the real programs in a scratch directory;
-//! - [`status`]: `converge status`, where traffic goes on this node.
+//! - [`status`]: `converge status`, where traffic goes on this node;
+//! - [`publish`]: `converge publish`, a validated revision put in Consul
+//!   KV for the fleet, and the fleet's desired revision moved to it.
 //!
 //! `plan`, `apply --once`, `validate` and the daemon all call
 //! [`pass::run`], so `plan` on a node shows exactly what `run` would do
@@ -26,6 +29,8 @@ pub mod guard;
 pub mod inputs;
 pub mod once;
 pub mod pass;
+pub mod publish;
+pub mod revision;
 pub mod source;
 pub mod status;
 pub mod validate;
@@ -33,3 +38,4 @@ pub mod validate;
 pub use error::AgentError;
 pub use inputs::Inputs;
 pub use pass::Prepared;
+pub use revision::Revision;

@@ -19,6 +19,7 @@ use converge_render::Templates;
 
 use crate::error::AgentError;
 use crate::guard::{guard, Hold};
+use crate::revision::Revision;
 
 /// Validated manifests and parsed templates: the desired state of every
 /// node, waiting for a catalog. What a pass reads besides the catalog.
@@ -30,6 +31,9 @@ pub struct Prepared {
     pub templates: Templates,
     /// Path layout under `--root`.
     pub layout: Layout,
+    /// What these manifests and templates are called (see [`Revision`]);
+    /// `None` when it could not be told.
+    pub revision: Option<Revision>,
 }
 
 impl Prepared {

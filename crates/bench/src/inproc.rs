@@ -52,6 +52,7 @@ pub fn measure(stack: &Stack, backends: usize, rounds: usize) -> anyhow::Result<
         manifests,
         templates,
         layout: layout.clone(),
+        revision: None,
     };
     let mut samples = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
     for round in 0..=rounds {

@@ -312,6 +312,17 @@ impl Client {
             .await
     }
 
+    /// `DELETE /v1/kv/:key`, with `?cas=` when given (then only if the
+    /// key's modify index still is that). Returns whether Consul deleted
+    /// it; deleting an absent key succeeds.
+    pub async fn kv_delete(&self, key: &str, cas: Option<u64>) -> Result<bool, Error> {
+        let endpoint = format!("/v1/kv/{key}");
+        let params: Vec<(&str, String)> = cas.map(|c| ("cas", c.to_string())).into_iter().collect();
+        self.transport
+            .delete(&kv_segments(key), &endpoint, &params)
+            .await
+    }
+
     /// `/v1/agent/self`: who the agent is.
     pub async fn agent_self(&self) -> Result<AgentSelf, Error> {
         let resp: Response<wire::AgentSelf> = self

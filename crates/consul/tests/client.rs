@@ -322,6 +322,21 @@ async fn kv_get_recurse_and_compare_and_set() {
     assert_eq!(keys, vec!["fleet/lb1", "fleet/lb2"]);
     assert_eq!(list[0].value, b"v2");
     assert_eq!(list[1].value, vec![0, 159, 255], "binary values survive");
+
+    // Delete: with a stale cas nothing goes; without, the key goes, and
+    // deleting it again is no error.
+    assert!(!c
+        .kv_delete("fleet/lb1", Some(list[0].modify_index + 1000))
+        .await
+        .expect("cas delete"));
+    assert!(c
+        .kv_delete("fleet/lb1", Some(list[0].modify_index))
+        .await
+        .expect("delete"));
+    assert!(c.kv_delete("fleet/lb2", None).await.expect("delete"));
+    assert!(c.kv_delete("fleet/lb2", None).await.expect("absent"));
+    let left = c.kv_list("fleet/", &q()).await.expect("list").value;
+    assert_eq!(left, [], "every key deleted");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

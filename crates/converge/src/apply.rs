@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use converge_agent::guard::Hold;
+use converge_agent::Revision;
 use converge_apply::{ApplyOptions, ApplyReport};
 use converge_model::Rejection;
 use serde::Serialize;
@@ -14,6 +15,7 @@ use crate::output::{out, outln};
 /// The JSON document `--format json` prints.
 #[derive(Serialize)]
 struct ApplyDocument<'a> {
+    revision: Option<&'a Revision>,
     #[serde(flatten)]
     report: &'a ApplyReport,
     holds: &'a [Hold],
@@ -34,6 +36,7 @@ pub fn run(cli: &Cli, args: &ApplyArgs) -> anyhow::Result<u8> {
     match args.format {
         Format::Json => {
             let doc = ApplyDocument {
+                revision: prepared.revision.as_ref(),
                 report: &report,
                 holds: &pass.holds,
                 left_out: pass.left_out(),
@@ -42,6 +45,7 @@ pub fn run(cli: &Cli, args: &ApplyArgs) -> anyhow::Result<u8> {
             outln!("{}", serde_json::to_string_pretty(&doc)?);
         }
         Format::Text => {
+            crate::plan::print_revision(prepared.revision.as_ref());
             out!("{report}");
             crate::plan::print_findings(&pass);
         }

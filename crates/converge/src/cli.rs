@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use converge_agent::source::{self, CatalogFrom};
-use converge_agent::{Inputs, Prepared};
+use converge_agent::{Inputs, Prepared, Revision};
 use converge_model::Catalog;
 
 /// Keep HAProxy, PgBouncer and keepalived on this node equal to the
@@ -199,6 +199,20 @@ pub enum Command {
     /// Exit status: 0 all good, 1 problems (all of them are listed), 3
     /// every file passed but catalog instances were left out (listed).
     Validate(ValidateArgs),
+    /// Validate the manifests and templates as `validate` does, then put
+    /// them in Consul KV for the fleet and move its desired revision to
+    /// them (for the manifest repo's CD).
+    ///
+    /// The bundle (manifests and templates, never a secret file: each node
+    /// reads its own) goes to `<prefix>/bundles/<revision>`, its checksum
+    /// beside it; `<prefix>/desired` then moves by check-and-set, so a
+    /// publication made in between is never overwritten unless --force.
+    /// A bounded history is kept; `--rollback` moves back to the previous
+    /// revision.
+    ///
+    /// Exit status: 0 published (or already published), 1 refused or
+    /// failed: nothing the fleet follows was changed.
+    Publish(PublishArgs),
     /// Print a shell completion script to stdout.
     ///
     /// bash: `converge completions bash > /etc/bash_completion.d/converge`;
@@ -243,6 +257,7 @@ impl Command {
             Command::Apply(a) => Some(a.format),
             Command::Status(a) => Some(a.format),
             Command::Validate(a) => Some(a.format),
+            Command::Publish(a) => Some(a.format),
         }
     }
 }
@@ -359,6 +374,49 @@ pub struct ValidateArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
+}
+
+/// `publish` flags.
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// KV prefix of the fleet's keys (`<prefix>/desired`,
+    /// `<prefix>/bundles/…`).
+    #[arg(long, env = "CONVERGE_PREFIX", default_value = "converge")]
+    pub prefix: String,
+
+    /// Move the desired revision back to the previous one in the history
+    /// (no validation: that revision was validated when published).
+    #[arg(long)]
+    pub rollback: bool,
+
+    /// Refuse unless `<prefix>/desired` names this revision now (what the
+    /// pipeline last published); a check-and-set protects the move itself
+    /// either way.
+    #[arg(long, value_name = "REVISION", value_parser = parse_revision)]
+    pub expect_revision: Option<Revision>,
+
+    /// Replace the desired revision even if someone published in between.
+    #[arg(long)]
+    pub force: bool,
+
+    /// Earlier publications kept, with their bundles; older bundles are
+    /// deleted.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=100))]
+    pub history: u16,
+
+    /// Who publishes, as `desired` records it (by default `$USER` at the
+    /// node name or host name).
+    #[arg(long, env = "CONVERGE_PUBLISHER")]
+    pub publisher: Option<String>,
+
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
+/// A revision name from the command line.
+fn parse_revision(s: &str) -> Result<Revision, String> {
+    Revision::parse(s).ok_or_else(|| format!("`{s}` is not a revision name"))
 }
 
 impl Cli {

@@ -6,6 +6,7 @@ mod cli;
 mod docs;
 mod output;
 mod plan;
+mod publish;
 mod run;
 mod status;
 mod validate;
@@ -56,6 +57,7 @@ fn main() -> ExitCode {
         Command::Apply(args) => apply::run(&cli, args),
         Command::Status(args) => status::run(&cli, args),
         Command::Validate(args) => validate::run(&cli, args),
+        Command::Publish(args) => publish::run(&cli, args),
         Command::Completions(args) => docs::completions(args),
         Command::Man(args) => docs::man(args),
         Command::Schema => docs::schema(),

@@ -85,6 +85,9 @@ fn kind(e: &anyhow::Error) -> &'static str {
         if let Some(a) = cause.downcast_ref::<AgentError>() {
             return a.kind();
         }
+        if let Some(p) = cause.downcast_ref::<converge_agent::publish::PublishError>() {
+            return p.kind();
+        }
         if cause.is::<converge_consul::Error>() {
             return "catalog";
         }

@@ -2,6 +2,7 @@
 
 use converge_agent::guard::Hold;
 use converge_agent::pass::Pass;
+use converge_agent::Revision;
 use converge_model::Rejection;
 use serde::Serialize;
 
@@ -13,6 +14,7 @@ use crate::output::{out, outln};
 #[derive(Serialize)]
 struct PlanDocument<'a> {
     node: &'a str,
+    revision: Option<&'a Revision>,
     changes: bool,
     plan: &'a converge_apply::Plan,
     holds: &'a [Hold],
@@ -29,6 +31,7 @@ pub fn run(cli: &Cli, args: &PlanArgs) -> anyhow::Result<u8> {
         Format::Json => {
             let doc = PlanDocument {
                 node: &node,
+                revision: prepared.revision.as_ref(),
                 changes: plan.has_changes(),
                 plan: &plan,
                 holds: &pass.holds,
@@ -38,6 +41,7 @@ pub fn run(cli: &Cli, args: &PlanArgs) -> anyhow::Result<u8> {
             outln!("{}", serde_json::to_string_pretty(&doc)?);
         }
         Format::Text => {
+            print_revision(prepared.revision.as_ref());
             out!("{plan}");
             print_findings(&pass);
         }
@@ -47,6 +51,14 @@ pub fn run(cli: &Cli, args: &PlanArgs) -> anyhow::Result<u8> {
     } else {
         exit::OK
     })
+}
+
+/// `revision abc1234`: which manifests and templates the output is of.
+pub fn print_revision(revision: Option<&Revision>) {
+    match revision {
+        Some(r) => outln!("revision {r}"),
+        None => outln!("revision unknown"),
+    }
 }
 
 /// Holds, left-out instances and render warnings, after the summary.

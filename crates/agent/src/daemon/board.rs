@@ -18,6 +18,7 @@ use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 
 use crate::guard::Hold;
+use crate::revision::Revision;
 
 /// Per-target state.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -44,6 +45,11 @@ pub struct BackendStatus {
 pub struct Status {
     /// Node name.
     pub node: String,
+    /// Revision of the desired state in force: the Git commit of the
+    /// manifests (`abc1234`, `abc1234-dirty`) or a content hash
+    /// (`sha256:…`); absent until inputs first load.
+    #[serde(default)]
+    pub revision: Option<Revision>,
     /// Last reconcile applied everything with no error and no hold.
     pub converged: bool,
     /// `file` or `consul`, and whether it is healthy.
@@ -96,6 +102,12 @@ pub const STAGES: [&str; 6] = ["load", "catalog", "render", "validate", "reload"
 pub struct TargetLabel {
     /// Target name, as the manifests name it.
     pub target: String,
+}
+
+/// Labels of `converge_revision_info`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RevisionInfo {
+    revision: String,
 }
 
 /// Labels of `converge_build_info`.
@@ -155,6 +167,8 @@ pub struct Metrics {
     pub target_failures: Family<TargetLabel, Counter>,
     /// Unix time each target was last applied or found unchanged.
     pub target_last_success: Family<TargetLabel, Gauge>,
+    /// 1 for the revision in force (one series at a time).
+    revision_info: Family<RevisionInfo, Gauge>,
 }
 
 impl Default for Metrics {
@@ -179,6 +193,7 @@ impl Default for Metrics {
             reload_seconds: histogram(),
             target_failures: Family::default(),
             target_last_success: Family::default(),
+            revision_info: Family::default(),
         }
     }
 }
@@ -286,6 +301,11 @@ impl Board {
             })
             .set(1);
         registry.register("build_info", "converge's version", build);
+        registry.register(
+            "revision_info",
+            "The revision of the manifests and templates in force",
+            m.revision_info.clone(),
+        );
         for stage in STAGES {
             let _ = m.failures.get_or_create(&Stage {
                 stage: stage.to_string(),
@@ -320,6 +340,29 @@ impl Board {
         let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
         f(&mut status);
         self.metrics.converged.set(i64::from(status.converged));
+    }
+
+    /// The revision in force: `/status` `revision`, and
+    /// `converge_revision_info{revision="…"} 1` as its only series.
+    pub fn revision(&self, revision: Option<&Revision>) {
+        let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+        if status.revision.as_ref() == revision {
+            return;
+        }
+        if let Some(old) = status.revision.take() {
+            self.metrics.revision_info.remove(&RevisionInfo {
+                revision: old.to_string(),
+            });
+        }
+        if let Some(new) = revision {
+            self.metrics
+                .revision_info
+                .get_or_create(&RevisionInfo {
+                    revision: new.to_string(),
+                })
+                .set(1);
+        }
+        status.revision = revision.cloned();
     }
 
     /// Records how the source answered this pass: `true` when the

@@ -72,11 +72,17 @@ impl Reconciler {
     /// and reports the error (with its file:line) in the status. Files
     /// byte-identical to the last clean load are not parsed again.
     pub fn load_inputs(&mut self) {
+        // Named on every load: a commit of the files on disk changes the
+        // name without changing a byte.
+        let revision = self.config.inputs.revision();
         let fingerprint = self.config.inputs.fingerprint();
-        if self.inputs.is_some() && fingerprint.is_some() && fingerprint == self.inputs_fingerprint
-        {
-            self.report.inputs(None);
-            return;
+        if let Some(prepared) = self.inputs.as_mut() {
+            if fingerprint.is_some() && fingerprint == self.inputs_fingerprint {
+                prepared.revision = revision;
+                self.report.revision(prepared.revision.as_ref());
+                self.report.inputs(None);
+                return;
+            }
         }
         match self.config.inputs.load_config() {
             Ok((manifests, templates)) => {
@@ -84,10 +90,12 @@ impl Reconciler {
                     self.report.targets(desired.targets.into_keys());
                 }
                 self.inputs_fingerprint = fingerprint;
+                self.report.revision(revision.as_ref());
                 self.inputs = Some(Prepared {
                     manifests,
                     templates,
                     layout: Layout::new(&self.config.inputs.root),
+                    revision,
                 });
                 self.report.inputs(None);
             }

@@ -16,6 +16,7 @@ use converge_model::{Catalog, Manifest, RenderedSet};
 
 use super::board::{hex_sha256, unix_now, BackendStatus, Board, TargetLabel};
 use crate::guard::Hold;
+use crate::revision::Revision;
 
 /// The board, and what was reported last, to tell starts from repeats.
 pub struct Reporter {
@@ -44,6 +45,12 @@ impl Reporter {
     /// The targets this node renders, so their series exist from the start.
     pub fn targets(&self, targets: impl IntoIterator<Item = String>) {
         self.board.targets(targets);
+    }
+
+    /// The revision of the desired state in force (the last inputs that
+    /// loaded cleanly).
+    pub fn revision(&self, revision: Option<&Revision>) {
+        self.board.revision(revision);
     }
 
     /// A pass starts.

@@ -217,6 +217,30 @@ impl Transport {
         params: &[(&str, String)],
         body: Vec<u8>,
     ) -> Result<T, Error> {
+        self.write(Method::PUT, segments, endpoint, params, Some(body))
+            .await
+    }
+
+    /// A `DELETE` whose answer must be 200, with `params` (in order) and
+    /// the configured `?dc=` in the query.
+    pub(super) async fn delete<T: DeserializeOwned>(
+        &self,
+        segments: &[&str],
+        endpoint: &str,
+        params: &[(&str, String)],
+    ) -> Result<T, Error> {
+        self.write(Method::DELETE, segments, endpoint, params, None)
+            .await
+    }
+
+    async fn write<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        segments: &[&str],
+        endpoint: &str,
+        params: &[(&str, String)],
+        body: Option<Vec<u8>>,
+    ) -> Result<T, Error> {
         let mut url = self.url(segments);
         {
             let mut q = url.query_pairs_mut();
@@ -231,7 +255,7 @@ impl Transport {
             }
         }
         let (status, _, body) = self
-            .send(Method::PUT, url, endpoint, self.request_timeout, Some(body))
+            .send(method, url, endpoint, self.request_timeout, body)
             .await?;
         if status != StatusCode::OK {
             return Err(Error::from_status(endpoint, status, &body_text(&body)));
