@@ -19,6 +19,9 @@
 //! - [`standin::EmptyAnswerProxy`]: the one stand-in, named for what it
 //!   is: a real Consul behind a proxy that answers one service with
 //!   `200 []`, a fault a real agent cannot produce on demand.
+//! - [`patroni::PatroniCluster`]: two PostgreSQL members under real
+//!   Patroni with a real Consul as DCS, registering themselves; leader,
+//!   switchover, kill -9 of the leader.
 //! - [`haproxy::Haproxy`]: start, query (`show servers state`,
 //!   `show stat`, any runtime command), reload with `SIGUSR2`, stop;
 //!   [`haproxy::minimal_config`] writes a config it can start on.
@@ -33,6 +36,7 @@ pub mod haproxy;
 pub mod http;
 pub mod keepalived;
 pub mod netns;
+pub mod patroni;
 pub mod pgbouncer;
 pub mod ports;
 pub mod postgres;
