@@ -336,6 +336,20 @@ impl PatroniCluster {
         .map_err(|e| self.failure(&e))
     }
 
+    /// Waits up to `deadline` until member `name` streams as the
+    /// synchronous standby (after a switchover, the old leader must get
+    /// there before a failover has a candidate).
+    ///
+    /// # Errors
+    ///
+    /// Not by the deadline (the message carries the members' logs).
+    pub fn wait_sync_standby(&self, name: &str, deadline: Duration) -> Result<(), String> {
+        wait::until(deadline, &format!("{name} to be the sync standby"), || {
+            self.is_sync_standby(name)
+        })
+        .map_err(|e| self.failure(&e))
+    }
+
     /// `GET /cluster` of the first member that answers: Patroni's view
     /// of every member.
     fn cluster_view(&self) -> Option<Value> {
@@ -461,7 +475,7 @@ impl PatroniCluster {
             .map(|m| {
                 let text = fs::read_to_string(m.log_path()).unwrap_or_default();
                 let lines: Vec<&str> = text.lines().collect();
-                let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+                let tail = lines[lines.len().saturating_sub(80)..].join("\n");
                 format!("--- {} (patroni log tail)\n{tail}\n", m.name)
             })
             .collect()
@@ -550,6 +564,8 @@ mod tests {
         c.switchover(&second).expect("switchover");
         c.wait_consul_primary(&consul, &second, START_DEADLINE)
             .expect("second primary");
+        c.wait_sync_standby(&first, START_DEADLINE)
+            .expect("the old leader follows");
 
         let killed = c.kill_leader().expect("kill");
         assert_eq!(killed, second);
