@@ -507,6 +507,47 @@ fn assert_nothing_needs_restart(ws: &Workspace) {
 }
 
 #[test]
+fn two_instances_claiming_primary_keep_app_on_its_last_primary_in_plan_and_apply() {
+    // What Consul shows for a moment in a Patroni switchover: the new
+    // primary registered before the old one's tag or check caught up.
+    let one = "services:\n  postgres:\n\
+               \x20   - {id: pg/a, node: db1, address: 127.0.0.1, port: 5432, tags: [primary, master], health: passing}\n\
+               \x20   - {id: pg/b, node: db2, address: 127.0.0.1, port: 5433, tags: [replica], health: passing}\n";
+    let both = one.replace("tags: [replica]", "tags: [primary, master]");
+    let ws = Workspace::custom(&site(6432, SIGHUP), one);
+    ws.write("manifests/secrets/app", "");
+    ws.write("manifests/secrets/converge", "");
+    common::assert_exit(&ws.converge(&["apply", "--once", "--node", "lb1"]), 0);
+    let config = "etc/pgbouncer/pgbouncer.ini";
+    let before = ws.read(&format!("root/{config}"));
+    assert!(
+        before.contains("app = host=127.0.0.1 port=5432 "),
+        "{before}"
+    );
+
+    ws.write("catalog.yaml", &both);
+    let out = ws.converge(&["plan", "--node", "lb1"]);
+    common::assert_exit(&out, 2);
+    let text = common::stdout(&out);
+    assert!(
+        text.contains("held: app")
+            && text.contains("2 instances claim to be primary")
+            && !text.contains("-app = "),
+        "{text}"
+    );
+    // Exit 3: applied, with a hold.
+    common::assert_exit(&ws.converge(&["apply", "--once", "--node", "lb1"]), 3);
+    assert_eq!(ws.read(&format!("root/{config}")), before, "app stays on a");
+
+    // Resolved: b alone is primary, and app moves.
+    let resolved = both.replacen("tags: [primary, master]", "tags: [replica]", 1);
+    ws.write("catalog.yaml", &resolved);
+    common::assert_exit(&ws.converge(&["apply", "--once", "--node", "lb1"]), 0);
+    let after = ws.read(&format!("root/{config}"));
+    assert!(after.contains("app = host=127.0.0.1 port=5433 "), "{after}");
+}
+
+#[test]
 fn plan_says_needs_restart_for_settings_a_reload_leaves_alone() {
     let catalog =
         "services:\n  postgres:\n    - {id: pg1, node: db1, address: 127.0.0.1, port: 5432, \
