@@ -114,7 +114,8 @@ pub fn patroni_binary() -> Result<PathBuf, String> {
     }
     Err(format!(
         "no patroni: CONVERGE_PATRONI_BIN is unset and {} does not exist; install it with \
-         scripts/install-patroni.sh (these tests need the real Patroni)",
+         scripts/install-patroni.sh and set CONVERGE_PATRONI_BIN to the path it prints \
+         (these tests need the real Patroni)",
         built.display()
     ))
 }
