@@ -24,9 +24,12 @@ for cmd in "${!wanted[@]}"; do
 done
 # The PostgreSQL server (initdb, postgres) lives outside PATH on Debian.
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+# Patroni goes into a venv (scripts/install-patroni.sh); Debian's python3
+# makes one only with python3-venv (which brings ensurepip).
+/usr/bin/python3 -c 'import ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 
 if [ ${#missing[@]} -eq 0 ]; then
-  echo "install-deps: haproxy, pgbouncer, keepalived, iproute2, postgresql, promtool present"
+  echo "install-deps: haproxy, pgbouncer, keepalived, iproute2, postgresql, promtool, python3, python3-venv present"
   exit 0
 fi
 

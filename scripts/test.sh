@@ -2,7 +2,8 @@
 # The whole test suite, from a fresh Debian 12 machine with the Rust and Go
 # toolchains: installs the real programs, builds Consul and consul-template
 # from the pinned Go module (cached under target/peers/; a consul of the
-# pinned major.minor already on PATH is used instead of building one), then
+# pinned major.minor already on PATH is used instead of building one) and
+# Patroni from PyPI (pinned, cached in a venv under target/patroni/), then
 # runs every test of the workspace, including the end-to-end tests against
 # real haproxy, pgbouncer, keepalived and consul.
 set -euo pipefail
@@ -16,6 +17,9 @@ if [ -f scripts/build-peers.sh ]; then
   export CONVERGE_CONSUL_BIN="${CONVERGE_CONSUL_BIN:-$PWD/target/peers/bin/consul}"
   echo "test: consul $(readlink -f "$CONVERGE_CONSUL_BIN"): $("$CONVERGE_CONSUL_BIN" version | head -n1)"
 fi
+# Patroni, pinned, in a venv under target/patroni (cached).
+CONVERGE_PATRONI_BIN="$(bash scripts/install-patroni.sh)"
+export CONVERGE_PATRONI_BIN
 
 echo "test: cargo fmt --check"
 cargo fmt --all -- --check

@@ -23,6 +23,14 @@
 //! that was not already failing. The same holds for the replicas of a
 //! `role: replica` entry.
 //!
+//! A database whose one primary would become several instances claiming
+//! it is held too, whatever `allow_empty` says: during a Patroni
+//! switchover the catalog briefly shows two passing `primary` instances,
+//! and the render cannot pick one, so it would route to none — dropping
+//! the database from PgBouncer and failing every client with `no such
+//! database`. Held, it keeps its last primary until one instance clearly
+//! is (design invariant 5).
+//!
 //! Working on the snapshot rather than on rendered text keeps the guard a
 //! pure function, and lets every template see one consistent world.
 
@@ -31,7 +39,7 @@ pub mod baseline;
 use std::collections::BTreeSet;
 
 use converge_model::manifest::{Backend, Database, DbRole, PgbouncerSettings};
-use converge_model::{Catalog, Manifest};
+use converge_model::{identity, Catalog, Manifest};
 use serde::{Deserialize, Serialize};
 
 /// A change held back for one backend.
@@ -133,7 +141,8 @@ fn backend_hold(name: &str, b: &Backend, last: &Catalog, new: &Catalog) -> Optio
 }
 
 /// The hold of database `name` going from `last` to `new`: one that had a
-/// host for its role and would have none, unless it allows that.
+/// host for its role and would have none (unless it allows that), or one
+/// that had one primary and would have several claiming it.
 fn database_hold(
     name: &str,
     d: &Database,
@@ -141,24 +150,32 @@ fn database_hold(
     last: &Catalog,
     new: &Catalog,
 ) -> Option<Hold> {
-    if d.allow_empty {
-        return None;
-    }
-    let hosts = |c: &Catalog| {
+    let hosts = |c: &Catalog| -> Vec<String> {
         c.service(&d.service)
             .map(|e| {
                 e.instances
                     .iter()
                     .filter(|i| settings.fills_role(d.role, i))
-                    .count()
+                    .map(identity::name)
+                    .collect()
             })
-            .unwrap_or(0)
+            .unwrap_or_default()
     };
-    let (before, after) = (hosts(last), hosts(new));
-    if before == 0 || after > 0 {
-        return None;
-    }
+    let (kept, claims) = (hosts(last), hosts(new));
+    let (before, after) = (kept.len(), claims.len());
     let reason = match d.role {
+        // Two claims are a switchover in flight (Patroni shows the new
+        // primary before the old one's tag or check catches up): routing
+        // to either could be wrong and routing to none fails every client,
+        // so the one primary of the last snapshot stays until one
+        // instance clearly is.
+        DbRole::Primary if after > 1 && before == 1 => format!(
+            "database {name}: {after} instances claim to be primary ({}); keeping the last one \
+             ({}) until one instance clearly is",
+            claims.join(", "),
+            kept.join(", ")
+        ),
+        _ if d.allow_empty || before == 0 || after > 0 => return None,
         DbRole::Primary => format!(
             "database {name} would have no primary; keeping the last one until a new one is tagged"
         ),
@@ -324,6 +341,50 @@ mod tests {
             &BTreeSet::from(["app".to_string()]),
         );
         assert!(released.holds.is_empty());
+    }
+
+    #[test]
+    fn two_instances_claiming_primary_keep_the_last_primary_until_one_clearly_is() {
+        let m = |extra: &str| {
+            let text =
+                format!("nodes: {{lb1: {{}}}}\ndatabases:\n  app:\n    service: postgres\n{extra}");
+            Manifests::from_sources(Path::new("m"), &[(PathBuf::from("m.yaml"), text)])
+                .expect("manifest")
+                .manifest
+        };
+        let last = postgres(Some(0));
+        // The switchover in flight: pg1 promoted, pg0 still tagged primary.
+        let both = {
+            let mut e = last.service("postgres").expect("pg").clone();
+            e.instances[1].tags = ["primary".to_string()].into();
+            last.clone().with_service("postgres", Some(e))
+        };
+        for extra in ["", "    allow_empty: true\n"] {
+            let g = guard(&m(extra), Some(&last), both.clone(), &BTreeSet::new());
+            assert_eq!(g.holds.len(), 1, "{extra}");
+            assert_eq!((g.holds[0].before, g.holds[0].after), (1, 2));
+            assert!(
+                g.holds[0]
+                    .reason
+                    .contains("2 instances claim to be primary"),
+                "{}",
+                g.holds[0].reason
+            );
+            assert_eq!(g.catalog.service("postgres"), last.service("postgres"));
+        }
+        // Resolved: the new primary alone goes through.
+        let resolved = guard(&m(""), Some(&last), postgres(Some(1)), &BTreeSet::new());
+        assert!(resolved.holds.is_empty());
+        // Nothing clear to keep: no baseline, or an ambiguous one.
+        assert!(guard(&m(""), None, both.clone(), &BTreeSet::new())
+            .holds
+            .is_empty());
+        assert!(guard(&m(""), Some(&both), both.clone(), &BTreeSet::new())
+            .holds
+            .is_empty());
+        // Released by an operator: the catalog as it is.
+        let released = BTreeSet::from(["app".to_string()]);
+        assert!(guard(&m(""), Some(&last), both, &released).holds.is_empty());
     }
 
     #[test]

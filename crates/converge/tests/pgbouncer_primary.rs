@@ -8,57 +8,17 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
+use common::pgbouncer::{site, workspace, SIGHUP};
 use common::{RunningDaemon, Workspace};
 use converge_testkit::consul::ConsulAgent;
 use converge_testkit::pgbouncer::Pgbouncer;
-use converge_testkit::postgres::{give_to_postgres, Postgres, Session};
+use converge_testkit::postgres::{Postgres, Session};
 use converge_testkit::{free_port, wait};
 
 /// Generous: two cores shared with other suites.
 const DEADLINE: Duration = Duration::from_secs(60);
-
-/// The manifest: one node, `app` following the primary of service
-/// `postgres`, PgBouncer on 127.0.0.1:`port` with trust auth (users must
-/// still be listed in the auth file), its files owned by `postgres` so
-/// PgBouncer can re-read them after dropping root. `reload` is the YAML of
-/// both targets' reload action.
-fn site(port: u16, reload: &str) -> String {
-    format!(
-        "nodes:\n  lb1: {{}}\n\
-         pgbouncer:\n  listen_addr: 127.0.0.1\n  listen_port: {port}\n  auth_type: trust\n\
-         \x20 admin_users: [converge]\n  default_pool_size: 5\n\
-         \x20 users:\n    app: {{file: secrets/app}}\n    converge: {{file: secrets/converge}}\n\
-         databases:\n  app:\n    service: postgres\n    role: primary\n    pool_mode: transaction\n\
-         targets:\n\
-         \x20 pgbouncer:\n    template: pgbouncer.ini.tera\n    destination: /etc/pgbouncer/pgbouncer.ini\n\
-         \x20   owner: postgres\n    mode: \"0640\"\n    validate: pgbouncer\n    bundle: pgbouncer\n{reload}\
-         \x20 pgbouncer_userlist:\n    template: userlist.txt.tera\n    destination: /etc/pgbouncer/userlist.txt\n\
-         \x20   owner: postgres\n    mode: \"0600\"\n    validate: none\n    bundle: pgbouncer\n    secret: true\n{reload}"
-    )
-}
-
-/// Both targets SIGHUP the pid in PgBouncer's pidfile.
-const SIGHUP: &str =
-    "    reload:\n      signal: {pidfile: /run/postgresql/pgbouncer.pid, signal: SIGHUP}\n";
-
-/// A workspace for `site` and `catalog` where PgBouncer, running as
-/// `postgres`, reaches the files under the root and can write its pidfile
-/// and socket there.
-fn workspace(site: &str, catalog: &str) -> Workspace {
-    let ws = Workspace::custom(site, catalog);
-    ws.write("manifests/secrets/app", "");
-    ws.write("manifests/secrets/converge", "");
-    for dir in [ws.dir.path(), &ws.root()] {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    }
-    let run = ws.root().join("run/postgresql");
-    std::fs::create_dir_all(&run).expect("run dir");
-    give_to_postgres(&run).expect("chown run dir");
-    ws
-}
 
 /// How many clients of `db` wait in PgBouncer for a server connection
 /// (`cl_waiting` of `SHOW POOLS`); 0 while the console cannot be asked.
@@ -544,6 +504,47 @@ fn assert_nothing_needs_restart(ws: &Workspace) {
         "{doc}"
     );
     assert!(!text.contains("needs restart"), "{text}");
+}
+
+#[test]
+fn two_instances_claiming_primary_keep_app_on_its_last_primary_in_plan_and_apply() {
+    // What Consul shows for a moment in a Patroni switchover: the new
+    // primary registered before the old one's tag or check caught up.
+    let one = "services:\n  postgres:\n\
+               \x20   - {id: pg/a, node: db1, address: 127.0.0.1, port: 5432, tags: [primary, master], health: passing}\n\
+               \x20   - {id: pg/b, node: db2, address: 127.0.0.1, port: 5433, tags: [replica], health: passing}\n";
+    let both = one.replace("tags: [replica]", "tags: [primary, master]");
+    let ws = Workspace::custom(&site(6432, SIGHUP), one);
+    ws.write("manifests/secrets/app", "");
+    ws.write("manifests/secrets/converge", "");
+    common::assert_exit(&ws.converge(&["apply", "--once", "--node", "lb1"]), 0);
+    let config = "etc/pgbouncer/pgbouncer.ini";
+    let before = ws.read(&format!("root/{config}"));
+    assert!(
+        before.contains("app = host=127.0.0.1 port=5432 "),
+        "{before}"
+    );
+
+    ws.write("catalog.yaml", &both);
+    let out = ws.converge(&["plan", "--node", "lb1"]);
+    common::assert_exit(&out, 2);
+    let text = common::stdout(&out);
+    assert!(
+        text.contains("held: app")
+            && text.contains("2 instances claim to be primary")
+            && !text.contains("-app = "),
+        "{text}"
+    );
+    // Exit 3: applied, with a hold.
+    common::assert_exit(&ws.converge(&["apply", "--once", "--node", "lb1"]), 3);
+    assert_eq!(ws.read(&format!("root/{config}")), before, "app stays on a");
+
+    // Resolved: b alone is primary, and app moves.
+    let resolved = both.replacen("tags: [primary, master]", "tags: [replica]", 1);
+    ws.write("catalog.yaml", &resolved);
+    common::assert_exit(&ws.converge(&["apply", "--once", "--node", "lb1"]), 0);
+    let after = ws.read(&format!("root/{config}"));
+    assert!(after.contains("app = host=127.0.0.1 port=5433 "), "{after}");
 }
 
 #[test]

@@ -343,6 +343,32 @@ fn a_bad_manifest_is_reported_with_its_location_and_changes_nothing() {
 }
 
 #[test]
+fn a_typo_in_a_pgbouncer_setting_is_refused_at_load_with_file_line_and_the_nearest_name() {
+    let ws = Workspace::examples();
+    let m = ws.read("manifests/postgres.yaml");
+    let line = m
+        .lines()
+        .position(|l| l.trim() == "server_login_retry: 0.5")
+        .expect("the example sets server_login_retry")
+        + 1;
+    ws.write(
+        "manifests/postgres.yaml",
+        &m.replace("server_login_retry: 0.5", "server_login_rety: 0.5"),
+    );
+    let before = ws.tree();
+    let out = ws.converge(&["plan", "--node", "lb1"]);
+    assert_exit(&out, 1);
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("postgres.yaml:{line}:"))
+            && err
+                .contains("unknown field `server_login_rety`, did you mean `server_login_retry`?"),
+        "{err}"
+    );
+    assert_eq!(ws.tree(), before);
+}
+
+#[test]
 fn a_secret_file_that_would_inject_config_is_refused_by_field_and_file() {
     let ws = Workspace::examples();
     ws.write(

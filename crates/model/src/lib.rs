@@ -22,6 +22,7 @@ pub mod identity;
 pub mod load;
 pub mod locate;
 pub mod manifest;
+pub mod pgbouncer_settings;
 pub mod rendered;
 pub mod schema;
 pub mod secret;

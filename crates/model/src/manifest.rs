@@ -406,6 +406,10 @@ pub struct PgbouncerSettings {
     /// Default server pool size.
     #[serde(default = "default_pool_size")]
     pub default_pool_size: u32,
+    /// Any other `[pgbouncer]` setting PgBouncer knows, rendered as given
+    /// (keys checked at load, values by the trial start).
+    #[serde(default)]
+    pub settings: crate::pgbouncer_settings::PassThrough,
 }
 
 impl Default for PgbouncerSettings {
@@ -420,6 +424,7 @@ impl Default for PgbouncerSettings {
             replica_tags: default_replica_tags(),
             max_client_conn: default_max_client_conn(),
             default_pool_size: default_pool_size(),
+            settings: Default::default(),
         }
     }
 }

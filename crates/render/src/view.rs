@@ -195,7 +195,24 @@ pub struct PgbouncerView {
     pub pidfile: String,
     /// Rooted unix socket directory (`/run/postgresql`).
     pub unix_socket_dir: String,
+    /// `pgbouncer.settings` over [`PGBOUNCER_DEFAULTS`], in key order.
+    pub settings: Vec<SettingView>,
 }
+
+/// One `key = value` line of `[pgbouncer]`.
+#[derive(Debug, Serialize)]
+pub struct SettingView {
+    /// PgBouncer's name for it.
+    pub key: String,
+    /// Its value, as PgBouncer reads it.
+    pub value: String,
+}
+
+/// Settings rendered unless `pgbouncer.settings` names them: PgBouncer
+/// started with `-d` logs nowhere without `logfile` or `syslog`, so the
+/// shipped default is syslog (the journal, on a systemd host), which
+/// needs no directory that could be missing and make it refuse to start.
+pub const PGBOUNCER_DEFAULTS: &[(&str, &str)] = &[("syslog", "1")];
 
 /// A PgBouncer user.
 #[derive(Debug, Serialize)]
@@ -410,8 +427,9 @@ fn backend_view(
 }
 
 /// One PgBouncer database: its primary, or its replicas on one port. Two
-/// instances claiming primary route to none (the guard decides whether the
-/// last one is kept); each reason for an empty entry is warned once.
+/// instances claiming primary route to none; the guard keeps the last
+/// primary instead whenever there was one, so this happens only with
+/// nothing to keep. Each reason for an empty entry is warned once.
 fn database_view(
     name: &str,
     d: &Database,
@@ -510,6 +528,15 @@ fn pgbouncer_view(desired: &NodeDesired, layout: &Layout) -> PgbouncerView {
             .display()
             .to_string(),
         unix_socket_dir: layout.path("/run/postgresql").display().to_string(),
+        settings: PGBOUNCER_DEFAULTS
+            .iter()
+            .filter(|(k, _)| !p.settings.contains(k))
+            .map(|&(k, v)| (k.to_string(), v.to_string()))
+            .chain(p.settings.0.clone())
+            .collect::<std::collections::BTreeMap<_, _>>()
+            .into_iter()
+            .map(|(key, value)| SettingView { key, value })
+            .collect(),
     }
 }
 

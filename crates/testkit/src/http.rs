@@ -34,3 +34,50 @@ pub fn request(port: u16, method: &str, path: &str) -> Option<String> {
 pub fn get(port: u16, path: &str) -> Option<String> {
     request(port, "GET", path)
 }
+
+/// Sends `METHOD PATH` with a JSON `body` to 127.0.0.1:`port` as HTTP/1.0
+/// (never chunked, closed after the answer), waiting up to `timeout` for
+/// it; returns the status and the body, whatever the status.
+///
+/// # Errors
+///
+/// The connection failed, or the answer is not HTTP.
+pub fn exchange(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: &str,
+    timeout: Duration,
+) -> Result<(u16, String), String> {
+    let what = format!("{method} 127.0.0.1:{port}{path}");
+    let mut conn = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("{what}: {e}"))?;
+    conn.set_read_timeout(Some(timeout))
+        .map_err(|e| format!("{what}: {e}"))?;
+    let request = format!(
+        "{method} {path} HTTP/1.0\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    conn.write_all(request.as_bytes())
+        .map_err(|e| format!("{what}: {e}"))?;
+    let mut raw = Vec::new();
+    conn.read_to_end(&mut raw)
+        .map_err(|e| format!("{what}: {e}"))?;
+    status_and_body(&what, &raw)
+}
+
+/// The status and body of a raw HTTP/1.0 answer to request `what`.
+///
+/// # Errors
+///
+/// The answer is not HTTP.
+pub(crate) fn status_and_body(what: &str, raw: &[u8]) -> Result<(u16, String), String> {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("{what}: not an HTTP answer: {head}"))?;
+    Ok((status, body.to_string()))
+}

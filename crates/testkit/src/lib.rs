@@ -21,6 +21,9 @@
 //!   `200 []`, a fault a real agent cannot produce on demand.
 //! - [`stranger::Stranger`]: a process that handles reload signals and
 //!   records them, to stand where a stale pidfile points.
+//! - [`patroni::PatroniCluster`]: two PostgreSQL members under real
+//!   Patroni with a real Consul as DCS, registering themselves; leader,
+//!   switchover, kill -9 of the leader.
 //! - [`haproxy::Haproxy`]: start, query (`show servers state`,
 //!   `show stat`, any runtime command), reload with `SIGUSR2`, stop;
 //!   [`haproxy::minimal_config`] writes a config it can start on.
@@ -35,6 +38,7 @@ pub mod haproxy;
 pub mod http;
 pub mod keepalived;
 pub mod netns;
+pub mod patroni;
 pub mod pgbouncer;
 pub mod ports;
 pub mod postgres;

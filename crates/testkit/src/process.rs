@@ -274,7 +274,7 @@ fn is_zombie(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
-fn pid_of(pid: u32) -> Pid {
+pub(crate) fn pid_of(pid: u32) -> Pid {
     // Pids come from the kernel (spawn or a pidfile checked above), so they
     // fit in i32; saturating keeps a bad value from becoming -1 (= all).
     Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX))

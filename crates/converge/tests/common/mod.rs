@@ -12,6 +12,8 @@ use converge_testkit::backend::HttpBackend;
 use converge_testkit::consul::ConsulAgent;
 use converge_testkit::{http, Haproxy};
 
+pub mod pgbouncer;
+
 /// A test's own copy of manifests, templates and catalog, plus a root.
 pub struct Workspace {
     pub dir: tempfile::TempDir,

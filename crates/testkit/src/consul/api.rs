@@ -208,14 +208,7 @@ impl ConsulAgent {
         stream
             .read_to_end(&mut raw)
             .map_err(|e| format!("{method} {path}: {e}"))?;
-        let text = String::from_utf8_lossy(&raw);
-        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| format!("{method} {path}: not an HTTP answer: {head}"))?;
-        Ok((status, body.to_string()))
+        crate::http::status_and_body(&format!("{method} {path}"), &raw)
     }
 }
 
