@@ -18,6 +18,7 @@
 pub mod board;
 pub mod control;
 pub mod http;
+pub mod primaries;
 pub mod quiescence;
 mod reconciler;
 mod report;

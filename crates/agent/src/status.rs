@@ -4,9 +4,18 @@
 //! restart, and for each VRRP instance keepalived's own state and whether
 //! this node holds the VIP.
 //!
+//! It answers three questions: who is primary (per database, the
+//! instance the daemon's catalog names beside the one PgBouncer routes to,
+//! the `primary` module), who is serving (HAProxy's live servers) and where traffic
+//! goes (each frontend's routes to its backends, each database's host).
+//! The [`Verdict`] says whether the node serves what it should, for a
+//! monitoring check to act on.
+//!
 //! Every section is gathered on its own and carries its own error, so a
 //! program that cannot be asked (HAProxy down, the daemon not running)
-//! never hides what the others say. Nothing here changes anything.
+//! never hides what the others say. A program no target of this node
+//! renders for is not asked at all: its section says so. Nothing here
+//! changes anything.
 
 use std::path::PathBuf;
 use std::time::{Duration, UNIX_EPOCH};
@@ -21,8 +30,12 @@ use serde::Serialize;
 
 use crate::daemon::board::{hex_sha256, Status};
 
+mod primary;
+mod verdict;
 mod vrrp;
 
+pub use primary::{PrimaryCheck, Problem, RouteSource};
+pub use verdict::Verdict;
 pub use vrrp::{VipLive, VrrpState};
 
 /// A section's content, or why it could not be gathered.
@@ -33,6 +46,18 @@ pub enum Section<T> {
     Ok(T),
     /// Not gathered, and why.
     Error(String),
+    /// Not asked: no target of this node is for that program.
+    Absent(String),
+}
+
+impl<T> Section<T> {
+    /// The content, when gathered.
+    pub fn ok(&self) -> Option<&T> {
+        match self {
+            Section::Ok(v) => Some(v),
+            _ => None,
+        }
+    }
 }
 
 impl<T> From<Result<T, String>> for Section<T> {
@@ -80,6 +105,76 @@ pub struct NodeReport {
     pub pgbouncer_restart: Section<Vec<PendingRestart>>,
     /// This node's VRRP instances.
     pub keepalived: Section<Vec<VipLive>>,
+    /// Per database that follows a primary: the catalog's primary and the
+    /// one PgBouncer routes to.
+    pub primaries: Section<Vec<PrimaryCheck>>,
+    /// Each frontend's routes, in the order HAProxy tries them.
+    pub traffic: Section<Vec<FrontendRoutes>>,
+    /// Whether the node serves what it should, and if not why.
+    pub verdict: Verdict,
+}
+
+/// Where one frontend sends requests.
+#[derive(Debug, Serialize)]
+pub struct FrontendRoutes {
+    /// Frontend name.
+    pub frontend: String,
+    /// Its listen addresses.
+    pub bind: Vec<String>,
+    /// Routes, tried in order; the last one is the default backend.
+    pub routes: Vec<RouteLine>,
+}
+
+/// One route of a frontend.
+#[derive(Debug, Serialize)]
+pub struct RouteLine {
+    /// `Host` header it matches, if any.
+    pub host: Option<String>,
+    /// Path prefix it matches, if any.
+    pub path_prefix: Option<String>,
+    /// Backend it sends to.
+    pub backend: String,
+}
+
+/// Whether a target of `desired` is validated by `validator`: the node
+/// runs that program under converge.
+fn renders_for(desired: &converge_model::NodeDesired, validator: &Validator) -> bool {
+    desired.targets.values().any(|t| &t.validate == validator)
+}
+
+/// A section for `program`, gathered only when the node renders for it.
+fn when_present<T>(present: bool, program: &str, f: impl FnOnce() -> Section<T>) -> Section<T> {
+    if present {
+        f()
+    } else {
+        Section::Absent(format!("no {program} target on this node"))
+    }
+}
+
+/// The frontends of the manifest, with their routes and default backend.
+fn traffic(manifest: &converge_model::Manifest) -> Vec<FrontendRoutes> {
+    manifest
+        .frontends
+        .iter()
+        .map(|(name, f)| FrontendRoutes {
+            frontend: name.clone(),
+            bind: f.bind.clone(),
+            routes: f
+                .routes
+                .iter()
+                .map(|r| RouteLine {
+                    host: r.host.clone(),
+                    path_prefix: r.path_prefix.clone(),
+                    backend: r.backend.clone(),
+                })
+                .chain(std::iter::once(RouteLine {
+                    host: None,
+                    path_prefix: None,
+                    backend: f.default_backend.clone(),
+                }))
+                .collect(),
+        })
+        .collect()
 }
 
 /// Gathers the report for `node`, asking the daemon at `daemon`.
@@ -93,10 +188,7 @@ pub async fn gather(
         .for_node(node)
         .map_err(crate::AgentError::Manifest)?;
     let daemon_status: Section<Status> = ask_daemon(daemon).await.into();
-    let known = match &daemon_status {
-        Section::Ok(s) => Some(s),
-        Section::Error(_) => None,
-    };
+    let known = daemon_status.ok();
     let targets = desired
         .targets
         .iter()
@@ -118,15 +210,40 @@ pub async fn gather(
             }
         })
         .collect();
+    let has_haproxy = renders_for(&desired, &Validator::Haproxy);
+    let has_pgbouncer = renders_for(&desired, &Validator::Pgbouncer);
     let socket = layout.path(&desired.manifest.haproxy.stats_socket);
-    let haproxy = live_servers(&socket, Duration::from_secs(2)).into();
-    let keepalived = vrrp::vips(&desired, layout).into();
+    let haproxy = when_present(has_haproxy, "HAProxy", || {
+        live_servers(&socket, Duration::from_secs(2)).into()
+    });
+    let traffic = when_present(has_haproxy, "HAProxy", || {
+        Section::Ok(traffic(&desired.manifest))
+    });
+    let keepalived = when_present(
+        renders_for(&desired, &Validator::Keepalived),
+        "keepalived",
+        || vrrp::vips(&desired, layout).into(),
+    );
     let admin = console(&desired, layout);
-    let pgbouncer = admin.clone().and_then(|a| show_databases(&a)).into();
-    let pgbouncer_restart = admin
-        .and_then(|a| pending_restart(&a, &pgbouncer_ini(&desired, layout)?))
-        .into();
-    Ok(NodeReport {
+    let pgbouncer: Section<Vec<DatabaseRoute>> = when_present(has_pgbouncer, "PgBouncer", || {
+        admin.clone().and_then(|a| show_databases(&a)).into()
+    });
+    let pgbouncer_restart = when_present(has_pgbouncer, "PgBouncer", || {
+        admin
+            .and_then(|a| pending_restart(&a, &pgbouncer_ini(&desired, layout)?))
+            .into()
+    });
+    let primaries = when_present(has_pgbouncer, "PgBouncer", || match &daemon_status {
+        Section::Ok(s) => Section::Ok(primary::checks(
+            &s.databases,
+            pgbouncer.ok().map(Vec::as_slice),
+        )),
+        _ => Section::Error(
+            "the daemon could not be asked: which instance the catalog calls primary is unknown"
+                .into(),
+        ),
+    });
+    let mut report = NodeReport {
         node: node.to_string(),
         daemon: daemon_status,
         targets,
@@ -134,7 +251,12 @@ pub async fn gather(
         pgbouncer,
         pgbouncer_restart,
         keepalived,
-    })
+        primaries,
+        traffic,
+        verdict: Verdict::default(),
+    };
+    report.verdict = Verdict::of(&report);
+    Ok(report)
 }
 
 /// How to reach PgBouncer's console: the manifest's admin reload settings

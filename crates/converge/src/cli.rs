@@ -187,11 +187,24 @@ pub enum Command {
     // as if they were required too.
     #[command(override_usage = "converge apply --once [OPTIONS]")]
     Apply(ApplyArgs),
-    /// Where traffic goes on this node: per target the last apply, hash and
-    /// error; HAProxy's live servers; whether this node holds its VIPs.
+    /// One screen for the on-call engineer: who is primary (per database,
+    /// the instance Consul calls primary and the one PgBouncer routes to,
+    /// flagged when they differ or the routed one is down), who is serving
+    /// (HAProxy's live servers), where traffic goes (frontend → route →
+    /// backend, database → host); per target the last apply, hash and
+    /// error; whether this node holds its VIPs.
     ///
     /// Each section is gathered on its own: a program that cannot be asked
-    /// shows its error without hiding the rest. Touches nothing.
+    /// shows its error without hiding the rest, and a program no target of
+    /// this node is for is not asked. Touches nothing.
+    ///
+    /// Exit status (for a monitoring check): 0 the node serves what it
+    /// should; 3 it does not: a change held back, a target whose last apply
+    /// failed or whose file is missing, a routed primary that differs from
+    /// Consul's or is down, an HAProxy backend with no server UP, a VRRP
+    /// FAULT, a degraded catalog source; 1 nothing found wrong but
+    /// something could not be checked (the daemon or a program of this
+    /// node did not answer), or an error.
     Status(StatusArgs),
     /// Lint manifests and templates, render every node and check every file
     /// with the real programs in a scratch directory (for manifest-repo CI).

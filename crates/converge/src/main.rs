@@ -27,7 +27,7 @@ pub(crate) mod exit {
     pub const CHANGES: u8 = 2;
     /// `apply` (or `validate`) did what it could, but the node is not at
     /// the desired state: a change is held back or a catalog instance was
-    /// left out.
+    /// left out; for `status`, the node does not serve what it should.
     pub const INCOMPLETE: u8 = 3;
 }
 

@@ -2,15 +2,19 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use converge_agent::status::{gather, NodeReport, Section};
+use converge_agent::status::{gather, NodeReport, RouteSource, Section};
 use converge_model::Layout;
 
 use crate::cli::{Cli, Format, StatusArgs};
 use crate::exit;
 use crate::output::{out, outln};
 
-/// Prints the report; exits 0 even when a section could not be gathered
-/// (the report says so), 1 when the manifests cannot be read.
+/// Prints the report. Exits 0 when the node serves what it should, 3 when
+/// the report shows something wrong (a hold, a failed apply, a routed
+/// primary that is not Consul's or is down, a backend with every server
+/// down, a degraded source), 1 when nothing is wrong but something could
+/// not be checked (the daemon or a program of this node did not answer)
+/// or the manifests cannot be read.
 pub fn run(cli: &Cli, args: &StatusArgs) -> anyhow::Result<u8> {
     let node = cli.node()?;
     let (manifests, _) = cli.inputs().load_config()?;
@@ -23,7 +27,13 @@ pub fn run(cli: &Cli, args: &StatusArgs) -> anyhow::Result<u8> {
         Format::Json => outln!("{}", serde_json::to_string_pretty(&report)?),
         Format::Text => out!("{}", text(&report)),
     }
-    Ok(exit::OK)
+    Ok(if !report.verdict.degraded.is_empty() {
+        exit::INCOMPLETE
+    } else if !report.verdict.unknown.is_empty() {
+        exit::ERROR
+    } else {
+        exit::OK
+    })
 }
 
 fn when(secs: Option<u64>) -> String {
@@ -44,12 +54,110 @@ fn shown(value: &str) -> &str {
 /// operator reads them.
 fn text(r: &NodeReport) -> String {
     let mut out = format!("node {}\n", r.node);
+    verdict_text(r, &mut out);
     daemon_text(r, &mut out);
     targets_text(r, &mut out);
+    primaries_text(r, &mut out);
     haproxy_text(r, &mut out);
+    traffic_text(r, &mut out);
     pgbouncer_text(r, &mut out);
     keepalived_text(r, &mut out);
     out
+}
+
+/// The one line a monitoring check reads, and its reasons.
+fn verdict_text(r: &NodeReport, out: &mut String) {
+    let v = &r.verdict;
+    *out += if !v.degraded.is_empty() {
+        "NOT SERVING WHAT IT SHOULD\n"
+    } else if !v.unknown.is_empty() {
+        "UNKNOWN: some of the node could not be checked\n"
+    } else {
+        "serving what it should\n"
+    };
+    for d in &v.degraded {
+        *out += &format!("  ! {d}\n");
+    }
+    for u in &v.unknown {
+        *out += &format!("  ? {u}\n");
+    }
+}
+
+/// Who is primary: per database, Consul's primary and PgBouncer's route.
+fn primaries_text(r: &NodeReport, out: &mut String) {
+    if let Section::Absent(_) = r.primaries {
+        return;
+    }
+    *out += "\nPRIMARY DATABASE     CONSUL PRIMARY                           ROUTED TO\n";
+    match &r.primaries {
+        Section::Ok(checks) if checks.is_empty() => *out += "(no database follows a primary)\n",
+        Section::Ok(checks) => {
+            for c in checks {
+                let consul = match (&c.consul_primary, c.claims.len()) {
+                    (Some(p), _) => format!("{} {}", p.name, p.endpoint()),
+                    (None, 0) => "(none)".to_string(),
+                    (None, n) => format!("({n} claim it)"),
+                };
+                let routed = match (&c.routed, c.routed_health) {
+                    (None, _) => "(none)".to_string(),
+                    (Some(r), Some(h)) => format!("{r} ({})", health(h)),
+                    (Some(r), None) => format!("{r} (not in the catalog)"),
+                };
+                let source = match c.route_source {
+                    RouteSource::Pgbouncer => "",
+                    RouteSource::Rendered => " [rendered; PgBouncer not asked]",
+                };
+                *out += &format!("{:<20} {:<40} {routed}{source}\n", c.database, consul);
+                for p in &c.problems {
+                    *out += &format!("  {p}\n");
+                }
+            }
+        }
+        Section::Error(e) | Section::Absent(e) => *out += &format!("{e}\n"),
+    }
+}
+
+fn health(h: converge_model::Health) -> &'static str {
+    match h {
+        converge_model::Health::Passing => "passing",
+        converge_model::Health::Warning => "warning",
+        converge_model::Health::Critical => "critical",
+    }
+}
+
+/// Where traffic goes: each frontend's routes to backends.
+fn traffic_text(r: &NodeReport, out: &mut String) {
+    let Section::Ok(frontends) = &r.traffic else {
+        return;
+    };
+    *out += "\nTRAFFIC FRONTEND     ROUTE                          BACKEND\n";
+    for f in frontends {
+        for (i, route) in f.routes.iter().enumerate() {
+            let condition = match (&route.host, &route.path_prefix) {
+                (None, None) if i + 1 == f.routes.len() => "(default)".to_string(),
+                (None, None) => "(any)".to_string(),
+                (h, p) => format!(
+                    "{}{}",
+                    h.as_deref()
+                        .map(|h| format!("host {h} "))
+                        .unwrap_or_default(),
+                    p.as_deref()
+                        .map(|p| format!("path {p}*"))
+                        .unwrap_or_default()
+                ),
+            };
+            let name = if i == 0 {
+                format!("{} {}", f.frontend, f.bind.join(","))
+            } else {
+                String::new()
+            };
+            *out += &format!(
+                "{name:<20} {:<30} → {}\n",
+                condition.trim_end(),
+                route.backend
+            );
+        }
+    }
 }
 
 /// The daemon's verdict, holds and findings.
@@ -83,7 +191,7 @@ fn daemon_text(r: &NodeReport, out: &mut String) {
                 *out += &format!("  {f}\n");
             }
         }
-        Section::Error(e) => *out += &format!("daemon: {e}\n"),
+        Section::Error(e) | Section::Absent(e) => *out += &format!("daemon: {e}\n"),
     }
 }
 
@@ -104,6 +212,10 @@ fn targets_text(r: &NodeReport, out: &mut String) {
 
 /// HAProxy's live servers.
 fn haproxy_text(r: &NodeReport, out: &mut String) {
+    if let Section::Absent(why) = &r.haproxy {
+        *out += &format!("\nHAPROXY: {why}\n");
+        return;
+    }
     *out += "\nHAPROXY BACKEND      SERVER               ADDRESS                STATE\n";
     match &r.haproxy {
         Section::Ok(servers) if servers.is_empty() => *out += "(no servers)\n",
@@ -115,12 +227,16 @@ fn haproxy_text(r: &NodeReport, out: &mut String) {
                 );
             }
         }
-        Section::Error(e) => *out += &format!("{e}\n"),
+        Section::Error(e) | Section::Absent(e) => *out += &format!("{e}\n"),
     }
 }
 
 /// PgBouncer's databases and settings awaiting a restart.
 fn pgbouncer_text(r: &NodeReport, out: &mut String) {
+    if let Section::Absent(why) = &r.pgbouncer {
+        *out += &format!("\nPGBOUNCER: {why}\n");
+        return;
+    }
     *out += "\nPGBOUNCER DATABASE   HOST:PORT                      DATABASE\n";
     match &r.pgbouncer {
         Section::Ok(dbs) => {
@@ -134,7 +250,7 @@ fn pgbouncer_text(r: &NodeReport, out: &mut String) {
                 );
             }
         }
-        Section::Error(e) => *out += &format!("{e}\n"),
+        Section::Error(e) | Section::Absent(e) => *out += &format!("{e}\n"),
     }
     match &r.pgbouncer_restart {
         Section::Ok(pending) => {
@@ -149,11 +265,16 @@ fn pgbouncer_text(r: &NodeReport, out: &mut String) {
             }
         }
         Section::Error(e) => *out += &format!("restart-only settings not compared: {e}\n"),
+        Section::Absent(_) => {}
     }
 }
 
 /// Each VRRP instance and whether this node holds its VIP.
 fn keepalived_text(r: &NodeReport, out: &mut String) {
+    if let Section::Absent(why) = &r.keepalived {
+        *out += &format!("\nKEEPALIVED: {why}\n");
+        return;
+    }
     *out += "\nKEEPALIVED VIP       STATE    HOLDS VIP  INTERFACE  ADDRESSES\n";
     match &r.keepalived {
         Section::Ok(vips) => {
@@ -185,6 +306,6 @@ fn keepalived_text(r: &NodeReport, out: &mut String) {
                 }
             }
         }
-        Section::Error(e) => *out += &format!("{e}\n"),
+        Section::Error(e) | Section::Absent(e) => *out += &format!("{e}\n"),
     }
 }

@@ -107,7 +107,15 @@ impl Node {
             .enter(&self.ws.command(&all))
             .output()
             .expect("run converge status");
-        assert_exit(&out, 0);
+        // The VIP section is what these tests read; the exit code also
+        // weighs the daemon and the other programs (1: could not ask one,
+        // 3: something wrong), so it only has to be one `status` documents.
+        assert!(
+            matches!(out.status.code(), Some(0 | 1 | 3)),
+            "{:?}\n{}",
+            out.status,
+            stdout(&out)
+        );
         stdout(&out)
     }
 

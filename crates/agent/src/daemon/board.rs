@@ -74,6 +74,10 @@ pub struct Status {
     /// Catalog instances the last pass left out, and why.
     #[serde(default)]
     pub left_out: Vec<converge_model::Rejection>,
+    /// Per PgBouncer database: the primary the catalog as read names, the
+    /// hosts the last pass rendered, and whether the guard held it.
+    #[serde(default)]
+    pub databases: BTreeMap<String, super::primaries::DatabaseStatus>,
 }
 
 /// Lowercase hex SHA-256, how status reports what a target holds.

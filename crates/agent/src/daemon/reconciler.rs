@@ -16,6 +16,7 @@ use std::time::Instant;
 use converge_model::{Catalog, Layout};
 
 use super::board::Board;
+use super::primaries;
 use super::report::Reporter;
 use super::DaemonConfig;
 use crate::guard::baseline;
@@ -121,6 +122,8 @@ impl Reconciler {
             return;
         };
         let released = std::mem::take(&mut self.released);
+        let manifest = &prepared.manifests.manifest;
+        let mut databases = primaries::seen(manifest, &catalog);
         let pass = match pass::run(
             prepared,
             &self.config.node,
@@ -142,6 +145,8 @@ impl Reconciler {
         self.report
             .holds(&prepared.manifests.manifest, &accepted, &holds);
         self.report.findings(&set);
+        primaries::rendered(&mut databases, manifest, &accepted, &holds);
+        self.report.databases(databases);
         let layout = prepared.layout.clone();
         let outcome = converge_apply::apply(&set, &self.config.apply);
         let report = match outcome {

@@ -7,6 +7,7 @@
 //! hold lasting a hundred passes one `converge_guard_holds_total`, and a
 //! left-out instance is logged when it first appears.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use converge_consul::SourceHealth;
 use converge_model::{Catalog, Manifest, RenderedSet};
 
 use super::board::{hex_sha256, unix_now, BackendStatus, Board, TargetLabel};
+use super::primaries::DatabaseStatus;
 use crate::guard::Hold;
 use crate::revision::Revision;
 
@@ -155,6 +157,12 @@ impl Reporter {
                 })
                 .collect();
         });
+    }
+
+    /// Each database's primary as the catalog names it and its hosts as
+    /// rendered.
+    pub fn databases(&self, databases: BTreeMap<String, DatabaseStatus>) {
+        self.board.update(|s| s.databases = databases);
     }
 
     /// Left-out instances and render warnings go to the status every pass,
