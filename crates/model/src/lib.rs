@@ -17,6 +17,7 @@ pub mod bounds;
 pub mod catalog;
 pub mod check;
 pub mod desired;
+pub mod duration;
 pub mod error;
 pub mod identity;
 pub mod load;

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::duration::HaproxyDuration;
 use crate::secret::SecretRef;
 
 /// The merged manifests of one repository; as a schema, what one manifest
@@ -352,16 +353,17 @@ impl Default for HaproxySettings {
     }
 }
 
-/// HAProxy timeouts, in HAProxy's own time syntax (`5s`, `30s`).
+/// HAProxy timeouts, in HAProxy's own time syntax (`5s`, `30s`), checked
+/// at load.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Timeouts {
     /// `timeout connect`.
-    pub connect: String,
+    pub connect: HaproxyDuration,
     /// `timeout client`.
-    pub client: String,
+    pub client: HaproxyDuration,
     /// `timeout server`.
-    pub server: String,
+    pub server: HaproxyDuration,
 }
 
 impl Default for Timeouts {

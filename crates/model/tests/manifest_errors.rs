@@ -313,3 +313,26 @@ fn type_errors_speak_the_manifests_language() {
         }
     }
 }
+
+#[test]
+fn a_duration_haproxy_would_refuse_is_refused_at_its_line() {
+    let text = format!(
+        "{BASE}haproxy:\n  timeouts:\n    connect: 5 secs\n    client: 30s\n    server: 30000\n"
+    );
+    let errs = errors(&[("a.yaml", &text)]);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    let line = line_of(&text, "5 secs");
+    assert!(
+        errs[0].starts_with(&format!("m/a.yaml:{line}:")),
+        "{errs:?}"
+    );
+    assert!(
+        errs[0].contains("haproxy.timeouts.connect")
+            && errs[0].contains("`5 secs` is not a duration"),
+        "{errs:?}"
+    );
+    let fine = text.replace("5 secs", "500ms");
+    let m = load(&[("a.yaml", &fine)]).expect("valid durations");
+    assert_eq!(m.manifest.haproxy.timeouts.connect.to_string(), "500ms");
+    assert_eq!(m.manifest.haproxy.timeouts.server.to_string(), "30000");
+}

@@ -544,9 +544,9 @@ fn haproxy_view(h: &HaproxySettings, layout: &Layout) -> HaproxyView {
     HaproxyView {
         maxconn: h.maxconn,
         stats_socket: layout.path(&h.stats_socket).display().to_string(),
-        timeout_connect: h.timeouts.connect.clone(),
-        timeout_client: h.timeouts.client.clone(),
-        timeout_server: h.timeouts.server.clone(),
+        timeout_connect: h.timeouts.connect.to_string(),
+        timeout_client: h.timeouts.client.to_string(),
+        timeout_server: h.timeouts.server.to_string(),
         httpclient_ssl_verify: h.httpclient_ssl_verify.map(SslVerify::as_str),
     }
 }
