@@ -17,6 +17,8 @@ declare -A wanted=(
   [curl]=curl
   [promtool]=prometheus
   [python3]=python3
+  [redis-server]=redis-server
+  [redis-cli]=redis-tools
 )
 missing=()
 for cmd in "${!wanted[@]}"; do
@@ -29,7 +31,7 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 /usr/bin/python3 -c 'import ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 
 if [ ${#missing[@]} -eq 0 ]; then
-  echo "install-deps: haproxy, pgbouncer, keepalived, iproute2, postgresql, promtool, python3, python3-venv present"
+  echo "install-deps: haproxy, pgbouncer, keepalived, iproute2, postgresql, promtool, python3, python3-venv, redis-server present"
   exit 0
 fi
 

@@ -197,12 +197,12 @@ impl Manifests {
                         ),
                     ));
                 }
-                if be.mode == Mode::Tcp {
+                if be.tcp_check.is_some() {
                     errors.push(self.error(
                         "backends",
                         name,
-                        &[key("health_check")],
-                        "an HTTP health check needs `mode: http`".into(),
+                        &[key("tcp_check")],
+                        "a backend has one check: `health_check` or `tcp_check`, not both".into(),
                     ));
                 }
             }
@@ -613,5 +613,30 @@ mod tests {
                 )])
             );
         }
+    }
+
+    #[test]
+    fn a_tcp_backend_takes_an_http_check_but_not_two_checks() {
+        let check = |extra: &str| {
+            let text = format!("backends:\n  pg:\n    mode: tcp\n    service: pg\n{extra}");
+            let m = Manifests::from_sources(
+                std::path::Path::new("m"),
+                &[(std::path::PathBuf::from("m/a.yaml"), text)],
+            )
+            .expect("parses");
+            m.validate()
+                .map_err(|e| e.0.iter().map(ToString::to_string).collect::<Vec<_>>())
+        };
+        let rest = "    health_check: {method: OPTIONS, path: /primary, port: 8008}\n";
+        assert_eq!(check(rest), Ok(()));
+        assert_eq!(check("    tcp_check: redis_primary\n"), Ok(()));
+        assert_eq!(
+            check(&format!("{rest}    tcp_check: redis_primary\n")),
+            Err(vec![
+                "m/a.yaml:6:5: backends.pg.tcp_check: a backend has one check: \
+                      `health_check` or `tcp_check`, not both"
+                    .to_string()
+            ])
+        );
     }
 }

@@ -174,9 +174,13 @@ pub struct Backend {
     /// Balancing algorithm.
     #[serde(default)]
     pub balance: Balance,
-    /// Active health check; TCP connect check when absent.
+    /// Active HTTP health check (also in `mode: tcp`, e.g. Patroni's REST
+    /// API); TCP connect check when neither this nor `tcp_check` is set.
     #[serde(default)]
     pub health_check: Option<HealthCheck>,
+    /// A built-in TCP check script instead of an HTTP check.
+    #[serde(default)]
+    pub tcp_check: Option<TcpCheck>,
     /// Extra `server` line options, e.g. `["inter 2s", "fall 3"]`.
     #[serde(default)]
     pub server_options: Vec<String>,
@@ -197,6 +201,14 @@ pub struct Backend {
     /// Also route to instances whose checks are `warning`.
     #[serde(default)]
     pub include_warning: bool,
+    /// List every registered instance, `critical` ones too, and let
+    /// HAProxy's own check decide which one takes traffic. For a primary
+    /// chosen by HAProxy's check (Patroni's `/primary`, Redis `role:master`)
+    /// rather than by the catalog's health or tags. Implies
+    /// `include_warning`; the guard then counts listed instances, not
+    /// healthy ones.
+    #[serde(default)]
+    pub include_critical: bool,
     /// Let a change leave this backend with no server at all. By default
     /// a backend that had servers and would have none is held at its last
     /// servers: an empty answer is far more often a broken source (an
@@ -232,9 +244,38 @@ pub struct RuntimeApi {
 pub struct HealthCheck {
     /// Request path, e.g. `/up`.
     pub path: String,
+    /// Request method; `OPTIONS` keeps Patroni from logging every check.
+    #[serde(default)]
+    pub method: CheckMethod,
     /// Expected HTTP status.
     #[serde(default = "default_status")]
     pub expect_status: u16,
+    /// Send the check to this port of each server instead of its service
+    /// port (`check port N`), e.g. Patroni's REST API, 8008.
+    #[serde(default)]
+    pub port: Option<u16>,
+}
+
+/// Method of an HTTP health check.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum CheckMethod {
+    /// `GET`.
+    #[default]
+    Get,
+    /// `HEAD`.
+    Head,
+    /// `OPTIONS`.
+    Options,
+}
+
+/// A built-in TCP check script (`option tcp-check` and its steps).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TcpCheck {
+    /// Up only while the server is a Redis/Valkey primary: `PING` answered
+    /// `+PONG`, `INFO replication` showing `role:master`, `QUIT`.
+    RedisPrimary,
 }
 
 /// Cookie stickiness.

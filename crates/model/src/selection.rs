@@ -13,10 +13,12 @@ use crate::catalog::{Health, Instance};
 use crate::manifest::{Backend, DbRole, PgbouncerSettings};
 
 impl Backend {
-    /// Whether `inst` may serve this backend: passing (or warning, when the
-    /// backend includes those) and carrying every required tag.
+    /// Whether `inst` may serve this backend: passing (or warning, or any
+    /// health, when the backend includes those) and carrying every
+    /// required tag.
     pub fn serves(&self, inst: &Instance) -> bool {
-        let healthy = inst.health == Health::Passing
+        let healthy = self.include_critical
+            || inst.health == Health::Passing
             || (self.include_warning && inst.health == Health::Warning);
         healthy && self.tags.iter().all(|t| inst.tags.contains(t))
     }
@@ -43,7 +45,8 @@ mod tests {
 
     fn manifest() -> crate::Manifest {
         let text = "nodes: {lb1: {}}\nbackends:\n  web:\n    service: web\n    tags: [prod]\n  \
-                    api:\n    service: api\n    include_warning: true\n";
+                    api:\n    service: api\n    include_warning: true\n  \
+                    pg:\n    service: pg\n    tags: [db]\n    include_critical: true\n";
         Manifests::from_sources(Path::new("m"), &[(PathBuf::from("m.yaml"), text.into())])
             .expect("manifest")
             .manifest
@@ -70,6 +73,16 @@ mod tests {
         assert!(!web.serves(&inst(Health::Warning, &["prod"])), "warning");
         assert!(api.serves(&inst(Health::Warning, &[])), "include_warning");
         assert!(!api.serves(&inst(Health::Critical, &[])));
+    }
+
+    #[test]
+    fn include_critical_lists_every_instance_with_the_tags_whatever_its_health() {
+        let m = manifest();
+        let pg = &m.backends["pg"];
+        for health in [Health::Passing, Health::Warning, Health::Critical] {
+            assert!(pg.serves(&inst(health, &["db"])), "{health:?}");
+        }
+        assert!(!pg.serves(&inst(Health::Critical, &[])), "tag missing");
     }
 
     #[test]

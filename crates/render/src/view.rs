@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 
 use converge_model::desired::NodeVip;
 use converge_model::manifest::{
-    Backend, Database, DbRole, Frontend, HaproxySettings, Mode, PgbouncerSettings, PoolMode,
-    SslVerify,
+    Backend, CheckMethod, Database, DbRole, Frontend, HaproxySettings, Mode, PgbouncerSettings,
+    PoolMode, SslVerify, TcpCheck,
 };
 use converge_model::{identity, Catalog, Health, Instance, Layout, NodeDesired, Rejection};
 use serde::Serialize;
@@ -121,8 +121,14 @@ pub struct BackendView {
     pub balance: String,
     /// HTTP check path.
     pub check_path: Option<String>,
+    /// HTTP check method (`GET`, `HEAD`, `OPTIONS`).
+    pub check_method: Option<&'static str>,
     /// Expected HTTP status.
     pub check_status: Option<u16>,
+    /// Port checks go to instead of each server's own (`check port N`).
+    pub check_port: Option<u16>,
+    /// Built-in TCP check script: `redis_primary`.
+    pub tcp_check: Option<&'static str>,
     /// Extra server options, space-joined.
     pub server_options: String,
     /// Per-server maxconn.
@@ -417,7 +423,16 @@ fn backend_view(
         mode: mode_str(b.mode),
         balance: format!("{:?}", b.balance).to_lowercase(),
         check_path: b.health_check.as_ref().map(|h| h.path.clone()),
+        check_method: b.health_check.as_ref().map(|h| match h.method {
+            CheckMethod::Get => "GET",
+            CheckMethod::Head => "HEAD",
+            CheckMethod::Options => "OPTIONS",
+        }),
         check_status: b.health_check.as_ref().map(|h| h.expect_status),
+        check_port: b.health_check.as_ref().and_then(|h| h.port),
+        tcp_check: b.tcp_check.map(|t| match t {
+            TcpCheck::RedisPrimary => "redis_primary",
+        }),
         server_options: b.server_options.join(" "),
         maxconn: b.maxconn,
         sticky_cookie: b.sticky.as_ref().map(|s| s.cookie.clone()),

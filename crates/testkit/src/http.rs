@@ -10,7 +10,13 @@ use std::time::Duration;
 /// of a 2xx answer, or `None` when the request failed (refused, reset,
 /// timed out after 5 s, or another status).
 pub fn request(port: u16, method: &str, path: &str) -> Option<String> {
-    let mut conn = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    request_at("127.0.0.1", port, method, path)
+}
+
+/// [`request`] to `host`:`port` (a loopback address other than
+/// 127.0.0.1, say).
+pub fn request_at(host: &str, port: u16, method: &str, path: &str) -> Option<String> {
+    let mut conn = TcpStream::connect((host, port)).ok()?;
     conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     // One segment, sent at once: `write!` on the bare stream sends each
     // formatted piece as its own small write, and Nagle holding the later
@@ -35,22 +41,24 @@ pub fn get(port: u16, path: &str) -> Option<String> {
     request(port, "GET", path)
 }
 
-/// Sends `METHOD PATH` with a JSON `body` to 127.0.0.1:`port` as HTTP/1.0
-/// (never chunked, closed after the answer), waiting up to `timeout` for
-/// it; returns the status and the body, whatever the status.
+/// Sends `METHOD PATH` with a JSON `body` to `host`:`port` (a loopback
+/// address) as HTTP/1.0 (never chunked, closed after the answer), waiting
+/// up to `timeout` for it; returns the status and the body, whatever the
+/// status.
 ///
 /// # Errors
 ///
 /// The connection failed, or the answer is not HTTP.
 pub fn exchange(
+    host: &str,
     port: u16,
     method: &str,
     path: &str,
     body: &str,
     timeout: Duration,
 ) -> Result<(u16, String), String> {
-    let what = format!("{method} 127.0.0.1:{port}{path}");
-    let mut conn = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("{what}: {e}"))?;
+    let what = format!("{method} {host}:{port}{path}");
+    let mut conn = TcpStream::connect((host, port)).map_err(|e| format!("{what}: {e}"))?;
     conn.set_read_timeout(Some(timeout))
         .map_err(|e| format!("{what}: {e}"))?;
     let request = format!(

@@ -24,6 +24,8 @@
 //! - [`patroni::PatroniCluster`]: two PostgreSQL members under real
 //!   Patroni with a real Consul as DCS, registering themselves; leader,
 //!   switchover, kill -9 of the leader.
+//! - [`redis::Redis`]: a real `redis-server`, primary or replica, promoted
+//!   and demoted by hand as Sentinel would; [`redis::command`] speaks RESP.
 //! - [`haproxy::Haproxy`]: start, query (`show servers state`,
 //!   `show stat`, any runtime command), reload with `SIGUSR2`, stop;
 //!   [`haproxy::minimal_config`] writes a config it can start on.
@@ -43,6 +45,7 @@ pub mod pgbouncer;
 pub mod ports;
 pub mod postgres;
 pub mod process;
+pub mod redis;
 pub mod standin;
 pub mod stranger;
 pub mod wait;

@@ -55,6 +55,8 @@ const GRACE: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 struct Member {
     name: String,
+    /// Loopback address its REST API and `connect_address` use.
+    host: String,
     pg_port: u16,
     api_port: u16,
     dir: PathBuf,
@@ -131,6 +133,25 @@ impl PatroniCluster {
     /// No patroni, a program failed, or the cluster did not form within
     /// [`START_DEADLINE`] (the message carries the members' logs).
     pub fn start(consul: &ConsulAgent, scope: &str) -> Result<Self, String> {
+        Self::start_laid_out(consul, scope, false)
+    }
+
+    /// [`PatroniCluster::start`], with each member on its own loopback
+    /// address (`127.0.0.2`, `127.0.0.3`) and one REST API port shared by
+    /// all, as on real hosts where every member answers on 8008: what
+    /// Patroni registers in Consul is then that address, and a check
+    /// `port` in a manifest reaches every member's REST API. PostgreSQL
+    /// listens on 127.0.0.1 too, so [`psql`] reaches each member by port.
+    ///
+    /// # Errors
+    ///
+    /// As [`PatroniCluster::start`].
+    pub fn start_on_own_addresses(consul: &ConsulAgent, scope: &str) -> Result<Self, String> {
+        Self::start_laid_out(consul, scope, true)
+    }
+
+    fn start_laid_out(consul: &ConsulAgent, scope: &str, own: bool) -> Result<Self, String> {
+        let shared_api = free_port();
         let binary = patroni_binary()?;
         let dir = tempfile::Builder::new()
             .prefix("converge-patroni-")
@@ -153,8 +174,13 @@ impl PatroniCluster {
             give_to_postgres(&member_dir)?;
             cluster.members.push(Member {
                 name: format!("{scope}-{i}"),
+                host: if own {
+                    format!("127.0.0.{}", 2 + i)
+                } else {
+                    "127.0.0.1".to_string()
+                },
                 pg_port: free_port(),
-                api_port: free_port(),
+                api_port: if own { shared_api } else { free_port() },
                 dir: member_dir,
                 child: None,
             });
@@ -208,6 +234,17 @@ impl PatroniCluster {
         self.member(name).map(|m| m.pg_port)
     }
 
+    /// The REST API port of member `name`.
+    pub fn api_port(&self, name: &str) -> Option<u16> {
+        self.member(name).map(|m| m.api_port)
+    }
+
+    /// The loopback address member `name` registers and serves its REST
+    /// API on.
+    pub fn host(&self, name: &str) -> Option<String> {
+        self.member(name).map(|m| m.host.clone())
+    }
+
     fn member(&self, name: &str) -> Option<&Member> {
         self.members.iter().find(|m| m.name == name)
     }
@@ -221,8 +258,13 @@ impl PatroniCluster {
 
     fn write_config(&self, i: usize) -> Result<(), String> {
         let m = &self.members[i];
-        let api = format!("127.0.0.1:{}", m.api_port);
-        let pg = format!("127.0.0.1:{}", m.pg_port);
+        let api = format!("{}:{}", m.host, m.api_port);
+        let pg = format!("{}:{}", m.host, m.pg_port);
+        let pg_listen = if m.host == "127.0.0.1" {
+            pg.clone()
+        } else {
+            format!("127.0.0.1,{pg}")
+        };
         let config = json!({
             "scope": self.scope,
             "name": m.name,
@@ -255,7 +297,7 @@ impl PatroniCluster {
                 "initdb": [{"encoding": "UTF8"}, {"locale": "C"}, "no-sync"],
             },
             "postgresql": {
-                "listen": pg,
+                "listen": pg_listen,
                 "connect_address": pg,
                 "data_dir": m.data_dir(),
                 "bin_dir": BIN_DIR,
@@ -272,8 +314,8 @@ impl PatroniCluster {
                 },
                 "pg_hba": [
                     "local all all trust",
-                    "host all all 127.0.0.1/32 trust",
-                    "host replication all 127.0.0.1/32 trust",
+                    "host all all 127.0.0.0/8 trust",
+                    "host replication all 127.0.0.0/8 trust",
                 ],
                 "remove_data_directory_on_rewind_failure": true,
                 "remove_data_directory_on_diverged_timelines": true,
@@ -355,7 +397,8 @@ impl PatroniCluster {
     /// of every member.
     fn cluster_view(&self) -> Option<Value> {
         self.members.iter().find_map(|m| {
-            http::get(m.api_port, "/cluster").and_then(|b| serde_json::from_str(&b).ok())
+            http::request_at(&m.host, m.api_port, "GET", "/cluster")
+                .and_then(|b| serde_json::from_str(&b).ok())
         })
     }
 
@@ -411,9 +454,16 @@ impl PatroniCluster {
     /// No leader, or Patroni refused (its answer is in the message).
     pub fn switchover(&self, candidate: &str) -> Result<(), String> {
         let leader = self.leader().ok_or("no leader to switch over from")?;
-        let port = self.member(&leader).ok_or("leader not a member")?.api_port;
+        let m = self.member(&leader).ok_or("leader not a member")?;
         let body = json!({"leader": leader, "candidate": candidate}).to_string();
-        match http::exchange(port, "POST", "/switchover", &body, Duration::from_secs(60))? {
+        match http::exchange(
+            &m.host,
+            m.api_port,
+            "POST",
+            "/switchover",
+            &body,
+            Duration::from_secs(60),
+        )? {
             (200, _) => Ok(()),
             (status, answer) => Err(format!(
                 "POST /switchover {leader} → {candidate}: HTTP {status}: {answer}"
