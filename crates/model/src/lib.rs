@@ -16,6 +16,7 @@
 pub mod bounds;
 pub mod catalog;
 pub mod check;
+pub mod config_line;
 pub mod desired;
 pub mod duration;
 pub mod error;

@@ -29,6 +29,7 @@ const SECTIONS: &[&str] = &[
     "targets",
     "haproxy",
     "pgbouncer",
+    "keepalived",
 ];
 
 /// A parsed source file with its position index.
@@ -185,6 +186,10 @@ impl Manifests {
                 "pgbouncer" => {
                     let r = self.entry(file_id, &path, section);
                     self.set_once(file_id, "pgbouncer", r, errors, |m, v| m.pgbouncer = v);
+                }
+                "keepalived" => {
+                    let r = self.entry(file_id, &path, section);
+                    self.set_once(file_id, "keepalived", r, errors, |m, v| m.keepalived = v);
                 }
                 "nodes" => self.named(file_id, &name, section, errors, |m| &mut m.nodes),
                 "vips" => self.named(file_id, &name, section, errors, |m| &mut m.vips),

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::config_line::ConfigLine;
 use crate::duration::HaproxyDuration;
 use crate::secret::SecretRef;
 
@@ -34,6 +35,8 @@ pub struct Manifest {
     pub haproxy: HaproxySettings,
     /// Program-wide PgBouncer settings.
     pub pgbouncer: PgbouncerSettings,
+    /// Program-wide keepalived settings.
+    pub keepalived: KeepalivedSettings,
     /// Files converge renders and owns, by name.
     pub targets: BTreeMap<String, Target>,
 }
@@ -221,6 +224,9 @@ pub struct Backend {
     /// API instead of a reload.
     #[serde(default)]
     pub runtime_api: Option<RuntimeApi>,
+    /// Extra lines at the end of the backend, as HAProxy reads them.
+    #[serde(default)]
+    pub extra: Vec<ConfigLine>,
 }
 
 /// Opt-in to membership changes without reloads.
@@ -361,6 +367,21 @@ pub struct HaproxySettings {
     /// Unset keeps HAProxy's default (`required`).
     #[serde(default)]
     pub httpclient_ssl_verify: Option<SslVerify>,
+    /// Extra lines at the end of `global`, as HAProxy reads them.
+    #[serde(default)]
+    pub global_extra: Vec<ConfigLine>,
+    /// Extra lines at the end of `defaults`.
+    #[serde(default)]
+    pub defaults_extra: Vec<ConfigLine>,
+}
+
+/// Program-wide keepalived settings.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeepalivedSettings {
+    /// Extra lines at the end of `global_defs`, as keepalived reads them.
+    #[serde(default)]
+    pub global_defs: Vec<ConfigLine>,
 }
 
 /// A value for HAProxy's `httpclient.ssl.verify`.
@@ -390,6 +411,8 @@ impl Default for HaproxySettings {
             stats_socket: default_stats_socket(),
             timeouts: Timeouts::default(),
             httpclient_ssl_verify: None,
+            global_extra: Vec::new(),
+            defaults_extra: Vec::new(),
         }
     }
 }

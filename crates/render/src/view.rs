@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 
+use converge_model::config_line::ConfigLine;
 use converge_model::desired::NodeVip;
 use converge_model::manifest::{
     Backend, CheckMethod, Database, DbRole, Frontend, HaproxySettings, Mode, PgbouncerSettings,
@@ -50,6 +51,8 @@ pub struct Context {
     pub databases: Vec<DatabaseView>,
     /// This node's VRRP instances in name order.
     pub vips: Vec<VipView>,
+    /// Program-wide keepalived settings.
+    pub keepalived: KeepalivedView,
     /// Every target's rooted destination, by target name.
     pub targets: BTreeMap<String, TargetView>,
 }
@@ -80,6 +83,10 @@ pub struct HaproxyView {
     pub timeout_server: String,
     /// `httpclient.ssl.verify`, when the manifest sets it.
     pub httpclient_ssl_verify: Option<&'static str>,
+    /// Extra `global` lines.
+    pub global_extra: Vec<String>,
+    /// Extra `defaults` lines.
+    pub defaults_extra: Vec<String>,
 }
 
 /// One frontend.
@@ -139,6 +146,8 @@ pub struct BackendView {
     /// backend's fixed slots (then any overflow), and the template marks
     /// the backend with [`RUNTIME_API_MARKER`] so the applier knows.
     pub runtime_api: bool,
+    /// Extra lines at the end of the backend.
+    pub extra: Vec<String>,
     /// Servers, sorted by instance id; for a runtime-API backend, its slots
     /// in slot order, then instances that found no slot. Serialized apart
     /// from the rest, so that a render reuses the values of servers the
@@ -255,6 +264,13 @@ pub struct DatabaseView {
     pub max_db_connections: Option<u32>,
 }
 
+/// keepalived's program-wide settings.
+#[derive(Debug, Serialize)]
+pub struct KeepalivedView {
+    /// Extra `global_defs` lines.
+    pub global_defs: Vec<String>,
+}
+
 /// A VRRP instance as this node runs it.
 #[derive(Debug, Serialize)]
 pub struct VipView {
@@ -346,6 +362,9 @@ pub fn build(desired: &NodeDesired, catalog: &Catalog, layout: &Layout) -> View 
         backends,
         pgbouncer: pgbouncer_view(desired, layout),
         databases,
+        keepalived: KeepalivedView {
+            global_defs: lines(&m.keepalived.global_defs),
+        },
         vips: desired
             .vips
             .values()
@@ -437,6 +456,7 @@ fn backend_view(
         maxconn: b.maxconn,
         sticky_cookie: b.sticky.as_ref().map(|s| s.cookie.clone()),
         runtime_api: b.runtime_api.is_some(),
+        extra: lines(&b.extra),
         servers,
     }
 }
@@ -563,6 +583,8 @@ fn haproxy_view(h: &HaproxySettings, layout: &Layout) -> HaproxyView {
         timeout_client: h.timeouts.client.to_string(),
         timeout_server: h.timeouts.server.to_string(),
         httpclient_ssl_verify: h.httpclient_ssl_verify.map(SslVerify::as_str),
+        global_extra: lines(&h.global_extra),
+        defaults_extra: lines(&h.defaults_extra),
     }
 }
 
@@ -663,6 +685,11 @@ fn vip_view(desired: &NodeDesired, v: &NodeVip) -> VipView {
         notify_backup: v.vip.notify.backup.clone(),
         notify_fault: v.vip.notify.fault.clone(),
     }
+}
+
+/// An operator's extra config lines as the template writes them.
+fn lines(extra: &[ConfigLine]) -> Vec<String> {
+    extra.iter().map(ToString::to_string).collect()
 }
 
 fn endpoint(address: &str, port: u16) -> String {
