@@ -25,28 +25,10 @@ root=$demo/root
 rm -rf "$demo"
 mkdir -p "$demo/manifests" "$root/run/haproxy"
 
-pids=()
-stop_all() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  [ -f "$root/run/haproxy.pid" ] && kill "$(cat "$root/run/haproxy.pid")" 2>/dev/null || true
-}
-trap stop_all EXIT
-
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
+source scripts/lib/loopback.sh
 
 # 1. Backends: each answers with its own name.
-declare -A port
-for b in b1 b2 b3; do
-  mkdir -p "$demo/www/$b"
-  echo "$b" > "$demo/www/$b/index.html"
-  port[$b]=$(free_port)
-  python3 -m http.server "${port[$b]}" --bind 127.0.0.1 --directory "$demo/www/$b" \
-    >"$demo/$b.log" 2>&1 &
-  pids+=($!)
-done
+for b in b1 b2 b3; do start_backend "$b" "$demo"; done
 
 catalog() { # health of b2
   cat >"$demo/catalog.yaml" <<CAT

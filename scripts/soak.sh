@@ -27,24 +27,8 @@ root=$dir/root
 rm -rf "$dir"
 mkdir -p "$dir/manifests" "$dir/tmp" "$root/run/haproxy"
 
-pids=()
-stop_all() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  [ -f "$root/run/haproxy.pid" ] && kill "$(cat "$root/run/haproxy.pid")" 2>/dev/null || true
-}
-trap stop_all EXIT
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-declare -A port
-for b in w1 w2 a1 a2; do
-  mkdir -p "$dir/www/$b"; echo "$b" >"$dir/www/$b/index.html"
-  port[$b]=$(free_port)
-  python3 -m http.server "${port[$b]}" --bind 127.0.0.1 --directory "$dir/www/$b" >/dev/null 2>&1 &
-  pids+=($!)
-done
+source scripts/lib/loopback.sh
+for b in w1 w2 a1 a2; do start_backend "$b" "$dir"; done
 catalog() { # health of w2, health of a2
   cat >"$dir/catalog.yaml.new" <<CAT
 services:
@@ -85,6 +69,7 @@ daemon=$!
 pids+=($daemon)
 cfg=$root/etc/haproxy/haproxy.cfg
 for _ in $(seq 100); do [ -s "$cfg" ] && break; sleep 0.1; done
+[ -s "$cfg" ] || { echo "soak: converge rendered nothing; its log:"; cat "$dir/converge.log"; exit 1; }
 haproxy -W -f "$cfg" -p "$root/run/haproxy.pid" >"$dir/haproxy.log" 2>&1 &
 pids+=($!)
 
