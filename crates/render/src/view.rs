@@ -17,9 +17,10 @@ use converge_model::manifest::{
 use converge_model::{identity, Catalog, Health, Instance, Layout, NodeDesired, Rejection};
 use serde::Serialize;
 
-use crate::sanitize;
 
+mod admit;
 mod slots;
+use admit::admit_referenced;
 use slots::slot_servers;
 
 /// The context plus what was left out on the way.
@@ -390,34 +391,6 @@ pub fn build(desired: &NodeDesired, catalog: &Catalog, layout: &Layout) -> View 
     }
 }
 
-/// The admitted instances of every service the manifest references. Each
-/// service is admitted once, so a left-out instance is reported once
-/// however many backends use the service.
-fn admit_referenced<'a>(
-    desired: &'a NodeDesired,
-    catalog: &'a Catalog,
-    rejections: &mut Vec<Rejection>,
-) -> BTreeMap<&'a str, Vec<&'a Instance>> {
-    let m = &desired.manifest;
-    let mut safe: BTreeMap<&str, Vec<&Instance>> = BTreeMap::new();
-    let referenced = m
-        .backends
-        .values()
-        .map(|b| b.service.as_str())
-        .chain(m.databases.values().map(|d| d.service.as_str()));
-    for service in referenced {
-        if safe.contains_key(service) {
-            continue;
-        }
-        let instances = catalog
-            .service(service)
-            .map(|e| e.instances.as_slice())
-            .unwrap_or_default();
-        safe.insert(service, admitted(service, instances, rejections));
-    }
-    safe
-}
-
 /// One backend with its servers: the admitted instances that serve it,
 /// as plain server lines or in runtime-API slots.
 fn backend_view(
@@ -606,41 +579,6 @@ fn frontend_view(name: &str, f: &Frontend) -> FrontendView {
             })
             .collect(),
     }
-}
-
-/// The instances of `service` that may be rendered: each identity
-/// (Consul node, service id) claimed by one instance only, and every value
-/// safe for its field ([`sanitize`]). Two instances with one identity
-/// cannot come from Consul, only from a hand-edited catalog file; which of
-/// them is meant cannot be told, so both are left out and reported, and
-/// the rest renders.
-fn admitted<'a>(
-    service: &str,
-    instances: &'a [Instance],
-    rejections: &mut Vec<Rejection>,
-) -> Vec<&'a Instance> {
-    let mut ok = Vec::with_capacity(instances.len());
-    // Sorted by id, then node: equal identities are neighbours.
-    for (k, inst) in instances.iter().enumerate() {
-        let same = |other: &Instance| other.id == inst.id && other.node == inst.node;
-        let duplicated =
-            (k > 0 && same(&instances[k - 1])) || instances.get(k + 1).is_some_and(same);
-        if duplicated {
-            rejections.push(sanitize::rejection(
-                service,
-                inst,
-                "id",
-                &inst.id,
-                "another instance of the service has the same node and id; each of them is left out",
-            ));
-            continue;
-        }
-        match sanitize::check(service, inst) {
-            Ok(()) => ok.push(inst),
-            Err(r) => rejections.push(*r),
-        }
-    }
-    ok
 }
 
 fn instance_server(i: &Instance) -> ServerView {
