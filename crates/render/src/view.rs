@@ -17,7 +17,6 @@ use converge_model::manifest::{
 use converge_model::{identity, Catalog, Health, Instance, Layout, NodeDesired, Rejection};
 use serde::Serialize;
 
-
 mod admit;
 mod slots;
 use admit::admit_referenced;
