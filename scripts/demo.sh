@@ -15,11 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh >/dev/null
-# CONVERGE_BIN runs a converge built elsewhere (the test suite does).
-if [ -z "${CONVERGE_BIN:-}" ]; then
-  cargo build --release --locked --bin converge
-fi
-bin=${CONVERGE_BIN:-${CARGO_TARGET_DIR:-target}/release/converge}
+source scripts/lib/converge-bin.sh
 demo=${DEMO_DIR:-$PWD/target/demo}
 root=$demo/root
 rm -rf "$demo"

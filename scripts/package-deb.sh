@@ -13,10 +13,7 @@
 # unit; purging removes /var/lib/converge.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ -z "${CONVERGE_BIN:-}" ]; then
-  cargo build --release --locked --bin converge
-fi
-bin=${CONVERGE_BIN:-${CARGO_TARGET_DIR:-target}/release/converge}
+source scripts/lib/converge-bin.sh
 out=${OUT_DIR:-target/debian}
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
 arch=$(dpkg --print-architecture)

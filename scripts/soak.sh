@@ -17,10 +17,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh >/dev/null
-if [ -z "${CONVERGE_BIN:-}" ]; then
-  cargo build --release --locked --bin converge
-fi
-bin=${CONVERGE_BIN:-${CARGO_TARGET_DIR:-target}/release/converge}
+source scripts/lib/converge-bin.sh
 seconds=${SOAK_SECONDS:-3600}
 dir=${SOAK_DIR:-$PWD/target/soak}
 root=$dir/root
