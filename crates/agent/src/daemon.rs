@@ -11,6 +11,8 @@
 //! - [`quiescence`]: settling a burst into one pass;
 //! - `watch_files`: the file watches that wake the loop;
 //! - `reconciler`: one pass and the state kept between passes;
+//! - [`pauses`]: PgBouncer databases paused while their primary is
+//!   unclear (the pass decides, this carries it out and ends it);
 //! - `report`: the one place that writes status, metrics and log;
 //! - [`board`]: the status and metrics the HTTP listener serves;
 //! - [`http`]: that listener.
@@ -18,6 +20,7 @@
 pub mod board;
 pub mod control;
 pub mod http;
+pub mod pauses;
 pub mod primaries;
 pub mod quiescence;
 mod reconciler;
@@ -124,6 +127,8 @@ impl Daemon {
         // The first pass waits for quiescence too when it is configured, so
         // a daemon started into a burst renders once.
         let _ = wake.try_send(Trigger::Files);
+        // When a pause's limit runs out: a pass then resumes it.
+        let mut pause_deadline: Option<tokio::time::Instant> = None;
         loop {
             let trigger = tokio::select! {
                 biased;
@@ -132,6 +137,7 @@ impl Daemon {
                     Some(t) => t,
                     None => break,
                 },
+                () = until(pause_deadline) => Trigger::PauseLimit,
             };
             tracing::debug!(?trigger, "woken");
             tokio::select! {
@@ -155,10 +161,23 @@ impl Daemon {
             .await
             .map_err(|e| crate::AgentError::Source(format!("reconcile task failed: {e}")))?;
             source.watch(reconciler.services());
+            pause_deadline = reconciler
+                .pause_deadline()
+                .map(|d| tokio::time::Instant::now() + d);
             after_pass(&board);
         }
+        // Nobody would resume what stays paused once this process is gone.
+        let _ = tokio::task::spawn_blocking(move || reconciler.resume_paused()).await;
         tracing::info!("shutting down; no apply in flight");
         Ok(())
+    }
+}
+
+/// Waits until `deadline`, or for ever when there is none.
+async fn until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -55,6 +55,36 @@ pub struct Hold {
     pub after: usize,
     /// Which rule held it.
     pub reason: String,
+    /// The same, typed: what a caller branches on.
+    #[serde(default)]
+    pub kind: HoldKind,
+}
+
+/// Which rule a [`Hold`] comes from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HoldKind {
+    /// A backend would lose servers (`allow_empty`, `min_healthy`,
+    /// `max_drop_fraction`).
+    #[default]
+    Servers,
+    /// A database that had a primary would have none.
+    NoPrimary,
+    /// A database that had one primary would have several claiming it.
+    SeveralPrimaries {
+        /// The claiming instances' names.
+        claims: Vec<String>,
+    },
+    /// A replica database would have no replica.
+    NoReplica,
+}
+
+impl HoldKind {
+    /// Whether the hold keeps a database at its last primary because the
+    /// catalog names none, or several: what PgBouncer's `PAUSE` covers.
+    pub fn unclear_primary(&self) -> bool {
+        matches!(self, Self::NoPrimary | Self::SeveralPrimaries { .. })
+    }
 }
 
 /// The snapshot to render, and what was held back.
@@ -137,6 +167,7 @@ fn backend_hold(name: &str, b: &Backend, last: &Catalog, new: &Catalog) -> Optio
         before,
         after,
         reason,
+        kind: HoldKind::Servers,
     })
 }
 
@@ -163,24 +194,35 @@ fn database_hold(
     };
     let (kept, claims) = (hosts(last), hosts(new));
     let (before, after) = (kept.len(), claims.len());
-    let reason = match d.role {
+    let (reason, kind) = match d.role {
         // Two claims are a switchover in flight (Patroni shows the new
         // primary before the old one's tag or check catches up): routing
         // to either could be wrong and routing to none fails every client,
         // so the one primary of the last snapshot stays until one
         // instance clearly is.
-        DbRole::Primary if after > 1 && before == 1 => format!(
-            "database {name}: {after} instances claim to be primary ({}); keeping the last one \
-             ({}) until one instance clearly is",
-            claims.join(", "),
-            kept.join(", ")
+        DbRole::Primary if after > 1 && before == 1 => (
+            format!(
+                "database {name}: {after} instances claim to be primary ({}); keeping the last \
+                 one ({}) until one instance clearly is",
+                claims.join(", "),
+                kept.join(", ")
+            ),
+            HoldKind::SeveralPrimaries { claims },
         ),
         _ if d.allow_empty || before == 0 || after > 0 => return None,
-        DbRole::Primary => format!(
-            "database {name} would have no primary; keeping the last one until a new one is tagged"
+        DbRole::Primary => (
+            format!(
+                "database {name} would have no primary; keeping the last one until a new one \
+                 is tagged"
+            ),
+            HoldKind::NoPrimary,
         ),
-        DbRole::Replica => format!(
-            "database {name} would have no replica; keeping the last ones until one is healthy"
+        DbRole::Replica => (
+            format!(
+                "database {name} would have no replica; keeping the last ones until one is \
+                 healthy"
+            ),
+            HoldKind::NoReplica,
         ),
     };
     Some(Hold {
@@ -189,6 +231,7 @@ fn database_hold(
         before,
         after,
         reason,
+        kind,
     })
 }
 

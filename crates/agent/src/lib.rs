@@ -8,7 +8,9 @@
 //!   interface;
 //! - [`pass`]: the one pure pass — inputs, catalog, guard baseline and
 //!   releases in; rendered set, holds and left-out instances out — with
-//!   [`guard`] (the hold policy and its baseline on disk);
+//!   [`guard`] (the hold policy and its baseline on disk) and [`pause`]
+//!   (which databases PgBouncer should hold while their primary is
+//!   unclear);
 //! - [`once`]: `plan` and `apply --once`: the pass, then the plan or one
 //!   transaction;
 //! - [`daemon`]: `converge run`, a small loop around the same pass;
@@ -29,9 +31,11 @@ pub mod guard;
 pub mod inputs;
 pub mod once;
 pub mod pass;
+pub mod pause;
 pub mod publish;
 pub mod revision;
 pub mod source;
+mod state_file;
 pub mod status;
 pub mod validate;
 

@@ -1,7 +1,7 @@
 //! One pass: every decision converge makes about a node, in one pure call.
 //!
 //! `inputs + catalog + guard baseline + operator releases → rendered set +
-//! holds + left-out instances`. `converge plan`, `converge apply --once`,
+//! holds + left-out instances + databases to pause`. `converge plan`, `converge apply --once`,
 //! `converge validate` and the daemon's reconciler all call [`run`], and
 //! nothing else decides what goes live, so `plan` on a node shows exactly
 //! what `run` would do there, holds included: a decision made only in the
@@ -19,6 +19,7 @@ use converge_render::Templates;
 
 use crate::error::AgentError;
 use crate::guard::{guard, Hold};
+use crate::pause::{self, Pause};
 use crate::revision::Revision;
 
 /// Validated manifests and parsed templates: the desired state of every
@@ -54,6 +55,9 @@ pub struct Pass {
     /// The catalog as rendered: the input with held services at their
     /// baseline instances. What the next baseline becomes once applied.
     pub accepted: Catalog,
+    /// PgBouncer databases to keep paused while their primary is unclear
+    /// (see [`pause`]); only the daemon carries them out.
+    pub pauses: Vec<Pause>,
 }
 
 impl Pass {
@@ -83,9 +87,11 @@ pub fn run(
     let desired = prepared.desired(node)?;
     let guarded = guard(&desired.manifest, baseline, catalog, released);
     let set = converge_render::render(&desired, &guarded.catalog, &prepared.templates, layout)?;
+    let pauses = pause::decide(&desired, layout, &guarded.holds);
     Ok(Pass {
         set,
         holds: guarded.holds,
         accepted: guarded.catalog,
+        pauses,
     })
 }

@@ -271,7 +271,7 @@ fn console(
         _ => None,
     });
     let settings = &desired.manifest.pgbouncer;
-    let mut admin = match from_target {
+    let admin = match from_target {
         Some(a) => a,
         None => PgbouncerAdmin {
             host: "/run/postgresql".into(),
@@ -283,12 +283,10 @@ fn console(
                 .ok_or("no pgbouncer.admin_users in the manifests to ask the console as")?,
             pause: false,
             timeout_secs: 5,
+            unclear_primary_pause_secs: 0,
         },
     };
-    if admin.host.starts_with('/') {
-        admin.host = layout.path(&admin.host).display().to_string();
-    }
-    Ok(admin)
+    Ok(admin.under(layout))
 }
 
 /// The live file of the one target validated with `pgbouncer`: the

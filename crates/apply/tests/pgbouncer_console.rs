@@ -22,6 +22,7 @@ fn console(dir: &Path, port: u16, timeout_secs: u64) -> PgbouncerAdmin {
         user: "admin".into(),
         pause: true,
         timeout_secs,
+        unclear_primary_pause_secs: 0,
     }
 }
 

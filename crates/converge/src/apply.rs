@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use converge_agent::guard::Hold;
+use converge_agent::pause::Pause;
 use converge_agent::Revision;
 use converge_apply::{ApplyOptions, ApplyReport};
 use converge_model::Rejection;
@@ -19,6 +20,8 @@ struct ApplyDocument<'a> {
     #[serde(flatten)]
     report: &'a ApplyReport,
     holds: &'a [Hold],
+    /// Databases `converge run` would pause; `apply --once` does not.
+    not_paused: &'a [Pause],
     left_out: &'a [Rejection],
     warnings: &'a [String],
 }
@@ -39,6 +42,7 @@ pub fn run(cli: &Cli, args: &ApplyArgs) -> anyhow::Result<u8> {
                 revision: prepared.revision.as_ref(),
                 report: &report,
                 holds: &pass.holds,
+                not_paused: &pass.pauses,
                 left_out: pass.left_out(),
                 warnings: &pass.set.warnings,
             };
@@ -48,6 +52,12 @@ pub fn run(cli: &Cli, args: &ApplyArgs) -> anyhow::Result<u8> {
             crate::plan::print_revision(prepared.revision.as_ref());
             out!("{report}");
             crate::plan::print_findings(&pass);
+            for p in &pass.pauses {
+                outln!(
+                    "not paused: {p}; apply --once exits and would leave it paused, \
+                     converge run pauses it"
+                );
+            }
         }
     }
     Ok(if !report.ok() {

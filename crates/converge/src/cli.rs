@@ -167,7 +167,9 @@ pub enum Command {
     /// or too many at once, a database that would lose its primary) are
     /// listed with their reason, and catalog instances left out (a value
     /// that could break out of its field, a duplicated identity) are listed
-    /// by service, instance and node.
+    /// by service, instance and node. A database whose primary is unclear
+    /// (none, or several claim it) is listed as `would pause`: `run`
+    /// PAUSEs it in PgBouncer until the primary resolves.
     ///
     /// Exit status: 0 nothing to change, 2 changes or a change held back,
     /// 1 error.
@@ -177,7 +179,9 @@ pub enum Command {
     /// Each changed target is staged next to its destination, checked by the
     /// real program, committed by rename and reloaded; a failed reload rolls
     /// the files back. Holds and left-out instances are decided as `run`
-    /// decides them.
+    /// decides them. A PgBouncer database `run` would PAUSE for an unclear
+    /// primary is listed as `not paused`: this command exits, and nobody
+    /// would be left to RESUME it.
     ///
     /// Exit status: 0 every target applied or unchanged, nothing held and
     /// nobody left out; 3 applied, but a change is held back or an instance

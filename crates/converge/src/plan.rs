@@ -2,6 +2,7 @@
 
 use converge_agent::guard::Hold;
 use converge_agent::pass::Pass;
+use converge_agent::pause::Pause;
 use converge_agent::Revision;
 use converge_model::Rejection;
 use serde::Serialize;
@@ -18,6 +19,8 @@ struct PlanDocument<'a> {
     changes: bool,
     plan: &'a converge_apply::Plan,
     holds: &'a [Hold],
+    /// Databases `converge run` would pause while their primary is unclear.
+    would_pause: &'a [Pause],
     left_out: &'a [Rejection],
     warnings: &'a [String],
 }
@@ -35,6 +38,7 @@ pub fn run(cli: &Cli, args: &PlanArgs) -> anyhow::Result<u8> {
                 changes: plan.has_changes(),
                 plan: &plan,
                 holds: &pass.holds,
+                would_pause: &pass.pauses,
                 left_out: pass.left_out(),
                 warnings: &pass.set.warnings,
             };
@@ -44,6 +48,9 @@ pub fn run(cli: &Cli, args: &PlanArgs) -> anyhow::Result<u8> {
             print_revision(prepared.revision.as_ref());
             out!("{plan}");
             print_findings(&pass);
+            for p in &pass.pauses {
+                outln!("would pause: {p} (converge run pauses it; plan and apply --once never do)");
+            }
         }
     }
     Ok(if plan.has_changes() || !pass.holds.is_empty() {

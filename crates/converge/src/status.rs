@@ -2,6 +2,7 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
+use converge_agent::daemon::pauses::{PauseState, PauseStatus};
 use converge_agent::status::{gather, NodeReport, RouteSource, Section};
 use converge_model::Layout;
 
@@ -187,11 +188,35 @@ fn daemon_text(r: &NodeReport, out: &mut String) {
                     h.backend, h.reason, h.backend
                 );
             }
+            for (db, p) in &s.pauses {
+                *out += &pause_line(db, p);
+            }
             for f in &s.findings {
                 *out += &format!("  {f}\n");
             }
         }
         Section::Error(e) | Section::Absent(e) => *out += &format!("daemon: {e}\n"),
+    }
+}
+
+/// One PgBouncer database paused for an unclear primary, or given up on.
+fn pause_line(db: &str, p: &PauseStatus) -> String {
+    let (since, limit) = (when(Some(p.since)), p.limit_secs);
+    match p.state {
+        PauseState::Paused => format!(
+            "  PAUSED {db} since {since}: {}; resumed when the primary resolves, at the latest \
+             after {limit}s\n",
+            p.reason
+        ),
+        PauseState::TimedOut => format!(
+            "  PAUSE TIMED OUT {db} (paused {since}, limit {limit}s): resumed at its last \
+             primary while {}\n",
+            p.reason
+        ),
+        PauseState::Failed => format!(
+            "  PAUSE FAILED {db} at {since}: not paused while {} (see the daemon's log)\n",
+            p.reason
+        ),
     }
 }
 

@@ -559,6 +559,13 @@ pub struct PgbouncerAdmin {
     /// is resumed.
     #[serde(default = "default_admin_timeout")]
     pub timeout_secs: u64,
+    /// Longest time, in seconds, `converge run` keeps a database `PAUSE`d
+    /// while its primary is unclear (no instance claims it, or several
+    /// do), so clients wait instead of failing; past it the database is
+    /// `RESUME`d at its last primary and the timeout reported. `0`: never
+    /// pause for that.
+    #[serde(default = "default_unclear_primary_pause")]
+    pub unclear_primary_pause_secs: u64,
 }
 
 /// A file converge renders and owns.
@@ -650,6 +657,9 @@ fn default_admin_host() -> String {
     "127.0.0.1".into()
 }
 fn default_admin_timeout() -> u64 {
+    30
+}
+fn default_unclear_primary_pause() -> u64 {
     30
 }
 fn default_backups() -> u32 {

@@ -79,15 +79,23 @@ impl ReloadAction {
             },
             Reload::Command(argv) => Self::Command(argv.clone()),
             Reload::Shell(s) => Self::Shell(s.clone()),
-            Reload::Pgbouncer(admin) => Self::Pgbouncer(PgbouncerAdmin {
-                host: if admin.host.starts_with('/') {
-                    layout.path(&admin.host).display().to_string()
-                } else {
-                    admin.host.clone()
-                },
-                ..admin.clone()
-            }),
+            Reload::Pgbouncer(admin) => Self::Pgbouncer(admin.under(layout)),
             Reload::None => Self::None,
+        }
+    }
+}
+
+impl PgbouncerAdmin {
+    /// The same console with a socket directory `host` under `layout`'s
+    /// root (a TCP host stays as it is).
+    pub fn under(&self, layout: &Layout) -> Self {
+        Self {
+            host: if self.host.starts_with('/') {
+                layout.path(&self.host).display().to_string()
+            } else {
+                self.host.clone()
+            },
+            ..self.clone()
         }
     }
 }

@@ -78,6 +78,10 @@ pub struct Status {
     /// hosts the last pass rendered, and whether the guard held it.
     #[serde(default)]
     pub databases: BTreeMap<String, super::primaries::DatabaseStatus>,
+    /// PgBouncer databases paused while their primary is unclear, and
+    /// those whose pause timed out or failed while it still is.
+    #[serde(default)]
+    pub pauses: BTreeMap<String, super::pauses::PauseStatus>,
 }
 
 /// Lowercase hex SHA-256, how status reports what a target holds.
@@ -92,14 +96,17 @@ pub fn hex_sha256(bytes: &[u8]) -> String {
 /// Labels of the failure counter.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Stage {
-    /// `load`, `catalog`, `render`, `validate`, `reload`, `apply`.
+    /// `load`, `catalog`, `render`, `validate`, `reload`, `apply`, `pause`
+    /// (a PgBouncer `PAUSE`/`RESUME` for an unclear primary).
     pub stage: String,
 }
 
 /// Every stage a failure is counted at, so each series exists (at zero)
 /// from the daemon's start: an alert on `increase(...)` needs a series to
 /// increase from.
-pub const STAGES: [&str; 6] = ["load", "catalog", "render", "validate", "reload", "apply"];
+pub const STAGES: [&str; 7] = [
+    "load", "catalog", "render", "validate", "reload", "apply", "pause",
+];
 
 /// Labels of the per-target series.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -171,6 +178,13 @@ pub struct Metrics {
     pub target_failures: Family<TargetLabel, Counter>,
     /// Unix time each target was last applied or found unchanged.
     pub target_last_success: Family<TargetLabel, Gauge>,
+    /// PgBouncer databases paused while their primary was unclear.
+    pub pgbouncer_pauses: Counter,
+    /// Those pauses that ran out their limit and were resumed at the last
+    /// primary, the primary still unclear.
+    pub pgbouncer_pause_timeouts: Counter,
+    /// PgBouncer databases paused now.
+    pub pgbouncer_paused: Gauge,
     /// 1 for the revision in force (one series at a time).
     revision_info: Family<RevisionInfo, Gauge>,
 }
@@ -197,6 +211,9 @@ impl Default for Metrics {
             reload_seconds: histogram(),
             target_failures: Family::default(),
             target_last_success: Family::default(),
+            pgbouncer_pauses: Counter::default(),
+            pgbouncer_pause_timeouts: Counter::default(),
+            pgbouncer_paused: Gauge::default(),
             revision_info: Family::default(),
         }
     }
@@ -297,6 +314,21 @@ impl Board {
             "target_last_success_timestamp_seconds",
             "Unix time the target was last applied or found unchanged",
             m.target_last_success.clone(),
+        );
+        registry.register(
+            "pgbouncer_pauses",
+            "PgBouncer databases paused while their primary was unclear",
+            m.pgbouncer_pauses.clone(),
+        );
+        registry.register(
+            "pgbouncer_pause_timeouts",
+            "Pauses that ran out their limit and resumed at the last primary, still unclear",
+            m.pgbouncer_pause_timeouts.clone(),
+        );
+        registry.register(
+            "pgbouncer_paused_databases",
+            "PgBouncer databases paused now",
+            m.pgbouncer_paused.clone(),
         );
         let build = Family::<BuildInfo, Gauge>::default();
         build

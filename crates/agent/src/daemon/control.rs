@@ -21,6 +21,9 @@ pub enum Trigger {
     Resync,
     /// SIGHUP, or an operator's release.
     Operator,
+    /// A PgBouncer database paused for an unclear primary reached its
+    /// limit.
+    PauseLimit,
 }
 
 /// Operator requests shared with the HTTP listener and signal handlers.

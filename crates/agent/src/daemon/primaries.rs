@@ -192,6 +192,7 @@ mod tests {
             before: 1,
             after: 1,
             reason: "test".into(),
+            kind: crate::guard::HoldKind::NoPrimary,
         };
         let mut dbs = seen(&m, &now);
         rendered(&mut dbs, &m, &kept, &[hold]);

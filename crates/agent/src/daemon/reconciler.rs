@@ -15,12 +15,14 @@ use std::time::Instant;
 
 use converge_model::{Catalog, Layout};
 
-use super::board::Board;
+use super::board::{unix_now, Board};
+use super::pauses::Pauser;
 use super::primaries;
 use super::report::Reporter;
 use super::DaemonConfig;
 use crate::guard::baseline;
 use crate::pass::{self, Pass, Prepared};
+use crate::pause::Pause;
 use crate::source::{referenced_services, Source};
 
 /// The reconcile state that survives between passes.
@@ -40,13 +42,17 @@ pub struct Reconciler {
     baseline: Option<Catalog>,
     /// Backends an operator released, consumed by the next pass.
     released: BTreeSet<String>,
+    /// The PgBouncer databases paused while their primary is unclear.
+    pauses: Pauser,
 }
 
 impl Reconciler {
     /// A reconciler with nothing loaded yet.
     pub fn new(config: DaemonConfig, board: Arc<Board>) -> Self {
-        let baseline = baseline::load(&Layout::new(&config.inputs.root));
+        let layout = Layout::new(&config.inputs.root);
+        let baseline = baseline::load(&layout);
         Self {
+            pauses: Pauser::new(layout),
             config,
             report: Reporter::new(board),
             inputs: None,
@@ -109,17 +115,32 @@ impl Reconciler {
     /// blocking thread.
     pub fn reconcile(&mut self, source: &mut dyn Source) {
         let started = Instant::now();
-        self.pass(source);
+        let wanted = self.pass(source);
+        let events = self.pauses.follow(wanted.as_deref(), unix_now());
+        self.report.pauses(&events, self.pauses.status());
         self.report.pass_finished(started.elapsed());
     }
 
-    fn pass(&mut self, source: &mut dyn Source) {
+    /// When the next pass is due for a pause's limit, if one is in force.
+    pub fn pause_deadline(&self) -> Option<std::time::Duration> {
+        self.pauses.next_deadline(unix_now())
+    }
+
+    /// Resumes every database this daemon paused (shutdown). Blocking.
+    pub fn resume_paused(&mut self) {
+        let events = self.pauses.resume_all();
+        self.report.pauses(&events, self.pauses.status());
+    }
+
+    /// One pass; the databases it wants paused once its transaction ran,
+    /// `None` when it decided nothing.
+    fn pass(&mut self, source: &mut dyn Source) -> Option<Vec<Pause>> {
         self.report.pass_started();
         let reading = source.read();
         self.report.source(reading.health);
         let (Some(prepared), Some(catalog)) = (self.inputs.as_ref(), reading.catalog) else {
             self.report.not_converged();
-            return;
+            return None;
         };
         let released = std::mem::take(&mut self.released);
         let manifest = &prepared.manifests.manifest;
@@ -133,7 +154,10 @@ impl Reconciler {
             &released,
         ) {
             Ok(pass) => pass,
-            Err(e) => return self.report.render_failed(e.to_string()),
+            Err(e) => {
+                self.report.render_failed(e.to_string());
+                return None;
+            }
         };
         self.report.rendered();
         let complete = pass.complete();
@@ -141,6 +165,7 @@ impl Reconciler {
             set,
             holds,
             accepted,
+            pauses,
         } = pass;
         self.report
             .holds(&prepared.manifests.manifest, &accepted, &holds);
@@ -151,12 +176,16 @@ impl Reconciler {
         let outcome = converge_apply::apply(&set, &self.config.apply);
         let report = match outcome {
             Ok(r) => r,
-            Err(e) => return self.report.apply_failed(set.redact(&e.to_string())),
+            Err(e) => {
+                self.report.apply_failed(set.redact(&e.to_string()));
+                return None;
+            }
         };
         let all_ok = self.report.outcomes(&set, &report);
         baseline::advance(&layout, self.baseline.as_ref(), &accepted);
         self.baseline = Some(accepted);
         self.report.converged(all_ok && complete);
+        Some(pauses)
     }
 }
 

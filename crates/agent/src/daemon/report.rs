@@ -16,6 +16,7 @@ use converge_consul::SourceHealth;
 use converge_model::{Catalog, Manifest, RenderedSet};
 
 use super::board::{hex_sha256, unix_now, BackendStatus, Board, TargetLabel};
+use super::pauses::{PauseEvent, PauseState, PauseStatus};
 use super::primaries::DatabaseStatus;
 use crate::guard::Hold;
 use crate::revision::Revision;
@@ -163,6 +164,59 @@ impl Reporter {
     /// rendered.
     pub fn databases(&self, databases: BTreeMap<String, DatabaseStatus>) {
         self.board.update(|s| s.databases = databases);
+    }
+
+    /// What happened to the PgBouncer pauses, and where they stand: each
+    /// event logged and counted once, a timeout loudly.
+    pub fn pauses(&self, events: &[PauseEvent], status: BTreeMap<String, PauseStatus>) {
+        let m = &self.board.metrics;
+        for e in events {
+            match e {
+                PauseEvent::Paused {
+                    database,
+                    reason,
+                    limit_secs,
+                    draining,
+                } => {
+                    m.pgbouncer_pauses.inc();
+                    tracing::warn!(%database, draining, "PgBouncer database PAUSED: {reason}; clients wait for the primary to resolve, at most {limit_secs}s");
+                }
+                PauseEvent::Resumed {
+                    database,
+                    after_secs,
+                } => {
+                    tracing::info!(%database, after_secs, "PgBouncer database RESUMED: its primary resolved");
+                }
+                PauseEvent::TimedOut {
+                    database,
+                    after_secs,
+                } => {
+                    m.pgbouncer_pause_timeouts.inc();
+                    self.board.fail("pause");
+                    tracing::error!(%database, after_secs, "PAUSE TIMED OUT: PgBouncer database resumed at its last primary while the primary is still unclear; not paused again until it resolves");
+                }
+                PauseEvent::LeftOver { database } => {
+                    tracing::warn!(%database, "PgBouncer database RESUMED: a converge that is gone had paused it");
+                }
+                PauseEvent::Shutdown { database } => {
+                    tracing::info!(%database, "PgBouncer database RESUMED at shutdown");
+                }
+                PauseEvent::Failed {
+                    database,
+                    action,
+                    error,
+                } => {
+                    self.board.fail("pause");
+                    tracing::error!(%database, error = %error, "could not {action} the PgBouncer database");
+                }
+            }
+        }
+        let paused = status
+            .values()
+            .filter(|p| p.state == PauseState::Paused)
+            .count();
+        m.pgbouncer_paused.set(paused as i64);
+        self.board.update(|s| s.pauses = status);
     }
 
     /// Left-out instances and render warnings go to the status every pass,

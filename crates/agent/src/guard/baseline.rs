@@ -19,7 +19,7 @@
 //! never applied behaves anyway.
 
 use std::collections::BTreeMap;
-use std::io::{self, Write};
+use std::io;
 use std::path::PathBuf;
 
 use converge_model::{Catalog, Instance, Layout};
@@ -59,11 +59,6 @@ pub fn load(layout: &Layout) -> Option<Catalog> {
 
 /// Replaces the stored baseline with `catalog`'s instances, atomically.
 pub fn store(layout: &Layout, catalog: &Catalog) -> io::Result<()> {
-    let path = path(layout);
-    let dir = path
-        .parent()
-        .ok_or_else(|| io::Error::other("state directory has no parent"))?;
-    std::fs::create_dir_all(dir)?;
     let stored = Stored {
         services: catalog
             .services()
@@ -71,14 +66,7 @@ pub fn store(layout: &Layout, catalog: &Catalog) -> io::Result<()> {
             .map(|(name, e)| (name.clone(), e.instances.clone()))
             .collect(),
     };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".guard-baseline.")
-        .tempfile_in(dir)?;
-    serde_json::to_writer(&mut tmp, &stored)?;
-    tmp.flush()?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(&path).map_err(|e| e.error)?;
-    std::fs::File::open(dir)?.sync_all()
+    crate::state_file::store_json(&path(layout), &stored)
 }
 
 /// Whether `new` has other instances than `old`: the baseline is written

@@ -58,6 +58,8 @@ use std::time::{Duration, Instant};
 
 use converge_model::manifest::PgbouncerAdmin;
 
+pub mod pause;
+
 use super::ini::section;
 use super::restart::PGBOUNCER_RESTART_ONLY;
 use crate::process::{Options, Running};
@@ -70,6 +72,8 @@ enum Answer {
     Ok(String),
     /// The console could not be reached at all.
     Unreachable(String),
+    /// No answer within the timeout; `psql` was killed.
+    TimedOut(String),
     Failed(String),
 }
 
@@ -88,11 +92,7 @@ impl PauseScope {
     /// as one word widens the pause to all databases.
     fn arguments(&self) -> Vec<String> {
         match self {
-            Self::Only(dbs)
-                if dbs
-                    .iter()
-                    .all(|d| d.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')) =>
-            {
+            Self::Only(dbs) if dbs.iter().all(|d| pause::one_word(d).is_ok()) => {
                 dbs.iter().map(|d| format!(" {d}")).collect()
             }
             _ => vec![String::new()],
@@ -152,7 +152,7 @@ pub fn reload(admin: &PgbouncerAdmin, scope: &PauseScope) -> Result<ConsoleReloa
                 ),
                 // Nothing is paused yet: nobody listens.
                 Answer::Unreachable(_) if sent == 1 => return Ok(ConsoleReload::NotRunning),
-                Answer::Unreachable(e) | Answer::Failed(e) => {
+                Answer::Unreachable(e) | Answer::TimedOut(e) | Answer::Failed(e) => {
                     break 'step Err((format!("PAUSE{db} did not complete; not reloaded"), e, true))
                 }
             }
@@ -160,7 +160,9 @@ pub fn reload(admin: &PgbouncerAdmin, scope: &PauseScope) -> Result<ConsoleReloa
         match command(admin, "RELOAD", timeout) {
             Answer::Ok(_) => Ok(ConsoleReload::Reloaded),
             Answer::Unreachable(_) if sent == 0 => Ok(ConsoleReload::NotRunning),
-            Answer::Unreachable(e) | Answer::Failed(e) => Err(("RELOAD failed".into(), e, false)),
+            Answer::Unreachable(e) | Answer::TimedOut(e) | Answer::Failed(e) => {
+                Err(("RELOAD failed".into(), e, false))
+            }
         }
     };
     let resumed = resume(admin, &databases[..sent], timeout);
@@ -196,7 +198,7 @@ fn resume(admin: &PgbouncerAdmin, databases: &[String], timeout: Duration) -> Re
         .iter()
         .filter_map(|db| match command(admin, &format!("RESUME{db}"), timeout) {
             Answer::Ok(_) => None,
-            Answer::Unreachable(e) | Answer::Failed(e) => Some(e),
+            Answer::Unreachable(e) | Answer::TimedOut(e) | Answer::Failed(e) => Some(e),
         })
         .collect();
     if failed.is_empty() {
@@ -361,7 +363,7 @@ fn show(admin: &PgbouncerAdmin, what: &str) -> Result<String, String> {
     match command(admin, what, timeout) {
         Answer::Ok(text) => Ok(text),
         Answer::Unreachable(e) => Err(format!("PgBouncer not reachable: {e}")),
-        Answer::Failed(e) => Err(e),
+        Answer::TimedOut(e) | Answer::Failed(e) => Err(e),
     }
 }
 
@@ -463,7 +465,7 @@ fn command(admin: &PgbouncerAdmin, sql: &str, timeout: Duration) -> Answer {
         Ok(Some(s)) => s,
         _ => {
             let _ = child.kill();
-            return Answer::Failed(format!(
+            return Answer::TimedOut(format!(
                 "`{sql}` did not answer within {:.0}s",
                 timeout.as_secs_f64()
             ));
