@@ -140,7 +140,7 @@ mod tests {
         assert_eq!(pauses.len(), 1, "{pauses:?}");
         assert_eq!(
             pauses[0].to_string(),
-            "app (2 instances claim primary: a, b), at most 30s"
+            "app (2 instances claim primary: a, b), at most 60s"
         );
         assert_eq!(pauses[0].console.host, "/srv/run/postgresql");
         let gone = decide(&d, &Layout::new("/"), &[hold("app", HoldKind::NoPrimary)]);

@@ -563,7 +563,8 @@ pub struct PgbouncerAdmin {
     /// while its primary is unclear (no instance claims it, or several
     /// do), so clients wait instead of failing; past it the database is
     /// `RESUME`d at its last primary and the timeout reported. `0`: never
-    /// pause for that.
+    /// pause for that. The default, 60, outlasts a failover under
+    /// Patroni's default timing (`ttl: 30`, `loop_wait: 10`).
     #[serde(default = "default_unclear_primary_pause")]
     pub unclear_primary_pause_secs: u64,
 }
@@ -660,7 +661,7 @@ fn default_admin_timeout() -> u64 {
     30
 }
 fn default_unclear_primary_pause() -> u64 {
-    30
+    60
 }
 fn default_backups() -> u32 {
     5
