@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use crate::error::{ManifestError, ManifestErrors};
 use crate::load::Manifests;
 use crate::locate::Segment;
-use crate::manifest::{Mode, Reload, Validator};
+use crate::manifest::{Mode, Reload, TcpCheck, Validator};
 use crate::wording::suggest;
 
 /// Signals a reload may name.
@@ -205,6 +205,16 @@ impl Manifests {
                         "a backend has one check: `health_check` or `tcp_check`, not both".into(),
                     ));
                 }
+            }
+            if be.tcp_check_password.is_some() && be.tcp_check != Some(TcpCheck::RedisPrimary) {
+                errors.push(self.error(
+                    "backends",
+                    name,
+                    &[key("tcp_check_password")],
+                    "is the password of `tcp_check: redis_primary`, which this backend does not \
+                     use"
+                    .into(),
+                ));
             }
             if let Some(rt) = &be.runtime_api {
                 if !(1..=MAX_RUNTIME_SLOTS).contains(&rt.slots) {
@@ -635,6 +645,19 @@ mod tests {
             Err(vec![
                 "m/a.yaml:6:5: backends.pg.tcp_check: a backend has one check: \
                       `health_check` or `tcp_check`, not both"
+                    .to_string()
+            ])
+        );
+        let password = "    tcp_check_password: {file: secrets/redis}\n";
+        assert_eq!(
+            check(&format!("    tcp_check: redis_primary\n{password}")),
+            Ok(())
+        );
+        assert_eq!(
+            check(&format!("{rest}{password}")),
+            Err(vec![
+                "m/a.yaml:6:5: backends.pg.tcp_check_password: is the password of \
+                 `tcp_check: redis_primary`, which this backend does not use"
                     .to_string()
             ])
         );

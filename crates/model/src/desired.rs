@@ -16,6 +16,29 @@ use crate::locate::Segment;
 use crate::manifest::{Manifest, Node, Target, Vip};
 use crate::secret::Secret;
 
+/// Characters a check password may hold besides letters and digits:
+/// none of them has a meaning on an HAProxy config line (no space, quote,
+/// backslash, `#` or `$`).
+const CHECK_PASSWORD_PUNCTUATION: &str = "-_.~+=/@%:,!*^";
+
+/// `secret` if HAProxy can take it as written on a `tcp-check send` line;
+/// the error never shows the value.
+fn check_line_safe(secret: Secret) -> Result<Secret, String> {
+    let ok = !secret.expose().is_empty()
+        && secret
+            .expose()
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || CHECK_PASSWORD_PUNCTUATION.contains(c));
+    if ok {
+        Ok(secret)
+    } else {
+        Err(format!(
+            "the password is empty or holds a character other than letters, digits and \
+             `{CHECK_PASSWORD_PUNCTUATION}`, which HAProxy's check line cannot carry as written"
+        ))
+    }
+}
+
 /// One VRRP instance as this node runs it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct NodeVip {
@@ -126,6 +149,18 @@ impl Manifests {
                     peers,
                 },
             );
+        }
+        for (bname, b) in &m.backends {
+            let Some(r) = &b.tcp_check_password else {
+                continue;
+            };
+            let at = [Segment::Key("tcp_check_password".into())];
+            match r.resolve(&self.dir).and_then(check_line_safe) {
+                Ok(s) => {
+                    secrets.insert(format!("backends.{bname}.tcp_check_password"), s);
+                }
+                Err(e) => errors.push(self.error("backends", bname, &at, e)),
+            }
         }
         for (user, r) in &m.pgbouncer.users {
             match r.resolve(&self.dir) {

@@ -184,6 +184,14 @@ pub struct Backend {
     /// A built-in TCP check script instead of an HTTP check.
     #[serde(default)]
     pub tcp_check: Option<TcpCheck>,
+    /// Password of a Redis/Valkey with `requirepass`, for `tcp_check:
+    /// redis_primary`: the check sends `AUTH` with it first. A secret
+    /// reference, never shown in plans, diffs or logs; it may hold
+    /// letters, digits and `-_.~+=/@%:,!*^` only (HAProxy reads it on the
+    /// check's line).
+    #[serde(default, with = "serde_norway::with::singleton_map")]
+    #[schemars(with = "Option<SecretRef>")]
+    pub tcp_check_password: Option<SecretRef>,
     /// Extra `server` line options, e.g. `["inter 2s", "fall 3"]`.
     #[serde(default)]
     pub server_options: Vec<String>,

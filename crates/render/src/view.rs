@@ -136,6 +136,8 @@ pub struct BackendView {
     pub check_port: Option<u16>,
     /// Built-in TCP check script: `redis_primary`.
     pub tcp_check: Option<&'static str>,
+    /// The check's `AUTH` password (a secret: plans and logs mask it).
+    pub check_password: Option<String>,
     /// Extra server options, space-joined.
     pub server_options: String,
     /// Per-server maxconn.
@@ -331,7 +333,14 @@ pub fn build(desired: &NodeDesired, catalog: &Catalog, layout: &Layout) -> View 
     let backends = m
         .backends
         .iter()
-        .map(|(name, b)| backend_view(name, b, &safe[b.service.as_str()], &mut warnings))
+        .map(|(name, b)| {
+            let mut view = backend_view(name, b, &safe[b.service.as_str()], &mut warnings);
+            view.check_password = desired
+                .secrets
+                .get(&format!("backends.{name}.tcp_check_password"))
+                .map(|s| s.expose().to_string());
+            view
+        })
         .collect();
     let databases = m
         .databases
@@ -424,6 +433,7 @@ fn backend_view(
         tcp_check: b.tcp_check.map(|t| match t {
             TcpCheck::RedisPrimary => "redis_primary",
         }),
+        check_password: None,
         server_options: b.server_options.join(" "),
         maxconn: b.maxconn,
         sticky_cookie: b.sticky.as_ref().map(|s| s.cookie.clone()),

@@ -27,6 +27,8 @@ pub const DEADLINE: Duration = Duration::from_secs(20);
 pub struct Redis {
     child: Child,
     port: u16,
+    /// Its `requirepass` (and `masterauth`), if any.
+    password: Option<String>,
     log: PathBuf,
     // Last: the directory goes after the server stopped.
     _dir: tempfile::TempDir,
@@ -40,7 +42,7 @@ impl Redis {
     /// No `redis-server`, or it does not answer within [`DEADLINE`] (the
     /// message carries its log).
     pub fn primary() -> Result<Self, String> {
-        Self::start(None)
+        Self::start(None, None)
     }
 
     /// Starts a replica of the server on 127.0.0.1:`primary` and waits
@@ -50,12 +52,33 @@ impl Redis {
     ///
     /// As [`Redis::primary`], or the link is not up within [`DEADLINE`].
     pub fn replica_of(primary: u16) -> Result<Self, String> {
-        let r = Self::start(Some(primary))?;
+        let r = Self::start(Some(primary), None)?;
         r.wait_linked()?;
         Ok(r)
     }
 
-    fn start(primary: Option<u16>) -> Result<Self, String> {
+    /// Starts a primary that requires `password` (`requirepass`).
+    ///
+    /// # Errors
+    ///
+    /// As [`Redis::primary`].
+    pub fn primary_with_password(password: &str) -> Result<Self, String> {
+        Self::start(None, Some(password))
+    }
+
+    /// Starts a replica of the primary on `primary` that requires, and
+    /// replicates with, `password`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Redis::replica_of`].
+    pub fn replica_with_password(primary: u16, password: &str) -> Result<Self, String> {
+        let r = Self::start(Some(primary), Some(password))?;
+        r.wait_linked()?;
+        Ok(r)
+    }
+
+    fn start(primary: Option<u16>, password: Option<&str>) -> Result<Self, String> {
         let dir = tempfile::Builder::new()
             .prefix("converge-redis-")
             .tempdir()
@@ -72,6 +95,9 @@ impl Redis {
         if let Some(p) = primary {
             cmd.args(["--replicaof", "127.0.0.1", &p.to_string()]);
         }
+        if let Some(pw) = password {
+            cmd.args(["--requirepass", pw, "--masterauth", pw]);
+        }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
@@ -80,11 +106,12 @@ impl Redis {
         let mut r = Self {
             child,
             port,
+            password: password.map(str::to_string),
             log,
             _dir: dir,
         };
         let ready = wait::until(DEADLINE, &format!("redis-server on {port}"), || {
-            command(port, &["PING"]).as_deref() == Ok("PONG")
+            command_as(port, password, &["PING"]).as_deref() == Ok("PONG")
         });
         if let Err(e) = ready {
             r.child.stop();
@@ -105,7 +132,7 @@ impl Redis {
 
     /// `role:…` from `INFO replication`: `master` or `slave`.
     pub fn role(&self) -> Option<String> {
-        let info = command(self.port, &["INFO", "replication"]).ok()?;
+        let info = self.command(&["INFO", "replication"]).ok()?;
         info.lines()
             .find_map(|l| l.trim().strip_prefix("role:").map(str::to_string))
     }
@@ -117,7 +144,7 @@ impl Redis {
     ///
     /// The server refused or did not answer.
     pub fn promote(&self) -> Result<(), String> {
-        expect_ok(self.port, &["REPLICAOF", "NO", "ONE"])
+        self.expect_ok(&["REPLICAOF", "NO", "ONE"])
     }
 
     /// Makes this server a replica of 127.0.0.1:`primary` (`REPLICAOF`),
@@ -128,7 +155,7 @@ impl Redis {
     ///
     /// The server refused, or the link is not up within [`DEADLINE`].
     pub fn follow(&self, primary: u16) -> Result<(), String> {
-        expect_ok(self.port, &["REPLICAOF", "127.0.0.1", &primary.to_string()])?;
+        self.expect_ok(&["REPLICAOF", "127.0.0.1", &primary.to_string()])?;
         self.wait_linked()
     }
 
@@ -137,23 +164,33 @@ impl Redis {
             DEADLINE,
             &format!("redis {} to replicate", self.port),
             || {
-                command(self.port, &["INFO", "replication"])
+                self.command(&["INFO", "replication"])
                     .is_ok_and(|i| i.contains("master_link_status:up"))
             },
         )
         .map_err(|e| format!("{e}\n{}", self.log()))
     }
 
+    /// Sends one command to this server, authenticated when it has a
+    /// password (see [`command_as`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`command`].
+    pub fn command(&self, args: &[&str]) -> Result<String, String> {
+        command_as(self.port, self.password.as_deref(), args)
+    }
+
+    fn expect_ok(&self, args: &[&str]) -> Result<(), String> {
+        match self.command(args)?.as_str() {
+            "OK" => Ok(()),
+            other => Err(format!("{args:?} on redis {}: {other}", self.port)),
+        }
+    }
+
     /// Stops the server now (`SIGTERM`, then `SIGKILL`). Idempotent.
     pub fn stop(&mut self) {
         self.child.stop();
-    }
-}
-
-fn expect_ok(port: u16, args: &[&str]) -> Result<(), String> {
-    match command(port, args)?.as_str() {
-        "OK" => Ok(()),
-        other => Err(format!("{args:?} on redis {port}: {other}")),
     }
 }
 
@@ -166,18 +203,41 @@ fn expect_ok(port: u16, args: &[&str]) -> Result<(), String> {
 /// The connection failed, timed out (5 s), or the reply is an error
 /// (`-READONLY …` from a replica, say; the text is the message).
 pub fn command(port: u16, args: &[&str]) -> Result<String, String> {
+    command_as(port, None, args)
+}
+
+/// [`command`], after `AUTH password` on the same connection when a
+/// password is given (a server with `requirepass`, or a proxy in front of
+/// one).
+///
+/// # Errors
+///
+/// As [`command`]; a refused `AUTH` is an error naming `AUTH` only.
+pub fn command_as(port: u16, password: Option<&str>, args: &[&str]) -> Result<String, String> {
     let what = format!("{} on 127.0.0.1:{port}", args.join(" "));
     let conn = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("{what}: {e}"))?;
     conn.set_read_timeout(Some(Duration::from_secs(5)))
         .map_err(|e| format!("{what}: {e}"))?;
+    let mut reader = BufReader::new(&conn);
+    if let Some(pw) = password {
+        send(&conn, &["AUTH", pw]).map_err(|e| format!("AUTH on 127.0.0.1:{port}: {e}"))?;
+        reply(&mut reader, &format!("AUTH on 127.0.0.1:{port}"))?;
+    }
+    send(&conn, args).map_err(|e| format!("{what}: {e}"))?;
+    reply(&mut reader, &what)
+}
+
+/// Writes `args` as one RESP array.
+fn send(conn: &TcpStream, args: &[&str]) -> std::io::Result<()> {
     let mut request = format!("*{}\r\n", args.len());
     for a in args {
         request.push_str(&format!("${}\r\n{a}\r\n", a.len()));
     }
-    (&conn)
-        .write_all(request.as_bytes())
-        .map_err(|e| format!("{what}: {e}"))?;
-    let mut reader = BufReader::new(&conn);
+    (&*conn).write_all(request.as_bytes())
+}
+
+/// Reads one reply; `what` names the command in errors.
+fn reply(reader: &mut BufReader<&TcpStream>, what: &str) -> Result<String, String> {
     let mut line = String::new();
     reader
         .read_line(&mut line)
