@@ -138,6 +138,9 @@ fn insert(port: u16, id: u64) -> Result<(), String> {
     let mut stderr = tempfile::tempfile().map_err(|e| format!("no temp file: {e}"))?;
     let err = stderr.try_clone().map_err(|e| e.to_string())?;
     let mut cmd = psql_command(port, "app", "app");
+    // An application that waits: a connection PgBouncer holds in its login
+    // (while `app` is paused) counts against the same deadline.
+    cmd.env("PGCONNECT_TIMEOUT", INSERT_DEADLINE.as_secs().to_string());
     cmd.arg("-c")
         .arg(format!("insert into writes (id) values ({id})"))
         .stdin(Stdio::null())
@@ -162,6 +165,29 @@ fn insert(port: u16, id: u64) -> Result<(), String> {
     }
 }
 
+/// How converge reloads PgBouncer in a [`Stack`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reload {
+    /// SIGHUP to its pid: no console, so nothing is paused.
+    Signal,
+    /// Over the admin console with `pause: true`: an unclear primary
+    /// PAUSEs `app` until it resolves (at most 60 s).
+    Console,
+}
+
+impl Reload {
+    /// Both targets' `reload:` YAML, for PgBouncer on `port`.
+    fn yaml(self, port: u16) -> String {
+        match self {
+            Self::Signal => SIGHUP.to_string(),
+            Self::Console => format!(
+                "    reload:\n      pgbouncer: {{host: /run/postgresql, port: {port}, \
+                 user: converge, pause: true, unclear_primary_pause_secs: 60}}\n"
+            ),
+        }
+    }
+}
+
 /// Consul, the Patroni cluster `postgres`, the daemon and PgBouncer.
 struct Stack {
     consul: ConsulAgent,
@@ -172,12 +198,12 @@ struct Stack {
 }
 
 impl Stack {
-    fn start() -> Self {
+    fn start(reload: Reload) -> Self {
         let consul = ConsulAgent::start().expect("consul agent -dev");
         let cluster = PatroniCluster::start(&consul, "postgres").expect("patroni cluster");
         let port = free_port();
         // The example manifests' follow-the-primary settings.
-        let site = site(port, SIGHUP).replace(
+        let site = site(port, &reload.yaml(port)).replace(
             "  default_pool_size: 5\n",
             "  default_pool_size: 5\n  settings: {server_login_retry: 0.5, \
              server_connect_timeout: 3, server_fast_close: true}\n",
@@ -202,8 +228,8 @@ impl Stack {
 
     /// [`Stack::start`], then table `writes` on the leader once PgBouncer
     /// routes to it; returns the leader too.
-    fn with_table() -> (Self, String) {
-        let s = Self::start();
+    fn with_table(reload: Reload) -> (Self, String) {
+        let s = Self::start(reload);
         let leader = s.leader();
         s.wait_landing(&leader);
         let sql = "create table writes (id bigint primary key)";
@@ -237,6 +263,16 @@ impl Stack {
     fn config(&self) -> String {
         std::fs::read_to_string(self.ws.root().join("etc/pgbouncer/pgbouncer.ini"))
             .unwrap_or_default()
+    }
+
+    /// Whether PgBouncer routes `app` to `port` now (`SHOW DATABASES`).
+    fn serving(&self, port: u16) -> bool {
+        self.pgbouncer()
+            .show("converge", "SHOW DATABASES")
+            .is_ok_and(|rows| {
+                rows.iter()
+                    .any(|r| r["name"] == "app" && r["port"] == port.to_string())
+            })
     }
 
     /// Waits until the rendered file routes `app` to `member`.
@@ -295,7 +331,7 @@ impl Stack {
 
 #[test]
 fn pgbouncer_follows_patroni_through_a_switchover_and_a_kill_without_losing_a_write() {
-    let (mut s, first) = Stack::with_table();
+    let (mut s, first) = Stack::with_table(Reload::Signal);
 
     // The pass-through settings reached the running PgBouncer.
     let config = s
@@ -387,19 +423,72 @@ fn pgbouncer_follows_patroni_through_a_switchover_and_a_kill_without_losing_a_wr
     s.cluster.stop();
 }
 
-/// One drill as the clients saw it, each time from the drill's start.
+/// One drill as the clients saw it, each step's time from the drill's
+/// start (the kill, or the switchover request).
 struct Round {
+    /// Patroni promoted the new leader: its REST API answers `/primary`.
+    promoted: Duration,
     /// Consul shows the new leader tagged primary and passing.
     consul: Duration,
-    /// converge rendered `app` on the new leader.
+    /// converge committed `pgbouncer.ini` with `app` on the new leader.
     rendered: Duration,
-    /// The first write started after Consul showed the new primary was
-    /// acknowledged.
+    /// PgBouncer routes `app` there (`SHOW DATABASES`).
+    serving: Duration,
+    /// The first write acknowledged after Consul showed the new primary
+    /// (started after it, too).
     first_write: Duration,
     /// Longest time between two acknowledged writes around the drill.
     gap: Duration,
     /// Failed inserts, by the first line of what the client saw.
     failures: Vec<String>,
+}
+
+/// When each step of a drill was first seen, polled together.
+#[derive(Default)]
+struct Steps {
+    promoted: Option<Duration>,
+    consul: Option<Duration>,
+    rendered: Option<Duration>,
+    serving: Option<Duration>,
+}
+
+impl Steps {
+    fn done(&self) -> bool {
+        self.promoted.is_some()
+            && self.consul.is_some()
+            && self.rendered.is_some()
+            && self.serving.is_some()
+    }
+}
+
+/// Polls every step of a drill towards `new` started at `t0` until all
+/// are seen.
+fn steps(s: &Stack, new: &str, t0: Instant) -> Steps {
+    let port = s.port_of(new);
+    let line = format!("app = host=127.0.0.1 port={port} ");
+    let shown = (new.to_string(), "primary".to_string(), true);
+    let mut seen = Steps::default();
+    wait::until(
+        DEADLINE,
+        "Patroni, Consul, converge and PgBouncer to move",
+        || {
+            // A step is asked about until it is seen, not after.
+            let mark = |slot: &mut Option<Duration>, now: &dyn Fn() -> bool| {
+                if slot.is_none() && now() {
+                    *slot = Some(t0.elapsed());
+                }
+            };
+            mark(&mut seen.promoted, &|| s.cluster.answers_primary(new));
+            mark(&mut seen.consul, &|| {
+                converge_testkit::patroni::consul_roles(&s.consul, "postgres").contains(&shown)
+            });
+            mark(&mut seen.rendered, &|| s.config().contains(&line));
+            mark(&mut seen.serving, &|| s.serving(port));
+            seen.done()
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", s.diagnostics()));
+    seen
 }
 
 /// Runs one drill (`kill`: kill -9 of the leader, else a switchover) and
@@ -415,23 +504,8 @@ fn drill(s: &mut Stack, writer: &Writer, kill: bool) -> Round {
     } else {
         s.cluster.switchover(&new).expect("switchover");
     }
-    let port = s.port_of(&new);
-    let (mut consul, mut rendered) = (None, None);
-    let line = format!("app = host=127.0.0.1 port={port} ");
-    let shown = (new.clone(), "primary".to_string(), true);
-    wait::until(DEADLINE, "Consul and converge to move", || {
-        if consul.is_none()
-            && converge_testkit::patroni::consul_roles(&s.consul, "postgres").contains(&shown)
-        {
-            consul = Some(t0.elapsed());
-        }
-        if rendered.is_none() && s.config().contains(&line) {
-            rendered = Some(t0.elapsed());
-        }
-        consul.is_some() && rendered.is_some()
-    })
-    .unwrap_or_else(|e| panic!("{e}\n{}", s.diagnostics()));
-    let consul = consul.unwrap_or_default();
+    let seen = steps(s, &new, t0);
+    let consul = seen.consul.unwrap_or_default();
     writer
         .wait_resumed(t0 + consul, "a write after the drill")
         .unwrap_or_else(|e| panic!("{e}\n{}", s.diagnostics()));
@@ -440,7 +514,7 @@ fn drill(s: &mut Stack, writer: &Writer, kill: bool) -> Round {
     let first_write = mine
         .iter()
         .filter(|a| a.outcome.is_ok() && a.started >= t0 + consul)
-        .map(|a| a.ended.duration_since(t0 + consul))
+        .map(|a| a.ended.duration_since(t0))
         .min()
         .unwrap_or_default();
     let mut acked: Vec<Instant> = attempts
@@ -457,14 +531,15 @@ fn drill(s: &mut Stack, writer: &Writer, kill: bool) -> Round {
         .unwrap_or_default();
     if kill {
         s.cluster.restart(&old).expect("the killed member rejoins");
-    } else {
-        s.cluster
-            .wait_sync_standby(&old, DEADLINE)
-            .expect("the old leader follows");
     }
+    s.cluster
+        .wait_sync_standby(&old, DEADLINE)
+        .expect("the old leader follows");
     Round {
+        promoted: seen.promoted.unwrap_or_default(),
         consul,
-        rendered: rendered.unwrap_or_default(),
+        rendered: seen.rendered.unwrap_or_default(),
+        serving: seen.serving.unwrap_or_default(),
         first_write,
         gap,
         failures: mine
@@ -475,9 +550,18 @@ fn drill(s: &mut Stack, writer: &Writer, kill: bool) -> Round {
     }
 }
 
+/// `p50 X max Y` of `f` over `runs`, in milliseconds.
+fn stat(runs: &[Round], f: fn(&Round) -> Duration) -> String {
+    let mut v: Vec<Duration> = runs.iter().map(f).collect();
+    v.sort();
+    let ms = |d: Duration| d.as_millis();
+    format!("{} / {}", ms(v[v.len() / 2]), ms(v[v.len() - 1]))
+}
+
 /// The numbers in BENCHMARKS.md ("PgBouncer through a Patroni failover"):
 /// `cargo test -p converge --test patroni_failover -- --ignored --nocapture`
-/// (`PATRONI_ROUNDS`, default 5, rounds per drill).
+/// (`PATRONI_ROUNDS`, default 5, rounds per drill; `PATRONI_RELOADS`,
+/// default `signal,console`, which reloads to measure, one cluster each).
 #[test]
 #[ignore = "measurement; prints numbers"]
 fn measure_patroni_failover() {
@@ -485,36 +569,45 @@ fn measure_patroni_failover() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(5);
-    let (mut s, _) = Stack::with_table();
-    let writer = s.writer();
-    for (name, kill) in [("switchover", false), ("kill -9 of the leader", true)] {
-        let runs: Vec<Round> = (0..rounds).map(|_| drill(&mut s, &writer, kill)).collect();
-        let ms = |d: Duration| format!("{:.0} ms", d.as_secs_f64() * 1000.0);
-        let stat = |f: fn(&Round) -> Duration| {
-            let mut v: Vec<Duration> = runs.iter().map(f).collect();
-            v.sort();
-            format!("p50 {} max {}", ms(v[v.len() / 2]), ms(v[v.len() - 1]))
-        };
-        let failures: Vec<&String> = runs.iter().flat_map(|r| &r.failures).collect();
-        let mut kinds = std::collections::BTreeMap::<&str, usize>::new();
-        for f in &failures {
-            *kinds.entry(f.as_str()).or_default() += 1;
-        }
-        println!(
-            "{name}, {rounds} rounds: Consul shows the new primary {}; converge rendered {}; \
-             first write after Consul showed it {}; write gap {}; failed inserts {} {kinds:?}",
-            stat(|r| r.consul),
-            stat(|r| r.rendered),
-            stat(|r| r.first_write),
-            stat(|r| r.gap),
-            failures.len(),
-        );
-    }
-    let attempts = writer.finish();
-    assert!(
-        !attempts
-            .iter()
-            .any(|a| matches!(&a.outcome, Err(e) if e.contains("no such database"))),
-        "a client saw `no such database`"
+    let reloads = std::env::var("PATRONI_RELOADS").unwrap_or_else(|_| "signal,console".into());
+    println!(
+        "| reload | drill | promoted | Consul shows it | converge rendered | PgBouncer serving | \
+         first write | write gap | first write − Consul | failed inserts |"
     );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for reload in reloads.split(',') {
+        let reload = match reload {
+            "signal" => Reload::Signal,
+            "console" => Reload::Console,
+            other => panic!("PATRONI_RELOADS: unknown reload {other:?}"),
+        };
+        let (mut s, _) = Stack::with_table(reload);
+        let writer = s.writer();
+        for (name, kill) in [("switchover", false), ("kill -9 of the leader", true)] {
+            let runs: Vec<Round> = (0..rounds).map(|_| drill(&mut s, &writer, kill)).collect();
+            let mut kinds = std::collections::BTreeMap::<&str, usize>::new();
+            for f in runs.iter().flat_map(|r| &r.failures) {
+                *kinds.entry(f.as_str()).or_default() += 1;
+            }
+            let failed: usize = kinds.values().sum();
+            println!(
+                "| {reload:?} | {name} | {} | {} | {} | {} | {} | {} | {} | {failed} {kinds:?} |",
+                stat(&runs, |r| r.promoted),
+                stat(&runs, |r| r.consul),
+                stat(&runs, |r| r.rendered),
+                stat(&runs, |r| r.serving),
+                stat(&runs, |r| r.first_write),
+                stat(&runs, |r| r.gap),
+                stat(&runs, |r| r.first_write.saturating_sub(r.consul)),
+            );
+        }
+        let attempts = writer.finish();
+        assert!(
+            !attempts
+                .iter()
+                .any(|a| matches!(&a.outcome, Err(e) if e.contains("no such database"))),
+            "a client saw `no such database`"
+        );
+        s.cluster.stop();
+    }
 }

@@ -16,8 +16,10 @@
 //! see exactly what Patroni writes.
 //!
 //! The cluster is tuned for a test, not for production, and says so:
-//! `ttl: 10` (Consul's shortest session TTL), `loop_wait: 1`, a 1 s service
-//! check, durability off for speed (`fsync: off`, which survives the
+//! `ttl: 20` (the least Patroni accepts: it raises anything lower to 20;
+//! with Consul it asks for a session TTL of half that, 10 s, Consul's
+//! `session_ttl_min`, since Consul invalidates a session only after twice
+//! its TTL), `loop_wait: 1`, a 1 s service check, durability off for speed (`fsync: off`, which survives the
 //! process crashes tests cause, not a machine crash). Replication is
 //! synchronous (`synchronous_mode: true`): a commit is acknowledged only
 //! once the standby has it, so a kill -9 of the leader loses no
@@ -277,7 +279,7 @@ impl PatroniCluster {
             },
             "bootstrap": {
                 "dcs": {
-                    "ttl": 10,
+                    "ttl": 20,
                     "loop_wait": 1,
                     "retry_timeout": 4,
                     "synchronous_mode": true,
@@ -417,6 +419,25 @@ impl PatroniCluster {
     fn is_sync_standby(&self, name: &str) -> bool {
         self.field(name, "state").as_deref() == Some("streaming")
             && self.field(name, "role").as_deref() == Some("sync_standby")
+    }
+
+    /// Whether member `name`'s REST API answers `GET /primary` with 200:
+    /// its Patroni holds the leader lock and runs PostgreSQL as the
+    /// primary (promoted).
+    pub fn answers_primary(&self, name: &str) -> bool {
+        self.member(name).is_some_and(|m| {
+            matches!(
+                http::exchange(
+                    &m.host,
+                    m.api_port,
+                    "GET",
+                    "/primary",
+                    "",
+                    Duration::from_secs(2)
+                ),
+                Ok((200, _))
+            )
+        })
     }
 
     /// The member Patroni calls leader, if one is running.
