@@ -21,6 +21,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use converge_model::manifest::PgbouncerAdmin;
 use converge_model::Layout;
 use converge_programs::pgbouncer::console::pause::{pause_database, resume_database, Paused};
 use serde::{Deserialize, Serialize};
@@ -112,8 +113,32 @@ pub struct PauseStatus {
     pub limit_secs: u64,
 }
 
+/// The two commands the pauser sends. A seam, so the rules above are
+/// tested without a PgBouncer; [`Psql`] is the one the daemon uses.
+pub trait Console: Send {
+    /// `PAUSE database` on `console`.
+    fn pause(&mut self, console: &PgbouncerAdmin, database: &str) -> Result<Paused, String>;
+    /// `RESUME database` on `console`.
+    fn resume(&mut self, console: &PgbouncerAdmin, database: &str) -> Result<(), String>;
+}
+
+/// PgBouncer's admin console, one `psql` per command.
+pub struct Psql;
+
+impl Console for Psql {
+    fn pause(&mut self, console: &PgbouncerAdmin, database: &str) -> Result<Paused, String> {
+        pause_database(console, database, PAUSE_ANSWER_WAIT)
+    }
+
+    fn resume(&mut self, console: &PgbouncerAdmin, database: &str) -> Result<(), String> {
+        let wait = Duration::from_secs(console.timeout_secs.clamp(1, 10));
+        resume_database(console, database, wait)
+    }
+}
+
 /// The pauses in force, and the databases given up on.
 pub struct Pauser {
+    console: Box<dyn Console>,
     layout: Layout,
     ledger: Ledger,
     /// Databases not paused again until the pass stops asking: their
@@ -125,10 +150,12 @@ pub struct Pauser {
 }
 
 impl Pauser {
-    /// A pauser reading what a previous converge left in the ledger.
-    pub fn new(layout: Layout) -> Self {
+    /// A pauser reading what a previous converge left in the ledger,
+    /// sending its commands to `console`.
+    pub fn new(layout: Layout, console: Box<dyn Console>) -> Self {
         let ledger = ledger::load(&layout);
         Self {
+            console,
             layout,
             ledger,
             gave_up: BTreeMap::new(),
@@ -175,7 +202,9 @@ impl Pauser {
                     continue;
                 }
             };
-            if over && wants {
+            // Still asked for, or nobody could tell: not paused again
+            // until a pass finds the primary resolved.
+            if matches!(event, PauseEvent::TimedOut { .. }) {
                 self.give_up(&db, &entry, PauseState::TimedOut);
             }
             self.resume(&db, &entry, event, &mut events);
@@ -262,7 +291,7 @@ impl Pauser {
 
     /// Sends `PAUSE` for a database already in the ledger.
     fn send_pause(&mut self, db: &str, entry: &Entry, events: &mut Vec<PauseEvent>) {
-        let paused = pause_database(&entry.console, db, PAUSE_ANSWER_WAIT);
+        let paused = self.console.pause(&entry.console, db);
         let draining = match paused {
             Ok(Paused::Done) => false,
             Ok(Paused::Draining) => true,
@@ -293,8 +322,7 @@ impl Pauser {
     /// Sends `RESUME`; on success the database leaves the ledger and
     /// `event` is reported, else it stays for the next try.
     fn resume(&mut self, db: &str, entry: &Entry, event: PauseEvent, events: &mut Vec<PauseEvent>) {
-        let wait = Duration::from_secs(entry.console.timeout_secs.clamp(1, 10));
-        match resume_database(&entry.console, db, wait) {
+        match self.console.resume(&entry.console, db) {
             Ok(()) => {
                 self.forget(db, events);
                 events.push(event);
@@ -330,3 +358,6 @@ impl Pauser {
         self.gave_up.insert(db.to_string(), status);
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -16,7 +16,7 @@ use std::time::Instant;
 use converge_model::{Catalog, Layout};
 
 use super::board::{unix_now, Board};
-use super::pauses::Pauser;
+use super::pauses::{Pauser, Psql};
 use super::primaries;
 use super::report::Reporter;
 use super::DaemonConfig;
@@ -52,7 +52,7 @@ impl Reconciler {
         let layout = Layout::new(&config.inputs.root);
         let baseline = baseline::load(&layout);
         Self {
-            pauses: Pauser::new(layout),
+            pauses: Pauser::new(layout, Box::new(Psql)),
             config,
             report: Reporter::new(board),
             inputs: None,
