@@ -69,6 +69,20 @@ pub fn store(layout: &Layout, ledger: &Ledger) -> io::Result<()> {
     crate::state_file::store_json(&path(layout), ledger)
 }
 
+/// A console as a manifest would name it, for tests of the ledger and
+/// of what reads it.
+#[cfg(test)]
+pub(crate) fn sample_console() -> PgbouncerAdmin {
+    PgbouncerAdmin {
+        host: "/run/postgresql".into(),
+        port: 6432,
+        user: "converge".into(),
+        pause: false,
+        timeout_secs: 5,
+        unclear_primary_pause_secs: 30,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,14 +96,7 @@ mod tests {
             since: 7,
             reason: "no instance is primary".into(),
             limit_secs: 30,
-            console: PgbouncerAdmin {
-                host: "/run/postgresql".into(),
-                port: 6432,
-                user: "converge".into(),
-                pause: false,
-                timeout_secs: 5,
-                unclear_primary_pause_secs: 30,
-            },
+            console: sample_console(),
         };
         let ledger = Ledger {
             paused: BTreeMap::from([("app".to_string(), entry)]),

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use super::*;
+use crate::pause::ledger::sample_console;
 
 /// What the fake console was sent, and what the ledger held at each
 /// `PAUSE`.
@@ -36,23 +37,12 @@ impl Console for Fake {
     }
 }
 
-fn admin() -> PgbouncerAdmin {
-    PgbouncerAdmin {
-        host: "/run/postgresql".into(),
-        port: 6432,
-        user: "converge".into(),
-        pause: false,
-        timeout_secs: 5,
-        unclear_primary_pause_secs: 30,
-    }
-}
-
 fn app() -> Pause {
     Pause {
         database: "app".into(),
         reason: "no instance is primary".into(),
         limit_secs: 30,
-        console: admin(),
+        console: sample_console(),
     }
 }
 
@@ -160,7 +150,7 @@ fn what_a_gone_converge_paused_is_resumed_unless_the_first_pass_still_wants_it()
             since: 50,
             reason: "no instance is primary".into(),
             limit_secs: 30,
-            console: admin(),
+            console: sample_console(),
         };
         (db.to_string(), entry)
     };
