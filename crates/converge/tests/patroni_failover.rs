@@ -12,7 +12,9 @@
 //! application sees: no `no such database` ever (the database stays in
 //! `pgbouncer.ini` while two instances claim primary, or none does), no
 //! acknowledged write missing from the table afterwards, and writes
-//! resuming on the new leader. One cluster for the whole file keeps the
+//! resuming on the new leader. PgBouncer reloads over its console, so
+//! while Consul names no primary converge pauses `app`, and resumes it on
+//! the new leader. One cluster for the whole file keeps the
 //! suite within CI's time; timing belongs to BENCHMARKS.md, not here.
 
 mod common;
@@ -331,7 +333,10 @@ impl Stack {
 
 #[test]
 fn pgbouncer_follows_patroni_through_a_switchover_and_a_kill_without_losing_a_write() {
-    let (mut s, first) = Stack::with_table(Reload::Signal);
+    // Over the console: while Consul names no primary (the killed
+    // leader's check failed, its leader key not yet expired), converge
+    // pauses `app`, and resumes it on the new leader.
+    let (mut s, first) = Stack::with_table(Reload::Console);
 
     // The pass-through settings reached the running PgBouncer.
     let config = s
@@ -380,6 +385,19 @@ fn pgbouncer_follows_patroni_through_a_switchover_and_a_kill_without_losing_a_wr
         .wait_leader(Some(&killed), DEADLINE)
         .unwrap_or_else(|e| panic!("{e}\n{}", s.diagnostics()));
     s.follow(&writer, &new, "the kill -9 of the leader");
+    let log = s.ws.daemon_log();
+    assert!(
+        log.contains("PgBouncer database PAUSED: no instance is primary")
+            && log.contains("PgBouncer database RESUMED: its primary resolved"),
+        "{}",
+        s.diagnostics()
+    );
+    wait::until(DEADLINE, "nothing left paused", || {
+        s.pgbouncer()
+            .show("converge", "SHOW DATABASES")
+            .is_ok_and(|rows| rows.iter().all(|r| r["paused"] == "0"))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", s.diagnostics()));
 
     let mut attempts = writer.finish();
     attempts.sort_by_key(|a| a.id);
