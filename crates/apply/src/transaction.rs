@@ -108,6 +108,19 @@ pub fn apply(set: &RenderedSet, opts: &ApplyOptions) -> Result<ApplyReport, Appl
     })
 }
 
+/// What the HAProxy runtime API did for a bundle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Runtime {
+    /// Nothing: HAProxy runs the live files, the reload follows the commit.
+    NotTried,
+    /// It stood in for the reload, changing this many servers.
+    Updated(usize),
+    /// It failed after changing HAProxy: the reload that follows the
+    /// commit puts HAProxy in line, and a rejected candidate reloads the
+    /// live files.
+    Touched,
+}
+
 /// A bundle member and what is live at its destination.
 struct Member<'a> {
     file: &'a RenderedFile,
@@ -271,16 +284,16 @@ impl Txn<'_> {
             }
         }
 
-        let told = if runtime.is_some() {
-            Program::Told
-        } else {
+        let told = if runtime == Runtime::NotTried {
             Program::NotTold
+        } else {
+            Program::Told
         };
         let committed = self.commit(to_commit, told)?;
         failpoint::hit("committed");
         self.prune_backups(&rewrites);
 
-        if let Some(servers) = runtime {
+        if let Runtime::Updated(servers) = runtime {
             pending::clear(&self.set.layout, self.name);
             failpoint::hit("reloaded");
             return Ok(Outcome::RuntimeUpdated { servers });
@@ -303,14 +316,14 @@ impl Txn<'_> {
 
     /// Validates the candidates while, on another thread, making
     /// everything durable that must be on disk before the first rename and
-    /// handing a membership-only change to HAProxy's runtime API. The
-    /// number of servers the runtime API updated, if it stood in for the
-    /// reload; a rejected candidate is undone (see [`Txn::reject`]).
+    /// handing a membership-only change to HAProxy's runtime API, and
+    /// what that did; a rejected candidate is undone (see
+    /// [`Txn::reject`]).
     fn check_and_prepare(
         &self,
         staged: &[TempPath],
         rewrites: &[&Member],
-    ) -> Result<Option<usize>, NotApplied> {
+    ) -> Result<Runtime, NotApplied> {
         // The validators only read the candidates, so everything that must
         // be on disk before the first rename (the candidates themselves,
         // the backups, the pending-reload marker) is written meanwhile
@@ -331,7 +344,7 @@ impl Txn<'_> {
         });
         let durable = durable.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         if let Err(e) = validated {
-            let told = matches!(durable, Ok(Some(_)));
+            let told = durable.as_ref().is_ok_and(|r| *r != Runtime::NotTried);
             return Err(NotApplied::Rejected(self.reject(&e, &backups, told)));
         }
         durable.map_err(failed)
@@ -364,24 +377,34 @@ impl Txn<'_> {
 
     /// Hands a membership-only change of runtime-API backends to the
     /// running HAProxy instead of reloading it (see
-    /// [`runtime_api`](converge_programs::haproxy::runtime_api)); `None` means reload. Not after
+    /// [`runtime_api`](converge_programs::haproxy::runtime_api)). Not after
     /// an interrupted apply: HAProxy may not run the live file then. Runs
     /// only once the pending-reload marker is durable, so a crash before
     /// the commit leaves the next apply a reload onto the files on disk.
-    fn runtime_update(&self) -> Option<usize> {
+    fn runtime_update(&self) -> Runtime {
         if self.owed {
-            return None;
+            return Runtime::NotTried;
         }
-        let plan = runtime_api::plan(self.members.iter().map(|m| runtime_api::MemberView {
+        let Some(plan) = runtime_api::plan(self.members.iter().map(|m| runtime_api::MemberView {
             file: m.file,
             live: m.live.as_ref().map(|l| l.bytes.as_slice()),
             rewrites: m.change.rewrites(),
-        }))?;
+        })) else {
+            return Runtime::NotTried;
+        };
+        let actions: Vec<String> = plan.actions().flat_map(|(_, a)| a).collect();
         match runtime_api::run(&plan) {
-            Ok(servers) => Some(servers),
+            Ok(servers) => {
+                tracing::info!(bundle = self.name, actions = %actions.join(", "), "HAProxy runtime API");
+                Runtime::Updated(servers)
+            }
             Err(e) => {
                 tracing::warn!(bundle = self.name, reason = %self.set.redact(&e.to_string()), "runtime API update not possible; reloading instead");
-                None
+                if e.touched {
+                    Runtime::Touched
+                } else {
+                    Runtime::NotTried
+                }
             }
         }
     }

@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 use converge_model::config_line::ConfigLine;
 use converge_model::desired::NodeVip;
 use converge_model::manifest::{
-    Backend, CheckMethod, Database, DbRole, Frontend, HaproxySettings, Mode, PgbouncerSettings,
-    PoolMode, SslVerify, TcpCheck,
+    AfterDrain, Backend, CheckMethod, Database, DbRole, Frontend, HaproxySettings, Mode,
+    PgbouncerSettings, PoolMode, SslVerify, TcpCheck,
 };
 use converge_model::{identity, Catalog, Health, Instance, Layout, NodeDesired, Rejection};
 use serde::Serialize;
@@ -146,6 +146,10 @@ pub struct BackendView {
     /// backend's fixed slots (then any overflow), and the template marks
     /// the backend with [`RUNTIME_API_MARKER`] so the applier knows.
     pub runtime_api: bool,
+    /// For a runtime-API backend, the drain policy the template writes
+    /// after [`RUNTIME_API_MARKER`] for the applier (`drain=5s
+    /// then=reload`); empty otherwise.
+    pub runtime_api_policy: String,
     /// Extra lines at the end of the backend.
     pub extra: Vec<String>,
     /// Servers, sorted by instance id; for a runtime-API backend, its slots
@@ -407,7 +411,7 @@ fn backend_view(
     }
     let servers = match &b.runtime_api {
         None => serving.iter().map(|i| instance_server(i)).collect(),
-        Some(rt) => slot_servers(name, rt.slots, &serving, warnings),
+        Some(rt) => slot_servers(name, b, rt.slots, &serving, warnings),
     };
     BackendView {
         name: name.to_string(),
@@ -428,6 +432,17 @@ fn backend_view(
         maxconn: b.maxconn,
         sticky_cookie: b.sticky.as_ref().map(|s| s.cookie.clone()),
         runtime_api: b.runtime_api.is_some(),
+        runtime_api_policy: b
+            .runtime_api
+            .as_ref()
+            .map(|rt| {
+                let then = match rt.after_drain {
+                    AfterDrain::Reload => "reload",
+                    AfterDrain::Shutdown => "shutdown",
+                };
+                format!("drain={} then={then}", rt.drain_timeout)
+            })
+            .unwrap_or_default(),
         extra: lines(&b.extra),
         servers,
     }
@@ -713,7 +728,10 @@ targets:
             .filter(|l| l.starts_with("server ") || l.starts_with('#'))
             .collect();
         assert_eq!(lines.len(), 4, "{cfg}");
-        assert!(lines[0].starts_with(RUNTIME_API_MARKER), "{cfg}");
+        assert!(
+            lines[0].starts_with(&format!("{RUNTIME_API_MARKER} drain=5s then=reload ")),
+            "{cfg}"
+        );
         assert_eq!(
             lines[1..]
                 .iter()
