@@ -11,7 +11,7 @@
 //! the shipped template) and `converge_apply::apply` (validate with
 //! `haproxy -c`, commit, reload or runtime API) on the new catalog
 //! snapshot, on another thread, while this one probes HAProxy with real
-//! requests (see [`probe`](crate::probe)) from the moment the pass starts.
+//! requests (see [`probe`]) from the moment the pass starts.
 //! So "flip → routed" here is what converge and HAProxy add once converge
 //! holds the new snapshot; what a source takes to see a flip is measured
 //! by the main benchmark.
@@ -268,8 +268,14 @@ impl Site {
                     let o = self.node.converge(add.then_some(k));
                     (o, t0.elapsed())
                 });
-                let seen =
-                    probe::routing_change_at(self.front, &format!("/be-{k}/"), "b2", add, t0, DEADLINE);
+                let seen = probe::routing_change_at(
+                    self.front,
+                    &format!("/be-{k}/"),
+                    "b2",
+                    add,
+                    t0,
+                    DEADLINE,
+                );
                 (seen, apply.join())
             });
             let (outcome, took) = outcome.map_err(|_| anyhow::anyhow!("the apply panicked"))?;

@@ -10,7 +10,7 @@
 //! HAProxy can take it over its stats socket and keep its worker, its
 //! connections and its counters: `set server B/S addr A port P` and
 //! `set server B/S state ready|maint` for slots, and HAProxy's dynamic
-//! servers (`add server`, `del server`, HAProxy ≥ 2.4; see [`dynamic`]) for
+//! servers (`add server`, `del server`, HAProxy ≥ 2.4; see `runtime_api/dynamic.rs`) for
 //! the lines that come and go.
 //!
 //! Why keep slots when servers can be added and deleted: a slot changes
