@@ -265,14 +265,12 @@ fn target_plan(m: &MemberView) -> Result<TargetPlan, Fallback> {
         after,
         rules,
     };
-    for s in t.added() {
-        let no_rules = Rules {
-            no_add: Some("its backend is not marked".into()),
-            drain: Default::default(),
-        };
-        if let Some(why) = dynamic::refusal(s, t.rules.get(&s.backend).unwrap_or(&no_rules)) {
-            return Err(Fallback(why));
-        }
+    // Servers are only read from marked backends, each of which has rules.
+    if let Some(why) = t
+        .added()
+        .find_map(|s| dynamic::refusal(s, t.rules.get(&s.backend)?))
+    {
+        return Err(Fallback(why));
     }
     Ok(t)
 }
