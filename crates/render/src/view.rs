@@ -677,6 +677,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_drain_policy_is_written_for_the_applier() {
+        let policy = |yaml: &str| {
+            let b: Backend = serde_norway::from_str(yaml).expect("backend");
+            backend_view("web", &b, &[], &mut Vec::new()).runtime_api_policy
+        };
+        assert_eq!(policy("service: web\n"), "");
+        assert_eq!(
+            policy("service: web\nruntime_api: {slots: 2}\n"),
+            "drain=5s then=reload"
+        );
+        assert_eq!(
+            policy(
+                "service: web\nruntime_api: {slots: 0, drain_timeout: 30s, after_drain: shutdown}\n"
+            ),
+            "drain=30s then=shutdown"
+        );
+    }
+
+    #[test]
     fn the_shipped_template_marks_the_backend_and_renders_its_slots() {
         let manifest = r#"
 nodes:

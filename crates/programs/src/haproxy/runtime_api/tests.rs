@@ -213,6 +213,13 @@ fn answers_that_count_as_done() {
     ));
     assert!(!accepted(addr, "No such server.\n\n"));
     assert!(!accepted(addr, "Permission denied\n\n"));
+    let add = "add server web/web-3:n1 10.0.0.3:80 check";
+    assert!(accepted(add, "New server registered.\n\n"));
+    assert!(!accepted(
+        add,
+        "'cookie' option is not accepted for dynamic server\n\n"
+    ));
+    assert!(!accepted(add, "Unknown command: 'add'\n"));
     let state = "set server web/web-s2 state ready";
     assert!(accepted(state, "\n"));
     assert!(!accepted(state, "No such backend.\n\n"));
