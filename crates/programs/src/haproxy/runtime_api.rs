@@ -127,42 +127,57 @@ pub(crate) struct TargetPlan {
     pub rules: BTreeMap<String, Rules>,
 }
 
+/// The servers an update touches, in file order.
+pub(crate) struct Diff<'a> {
+    /// In both files, with another address, port or state.
+    pub changed: Vec<(&'a Server, &'a Server)>,
+    /// Only in the candidate.
+    pub added: Vec<&'a Server>,
+    /// Only in the live file.
+    pub removed: Vec<&'a Server>,
+}
+
 impl TargetPlan {
-    fn find<'s>(list: &'s [Server], s: &Server) -> Option<&'s Server> {
-        list.iter()
-            .find(|o| o.backend == s.backend && o.name == s.name)
-    }
-
-    /// Servers in both files whose address, port or state change.
-    pub(crate) fn changed(&self) -> impl Iterator<Item = (&Server, &Server)> {
-        self.before
-            .iter()
-            .filter_map(|b| Some((b, Self::find(&self.after, b)?)))
-            .filter(|(b, a)| b != a)
-    }
-
-    /// Servers only the candidate has.
-    pub(crate) fn added(&self) -> impl Iterator<Item = &Server> {
-        self.after
-            .iter()
-            .filter(|a| Self::find(&self.before, a).is_none())
-    }
-
-    /// Servers only the live file has.
-    pub(crate) fn removed(&self) -> impl Iterator<Item = &Server> {
-        self.before
-            .iter()
-            .filter(|b| Self::find(&self.after, b).is_none())
+    /// Matches the two files' servers by backend and name (by index, as a
+    /// backend may hold thousands of dynamic servers).
+    pub(crate) fn diff(&self) -> Diff<'_> {
+        fn key(s: &Server) -> (&str, &str) {
+            (s.backend.as_str(), s.name.as_str())
+        }
+        fn index(list: &[Server]) -> BTreeMap<(&str, &str), &Server> {
+            list.iter().map(|s| (key(s), s)).collect()
+        }
+        let (before, after) = (index(&self.before), index(&self.after));
+        Diff {
+            changed: self
+                .before
+                .iter()
+                .filter_map(|b| Some((b, *after.get(&key(b))?)))
+                .filter(|(b, a)| b != a)
+                .collect(),
+            added: self
+                .after
+                .iter()
+                .filter(|a| !before.contains_key(&key(a)))
+                .collect(),
+            removed: self
+                .before
+                .iter()
+                .filter(|b| !after.contains_key(&key(b)))
+                .collect(),
+        }
     }
 
     /// One line per server the update touches, as `plan` shows it:
-    /// `add server web/web-3:n1`, `del server …`, `set server …`.
+    /// `add server web/web-3:n1`, `set server …`, `del server …`.
     pub(crate) fn actions(&self) -> Vec<String> {
-        let set = self
-            .changed()
+        let d = self.diff();
+        let add = d.added.iter().map(|a| format!("add server {}", a.id()));
+        let set = d
+            .changed
+            .iter()
             .map(|(_, a)| format!("set server {}", a.id()));
-        let add = self.added().map(|a| format!("add server {}", a.id()));
-        let del = self.removed().map(|b| format!("del server {}", b.id()));
+        let del = d.removed.iter().map(|b| format!("del server {}", b.id()));
         add.chain(set).chain(del).collect()
     }
 
@@ -267,7 +282,9 @@ fn target_plan(m: &MemberView) -> Result<TargetPlan, Fallback> {
     };
     // Servers are only read from marked backends, each of which has rules.
     if let Some(why) = t
-        .added()
+        .diff()
+        .added
+        .iter()
         .find_map(|s| dynamic::refusal(s, t.rules.get(&s.backend)?))
     {
         return Err(Fallback(why));
@@ -357,11 +374,15 @@ fn run_target(t: &TargetPlan, touched: &mut bool) -> Result<usize, Fallback> {
         state::compare(&state, t.before.iter().filter(|s| s.backend == backend))
             .map_err(|e| Fallback(format!("backend {backend} does not run the live file: {e}")))?;
     }
-    let removed: Vec<&Server> = t.removed().collect();
-    let commands = t
-        .added()
-        .flat_map(dynamic::add_commands)
-        .chain(t.changed().flat_map(|(b, a)| commands(b, a)))
+    let Diff {
+        changed,
+        added,
+        removed,
+    } = t.diff();
+    let commands = added
+        .iter()
+        .flat_map(|s| dynamic::add_commands(s))
+        .chain(changed.iter().flat_map(|(b, a)| commands(b, a)))
         .chain(removed.iter().flat_map(|s| dynamic::retire_commands(s)));
     for cmd in commands {
         send(&sock, &cmd, touched)?;
@@ -380,7 +401,7 @@ fn run_target(t: &TargetPlan, touched: &mut bool) -> Result<usize, Fallback> {
         state::compare(&state, t.after.iter().filter(|s| s.backend == backend))
             .map_err(|e| Fallback(format!("backend {backend} after the update: {e}")))?;
     }
-    Ok(t.added().count() + t.changed().count() + removed.len())
+    Ok(added.len() + changed.len() + removed.len())
 }
 
 /// The master must handle its reload signal: during the re-exec a reload

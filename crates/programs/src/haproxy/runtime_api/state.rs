@@ -2,7 +2,7 @@
 //! and whether that is what a file says: the check before and after every
 //! runtime update, and `converge status`'s view of the live servers.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -32,7 +32,8 @@ pub(crate) fn compare<'a>(
     want: impl Iterator<Item = &'a Server>,
 ) -> Result<(), String> {
     let want: Vec<&Server> = want.collect();
-    let names: BTreeSet<&str> = running.iter().map(|r| r.name.as_str()).collect();
+    let by_name: BTreeMap<&str, &Running> = running.iter().map(|r| (r.name.as_str(), r)).collect();
+    let names: BTreeSet<&str> = by_name.keys().copied().collect();
     let expected: BTreeSet<&str> = want.iter().map(|s| s.name.as_str()).collect();
     if names != expected {
         return Err(format!(
@@ -42,7 +43,7 @@ pub(crate) fn compare<'a>(
         ));
     }
     for s in want {
-        let Some(r) = running.iter().find(|r| r.name == s.name) else {
+        let Some(r) = by_name.get(s.name.as_str()) else {
             continue;
         };
         let addr_ok = r.addr.parse::<IpAddr>().is_ok_and(|a| a == s.addr);
