@@ -78,6 +78,11 @@ pub struct PlannedFile {
     /// not the live file's).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub runtime_api_servers: Option<usize>,
+    /// What the runtime API would do, one server each:
+    /// `add server web/web-3:n1` (a dynamic server), `set server
+    /// web/web-s2` (a slot's address or state), `del server web/web-4:n1`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub runtime_api_actions: Vec<String>,
 }
 
 impl Plan {
@@ -128,6 +133,9 @@ impl fmt::Display for Plan {
                 p.destination.display(),
                 p.validate,
             )?;
+            for a in &p.runtime_api_actions {
+                writeln!(f, "runtime    {}: {a}", p.target)?;
+            }
             if !p.needs_restart.is_empty() {
                 writeln!(
                     f,
@@ -197,7 +205,8 @@ pub fn plan(set: &RenderedSet) -> Result<Plan, ApplyError> {
                 (Validator::Pgbouncer, Change::Changed) => restart::pgbouncer(old, &file.bytes),
                 _ => Vec::new(),
             },
-            runtime_api_servers: runtime.get(&file.target).copied(),
+            runtime_api_servers: runtime.get(&file.target).map(Vec::len),
+            runtime_api_actions: runtime.get(&file.target).cloned().unwrap_or_default(),
         });
     }
     Ok(Plan {
@@ -208,12 +217,12 @@ pub fn plan(set: &RenderedSet) -> Result<Plan, ApplyError> {
 }
 
 /// For each target whose change `apply` would hand to the HAProxy runtime
-/// API, how many servers change. Bundles owing a reload are left out:
-/// `apply` reloads those.
+/// API, what it would do to which server. Bundles owing a reload are left
+/// out: `apply` reloads those.
 fn runtime_updates(
     read: &[(&RenderedFile, Option<live::Live>, Change, Vec<String>)],
     pending: &[String],
-) -> BTreeMap<String, usize> {
+) -> BTreeMap<String, Vec<String>> {
     let mut bundles: BTreeMap<&str, Vec<runtime_api::MemberView>> = BTreeMap::new();
     for (file, current, change, _) in read {
         if !pending.contains(&file.bundle) {
@@ -231,8 +240,8 @@ fn runtime_updates(
         .into_values()
         .filter_map(runtime_api::plan)
         .flat_map(|p| {
-            p.changed_servers()
-                .map(|(target, servers)| (target.to_string(), servers))
+            p.actions()
+                .map(|(target, actions)| (target.to_string(), actions))
                 .collect::<Vec<_>>()
         })
         .collect()

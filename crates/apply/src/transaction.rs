@@ -44,15 +44,16 @@ use crate::lock::ApplyLock;
 use crate::pending;
 use crate::report::{ApplyReport, BundleReport, Outcome, Rollback, Timings};
 use crate::stage;
-use converge_programs::haproxy::runtime_api;
 use converge_programs::pgbouncer::ini as pgbouncer_ini;
 use converge_programs::reload::{self, PauseScope, ReloadOutcome};
 use converge_programs::signal;
 use converge_programs::validate::{self, Candidate};
 
 mod rollback;
+mod runtime;
 
 use rollback::Program;
+use runtime::Runtime;
 
 /// How long an apply waits, and for what.
 #[derive(Debug, Clone)]
@@ -271,16 +272,16 @@ impl Txn<'_> {
             }
         }
 
-        let told = if runtime.is_some() {
-            Program::Told
-        } else {
+        let told = if runtime == Runtime::NotTried {
             Program::NotTold
+        } else {
+            Program::Told
         };
         let committed = self.commit(to_commit, told)?;
         failpoint::hit("committed");
         self.prune_backups(&rewrites);
 
-        if let Some(servers) = runtime {
+        if let Runtime::Updated(servers) = runtime {
             pending::clear(&self.set.layout, self.name);
             failpoint::hit("reloaded");
             return Ok(Outcome::RuntimeUpdated { servers });
@@ -303,14 +304,14 @@ impl Txn<'_> {
 
     /// Validates the candidates while, on another thread, making
     /// everything durable that must be on disk before the first rename and
-    /// handing a membership-only change to HAProxy's runtime API. The
-    /// number of servers the runtime API updated, if it stood in for the
-    /// reload; a rejected candidate is undone (see [`Txn::reject`]).
+    /// handing a membership-only change to HAProxy's runtime API, and
+    /// what that did; a rejected candidate is undone (see
+    /// [`Txn::reject`]).
     fn check_and_prepare(
         &self,
         staged: &[TempPath],
         rewrites: &[&Member],
-    ) -> Result<Option<usize>, NotApplied> {
+    ) -> Result<Runtime, NotApplied> {
         // The validators only read the candidates, so everything that must
         // be on disk before the first rename (the candidates themselves,
         // the backups, the pending-reload marker) is written meanwhile
@@ -331,7 +332,7 @@ impl Txn<'_> {
         });
         let durable = durable.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         if let Err(e) = validated {
-            let told = matches!(durable, Ok(Some(_)));
+            let told = durable.as_ref().is_ok_and(|r| *r != Runtime::NotTried);
             return Err(NotApplied::Rejected(self.reject(&e, &backups, told)));
         }
         durable.map_err(failed)
@@ -358,30 +359,6 @@ impl Txn<'_> {
                     &e.to_string(),
                     program,
                 )))
-            }
-        }
-    }
-
-    /// Hands a membership-only change of runtime-API backends to the
-    /// running HAProxy instead of reloading it (see
-    /// [`runtime_api`](converge_programs::haproxy::runtime_api)); `None` means reload. Not after
-    /// an interrupted apply: HAProxy may not run the live file then. Runs
-    /// only once the pending-reload marker is durable, so a crash before
-    /// the commit leaves the next apply a reload onto the files on disk.
-    fn runtime_update(&self) -> Option<usize> {
-        if self.owed {
-            return None;
-        }
-        let plan = runtime_api::plan(self.members.iter().map(|m| runtime_api::MemberView {
-            file: m.file,
-            live: m.live.as_ref().map(|l| l.bytes.as_slice()),
-            rewrites: m.change.rewrites(),
-        }))?;
-        match runtime_api::run(&plan) {
-            Ok(servers) => Some(servers),
-            Err(e) => {
-                tracing::warn!(bundle = self.name, reason = %self.set.redact(&e.to_string()), "runtime API update not possible; reloading instead");
-                None
             }
         }
     }

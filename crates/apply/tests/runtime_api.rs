@@ -1,167 +1,21 @@
 //! Membership-only changes of a runtime-API backend against a real HAProxy
-//! in master-worker mode: applied over the stats socket with no reload,
-//! the file on disk kept equal to what runs, and every doubt (state that
-//! differs from the live file, a structural change) answered with a
-//! reload.
+//! in master-worker mode: applied over the stats socket with no reload
+//! (slots changed, servers beyond them added and deleted as dynamic
+//! servers), the file on disk kept equal to what runs, and every doubt
+//! (state that differs from the live file, a structural change, a server
+//! that does not drain in time, a command HAProxy refuses) answered with a
+//! validated reload.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
-use std::time::Duration;
 
 use converge_apply::{apply, ApplyOptions, Outcome, ReloadOutcome};
-use converge_model::manifest::Validator;
-use converge_model::{Layout, ReloadAction, RenderedFile, RenderedSet};
-use converge_testkit::backend::{get, HttpBackend};
-use converge_testkit::{free_port, wait, Haproxy};
+use converge_testkit::wait;
 
-const DEADLINE: Duration = Duration::from_secs(10);
+#[path = "runtime_api/node.rs"]
+mod node;
 
-/// A slot: an HTTP backend's port, or empty.
-#[derive(Clone, Copy)]
-enum Slot {
-    To(u16),
-    Empty,
-}
-
-struct Node {
-    root: tempfile::TempDir,
-    front: u16,
-    haproxy: Haproxy,
-}
-
-impl Node {
-    fn start(slots: &[Slot]) -> Self {
-        let root = tempfile::tempdir().expect("tempdir");
-        std::fs::create_dir_all(root.path().join("run")).expect("mkdir run");
-        std::fs::create_dir_all(root.path().join("etc/haproxy")).expect("mkdir etc");
-        let front = free_port();
-        let cfg = root.path().join("etc/haproxy/haproxy.cfg");
-        std::fs::write(&cfg, config(root.path(), front, slots, "")).expect("write");
-        let haproxy = Haproxy::start(
-            &cfg,
-            &root.path().join("run/haproxy.pid"),
-            &root.path().join("run/admin.sock"),
-        )
-        .expect("haproxy starts");
-        Self {
-            root,
-            front,
-            haproxy,
-        }
-    }
-
-    fn apply(&self, slots: &[Slot], extra: &str) -> Outcome {
-        let set = set(
-            self.root.path(),
-            config(self.root.path(), self.front, slots, extra),
-        );
-        let report = apply(&set, &ApplyOptions::default()).expect("apply");
-        assert!(
-            report.ok(),
-            "{report}\nhaproxy log:\n{}",
-            self.haproxy.log()
-        );
-        assert_eq!(
-            self.live(),
-            String::from_utf8(set.files["haproxy"].bytes.clone()).expect("utf8"),
-            "the file on disk is the candidate"
-        );
-        report.bundle("haproxy").expect("bundle").outcome.clone()
-    }
-
-    fn live(&self) -> String {
-        std::fs::read_to_string(self.haproxy.config()).expect("config")
-    }
-
-    /// Backends reached by requests through HAProxy, once they are `want`.
-    fn wait_reached(&self, want: &[&str]) {
-        let want: BTreeSet<String> = want.iter().map(|s| s.to_string()).collect();
-        wait::until(DEADLINE, &format!("requests to reach {want:?}"), || {
-            (0..8)
-                .filter_map(|_| get(self.front))
-                .collect::<BTreeSet<_>>()
-                == want
-        })
-        .unwrap_or_else(|e| {
-            panic!(
-                "{e}\n{}\nconfig:\n{}",
-                self.haproxy.command("show servers state web"),
-                self.live()
-            )
-        });
-    }
-
-    /// `show servers state web` as name, address, port and whether in
-    /// maintenance (HAProxy's forced-maintenance bit: a `disabled` slot
-    /// also carries a "configured" bit the runtime API leaves alone).
-    fn servers(&self) -> Vec<String> {
-        let answer = self.haproxy.command("show servers state web");
-        answer
-            .lines()
-            .filter(|l| !l.starts_with('#') && l.split_whitespace().count() > 5)
-            .map(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                let admin: u32 = f[6].parse().expect("srv_admin_state");
-                format!("{} {}:{} maint={}", f[3], f[4], f[18], admin & 1 != 0)
-            })
-            .collect()
-    }
-}
-
-fn config(root: &Path, front: u16, slots: &[Slot], extra: &str) -> String {
-    let mut cfg = format!(
-        "global\n    stats socket {}/run/admin.sock mode 600 level admin expose-fd listeners\n\
-         defaults\n    mode http\n    timeout connect 1s\n    timeout client 5s\n    timeout server 5s\n\
-         frontend fe\n    bind 127.0.0.1:{front}\n    default_backend web\n\
-         backend web\n    balance roundrobin\n{extra}    # converge: runtime-api\n",
-        root.display()
-    );
-    for (i, slot) in slots.iter().enumerate() {
-        let (endpoint, disabled) = match slot {
-            Slot::To(port) => (format!("127.0.0.1:{port}"), ""),
-            Slot::Empty => ("127.0.0.1:1".to_string(), " disabled"),
-        };
-        cfg.push_str(&format!(
-            "    server web-s{} {endpoint} check inter 500ms{disabled}\n",
-            i + 1
-        ));
-    }
-    cfg
-}
-
-fn set(root: &Path, bytes: String) -> RenderedSet {
-    let layout = Layout::new(root);
-    let file = RenderedFile {
-        target: "haproxy".into(),
-        destination: layout.path("/etc/haproxy/haproxy.cfg"),
-        bytes: bytes.into_bytes(),
-        mode: 0o644,
-        owner: None,
-        group: None,
-        validate: Validator::Haproxy,
-        reload: ReloadAction::Signal {
-            pidfile: layout.path("/run/haproxy.pid"),
-            signal: "SIGUSR2".into(),
-        },
-        bundle: "haproxy".into(),
-        secret: false,
-        backups: 2,
-    };
-    RenderedSet {
-        node: "lb1".into(),
-        layout,
-        files: BTreeMap::from([("haproxy".to_string(), file)]),
-        rejections: Vec::new(),
-        warnings: Vec::new(),
-        secrets: Vec::new(),
-    }
-}
-
-fn backends() -> (HttpBackend, HttpBackend, HttpBackend) {
-    let b = |n: &str| HttpBackend::start(n).expect("backend");
-    (b("b1"), b("b2"), b("b3"))
-}
+use converge_testkit::backend::get;
+use node::{answer, backends, config, set, Held, Node, Slot, DEADLINE};
 
 #[test]
 fn membership_changes_go_through_the_runtime_api_and_a_later_reload_keeps_them() {
@@ -332,4 +186,201 @@ fn a_rejected_candidate_undoes_the_runtime_update() {
         error.contains("undone by reloading the live files"),
         "{error}"
     );
+}
+
+/// `show servers state web` after a reload of the file on disk equals
+/// what ran before it: the runtime API left HAProxy as the file says.
+fn reload_changes_nothing(node: Node) -> Node {
+    let (before, worker) = (node.servers(), node.haproxy.worker_pid());
+    let mut haproxy = node.haproxy;
+    haproxy.reload().expect("reload");
+    let node = Node { haproxy, ..node };
+    assert_ne!(node.haproxy.worker_pid(), worker, "reloaded");
+    // Checks of the new worker start from the same state as the runtime
+    // API started them, so only names, addresses, maintenance, weights
+    // and whether checks run are compared.
+    assert_eq!(node.servers(), before, "config:\n{}", node.live());
+    node
+}
+
+#[test]
+fn an_instance_beyond_the_slots_joins_and_leaves_without_a_reload() {
+    let (b1, b2, _b3) = backends();
+    let node = Node::start(&[Slot::To(b1.port())]);
+    node.wait_reached(&["b1"]);
+    let worker = node.haproxy.worker_pid();
+
+    let outcome = node.apply(&[Slot::To(b1.port()), Slot::Own("web-2:n1", b2.port())], "");
+    assert_eq!(outcome, Outcome::RuntimeUpdated { servers: 1 });
+    node.wait_reached(&["b1", "b2"]);
+    assert_eq!(node.haproxy.worker_pid(), worker, "no reload");
+    assert!(
+        node.servers()
+            .iter()
+            .any(|s| s.starts_with("web-2:n1 ") && s.ends_with("check=6")),
+        "its checks run: {:?}",
+        node.servers()
+    );
+    let node = reload_changes_nothing(node);
+    node.wait_reached(&["b1", "b2"]);
+
+    // It leaves again, now a server the file gave HAProxy at its reload.
+    let worker = node.haproxy.worker_pid();
+    let outcome = node.apply(&[Slot::To(b1.port())], "");
+    assert_eq!(outcome, Outcome::RuntimeUpdated { servers: 1 });
+    node.wait_reached(&["b1"]);
+    assert_eq!(node.haproxy.worker_pid(), worker, "no reload");
+    reload_changes_nothing(node).wait_reached(&["b1"]);
+}
+
+/// A node whose only serving server holds the one request a client sent
+/// through HAProxy, unanswered.
+fn node_with_a_held_request(
+    held: &Held,
+) -> (
+    Node,
+    std::thread::JoinHandle<Option<String>>,
+    std::net::TcpStream,
+) {
+    let node = Node::start(&[Slot::Empty, Slot::Own("held:n1", held.port())]);
+    let front = node.front;
+    let client = std::thread::spawn(move || get(front));
+    let conn = held.request();
+    (node, client, conn)
+}
+
+fn in_maintenance(node: &Node, server: &str) -> bool {
+    node.servers()
+        .iter()
+        .any(|l| l.starts_with(&format!("{server} ")) && l.contains("maint=true"))
+}
+
+#[test]
+fn a_leaving_server_is_deleted_once_its_last_request_is_answered() {
+    let (b1, _b2, _b3) = backends();
+    let held = Held::start();
+    let (node, client, conn) = node_with_a_held_request(&held);
+    let worker = node.haproxy.worker_pid();
+    let outcome = std::thread::scope(|s| {
+        // The request is answered only once the server takes no new ones.
+        let answerer = s.spawn(|| {
+            wait::until(DEADLINE, "held:n1 in maintenance", || {
+                in_maintenance(&node, "held:n1")
+            })
+            .expect("maintenance first");
+            answer(conn, "held");
+        });
+        let outcome = node.apply(&[Slot::To(b1.port())], "");
+        answerer.join().expect("answerer");
+        outcome
+    });
+    assert_eq!(outcome, Outcome::RuntimeUpdated { servers: 2 });
+    assert_eq!(client.join().expect("client").as_deref(), Some("held"));
+    assert_eq!(node.haproxy.worker_pid(), worker, "no reload");
+    node.wait_reached(&["b1"]);
+    reload_changes_nothing(node);
+}
+
+#[test]
+fn a_server_that_does_not_drain_in_time_is_reloaded_out_and_its_request_finishes() {
+    let (b1, _b2, _b3) = backends();
+    let held = Held::start();
+    let (node, client, conn) = node_with_a_held_request(&held);
+    let worker = node.haproxy.worker_pid();
+    let candidate = config(node.root.path(), node.front, &[Slot::To(b1.port())], "").replace(
+        "# converge: runtime-api",
+        "# converge: runtime-api drain=300ms then=reload",
+    );
+    let outcome = node.apply_config(candidate);
+    assert_eq!(
+        outcome,
+        Outcome::Applied {
+            reload: ReloadOutcome::Reloaded
+        },
+        "del server refused while the request runs: a reload instead"
+    );
+    wait::until(DEADLINE, "a new worker", || {
+        node.haproxy.worker_pid().is_some_and(|w| Some(w) != worker)
+    })
+    .expect("reloaded");
+    node.wait_reached(&["b1"]);
+    // The old worker kept the request, as on any reload.
+    answer(conn, "held");
+    assert_eq!(client.join().expect("client").as_deref(), Some("held"));
+    reload_changes_nothing(node);
+}
+
+#[test]
+fn a_drain_that_times_out_may_shut_the_sessions_down_instead() {
+    let (b1, _b2, _b3) = backends();
+    let held = Held::start();
+    let (node, client, _conn) = node_with_a_held_request(&held);
+    let worker = node.haproxy.worker_pid();
+    let policy = |cfg: String| {
+        cfg.replace(
+            "# converge: runtime-api",
+            "# converge: runtime-api drain=200ms then=shutdown",
+        )
+    };
+    // The policy is part of the file: once live, a change under it.
+    let live = policy(node.live());
+    std::fs::write(node.haproxy.config(), &live).expect("write");
+    let mut haproxy = node.haproxy;
+    haproxy.reload().expect("reload");
+    let node = Node { haproxy, ..node };
+    let (client, conn) = {
+        // The reload's old worker holds the first request; hold a new one.
+        drop(client);
+        let front = node.front;
+        (std::thread::spawn(move || get(front)), held.request())
+    };
+    let worker_now = node.haproxy.worker_pid();
+    assert_ne!(worker_now, worker);
+    let outcome = node.apply_config(policy(config(
+        node.root.path(),
+        node.front,
+        &[Slot::To(b1.port())],
+        "",
+    )));
+    assert_eq!(outcome, Outcome::RuntimeUpdated { servers: 2 });
+    assert_eq!(node.haproxy.worker_pid(), worker_now, "no reload");
+    assert_eq!(client.join().expect("client"), None, "its session was shut");
+    drop(conn);
+    node.wait_reached(&["b1"]);
+}
+
+/// A candidate adding a dynamic server with an option `haproxy -c`
+/// refuses: the command went out while the validator ran (HAProxy may
+/// refuse it too), the file stays, and HAProxy runs the live file's
+/// servers again.
+#[test]
+fn a_refused_dynamic_server_never_reaches_the_running_config() {
+    let (b1, b2, _b3) = backends();
+    let node = Node::start(&[Slot::To(b1.port())]);
+    node.wait_reached(&["b1"]);
+    let (before, live) = (node.servers(), node.live());
+    let candidate = config(
+        node.root.path(),
+        node.front,
+        &[Slot::To(b1.port()), Slot::Own("web-2:n1", b2.port())],
+        "",
+    )
+    .replace(
+        &format!("web-2:n1 127.0.0.1:{} check inter 500ms", b2.port()),
+        &format!(
+            "web-2:n1 127.0.0.1:{} check inter 500ms weight 9999",
+            b2.port()
+        ),
+    );
+    let report = apply(&set(node.root.path(), candidate), &ApplyOptions::default()).expect("apply");
+    let Outcome::Rejected { error } = &report.bundle("haproxy").expect("bundle").outcome else {
+        panic!("expected a rejection:\n{report}");
+    };
+    assert!(error.contains("weight"), "{error}");
+    assert_eq!(node.live(), live, "the live file is untouched");
+    wait::until(DEADLINE, "HAProxy to run the live file's servers", || {
+        node.servers() == before
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:?} against {before:?}", node.servers()));
+    node.wait_reached(&["b1"]);
 }

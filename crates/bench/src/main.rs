@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 mod inproc;
+mod membership;
 mod phases;
 mod probe;
 mod procstat;
@@ -114,6 +115,11 @@ fn parse_kind(s: &str) -> Result<Kind, String> {
 
 fn main() -> std::process::ExitCode {
     let argv: Vec<String> = std::env::args().collect();
+    // Flip → routed at many HAProxy backends, alone (see `membership`).
+    if argv.get(1).map(String::as_str) == Some("membership") {
+        let code = membership::main(&argv[2..]);
+        return std::process::ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
     // The timing validator converge runs during the own-share measurement.
     if argv.get(1).map(String::as_str) == Some("time-validator") {
         let code = share::time_validator_main(&argv[2..]);

@@ -22,7 +22,7 @@
 
 use std::time::{Duration, Instant};
 
-use converge_testkit::backend::get;
+use converge_testkit::http::get;
 
 /// Consecutive answers from other backends that prove a removal.
 pub const CONFIRM: usize = 10;
@@ -54,6 +54,23 @@ pub fn routing_change(
     t0: Instant,
     deadline: Duration,
 ) -> Result<Observed, String> {
+    routing_change_at(front, "/", target, reach, t0, deadline)
+}
+
+/// [`routing_change`] for requests to `path`, which a route of the
+/// frontend sends to the backend that changes.
+///
+/// # Errors
+///
+/// When the change is not seen within `deadline`.
+pub fn routing_change_at(
+    front: u16,
+    path: &str,
+    target: &str,
+    reach: bool,
+    t0: Instant,
+    deadline: Duration,
+) -> Result<Observed, String> {
     let mut starts: Vec<Instant> = Vec::new();
     let mut took: Vec<Duration> = Vec::new();
     let mut failures = 0;
@@ -61,7 +78,7 @@ pub fn routing_change(
     let mut misses = 0;
     loop {
         let start = Instant::now();
-        let answer = get(front);
+        let answer = get(front, path);
         took.push(start.elapsed());
         starts.push(start);
         let i = starts.len() - 1;

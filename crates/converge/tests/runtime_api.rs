@@ -3,14 +3,19 @@
 //! --consul` as a child. Instances joining and failing in Consul reach
 //! HAProxy with no reload (same worker, reload counter still, runtime-API
 //! counter up), the file on disk keeps up so a later reload serves the
-//! same set, and a structural change to the manifest still reloads.
+//! same set, and a structural change to the manifest still reloads. With
+//! no slots, `plan` names each dynamic server `apply` adds or deletes, and
+//! `apply --once` does just that, with no reload.
 
 mod common;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{haproxy_site, http_backends, register_web, RunningDaemon, Workspace};
+use common::{
+    assert_exit, haproxy_site, http_backends, register_web, stdout, web_catalog, RunningDaemon,
+    Workspace,
+};
 use converge_testkit::backend::{get, HttpBackend};
 use converge_testkit::consul::ConsulAgent;
 use converge_testkit::{free_port, wait, Haproxy};
@@ -173,4 +178,65 @@ fn instances_join_and_fail_without_a_reload_and_a_structural_change_still_reload
     .unwrap_or_else(|e| panic!("{e}\n{}", s.haproxy.log()));
     s.wait_reached(second, &["b1", "b3"]);
     s.wait_reached(s.front, &["b1", "b3"]);
+}
+
+/// `converge plan`, then `converge apply --once`, on a changed catalog
+/// file: what the plan says the runtime API does, and what the apply says.
+fn plan_then_apply(ws: &Workspace, catalog: &str) -> (String, String) {
+    ws.write("catalog.yaml", catalog);
+    let plan = ws.converge(&["plan", "--node", "lb1"]);
+    assert_exit(&plan, 2);
+    let apply = ws.converge(&["apply", "--once", "--node", "lb1"]);
+    assert_exit(&apply, 0);
+    (stdout(&plan), stdout(&apply))
+}
+
+#[test]
+fn with_no_slots_plan_names_the_dynamic_servers_apply_adds_and_deletes() {
+    let backends = http_backends(2);
+    let ports: Vec<u16> = backends.iter().map(HttpBackend::port).collect();
+    let front = free_port();
+    let ws = Workspace::custom(
+        &haproxy_site(front, "    runtime_api: {slots: 0}\n", "haproxy", true),
+        &web_catalog(&ports[..1]),
+    );
+    assert_exit(&ws.converge(&["apply", "--once", "--node", "lb1"]), 0);
+    let haproxy = ws.start_haproxy();
+    let reached = |want: &[&str]| {
+        let want: BTreeSet<String> = want.iter().map(|s| s.to_string()).collect();
+        wait::until(DEADLINE, &format!("requests to reach {want:?}"), || {
+            (0..6).filter_map(|_| get(front)).collect::<BTreeSet<_>>() == want
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", haproxy.command("show servers state web")));
+    };
+    reached(&["b1"]);
+    let worker = haproxy.worker_pid();
+
+    let (plan, apply) = plan_then_apply(&ws, &web_catalog(&ports));
+    assert!(
+        plan.contains("runtime    haproxy: add server web/web-1:app1\n"),
+        "{plan}"
+    );
+    assert!(
+        apply.contains("through the HAProxy runtime API, no reload"),
+        "{apply}"
+    );
+    reached(&["b1", "b2"]);
+
+    let without_web_0: String = web_catalog(&ports)
+        .lines()
+        .filter(|l| !l.contains("id: web-0,"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let (plan, apply) = plan_then_apply(&ws, &without_web_0);
+    assert!(
+        plan.contains("runtime    haproxy: del server web/web-0:app0\n"),
+        "{plan}"
+    );
+    assert!(
+        apply.contains("through the HAProxy runtime API, no reload"),
+        "{apply}"
+    );
+    reached(&["b2"]);
+    assert_eq!(haproxy.worker_pid(), worker, "no reload");
 }

@@ -217,13 +217,13 @@ impl Manifests {
                 ));
             }
             if let Some(rt) = &be.runtime_api {
-                if !(1..=MAX_RUNTIME_SLOTS).contains(&rt.slots) {
+                if rt.slots > MAX_RUNTIME_SLOTS {
                     errors.push(self.error(
                         "backends",
                         name,
                         &[key("runtime_api"), key("slots")],
                         format!(
-                            "{} slots: a runtime-API backend needs between 1 and {MAX_RUNTIME_SLOTS}",
+                            "{} slots: a runtime-API backend has at most {MAX_RUNTIME_SLOTS}",
                             rt.slots
                         ),
                     ));
@@ -612,17 +612,17 @@ mod tests {
             m.validate()
                 .map_err(|e| e.0.iter().map(ToString::to_string).collect::<Vec<_>>())
         };
-        assert_eq!(check(1), Ok(()));
+        // No slots: every instance is a dynamic server.
+        assert_eq!(check(0), Ok(()));
         assert_eq!(check(MAX_RUNTIME_SLOTS), Ok(()));
-        for bad in [0, MAX_RUNTIME_SLOTS + 1] {
-            assert_eq!(
-                check(bad),
-                Err(vec![format!(
-                    "m/a.yaml:5:7: backends.web.runtime_api.slots: {bad} slots: a runtime-API \
-                     backend needs between 1 and {MAX_RUNTIME_SLOTS}"
-                )])
-            );
-        }
+        let bad = MAX_RUNTIME_SLOTS + 1;
+        assert_eq!(
+            check(bad),
+            Err(vec![format!(
+                "m/a.yaml:5:7: backends.web.runtime_api.slots: {bad} slots: a runtime-API \
+                 backend has at most {MAX_RUNTIME_SLOTS}"
+            )])
+        );
     }
 
     #[test]

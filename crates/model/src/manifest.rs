@@ -239,17 +239,46 @@ pub struct Backend {
 
 /// Opt-in to membership changes without reloads.
 ///
-/// The backend is rendered as exactly `slots` server lines with fixed names
+/// The backend is rendered as `slots` server lines with fixed names
 /// (`<backend>-s1` ...), so adding, removing or failing an instance only
 /// changes a slot's address or its `disabled` flag, which a running HAProxy
-/// can take with `set server ... addr/state`. Size it for the most instances
-/// the service will have: healthy instances beyond the slots are still
-/// served, as extra server lines that cost a reload when they change.
+/// can take with `set server ... addr/state`. Healthy instances beyond the
+/// slots get server lines of their own, named by the instance, which join
+/// and leave a running HAProxy (≥ 2.4) as dynamic servers (`add server`,
+/// `del server`) when HAProxy allows it for the backend (a dynamic
+/// `balance`: roundrobin, leastconn or random; no `sticky` cookie; no
+/// `default-server` options), and through a reload otherwise. `slots: 0`
+/// makes every instance a dynamic server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeApi {
-    /// Server lines rendered for the backend, 1..=1024.
+    /// Server lines rendered for the backend, 0..=1024.
     pub slots: u32,
+    /// How long a server leaving at runtime may keep open connections:
+    /// HAProxy deletes a server only once none uses it.
+    #[serde(default = "default_drain_timeout")]
+    pub drain_timeout: HaproxyDuration,
+    /// What happens to connections still open after `drain_timeout`:
+    /// `reload` (the default) gives up the runtime update and reloads, so
+    /// the old worker keeps them until they end, as any reload does;
+    /// `shutdown` closes them and deletes the server.
+    #[serde(default)]
+    pub after_drain: AfterDrain,
+}
+
+fn default_drain_timeout() -> HaproxyDuration {
+    HaproxyDuration::from("5s")
+}
+
+/// The end of a drain that timed out (see [`RuntimeApi::after_drain`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AfterDrain {
+    /// Reload instead; the old worker keeps the connections.
+    #[default]
+    Reload,
+    /// `shutdown sessions server`, then delete it.
+    Shutdown,
 }
 
 /// HTTP health check of a backend's servers.

@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 use converge_model::config_line::ConfigLine;
 use converge_model::desired::NodeVip;
 use converge_model::manifest::{
-    Backend, CheckMethod, Database, DbRole, Frontend, HaproxySettings, Mode, PgbouncerSettings,
-    PoolMode, SslVerify, TcpCheck,
+    AfterDrain, Backend, CheckMethod, Database, DbRole, Frontend, HaproxySettings, Mode,
+    PgbouncerSettings, PoolMode, SslVerify, TcpCheck,
 };
 use converge_model::{identity, Catalog, Health, Instance, Layout, NodeDesired, Rejection};
 use serde::Serialize;
@@ -148,6 +148,10 @@ pub struct BackendView {
     /// backend's fixed slots (then any overflow), and the template marks
     /// the backend with [`RUNTIME_API_MARKER`] so the applier knows.
     pub runtime_api: bool,
+    /// For a runtime-API backend, the drain policy the template writes
+    /// after [`RUNTIME_API_MARKER`] for the applier (`drain=5s
+    /// then=reload`); empty otherwise.
+    pub runtime_api_policy: String,
     /// Extra lines at the end of the backend.
     pub extra: Vec<String>,
     /// Servers, sorted by instance id; for a runtime-API backend, its slots
@@ -416,7 +420,7 @@ fn backend_view(
     }
     let servers = match &b.runtime_api {
         None => serving.iter().map(|i| instance_server(i)).collect(),
-        Some(rt) => slot_servers(name, rt.slots, &serving, warnings),
+        Some(rt) => slot_servers(name, b, rt.slots, &serving, warnings),
     };
     BackendView {
         name: name.to_string(),
@@ -438,6 +442,17 @@ fn backend_view(
         maxconn: b.maxconn,
         sticky_cookie: b.sticky.as_ref().map(|s| s.cookie.clone()),
         runtime_api: b.runtime_api.is_some(),
+        runtime_api_policy: b
+            .runtime_api
+            .as_ref()
+            .map(|rt| {
+                let then = match rt.after_drain {
+                    AfterDrain::Reload => "reload",
+                    AfterDrain::Shutdown => "shutdown",
+                };
+                format!("drain={} then={then}", rt.drain_timeout)
+            })
+            .unwrap_or_default(),
         extra: lines(&b.extra),
         servers,
     }
@@ -672,6 +687,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_drain_policy_is_written_for_the_applier() {
+        let policy = |yaml: &str| {
+            let b: Backend = serde_norway::from_str(yaml).expect("backend");
+            backend_view("web", &b, &[], &mut Vec::new()).runtime_api_policy
+        };
+        assert_eq!(policy("service: web\n"), "");
+        assert_eq!(
+            policy("service: web\nruntime_api: {slots: 2}\n"),
+            "drain=5s then=reload"
+        );
+        assert_eq!(
+            policy(
+                "service: web\nruntime_api: {slots: 0, drain_timeout: 30s, after_drain: shutdown}\n"
+            ),
+            "drain=30s then=shutdown"
+        );
+    }
+
+    #[test]
     fn the_shipped_template_marks_the_backend_and_renders_its_slots() {
         let manifest = r#"
 nodes:
@@ -723,7 +757,10 @@ targets:
             .filter(|l| l.starts_with("server ") || l.starts_with('#'))
             .collect();
         assert_eq!(lines.len(), 4, "{cfg}");
-        assert!(lines[0].starts_with(RUNTIME_API_MARKER), "{cfg}");
+        assert!(
+            lines[0].starts_with(&format!("{RUNTIME_API_MARKER} drain=5s then=reload ")),
+            "{cfg}"
+        );
         assert_eq!(
             lines[1..]
                 .iter()

@@ -245,8 +245,26 @@ fn a_membership_only_change_says_it_goes_through_the_runtime_api() {
         ),
         "{text}"
     );
+    assert!(
+        text.contains("runtime    haproxy: set server web/web-s2\n"),
+        "{text}"
+    );
     let json = serde_json::to_value(&p).expect("json");
     assert_eq!(json["files"][0]["runtime_api_servers"], 1);
+    assert_eq!(
+        json["files"][0]["runtime_api_actions"],
+        serde_json::json!(["set server web/web-s2"])
+    );
+
+    // An instance beyond the slots joins as a dynamic server.
+    fx.file("haproxy").bytes = (slots("127.0.0.1:1 check disabled")
+        + "    server web-3:n1 10.0.0.3:80 check\n")
+        .into_bytes();
+    let text = plan(&fx.set).expect("plan").to_text();
+    assert!(
+        text.contains("runtime    haproxy: add server web/web-3:n1\n"),
+        "{text}"
+    );
 
     // Anything structural reloads, and the plan says only that.
     fx.file("haproxy").bytes = slots("10.0.0.2:80 check")

@@ -1,16 +1,20 @@
 //! Reading an HAProxy config the way the runtime API needs it: which
-//! backends carry the [`MARKER`], their `server` lines (name, IP address,
-//! port, `disabled`), the admin `stats socket` in `global`, and everything
-//! else as an opaque skeleton, so that two files can be compared for
-//! "only slot addresses and states differ".
+//! backends carry the [`MARKER`] (and the drain policy written on it), their
+//! `server` lines (name, IP address, port, `disabled`, the other options),
+//! what decides whether HAProxy 2.6 takes servers added at runtime (the
+//! `balance` algorithm, `default-server` lines in scope), the admin `stats
+//! socket` in `global`, and everything else as an opaque skeleton, so that
+//! two files can be compared for "only the servers of marked backends
+//! differ".
 //!
 //! Pure text in, values out: no socket, no process. What cannot be read
 //! with certainty (a host name instead of an IP, the marker outside a
 //! backend) is an error, which the caller answers with a reload.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use converge_model::RUNTIME_API_MARKER as MARKER;
 
@@ -23,22 +27,79 @@ pub(crate) struct Server {
     pub port: u16,
     /// No `disabled` keyword.
     pub enabled: bool,
+    /// The words after the address, without `disabled`, as written: what
+    /// `add server` is given, so a server added at runtime is the line a
+    /// reload would read.
+    pub options: Vec<String>,
 }
 
 impl Server {
     pub(crate) fn id(&self) -> String {
         format!("{}/{}", self.backend, self.name)
     }
+
+    /// `ADDR:PORT`, IPv6 bracketed, as `add server` reads it.
+    pub(crate) fn endpoint(&self) -> String {
+        match self.addr {
+            IpAddr::V4(a) => format!("{a}:{}", self.port),
+            IpAddr::V6(a) => format!("[{a}]:{}", self.port),
+        }
+    }
+
+    /// Whether `keyword` is one of the line's options.
+    pub(crate) fn has(&self, keyword: &str) -> bool {
+        self.options.iter().any(|o| o == keyword)
+    }
 }
 
-/// A config reduced to what a reload would change besides slots: every
-/// line, with the servers of marked backends stripped of address, port and
-/// `disabled` (their name and other options stay).
+/// What a server leaving a marked backend may wait for: HAProxy deletes a
+/// server only once no connection uses it, so the applier waits up to
+/// `timeout`, then either reloads (the old worker keeps those connections
+/// until they end, as with any reload) or shuts them down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Drain {
+    /// How long a removed server's connections may take to finish.
+    pub timeout: Duration,
+    /// What happens to connections still open after `timeout`.
+    pub then: AfterDrain,
+}
+
+/// The end of a drain that timed out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterDrain {
+    /// Give up the runtime update and reload.
+    Reload,
+    /// `shutdown sessions server`, then delete.
+    Shutdown,
+}
+
+impl Default for Drain {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(5),
+            then: AfterDrain::Reload,
+        }
+    }
+}
+
+/// What the file says about one marked backend beyond its servers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Rules {
+    /// Why HAProxy would not take a server added at runtime in this
+    /// backend, if it would not.
+    pub no_add: Option<String>,
+    /// The marker's drain policy.
+    pub drain: Drain,
+}
+
+/// A config reduced to what a reload would change besides the servers of
+/// marked backends: every other line, the marked servers apart.
 #[derive(Debug, Default)]
 struct Parsed {
     skeleton: Vec<String>,
     servers: Vec<Server>,
     socket: Option<PathBuf>,
+    rules: BTreeMap<String, Rules>,
 }
 
 /// Section keywords of an HAProxy config.
@@ -59,9 +120,104 @@ const SECTIONS: &[&str] = &[
     "fcgi-app",
 ];
 
-fn parse(text: &str) -> Result<Parsed, String> {
-    // Pass 1: which backends carry the marker.
-    let mut marked = BTreeSet::new();
+/// The load-balancing algorithms HAProxy calls dynamic, the only ones
+/// whose backends take `add server`. `first` is dynamic too, but picks
+/// servers by id, which a server added at runtime gets in a different
+/// order than a reload gives it, so a reload would change who gets the
+/// traffic.
+const DYNAMIC_BALANCE: &[&str] = &["roundrobin", "leastconn", "random"];
+
+/// The lines of a `defaults` or `backend` section that decide whether
+/// servers can be added at runtime.
+#[derive(Debug, Default, Clone)]
+struct Scope {
+    balance: Option<String>,
+    /// `default-server` options other than `init-addr`, which only
+    /// matters for names resolved at start-up (marked servers have IPs).
+    default_server: Vec<String>,
+}
+
+impl Scope {
+    fn read(&mut self, words: &[&str]) {
+        match words.first() {
+            Some(&"balance") => self.balance = words.get(1).map(|w| w.to_string()),
+            Some(&"default-server") => {
+                let mut rest = words[1..].iter();
+                while let Some(w) = rest.next() {
+                    if *w == "init-addr" {
+                        rest.next();
+                    } else {
+                        self.default_server.push(w.to_string());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn no_add(&self) -> Option<String> {
+        let balance = self.balance.as_deref().unwrap_or("roundrobin");
+        let algorithm = balance.split('(').next().unwrap_or(balance);
+        if !DYNAMIC_BALANCE.contains(&algorithm) {
+            return Some(format!(
+                "`balance {balance}`: servers are added at runtime only with {}",
+                DYNAMIC_BALANCE.join(", ")
+            ));
+        }
+        (!self.default_server.is_empty()).then(|| {
+            format!(
+                "`default-server {}` is not given to servers added at runtime",
+                self.default_server.join(" ")
+            )
+        })
+    }
+}
+
+/// The drain policy on a marker line: `drain=5s then=reload|shutdown`
+/// after the marker, defaults for what is not said.
+fn drain_policy(marker_line: &str) -> Result<Drain, String> {
+    let mut drain = Drain::default();
+    let rest = marker_line.trim().strip_prefix(MARKER).unwrap_or_default();
+    for word in rest.split_whitespace() {
+        let Some((key, value)) = word.split_once('=') else {
+            break;
+        };
+        match key {
+            "drain" => {
+                drain.timeout = duration(value)
+                    .ok_or_else(|| format!("`{word}` on the marker is not a duration"))?;
+            }
+            "then" => {
+                drain.then = match value {
+                    "reload" => AfterDrain::Reload,
+                    "shutdown" => AfterDrain::Shutdown,
+                    _ => return Err(format!("`{word}` on the marker: reload or shutdown")),
+                }
+            }
+            _ => return Err(format!("`{word}` on the marker is unknown")),
+        }
+    }
+    Ok(drain)
+}
+
+/// An HAProxy duration (`500ms`, `5s`; a bare number is milliseconds).
+fn duration(text: &str) -> Option<Duration> {
+    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+    let n: u64 = text[..digits].parse().ok()?;
+    Some(match &text[digits..] {
+        "us" => Duration::from_micros(n),
+        "" | "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.checked_mul(60)?),
+        "h" => Duration::from_secs(n.checked_mul(3600)?),
+        "d" => Duration::from_secs(n.checked_mul(86_400)?),
+        _ => return None,
+    })
+}
+
+/// Pass 1: the marked backends and their drain policies.
+fn marked(text: &str) -> Result<BTreeMap<&str, Drain>, String> {
+    let mut marked = BTreeMap::new();
     let mut section: Option<(&str, &str)> = None;
     for line in text.lines() {
         let t = line.trim();
@@ -71,27 +227,40 @@ fn parse(text: &str) -> Result<Parsed, String> {
         } else if t.starts_with(MARKER) {
             match section {
                 Some(("backend", name)) => {
-                    marked.insert(name);
+                    marked.insert(name, drain_policy(t)?);
                 }
                 _ => return Err(format!("`{MARKER}` outside a backend")),
             }
         }
     }
-    // Pass 2: the skeleton, the marked servers and the stats socket.
+    Ok(marked)
+}
+
+fn parse(text: &str) -> Result<Parsed, String> {
+    let marked = marked(text)?;
+    // Pass 2: the skeleton, the marked servers, the scopes, the socket.
     let mut out = Parsed::default();
     let mut section: Option<(&str, &str)> = None;
+    let mut defaults = Scope::default();
+    let mut scopes: BTreeMap<&str, Scope> = BTreeMap::new();
     for (n, line) in text.lines().enumerate() {
         let words: Vec<&str> = line.split_whitespace().collect();
         match words.first() {
             Some(w) if SECTIONS.contains(w) => {
                 section = Some((w, words.get(1).copied().unwrap_or("")));
+                match section {
+                    Some(("defaults", _)) => defaults = Scope::default(),
+                    Some(("backend", b)) if marked.contains_key(b) => {
+                        scopes.insert(b, defaults.clone());
+                    }
+                    _ => {}
+                }
             }
             Some(&"server") => {
-                if let Some(("backend", backend)) = section.filter(|(_, b)| marked.contains(b)) {
-                    let (server, rest) =
+                if let Some(("backend", backend)) = section.filter(|(_, b)| marked.contains_key(b))
+                {
+                    let server =
                         server_line(backend, &words).map_err(|e| format!("line {}: {e}", n + 1))?;
-                    out.skeleton
-                        .push(format!("server {} <slot> {}", server.name, rest.join(" ")));
                     out.servers.push(server);
                     continue;
                 }
@@ -103,35 +272,51 @@ fn parse(text: &str) -> Result<Parsed, String> {
             }
             _ => {}
         }
+        match section {
+            Some(("defaults", _)) => defaults.read(&words),
+            Some(("backend", b)) => {
+                if let Some(scope) = scopes.get_mut(b) {
+                    scope.read(&words);
+                }
+            }
+            _ => {}
+        }
         out.skeleton.push(line.to_string());
     }
+    out.rules = scopes
+        .into_iter()
+        .map(|(b, scope)| {
+            let rules = Rules {
+                no_add: scope.no_add(),
+                drain: marked[b],
+            };
+            (b.to_string(), rules)
+        })
+        .collect();
     Ok(out)
 }
 
-/// `server NAME ADDR:PORT OPTIONS...` → the server and its options without
+/// `server NAME ADDR:PORT OPTIONS...` → the server, its options without
 /// `disabled`.
-fn server_line<'w>(backend: &str, words: &[&'w str]) -> Result<(Server, Vec<&'w str>), String> {
+fn server_line(backend: &str, words: &[&str]) -> Result<Server, String> {
     let (Some(name), Some(endpoint)) = (words.get(1), words.get(2)) else {
         return Err("a server line without a name and an address".into());
     };
     let (addr, port) = ip_endpoint(endpoint)
         .ok_or_else(|| format!("server {name}: `{endpoint}` is not IP:PORT with a fixed port"))?;
-    let rest: Vec<&str> = words[3..]
+    let options: Vec<String> = words[3..]
         .iter()
-        .copied()
-        .filter(|w| *w != "disabled")
+        .filter(|w| **w != "disabled")
+        .map(|w| w.to_string())
         .collect();
-    let enabled = rest.len() == words.len() - 3;
-    Ok((
-        Server {
-            backend: backend.to_string(),
-            name: name.to_string(),
-            addr,
-            port,
-            enabled,
-        },
-        rest,
-    ))
+    Ok(Server {
+        backend: backend.to_string(),
+        name: name.to_string(),
+        addr,
+        port,
+        enabled: options.len() == words.len() - 3,
+        options,
+    })
 }
 
 /// `1.2.3.4:80` or `[::1]:80`; a port of 0 or an offset means "the client's
@@ -168,20 +353,32 @@ fn admin_socket(words: &[&str]) -> Option<PathBuf> {
     (level == "admin").then(|| PathBuf::from(path))
 }
 
-/// Live → candidate: the socket and the servers of the changed backends,
-/// when nothing but slot addresses, ports and states differ.
-pub(crate) fn classify(
-    live: &str,
-    candidate: &str,
-) -> Result<(PathBuf, Vec<Server>, Vec<Server>), String> {
+/// Live → candidate, when nothing but the servers of marked backends
+/// differ: the admin socket, and for each backend whose servers differ,
+/// its servers before and after and its rules.
+#[derive(Debug)]
+pub(crate) struct Classified {
+    pub socket: PathBuf,
+    /// The live file's servers of the backends that change, in file order.
+    pub before: Vec<Server>,
+    /// The candidate's servers of the same backends, in file order.
+    pub after: Vec<Server>,
+    /// The candidate's rules of the same backends.
+    pub rules: BTreeMap<String, Rules>,
+}
+
+/// Classifies live → candidate (see [`Classified`]). A server keeps its
+/// name, so one in both files with other options than `disabled`, or a
+/// name twice in a backend, is structural.
+pub(crate) fn classify(live: &str, candidate: &str) -> Result<Classified, String> {
     let old = parse(live)?;
     let new = parse(candidate)?;
-    if old.servers.is_empty() && new.servers.is_empty() {
+    if old.rules.is_empty() && new.rules.is_empty() {
         return Err("no runtime-API backend".into());
     }
     if old.skeleton.len() != new.skeleton.len() {
         return Err(format!(
-            "{} lines besides the slots, {} before",
+            "{} lines besides the servers, {} before",
             new.skeleton.len(),
             old.skeleton.len()
         ));
@@ -194,19 +391,94 @@ pub(crate) fn classify(
     {
         return Err(format!("line {} differs", n + 1));
     }
-    // Equal skeletons hold the same server names in the same order.
+    // Equal skeletons: the same marked backends with the same rules.
     let Some(socket) = old.socket else {
         return Err("no unix `stats socket` at admin level in `global`".into());
     };
-    let changed: BTreeSet<&str> = old
-        .servers
-        .iter()
-        .zip(&new.servers)
-        .filter(|(a, b)| a != b)
-        .map(|(a, _)| a.backend.as_str())
-        .collect();
-    let keep = |s: &&Server| changed.contains(s.backend.as_str());
-    let before = old.servers.iter().filter(keep).cloned().collect();
-    let after = new.servers.iter().filter(keep).cloned().collect();
-    Ok((socket, before, after))
+    let by_name = |servers: &[Server]| -> Result<BTreeMap<(String, String), Server>, String> {
+        let mut map = BTreeMap::new();
+        for s in servers {
+            if map
+                .insert((s.backend.clone(), s.name.clone()), s.clone())
+                .is_some()
+            {
+                return Err(format!("server {} appears twice", s.id()));
+            }
+        }
+        Ok(map)
+    };
+    let (was, will) = (by_name(&old.servers)?, by_name(&new.servers)?);
+    let mut changed = BTreeSet::new();
+    for key in was.keys().chain(will.keys()) {
+        match (was.get(key), will.get(key)) {
+            (Some(a), Some(b)) if a.options != b.options => {
+                return Err(format!("server {}: other options", a.id()));
+            }
+            (Some(a), Some(b)) if a == b => {}
+            _ => {
+                changed.insert(key.0.clone());
+            }
+        }
+    }
+    let keep = |s: &&Server| changed.contains(&s.backend);
+    Ok(Classified {
+        socket,
+        before: old.servers.iter().filter(keep).cloned().collect(),
+        after: new.servers.iter().filter(keep).cloned().collect(),
+        rules: new
+            .rules
+            .into_iter()
+            .filter(|(b, _)| changed.contains(b))
+            .collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drain_policy_on_the_marker() {
+        let with = |rest: &str| drain_policy(&format!("{MARKER}{rest}"));
+        assert_eq!(with(""), Ok(Drain::default()));
+        assert_eq!(
+            with(" (slots change through the stats socket)"),
+            Ok(Drain::default())
+        );
+        assert_eq!(
+            with(" drain=250ms then=shutdown (comment)"),
+            Ok(Drain {
+                timeout: Duration::from_millis(250),
+                then: AfterDrain::Shutdown
+            })
+        );
+        assert_eq!(
+            with(" drain=2m").map(|d| d.timeout),
+            Ok(Duration::from_secs(120))
+        );
+        for bad in [" drain=5sec", " drain=x", " then=wait", " wait=1s"] {
+            assert!(with(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn what_keeps_servers_from_being_added_at_runtime() {
+        let no_add = |lines: &[&str]| {
+            let mut scope = Scope::default();
+            for l in lines {
+                scope.read(&l.split_whitespace().collect::<Vec<_>>());
+            }
+            scope.no_add()
+        };
+        assert_eq!(no_add(&[]), None);
+        assert_eq!(no_add(&["balance leastconn"]), None);
+        assert_eq!(no_add(&["balance random(2)"]), None);
+        assert_eq!(no_add(&["default-server init-addr libc,none"]), None);
+        for ineligible in ["balance source", "balance first", "balance static-rr"] {
+            let why = no_add(&[ineligible]).expect(ineligible);
+            assert!(why.contains(ineligible), "{why}");
+        }
+        let why = no_add(&["default-server init-addr none inter 3s"]).expect("inherited");
+        assert!(why.contains("`default-server inter 3s`"), "{why}");
+    }
 }

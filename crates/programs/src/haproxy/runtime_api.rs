@@ -1,47 +1,61 @@
 //! Membership changes to HAProxy backends without a reload.
 //!
 //! A backend that opts in (`runtime_api: {slots: N}` in the manifest) is
-//! rendered as N server lines with fixed names, marked with the line
-//! [`MARKER`]; an instance coming, going or changing health then only
-//! changes a slot's address or its `disabled` flag. When that is the *only*
-//! difference between the live file and the candidate, the running HAProxy
-//! can take it over its stats socket (`set server B/S addr A port P`,
-//! `set server B/S state ready|maint`) and keep its worker, its connections
-//! and its counters.
+//! marked with the line [`MARKER`] and rendered as N server lines with
+//! fixed names, then one line per instance that found no free slot, named
+//! by the instance. An instance coming, going or changing health then
+//! changes a slot's address or its `disabled` flag, or adds or removes a
+//! line of its own. When the servers of marked backends are the *only*
+//! difference between the live file and the candidate, the running
+//! HAProxy can take it over its stats socket and keep its worker, its
+//! connections and its counters: `set server B/S addr A port P` and
+//! `set server B/S state ready|maint` for slots, and HAProxy's dynamic
+//! servers (`add server`, `del server`, HAProxy ≥ 2.4; see `runtime_api/dynamic.rs`) for
+//! the lines that come and go.
+//!
+//! Why keep slots when servers can be added and deleted: a slot changes
+//! in two or three commands whatever the backend's options, balance
+//! algorithm or open connections, while `add server` refuses options such
+//! as `cookie` and backends with a static algorithm (`balance source`),
+//! and `del server` must wait for the server's last connection. Slots are
+//! the fast path for the instances a backend usually has; dynamic servers
+//! make the ones beyond them (or all of them, with `slots: 0`) join and
+//! leave without a reload too, instead of sizing every backend up front.
 //!
 //! The file stays the truth. The transaction sends the commands while
 //! `haproxy -c` checks the candidate, not after it: the validator is most
 //! of a change's latency (about 50 ms), and a membership-only candidate
-//! differs from the live file, which HAProxy already accepted, only in slot
-//! addresses and `disabled` flags, which HAProxy's runtime API parses and
-//! refuses itself. The pending-reload marker is durable before the first
-//! command, and the candidate is committed only once it is validated, so a
-//! later reload (or a restart) gives exactly what the API set; a candidate
-//! the validator rejects, or a commit that fails, is undone by reloading
-//! HAProxy on the live file, and a crash in between by the next apply's
-//! owed reload. This module only decides whether the API can stand in for
-//! the reload and, if so, makes it; every doubt is answered with the
-//! reload:
+//! differs from the live file, which HAProxy already accepted, only in
+//! server lines of marked backends whose options HAProxy's runtime API
+//! parses and refuses itself. The pending-reload marker is durable before
+//! the first command, and the candidate is committed only once it is
+//! validated, so a later reload (or a restart) gives exactly what the API
+//! set; a candidate the validator rejects, a command that fails half-way,
+//! or a commit that fails, is undone by reloading HAProxy (on the live file
+//! if the candidate was rejected, on the candidate otherwise), and a crash
+//! in between by the next apply's owed reload. This module only decides
+//! whether the API can stand in for the reload and, if so, makes it; every
+//! doubt is answered with the reload:
 //!
-//! - [`plan`] (pure) classifies live → candidate. Anything but slot address,
-//!   port and `disabled` changes inside marked backends — another line, a
-//!   slot added or renamed, a host name instead of an IP, a new file, a
-//!   reload owed by an interrupted apply — is structural.
+//! - [`plan`] (pure) classifies live → candidate. Anything but server
+//!   lines of marked backends changing address, port or `disabled`, or
+//!   coming and going — another line, a server's options, a host name
+//!   instead of an IP, a server HAProxy would not add at runtime, a new
+//!   file, a reload owed by an interrupted apply — is structural.
 //! - [`run`] checks that the HAProxy it reaches runs the live file: the
 //!   master (for a signal reload) handles its reload signal, so no reload is
 //!   half-way through a re-exec; the worker is not stopping; and its servers
 //!   in the affected backends are exactly the live file's (names,
-//!   addresses, ports, maintenance). Then it sends the commands and checks
-//!   that the same worker now shows exactly the candidate's servers.
+//!   addresses, ports, maintenance). Then it adds servers, changes slots,
+//!   puts leaving servers in maintenance and deletes them as they drain,
+//!   and checks that the same worker now shows exactly the candidate's
+//!   servers.
 //!
 //! Any failure is returned for the caller to log and fall back to the
 //! normal reload once the candidate is committed.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::io::{self, Read, Write};
-use std::net::IpAddr;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -51,16 +65,22 @@ use nix::sys::signal::Signal;
 
 pub use converge_model::RUNTIME_API_MARKER as MARKER;
 
-use super::cfg::{classify, Server};
+use super::cfg::{classify, Classified, Rules, Server};
 
 use crate::signal;
 
+mod dynamic;
+mod socket;
+mod state;
+
+pub use state::{live_servers, LiveServer};
+
+use socket::Socket;
+#[cfg(test)]
+use state::{compare, parse_servers_state, Running};
+
 /// How long one exchange on the stats socket may take.
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// HAProxy's `SRV_ADMF_FMAINT`: maintenance forced by the configuration's
-/// `disabled` or by `set server ... state maint`.
-const ADMIN_FORCED_MAINT: u32 = 0x01;
 
 /// Why the runtime API does not stand in for the reload.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +96,22 @@ fn fallback<T>(msg: impl Into<String>) -> Result<T, Fallback> {
     Err(Fallback(msg.into()))
 }
 
+/// Why [`run`] stopped, and whether it had changed HAProxy before it did:
+/// then only a reload puts HAProxy back in line with a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunError {
+    /// What failed.
+    pub why: Fallback,
+    /// A command that changes servers had been sent.
+    pub touched: bool,
+}
+
+impl fmt::Display for RunError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.why.fmt(f)
+    }
+}
+
 /// What one HAProxy target needs from the runtime API.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct TargetPlan {
@@ -84,20 +120,73 @@ pub(crate) struct TargetPlan {
     pub socket: PathBuf,
     /// The master's pidfile and reload signal, for a signal reload.
     pub master: Option<(PathBuf, Signal)>,
-    /// Every server of the backends that change, live file then candidate
-    /// (same names, same order).
+    /// Every server of the backends that change, live file then candidate.
     pub before: Vec<Server>,
     pub after: Vec<Server>,
+    /// The candidate's rules of those backends.
+    pub rules: BTreeMap<String, Rules>,
+}
+
+/// The servers an update touches, in file order.
+pub(crate) struct Diff<'a> {
+    /// In both files, with another address, port or state.
+    pub changed: Vec<(&'a Server, &'a Server)>,
+    /// Only in the candidate.
+    pub added: Vec<&'a Server>,
+    /// Only in the live file.
+    pub removed: Vec<&'a Server>,
 }
 
 impl TargetPlan {
-    /// Servers whose address, port or state change.
-    pub(crate) fn changed(&self) -> impl Iterator<Item = (&Server, &Server)> {
-        self.before.iter().zip(&self.after).filter(|(b, a)| b != a)
+    /// Matches the two files' servers by backend and name (by index, as a
+    /// backend may hold thousands of dynamic servers).
+    pub(crate) fn diff(&self) -> Diff<'_> {
+        fn key(s: &Server) -> (&str, &str) {
+            (s.backend.as_str(), s.name.as_str())
+        }
+        fn index(list: &[Server]) -> BTreeMap<(&str, &str), &Server> {
+            list.iter().map(|s| (key(s), s)).collect()
+        }
+        let (before, after) = (index(&self.before), index(&self.after));
+        Diff {
+            changed: self
+                .before
+                .iter()
+                .filter_map(|b| Some((b, *after.get(&key(b))?)))
+                .filter(|(b, a)| b != a)
+                .collect(),
+            added: self
+                .after
+                .iter()
+                .filter(|a| !before.contains_key(&key(a)))
+                .collect(),
+            removed: self
+                .before
+                .iter()
+                .filter(|b| !after.contains_key(&key(b)))
+                .collect(),
+        }
+    }
+
+    /// One line per server the update touches, as `plan` shows it:
+    /// `add server web/web-3:n1`, `set server …`, `del server …`.
+    pub(crate) fn actions(&self) -> Vec<String> {
+        let d = self.diff();
+        let add = d.added.iter().map(|a| format!("add server {}", a.id()));
+        let set = d
+            .changed
+            .iter()
+            .map(|(_, a)| format!("set server {}", a.id()));
+        let del = d.removed.iter().map(|b| format!("del server {}", b.id()));
+        add.chain(set).chain(del).collect()
     }
 
     fn backends(&self) -> BTreeSet<&str> {
-        self.after.iter().map(|s| s.backend.as_str()).collect()
+        self.before
+            .iter()
+            .chain(&self.after)
+            .map(|s| s.backend.as_str())
+            .collect()
     }
 }
 
@@ -108,11 +197,13 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Each target the plan updates, with how many of its servers change.
-    pub fn changed_servers(&self) -> impl Iterator<Item = (&str, usize)> {
+    /// Each target the plan updates, with the servers it adds, changes
+    /// and deletes (`add server web/web-3:n1`, `set server web/web-s2`,
+    /// `del server web/web-4:n2`).
+    pub fn actions(&self) -> impl Iterator<Item = (&str, Vec<String>)> {
         self.targets
             .iter()
-            .map(|t| (t.target.as_str(), t.changed().count()))
+            .map(|t| (t.target.as_str(), t.actions()))
     }
 }
 
@@ -175,14 +266,30 @@ fn target_plan(m: &MemberView) -> Result<TargetPlan, Fallback> {
     else {
         return fallback("not UTF-8");
     };
-    let (socket, before, after) = classify(live, candidate).map_err(Fallback)?;
-    Ok(TargetPlan {
+    let Classified {
+        socket,
+        before,
+        after,
+        rules,
+    } = classify(live, candidate).map_err(Fallback)?;
+    let t = TargetPlan {
         target: file.target.clone(),
         socket,
         master,
         before,
         after,
-    })
+        rules,
+    };
+    // Servers are only read from marked backends, each of which has rules.
+    if let Some(why) = t
+        .diff()
+        .added
+        .iter()
+        .find_map(|s| dynamic::refusal(s, t.rules.get(&s.backend)?))
+    {
+        return Err(Fallback(why));
+    }
+    Ok(t)
 }
 
 /// The runtime-API commands that take a running server from `before` to
@@ -211,7 +318,9 @@ pub(crate) fn commands(before: &Server, after: &Server) -> Vec<String> {
 /// Whether HAProxy's answer to `command` says it was done.
 fn accepted(command: &str, answer: &str) -> bool {
     let answer = answer.trim();
-    if command.contains(" addr ") {
+    if command.starts_with("add server ") {
+        answer.starts_with("New server registered")
+    } else if command.contains(" addr ") {
         answer.contains("changed from") || answer.starts_with("no need to change")
     } else {
         answer.is_empty()
@@ -219,22 +328,39 @@ fn accepted(command: &str, answer: &str) -> bool {
 }
 
 /// Makes the planned changes through the runtime API; the number of
-/// servers changed, or why the caller must reload instead.
-pub fn run(plan: &Plan) -> Result<usize, Fallback> {
+/// servers added, changed or deleted, or why the caller must reload
+/// instead.
+pub fn run(plan: &Plan) -> Result<usize, RunError> {
     let mut total = 0;
+    let mut touched = false;
     for t in &plan.targets {
-        total += run_target(t).map_err(|Fallback(e)| {
-            Fallback(format!(
+        total += run_target(t, &mut touched).map_err(|Fallback(e)| RunError {
+            why: Fallback(format!(
                 "target {}: HAProxy runtime API on {}: {e}",
                 t.target,
                 t.socket.display()
-            ))
+            )),
+            touched,
         })?;
     }
     Ok(total)
 }
 
-fn run_target(t: &TargetPlan) -> Result<usize, Fallback> {
+/// Sends `cmd`, noting that HAProxy may now differ from the live file.
+fn send(sock: &Socket, cmd: &str, touched: &mut bool) -> Result<(), Fallback> {
+    *touched = true;
+    let answer = sock.send(cmd)?;
+    if accepted(cmd, &answer) {
+        Ok(())
+    } else {
+        fallback(format!("`{cmd}` answered `{}`", answer.trim()))
+    }
+}
+
+/// Checks HAProxy runs the live file's servers, then adds the new ones
+/// (capacity first), changes slots, stops traffic to the leaving ones and
+/// deletes them as they drain, and checks it runs the candidate's.
+fn run_target(t: &TargetPlan, touched: &mut bool) -> Result<usize, Fallback> {
     if let Some((pidfile, sig)) = &t.master {
         master_ready(pidfile, *sig)?;
     }
@@ -245,18 +371,25 @@ fn run_target(t: &TargetPlan) -> Result<usize, Fallback> {
     let worker = sock.worker()?;
     for backend in t.backends() {
         let state = sock.servers(backend)?;
-        compare(&state, t.before.iter().filter(|s| s.backend == backend))
+        state::compare(&state, t.before.iter().filter(|s| s.backend == backend))
             .map_err(|e| Fallback(format!("backend {backend} does not run the live file: {e}")))?;
     }
-    let mut count = 0;
-    for (before, after) in t.changed() {
-        for cmd in commands(before, after) {
-            let answer = sock.send(&cmd)?;
-            if !accepted(&cmd, &answer) {
-                return fallback(format!("`{cmd}` answered `{}`", answer.trim()));
-            }
-        }
-        count += 1;
+    let Diff {
+        changed,
+        added,
+        removed,
+    } = t.diff();
+    let commands = added
+        .iter()
+        .flat_map(|s| dynamic::add_commands(s))
+        .chain(changed.iter().flat_map(|(b, a)| commands(b, a)))
+        .chain(removed.iter().flat_map(|s| dynamic::retire_commands(s)));
+    for cmd in commands {
+        send(&sock, &cmd, touched)?;
+    }
+    if !removed.is_empty() {
+        *touched = true;
+        dynamic::drain_and_delete(&sock, &removed, &t.rules)?;
     }
     if sock.worker()? != worker {
         return fallback(format!(
@@ -265,10 +398,10 @@ fn run_target(t: &TargetPlan) -> Result<usize, Fallback> {
     }
     for backend in t.backends() {
         let state = sock.servers(backend)?;
-        compare(&state, t.after.iter().filter(|s| s.backend == backend))
+        state::compare(&state, t.after.iter().filter(|s| s.backend == backend))
             .map_err(|e| Fallback(format!("backend {backend} after the update: {e}")))?;
     }
-    Ok(count)
+    Ok(added.len() + changed.len() + removed.len())
 }
 
 /// The master must handle its reload signal: during the re-exec a reload
@@ -304,193 +437,6 @@ fn master_ready(pidfile: &Path, sig: Signal) -> Result<(), Fallback> {
         fallback(format!(
             "master pid {pid} does not handle {sig} now (a reload in progress?)"
         ))
-    }
-}
-
-/// A server as `show servers state` reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Running {
-    pub backend: String,
-    pub op_state: u32,
-    pub name: String,
-    pub addr: String,
-    pub port: u16,
-    pub admin: u32,
-}
-
-/// Checks that `running` holds exactly the servers `want`, with their
-/// addresses, ports and maintenance state.
-fn compare<'a>(running: &[Running], want: impl Iterator<Item = &'a Server>) -> Result<(), String> {
-    let want: Vec<&Server> = want.collect();
-    let names: BTreeSet<&str> = running.iter().map(|r| r.name.as_str()).collect();
-    let expected: BTreeSet<&str> = want.iter().map(|s| s.name.as_str()).collect();
-    if names != expected {
-        return Err(format!(
-            "servers {:?}, expected {:?}",
-            names.into_iter().collect::<Vec<_>>(),
-            expected.into_iter().collect::<Vec<_>>()
-        ));
-    }
-    for s in want {
-        let Some(r) = running.iter().find(|r| r.name == s.name) else {
-            continue;
-        };
-        let addr_ok = r.addr.parse::<IpAddr>().is_ok_and(|a| a == s.addr);
-        let maint = r.admin & ADMIN_FORCED_MAINT != 0;
-        if !addr_ok || r.port != s.port || maint == s.enabled {
-            return Err(format!(
-                "{} is {}:{} {}, expected {}:{} {}",
-                s.name,
-                r.addr,
-                r.port,
-                if maint { "in maintenance" } else { "enabled" },
-                s.addr,
-                s.port,
-                if s.enabled {
-                    "enabled"
-                } else {
-                    "in maintenance"
-                }
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// Parses `show servers state BACKEND` (format 1), finding the columns by
-/// the names in its `#` header.
-pub(crate) fn parse_servers_state(answer: &str) -> Result<Vec<Running>, String> {
-    let mut lines = answer.lines();
-    let header = lines
-        .by_ref()
-        .find_map(|l| l.strip_prefix("# "))
-        .ok_or_else(|| format!("unexpected answer `{}`", answer.trim()))?;
-    let cols: Vec<&str> = header.split_whitespace().collect();
-    let col = |name: &str| {
-        cols.iter()
-            .position(|c| *c == name)
-            .ok_or(format!("no `{name}` column"))
-    };
-    let (backend, op_state, name, addr, port, admin) = (
-        col("be_name")?,
-        col("srv_op_state")?,
-        col("srv_name")?,
-        col("srv_addr")?,
-        col("srv_port")?,
-        col("srv_admin_state")?,
-    );
-    lines
-        .filter(|l| !l.trim().is_empty())
-        .map(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let get = |i: usize| f.get(i).copied().ok_or(format!("short line `{line}`"));
-            let num = |i: usize| {
-                get(i)?
-                    .parse::<u32>()
-                    .map_err(|_| format!("bad number in `{line}`"))
-            };
-            Ok(Running {
-                backend: get(backend)?.to_string(),
-                op_state: num(op_state)?,
-                name: get(name)?.to_string(),
-                addr: get(addr)?.to_string(),
-                port: u16::try_from(num(port)?).map_err(|_| format!("bad port in `{line}`"))?,
-                admin: num(admin)?,
-            })
-        })
-        .collect()
-}
-
-/// A server as the running HAProxy sees it, for `converge status`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct LiveServer {
-    /// Backend name.
-    pub backend: String,
-    /// Server name.
-    pub name: String,
-    /// `address:port`.
-    pub endpoint: String,
-    /// `UP`, `DOWN`, `STARTING`, `STOPPING` or `MAINT`.
-    pub state: &'static str,
-}
-
-/// Every server of every backend, from the admin socket at `socket`.
-pub fn live_servers(socket: &Path, timeout: Duration) -> Result<Vec<LiveServer>, String> {
-    let answer = Socket {
-        path: socket,
-        timeout,
-    }
-    .exchange("show servers state")
-    .map_err(|e| format!("cannot ask HAProxy on {}: {e}", socket.display()))?;
-    Ok(parse_servers_state(&answer)?
-        .into_iter()
-        .map(|r| LiveServer {
-            state: if r.admin & ADMIN_FORCED_MAINT != 0 {
-                "MAINT"
-            } else {
-                match r.op_state {
-                    0 => "DOWN",
-                    1 => "STARTING",
-                    2 => "UP",
-                    _ => "STOPPING",
-                }
-            },
-            endpoint: if r.addr.contains(':') {
-                format!("[{}]:{}", r.addr, r.port)
-            } else {
-                format!("{}:{}", r.addr, r.port)
-            },
-            backend: r.backend,
-            name: r.name,
-        })
-        .collect())
-}
-
-/// The admin stats socket: one command per connection.
-struct Socket<'a> {
-    path: &'a Path,
-    timeout: Duration,
-}
-
-impl Socket<'_> {
-    fn send(&self, command: &str) -> Result<String, Fallback> {
-        self.exchange(command)
-            .map_err(|e| Fallback(format!("`{command}`: {e}")))
-    }
-
-    fn exchange(&self, command: &str) -> io::Result<String> {
-        let mut s = UnixStream::connect(self.path)?;
-        s.set_read_timeout(Some(self.timeout))?;
-        s.set_write_timeout(Some(self.timeout))?;
-        s.write_all(command.as_bytes())?;
-        s.write_all(b"\n")?;
-        // Without `prompt`, HAProxy answers one command and closes.
-        let mut out = String::new();
-        s.read_to_string(&mut out)?;
-        Ok(out)
-    }
-
-    /// The pid of the worker answering, which must not be stopping.
-    fn worker(&self) -> Result<u32, Fallback> {
-        let info = self.send("show info")?;
-        let field = |name: &str| {
-            info.lines()
-                .find_map(|l| l.strip_prefix(name))
-                .map(str::trim)
-        };
-        let Some(pid) = field("Pid:").and_then(|p| p.parse().ok()) else {
-            return fallback(format!("`show info` answered `{}`", info.trim()));
-        };
-        if field("Stopping:").is_some_and(|s| s != "0") {
-            return fallback(format!("worker pid {pid} is stopping"));
-        }
-        Ok(pid)
-    }
-
-    fn servers(&self, backend: &str) -> Result<Vec<Running>, Fallback> {
-        let answer = self.send(&format!("show servers state {backend}"))?;
-        parse_servers_state(&answer)
-            .map_err(|e| Fallback(format!("`show servers state {backend}`: {e}")))
     }
 }
 

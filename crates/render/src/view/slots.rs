@@ -1,7 +1,9 @@
 //! Runtime-API slots: which serving instance sits in which fixed server
 //! line of a backend, so a membership change is an address or state
-//! change HAProxy can take over its stats socket.
+//! change HAProxy can take over its stats socket; the instances beyond
+//! them get lines of their own, which HAProxy takes as dynamic servers.
 
+use converge_model::manifest::{Backend, Balance};
 use converge_model::{identity, Health, Instance};
 
 use super::{endpoint, instance_server, ServerView, EMPTY_SLOT};
@@ -9,8 +11,11 @@ use super::{endpoint, instance_server, ServerView, EMPTY_SLOT};
 /// The server lines of a runtime-API backend: `slots` lines named
 /// `<backend>-s1`.., each holding one serving instance or empty (disabled),
 /// then, named by their [`identity::name`], the instances that found no
-/// free slot. The two kinds of name cannot collide: an identity name always
-/// holds a `:`, a slot name never does.
+/// free slot (every instance, with no slots). The two kinds of name cannot
+/// collide: an identity name always holds a `:`, a slot name never does.
+/// Those join and leave at runtime as dynamic servers where HAProxy allows
+/// it; a backend where it does not (a sticky cookie, `balance source` or
+/// `first`) is warned about, as each of their changes costs a reload.
 ///
 /// Each instance prefers the slot its identity name hashes to and takes
 /// the next free one after it; instances are placed in identity order. So the layout is a pure
@@ -22,14 +27,19 @@ use super::{endpoint, instance_server, ServerView, EMPTY_SLOT};
 /// instance's check state.
 pub(super) fn slot_servers(
     backend: &str,
+    b: &Backend,
     slots: u32,
     serving: &[&Instance],
     warnings: &mut Vec<String>,
 ) -> Vec<ServerView> {
-    let n = slots.max(1) as usize;
+    let n = slots as usize;
     let mut table: Vec<Option<&Instance>> = vec![None; n];
     let mut overflow = Vec::new();
     for inst in serving {
+        if n == 0 {
+            overflow.push(*inst);
+            continue;
+        }
         let start = (fnv1a(identity::name(inst).as_bytes()) % n as u64) as usize;
         match (0..n)
             .map(|k| (start + k) % n)
@@ -61,18 +71,28 @@ pub(super) fn slot_servers(
             }
         })
         .collect();
-    if !overflow.is_empty() {
-        let extra: Vec<ServerView> = overflow.iter().map(|i| instance_server(i)).collect();
+    let extra: Vec<ServerView> = overflow.iter().map(|i| instance_server(i)).collect();
+    let why = if b.sticky.is_some() {
+        Some("a sticky cookie")
+    } else {
+        match b.balance {
+            Balance::Source => Some("`balance source`"),
+            Balance::First => Some("`balance first`"),
+            Balance::Roundrobin | Balance::Leastconn => None,
+        }
+    };
+    if let (false, Some(why)) = (extra.is_empty(), why) {
         let names: Vec<&str> = extra.iter().map(|s| s.name.as_str()).collect();
         warnings.push(format!(
             "backend {backend}: {} serving instances but {n} runtime-API slots; {} served \
-             as extra servers, whose changes need a reload: {}",
+             as extra servers, whose changes need a reload (HAProxy adds no server at \
+             runtime to a backend with {why}): {}",
             serving.len(),
             overflow.len(),
             names.join(", ")
         ));
-        out.extend(extra);
     }
+    out.extend(extra);
     out
 }
 
@@ -106,9 +126,17 @@ mod tests {
     }
 
     fn slots(n: u32, instances: &[Instance]) -> (Vec<ServerView>, Vec<String>) {
+        slots_of(&backend(""), n, instances)
+    }
+
+    fn backend(extra: &str) -> Backend {
+        serde_norway::from_str(&format!("service: web\n{extra}")).expect("backend")
+    }
+
+    fn slots_of(b: &Backend, n: u32, instances: &[Instance]) -> (Vec<ServerView>, Vec<String>) {
         let refs: Vec<&Instance> = instances.iter().collect();
         let mut warnings = Vec::new();
-        let servers = slot_servers("web", n, &refs, &mut warnings);
+        let servers = slot_servers("web", b, n, &refs, &mut warnings);
         (servers, warnings)
     }
 
@@ -168,14 +196,26 @@ mod tests {
     }
 
     #[test]
-    fn instances_beyond_the_slots_are_served_as_extra_servers_with_a_warning() {
+    fn instances_beyond_the_slots_are_served_as_servers_of_their_own() {
         let (servers, warnings) = slots(2, &ids(3));
         assert_eq!(servers.len(), 3);
         assert!(servers.iter().all(|s| !s.disabled));
         assert_eq!(servers[2].name, servers[2].instance.clone().expect("id"));
-        assert!(
-            warnings.len() == 1 && warnings[0].contains("3 serving instances but 2"),
-            "{warnings:?}"
-        );
+        assert!(warnings.is_empty(), "dynamic servers: {warnings:?}");
+        let (servers, _) = slots(0, &ids(3));
+        let names: Vec<&str> = servers.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["web-0:n", "web-1:n", "web-2:n"], "no slots");
+        for (extra, why) in [
+            ("sticky: {cookie: srv}\n", "a sticky cookie"),
+            ("balance: source\n", "`balance source`"),
+        ] {
+            let (_, warnings) = slots_of(&backend(extra), 2, &ids(3));
+            assert!(
+                warnings.len() == 1
+                    && warnings[0].contains("3 serving instances but 2")
+                    && warnings[0].contains(why),
+                "{warnings:?}"
+            );
+        }
     }
 }

@@ -39,7 +39,14 @@ fn server(name: &str, endpoint: &str, enabled: bool) -> Server {
         addr,
         port,
         enabled,
+        options: vec!["check".into(), "inter".into(), "1s".into()],
     }
+}
+
+/// `classify`'s servers before and after, for cases that do not need the
+/// rest.
+fn servers(live: &str, candidate: &str) -> Result<(PathBuf, Vec<Server>, Vec<Server>), String> {
+    classify(live, candidate).map(|c| (c.socket, c.before, c.after))
 }
 
 const EMPTY: &str = "127.0.0.1:1 disabled";
@@ -48,7 +55,7 @@ const EMPTY: &str = "127.0.0.1:1 disabled";
 fn slot_changes_alone_are_membership_only() {
     let live = cfg(":80", &["10.0.0.1:80", "10.0.0.2:80", EMPTY]);
     let candidate = cfg(":80", &["10.0.0.1:80", EMPTY, "10.0.0.3:81"]);
-    let (socket, before, after) = classify(&live, &candidate).expect("membership-only");
+    let (socket, before, after) = servers(&live, &candidate).expect("membership-only");
     assert_eq!(socket, PathBuf::from("/r/run/admin.sock"));
     assert_eq!(
         before,
@@ -73,8 +80,6 @@ fn anything_else_is_structural() {
     let live = cfg(":80", &["10.0.0.1:80", EMPTY]);
     let cases = [
         ("another line", cfg(":81", &["10.0.0.2:80", EMPTY])),
-        ("a slot more", cfg(":80", &["10.0.0.1:80", EMPTY, EMPTY])),
-        ("a slot fewer", cfg(":80", &["10.0.0.1:80"])),
         ("a host name", cfg(":80", &["app.example:80", EMPTY])),
         ("the client's port", cfg(":80", &["10.0.0.1:0", EMPTY])),
         ("a port offset", cfg(":80", &["10.0.0.1:+1", EMPTY])),
@@ -115,11 +120,11 @@ fn without_an_admin_unix_socket_there_is_no_runtime_path() {
                 socket,
             )
         };
-        let err = classify(&edit(&live), &edit(&candidate)).expect_err(socket);
+        let err = servers(&edit(&live), &edit(&candidate)).expect_err(socket);
         assert!(err.contains("stats socket"), "{socket}: {err}");
     }
     let unix = |t: &str| t.replace("/r/run/admin.sock mode 600 level admin", "unix@/r/a.sock");
-    let (socket, _, _) = classify(&unix(&live), &unix(&candidate)).expect("default level");
+    let (socket, _, _) = servers(&unix(&live), &unix(&candidate)).expect("default level");
     assert_eq!(socket, PathBuf::from("/r/a.sock"));
 }
 
@@ -132,7 +137,7 @@ fn only_backends_with_changes_are_planned() {
         ));
         t
     };
-    let (_, before, after) = classify(
+    let (_, before, after) = servers(
         &two("10.0.0.1:80", "10.0.0.5:80"),
         &two("10.0.0.2:80", "10.0.0.5:80"),
     )
@@ -145,11 +150,11 @@ fn only_backends_with_changes_are_planned() {
 fn ipv6_slots_and_reformatted_lines() {
     let live = cfg(":80", &["[2001:db8::1]:80", EMPTY]);
     let candidate = cfg(":80", &["[2001:db8::2]:80", EMPTY]);
-    let (_, _, after) = classify(&live, &candidate).expect("membership-only");
+    let (_, _, after) = servers(&live, &candidate).expect("membership-only");
     assert_eq!(after[0].addr, "2001:db8::2".parse::<IpAddr>().expect("ip"));
     // Spacing inside a slot line is no change HAProxy can see.
     let spaced = live.replace("web-s1 [2001", "web-s1   [2001");
-    let (_, before, after) = classify(&live, &spaced).expect("membership-only");
+    let (_, before, after) = servers(&live, &spaced).expect("membership-only");
     assert_eq!(before, after);
 }
 
@@ -208,6 +213,13 @@ fn answers_that_count_as_done() {
     ));
     assert!(!accepted(addr, "No such server.\n\n"));
     assert!(!accepted(addr, "Permission denied\n\n"));
+    let add = "add server web/web-3:n1 10.0.0.3:80 check";
+    assert!(accepted(add, "New server registered.\n\n"));
+    assert!(!accepted(
+        add,
+        "'cookie' option is not accepted for dynamic server\n\n"
+    ));
+    assert!(!accepted(add, "Unknown command: 'add'\n"));
     let state = "set server web/web-s2 state ready";
     assert!(accepted(state, "\n"));
     assert!(!accepted(state, "No such backend.\n\n"));
@@ -309,8 +321,7 @@ fn a_bundle_is_planned_only_when_every_rewrite_is_membership_only() {
         t.master,
         Some((PathBuf::from("/r/run/haproxy.pid"), Signal::SIGUSR2))
     );
-    let changed: Vec<_> = t.changed().map(|(_, a)| a.name.clone()).collect();
-    assert_eq!(changed, ["web-s2"]);
+    assert_eq!(t.actions(), ["set server web/web-s2"]);
 
     // A sibling whose bytes change needs the reload.
     assert_eq!(
@@ -344,4 +355,77 @@ fn a_bundle_is_planned_only_when_every_rewrite_is_membership_only() {
     );
     let p = plan([view(&command, Some(&live), Change::Changed)]).expect("planned");
     assert_eq!(p.targets[0].master, None);
+}
+
+/// `cfg` with one server line of its own per `extra` (`NAME ADDR:PORT`)
+/// after the slots.
+fn with_extra(slots: &[&str], extra: &[&str]) -> String {
+    let mut s = cfg(":80", slots);
+    for e in extra {
+        s.push_str(&format!("    server {e} check inter 1s\n"));
+    }
+    s
+}
+
+fn actions(live: &str, candidate: &str) -> Option<Vec<String>> {
+    let haproxy = file("haproxy", candidate, Validator::Haproxy, signal());
+    let p = plan([view(&haproxy, Some(live), Change::Changed)])?;
+    Some(p.actions().flat_map(|(_, a)| a).collect())
+}
+
+#[test]
+fn servers_beyond_the_slots_join_and_leave_as_dynamic_servers() {
+    let full = ["10.0.0.1:80", "10.0.0.2:80"];
+    let live = with_extra(&full, &[]);
+    let more = with_extra(&full, &["web-3:n1 10.0.0.3:80", "web-4:n1 10.0.0.4:80"]);
+    assert_eq!(
+        actions(&live, &more).expect("dynamic"),
+        ["add server web/web-3:n1", "add server web/web-4:n1"]
+    );
+    // One leaves, and the other moves into a freed slot.
+    let fewer = with_extra(&["10.0.0.1:80", "10.0.0.4:80"], &["web-3:n1 10.0.0.3:80"]);
+    assert_eq!(
+        actions(&more, &fewer).expect("dynamic"),
+        ["set server web/web-s2", "del server web/web-4:n1"]
+    );
+    // A slot more or fewer is a server added or deleted like any other.
+    assert_eq!(
+        actions(
+            &live,
+            &with_extra(&["10.0.0.1:80", "10.0.0.2:80", EMPTY], &[])
+        )
+        .expect("slot"),
+        ["add server web/web-s3"]
+    );
+}
+
+#[test]
+fn servers_haproxy_would_not_add_at_runtime_are_reloaded_in() {
+    let live = with_extra(&["10.0.0.1:80"], &[]);
+    let candidate = with_extra(&["10.0.0.1:80"], &["web-2:n1 10.0.0.2:80"]);
+    let sticky = |t: &str| t.replace("check inter 1s", "check inter 1s cookie c");
+    let source = |t: &str| t.replace("balance roundrobin", "balance source");
+    let inherited = |t: &str| {
+        t.replace(
+            "timeout connect 5s",
+            "timeout connect 5s\n    default-server inter 3s",
+        )
+    };
+    for (what, edit) in [
+        ("a cookie", &sticky as &dyn Fn(&str) -> String),
+        ("a static algorithm", &source),
+        ("default-server options", &inherited),
+    ] {
+        assert_eq!(actions(&edit(&live), &edit(&candidate)), None, "{what}");
+        // Deleting needs none of that.
+        assert_eq!(
+            actions(&edit(&candidate), &edit(&live)).expect(what),
+            ["del server web/web-2:n1"],
+            "{what}"
+        );
+    }
+    // A server's options changing is not membership.
+    let other = candidate.replace("10.0.0.2:80 check inter 1s", "10.0.0.2:80 check inter 2s");
+    let err = classify(&candidate, &other).expect_err("options changed");
+    assert!(err.contains("web/web-2:n1: other options"), "{err}");
 }
