@@ -30,6 +30,8 @@ use std::time::Duration;
 use converge_apply::ApplyOptions;
 use tokio::sync::{mpsc, watch};
 
+use crate::fleet::{writer, NodeReport};
+use crate::follow::{self, Follow};
 use crate::inputs::Inputs;
 use crate::source::{self, CatalogFrom};
 use board::Board;
@@ -56,6 +58,21 @@ pub struct DaemonConfig {
     pub resync: Duration,
     /// Apply settings.
     pub apply: ApplyOptions,
+    /// With `--published`: follow the fleet's revision and report.
+    pub fleet: Option<FleetConfig>,
+}
+
+/// How a daemon takes part in the fleet (`--published`): the inputs are
+/// the store's current revision (see [`crate::follow`]), and a report is
+/// written after every pass that changed it (see [`crate::fleet`]).
+#[derive(Debug, Clone)]
+pub struct FleetConfig {
+    /// The Consul agent holding the keys.
+    pub consul: converge_consul::Config,
+    /// Keys, store and node.
+    pub follow: Follow,
+    /// TTL of the report's session.
+    pub report_ttl: Duration,
 }
 
 /// A daemon before it runs: build, hand out [`Control`], then [`run`](Self::run).
@@ -107,8 +124,12 @@ impl Daemon {
             CatalogFrom::File(path) => Some(path.as_path()),
             CatalogFrom::Consul(_) => None,
         };
-        let _files = FileWatch::start(&config.inputs, catalog_file, wake.clone())
+        // A followed revision changes only through the follower, which
+        // wakes the loop itself.
+        let watched = config.fleet.is_none().then_some(&config.inputs);
+        let _files = FileWatch::start(watched, catalog_file, wake.clone())
             .map_err(crate::AgentError::Watch)?;
+        let reports = start_fleet(&config, &board, &wake, &shutdown)?;
         spawn_resync(wake.clone(), config.resync);
 
         let mut reconciler = Reconciler::new(config.clone(), board.clone());
@@ -155,11 +176,52 @@ impl Daemon {
             .await
             .map_err(|e| crate::AgentError::Source(format!("reconcile task failed: {e}")))?;
             source.watch(reconciler.services());
+            if let Some((tx, _)) = &reports {
+                tx.send_replace(Some(NodeReport::from_status(&board.status())));
+            }
             after_pass(&board);
         }
         tracing::info!("shutting down; no apply in flight");
+        if let Some((_, writer)) = reports {
+            // The writer ends its session, so the report reads as stale.
+            let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+        }
         Ok(())
     }
+}
+
+/// The report channel and writer task of the fleet, with the follower
+/// started; `None` without `--published`.
+type Reports = Option<(
+    watch::Sender<Option<NodeReport>>,
+    tokio::task::JoinHandle<()>,
+)>;
+
+/// Starts following the published revision and the report writer.
+fn start_fleet(
+    config: &DaemonConfig,
+    board: &Arc<Board>,
+    wake: &mpsc::Sender<Trigger>,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<Reports, crate::AgentError> {
+    let Some(fleet) = &config.fleet else {
+        return Ok(None);
+    };
+    let client = converge_consul::Client::new(fleet.consul.clone())
+        .map_err(|e| crate::AgentError::Source(e.to_string()))?;
+    let wake = wake.clone();
+    follow::spawn(
+        client.clone(),
+        fleet.follow.clone(),
+        board.clone(),
+        Arc::new(move || {
+            let _ = wake.try_send(Trigger::Files);
+        }),
+    );
+    let (tx, rx) = watch::channel(None);
+    let key = fleet.follow.keys.node(&config.node);
+    let writer = writer::spawn(client, key, fleet.report_ttl, rx, shutdown.clone());
+    Ok(Some((tx, writer)))
 }
 
 /// Wakes the loop every `resync`, whatever the watches say.

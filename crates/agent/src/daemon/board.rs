@@ -29,6 +29,16 @@ pub struct TargetStatus {
     pub last_apply: Option<u64>,
     /// Latest failure, cleared by the next success.
     pub last_error: Option<String>,
+    /// What the last pass did to it: `applied`, `unchanged`, `rejected`,
+    /// `failed`, `rolled_back`, or `drifted` (the live file differed from
+    /// what the same render gave before, so someone changed it; it was put
+    /// back).
+    #[serde(default)]
+    pub outcome: Option<String>,
+    /// Unix time the live file was last found changed by hand (and put
+    /// back).
+    #[serde(default)]
+    pub last_drift: Option<u64>,
 }
 
 /// Per-backend state.
@@ -78,6 +88,24 @@ pub struct Status {
     /// hosts the last pass rendered, and whether the guard held it.
     #[serde(default)]
     pub databases: BTreeMap<String, super::primaries::DatabaseStatus>,
+    /// Consul's index of the catalog snapshot the last pass rendered (0
+    /// for a catalog file).
+    #[serde(default)]
+    pub catalog_index: u64,
+    /// With `--published`: the fleet's desired revision, and why this node
+    /// does not run it, when it does not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published: Option<Following>,
+}
+
+/// What a node following the published revision knows of it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Following {
+    /// The revision `<prefix>/desired` names, once read.
+    pub desired: Option<Revision>,
+    /// Why the node is not on it (a bundle that fails its checksum or does
+    /// not load here, Consul out of reach); `None` once it is.
+    pub error: Option<String>,
 }
 
 /// Lowercase hex SHA-256, how status reports what a target holds.
@@ -171,6 +199,8 @@ pub struct Metrics {
     pub target_failures: Family<TargetLabel, Counter>,
     /// Unix time each target was last applied or found unchanged.
     pub target_last_success: Family<TargetLabel, Gauge>,
+    /// Live files found changed by hand and put back.
+    pub drift_corrections: Counter,
     /// 1 for the revision in force (one series at a time).
     revision_info: Family<RevisionInfo, Gauge>,
 }
@@ -197,6 +227,7 @@ impl Default for Metrics {
             reload_seconds: histogram(),
             target_failures: Family::default(),
             target_last_success: Family::default(),
+            drift_corrections: Counter::default(),
             revision_info: Family::default(),
         }
     }
@@ -297,6 +328,11 @@ impl Board {
             "target_last_success_timestamp_seconds",
             "Unix time the target was last applied or found unchanged",
             m.target_last_success.clone(),
+        );
+        registry.register(
+            "drift_corrections",
+            "Live files found different from what their unchanged render gave before (edited by hand) and put back",
+            m.drift_corrections.clone(),
         );
         let build = Family::<BuildInfo, Gauge>::default();
         build

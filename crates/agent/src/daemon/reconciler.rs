@@ -136,6 +136,7 @@ impl Reconciler {
             Err(e) => return self.report.render_failed(e.to_string()),
         };
         self.report.rendered();
+        self.report.catalog_index(pass.accepted.index);
         let complete = pass.complete();
         let Pass {
             set,
