@@ -1,0 +1,292 @@
+//! The fleet on one machine: a Consul server agent, and for each of three
+//! LB nodes its own Consul client agent joined to it and its own
+//! `converge run --published` with its own `--root` and node name. The
+//! nodes render a plain file (no program is reloaded); its validator, a
+//! command, refuses the candidate on a node whose root holds a `REJECT`
+//! file, which is how one node is made to reject what the others accept.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use base64::Engine;
+use common::{assert_exit, stdout, Workspace};
+use converge_testkit::consul::{ConsulAgent, ConsulFleet};
+use converge_testkit::{http, wait, Child};
+
+const NODES: [&str; 3] = ["lb1", "lb2", "lb3"];
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// The manifests: three nodes, one file target listing `web`'s servers.
+fn site(note: &str) -> String {
+    format!(
+        "# {note}\nnodes:\n  lb1: {{}}\n  lb2: {{}}\n  lb3: {{}}\n\
+         backends:\n  web:\n    service: web\n\
+         targets:\n  app:\n    template: app.tera\n    destination: /etc/app/app.conf\n\
+         \x20   validate: {{command: [\"sh\", \"-c\", \"test ! -e \\\"$(dirname \\\"$1\\\")/REJECT\\\"\", \"sh\", \"{{}}\"]}}\n\
+         \x20   reload: none\n"
+    )
+}
+
+const TEMPLATE: &str = "{{ node.name }}\n{% for be in backends %}{% for s in be.servers %}{{ s.endpoint }}\n{% endfor %}{% endfor %}";
+
+/// One LB node: its root and its daemon.
+struct Node {
+    name: &'static str,
+    root: tempfile::TempDir,
+    daemon: Option<Child>,
+    listen: u16,
+}
+
+impl Node {
+    fn path(&self, rel: &str) -> PathBuf {
+        self.root.path().join(rel)
+    }
+
+    fn app(&self) -> String {
+        std::fs::read_to_string(self.path("etc/app/app.conf")).unwrap_or_default()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.path("daemon.log")).unwrap_or_default()
+    }
+
+    /// `converge run --published` against `agent`.
+    fn start(&mut self, agent: &ConsulAgent) {
+        self.listen = converge_testkit::free_port();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_converge"));
+        cmd.args(["run", "--published", "--node", self.name])
+            .arg("--consul")
+            .arg(agent.http_url())
+            .arg("--root")
+            .arg(self.root.path())
+            .arg("--secrets")
+            .arg(self.path("secrets"))
+            .args(["--listen", &format!("127.0.0.1:{}", self.listen)])
+            .args(["--resync", "1s", "--report-ttl", "10s"])
+            .env_remove("CONSUL_HTTP_ADDR")
+            .env_remove("CONSUL_HTTP_TOKEN")
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(self.path("daemon.log")).expect("log"));
+        self.daemon =
+            Some(Child::spawn(format!("converge run {}", self.name), &mut cmd).expect("spawn"));
+        let listen = self.listen;
+        wait::until(DEADLINE, "the status listener", || {
+            http::get(listen, "/health").is_some()
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", self.log()));
+    }
+
+    fn status(&self) -> serde_json::Value {
+        serde_json::from_str(&http::get(self.listen, "/status").unwrap_or_default())
+            .unwrap_or_default()
+    }
+
+    fn metric(&self, name: &str) -> f64 {
+        let text = http::get(self.listen, "/metrics").unwrap_or_default();
+        text.lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(' ')?;
+                (k == name).then(|| v.trim().parse().ok()).flatten()
+            })
+            .unwrap_or(0.0)
+    }
+}
+
+/// Consul, the publisher's repository and three running nodes.
+struct Fleet {
+    consul: ConsulFleet,
+    repo: Workspace,
+    nodes: Vec<Node>,
+}
+
+impl Fleet {
+    fn start() -> Self {
+        let consul = ConsulFleet::start(&NODES).expect("consul server and client agents");
+        consul
+            .server
+            .register_service("web-1", "web", 8081)
+            .expect("register");
+        let repo = Workspace::custom(&site("first"), "services: {}\n");
+        repo.write("templates/app.tera", TEMPLATE);
+        let mut fleet = Self {
+            consul,
+            repo,
+            nodes: Vec::new(),
+        };
+        for (i, name) in NODES.iter().enumerate() {
+            let mut node = Node {
+                name,
+                root: tempfile::tempdir().expect("root"),
+                daemon: None,
+                listen: 0,
+            };
+            node.start(&fleet.consul.clients[i]);
+            fleet.nodes.push(node);
+        }
+        fleet
+    }
+
+    /// `converge ARGS` against the server agent, from the repository.
+    fn converge(&self, args: &[&str]) -> Output {
+        let url = self.consul.server.http_url();
+        let mut all = args.to_vec();
+        all.extend(["--consul", url.as_str()]);
+        self.repo.converge(&all)
+    }
+
+    /// Publishes the manifests with `note`; the revision.
+    fn publish(&self, note: &str) -> String {
+        self.repo.write("manifests/site.yaml", &site(note));
+        self.repo
+            .write("templates/app.tera", &format!("{TEMPLATE}# {note}\n"));
+        let out = self.converge(&["publish", "--publisher", "ci", "--format", "json"]);
+        assert_exit(&out, 0);
+        json(&out)["revision"]
+            .as_str()
+            .expect("revision")
+            .to_string()
+    }
+
+    fn wait(&self, revision: &str, timeout: &str) -> Output {
+        self.converge(&[
+            "fleet",
+            "wait",
+            "--revision",
+            revision,
+            "--timeout",
+            timeout,
+        ])
+    }
+
+    fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("--- {}\n{}", n.name, n.log()))
+            .collect()
+    }
+
+    /// The report of `node` and whether its session holds it.
+    fn report(&self, node: &str) -> Option<(serde_json::Value, bool)> {
+        let (status, body) = self
+            .consul
+            .server
+            .get(&format!("/v1/kv/converge/nodes/{node}"))
+            .ok()?;
+        if status != 200 {
+            return None;
+        }
+        let entries: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let value = base64::engine::general_purpose::STANDARD
+            .decode(entries[0]["Value"].as_str()?)
+            .ok()?;
+        let live = entries[0]["Session"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty());
+        Some((serde_json::from_slice(&value).ok()?, live))
+    }
+
+    fn wait_report(&self, node: &str, what: &str, cond: impl Fn(&serde_json::Value, bool) -> bool) {
+        wait::until(DEADLINE, what, || {
+            self.report(node).is_some_and(|(r, live)| cond(&r, live))
+        })
+        .unwrap_or_else(|e| panic!("{e}\nreport: {:?}\n{}", self.report(node), self.logs()));
+    }
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_str(&stdout(out)).unwrap_or_else(|e| panic!("{e}: {}", stdout(out)))
+}
+
+#[test]
+fn publish_reaches_every_node_a_straggler_is_named_rollback_drift_and_a_dead_node() {
+    let mut fleet = Fleet::start();
+    let first = fleet.publish("first");
+    let out = fleet.wait(&first, "60s");
+    assert_exit(&out, 0);
+    for n in &fleet.nodes {
+        assert!(n.app().starts_with(n.name), "{}", n.app());
+        let (report, live) = fleet.report(n.name).expect("report");
+        assert!(live, "{report}");
+        assert_eq!(
+            report["revision"].as_str(),
+            Some(first.as_str()),
+            "{report}"
+        );
+        let outcome = report["targets"]["app"]["outcome"].as_str();
+        assert!(matches!(outcome, Some("applied" | "unchanged")), "{report}");
+        assert!(report["catalog_index"].as_u64() > Some(0), "{report}");
+    }
+    let out = fleet.converge(&["fleet", "status", "--format", "json"]);
+    assert_exit(&out, 0);
+    let doc = json(&out);
+    assert_eq!(doc["nodes_from"].as_str(), Some("manifests"), "{doc}");
+    assert_eq!(doc["nodes"].as_array().map(Vec::len), Some(3), "{doc}");
+
+    // lb3 rejects the next revision: `fleet wait` names it, with why.
+    std::fs::write(fleet.nodes[2].path("etc/app/REJECT"), "").expect("REJECT");
+    let second = fleet.publish("second");
+    let out = fleet.wait(&second, "20s");
+    assert_exit(&out, 2);
+    let text = stdout(&out);
+    assert!(
+        text.contains("not converged: lb3") && text.contains("app"),
+        "{text}"
+    );
+    assert!(!text.contains("not converged: lb1"), "{text}");
+    fleet.wait_report("lb3", "lb3 reports the rejection", |r, _| {
+        r["targets"]["app"]["outcome"].as_str() == Some("rejected")
+            && r["revision"].as_str() == Some(second.as_str())
+            && r["converged"] == false
+    });
+    let out = fleet.converge(&["fleet", "status"]);
+    assert_exit(&out, 2);
+
+    // Rollback: every node back on the first revision, lb3 included.
+    let out = fleet.converge(&["publish", "--rollback"]);
+    assert_exit(&out, 0);
+    assert_exit(&fleet.wait(&first, "60s"), 0);
+    assert!(
+        fleet.nodes[2].app().starts_with("lb3"),
+        "{}",
+        fleet.nodes[2].app()
+    );
+
+    // Drift: a hand edit is put back, reported and counted.
+    let lb1 = &fleet.nodes[0];
+    let before = lb1.app();
+    std::fs::write(lb1.path("etc/app/app.conf"), "edited by hand\n").expect("edit");
+    wait::until(DEADLINE, "the edit put back", || lb1.app() == before)
+        .unwrap_or_else(|e| panic!("{e}\n{}", lb1.log()));
+    fleet.wait_report("lb1", "lb1 reports drift", |r, _| {
+        r["targets"]["app"]["last_drift"].is_u64()
+    });
+    assert!(lb1.metric("converge_drift_corrections_total") >= 1.0);
+    let out = fleet.converge(&["fleet", "status"]);
+    assert_exit(&out, 0);
+    assert!(
+        stdout(&out)
+            .lines()
+            .any(|l| l.starts_with("lb1") && l.ends_with("app")),
+        "{}",
+        stdout(&out)
+    );
+
+    // A killed node's report goes stale once its session expires.
+    let mut lb2 = fleet.nodes[1].daemon.take().expect("lb2 runs");
+    lb2.signal(nix::sys::signal::Signal::SIGKILL).expect("kill");
+    let _ = lb2.wait_exit(DEADLINE);
+    fleet.wait_report("lb2", "lb2's report goes stale", |_, live| !live);
+    let out = fleet.converge(&["fleet", "status", "--format", "json"]);
+    assert_exit(&out, 2);
+    let doc = json(&out);
+    let lb2 = doc["nodes"]
+        .as_array()
+        .and_then(|n| n.iter().find(|n| n["node"] == "lb2"))
+        .cloned();
+    assert_eq!(lb2.map(|n| n["alive"].clone()), Some(false.into()), "{doc}");
+    fleet.consul.client(1).stop();
+}
