@@ -55,11 +55,15 @@ impl Node {
 
     /// `converge run --published` against `agent`.
     fn start(&mut self, agent: &ConsulAgent) {
+        self.start_at(&agent.http_url());
+    }
+
+    /// `converge run --published` against the agent at `url`.
+    fn start_at(&mut self, url: &str) {
         self.listen = converge_testkit::free_port();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_converge"));
         cmd.args(["run", "--published", "--node", self.name])
-            .arg("--consul")
-            .arg(agent.http_url())
+            .args(["--consul", url])
             .arg("--root")
             .arg(self.root.path())
             .arg("--secrets")
@@ -289,4 +293,69 @@ fn publish_reaches_every_node_a_straggler_is_named_rollback_drift_and_a_dead_nod
         .cloned();
     assert_eq!(lb2.map(|n| n["alive"].clone()), Some(false.into()), "{doc}");
     fleet.consul.client(1).stop();
+}
+
+#[test]
+fn a_corrupt_bundle_is_refused_everywhere_and_a_restart_without_consul_keeps_the_revision() {
+    let mut fleet = Fleet::start();
+    let first = fleet.publish("first");
+    assert_exit(&fleet.wait(&first, "60s"), 0);
+
+    // A bundle altered in KV (written by hand: no publisher writes a
+    // bundle that does not match its checksum).
+    let out = fleet.converge(&["publish", "--format", "json"]);
+    let mut desired = json(&out);
+    desired["revision"] = "bad0001".into();
+    desired["published_at"] = "2026-01-01T00:00:00Z".into();
+    desired["publisher"] = "ci".into();
+    desired["history"] = serde_json::json!([]);
+    fleet
+        .consul
+        .server
+        .kv_put("converge/bundles/bad0001", "not the bundle")
+        .expect("corrupt bundle");
+    fleet
+        .consul
+        .server
+        .kv_put("converge/desired", &desired.to_string())
+        .expect("desired");
+    for n in NODES {
+        fleet.wait_report(n, "the corrupt bundle reported", |r, live| {
+            live && r["desired"] == "bad0001"
+                && r["revision"].as_str() == Some(first.as_str())
+                && r["converged"] == false
+                && r["error"].as_str().is_some_and(|e| e.contains("checksum"))
+        });
+    }
+    let out = fleet.converge(&["fleet", "status"]);
+    assert_exit(&out, 2);
+    assert!(stdout(&out).contains("checksum"), "{}", stdout(&out));
+    for n in &fleet.nodes {
+        assert!(n.app().starts_with(n.name), "live files kept: {}", n.app());
+    }
+
+    // lb1 restarts while its Consul agent is down: it comes up on the
+    // revision on its disk, its files untouched.
+    let before = fleet.nodes[0].app();
+    fleet.nodes[0].daemon.take().expect("lb1 runs").stop();
+    fleet.consul.client(0).stop();
+    let agent_url = fleet.consul.clients[0].http_url();
+    let lb1 = &mut fleet.nodes[0];
+    lb1.start_at(&agent_url);
+    wait::until(DEADLINE, "lb1 names its revision from disk", || {
+        lb1.status()["revision"].as_str() == Some(first.as_str())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}\n{}", lb1.status(), lb1.log()));
+    assert!(
+        lb1.status()["published"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("cannot read")),
+        "{}",
+        lb1.status()
+    );
+    assert_eq!(lb1.app(), before);
+    fleet.consul.client(0).start_again().expect("agent back");
+    fleet.wait_report("lb1", "lb1 reports again", |r, live| {
+        live && r["revision"].as_str() == Some(first.as_str()) && r["desired"] == "bad0001"
+    });
 }
