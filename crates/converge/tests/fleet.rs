@@ -55,11 +55,12 @@ impl Node {
 
     /// `converge run --published` against `agent`.
     fn start(&mut self, agent: &ConsulAgent) {
-        self.start_at(&agent.http_url());
+        self.start_at(&agent.http_url(), None);
     }
 
-    /// `converge run --published` against the agent at `url`.
-    fn start_at(&mut self, url: &str) {
+    /// `converge run --published` against the agent at `url`, with
+    /// `token` as its ACL token.
+    fn start_at(&mut self, url: &str, token: Option<&str>) {
         self.listen = converge_testkit::free_port();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_converge"));
         cmd.args(["run", "--published", "--node", self.name])
@@ -73,6 +74,7 @@ impl Node {
             .env_remove("CONSUL_HTTP_ADDR")
             .env_remove("CONSUL_HTTP_TOKEN")
             .env("RUST_LOG", "info")
+            .envs(token.map(|t| ("CONSUL_HTTP_TOKEN", t)))
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(self.path("daemon.log")).expect("log"));
         self.daemon =
@@ -341,7 +343,7 @@ fn a_corrupt_bundle_is_refused_everywhere_and_a_restart_without_consul_keeps_the
     fleet.consul.client(0).stop();
     let agent_url = fleet.consul.clients[0].http_url();
     let lb1 = &mut fleet.nodes[0];
-    lb1.start_at(&agent_url);
+    lb1.start_at(&agent_url, None);
     wait::until(DEADLINE, "lb1 names its revision from disk", || {
         lb1.status()["revision"].as_str() == Some(first.as_str())
     })
@@ -358,4 +360,91 @@ fn a_corrupt_bundle_is_refused_everywhere_and_a_restart_without_consul_keeps_the
     fleet.wait_report("lb1", "lb1 reports again", |r, live| {
         live && r["revision"].as_str() == Some(first.as_str()) && r["desired"] == "bad0001"
     });
+}
+
+/// The node's minimal policy, as the README documents it for node `lb1`
+/// whose Consul agent is `converge-test` (the dev agent's name).
+const NODE_POLICY: &str = r#"key_prefix "converge/" { policy = "read" }
+key "converge/nodes/lb1" { policy = "write" }
+session "converge-test" { policy = "write" }
+service_prefix "" { policy = "read" }
+node_prefix "" { policy = "read" }"#;
+
+#[test]
+fn the_documented_node_policy_is_enough_and_without_session_rights_no_report_is_written() {
+    let consul = ConsulAgent::start_with_acl().expect("consul with ACLs, default deny");
+    consul
+        .register_service("web-1", "web", 8081)
+        .expect("register");
+    let repo = Workspace::custom(&site("first"), "services: {}\n");
+    repo.write("templates/app.tera", TEMPLATE);
+    let url = consul.http_url();
+    let management = consul.management_token().expect("token").to_string();
+    let out = repo.converge_env(
+        &["publish", "--consul", &url, "--format", "json"],
+        &[("CONSUL_HTTP_TOKEN", management.as_str())],
+    );
+    assert_exit(&out, 0);
+    let revision = json(&out)["revision"]
+        .as_str()
+        .expect("revision")
+        .to_string();
+    let report = |node: &str| {
+        consul
+            .get(&format!("/v1/kv/converge/nodes/{node}"))
+            .map(|(s, _)| s)
+    };
+
+    // Without session rights the node follows, but cannot report.
+    let mut lb1 = Node {
+        name: "lb1",
+        root: tempfile::tempdir().expect("root"),
+        daemon: None,
+        listen: 0,
+    };
+    let no_session = consul
+        .create_token(&NODE_POLICY.replace(r#"session "converge-test" { policy = "write" }"#, ""))
+        .expect("token");
+    lb1.start_at(&url, Some(&no_session));
+    wait::until(DEADLINE, "lb1 on the published revision", || {
+        lb1.status()["revision"].as_str() == Some(revision.as_str())
+            && lb1.status()["converged"] == true
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", lb1.log()));
+    wait::until(DEADLINE, "the refusal logged", || {
+        lb1.log().contains("cannot write the node report")
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", lb1.log()));
+    assert_eq!(report("lb1"), Ok(404));
+    lb1.daemon.take().expect("runs").stop();
+
+    let token = consul.create_token(NODE_POLICY).expect("token");
+    lb1.start_at(&url, Some(&token));
+    wait::until(DEADLINE, "lb1's report", || report("lb1") == Ok(200))
+        .unwrap_or_else(|e| panic!("{e}\n{}", lb1.log()));
+    let out = repo.converge_env(
+        &[
+            "fleet",
+            "wait",
+            "--consul",
+            &url,
+            "--timeout",
+            "5s",
+            "--revision",
+            &revision,
+        ],
+        &[("CONSUL_HTTP_TOKEN", management.as_str())],
+    );
+    // lb2 and lb3 never ran: they are the stragglers, lb1 is not.
+    assert_exit(&out, 2);
+    assert!(
+        !stdout(&out).contains("not converged: lb1"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stdout(&out).contains("not converged: lb2: no report"),
+        "{}",
+        stdout(&out)
+    );
 }
