@@ -13,11 +13,13 @@
 //! - `reconciler`: one pass and the state kept between passes;
 //! - `report`: the one place that writes status, metrics and log;
 //! - [`board`]: the status and metrics the HTTP listener serves;
-//! - [`http`]: that listener.
+//! - [`http`]: that listener;
+//! - `node_report`: the status as the fleet report `--published` writes.
 
 pub mod board;
 pub mod control;
 pub mod http;
+mod node_report;
 pub mod primaries;
 pub mod quiescence;
 mod reconciler;
@@ -30,12 +32,13 @@ use std::time::Duration;
 use converge_apply::ApplyOptions;
 use tokio::sync::{mpsc, watch};
 
-use crate::fleet::{writer, NodeReport};
-use crate::follow::{self, Follow};
+use crate::fleet::writer;
+use crate::follow::{self, Follow, Following};
 use crate::inputs::Inputs;
 use crate::source::{self, CatalogFrom};
 use board::Board;
 pub use control::{Control, Trigger};
+use node_report::node_report;
 use quiescence::Quiescence;
 use reconciler::Reconciler;
 use watch_files::FileWatch;
@@ -177,7 +180,7 @@ impl Daemon {
             .map_err(|e| crate::AgentError::Source(format!("reconcile task failed: {e}")))?;
             source.watch(reconciler.services());
             if let Some((tx, _)) = &reports {
-                tx.send_replace(Some(NodeReport::from_status(&board.status())));
+                tx.send_replace(Some(node_report(&board.status())));
             }
             after_pass(&board);
         }
@@ -193,7 +196,7 @@ impl Daemon {
 /// The report channel and writer task of the fleet, with the follower
 /// started; `None` without `--published`.
 type Reports = Option<(
-    watch::Sender<Option<NodeReport>>,
+    watch::Sender<Option<crate::fleet::NodeReport>>,
     tokio::task::JoinHandle<()>,
 )>;
 
@@ -210,11 +213,17 @@ fn start_fleet(
     let client = converge_consul::Client::new(fleet.consul.clone())
         .map_err(|e| crate::AgentError::Source(e.to_string()))?;
     let wake = wake.clone();
+    let follower_board = board.clone();
+    follower_board.update(|s| s.published = Some(Following::default()));
     follow::spawn(
         client.clone(),
         fleet.follow.clone(),
-        board.clone(),
-        Arc::new(move || {
+        Arc::new(move |state: &Following| {
+            if state.error.is_some() {
+                follower_board.fail("load");
+            }
+            follower_board.update(|s| s.published = Some(state.clone()));
+            // A switch, or news for the report: either way, a pass.
             let _ = wake.try_send(Trigger::Files);
         }),
     );

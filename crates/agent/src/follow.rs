@@ -23,12 +23,12 @@ use std::time::Duration;
 
 use converge_consul::{Backoff, BlockingQuery, Client, Consistency, Pacing, QueryOptions};
 
-use crate::daemon::board::{Board, Following};
+use serde::{Deserialize, Serialize};
+
 use crate::error::AgentError;
 use crate::publish::bundle;
 use crate::publish::{Desired, Keys, Publication};
 use crate::revision::Revision;
-use crate::source::Wake;
 pub use store::{Installed, Store};
 
 /// Longest a watch of `<prefix>/desired` blocks in one request.
@@ -145,15 +145,24 @@ pub fn sync_once(
     }
 }
 
-/// Starts the daemon's watch of `<prefix>/desired`; `wake` is called
-/// after every switch. Needs a running tokio runtime.
-pub fn spawn(
-    client: Client,
-    follow: Follow,
-    board: Arc<Board>,
-    wake: Wake,
-) -> tokio::task::JoinHandle<()> {
-    board.update(|s| s.published = Some(Following::default()));
+/// What a following node knows of the published revision.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Following {
+    /// The revision `<prefix>/desired` names, once read.
+    pub desired: Option<Revision>,
+    /// Why the node is not on it (a bundle that fails its checksum or does
+    /// not load here, Consul out of reach); `None` once it is.
+    pub error: Option<String>,
+}
+
+/// Told every change of the node's [`Following`] state (a switch to a new
+/// revision is one).
+pub type OnChange = Arc<dyn Fn(&Following) + Send + Sync>;
+
+/// Starts the daemon's watch of `<prefix>/desired`; `on_change` hears of
+/// every change of what the node knows, a switch included. Needs a
+/// running tokio runtime.
+pub fn spawn(client: Client, follow: Follow, on_change: OnChange) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut query = BlockingQuery::new(
             QueryOptions::default(),
@@ -165,9 +174,7 @@ pub fn spawn(
             fastrand::Rng::new(),
         );
         let key = follow.keys.desired();
-        // A revision not taken (Consul went away between the reads, a
-        // corrupt bundle) is tried again on every answer, changed or not.
-        let mut failing = false;
+        let mut last = Following::default();
         loop {
             let read = query
                 .next(|opts| {
@@ -175,22 +182,30 @@ pub fn spawn(
                     async move { client.kv_get(&key, &opts).await }
                 })
                 .await;
+            // A revision not taken (Consul went away between the reads, a
+            // corrupt bundle) is tried again on every answer, changed or not.
             let state = match read {
-                Ok(update) if !update.outcome.may_have_changed() && !failing => continue,
+                Ok(update) if !update.outcome.may_have_changed() && last.error.is_none() => {
+                    continue
+                }
                 Ok(update) => {
                     let desired = parse(&follow.keys, update.value.map(|p| p.value));
-                    follow_once(&client, &follow, desired, &wake).await
+                    follow_once(&client, &follow, desired).await
                 }
-                Err(e) => {
-                    let mut s = board.status().published.unwrap_or_default();
-                    s.error = Some(format!(
+                Err(e) => Following {
+                    desired: last.desired.clone(),
+                    error: Some(format!(
                         "cannot read {key} ({e}); staying on the revision on disk"
-                    ));
-                    s
-                }
+                    )),
+                },
             };
-            failing = state.error.is_some();
-            report(&board, state, &wake);
+            if state != last {
+                if let Some(e) = &state.error {
+                    tracing::error!(error = %e, "cannot follow the published revision; staying on the last good one");
+                }
+                on_change(&state);
+                last = state;
+            }
         }
     })
 }
@@ -200,7 +215,6 @@ async fn follow_once(
     client: &Client,
     follow: &Follow,
     desired: Result<Option<Desired>, String>,
-    wake: &Wake,
 ) -> Following {
     let desired = match desired {
         Ok(Some(d)) => d,
@@ -220,7 +234,6 @@ async fn follow_once(
     let error = match take(client, follow, &desired).await {
         Ok(Taken::Switched(r)) => {
             tracing::info!(revision = %r, "switched to the published revision");
-            wake();
             None
         }
         Ok(Taken::Already(_)) => None,
@@ -230,20 +243,4 @@ async fn follow_once(
         desired: Some(desired.current.revision),
         error,
     }
-}
-
-/// Puts the following state in the status, logging a new error once;
-/// a change wakes the loop, whose pass then reports it.
-fn report(board: &Board, state: Following, wake: &Wake) {
-    let before = board.status().published;
-    if before.as_ref() != Some(&state) {
-        wake();
-    }
-    if let Some(e) = &state.error {
-        if before.as_ref().and_then(|b| b.error.as_ref()) != Some(e) {
-            tracing::error!(error = %e, "cannot follow the published revision; staying on the last good one");
-            board.fail("load");
-        }
-    }
-    board.update(|s| s.published = Some(state));
 }

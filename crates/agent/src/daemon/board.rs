@@ -17,6 +17,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 
+use crate::follow::Following;
 use crate::guard::Hold;
 use crate::revision::Revision;
 
@@ -96,16 +97,6 @@ pub struct Status {
     /// does not run it, when it does not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub published: Option<Following>,
-}
-
-/// What a node following the published revision knows of it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Following {
-    /// The revision `<prefix>/desired` names, once read.
-    pub desired: Option<Revision>,
-    /// Why the node is not on it (a bundle that fails its checksum or does
-    /// not load here, Consul out of reach); `None` once it is.
-    pub error: Option<String>,
 }
 
 /// Lowercase hex SHA-256, how status reports what a target holds.

@@ -76,6 +76,10 @@ impl Reconciler {
         // Named on every load: a commit of the files on disk changes the
         // name without changing a byte.
         let revision = self.config.inputs.revision();
+        if self.config.inputs.unpacked.is_some() && revision.is_none() {
+            let waiting = "no published revision on this node yet; waiting for the first one";
+            return self.report.inputs(Some(waiting.to_string()));
+        }
         let fingerprint = self.config.inputs.fingerprint();
         if let Some(prepared) = self.inputs.as_mut() {
             if fingerprint.is_some() && fingerprint == self.inputs_fingerprint {

@@ -1,12 +1,12 @@
 //! A node's report: what it runs and how its last pass went, as
-//! `<prefix>/nodes/<node>` holds it. Built from the daemon's status, so
-//! the report, `/status` and `converge status` never disagree.
+//! `<prefix>/nodes/<node>` holds it. The daemon builds it from its status
+//! (`daemon::node_report`), so the report, `/status` and `converge status`
+//! never disagree.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::daemon::board::{unix_now, Status};
 use crate::revision::Revision;
 
 /// One node's report.
@@ -53,49 +53,6 @@ pub struct TargetReport {
 }
 
 impl NodeReport {
-    /// The report of a daemon whose status is `status`, dated now.
-    pub fn from_status(status: &Status) -> Self {
-        let following = status.published.clone().unwrap_or_default();
-        let target_error = status
-            .targets
-            .iter()
-            .find_map(|(name, t)| t.last_error.as_ref().map(|e| format!("{name}: {e}")));
-        let error = following
-            .error
-            .clone()
-            .or_else(|| status.input_error.clone())
-            .or_else(|| status.source_error.clone())
-            .or(target_error);
-        Self {
-            node: status.node.clone(),
-            revision: status.revision.clone(),
-            desired: following.desired,
-            converged: status.converged && following.error.is_none(),
-            catalog_index: status.catalog_index,
-            targets: status
-                .targets
-                .iter()
-                .map(|(name, t)| {
-                    let report = TargetReport {
-                        sha256: t.sha256.clone(),
-                        outcome: t.outcome.clone(),
-                        last_drift: t.last_drift,
-                    };
-                    (name.clone(), report)
-                })
-                .collect(),
-            holds: status
-                .holds
-                .iter()
-                .map(|h| format!("{}: {}", h.backend, h.reason))
-                .collect(),
-            error,
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            last_apply: status.targets.values().filter_map(|t| t.last_apply).max(),
-            since: unix_now(),
-        }
-    }
-
     /// Whether `other` says the same, whenever each was made.
     pub fn same_as(&self, other: &NodeReport) -> bool {
         Self {
