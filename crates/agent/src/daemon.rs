@@ -212,6 +212,7 @@ fn start_fleet(
     };
     let client = converge_consul::Client::new(fleet.consul.clone())
         .map_err(|e| crate::AgentError::Source(e.to_string()))?;
+    board.count_fleet_requests(client.clone());
     let wake = wake.clone();
     let follower_board = board.clone();
     follower_board.update(|s| s.published = Some(Following::default()));

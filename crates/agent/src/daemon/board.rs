@@ -192,6 +192,9 @@ pub struct Metrics {
     pub target_last_success: Family<TargetLabel, Gauge>,
     /// Live files found changed by hand and put back.
     pub drift_corrections: Counter,
+    /// Requests the follower and the report writer sent to Consul (read
+    /// from their client at each scrape).
+    fleet_requests: Gauge,
     /// 1 for the revision in force (one series at a time).
     revision_info: Family<RevisionInfo, Gauge>,
 }
@@ -219,6 +222,7 @@ impl Default for Metrics {
             target_failures: Family::default(),
             target_last_success: Family::default(),
             drift_corrections: Counter::default(),
+            fleet_requests: Gauge::default(),
             revision_info: Family::default(),
         }
     }
@@ -229,6 +233,9 @@ impl Default for Metrics {
 pub struct Board {
     status: Mutex<Status>,
     snapshot: Mutex<Snapshot>,
+    /// The fleet's Consul client, whose request count is read at each
+    /// scrape, with `--published`.
+    fleet_client: Mutex<Option<converge_consul::Client>>,
     /// Counters and gauges.
     pub metrics: Metrics,
     registry: Registry,
@@ -325,6 +332,11 @@ impl Board {
             "Live files found different from what their unchanged render gave before (edited by hand) and put back",
             m.drift_corrections.clone(),
         );
+        registry.register(
+            "fleet_consul_requests",
+            "Requests sent so far to Consul by the follower of the published revision and the node report writer (--published)",
+            m.fleet_requests.clone(),
+        );
         let build = Family::<BuildInfo, Gauge>::default();
         build
             .get_or_create(&BuildInfo {
@@ -352,9 +364,19 @@ impl Board {
                 current: false,
                 at: Instant::now(),
             }),
+            fleet_client: Mutex::new(None),
             metrics,
             registry,
         })
+    }
+
+    /// From now on `converge_fleet_consul_requests` counts the requests
+    /// of `client` (and its clones).
+    pub fn count_fleet_requests(&self, client: converge_consul::Client) {
+        *self
+            .fleet_client
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(client);
     }
 
     /// A copy of the status.
@@ -416,6 +438,14 @@ impl Board {
             snapshot.at.elapsed().as_secs_f64()
         };
         self.metrics.snapshot_age_seconds.set(age);
+        if let Some(client) = &*self
+            .fleet_client
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+        {
+            let sent = i64::try_from(client.requests_sent()).unwrap_or(i64::MAX);
+            self.metrics.fleet_requests.set(sent);
+        }
         let mut out = String::new();
         // Encoding into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
