@@ -47,3 +47,62 @@ pub fn node_report(status: &Status) -> NodeReport {
         since: unix_now(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::board::TargetStatus;
+    use crate::follow::Following;
+    use crate::revision::Revision;
+
+    fn status() -> Status {
+        let mut s = Status {
+            node: "lb1".into(),
+            revision: Revision::parse("abc1234"),
+            converged: true,
+            ..Status::default()
+        };
+        s.targets.insert(
+            "app".into(),
+            TargetStatus {
+                sha256: Some("00".into()),
+                outcome: Some("unchanged".into()),
+                ..TargetStatus::default()
+            },
+        );
+        s
+    }
+
+    #[test]
+    fn a_published_revision_not_taken_is_the_error_and_the_node_not_converged() {
+        let mut s = status();
+        let report = node_report(&s);
+        assert!(report.converged && report.error.is_none());
+        assert!(report.converged_on(&Revision::parse("abc1234").expect("rev")));
+
+        s.published = Some(Following {
+            desired: Revision::parse("def5678"),
+            error: Some("checksum mismatch".into()),
+        });
+        s.targets.get_mut("app").expect("app").last_error = Some("rejected".into());
+        let report = node_report(&s);
+        assert!(!report.converged, "stays on its last good revision");
+        assert_eq!(report.error.as_deref(), Some("checksum mismatch"));
+        assert_eq!(report.desired, Revision::parse("def5678"));
+    }
+
+    #[test]
+    fn reports_made_at_different_times_with_the_same_content_are_the_same() {
+        let a = node_report(&status());
+        let b = NodeReport {
+            since: a.since + 60,
+            ..a.clone()
+        };
+        assert!(a.same_as(&b));
+        let c = NodeReport {
+            catalog_index: 7,
+            ..a.clone()
+        };
+        assert!(!a.same_as(&c));
+    }
+}
