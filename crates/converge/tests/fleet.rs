@@ -422,6 +422,10 @@ fn the_documented_node_policy_is_enough_and_without_session_rights_no_report_is_
     lb1.start_at(&url, Some(&token));
     wait::until(DEADLINE, "lb1's report", || report("lb1") == Ok(200))
         .unwrap_or_else(|e| panic!("{e}\n{}", lb1.log()));
+    // Reading the fleet needs read on the prefix, nothing more.
+    let reader = consul
+        .create_token(r#"key_prefix "converge/" { policy = "read" }"#)
+        .expect("token");
     let out = repo.converge_env(
         &[
             "fleet",
@@ -433,7 +437,7 @@ fn the_documented_node_policy_is_enough_and_without_session_rights_no_report_is_
             "--revision",
             &revision,
         ],
-        &[("CONSUL_HTTP_TOKEN", management.as_str())],
+        &[("CONSUL_HTTP_TOKEN", reader.as_str())],
     );
     // lb2 and lb3 never ran: they are the stragglers, lb1 is not.
     assert_exit(&out, 2);
@@ -446,5 +450,69 @@ fn the_documented_node_policy_is_enough_and_without_session_rights_no_report_is_
         stdout(&out).contains("not converged: lb2: no report"),
         "{}",
         stdout(&out)
+    );
+}
+
+#[test]
+fn plan_and_apply_once_take_the_published_revision_and_fleet_status_says_when_consul_is_down() {
+    let mut consul = ConsulAgent::start().expect("consul agent -dev");
+    consul
+        .register_service("web-1", "web", 8081)
+        .expect("register");
+    let repo = Workspace::custom(&site("first"), "services: {}\n");
+    repo.write("templates/app.tera", TEMPLATE);
+    let url = consul.http_url();
+    let out = repo.converge(&["publish", "--consul", &url, "--format", "json"]);
+    assert_exit(&out, 0);
+    let revision = json(&out)["revision"]
+        .as_str()
+        .expect("revision")
+        .to_string();
+    // The repository's own files change afterwards: --published ignores them.
+    repo.write("templates/app.tera", "not what was published\n");
+
+    let root = tempfile::tempdir().expect("root");
+    let node = |args: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_converge"));
+        cmd.args(args)
+            .args(["--published", "--node", "lb2", "--consul", &url])
+            .arg("--root")
+            .arg(root.path())
+            .env_remove("CONSUL_HTTP_ADDR")
+            .env_remove("CONSUL_HTTP_TOKEN");
+        cmd.output().expect("converge")
+    };
+    let out = node(&["plan", "--format", "json"]);
+    assert_exit(&out, 2);
+    let plan = json(&out);
+    assert_eq!(plan["revision"].as_str(), Some(revision.as_str()), "{plan}");
+    let out = node(&["apply", "--once"]);
+    assert_exit(&out, 0);
+    assert!(
+        stdout(&out).contains(&format!("revision {revision}")),
+        "{}",
+        stdout(&out)
+    );
+    let app = std::fs::read_to_string(root.path().join("etc/app/app.conf")).expect("applied");
+    assert!(app.starts_with("lb2"), "{app}");
+    assert_exit(&node(&["plan"]), 0);
+
+    // No reports yet: nobody converged. Consul gone: it cannot ask.
+    let out = repo.converge(&["fleet", "status", "--consul", &url]);
+    assert_exit(&out, 2);
+    assert!(
+        stdout(&out).contains("not converged: lb1: no report"),
+        "{}",
+        stdout(&out)
+    );
+    consul.stop();
+    let out = repo.converge(&["fleet", "status", "--consul", &url, "--format", "json"]);
+    assert_exit(&out, 1);
+    let out = node(&["apply", "--once"]);
+    assert_exit(&out, 1);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--published"),
+        "{:?}",
+        out
     );
 }
