@@ -195,6 +195,12 @@ pub enum Command {
     /// certificate takes effect; flags need a restart); SIGTERM/SIGINT let
     /// an apply in flight finish, then exit. Under systemd (Type=notify) it
     /// reports READY=1, STATUS= and watchdog pings.
+    ///
+    /// With --published the manifests and templates are the fleet's
+    /// published revision: the daemon follows `<prefix>/desired`, keeps the
+    /// last good revision on disk, and writes its report to
+    /// `<prefix>/nodes/<node>` whenever it changes, e.g.
+    /// `converge run --published --consul http://127.0.0.1:8500 --node lb1`.
     Run(RunArgs),
     /// Show what would change on this node as a unified diff; touch nothing.
     ///
@@ -408,7 +414,8 @@ pub struct RunArgs {
 
     /// With --published: TTL of the Consul session holding this node's
     /// report. It is renewed every half TTL; a node dead for longer (Consul
-    /// may take up to twice the TTL) reads as stale in `fleet status`.
+    /// may take up to twice the TTL) reads as stale in `fleet status`. At
+    /// least 10s (Consul's minimum).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
     pub report_ttl: Duration,
 }
