@@ -515,7 +515,9 @@ pub struct FleetStatusArgs {
 /// `fleet wait` flags.
 #[derive(Debug, Args)]
 pub struct FleetWaitArgs {
-    /// The revision to wait for [default: the one `<prefix>/desired` names].
+    /// The revision to wait for [default: the desired revision].
+    ///
+    /// Without it, `fleet wait` waits for what `<prefix>/desired` names.
     #[arg(long, value_name = "REVISION", value_parser = parse_revision)]
     pub revision: Option<Revision>,
 
