@@ -195,6 +195,17 @@ impl Fleet {
         Some((serde_json::from_slice(&value).ok()?, live))
     }
 
+    /// The index of the last write of `node`'s report.
+    fn modify_index(&self, node: &str) -> u64 {
+        let (_, body) = self
+            .consul
+            .server
+            .get(&format!("/v1/kv/converge/nodes/{node}"))
+            .expect("kv get");
+        let entries: serde_json::Value = serde_json::from_str(&body).expect("json");
+        entries[0]["ModifyIndex"].as_u64().expect("ModifyIndex")
+    }
+
     fn wait_report(&self, node: &str, what: &str, cond: impl Fn(&serde_json::Value, bool) -> bool) {
         wait::until(DEADLINE, what, || {
             self.report(node).is_some_and(|(r, live)| cond(&r, live))
@@ -226,6 +237,19 @@ fn publish_reaches_every_node_a_straggler_is_named_rollback_drift_and_a_dead_nod
         assert!(matches!(outcome, Some("applied" | "unchanged")), "{report}");
         assert!(report["catalog_index"].as_u64() > Some(0), "{report}");
     }
+    // Idle, passes go on (--resync 1s) but the report is not rewritten.
+    let lb1 = &fleet.nodes[0];
+    fleet.wait_report("lb1", "lb1 settled", |r, _| {
+        r["targets"]["app"]["outcome"] == "unchanged"
+    });
+    let index = fleet.modify_index("lb1");
+    let passes = lb1.metric("converge_reconciles_total");
+    wait::until(DEADLINE, "three more passes", || {
+        lb1.metric("converge_reconciles_total") >= passes + 3.0
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", lb1.log()));
+    assert_eq!(fleet.modify_index("lb1"), index, "no write while idle");
+
     let out = fleet.converge(&["fleet", "status", "--format", "json"]);
     assert_exit(&out, 0);
     let doc = json(&out);
