@@ -229,8 +229,12 @@ fn start_fleet(
         }),
     );
     let (tx, rx) = watch::channel(None);
-    let key = fleet.follow.keys.node(&config.node);
-    let writer = writer::spawn(client, key, fleet.report_ttl, rx, shutdown.clone());
+    let target = writer::Target {
+        key: fleet.follow.keys.node(&config.node),
+        ttl: fleet.report_ttl,
+        session_file: fleet.follow.store.dir().with_file_name("report-session"),
+    };
+    let writer = writer::spawn(client, target, rx, shutdown.clone());
     Ok(Some((tx, writer)))
 }
 

@@ -195,6 +195,17 @@ impl Fleet {
         Some((serde_json::from_slice(&value).ok()?, live))
     }
 
+    /// The session holding `node`'s report, if any.
+    fn session(&self, node: &str) -> Option<String> {
+        let (_, body) = self
+            .consul
+            .server
+            .get(&format!("/v1/kv/converge/nodes/{node}"))
+            .ok()?;
+        let entries: serde_json::Value = serde_json::from_str(&body).ok()?;
+        entries[0]["Session"].as_str().map(str::to_string)
+    }
+
     /// The index of the last write of `node`'s report.
     fn modify_index(&self, node: &str) -> u64 {
         let (_, body) = self
@@ -318,6 +329,20 @@ fn publish_reaches_every_node_a_straggler_is_named_rollback_drift_and_a_dead_nod
         .and_then(|n| n.iter().find(|n| n["node"] == "lb2"))
         .cloned();
     assert_eq!(lb2.map(|n| n["alive"].clone()), Some(false.into()), "{doc}");
+
+    // lb1 killed and started again takes its live session back.
+    let session = fleet.session("lb1");
+    assert!(session.is_some());
+    let index = fleet.modify_index("lb1");
+    let mut lb1 = fleet.nodes[0].daemon.take().expect("lb1 runs");
+    lb1.signal(nix::sys::signal::Signal::SIGKILL).expect("kill");
+    let _ = lb1.wait_exit(DEADLINE);
+    fleet.nodes[0].start(&fleet.consul.clients[0]);
+    wait::until(DEADLINE, "lb1's report written again", || {
+        fleet.modify_index("lb1") > index
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", fleet.nodes[0].log()));
+    assert_eq!(fleet.session("lb1"), session, "{}", fleet.nodes[0].log());
     fleet.consul.client(1).stop();
 }
 

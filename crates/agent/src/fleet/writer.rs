@@ -7,7 +7,12 @@
 //! vanished (the node's agent restarted, Consul lost its state) is
 //! replaced and the report written again with it; on shutdown the
 //! session is destroyed, so a stopped node reads as stale at once.
+//!
+//! The session's id is kept in a file under the state directory: a daemon
+//! killed and started again takes its session back while it lives, instead
+//! of waiting for it to expire before the key can be acquired again.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use converge_consul::{Backoff, Client};
@@ -18,34 +23,50 @@ use super::report::NodeReport;
 /// Default session TTL (`converge run --report-ttl`).
 pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
 
+/// Where the report goes and how long its session lives.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// `<prefix>/nodes/<node>`.
+    pub key: String,
+    /// The session's TTL.
+    pub ttl: Duration,
+    /// File keeping the session's id across restarts.
+    pub session_file: PathBuf,
+}
+
 /// The session and what was last written with it.
 struct Writer {
     client: Client,
     key: String,
     ttl: Duration,
+    session_file: PathBuf,
     session: Option<String>,
     written: Option<NodeReport>,
 }
 
-/// Starts the writer: it writes every report `reports` carries under
-/// `key`, until `shutdown` turns true. Needs a running tokio runtime.
+/// Starts the writer: it writes every report `reports` carries to
+/// `target`, until `shutdown` turns true. Needs a running tokio runtime.
 pub fn spawn(
     client: Client,
-    key: String,
-    ttl: Duration,
+    target: Target,
     mut reports: watch::Receiver<Option<NodeReport>>,
     mut shutdown: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut w = Writer {
             client,
-            key,
-            ttl,
-            session: None,
+            key: target.key,
+            ttl: target.ttl,
+            session: std::fs::read_to_string(&target.session_file)
+                .ok()
+                .map(|s| s.trim().to_string()),
+            session_file: target.session_file,
             written: None,
         };
+        // The previous run's session, if it still lives.
+        w.renew().await;
         let mut backoff = Backoff::for_consul();
-        let mut renew = tokio::time::interval(ttl / 2);
+        let mut renew = tokio::time::interval(target.ttl / 2);
         renew.tick().await;
         loop {
             let want = reports.borrow_and_update().clone();
@@ -95,6 +116,14 @@ impl Writer {
                 None => {
                     let name = format!("converge report {}", report.node);
                     let s = self.client.session_create(&name, self.ttl).await?;
+                    let kept = self
+                        .session_file
+                        .parent()
+                        .map_or(Ok(()), std::fs::create_dir_all)
+                        .and_then(|()| std::fs::write(&self.session_file, &s));
+                    if let Err(e) = kept {
+                        tracing::warn!(file = %self.session_file.display(), error = %e, "cannot keep the report's session id; a restart waits for it to expire");
+                    }
                     self.session = Some(s.clone());
                     s
                 }
@@ -103,13 +132,17 @@ impl Writer {
                 self.written = Some(report.clone());
                 return Ok(());
             }
-            // The session is gone (or another holds the key): a new one.
+            // Refused: if our session still lives, another holds the key
+            // (until it expires); if not, make a new one.
+            if self.client.session_renew(&session).await? {
+                break;
+            }
             self.session = None;
         }
         Err(converge_consul::Error::Status {
             endpoint: format!("/v1/kv/{}", self.key),
             status: 409,
-            body: "another session holds the key".into(),
+            body: "another session holds the key (it is released when that session expires)".into(),
         })
     }
 
@@ -134,6 +167,7 @@ impl Writer {
     async fn close(&mut self) {
         if let Some(id) = self.session.take() {
             let _ = self.client.session_destroy(&id).await;
+            let _ = std::fs::remove_file(&self.session_file);
         }
     }
 }
