@@ -77,8 +77,7 @@ impl Reconciler {
         // name without changing a byte.
         let revision = self.config.inputs.revision();
         if self.config.inputs.unpacked.is_some() && revision.is_none() {
-            let waiting = "no published revision on this node yet; waiting for the first one";
-            return self.report.inputs(Some(waiting.to_string()));
+            return self.report.waiting_for_revision();
         }
         let fingerprint = self.config.inputs.fingerprint();
         if let Some(prepared) = self.inputs.as_mut() {

@@ -86,6 +86,21 @@ impl Reporter {
         self.board.update(|s| s.input_error = error);
     }
 
+    /// A node following the published revision has none on disk yet:
+    /// nothing to render until the follower installs one. Said once in
+    /// the log, kept in the status.
+    pub fn waiting_for_revision(&self) {
+        const WAITING: &str = "no published revision on this node yet; waiting for the first one";
+        let mut first = false;
+        self.board.update(|s| {
+            first = s.input_error.as_deref() != Some(WAITING);
+            s.input_error = Some(WAITING.to_string());
+        });
+        if first {
+            tracing::info!("{WAITING}");
+        }
+    }
+
     /// The pass could not render; live files unchanged.
     pub fn render_failed(&self, msg: String) {
         tracing::error!(error = %msg, "render failed; live files unchanged");
