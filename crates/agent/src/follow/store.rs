@@ -161,7 +161,10 @@ impl Store {
         if let Ok(entries) = std::fs::read_dir(&revisions) {
             for entry in entries.flatten() {
                 let file = PathBuf::from(entry.file_name());
-                if !keep.contains(&Some(file)) {
+                // Another process's staging (a `plan --published` next to
+                // the daemon) is its own to remove.
+                let staging = entry.file_name().to_string_lossy().starts_with(".staging-");
+                if !staging && !keep.contains(&Some(file)) {
                     let _ = std::fs::remove_dir_all(entry.path());
                 }
             }
