@@ -15,11 +15,13 @@
 //!   unclear (the pass decides, this carries it out and ends it);
 //! - `report`: the one place that writes status, metrics and log;
 //! - [`board`]: the status and metrics the HTTP listener serves;
-//! - [`http`]: that listener.
+//! - [`http`]: that listener;
+//! - `node_report`: the status as the fleet report `--published` writes.
 
 pub mod board;
 pub mod control;
 pub mod http;
+mod node_report;
 pub mod pauses;
 pub mod primaries;
 pub mod quiescence;
@@ -33,10 +35,13 @@ use std::time::Duration;
 use converge_apply::ApplyOptions;
 use tokio::sync::{mpsc, watch};
 
+use crate::fleet::writer;
+use crate::follow::{self, Follow, Following};
 use crate::inputs::Inputs;
 use crate::source::{self, CatalogFrom};
 use board::Board;
 pub use control::{Control, Trigger};
+use node_report::node_report;
 use quiescence::Quiescence;
 use reconciler::Reconciler;
 use watch_files::FileWatch;
@@ -59,6 +64,21 @@ pub struct DaemonConfig {
     pub resync: Duration,
     /// Apply settings.
     pub apply: ApplyOptions,
+    /// With `--published`: follow the fleet's revision and report.
+    pub fleet: Option<FleetConfig>,
+}
+
+/// How a daemon takes part in the fleet (`--published`): the inputs are
+/// the store's current revision (see [`crate::follow`]), and a report is
+/// written after every pass that changed it (see [`crate::fleet`]).
+#[derive(Debug, Clone)]
+pub struct FleetConfig {
+    /// The Consul agent holding the keys.
+    pub consul: converge_consul::Config,
+    /// Keys, store and node.
+    pub follow: Follow,
+    /// TTL of the report's session.
+    pub report_ttl: Duration,
 }
 
 /// A daemon before it runs: build, hand out [`Control`], then [`run`](Self::run).
@@ -110,8 +130,12 @@ impl Daemon {
             CatalogFrom::File(path) => Some(path.as_path()),
             CatalogFrom::Consul(_) => None,
         };
-        let _files = FileWatch::start(&config.inputs, catalog_file, wake.clone())
+        // A followed revision changes only through the follower, which
+        // wakes the loop itself.
+        let watched = config.fleet.is_none().then_some(&config.inputs);
+        let _files = FileWatch::start(watched, catalog_file, wake.clone())
             .map_err(crate::AgentError::Watch)?;
+        let reports = start_fleet(&config, &board, &wake, &shutdown)?;
         spawn_resync(wake.clone(), config.resync);
 
         let mut reconciler = Reconciler::new(config.clone(), board.clone());
@@ -164,11 +188,18 @@ impl Daemon {
             pause_deadline = reconciler
                 .pause_deadline()
                 .map(|d| tokio::time::Instant::now() + d);
+            if let Some((tx, _)) = &reports {
+                tx.send_replace(Some(node_report(&board.status())));
+            }
             after_pass(&board);
         }
         // Nobody would resume what stays paused once this process is gone.
         let _ = tokio::task::spawn_blocking(move || reconciler.resume_paused()).await;
         tracing::info!("shutting down; no apply in flight");
+        if let Some((_, writer)) = reports {
+            // The writer ends its session, so the report reads as stale.
+            let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+        }
         Ok(())
     }
 }
@@ -179,6 +210,51 @@ async fn until(deadline: Option<tokio::time::Instant>) {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
     }
+}
+
+/// The report channel and writer task of the fleet, with the follower
+/// started; `None` without `--published`.
+type Reports = Option<(
+    watch::Sender<Option<crate::fleet::NodeReport>>,
+    tokio::task::JoinHandle<()>,
+)>;
+
+/// Starts following the published revision and the report writer.
+fn start_fleet(
+    config: &DaemonConfig,
+    board: &Arc<Board>,
+    wake: &mpsc::Sender<Trigger>,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<Reports, crate::AgentError> {
+    let Some(fleet) = &config.fleet else {
+        return Ok(None);
+    };
+    let client = converge_consul::Client::new(fleet.consul.clone())
+        .map_err(|e| crate::AgentError::Source(e.to_string()))?;
+    board.count_fleet_requests(client.clone());
+    let wake = wake.clone();
+    let follower_board = board.clone();
+    follower_board.update(|s| s.published = Some(Following::default()));
+    follow::spawn(
+        client.clone(),
+        fleet.follow.clone(),
+        Arc::new(move |state: &Following| {
+            if state.error.is_some() {
+                follower_board.fail("load");
+            }
+            follower_board.update(|s| s.published = Some(state.clone()));
+            // A switch, or news for the report: either way, a pass.
+            let _ = wake.try_send(Trigger::Files);
+        }),
+    );
+    let (tx, rx) = watch::channel(None);
+    let target = writer::Target {
+        key: fleet.follow.keys.node(&config.node),
+        ttl: fleet.report_ttl,
+        session_file: fleet.follow.store.dir().with_file_name("report-session"),
+    };
+    let writer = writer::spawn(client, target, rx, shutdown.clone());
+    Ok(Some((tx, writer)))
 }
 
 /// Wakes the loop every `resync`, whatever the watches say.

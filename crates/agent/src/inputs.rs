@@ -23,6 +23,21 @@ pub struct Inputs {
     pub catalog: PathBuf,
     /// Prefix for every destination, pidfile and socket.
     pub root: PathBuf,
+    /// Set when the directories are a published revision unpacked on
+    /// this node (`--published`), not a directory the operator keeps.
+    pub unpacked: Option<Unpacked>,
+}
+
+/// What a published revision unpacked on a node needs besides its two
+/// directories: its name, which its files alone cannot give (the
+/// publisher's Git commit is not in the bundle), and where the secret
+/// files its manifests reference are, since the bundle never holds them.
+#[derive(Debug, Clone)]
+pub struct Unpacked {
+    /// File holding the revision's name.
+    pub revision: PathBuf,
+    /// Directory `file:` secret references resolve against on this node.
+    pub secrets: PathBuf,
 }
 
 impl Inputs {
@@ -41,11 +56,15 @@ impl Inputs {
         })
     }
 
-    /// The revision of these manifests and templates: their Git commit,
-    /// else a content hash of [`fingerprint`](Self::fingerprint). `None`
+    /// The revision of these manifests and templates: the published name
+    /// of an [`Unpacked`] revision, else their Git commit, else a content hash of [`fingerprint`](Self::fingerprint). `None`
     /// only when a directory cannot be read (then loading fails too, and
     /// says why).
     pub fn revision(&self) -> Option<Revision> {
+        if let Some(u) = &self.unpacked {
+            let name = std::fs::read_to_string(&u.revision).ok()?;
+            return Revision::parse(name.trim());
+        }
         Revision::git(&self.manifests, &self.templates)
             .or_else(|| self.fingerprint().map(|d| Revision::content(&d)))
     }
@@ -89,7 +108,12 @@ impl Inputs {
     /// syntax error names the targets using the broken template whenever
     /// the manifests could be read.
     pub fn load_config(&self) -> Result<(Manifests, Templates), AgentError> {
-        let loaded = Manifests::load(&self.manifests);
+        let loaded = Manifests::load(&self.manifests).map(|mut m| {
+            if let Some(u) = &self.unpacked {
+                m.dir = u.secrets.clone();
+            }
+            m
+        });
         let templates = Templates::load(&self.templates).map_err(|e| match &loaded {
             Ok(m) => e.name_targets(&m.manifest),
             Err(_) => e,
@@ -117,6 +141,7 @@ mod tests {
             templates: dir.join("templates"),
             catalog: dir.join("catalog.yaml"),
             root: dir.join("root"),
+            unpacked: None,
         }
     }
 

@@ -18,7 +18,11 @@
 //!   checked by the real programs in a scratch directory;
 //! - [`status`]: `converge status`, where traffic goes on this node;
 //! - [`publish`]: `converge publish`, a validated revision put in Consul
-//!   KV for the fleet, and the fleet's desired revision moved to it.
+//!   KV for the fleet, and the fleet's desired revision moved to it;
+//! - [`follow`]: `--published`, a node taking that revision (fetched,
+//!   verified, kept on disk) as its manifests and templates;
+//! - [`fleet`]: node reports in KV, and `converge fleet status`/`wait`
+//!   reading them.
 //!
 //! `plan`, `apply --once`, `validate` and the daemon all call
 //! [`pass::run`], so `plan` on a node shows exactly what `run` would do
@@ -27,6 +31,8 @@
 
 pub mod daemon;
 pub mod error;
+pub mod fleet;
+pub mod follow;
 pub mod guard;
 pub mod inputs;
 pub mod once;

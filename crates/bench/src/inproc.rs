@@ -44,6 +44,7 @@ pub fn measure(stack: &Stack, backends: usize, rounds: usize) -> anyhow::Result<
         templates: stack.path("templates"),
         catalog: stack.path("catalog.yaml"),
         root: stack.path("inproc-root"),
+        unpacked: None,
     };
     let layout = Layout::new(&inputs.root);
     let (manifests, templates) = inputs.load_config().context("load manifests")?;

@@ -217,6 +217,7 @@ impl Site {
             templates: repo().join("templates"),
             catalog: dir.path().join("catalog.yaml"),
             root: dir.path().join("root"),
+            unpacked: None,
         };
         let (manifests, templates) = inputs.load_config().context("load manifests")?;
         let layout = Layout::new(&inputs.root);

@@ -42,12 +42,14 @@
 //! - `records`: the public data types (check, KV entry, agent identity);
 //! - `wire`: Consul's JSON shapes and their conversion, never public;
 //! - `connection`: the HTTP client with its token header and TLS;
+//! - `session`: sessions and the KV writes tied to them (node reports);
 //! - `transport`: the one way a request is sent (slots, timeouts, the
 //!   stale fallback, decoding), so no endpoint can bypass the bound.
 
 mod connection;
 mod query;
 mod records;
+mod session;
 mod transport;
 mod wire;
 

@@ -7,7 +7,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use converge_agent::follow::{self, Follow, Store};
+use converge_agent::publish::Keys;
 use converge_agent::source::{self, CatalogFrom};
 use converge_agent::{Inputs, Prepared, Revision};
 use converge_model::Catalog;
@@ -135,6 +138,39 @@ pub struct Cli {
     #[arg(long, global = true, env = "CONVERGE_ROOT", default_value = "/", value_parser = absolute_path)]
     pub root: PathBuf,
 
+    /// Take manifests and templates from the revision published in Consul
+    /// KV (`converge publish`) instead of --manifests/--templates: `run`
+    /// follows `<prefix>/desired` and reports to `<prefix>/nodes/<node>`;
+    /// `plan` and `apply --once` take the published revision once. Each
+    /// revision is verified against its checksum and kept under
+    /// `--root`/var/lib/converge/published, so a restart while Consul is
+    /// down comes up on the last one applied. Needs --consul.
+    #[arg(long, global = true, env = "CONVERGE_PUBLISHED")]
+    pub published: bool,
+
+    /// KV prefix of the fleet's keys (`<prefix>/desired`,
+    /// `<prefix>/bundles/…`, `<prefix>/nodes/…`).
+    #[arg(
+        long,
+        global = true,
+        env = "CONVERGE_PREFIX",
+        default_value = "converge"
+    )]
+    pub prefix: String,
+
+    /// With --published: the directory on this node that `file:` secret
+    /// references of the published manifests resolve against (a bundle
+    /// never holds secret files).
+    #[arg(
+        long,
+        global = true,
+        env = "CONVERGE_SECRETS",
+        default_value = "/etc/converge",
+        value_name = "DIR",
+        value_parser = absolute_path
+    )]
+    pub secrets: PathBuf,
+
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -159,6 +195,12 @@ pub enum Command {
     /// certificate takes effect; flags need a restart); SIGTERM/SIGINT let
     /// an apply in flight finish, then exit. Under systemd (Type=notify) it
     /// reports READY=1, STATUS= and watchdog pings.
+    ///
+    /// With --published the manifests and templates are the fleet's
+    /// published revision: the daemon follows `<prefix>/desired`, keeps the
+    /// last good revision on disk, and writes its report to
+    /// `<prefix>/nodes/<node>` whenever it changes, e.g.
+    /// `converge run --published --consul http://127.0.0.1:8500 --node lb1`.
     Run(RunArgs),
     /// Show what would change on this node as a unified diff; touch nothing.
     ///
@@ -230,6 +272,10 @@ pub enum Command {
     /// Exit status: 0 published (or already published), 1 refused or
     /// failed: nothing the fleet follows was changed.
     Publish(PublishArgs),
+    /// The fleet as the nodes report it in Consul KV: which revision each
+    /// node runs and whether it converged on the published one.
+    #[command(subcommand)]
+    Fleet(FleetCommand),
     /// Print a shell completion script to stdout.
     ///
     /// bash: `converge completions bash > /etc/bash_completion.d/converge`;
@@ -275,6 +321,8 @@ impl Command {
             Command::Status(a) => Some(a.format),
             Command::Validate(a) => Some(a.format),
             Command::Publish(a) => Some(a.format),
+            Command::Fleet(FleetCommand::Status(a)) => Some(a.format),
+            Command::Fleet(FleetCommand::Wait(a)) => Some(a.format),
         }
     }
 }
@@ -367,6 +415,13 @@ pub struct RunArgs {
     /// Seconds to wait for another apply on this node to finish.
     #[arg(long, default_value_t = 30)]
     pub lock_timeout: u64,
+
+    /// With --published: TTL of the Consul session holding this node's
+    /// report. It is renewed every half TTL; a node dead for longer (Consul
+    /// may take up to twice the TTL) reads as stale in `fleet status`. At
+    /// least 10s (Consul's minimum).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    pub report_ttl: Duration,
 }
 
 /// `status` flags.
@@ -396,11 +451,6 @@ pub struct ValidateArgs {
 /// `publish` flags.
 #[derive(Debug, Args)]
 pub struct PublishArgs {
-    /// KV prefix of the fleet's keys (`<prefix>/desired`,
-    /// `<prefix>/bundles/…`).
-    #[arg(long, env = "CONVERGE_PREFIX", default_value = "converge")]
-    pub prefix: String,
-
     /// Move the desired revision back to the previous one in the history
     /// (no validation: that revision was validated when published).
     #[arg(long)]
@@ -431,19 +481,103 @@ pub struct PublishArgs {
     pub format: Format,
 }
 
+/// `fleet` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum FleetCommand {
+    /// One table for the whole fleet: per node of the published manifests,
+    /// whether its report is alive (its Consul session holds it), the
+    /// revision it runs, whether it converged on the desired one, its held
+    /// and failing targets, its last apply and drift.
+    ///
+    /// The nodes are those the published revision's manifests list under
+    /// `nodes:`; a node without a report counts as not converged, and a
+    /// report whose session is gone (the node or its agent died) as stale.
+    ///
+    /// Exit status: 0 every node of the manifests is alive and converged on
+    /// the desired revision; 2 some are not (listed); 1 error, or Consul
+    /// cannot be asked.
+    Status(FleetStatusArgs),
+    /// Block until every node of the manifests reports the revision
+    /// converged: what a CD pipeline runs after `converge publish`.
+    ///
+    /// Follows the node reports with blocking queries (no polling loop).
+    ///
+    /// Exit status: 0 every node converged on the revision; 2 the timeout
+    /// passed first (the stragglers are listed with their errors); 1
+    /// error, or Consul cannot be asked.
+    Wait(FleetWaitArgs),
+}
+
+/// `fleet status` flags.
+#[derive(Debug, Args)]
+pub struct FleetStatusArgs {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
+/// `fleet wait` flags.
+#[derive(Debug, Args)]
+pub struct FleetWaitArgs {
+    /// The revision to wait for [default: the desired revision].
+    ///
+    /// Without it, `fleet wait` waits for what `<prefix>/desired` names.
+    #[arg(long, value_name = "REVISION", value_parser = parse_revision)]
+    pub revision: Option<Revision>,
+
+    /// Give up after this long (`90s`, `10m`).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10m")]
+    pub timeout: Duration,
+
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
 /// A revision name from the command line.
 fn parse_revision(s: &str) -> Result<Revision, String> {
     Revision::parse(s).ok_or_else(|| format!("`{s}` is not a revision name"))
 }
 
 impl Cli {
-    /// The input locations.
+    /// The fleet's keys under `--prefix`.
+    pub fn keys(&self) -> anyhow::Result<Keys> {
+        Keys::new(&self.prefix)
+            .with_context(|| format!("--prefix {:?} is not a KV prefix", self.prefix))
+    }
+
+    /// What `--published` follows on this node.
+    pub fn follow(&self) -> anyhow::Result<Follow> {
+        Ok(Follow {
+            keys: self.keys()?,
+            store: Store::new(&self.root, self.secrets.clone()),
+            node: self.node()?,
+        })
+    }
+
+    /// The Consul settings; an error naming `what` without --consul.
+    pub fn consul(&self, what: &str) -> anyhow::Result<converge_consul::Config> {
+        match self.catalog_from()? {
+            CatalogFrom::Consul(config) => Ok(*config),
+            CatalogFrom::File(_) => anyhow::bail!(
+                "{what} needs a Consul agent: pass --consul URL or set CONSUL_HTTP_ADDR"
+            ),
+        }
+    }
+
+    /// The input locations: --manifests and --templates, or with
+    /// --published the store's current revision.
     pub fn inputs(&self) -> Inputs {
+        if self.published {
+            return Store::new(&self.root, self.secrets.clone())
+                .inputs(self.catalog.clone(), self.root.clone());
+        }
         Inputs {
             manifests: self.manifests.clone(),
             templates: self.templates.clone(),
             catalog: self.catalog.clone(),
             root: self.root.clone(),
+            unpacked: None,
         }
     }
 
@@ -483,6 +617,10 @@ impl Cli {
     /// catalog file, or every service the manifests reference read once
     /// from Consul.
     pub fn prepare(&self) -> anyhow::Result<(Prepared, Catalog)> {
+        if self.published {
+            let consul = self.consul("--published")?;
+            follow::sync_once(consul, &self.follow()?, self.consul_timeout)?;
+        }
         let inputs = self.inputs();
         let prepared = inputs.prepare()?;
         let catalog = source::read_once(

@@ -1,9 +1,7 @@
 //! `converge publish`: validate as `validate` does, then publish the
 //! revision to Consul KV (or roll back).
 
-use anyhow::Context;
-use converge_agent::publish::{self, Action, Keys, Options, Published};
-use converge_agent::source::CatalogFrom;
+use converge_agent::publish::{self, Action, Options, Published};
 use converge_agent::validate;
 
 use crate::cli::{Cli, Format, PublishArgs};
@@ -12,13 +10,12 @@ use crate::output::outln;
 
 /// Runs `publish`; 0 when `desired` names the revision, 1 otherwise.
 pub fn run(cli: &Cli, args: &PublishArgs) -> anyhow::Result<u8> {
-    let CatalogFrom::Consul(config) = cli.catalog_from()? else {
-        anyhow::bail!("publish needs a Consul agent: pass --consul URL or set CONSUL_HTTP_ADDR");
-    };
-    let keys = Keys::new(&args.prefix)
-        .with_context(|| format!("--prefix {:?} is not a KV prefix", args.prefix))?;
+    if cli.published {
+        anyhow::bail!("publish reads --manifests and --templates; drop --published");
+    }
+    let config = Box::new(cli.consul("publish")?);
     let opts = Options {
-        keys,
+        keys: cli.keys()?,
         force: args.force,
         expect_revision: args.expect_revision.clone(),
         publisher: args.publisher.clone().unwrap_or_else(|| publisher(cli)),

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use converge_agent::daemon::quiescence::Quiescence;
-use converge_agent::daemon::{Daemon, DaemonConfig, DEFAULT_RESYNC};
+use converge_agent::daemon::{Daemon, DaemonConfig, FleetConfig, DEFAULT_RESYNC};
 use converge_apply::ApplyOptions;
 use sd_notify::NotifyState;
 use tokio::signal::unix::{signal, SignalKind};
@@ -14,7 +14,16 @@ use crate::exit;
 
 /// Runs the daemon until SIGTERM/SIGINT.
 pub fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<u8> {
+    let fleet = match cli.published {
+        true => Some(FleetConfig {
+            consul: cli.consul("--published")?,
+            follow: cli.follow()?,
+            report_ttl: args.report_ttl,
+        }),
+        false => None,
+    };
     let config = DaemonConfig {
+        fleet,
         inputs: cli.inputs(),
         node: cli.node()?,
         catalog: cli.catalog_from()?,

@@ -182,6 +182,16 @@ fn daemon_text(r: &NodeReport, out: &mut String) {
             if let Some(e) = &s.input_error {
                 *out += &format!("  input error (previous desired state in force): {e}\n");
             }
+            if let Some(p) = &s.published {
+                let desired = p.desired.as_ref().map_or("not read yet", |r| r.as_str());
+                *out += &format!(
+                    "  published: desired {desired}, running {}\n",
+                    s.revision.as_ref().map_or("none", |r| r.as_str())
+                );
+                if let Some(e) = &p.error {
+                    *out += &format!("  NOT following (last good revision in force): {e}\n");
+                }
+            }
             for h in &s.holds {
                 *out += &format!(
                     "  HELD {}: {} (to accept: curl -X POST http://DAEMON/release/{})\n",

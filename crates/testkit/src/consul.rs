@@ -33,6 +33,7 @@ mod api;
 mod binary;
 mod connections;
 mod files;
+mod fleet;
 
 use std::fs;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -46,6 +47,7 @@ use crate::wait;
 
 pub use binary::consul_binary;
 pub use connections::open_connections_to;
+pub use fleet::ConsulFleet;
 
 /// How long an agent gets to elect itself leader.
 pub const START_DEADLINE: Duration = Duration::from_secs(60);
@@ -91,6 +93,8 @@ pub struct ConsulAgent {
     ports: ConsulPorts,
     management_token: Option<String>,
     tls: bool,
+    /// For a client agent: the server's serf LAN port and this node's name.
+    client_of: Option<(u16, String)>,
     child: Option<Child>,
 }
 
@@ -102,7 +106,7 @@ impl ConsulAgent {
     /// No binary, the agent exited, or no leader before [`START_DEADLINE`]
     /// (the message carries the end of the agent's log).
     pub fn start() -> Result<Self, String> {
-        Self::launch(None, false)
+        Self::launch(None, false, None)
     }
 
     /// Starts a dev agent with ACLs enabled, `default_policy = "deny"`,
@@ -113,7 +117,7 @@ impl ConsulAgent {
     /// As [`ConsulAgent::start`], or the management token never became
     /// usable.
     pub fn start_with_acl() -> Result<Self, String> {
-        Self::launch(Some(api::random_uuid()?), false)
+        Self::launch(Some(api::random_uuid()?), false, None)
     }
 
     /// Starts a dev agent that also serves HTTPS ([`ConsulAgent::https_url`])
@@ -125,10 +129,14 @@ impl ConsulAgent {
     ///
     /// As [`ConsulAgent::start`], or `consul tls` failed.
     pub fn start_with_tls() -> Result<Self, String> {
-        Self::launch(None, true)
+        Self::launch(None, true, None)
     }
 
-    fn launch(management_token: Option<String>, tls: bool) -> Result<Self, String> {
+    fn launch(
+        management_token: Option<String>,
+        tls: bool,
+        client_of: Option<(u16, String)>,
+    ) -> Result<Self, String> {
         let binary = consul_binary()?;
         let mut last_err = String::new();
         // A free port can be taken between our probe and consul's bind;
@@ -144,6 +152,7 @@ impl ConsulAgent {
                 ports: ConsulPorts::pick(),
                 management_token: management_token.clone(),
                 tls,
+                client_of: client_of.clone(),
                 child: None,
             };
             if tls {
@@ -173,16 +182,18 @@ impl ConsulAgent {
             .try_clone()
             .map_err(|e| format!("cannot clone consul log handle: {e}"))?;
         let mut cmd = Command::new(&self.binary);
-        cmd.arg("agent")
-            .arg("-dev")
-            .arg("-config-file")
+        cmd.arg("agent");
+        if self.client_of.is_none() {
+            cmd.arg("-dev");
+        }
+        cmd.arg("-config-file")
             .arg(self.config_path())
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
             .env_remove("CONSUL_HTTP_TOKEN")
             .env_remove("CONSUL_HTTP_ADDR");
-        let child = Child::spawn("consul agent -dev", &mut cmd).map_err(|e| e.to_string())?;
+        let child = Child::spawn("consul agent", &mut cmd).map_err(|e| e.to_string())?;
         self.child = Some(child);
         let res = self.wait_ready();
         if res.is_err() {

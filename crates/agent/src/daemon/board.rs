@@ -17,6 +17,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 
+use crate::follow::Following;
 use crate::guard::Hold;
 use crate::revision::Revision;
 
@@ -29,6 +30,16 @@ pub struct TargetStatus {
     pub last_apply: Option<u64>,
     /// Latest failure, cleared by the next success.
     pub last_error: Option<String>,
+    /// What the last pass did to it: `applied`, `unchanged`, `rejected`,
+    /// `failed`, `rolled_back`, or `drifted` (the live file differed from
+    /// what the same render gave before, so someone changed it; it was put
+    /// back).
+    #[serde(default)]
+    pub outcome: Option<String>,
+    /// Unix time the live file was last found changed by hand (and put
+    /// back).
+    #[serde(default)]
+    pub last_drift: Option<u64>,
 }
 
 /// Per-backend state.
@@ -82,6 +93,14 @@ pub struct Status {
     /// those whose pause timed out or failed while it still is.
     #[serde(default)]
     pub pauses: BTreeMap<String, super::pauses::PauseStatus>,
+    /// Consul's index of the catalog snapshot the last pass rendered (0
+    /// for a catalog file).
+    #[serde(default)]
+    pub catalog_index: u64,
+    /// With `--published`: the fleet's desired revision, and why this node
+    /// does not run it, when it does not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published: Option<Following>,
 }
 
 /// Lowercase hex SHA-256, how status reports what a target holds.
@@ -185,6 +204,11 @@ pub struct Metrics {
     pub pgbouncer_pause_timeouts: Counter,
     /// PgBouncer databases paused now.
     pub pgbouncer_paused: Gauge,
+    /// Live files found changed by hand and put back.
+    pub drift_corrections: Counter,
+    /// Requests the follower and the report writer sent to Consul (read
+    /// from their client at each scrape).
+    fleet_requests: Gauge,
     /// 1 for the revision in force (one series at a time).
     revision_info: Family<RevisionInfo, Gauge>,
 }
@@ -214,6 +238,8 @@ impl Default for Metrics {
             pgbouncer_pauses: Counter::default(),
             pgbouncer_pause_timeouts: Counter::default(),
             pgbouncer_paused: Gauge::default(),
+            drift_corrections: Counter::default(),
+            fleet_requests: Gauge::default(),
             revision_info: Family::default(),
         }
     }
@@ -224,6 +250,9 @@ impl Default for Metrics {
 pub struct Board {
     status: Mutex<Status>,
     snapshot: Mutex<Snapshot>,
+    /// The fleet's Consul client, whose request count is read at each
+    /// scrape, with `--published`.
+    fleet_client: Mutex<Option<converge_consul::Client>>,
     /// Counters and gauges.
     pub metrics: Metrics,
     registry: Registry,
@@ -330,6 +359,16 @@ impl Board {
             "PgBouncer databases paused now",
             m.pgbouncer_paused.clone(),
         );
+        registry.register(
+            "drift_corrections",
+            "Live files found different from what their unchanged render gave before (edited by hand) and put back",
+            m.drift_corrections.clone(),
+        );
+        registry.register(
+            "fleet_consul_requests",
+            "Requests sent so far to Consul by the follower of the published revision and the node report writer (--published)",
+            m.fleet_requests.clone(),
+        );
         let build = Family::<BuildInfo, Gauge>::default();
         build
             .get_or_create(&BuildInfo {
@@ -357,9 +396,19 @@ impl Board {
                 current: false,
                 at: Instant::now(),
             }),
+            fleet_client: Mutex::new(None),
             metrics,
             registry,
         })
+    }
+
+    /// From now on `converge_fleet_consul_requests` counts the requests
+    /// of `client` (and its clones).
+    pub fn count_fleet_requests(&self, client: converge_consul::Client) {
+        *self
+            .fleet_client
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(client);
     }
 
     /// A copy of the status.
@@ -421,6 +470,14 @@ impl Board {
             snapshot.at.elapsed().as_secs_f64()
         };
         self.metrics.snapshot_age_seconds.set(age);
+        if let Some(client) = &*self
+            .fleet_client
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+        {
+            let sent = i64::try_from(client.requests_sent()).unwrap_or(i64::MAX);
+            self.metrics.fleet_requests.set(sent);
+        }
         let mut out = String::new();
         // Encoding into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);

@@ -82,6 +82,9 @@ impl Reconciler {
         // Named on every load: a commit of the files on disk changes the
         // name without changing a byte.
         let revision = self.config.inputs.revision();
+        if self.config.inputs.unpacked.is_some() && revision.is_none() {
+            return self.report.waiting_for_revision();
+        }
         let fingerprint = self.config.inputs.fingerprint();
         if let Some(prepared) = self.inputs.as_mut() {
             if fingerprint.is_some() && fingerprint == self.inputs_fingerprint {
@@ -160,6 +163,7 @@ impl Reconciler {
             }
         };
         self.report.rendered();
+        self.report.catalog_index(pass.accepted.index);
         let complete = pass.complete();
         let Pass {
             set,

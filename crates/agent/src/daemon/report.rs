@@ -28,6 +28,9 @@ pub struct Reporter {
     findings: Vec<String>,
     /// Whether the source was failing at the last pass.
     source_failing: bool,
+    /// Per target, the SHA-256 of the content last known live (applied
+    /// or found unchanged), to tell drift from a new render.
+    live: BTreeMap<String, String>,
 }
 
 impl Reporter {
@@ -37,6 +40,7 @@ impl Reporter {
             board,
             findings: Vec::new(),
             source_failing: false,
+            live: BTreeMap::new(),
         }
     }
 
@@ -81,6 +85,21 @@ impl Reporter {
             self.board.fail("load");
         }
         self.board.update(|s| s.input_error = error);
+    }
+
+    /// A node following the published revision has none on disk yet:
+    /// nothing to render until the follower installs one. Said once in
+    /// the log, kept in the status.
+    pub fn waiting_for_revision(&self) {
+        const WAITING: &str = "no published revision on this node yet; waiting for the first one";
+        let mut first = false;
+        self.board.update(|s| {
+            first = s.input_error.as_deref() != Some(WAITING);
+            s.input_error = Some(WAITING.to_string());
+        });
+        if first {
+            tracing::info!("{WAITING}");
+        }
     }
 
     /// The pass could not render; live files unchanged.
@@ -158,6 +177,11 @@ impl Reporter {
                 })
                 .collect();
         });
+    }
+
+    /// The catalog index the pass rendered.
+    pub fn catalog_index(&self, index: u64) {
+        self.board.update(|s| s.catalog_index = index);
     }
 
     /// Each database's primary as the catalog names it and its hosts as
@@ -245,7 +269,11 @@ impl Reporter {
 
     /// Each bundle's outcome in the status, metrics and log; whether every
     /// bundle was applied or unchanged.
-    pub fn outcomes(&self, set: &RenderedSet, report: &ApplyReport) -> bool {
+    ///
+    /// A target applied although it rendered what was live after the last
+    /// pass has *drifted*: its live file was changed by someone else. It
+    /// was put back like any change, and is reported and counted as drift.
+    pub fn outcomes(&mut self, set: &RenderedSet, report: &ApplyReport) -> bool {
         let now = unix_now();
         let mut all_ok = true;
         let m = &self.board.metrics;
@@ -257,29 +285,50 @@ impl Reporter {
                 m.reload_seconds.observe(d.as_secs_f64());
             }
         }
+        let live = &mut self.live;
         self.board.update(|s| {
             for b in &report.bundles {
                 for t in &b.targets {
                     let entry = s.targets.entry(t.clone()).or_default();
                     entry.sha256 = set.files.get(t).map(|f| hex_sha256(&f.bytes));
-                    match &b.outcome {
+                    let outcome = match &b.outcome {
                         Outcome::Applied { .. } | Outcome::RuntimeUpdated { .. } => {
                             entry.last_apply = Some(now);
                             entry.last_error = None;
+                            if entry.sha256.is_some() && live.get(t) == entry.sha256.as_ref() {
+                                tracing::warn!(target = %t, "the live file was changed by hand; put back what the revision renders");
+                                m.drift_corrections.inc();
+                                entry.last_drift = Some(now);
+                                "drifted"
+                            } else {
+                                "applied"
+                            }
                         }
-                        Outcome::Unchanged => entry.last_error = None,
+                        Outcome::Unchanged => {
+                            entry.last_error = None;
+                            "unchanged"
+                        }
                         Outcome::Rejected { error }
                         | Outcome::Failed { error }
                         | Outcome::RolledBack { error } => {
                             all_ok = false;
                             entry.last_error = Some(error.clone());
+                            match &b.outcome {
+                                Outcome::Rejected { .. } => "rejected",
+                                Outcome::Failed { .. } => "failed",
+                                _ => "rolled_back",
+                            }
                         }
-                    }
+                    };
+                    entry.outcome = Some(outcome.to_string());
                     let label = TargetLabel { target: t.clone() };
                     if entry.last_error.is_some() {
                         m.target_failures.get_or_create(&label).inc();
                     } else {
                         m.target_last_success.get_or_create(&label).set(now as i64);
+                        if let Some(sha) = &entry.sha256 {
+                            live.insert(t.clone(), sha.clone());
+                        }
                     }
                 }
             }

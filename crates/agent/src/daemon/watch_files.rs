@@ -38,16 +38,20 @@ pub struct FileWatch {
 }
 
 impl FileWatch {
-    /// Watches the manifests and templates directories and, when the
+    /// Watches the manifests and templates directories (unless `inputs`
+    /// is `None`: a followed revision) and, when the
     /// catalog comes from a file, that file; each settled burst of changes
     /// sends one [`Trigger::Files`] on `wake`.
     pub fn start(
-        inputs: &Inputs,
+        inputs: Option<&Inputs>,
         catalog_file: Option<&Path>,
         wake: mpsc::Sender<Trigger>,
     ) -> notify::Result<Self> {
         let catalog_file = catalog_file.map(absolute);
-        let dirs = [absolute(&inputs.manifests), absolute(&inputs.templates)];
+        let dirs: Vec<PathBuf> = inputs
+            .iter()
+            .flat_map(|i| [absolute(&i.manifests), absolute(&i.templates)])
+            .collect();
         let file = catalog_file.clone();
         let (events, settled) = channel::<()>();
         std::thread::Builder::new()
@@ -77,8 +81,9 @@ impl FileWatch {
                     let _ = events.send(());
                 }
             })?;
-        watcher.watch(&inputs.manifests, RecursiveMode::Recursive)?;
-        watcher.watch(&inputs.templates, RecursiveMode::Recursive)?;
+        for dir in inputs.iter().flat_map(|i| [&i.manifests, &i.templates]) {
+            watcher.watch(dir, RecursiveMode::Recursive)?;
+        }
         if let Some(file) = catalog_file {
             let dir = file
                 .parent()

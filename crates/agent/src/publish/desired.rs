@@ -6,7 +6,7 @@
 //! <prefix>/desired                  this document (JSON), moved by check-and-set
 //! <prefix>/bundles/<rev>            the bundle (tar + gzip)
 //! <prefix>/bundles/<rev>.sha256     its checksum, `sha256:<hex>`
-//! <prefix>/nodes/<node>             (reserved: node reports)
+//! <prefix>/nodes/<node>             a node's report (see `crate::fleet`)
 //! <prefix>/locks/<group>            (reserved: reload locks)
 //! <prefix>/rollout                  (reserved: canaries, pauses)
 //! ```
@@ -44,6 +44,16 @@ impl Keys {
     /// `<prefix>/bundles/<rev>`.
     pub fn bundle(&self, revision: &Revision) -> String {
         format!("{}/bundles/{revision}", self.prefix)
+    }
+
+    /// `<prefix>/nodes/`: where node reports live.
+    pub fn nodes(&self) -> String {
+        format!("{}/nodes/", self.prefix)
+    }
+
+    /// `<prefix>/nodes/<node>`.
+    pub fn node(&self, node: &str) -> String {
+        format!("{}/nodes/{node}", self.prefix)
     }
 
     /// `<prefix>/bundles/<rev>.sha256`.

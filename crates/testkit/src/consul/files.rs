@@ -16,7 +16,7 @@ impl ConsulAgent {
     pub(super) fn write_config(&self) -> Result<(), String> {
         let p = &self.ports;
         let mut hcl = format!(
-            r#"node_name = "converge-test"
+            r#"node_name = "{node}"
 data_dir = "{data_dir}"
 bind_addr = "127.0.0.1"
 client_addr = "127.0.0.1"
@@ -36,6 +36,10 @@ ports {{
   grpc_tls = -1
 }}
 "#,
+            node = self
+                .client_of
+                .as_ref()
+                .map_or("converge-test", |(_, n)| n.as_str()),
             data_dir = self.dir.path().join("data").display(),
             http = p.http,
             https = if self.tls { i32::from(p.https) } else { -1 },
@@ -61,6 +65,11 @@ ports {{
                 ca = ca.display(),
                 server_cert = server_cert.display(),
                 server_key = server_key.display(),
+            ));
+        }
+        if let Some((join, _)) = &self.client_of {
+            hcl.push_str(&format!(
+                "server = false\nretry_join = [\"127.0.0.1:{join}\"]\nretry_interval = \"1s\"\n"
             ));
         }
         if let Some(token) = &self.management_token {

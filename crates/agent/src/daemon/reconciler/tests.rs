@@ -53,12 +53,14 @@ fn repo(dir: &Path, rejected_validator: &str) -> DaemonConfig {
             templates,
             catalog: catalog.clone(),
             root: dir.join("root"),
+            unpacked: None,
         },
         node: "lb1".into(),
         catalog: CatalogFrom::File(catalog),
         quiescence: Quiescence::new(Duration::ZERO, Duration::ZERO),
         resync: Duration::from_secs(300),
         apply: ApplyOptions::default(),
+        fleet: None,
     }
 }
 

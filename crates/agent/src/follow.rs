@@ -1,0 +1,246 @@
+//! `--published`: a node takes its manifests and templates from the
+//! revision published in Consul KV (see [`crate::publish`]) instead of a
+//! directory.
+//!
+//! The daemon watches `<prefix>/desired` with a blocking query. When it
+//! names a revision the node does not run, the node fetches its bundle,
+//! checks the bytes against the checksum `desired` records (a bundle
+//! altered or cut short in KV is refused), unpacks it into its
+//! [`Store`] under `--root`, checks that it loads for this node, and only
+//! then switches to it and wakes the reconcile loop, which reads the
+//! store's `current` revision like any manifests directory. Whatever goes
+//! wrong, the node stays on its last good revision and says why in its
+//! status and report; a restart comes up on the stored revision without
+//! asking Consul.
+//!
+//! `plan --published` and `apply --once --published` take the published
+//! revision into the same store through the same [`take`], once.
+
+pub mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use converge_consul::{Backoff, BlockingQuery, Client, Consistency, Pacing, QueryOptions};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::AgentError;
+use crate::publish::bundle;
+use crate::publish::{Desired, Keys, Publication};
+use crate::revision::Revision;
+pub use store::{Installed, Store};
+
+/// Longest a watch of `<prefix>/desired` blocks in one request.
+const WATCH_WAIT: Duration = Duration::from_secs(300);
+
+/// What a node follows: the keys, its store, its name.
+#[derive(Debug, Clone)]
+pub struct Follow {
+    /// The fleet's keys.
+    pub keys: Keys,
+    /// Where revisions are kept on this node.
+    pub store: Store,
+    /// This node, as the manifests name it (a revision must load for it).
+    pub node: String,
+}
+
+/// What [`take`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Taken {
+    /// The node already ran the revision.
+    Already(Revision),
+    /// The revision was fetched, verified, unpacked and made current.
+    Switched(Revision),
+}
+
+/// Makes `desired`'s current revision the node's, unless it already is.
+/// On any error the store is unchanged.
+pub async fn take(client: &Client, follow: &Follow, desired: &Desired) -> Result<Taken, String> {
+    let p = &desired.current;
+    let installed = Installed {
+        revision: p.revision.clone(),
+        checksum: p.checksum.clone(),
+    };
+    if follow.store.current().as_ref() == Some(&installed) {
+        return Ok(Taken::Already(p.revision.clone()));
+    }
+    let files = fetch(client, &follow.keys, p).await?;
+    follow
+        .store
+        .install(&installed, &files, &follow.node)
+        .map_err(|e| format!("revision {} does not load on this node: {e}", p.revision))?;
+    Ok(Taken::Switched(p.revision.clone()))
+}
+
+/// The files of `p`'s bundle, after checking its bytes against `p`'s
+/// checksum.
+async fn fetch(
+    client: &Client,
+    keys: &Keys,
+    p: &Publication,
+) -> Result<Vec<(String, Vec<u8>)>, String> {
+    let key = keys.bundle(&p.revision);
+    let pair = client
+        .kv_get(&key, &QueryOptions::default())
+        .await
+        .map_err(|e| format!("cannot fetch {key}: {e}"))?
+        .value
+        .ok_or_else(|| format!("revision {}: its bundle {key} is gone", p.revision))?;
+    let found = bundle::checksum(&pair.value);
+    if found != p.checksum {
+        return Err(format!(
+            "revision {}: bundle {key} is {} bytes with checksum {found}, not the published {} \
+             ({} bytes); refused",
+            p.revision,
+            pair.value.len(),
+            p.checksum,
+            p.size
+        ));
+    }
+    bundle::unpack(&pair.value).map_err(|e| format!("revision {}: {e}", p.revision))
+}
+
+/// `<prefix>/desired`, parsed; `None` when nothing was published.
+fn parse(keys: &Keys, value: Option<Vec<u8>>) -> Result<Option<Desired>, String> {
+    value
+        .map(|v| {
+            serde_json::from_slice::<Desired>(&v)
+                .map_err(|e| format!("{} is not a converge publication: {e}", keys.desired()))
+        })
+        .transpose()
+}
+
+/// For `plan` and `apply --once`: reads `desired` once (consistently)
+/// and takes it, within `timeout`. Returns the revision now current.
+pub fn sync_once(
+    config: converge_consul::Config,
+    follow: &Follow,
+    timeout: Duration,
+) -> Result<Revision, AgentError> {
+    let fail = |e: String| AgentError::Source(format!("--published: {e}"));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| fail(format!("cannot start a runtime: {e}")))?;
+    let client = Client::new(config).map_err(|e| fail(e.to_string()))?;
+    let opts = QueryOptions {
+        consistency: Consistency::Consistent,
+        ..QueryOptions::default()
+    };
+    let work = async {
+        let key = follow.keys.desired();
+        let read = client
+            .kv_get(&key, &opts)
+            .await
+            .map_err(|e| format!("cannot read {key}: {e}"))?;
+        let desired = parse(&follow.keys, read.value.map(|p| p.value))?
+            .ok_or_else(|| format!("nothing is published at {key} yet"))?;
+        take(&client, follow, &desired).await
+    };
+    match runtime.block_on(async { tokio::time::timeout(timeout, work).await }) {
+        Ok(Ok(Taken::Already(r) | Taken::Switched(r))) => Ok(r),
+        Ok(Err(e)) => Err(fail(e)),
+        Err(_) => Err(fail(format!("no answer from Consul within {timeout:?}"))),
+    }
+}
+
+/// What a following node knows of the published revision.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Following {
+    /// The revision `<prefix>/desired` names, once read.
+    pub desired: Option<Revision>,
+    /// Why the node is not on it (a bundle that fails its checksum or does
+    /// not load here, Consul out of reach); `None` once it is.
+    pub error: Option<String>,
+}
+
+/// Told every change of the node's [`Following`] state (a switch to a new
+/// revision is one).
+pub type OnChange = Arc<dyn Fn(&Following) + Send + Sync>;
+
+/// Starts the daemon's watch of `<prefix>/desired`; `on_change` hears of
+/// every change of what the node knows, a switch included. Needs a
+/// running tokio runtime.
+pub fn spawn(client: Client, follow: Follow, on_change: OnChange) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut query = BlockingQuery::new(
+            QueryOptions::default(),
+            Pacing {
+                wait: WATCH_WAIT,
+                ..Pacing::default()
+            },
+            Backoff::for_consul(),
+            fastrand::Rng::new(),
+        );
+        let key = follow.keys.desired();
+        let mut last = Following::default();
+        loop {
+            let read = query
+                .next(|opts| {
+                    let (client, key) = (client.clone(), key.clone());
+                    async move { client.kv_get(&key, &opts).await }
+                })
+                .await;
+            // A revision not taken (Consul went away between the reads, a
+            // corrupt bundle) is tried again on every answer, changed or not.
+            let state = match read {
+                Ok(update) if !update.outcome.may_have_changed() && last.error.is_none() => {
+                    continue
+                }
+                Ok(update) => {
+                    let desired = parse(&follow.keys, update.value.map(|p| p.value));
+                    follow_once(&client, &follow, desired).await
+                }
+                Err(e) => Following {
+                    desired: last.desired.clone(),
+                    error: Some(format!(
+                        "cannot read {key} ({e}); staying on the revision on disk"
+                    )),
+                },
+            };
+            if state != last {
+                if let Some(e) = &state.error {
+                    tracing::error!(error = %e, "cannot follow the published revision; staying on the last good one");
+                }
+                on_change(&state);
+                last = state;
+            }
+        }
+    })
+}
+
+/// One answer of the watch turned into the node's following state.
+async fn follow_once(
+    client: &Client,
+    follow: &Follow,
+    desired: Result<Option<Desired>, String>,
+) -> Following {
+    let desired = match desired {
+        Ok(Some(d)) => d,
+        Ok(None) => {
+            return Following {
+                desired: None,
+                error: Some(format!("nothing is published at {}", follow.keys.desired())),
+            }
+        }
+        Err(e) => {
+            return Following {
+                desired: None,
+                error: Some(e),
+            }
+        }
+    };
+    let error = match take(client, follow, &desired).await {
+        Ok(Taken::Switched(r)) => {
+            tracing::info!(revision = %r, "switched to the published revision");
+            None
+        }
+        Ok(Taken::Already(_)) => None,
+        Err(e) => Some(e),
+    };
+    Following {
+        desired: Some(desired.current.revision),
+        error,
+    }
+}

@@ -1,0 +1,196 @@
+//! `converge fleet status` and `converge fleet wait`: the node reports in
+//! Consul KV against the published revision.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use converge_agent::fleet::view::{self, FleetView, NodeView};
+use converge_agent::publish::Keys;
+use converge_agent::Revision;
+use converge_consul::Client;
+
+use crate::cli::{Cli, FleetCommand, FleetWaitArgs, Format};
+use crate::exit;
+use crate::output::outln;
+
+/// Longest one blocking read of the reports waits.
+const WAIT_STEP: Duration = Duration::from_secs(300);
+
+/// Runs a `fleet` subcommand.
+pub fn run(cli: &Cli, cmd: &FleetCommand) -> anyhow::Result<u8> {
+    let client = Client::new(cli.consul("fleet")?)?;
+    let keys = cli.keys()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        match cmd {
+            FleetCommand::Status(a) => status(&client, &keys, a.format).await,
+            FleetCommand::Wait(a) => wait(&client, &keys, a).await,
+        }
+    })
+}
+
+/// `fleet status`: 0 converged, 2 not.
+async fn status(client: &Client, keys: &Keys, format: Format) -> anyhow::Result<u8> {
+    let desired = view::desired(client, keys)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let revision = desired.map(|d| d.current.revision);
+    let nodes = nodes(client, keys, revision.as_ref()).await;
+    let (reports, _) = view::reports(client, keys, 0, Duration::ZERO)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let fleet = view::view(revision, nodes, &reports);
+    print(format, &fleet, false);
+    Ok(if fleet.converged {
+        exit::OK
+    } else {
+        exit::CHANGES
+    })
+}
+
+/// `fleet wait`: 0 once every node converged on the revision, 2 when the
+/// timeout passes first.
+async fn wait(client: &Client, keys: &Keys, args: &FleetWaitArgs) -> anyhow::Result<u8> {
+    let deadline = tokio::time::Instant::now() + args.timeout;
+    let revision = match &args.revision {
+        Some(r) => r.clone(),
+        None => view::desired(client, keys)
+            .await
+            .map_err(anyhow::Error::msg)?
+            .map(|d| d.current.revision)
+            .ok_or_else(|| anyhow::anyhow!("nothing is published at {}", keys.desired()))?,
+    };
+    let nodes = nodes(client, keys, Some(&revision)).await;
+    let mut index = 0;
+    let mut last = None;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        let read = view::reports(client, keys, index, left.min(WAIT_STEP));
+        let Ok(read) = tokio::time::timeout(left, read).await else {
+            break;
+        };
+        let (reports, at) = read.map_err(anyhow::Error::msg)?;
+        // An index going backwards (a restored Consul) starts over.
+        index = if at < index { 0 } else { at.max(1) };
+        let fleet = view::view(Some(revision.clone()), nodes.clone(), &reports);
+        if fleet.converged {
+            print(args.format, &fleet, false);
+            return Ok(exit::OK);
+        }
+        last = Some(fleet);
+    }
+    let fleet =
+        last.unwrap_or_else(|| view::view(Some(revision.clone()), nodes, &Default::default()));
+    print(args.format, &fleet, true);
+    crate::output::error_line(&format!(
+        "error: not every node converged on {revision} within {}",
+        humantime::format_duration(args.timeout)
+    ));
+    Ok(exit::CHANGES)
+}
+
+/// The nodes of `revision`'s manifests, or why they could not be read.
+async fn nodes(
+    client: &Client,
+    keys: &Keys,
+    revision: Option<&Revision>,
+) -> Result<Vec<String>, String> {
+    match revision {
+        Some(r) => view::manifest_nodes(client, keys, r).await,
+        None => Err(format!("nothing is published at {}", keys.desired())),
+    }
+}
+
+fn print(format: Format, fleet: &FleetView, timed_out: bool) {
+    if format == Format::Json {
+        let mut doc = serde_json::to_value(fleet).unwrap_or_default();
+        doc["timed_out"] = timed_out.into();
+        outln!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+        return;
+    }
+    match &fleet.revision {
+        Some(r) => outln!("desired revision {r}"),
+        None => outln!("desired revision: nothing published"),
+    }
+    if let Some(note) = &fleet.nodes_note {
+        outln!("nodes: those with a report (the manifests could not be read: {note})");
+    }
+    outln!(
+        "{:<16} {:<6} {:<22} {:<10} {:<20} {:<20} {}",
+        "NODE",
+        "ALIVE",
+        "REVISION",
+        "CONVERGED",
+        "HELD/FAILING",
+        "LAST APPLY",
+        "DRIFT"
+    );
+    for n in &fleet.nodes {
+        row(n);
+    }
+    for n in fleet.stragglers() {
+        let why = n
+            .report
+            .as_ref()
+            .map(|r| {
+                r.error
+                    .clone()
+                    .unwrap_or_else(|| "not converged yet".into())
+            })
+            .unwrap_or_else(|| "no report".into());
+        let stale = if n.report.is_some() && !n.alive {
+            " (report stale: its session is gone)"
+        } else {
+            ""
+        };
+        outln!("not converged: {}{stale}: {why}", n.node);
+    }
+}
+
+fn row(n: &NodeView) {
+    let yes = |b: bool| if b { "yes" } else { "no" };
+    let Some(r) = &n.report else {
+        outln!("{:<16} {:<6} {:<22} {:<10}", n.node, "no", "-", "no");
+        return;
+    };
+    let failing: Vec<&str> = r
+        .targets
+        .iter()
+        .filter(|(_, t)| {
+            matches!(
+                t.outcome.as_deref(),
+                Some("rejected" | "failed" | "rolled_back")
+            )
+        })
+        .map(|(name, _)| name.as_str())
+        .collect();
+    let held = r.holds.len();
+    let drift: Vec<&str> = r
+        .targets
+        .iter()
+        .filter(|(_, t)| t.last_drift.is_some())
+        .map(|(name, _)| name.as_str())
+        .collect();
+    let last_apply = r
+        .last_apply
+        .map(|t| humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(t)).to_string())
+        .unwrap_or_else(|| "-".into());
+    outln!(
+        "{:<16} {:<6} {:<22} {:<10} {:<20} {:<20} {}",
+        n.node,
+        yes(n.alive),
+        r.revision.as_ref().map_or("-", Revision::as_str),
+        yes(n.converged),
+        format!("{held} held, {} failing", failing.len()),
+        last_apply,
+        if drift.is_empty() {
+            "-".to_string()
+        } else {
+            drift.join(",")
+        }
+    );
+}
