@@ -1,44 +1,16 @@
 //! A signal reload against a real HAProxy in master-worker mode: apply a
 //! config with a changed backend and watch the runtime API serve it.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use converge_apply::{apply, ApplyOptions, Outcome, ReloadOutcome};
-use converge_model::manifest::Validator;
-use converge_model::{Layout, ReloadAction, RenderedFile, RenderedSet};
 use converge_testkit::haproxy::minimal_config;
 use converge_testkit::{free_port, wait, Haproxy};
 use tempfile::TempDir;
 
-fn set(root: &Path, bytes: String) -> RenderedSet {
-    let layout = Layout::new(root);
-    let file = RenderedFile {
-        target: "haproxy".into(),
-        destination: layout.path("/etc/haproxy/haproxy.cfg"),
-        bytes: bytes.into_bytes(),
-        mode: 0o644,
-        owner: None,
-        group: None,
-        validate: Validator::Haproxy,
-        reload: ReloadAction::Signal {
-            pidfile: layout.path("/run/haproxy.pid"),
-            signal: "SIGUSR2".into(),
-        },
-        bundle: "haproxy".into(),
-        secret: false,
-        backups: 2,
-    };
-    RenderedSet {
-        node: "lb1".into(),
-        layout,
-        files: BTreeMap::from([("haproxy".to_string(), file)]),
-        rejections: Vec::new(),
-        warnings: Vec::new(),
-        secrets: Vec::new(),
-    }
-}
+mod common;
+use common::set;
 
 /// HAProxy started under a fresh root in the layout [`set`] writes to:
 /// the root, its `run` directory (pidfile and stats socket), the frontend

@@ -11,11 +11,13 @@ use std::os::unix::fs::PermissionsExt;
 use converge_apply::{apply, ApplyOptions, Outcome, ReloadOutcome};
 use converge_testkit::wait;
 
+mod common;
 #[path = "runtime_api/node.rs"]
 mod node;
 
+use common::set;
 use converge_testkit::backend::get;
-use node::{answer, backends, config, set, Held, Node, Slot, DEADLINE};
+use node::{answer, backends, config, Held, Node, Slot, DEADLINE};
 
 #[test]
 fn membership_changes_go_through_the_runtime_api_and_a_later_reload_keeps_them() {

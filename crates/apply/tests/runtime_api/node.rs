@@ -2,15 +2,13 @@
 //! loopback whose backend `web` is marked for the runtime API, the config
 //! it runs written from a list of servers, and `apply` of another list.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::time::Duration;
 
 use converge_apply::{apply, ApplyOptions, Outcome};
-use converge_model::manifest::Validator;
-use converge_model::{Layout, ReloadAction, RenderedFile, RenderedSet};
 use converge_testkit::backend::{get, HttpBackend};
 use converge_testkit::{free_port, wait, Haproxy};
 
@@ -58,7 +56,7 @@ impl Node {
 
     /// Applies `cfg`, which must go live one way or another.
     pub fn apply_config(&self, cfg: String) -> Outcome {
-        let set = set(self.root.path(), cfg);
+        let set = crate::common::set(self.root.path(), cfg);
         let report = apply(&set, &ApplyOptions::default()).expect("apply");
         assert!(
             report.ok(),
@@ -145,34 +143,6 @@ pub fn config(root: &Path, front: u16, slots: &[Slot], extra: &str) -> String {
         ));
     }
     cfg
-}
-
-pub fn set(root: &Path, bytes: String) -> RenderedSet {
-    let layout = Layout::new(root);
-    let file = RenderedFile {
-        target: "haproxy".into(),
-        destination: layout.path("/etc/haproxy/haproxy.cfg"),
-        bytes: bytes.into_bytes(),
-        mode: 0o644,
-        owner: None,
-        group: None,
-        validate: Validator::Haproxy,
-        reload: ReloadAction::Signal {
-            pidfile: layout.path("/run/haproxy.pid"),
-            signal: "SIGUSR2".into(),
-        },
-        bundle: "haproxy".into(),
-        secret: false,
-        backups: 2,
-    };
-    RenderedSet {
-        node: "lb1".into(),
-        layout,
-        files: BTreeMap::from([("haproxy".to_string(), file)]),
-        rejections: Vec::new(),
-        warnings: Vec::new(),
-        secrets: Vec::new(),
-    }
 }
 
 pub fn backends() -> (HttpBackend, HttpBackend, HttpBackend) {
