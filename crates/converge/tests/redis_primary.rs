@@ -66,13 +66,7 @@ fn wait_written_as(port: u16, password: Option<&str>, key: &str, value: &str) {
 fn haproxy_routes_redis_writes_to_whichever_instance_is_master() {
     let mut a = Redis::primary().expect("redis primary");
     let mut b = Redis::replica_of(a.port()).expect("redis replica");
-    let catalog = format!(
-        "services:\n  redis:\n\
-         \x20   - {{id: redis-a, node: a, address: 127.0.0.1, port: {}, tags: [primary], health: passing}}\n\
-         \x20   - {{id: redis-b, node: b, address: 127.0.0.1, port: {}, tags: [replica], health: passing}}\n",
-        a.port(),
-        b.port()
-    );
+    let catalog = catalog(a.port(), b.port());
     let port = free_port();
     let ws = common::Workspace::custom(&site(port), &catalog);
     common::assert_exit(&ws.converge(&["apply", "--once", "--node", "lb1"]), 0);
@@ -104,13 +98,7 @@ fn a_redis_with_requirepass_is_checked_with_auth_and_the_password_never_shows() 
     const PASSWORD: &str = "s3cret-Check_pw";
     let mut a = Redis::primary_with_password(PASSWORD).expect("redis primary");
     let mut b = Redis::replica_with_password(a.port(), PASSWORD).expect("redis replica");
-    let catalog = format!(
-        "services:\n  redis:\n\
-         \x20   - {{id: redis-a, node: a, address: 127.0.0.1, port: {}, tags: [primary], health: passing}}\n\
-         \x20   - {{id: redis-b, node: b, address: 127.0.0.1, port: {}, tags: [replica], health: passing}}\n",
-        a.port(),
-        b.port()
-    );
+    let catalog = catalog(a.port(), b.port());
     let port = free_port();
     let site = site_with(port, "    tcp_check_password: {file: secrets/redis}\n");
     let ws = common::Workspace::custom(&site, &catalog);
@@ -168,4 +156,14 @@ fn a_redis_with_requirepass_is_checked_with_auth_and_the_password_never_shows() 
     haproxy.stop();
     a.stop();
     b.stop();
+}
+
+/// The catalog file: `a` on `a_port` tagged primary, `b` on `b_port` a
+/// replica (the tag is what the check makes irrelevant).
+fn catalog(a_port: u16, b_port: u16) -> String {
+    format!(
+        "services:\n  redis:\n\
+         \x20   - {{id: redis-a, node: a, address: 127.0.0.1, port: {a_port}, tags: [primary], health: passing}}\n\
+         \x20   - {{id: redis-b, node: b, address: 127.0.0.1, port: {b_port}, tags: [replica], health: passing}}\n"
+    )
 }
