@@ -17,17 +17,28 @@ const WAIT_STEP: Duration = Duration::from_secs(300);
 
 /// Runs a `fleet` subcommand.
 pub fn run(cli: &Cli, cmd: &FleetCommand) -> anyhow::Result<u8> {
+    match cmd {
+        FleetCommand::Status(a) => {
+            on_consul(cli, |c, k| async move { status(&c, &k, a.format).await })
+        }
+        FleetCommand::Wait(a) => on_consul(cli, |c, k| async move { wait(&c, &k, a).await }),
+        FleetCommand::Plan(a) => crate::fleet_plan::run(cli, a),
+    }
+}
+
+/// Runs `work` with a client of --consul and the fleet's keys, on a
+/// runtime of its own.
+fn on_consul<F, W>(cli: &Cli, work: W) -> anyhow::Result<u8>
+where
+    W: FnOnce(Client, Keys) -> F,
+    F: std::future::Future<Output = anyhow::Result<u8>>,
+{
     let client = Client::new(cli.consul("fleet")?)?;
     let keys = cli.keys()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(async {
-        match cmd {
-            FleetCommand::Status(a) => status(&client, &keys, a.format).await,
-            FleetCommand::Wait(a) => wait(&client, &keys, a).await,
-        }
-    })
+    runtime.block_on(work(client, keys))
 }
 
 /// `fleet status`: 0 converged, 2 not.
