@@ -213,6 +213,10 @@ pub enum Command {
     /// (none, or several claim it) is listed as `would pause`: `run`
     /// PAUSEs it in PgBouncer until the primary resolves.
     ///
+    /// This compares the render with this node's live files. What a
+    /// manifest change (a pull request's checkout) would do on every node
+    /// against the published revision is `converge fleet plan`.
+    ///
     /// Exit status: 0 nothing to change, 2 changes or a change held back,
     /// 1 error.
     Plan(PlanArgs),
@@ -272,8 +276,9 @@ pub enum Command {
     /// Exit status: 0 published (or already published), 1 refused or
     /// failed: nothing the fleet follows was changed.
     Publish(PublishArgs),
-    /// The fleet as the nodes report it in Consul KV: which revision each
-    /// node runs and whether it converged on the published one.
+    /// The fleet as the nodes report it in Consul KV (which revision each
+    /// node runs and whether it converged on the published one), and what
+    /// a manifest change would do on every node (`fleet plan`).
     #[command(subcommand)]
     Fleet(FleetCommand),
     /// Print a shell completion script to stdout.

@@ -171,3 +171,23 @@ fn the_catalog_can_come_from_the_file() {
     );
     assert!(text.contains("node lb1: 1 new"), "{text}");
 }
+
+#[test]
+fn a_published_bundle_that_fails_its_checksum_is_refused() {
+    let consul = ConsulAgent::start().expect("consul agent -dev");
+    let ws = workspace(&consul);
+    let url = consul.http_url();
+    let out = ws.converge(&["publish", "--consul", &url, "--format", "json"]);
+    assert_exit(&out, 0);
+    let revision = json(&out)["revision"]
+        .as_str()
+        .expect("revision")
+        .to_string();
+    // Altered in KV by hand: no publisher writes such a bundle.
+    consul
+        .kv_put(&format!("converge/bundles/{revision}"), "not the bundle")
+        .expect("corrupt bundle");
+    let out = fleet_plan(&ws, &consul, &[]);
+    assert_exit(&out, 1);
+    assert!(stderr(&out).contains("checksum"), "{}", stderr(&out));
+}
