@@ -147,10 +147,10 @@ fn print(format: Format, fleet: &FleetView, timed_out: bool) {
         let why = n
             .report
             .as_ref()
-            .map(|r| {
-                r.error
-                    .clone()
-                    .unwrap_or_else(|| "not converged yet".into())
+            .map(|r| match (&r.error, r.holds.is_empty()) {
+                (Some(e), _) => e.clone(),
+                (None, false) => format!("held: {}", r.holds.join("; ")),
+                (None, true) => "not converged yet".into(),
             })
             .unwrap_or_else(|| "no report".into());
         let stale = if n.report.is_some() && !n.alive {
@@ -168,18 +168,24 @@ fn row(n: &NodeView) {
         outln!("{:<16} {:<6} {:<22} {:<10}", n.node, "no", "-", "no");
         return;
     };
-    let failing: Vec<&str> = r
-        .targets
-        .iter()
-        .filter(|(_, t)| {
-            matches!(
-                t.outcome.as_deref(),
-                Some("rejected" | "failed" | "rolled_back")
-            )
-        })
-        .map(|(name, _)| name.as_str())
-        .collect();
-    let held = r.holds.len();
+    let with = |outcomes: &[&str]| -> Vec<&str> {
+        r.targets
+            .iter()
+            .filter(|(_, t)| t.outcome.as_deref().is_some_and(|o| outcomes.contains(&o)))
+            .map(|(name, _)| name.as_str())
+            .collect()
+    };
+    let failing = with(&["rejected", "failed", "rolled_back"]);
+    let held = with(&["held"]);
+    let mut trouble = Vec::new();
+    if !held.is_empty() {
+        trouble.push(format!("held {}", held.join(",")));
+    } else if !r.holds.is_empty() {
+        trouble.push(format!("{} holds", r.holds.len()));
+    }
+    if !failing.is_empty() {
+        trouble.push(format!("failing {}", failing.join(",")));
+    }
     let drift: Vec<&str> = r
         .targets
         .iter()
@@ -196,7 +202,11 @@ fn row(n: &NodeView) {
         yes(n.alive),
         r.revision.as_ref().map_or("-", Revision::as_str),
         yes(n.converged),
-        format!("{held} held, {} failing", failing.len()),
+        if trouble.is_empty() {
+            "-".to_string()
+        } else {
+            trouble.join("; ")
+        },
         last_apply,
         if drift.is_empty() {
             "-".to_string()
