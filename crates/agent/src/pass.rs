@@ -55,7 +55,9 @@ pub struct Pass {
     /// Changes the guard held back, each with its reason.
     pub holds: Vec<Hold>,
     /// Per target a hold keeps from changing, the held backends and
-    /// databases (see [`held`]): the target a node reports as `held`.
+    /// databases: the targets a node reports as `held`. Found by rendering
+    /// once more per hold with that one service let through (only while
+    /// something is held), since templates may put any backend anywhere.
     pub held_targets: BTreeMap<String, Vec<String>>,
     /// The catalog as rendered: the input with held services at their
     /// baseline instances. What the next baseline becomes once applied.
