@@ -191,3 +191,47 @@ fn a_published_bundle_that_fails_its_checksum_is_refused() {
     assert_exit(&out, 1);
     assert!(stderr(&out).contains("checksum"), "{}", stderr(&out));
 }
+
+/// The rights `fleet plan` needs, as the README documents them.
+const REVIEWER: &str = r#"key_prefix "converge/" { policy = "read" }
+service_prefix "" { policy = "read" }
+node_prefix "" { policy = "read" }"#;
+
+#[test]
+fn the_documented_reviewer_policy_is_enough() {
+    let consul = ConsulAgent::start_with_acl().expect("consul with ACLs, default deny");
+    let ws = workspace(&consul);
+    let url = consul.http_url();
+    let as_token = |token: &str, extra: &[&str]| {
+        let mut args = vec!["fleet", "plan", "--consul", url.as_str()];
+        args.extend_from_slice(extra);
+        ws.converge_env(&args, &[("CONSUL_HTTP_TOKEN", token)])
+    };
+    let admin = consul.management_token().expect("management token");
+    let out = ws.converge_env(
+        &["publish", "--consul", &url],
+        &[("CONSUL_HTTP_TOKEN", admin)],
+    );
+    assert_exit(&out, 0);
+
+    let reviewer = consul.create_token(REVIEWER).expect("token");
+    let out = as_token(&reviewer, &[]);
+    assert_exit(&out, 0);
+    assert!(
+        stdout(&out).contains("0 of 2 nodes change"),
+        "{}",
+        stdout(&out)
+    );
+
+    // Keys only: enough with the catalog from the file.
+    let keys_only = consul
+        .create_token(r#"key_prefix "converge/" { policy = "read" }"#)
+        .expect("token");
+    assert_exit(&as_token(&keys_only, &["--catalog-source", "file"]), 0);
+    // No right to the keys: an error, not a plan against nothing.
+    let nothing = consul
+        .create_token(r#"node_prefix "" { policy = "read" }"#)
+        .expect("token");
+    let out = as_token(&nothing, &[]);
+    assert_exit(&out, 1);
+}
