@@ -12,6 +12,7 @@
 //! key's `Session`, so readers ([`view`]: `converge fleet status` and
 //! `converge fleet wait`) see the report as stale instead of trusting it.
 
+pub mod plan;
 pub mod report;
 pub mod view;
 pub mod writer;

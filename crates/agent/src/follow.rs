@@ -75,7 +75,7 @@ pub async fn take(client: &Client, follow: &Follow, desired: &Desired) -> Result
 
 /// The files of `p`'s bundle, after checking its bytes against `p`'s
 /// checksum.
-async fn fetch(
+pub(crate) async fn fetch(
     client: &Client,
     keys: &Keys,
     p: &Publication,

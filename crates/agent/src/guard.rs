@@ -36,10 +36,10 @@
 
 pub mod baseline;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use converge_model::manifest::{Backend, Database, DbRole, PgbouncerSettings};
-use converge_model::{identity, Catalog, Manifest};
+use converge_model::{identity, Catalog, Manifest, ServiceEntry};
 use serde::{Deserialize, Serialize};
 
 /// A change held back for one backend.
@@ -94,6 +94,9 @@ pub struct Guarded {
     pub catalog: Catalog,
     /// Holds, by backend name.
     pub holds: Vec<Hold>,
+    /// Per held service, the entry `new` had for it (`None`: absent):
+    /// what the render would have used without the hold.
+    pub displaced: BTreeMap<String, Option<ServiceEntry>>,
 }
 
 /// Applies the guard rules of every backend in `manifest`. With no
@@ -109,6 +112,7 @@ pub fn guard(
         return Guarded {
             catalog: new,
             holds: Vec::new(),
+            displaced: BTreeMap::new(),
         };
     };
     let mut holds: Vec<Hold> = manifest
@@ -120,7 +124,9 @@ pub fn guard(
     // Held services go back to their last applied instances (entries
     // replaced in `new`, nothing copied whole).
     let mut catalog = new;
+    let mut displaced = BTreeMap::new();
     for h in &holds {
+        displaced.insert(h.service.clone(), catalog.service(&h.service).cloned());
         catalog = catalog.with_service(&h.service, last.service(&h.service).cloned());
     }
     // Databases are judged on the catalog as the backends left it, so a
@@ -130,11 +136,18 @@ pub fn guard(
             continue;
         }
         if let Some(hold) = database_hold(name, d, &manifest.pgbouncer, last, &catalog) {
+            displaced
+                .entry(d.service.clone())
+                .or_insert_with(|| catalog.service(&d.service).cloned());
             catalog = catalog.with_service(&d.service, last.service(&d.service).cloned());
             holds.push(hold);
         }
     }
-    Guarded { catalog, holds }
+    Guarded {
+        catalog,
+        holds,
+        displaced,
+    }
 }
 
 /// The hold of backend `name` going from `last` to `new`, if a rule holds it.

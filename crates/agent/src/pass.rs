@@ -12,7 +12,7 @@
 //! around it ([`crate::once`] for the one-shot commands, the reconciler
 //! for the daemon).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use converge_model::{Catalog, Layout, Manifests, NodeDesired, Rejection, RenderedSet};
 use converge_render::Templates;
@@ -21,6 +21,8 @@ use crate::error::AgentError;
 use crate::guard::{guard, Hold};
 use crate::pause::{self, Pause};
 use crate::revision::Revision;
+
+mod held;
 
 /// Validated manifests and parsed templates: the desired state of every
 /// node, waiting for a catalog. What a pass reads besides the catalog.
@@ -52,6 +54,11 @@ pub struct Pass {
     pub set: RenderedSet,
     /// Changes the guard held back, each with its reason.
     pub holds: Vec<Hold>,
+    /// Per target a hold keeps from changing, the held backends and
+    /// databases: the targets a node reports as `held`. Found by rendering
+    /// once more per hold with that one service let through (only while
+    /// something is held), since templates may put any backend anywhere.
+    pub held_targets: BTreeMap<String, Vec<String>>,
     /// The catalog as rendered: the input with held services at their
     /// baseline instances. What the next baseline becomes once applied.
     pub accepted: Catalog,
@@ -87,10 +94,12 @@ pub fn run(
     let desired = prepared.desired(node)?;
     let guarded = guard(&desired.manifest, baseline, catalog, released);
     let set = converge_render::render(&desired, &guarded.catalog, &prepared.templates, layout)?;
+    let held_targets = held::targets(&desired, prepared, layout, &guarded, &set);
     let pauses = pause::decide(&desired, layout, &guarded.holds);
     Ok(Pass {
         set,
         holds: guarded.holds,
+        held_targets,
         accepted: guarded.catalog,
         pauses,
     })

@@ -46,6 +46,6 @@ pub use converge_programs::{describe_reload, ReloadOutcome};
 pub use error::ApplyError;
 pub use live::Change;
 pub use lock::ApplyLock;
-pub use plan::{describe_validator, plan, Plan, PlannedFile};
+pub use plan::{describe_validator, dropped, plan, plan_between, Dropped, Plan, PlannedFile};
 pub use report::{ApplyReport, BundleReport, Outcome, Rollback, RollbackReload, Timings};
 pub use transaction::{apply, ApplyOptions};

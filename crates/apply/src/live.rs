@@ -162,12 +162,17 @@ pub(crate) fn compare(
             drift.push(format!("group gid {} -> {}", live.meta.gid(), gid));
         }
     }
-    let change = if live.bytes != file.bytes {
+    (classify(live.bytes == file.bytes, &drift), drift)
+}
+
+/// Other bytes are a change; equal bytes with `drift` (mode, owner) a
+/// metadata fix; else nothing to do.
+pub(crate) fn classify(same_bytes: bool, drift: &[String]) -> Change {
+    if !same_bytes {
         Change::Changed
     } else if !drift.is_empty() {
         Change::Metadata
     } else {
         Change::Unchanged
-    };
-    (change, drift)
+    }
 }

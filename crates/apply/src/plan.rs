@@ -19,6 +19,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use converge_model::manifest::Validator;
+use converge_model::rendered::Redactor;
 use converge_model::{RenderedFile, RenderedSet};
 use converge_programs::haproxy::runtime_api;
 use converge_programs::pgbouncer::restart;
@@ -174,18 +175,54 @@ pub fn plan(set: &RenderedSet) -> Result<Plan, ApplyError> {
         .filter(|b| crate::pending::is_pending(&set.layout, b))
         .map(str::to_string)
         .collect();
-    let mut read = Vec::with_capacity(set.files.len());
+    let mut compared = Vec::with_capacity(set.files.len());
     for file in set.files.values() {
         let current = live::read(file)?;
         let own = live::ownership(file)?;
         let (change, metadata) = live::compare(file, current.as_ref(), own);
-        read.push((file, current, change, metadata));
+        compared.push(Compared {
+            file,
+            old: current.map(|l| l.bytes),
+            change,
+            metadata,
+        });
     }
-    let runtime = runtime_updates(&read, &pending_reloads);
-    let redactor = set.redactor();
-    let mut files = Vec::with_capacity(read.len());
-    for (file, current, change, metadata) in read {
-        let old = current.as_ref().map(|l| l.bytes.as_slice());
+    Ok(assemble(set, compared, pending_reloads, &set.redactor()))
+}
+
+/// One rendered target beside what it would replace: the live file
+/// ([`plan`]) or the same target in another render
+/// ([`plan_between`](between::plan_between)).
+pub(crate) struct Compared<'a> {
+    /// The rendered target.
+    pub file: &'a RenderedFile,
+    /// The bytes it would replace, if any.
+    pub old: Option<Vec<u8>>,
+    /// How the two compare.
+    pub change: Change,
+    /// Mode/owner differences, as people read them.
+    pub metadata: Vec<String>,
+}
+
+/// The plan from compared targets: diffs through `redactor`, the runtime
+/// API's share, reloads and restarts — one classification whatever the
+/// targets were compared with.
+pub(crate) fn assemble(
+    set: &RenderedSet,
+    compared: Vec<Compared>,
+    pending_reloads: Vec<String>,
+    redactor: &Redactor,
+) -> Plan {
+    let runtime = runtime_updates(&compared, &pending_reloads);
+    let mut files = Vec::with_capacity(compared.len());
+    for Compared {
+        file,
+        old,
+        change,
+        metadata,
+    } in compared
+    {
+        let old = old.as_deref();
         let diff = match change {
             Change::Changed | Change::New => redactor.redact(&diff_text(set, file, old)),
             Change::Unchanged | Change::Metadata => String::new(),
@@ -209,30 +246,27 @@ pub fn plan(set: &RenderedSet) -> Result<Plan, ApplyError> {
             runtime_api_actions: runtime.get(&file.target).cloned().unwrap_or_default(),
         });
     }
-    Ok(Plan {
+    Plan {
         node: set.node.clone(),
         files,
         pending_reloads,
-    })
+    }
 }
 
 /// For each target whose change `apply` would hand to the HAProxy runtime
 /// API, what it would do to which server. Bundles owing a reload are left
 /// out: `apply` reloads those.
-fn runtime_updates(
-    read: &[(&RenderedFile, Option<live::Live>, Change, Vec<String>)],
-    pending: &[String],
-) -> BTreeMap<String, Vec<String>> {
+fn runtime_updates(compared: &[Compared], pending: &[String]) -> BTreeMap<String, Vec<String>> {
     let mut bundles: BTreeMap<&str, Vec<runtime_api::MemberView>> = BTreeMap::new();
-    for (file, current, change, _) in read {
-        if !pending.contains(&file.bundle) {
+    for c in compared {
+        if !pending.contains(&c.file.bundle) {
             bundles
-                .entry(file.bundle.as_str())
+                .entry(c.file.bundle.as_str())
                 .or_default()
                 .push(runtime_api::MemberView {
-                    file,
-                    live: current.as_ref().map(|l| l.bytes.as_slice()),
-                    rewrites: change.rewrites(),
+                    file: c.file,
+                    live: c.old.as_deref(),
+                    rewrites: c.change.rewrites(),
                 });
         }
     }
@@ -308,6 +342,10 @@ pub(crate) fn warn_needs_restart(file: &RenderedFile, live: Option<&[u8]>) {
         );
     }
 }
+
+mod between;
+
+pub use between::{dropped, plan_between, Dropped};
 
 #[cfg(test)]
 mod tests;

@@ -213,6 +213,10 @@ pub enum Command {
     /// (none, or several claim it) is listed as `would pause`: `run`
     /// PAUSEs it in PgBouncer until the primary resolves.
     ///
+    /// This compares the render with this node's live files. What a
+    /// manifest change (a pull request's checkout) would do on every node
+    /// against the published revision is `converge fleet plan`.
+    ///
     /// Exit status: 0 nothing to change, 2 changes or a change held back,
     /// 1 error.
     Plan(PlanArgs),
@@ -272,8 +276,9 @@ pub enum Command {
     /// Exit status: 0 published (or already published), 1 refused or
     /// failed: nothing the fleet follows was changed.
     Publish(PublishArgs),
-    /// The fleet as the nodes report it in Consul KV: which revision each
-    /// node runs and whether it converged on the published one.
+    /// The fleet as the nodes report it in Consul KV (which revision each
+    /// node runs and whether it converged on the published one), and what
+    /// a manifest change would do on every node (`fleet plan`).
     #[command(subcommand)]
     Fleet(FleetCommand),
     /// Print a shell completion script to stdout.
@@ -323,6 +328,7 @@ impl Command {
             Command::Publish(a) => Some(a.format),
             Command::Fleet(FleetCommand::Status(a)) => Some(a.format),
             Command::Fleet(FleetCommand::Wait(a)) => Some(a.format),
+            Command::Fleet(FleetCommand::Plan(a)) => Some(a.format),
         }
     }
 }
@@ -506,6 +512,61 @@ pub enum FleetCommand {
     /// passed first (the stragglers are listed with their errors); 1
     /// error, or Consul cannot be asked.
     Wait(FleetWaitArgs),
+    /// What a manifest change would do on every node, for reviewing it
+    /// before it is merged (and for CI to post on the pull request).
+    ///
+    /// Every node of the manifests is rendered at the proposed revision
+    /// (--manifests and --templates: the pull request's checkout) and at
+    /// the published one (`<prefix>/desired`, its bundle checked against
+    /// its checksum), against one catalog, and the two renders compared.
+    /// Per node: the unified diff (secrets masked) and the actions, decided
+    /// by the code `plan` uses: changes the HAProxy runtime API takes
+    /// without a reload, reloads, PgBouncer settings that need a restart;
+    /// targets and nodes added or dropped. With nothing published yet,
+    /// every target is new, and it says so.
+    ///
+    /// Unlike `converge plan`, which compares one node's render with its
+    /// live files, this reads no live file and needs no --node or --root:
+    /// it is the change between two revisions, the same on any machine,
+    /// not what a node would do now (that also depends on drift and on
+    /// holds, which only a node knows). `file:` secrets of both revisions
+    /// resolve against the manifests directory, as in `validate`.
+    ///
+    ///   converge fleet plan --consul http://127.0.0.1:8500
+    ///
+    ///   converge fleet plan --catalog-source file --catalog ci/catalog.yaml --format json
+    ///
+    /// Exit status: 0 no node changes; 2 some node changes; 1 error (a
+    /// manifest or template that does not load, named by file:line; a node
+    /// that does not render; Consul cannot be asked).
+    #[command(verbatim_doc_comment)]
+    Plan(FleetPlanArgs),
+}
+
+/// `fleet plan` flags.
+#[derive(Debug, Args)]
+pub struct FleetPlanArgs {
+    /// Where the one catalog both revisions render against comes from:
+    /// `consul` (one read of every service either revision references) or
+    /// `file` (--catalog: a fixed catalog, for a runner that may read
+    /// converge's keys but not the catalog, or a review that must not move
+    /// with the live catalog). The published revision is read from Consul
+    /// either way.
+    #[arg(long, value_enum, default_value_t = CatalogSource::Consul)]
+    pub catalog_source: CatalogSource,
+
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
+/// Where `fleet plan` reads the catalog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CatalogSource {
+    /// Consul's catalog (--consul).
+    Consul,
+    /// The catalog file (--catalog).
+    File,
 }
 
 /// `fleet status` flags.

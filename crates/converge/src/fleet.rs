@@ -17,17 +17,28 @@ const WAIT_STEP: Duration = Duration::from_secs(300);
 
 /// Runs a `fleet` subcommand.
 pub fn run(cli: &Cli, cmd: &FleetCommand) -> anyhow::Result<u8> {
+    match cmd {
+        FleetCommand::Status(a) => {
+            on_consul(cli, |c, k| async move { status(&c, &k, a.format).await })
+        }
+        FleetCommand::Wait(a) => on_consul(cli, |c, k| async move { wait(&c, &k, a).await }),
+        FleetCommand::Plan(a) => crate::fleet_plan::run(cli, a),
+    }
+}
+
+/// Runs `work` with a client of --consul and the fleet's keys, on a
+/// runtime of its own.
+fn on_consul<F, W>(cli: &Cli, work: W) -> anyhow::Result<u8>
+where
+    W: FnOnce(Client, Keys) -> F,
+    F: std::future::Future<Output = anyhow::Result<u8>>,
+{
     let client = Client::new(cli.consul("fleet")?)?;
     let keys = cli.keys()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(async {
-        match cmd {
-            FleetCommand::Status(a) => status(&client, &keys, a.format).await,
-            FleetCommand::Wait(a) => wait(&client, &keys, a).await,
-        }
-    })
+    runtime.block_on(work(client, keys))
 }
 
 /// `fleet status`: 0 converged, 2 not.
@@ -136,10 +147,10 @@ fn print(format: Format, fleet: &FleetView, timed_out: bool) {
         let why = n
             .report
             .as_ref()
-            .map(|r| {
-                r.error
-                    .clone()
-                    .unwrap_or_else(|| "not converged yet".into())
+            .map(|r| match (&r.error, r.holds.is_empty()) {
+                (Some(e), _) => e.clone(),
+                (None, false) => format!("held: {}", r.holds.join("; ")),
+                (None, true) => "not converged yet".into(),
             })
             .unwrap_or_else(|| "no report".into());
         let stale = if n.report.is_some() && !n.alive {
@@ -157,18 +168,24 @@ fn row(n: &NodeView) {
         outln!("{:<16} {:<6} {:<22} {:<10}", n.node, "no", "-", "no");
         return;
     };
-    let failing: Vec<&str> = r
-        .targets
-        .iter()
-        .filter(|(_, t)| {
-            matches!(
-                t.outcome.as_deref(),
-                Some("rejected" | "failed" | "rolled_back")
-            )
-        })
-        .map(|(name, _)| name.as_str())
-        .collect();
-    let held = r.holds.len();
+    let with = |outcomes: &[&str]| -> Vec<&str> {
+        r.targets
+            .iter()
+            .filter(|(_, t)| t.outcome.as_deref().is_some_and(|o| outcomes.contains(&o)))
+            .map(|(name, _)| name.as_str())
+            .collect()
+    };
+    let failing = with(&["rejected", "failed", "rolled_back"]);
+    let held = with(&["held"]);
+    let mut trouble = Vec::new();
+    if !held.is_empty() {
+        trouble.push(format!("held {}", held.join(",")));
+    } else if !r.holds.is_empty() {
+        trouble.push(format!("{} holds", r.holds.len()));
+    }
+    if !failing.is_empty() {
+        trouble.push(format!("failing {}", failing.join(",")));
+    }
     let drift: Vec<&str> = r
         .targets
         .iter()
@@ -185,7 +202,11 @@ fn row(n: &NodeView) {
         yes(n.alive),
         r.revision.as_ref().map_or("-", Revision::as_str),
         yes(n.converged),
-        format!("{held} held, {} failing", failing.len()),
+        if trouble.is_empty() {
+            "-".to_string()
+        } else {
+            trouble.join("; ")
+        },
         last_apply,
         if drift.is_empty() {
             "-".to_string()

@@ -5,6 +5,7 @@ mod apply;
 mod cli;
 mod docs;
 mod fleet;
+mod fleet_plan;
 mod output;
 mod plan;
 mod publish;

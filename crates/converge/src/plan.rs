@@ -19,6 +19,8 @@ struct PlanDocument<'a> {
     changes: bool,
     plan: &'a converge_apply::Plan,
     holds: &'a [Hold],
+    /// Per target a hold keeps from changing, the holds.
+    held_targets: &'a std::collections::BTreeMap<String, Vec<String>>,
     /// Databases `converge run` would pause while their primary is unclear.
     would_pause: &'a [Pause],
     left_out: &'a [Rejection],
@@ -38,6 +40,7 @@ pub fn run(cli: &Cli, args: &PlanArgs) -> anyhow::Result<u8> {
                 changes: plan.has_changes(),
                 plan: &plan,
                 holds: &pass.holds,
+                held_targets: &pass.held_targets,
                 would_pause: &pass.pauses,
                 left_out: pass.left_out(),
                 warnings: &pass.set.warnings,
@@ -71,8 +74,19 @@ pub fn print_revision(revision: Option<&Revision>) {
 /// Holds, left-out instances and render warnings, after the summary.
 pub fn print_findings(pass: &Pass) {
     for h in &pass.holds {
+        let targets: Vec<&str> = pass
+            .held_targets
+            .iter()
+            .filter(|(_, by)| by.contains(&h.backend))
+            .map(|(t, _)| t.as_str())
+            .collect();
+        let targets = if targets.is_empty() {
+            String::new()
+        } else {
+            format!(" in {}", targets.join(", "))
+        };
         outln!(
-            "held: {} (service {}): {}; keeping its last {} (release once with --release {})",
+            "held: {} (service {}): {}; keeping its last {}{targets} (release once with --release {})",
             h.backend,
             h.service,
             h.reason,

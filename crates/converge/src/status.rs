@@ -171,7 +171,8 @@ fn daemon_text(r: &NodeReport, out: &mut String) {
                 "NOT converged"
             };
             *out += &format!(
-                "daemon: {state}; source {}{}; last success {}\n",
+                "daemon: {state}; revision {}; source {}{}; last success {}\n",
+                s.revision.as_ref().map_or("unknown", |r| r.as_str()),
                 s.source,
                 s.source_error
                     .as_ref()

@@ -337,6 +337,10 @@ fn status_shows_the_daemon_the_targets_and_the_live_servers() {
     common::assert_exit(&out, 0);
     let doc: serde_json::Value = serde_json::from_str(&common::stdout(&out)).expect("json");
     assert_eq!(doc["daemon"]["ok"]["converged"], true, "{doc}");
+    let revision = doc["daemon"]["ok"]["revision"]
+        .as_str()
+        .unwrap_or_else(|| panic!("the revision the node runs: {doc}"))
+        .to_string();
     assert!(doc["targets"][0]["sha256"].is_string(), "{doc}");
     let servers: BTreeSet<String> = doc["haproxy"]["ok"]
         .as_array()
@@ -359,7 +363,8 @@ fn status_shows_the_daemon_the_targets_and_the_live_servers() {
             .converge(&["status", "--node", "lb1", "--daemon", &daemon]),
     );
     assert!(
-        text.contains("daemon: converged") && text.contains("web-2"),
+        text.contains(&format!("daemon: converged; revision {revision};"))
+            && text.contains("web-2"),
         "{text}"
     );
 }

@@ -236,8 +236,9 @@ fn plan_and_apply_once_hold_what_the_daemon_holds() {
     for c in &checks {
         consul.fail(c).expect("fail");
     }
-    status("the daemon to hold web", &|s| {
+    status("the daemon to hold web, in its haproxy target", &|s| {
         s["holds"].as_array().is_some_and(|h| !h.is_empty())
+            && s["targets"]["haproxy"]["outcome"] == "held"
     });
     let held = daemon.status();
     let reason = held["holds"][0]["reason"].as_str().expect("reason");
@@ -253,6 +254,15 @@ fn plan_and_apply_once_hold_what_the_daemon_holds() {
     assert_eq!(
         doc["holds"], held["holds"],
         "plan and the daemon hold alike"
+    );
+    assert_eq!(
+        held["targets"]["haproxy"]["held_by"],
+        serde_json::json!(["web"])
+    );
+    assert_eq!(
+        doc["held_targets"],
+        serde_json::json!({"haproxy": ["web"]}),
+        "the same target held: {doc}"
     );
 
     let apply = converge_consul(&ws, &url, &["apply", "--once"]);

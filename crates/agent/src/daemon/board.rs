@@ -31,15 +31,20 @@ pub struct TargetStatus {
     /// Latest failure, cleared by the next success.
     pub last_error: Option<String>,
     /// What the last pass did to it: `applied`, `unchanged`, `rejected`,
-    /// `failed`, `rolled_back`, or `drifted` (the live file differed from
+    /// `failed`, `rolled_back`, `drifted` (the live file differed from
     /// what the same render gave before, so someone changed it; it was put
-    /// back).
+    /// back), or `held` (applied or unchanged, but a hold keeps part of
+    /// the catalog's change out of it: see `held_by`).
     #[serde(default)]
     pub outcome: Option<String>,
     /// Unix time the live file was last found changed by hand (and put
     /// back).
     #[serde(default)]
     pub last_drift: Option<u64>,
+    /// The held backends and databases that keep this target from the
+    /// render the catalog asks for (its outcome is then `held`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub held_by: Vec<String>,
 }
 
 /// Per-backend state.

@@ -32,6 +32,7 @@ pub fn node_report(status: &Status) -> NodeReport {
                     sha256: t.sha256.clone(),
                     outcome: t.outcome.clone(),
                     last_drift: t.last_drift,
+                    held_by: t.held_by.clone(),
                 };
                 (name.clone(), report)
             })

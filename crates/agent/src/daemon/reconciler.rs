@@ -168,6 +168,7 @@ impl Reconciler {
         let Pass {
             set,
             holds,
+            held_targets,
             accepted,
             pauses,
         } = pass;
@@ -186,6 +187,7 @@ impl Reconciler {
             }
         };
         let all_ok = self.report.outcomes(&set, &report);
+        self.report.held(&held_targets);
         baseline::advance(&layout, self.baseline.as_ref(), &accepted);
         self.baseline = Some(accepted);
         self.report.converged(all_ok && complete);

@@ -367,6 +367,22 @@ impl Reporter {
         all_ok
     }
 
+    /// Marks the targets a hold keeps from changing (`held_targets` of the
+    /// pass): outcome `held` where the apply went through (a failure says
+    /// more), and `held_by` naming the holds; every other target's
+    /// `held_by` is cleared.
+    pub fn held(&self, held_targets: &BTreeMap<String, Vec<String>>) {
+        self.board.update(|s| {
+            for (name, t) in &mut s.targets {
+                t.held_by = held_targets.get(name).cloned().unwrap_or_default();
+                let through = matches!(t.outcome.as_deref(), Some("applied" | "unchanged"));
+                if through && !t.held_by.is_empty() {
+                    t.outcome = Some("held".into());
+                }
+            }
+        });
+    }
+
     /// The pass's verdict: converged when every bundle went through, with
     /// nothing held or left out, on current inputs from a healthy source.
     pub fn converged(&self, converged: bool) {

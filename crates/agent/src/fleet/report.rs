@@ -45,11 +45,15 @@ pub struct NodeReport {
 pub struct TargetReport {
     /// SHA-256 of the content rendered for it.
     pub sha256: Option<String>,
-    /// `applied`, `unchanged`, `rejected`, `failed`, `rolled_back` or
-    /// `drifted` (changes held back are in [`NodeReport::holds`]).
+    /// `applied`, `unchanged`, `held` (a hold keeps part of the catalog's
+    /// change out of it), `rejected`, `failed`, `rolled_back` or `drifted`.
     pub outcome: Option<String>,
     /// Unix time its live file was last found changed by hand.
     pub last_drift: Option<u64>,
+    /// The held backends and databases whose change it is kept from (see
+    /// [`NodeReport::holds`] for why).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub held_by: Vec<String>,
 }
 
 impl NodeReport {

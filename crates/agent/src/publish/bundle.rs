@@ -149,6 +149,18 @@ pub fn unpack(bytes: &[u8]) -> Result<Vec<(String, Vec<u8>)>, String> {
     Ok(out)
 }
 
+/// Writes files [`unpack`] returned under `dir`, as `dir/manifests/NAME`
+/// and `dir/templates/NAME` (both directories made, even when empty).
+pub fn write_into(dir: &Path, files: &[(String, Vec<u8>)]) -> std::io::Result<()> {
+    for d in DIRS {
+        std::fs::create_dir_all(dir.join(d))?;
+    }
+    for (path, bytes) in files {
+        std::fs::write(dir.join(path), bytes)?;
+    }
+    Ok(())
+}
+
 /// A file name with no directory part and nothing special in it.
 fn plain_name(name: &str) -> bool {
     !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\\', '\0'])

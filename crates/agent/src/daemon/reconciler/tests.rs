@@ -285,3 +285,35 @@ fn every_series_an_alert_needs_exists_from_the_first_pass() {
         "{text}"
     );
 }
+
+#[test]
+fn a_target_a_hold_keeps_from_changing_is_reported_held_by_that_backend() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = repo(dir.path(), "none");
+    let board = Board::new("lb1", "file");
+    let mut r = node(&config, &board);
+    set_web(&config, &[8001, 8002]);
+    pass(&config, &board, &mut r);
+    let outcome = |t: &str| board.status().targets[t].outcome.clone();
+    assert_eq!(outcome("servers").as_deref(), Some("applied"));
+
+    // Every `web` instance gone: held. Only the target rendering `web`
+    // is held; the other one renders no backend and is just unchanged.
+    set_web(&config, &[]);
+    pass(&config, &board, &mut r);
+    let status = board.status();
+    assert_eq!(outcome("servers").as_deref(), Some("held"));
+    assert_eq!(status.targets["servers"].held_by, ["web"]);
+    assert_eq!(outcome("rejected").as_deref(), Some("unchanged"));
+    assert!(status.targets["rejected"].held_by.is_empty());
+    let report = crate::daemon::node_report::node_report(&status);
+    assert_eq!(report.targets["servers"].outcome.as_deref(), Some("held"));
+    assert_eq!(report.targets["servers"].held_by, ["web"]);
+    assert!(!report.converged);
+
+    // The catalog recovers: applied, held by nothing.
+    set_web(&config, &[8003]);
+    pass(&config, &board, &mut r);
+    assert_eq!(outcome("servers").as_deref(), Some("applied"));
+    assert!(board.status().targets["servers"].held_by.is_empty());
+}
