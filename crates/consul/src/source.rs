@@ -111,6 +111,7 @@ mod one_shot;
 mod runner;
 mod settings;
 mod state;
+mod tasks;
 mod watches;
 
 #[cfg(test)]

@@ -2,12 +2,13 @@
 //! the watches say may have changed, and publishes a new [`SourceState`]
 //! when the result differs from the last.
 //!
-//! Watches and the services list only wake the loop; what it reads is
-//! decided from its own state (the check views, what each read answered,
-//! which services are dirty, ahead or parked), and a periodic resync
-//! refetches everything in case a signal was missed. Keeping all of it in
-//! one `Loop` value, changed only by its methods, lets the tests drive
-//! the loop signal by signal without Consul.
+//! In per-service mode each watch's answer is the service's data, and the
+//! loop only keeps it. In shared mode the watches and the services list
+//! only wake the loop; what it reads is decided from its own state (the
+//! check views, what each read answered, which services are dirty, ahead
+//! or parked), and a periodic resync refetches everything in case a signal
+//! was missed. Keeping all of it in one `Loop` value, changed only by its
+//! methods, lets the tests drive the loop signal by signal without Consul.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -27,12 +28,19 @@ use super::checks::{changed_services, CheckView};
 use super::known::{Failure, Known};
 use super::settings::SourceConfig;
 use super::state::{SourceHealth, SourceState};
-use super::watches::{watch_checks, watch_services, Signal, Watch};
+use super::tasks::{Mode, Tasks};
+use super::watches::{Signal, Watch};
+
+/// Signals queued before a watch waits: room for every per-service watch
+/// of a large set to hand in its first answer without waiting on the loop,
+/// which takes all queued signals before it publishes once.
+const SIGNAL_QUEUE: usize = 1024;
 
 /// The source's state and the loop's steps; see the module docs.
 pub(super) struct Loop {
     pub(super) client: Client,
     pub(super) config: SourceConfig,
+    pub(super) mode: Mode,
     pub(super) watched: BTreeSet<String>,
     pub(super) known: BTreeMap<String, Known>,
     pub(super) checks: Option<CheckView>,
@@ -66,10 +74,8 @@ pub(super) async fn run(
     state_tx: watch::Sender<SourceState>,
     mut services_rx: watch::Receiver<BTreeSet<String>>,
 ) {
-    let (sig_tx, mut sig_rx) = mpsc::channel(8);
-    let mut watches = JoinSet::new();
-    watches.spawn(watch_checks(client.clone(), config.clone(), sig_tx.clone()));
-    watches.spawn(watch_services(client.clone(), config.clone(), sig_tx));
+    let (sig_tx, mut sig_rx) = mpsc::channel(SIGNAL_QUEUE);
+    let mut tasks = Tasks::new(client.clone(), config.clone(), sig_tx);
 
     let mut rng = fastrand::Rng::new();
     let resync_at = Instant::now() + jittered(config.resync_interval, &mut rng);
@@ -79,6 +85,7 @@ pub(super) async fn run(
         refusals: config.refusal_backoff(),
         client,
         config,
+        mode: Mode::Shared,
         known: BTreeMap::new(),
         checks: None,
         checks_index: 0,
@@ -94,6 +101,8 @@ pub(super) async fn run(
         resync_at,
         rng,
     };
+    let capacity = learn_capacity(&mut lp, &state_tx).await;
+    lp.follow(&mut tasks, capacity);
 
     loop {
         let (retry_at, refused_at) = (lp.retry_at, lp.refused_at);
@@ -111,6 +120,7 @@ pub(super) async fn run(
                 }
                 let new = services_rx.borrow_and_update().clone();
                 lp.set_watched(new);
+                lp.follow(&mut tasks, capacity);
             }
             _ = tokio::time::sleep_until(lp.resync_at) => {
                 lp.need_full = true;
@@ -121,16 +131,43 @@ pub(super) async fn run(
         }
         lp.fetch().await;
         lp.pace_refusals();
-        let next = lp.state();
-        state_tx.send_if_modified(|cur| {
-            let changed = *cur.catalog != *next.catalog
-                || cur.missing != next.missing
-                || cur.health != next.health;
-            if changed {
-                *cur = next;
+        publish(&state_tx, lp.state());
+    }
+}
+
+/// Sends `next` to subscribers if it differs from the current state.
+fn publish(state_tx: &watch::Sender<SourceState>, next: SourceState) {
+    state_tx.send_if_modified(|cur| {
+        let changed = *cur.catalog != *next.catalog
+            || cur.missing != next.missing
+            || cur.health != next.health;
+        if changed {
+            *cur = next;
+        }
+        changed
+    });
+}
+
+/// How many long polls the client can hold at once (for an `https` agent
+/// this asks whether it speaks HTTP/2). Until the agent answers, the
+/// failure is published as a watch failure and asked again with the
+/// retry backoff.
+async fn learn_capacity(lp: &mut Loop, state_tx: &watch::Sender<SourceState>) -> usize {
+    loop {
+        match lp.client.capacity().await {
+            Ok(capacity) => {
+                lp.retry.reset();
+                return capacity;
             }
-            changed
-        });
+            Err(error) => {
+                lp.on_signal(Signal::Failed {
+                    watch: Watch::Checks,
+                    error,
+                });
+                publish(state_tx, lp.state());
+                tokio::time::sleep(lp.retry.next_delay()).await;
+            }
+        }
     }
 }
 
@@ -153,6 +190,12 @@ impl Loop {
                     _ => self.need_full = true,
                 }
                 self.checks = Some(view);
+            }
+            Signal::Service { name, result } => {
+                // A task stopped after it sent is no longer watched.
+                if self.watched.contains(&name) {
+                    self.record_read(name, result);
+                }
             }
             Signal::Services { outcome, index } => {
                 self.watch_up[1] = true;
@@ -231,7 +274,8 @@ impl Loop {
     /// service that is still refused when the timer fires makes the next
     /// delay longer.
     pub(super) fn pace_refusals(&mut self) {
-        if self.refused().next().is_none() {
+        // Per-service watches pace their own refusals.
+        if self.refused().next().is_none() || self.mode == Mode::PerService {
             self.refusals.reset();
             self.refused_at = None;
         } else if self.refused_at.is_none() && !self.refused_due {
@@ -250,6 +294,38 @@ impl Loop {
         }
     }
 
+    /// Watches the way that fits the watched set (see [`Mode::for_count`]),
+    /// switching when a new set crosses the limit.
+    fn follow(&mut self, tasks: &mut Tasks, capacity: usize) {
+        let mode = Mode::for_count(self.watched.len(), capacity);
+        if mode != self.mode {
+            self.enter(mode);
+        }
+        tasks.sync(mode, &self.watched);
+    }
+
+    /// Switches what the loop expects to hear: per-service watches report
+    /// their own failures, so the shared watches count as up; shared
+    /// watches start again from nothing, and their first answers refetch
+    /// everything.
+    pub(super) fn enter(&mut self, mode: Mode) {
+        self.mode = mode;
+        self.checks = None;
+        self.ahead.clear();
+        self.dirty.clear();
+        match mode {
+            Mode::PerService => {
+                self.watch_up = [true, true];
+                self.watch_error = None;
+                self.need_full = false;
+            }
+            Mode::Shared => {
+                self.watch_up = [false, false];
+                self.need_full = true;
+            }
+        }
+    }
+
     fn set_watched(&mut self, new: BTreeSet<String>) {
         self.known.retain(|name, _| new.contains(name));
         self.dirty.retain(|name| new.contains(name));
@@ -264,8 +340,14 @@ impl Loop {
     /// by a refusal (until the refusal timer fires) or by a request Consul
     /// rejects for good. Does nothing while a
     /// watch is down: the reads would fail too, and the watch's recovery
-    /// triggers one full refetch.
+    /// triggers one full refetch. In per-service mode the watches are the
+    /// reads, so there is never anything to fetch.
     pub(super) async fn fetch(&mut self) {
+        if self.mode == Mode::PerService {
+            self.dirty.clear();
+            self.need_full = false;
+            return;
+        }
         if !self.watch_up.iter().all(|u| *u) {
             return;
         }
@@ -334,7 +416,9 @@ impl Loop {
                 entry.instances.sort();
                 entry.last_ok = Some(SystemTime::now());
                 entry.error = None;
-                if resp.meta.index > self.checks_index {
+                entry.index = resp.meta.index;
+                // A per-service answer has no check view to be ahead of.
+                if self.mode == Mode::Shared && resp.meta.index > self.checks_index {
                     self.ahead.insert(name);
                 } else {
                     self.ahead.remove(&name);
@@ -413,11 +497,10 @@ impl Loop {
         } else {
             SourceHealth::Starting
         };
+        let read_index = self.known.values().map(|k| k.index).max().unwrap_or(0);
+        let index = self.checks_index.max(self.services_index).max(read_index);
         SourceState {
-            catalog: Arc::new(Catalog::new(
-                self.checks_index.max(self.services_index),
-                services,
-            )),
+            catalog: Arc::new(Catalog::new(index, services)),
             missing,
             health,
         }

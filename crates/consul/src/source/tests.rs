@@ -11,6 +11,7 @@ use tokio::time::Instant;
 use super::checks::{changed_services, CheckView};
 use super::known::{Failure, Known};
 use super::runner::Loop;
+use super::tasks::Mode;
 use super::settings::WATCHES;
 use super::watches::{Signal, Watch};
 use super::*;
@@ -132,6 +133,7 @@ fn lp() -> Loop {
         client: Client::new(Config::new("127.0.0.1:1").expect("config")).expect("client"),
         watched: config.services.clone(),
         config,
+        mode: Mode::Shared,
         known: BTreeMap::new(),
         checks: None,
         checks_index: 0,
@@ -165,6 +167,7 @@ async fn never_read_is_missing_not_empty_and_failures_keep_last_good() {
         Known {
             instances: vec![inst("w1", "n1")],
             last_ok: Some(since),
+            index: 0,
             error: Some(Failure {
                 message: "cannot reach Consul".into(),
                 retry: Retry::Soon,
@@ -187,6 +190,7 @@ async fn a_failed_watch_marks_everything_stale_and_degraded() {
             Known {
                 instances: vec![inst("x", "n1")],
                 last_ok: Some(SystemTime::now()),
+                index: 0,
                 error: None,
             },
         );
@@ -308,6 +312,7 @@ fn refused_web_unreachable_db() -> Loop {
         Known {
             instances: vec![inst("w1", "n1")],
             last_ok: Some(SystemTime::now()),
+            index: 0,
             error: failure(&denied("/v1/health/service/web")),
         },
     );
