@@ -19,7 +19,6 @@ mod inproc;
 mod phases;
 mod probe;
 mod procstat;
-mod proxy;
 mod report;
 mod share;
 mod stack;

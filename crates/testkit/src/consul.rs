@@ -26,13 +26,15 @@
 //!
 //! The parts: `binary` finds the program, `files` writes its config and
 //! certificates, `api` is the blocking client of its HTTP API, and
-//! `connections` counts this process's connections to it. This file holds
+//! `connections` counts this process's connections to it, `synthetic`
+//! fills it with a datacenter of external nodes. This file holds
 //! [`ConsulAgent`]'s life: start, wait for a leader, stop, start again.
 
 mod api;
 mod binary;
 mod connections;
 mod files;
+mod synthetic;
 
 use std::fs;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -46,6 +48,7 @@ use crate::wait;
 
 pub use binary::consul_binary;
 pub use connections::open_connections_to;
+pub use synthetic::External;
 
 /// How long an agent gets to elect itself leader.
 pub const START_DEADLINE: Duration = Duration::from_secs(60);
