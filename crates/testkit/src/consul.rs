@@ -94,6 +94,8 @@ pub struct ConsulAgent {
     ports: ConsulPorts,
     management_token: Option<String>,
     tls: bool,
+    /// `limits.http_max_conns_per_client`, when not Consul's default.
+    conn_limit: Option<u32>,
     child: Option<Child>,
 }
 
@@ -147,6 +149,7 @@ impl ConsulAgent {
                 ports: ConsulPorts::pick(),
                 management_token: management_token.clone(),
                 tls,
+                conn_limit: None,
                 child: None,
             };
             if tls {

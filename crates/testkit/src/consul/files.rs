@@ -63,6 +63,11 @@ ports {{
                 server_key = server_key.display(),
             ));
         }
+        if let Some(limit) = self.conn_limit {
+            hcl.push_str(&format!(
+                "limits {{\n  http_max_conns_per_client = {limit}\n}}\n"
+            ));
+        }
         if let Some(token) = &self.management_token {
             hcl.push_str(&format!(
                 r#"acl {{
@@ -83,6 +88,19 @@ ports {{
         use std::os::unix::fs::PermissionsExt;
         fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
             .map_err(|e| format!("cannot chmod {}: {e}", path.display()))
+    }
+
+    /// Sets Consul's limit of connections per client address
+    /// (`limits.http_max_conns_per_client`, 200 by default) and reloads
+    /// the running agent, which applies it without a restart.
+    ///
+    /// # Errors
+    ///
+    /// The config could not be written or the agent refused the reload.
+    pub fn set_http_conn_limit(&mut self, limit: u32) -> Result<(), String> {
+        self.conn_limit = Some(limit);
+        self.write_config()?;
+        self.put_ok("/v1/agent/reload", "")
     }
 
     fn tls_dir(&self) -> PathBuf {
