@@ -16,7 +16,9 @@
 //!   `http_max_conns_per_client` and with the limit raised (the agent is
 //!   reloaded with it).
 //!
-//! For each: start-up until everything is read (or rendered), watched
+//! First, one read of each endpoint the source could watch (answer size
+//! plain and gzipped, the agent's CPU). Then for each tool: start-up
+//! until everything is read (or rendered), watched
 //! flips (a check through the catalog API → the snapshot or file shows
 //! it), unwatched flips (bytes and requests read, the tool's and the
 //! agent's CPU), an idle window, peak connections and memory. What it does
@@ -31,6 +33,7 @@
 
 mod ct;
 mod dc;
+mod endpoints;
 mod report;
 mod source;
 
@@ -100,6 +103,7 @@ pub fn main(argv: &[String]) -> anyhow::Result<()> {
         ct_bin.display()
     );
     let mut dc = dc::Datacenter::start(&args)?;
+    let endpoints = endpoints::table(&dc)?;
     let mut rows = Vec::new();
     for tls in [false, true] {
         rows.push(source::measure(&mut dc, &args, tls)?);
@@ -110,6 +114,6 @@ pub fn main(argv: &[String]) -> anyhow::Result<()> {
     dc.raise_limit(args.raised_limit)?;
     let raised = format!("limit raised ({})", args.raised_limit);
     rows.push(ct::measure(&mut dc, &args, &ct_bin, &raised)?);
-    println!("{}", report::markdown(&args, &dc, &rows));
+    println!("{}\n{endpoints}", report::markdown(&args, &dc, &rows));
     Ok(())
 }

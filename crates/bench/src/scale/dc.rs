@@ -68,7 +68,8 @@ impl Datacenter {
         Ok(status)
     }
 
-    fn agent_cpu(&self) -> Duration {
+    /// The agent's CPU time so far.
+    pub fn agent_cpu(&self) -> Duration {
         let pid = self.agent.pid().unwrap_or_default();
         procstat::sample(pid).map_or(Duration::ZERO, |s| ticks(s.own_ticks))
     }

@@ -408,3 +408,52 @@ async fn a_refused_watch_stays_the_reported_failure() {
     }
     assert_config_reason(&l.state(), "/v1/health/state/any", SLOWLY);
 }
+
+/// In per-service mode a watch's answer is the data: it is kept as read,
+/// an answer from a watch stopped since is dropped, a failure keeps the
+/// last good instances (stale), and the fetch pool never reads (a read
+/// here would fail: the client points at a closed port).
+#[tokio::test]
+async fn per_service_answers_are_the_data_and_nothing_is_fetched() {
+    let answer = |health: Health| {
+        Ok(Response {
+            value: vec![Instance {
+                health,
+                ..inst("w1", "n1")
+            }],
+            meta: QueryMeta {
+                index: 7,
+                ..QueryMeta::default()
+            },
+        })
+    };
+    let mut l = lp();
+    l.enter(Mode::PerService);
+    l.on_signal(Signal::Service {
+        name: "web".into(),
+        result: answer(Health::Critical),
+    });
+    l.on_signal(Signal::Service {
+        name: "gone".into(),
+        result: answer(Health::Passing),
+    });
+    l.need_full = true;
+    l.fetch().await;
+    let s = l.state();
+    let web = s.catalog.service("web").expect("web kept as answered");
+    assert_eq!(web.instances[0].health, Health::Critical);
+    assert_eq!(web.freshness, Freshness::Fresh);
+    assert!(s.catalog.service("gone").is_none());
+    assert_eq!(s.missing, BTreeSet::from(["db".to_string()]));
+    assert_eq!(s.catalog.index, 7);
+
+    l.on_signal(Signal::Service {
+        name: "web".into(),
+        result: Err(refused("/v1/health/service/web")),
+    });
+    let s = l.state();
+    let web = s.catalog.service("web").expect("last good web kept");
+    assert_eq!(web.instances[0].health, Health::Critical);
+    assert!(matches!(web.freshness, Freshness::Stale { .. }));
+    assert!(matches!(s.health, SourceHealth::Degraded { .. }));
+}
