@@ -239,26 +239,9 @@ impl Client {
         state: &str,
         opts: &QueryOptions,
     ) -> Result<Response<Vec<HealthCheck>>, Error> {
-        self.health_state_filtered(state, "", opts).await
-    }
-
-    /// [`Client::health_state`] with a `?filter=` expression applied by
-    /// Consul (none when empty). A blocking query still returns on any
-    /// check change: the filter shapes the answer, not the index.
-    pub async fn health_state_filtered(
-        &self,
-        state: &str,
-        filter: &str,
-        opts: &QueryOptions,
-    ) -> Result<Response<Vec<HealthCheck>>, Error> {
         let endpoint = format!("/v1/health/state/{state}");
-        let params: Vec<(&str, String)> = if filter.is_empty() {
-            Vec::new()
-        } else {
-            vec![("filter", filter.to_string())]
-        };
         self.transport
-            .read(&["v1", "health", "state", state], &endpoint, &params, opts)
+            .read(&["v1", "health", "state", state], &endpoint, &[], opts)
             .await
     }
 

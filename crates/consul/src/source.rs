@@ -15,11 +15,15 @@
 //!   service's instances or checks, or to the node (address, node checks)
 //!   of one of its instances, and on nothing else: the only query an
 //!   unwatched flip never wakes;
-//! - `/v1/health/state/any` blocks on the index of every check in the
-//!   datacenter, so any flip anywhere wakes it; a server-side `?filter=`
-//!   shapes the answer but not the index, so a filtered query wakes just
-//!   as often (with a small answer, and the agent skips encoding what the
-//!   filter drops);
+//! - `/v1/health/state/:state` blocks on the index of every check in the
+//!   datacenter, so any flip anywhere wakes it. With `any`, every wake-up
+//!   makes the agent encode, and the reader parse, every check (tens of
+//!   megabytes in a large datacenter). A server-side `?filter=` shapes the
+//!   answer but not the index, so a filtered query wakes just as often;
+//!   the agent still walks and filters every check, which costs it tens of
+//!   milliseconds per flip. `critical` and `warning` find their checks
+//!   through an index and answer only those: about a millisecond of the
+//!   agent's CPU and a few hundred bytes in a healthy datacenter;
 //! - `/v1/catalog/services` wakes on any service registration anywhere (an
 //!   unwatched instance's new port included), not on check flips;
 //! - `?cached` (the agent cache) answers the same index and wakes on the
@@ -42,30 +46,32 @@
 //!   [`H2_STREAMS`](crate::client::H2_STREAMS) requests on at most 24
 //!   connections, so thousands of services are watched this way. Over
 //!   plain HTTP/1.1 a long poll holds a connection, so only as many
-//!   services as the client's request limit (14 by default) are.
-//! - **Shared** (more services than that): two long polls whatever the
+//!   services as the client's request limit (15 by default) are.
+//! - **Shared** (more services than that): three long polls whatever the
 //!   number of services, plus a bounded pool of short, non-blocking reads.
-//!   A blocking `/v1/health/state/any?filter=Status != "passing"` lists
-//!   the checks that are not passing, so a diff against the previous
-//!   answer names exactly the services whose health changed (a node check
-//!   names every watched service with an instance on that node), and a
-//!   blocking `/v1/catalog/services` moves on any registration, including
+//!   Blocking `/v1/health/state/critical` and `/v1/health/state/warning`
+//!   list the checks that are not passing (an instance's health is the
+//!   worst of its checks, so only those matter), so a diff of each against
+//!   its previous answer names exactly the services whose health changed
+//!   (a check turning passing leaves an answer; a node check names every
+//!   watched service with an instance on that node), and a blocking
+//!   `/v1/catalog/services` moves on any registration, including
 //!   changes no check shows (a check-less instance, a new port or tag); as
 //!   its body cannot say *which* instance changed, a move refetches every
 //!   watched service. Targeted `/v1/health/service/:name` reads follow for
 //!   the services named, at most [`SourceConfig::fetch_concurrency`] at a
-//!   time. A read runs after the answer that named it and can already
-//!   hold a later change; when its index is past that answer's, the
-//!   service is read again at the next answer, because a check that
+//!   time. A read runs after the answers that named it and can already
+//!   hold a later change; when its index is past either checks answer's,
+//!   the service is read again at the next answer, because a check that
 //!   flipped back makes the next answer equal the last and the diff would
 //!   name nothing.
 //!
-//! The trade-off of shared mode, which plain HTTP beyond 14 services
+//! The trade-off of shared mode, which plain HTTP beyond 15 services
 //! cannot escape without breaking the connection bound: every flip in the
-//! datacenter still wakes the checks watch, and the agent still walks
-//! every check to filter them, but the answer holds only the failing
-//! checks (a few hundred bytes in a healthy datacenter) instead of all of
-//! them, and converge parses only that. A registration anywhere refetches
+//! datacenter still wakes both checks watches, but each answer holds only
+//! the checks in its state (a few hundred bytes in a healthy datacenter,
+//! more where many checks fail) instead of every check, and converge
+//! parses only that. A registration anywhere refetches
 //! every watched service through the pool; registrations are rare next to
 //! health flips. Serving Consul's API over TLS, as production setups do,
 //! gives per-service mode at any size up to the HTTP/2 capacity.
@@ -74,10 +80,10 @@
 //! construction (see [`MAX_CONNECTIONS`](crate::client::MAX_CONNECTIONS)):
 //! over HTTP/1.1 a client lets at most `max_requests` requests through at
 //! once and keeps at most as many idle connections; over HTTP/2 each lane
-//! is one connection. [`SourceConfig::client`] sizes one for the two
-//! watches plus the fetch pool, which is clamped to
+//! is one connection. [`SourceConfig::client`] sizes one for the three
+//! shared watches plus the fetch pool, which is clamped to
 //! [`MAX_FETCH_CONCURRENCY`] so both always fit in
-//! [`MAX_REQUESTS`](crate::client::MAX_REQUESTS): 2 + 14 requests and 16
+//! [`MAX_REQUESTS`](crate::client::MAX_REQUESTS): 3 + 13 requests and 16
 //! idle connections at most. The default pool, 12, stays below that clamp
 //! to leave room for the moment the HTTP pool is still handing a finished
 //! connection back while a read opens a new one.

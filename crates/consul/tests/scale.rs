@@ -1,7 +1,7 @@
 //! The source's cost follows what is watched, not the datacenter: against
 //! a real agent holding a synthetic datacenter of external nodes, churn on
-//! unwatched services costs nothing in per-service mode and one small
-//! filtered answer per flip in shared mode (counted through a proxy);
+//! unwatched services costs nothing in per-service mode and two small
+//! answers per flip in shared mode (counted through a proxy);
 //! every kind of change to a watched service is still seen in both modes
 //! and across a switch between them; and thousands of per-service long
 //! polls over HTTP/2 fit in a few connections.
@@ -23,7 +23,7 @@ use tokio::sync::watch;
 const T: Duration = Duration::from_secs(30);
 
 /// More services than the default source client holds long polls for over
-/// HTTP/1.1 (2 + 12), so the source runs its shared watches.
+/// HTTP/1.1 (3 + 12), so the source runs its shared watches.
 const SHARED: usize = 40;
 
 /// Few enough for one long poll each over HTTP/1.1.
@@ -151,7 +151,8 @@ async fn unwatched_churn_reads_nothing_per_service_and_under_10_kb_a_flip_shared
         } else {
             // The two watches may go round; no other service is read.
             let allowed = [
-                "GET /v1/health/state/any",
+                "GET /v1/health/state/critical",
+                "GET /v1/health/state/warning",
                 "GET /v1/catalog/services",
                 "GET /v1/health/service/s0",
             ];
@@ -166,9 +167,9 @@ async fn unwatched_churn_reads_nothing_per_service_and_under_10_kb_a_flip_shared
 }
 
 /// Every kind of change to a watched service, in per-service mode, in
-/// shared mode, and across switches between the two: a check flip, a new
-/// port with no check change, a node check, a deregistration and a
-/// registration.
+/// shared mode, and across switches between the two: a check flip through
+/// critical and warning back to passing, a new port with no check change,
+/// a node check, a deregistration and a registration.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_kind_of_watched_change_is_seen_in_both_modes() {
     let a = agent();
@@ -186,6 +187,7 @@ async fn every_kind_of_watched_change_is_seen_in_both_modes() {
         })
         .await;
         flip(&a, &mut rx, e(0), "critical", Health::Critical).await;
+        flip(&a, &mut rx, e(0), "warning", Health::Warning).await;
         flip(&a, &mut rx, e(0), "passing", Health::Passing).await;
 
         let port = 9000 + round;

@@ -15,9 +15,11 @@ use crate::stats::ms;
 const ROUNDS: u32 = 5;
 
 /// The endpoints, as the source would ask them.
-const ENDPOINTS: [&str; 5] = [
+const ENDPOINTS: [&str; 7] = [
     "/v1/health/state/any",
     "/v1/health/state/any?filter=Status%20!%3D%20%22passing%22",
+    "/v1/health/state/critical",
+    "/v1/health/state/warning",
     "/v1/catalog/services",
     "/v1/health/service/s0",
     "/v1/health/service/s0?cached",
@@ -33,7 +35,10 @@ pub fn table(dc: &Datacenter) -> anyhow::Result<String> {
         let (zipped, took, cpu) = read(dc, path, true)?;
         o.push_str(&format!(
             "| `{}` | {plain} B | {zipped} B | {} | {} |\n",
-            path.replace("%20", " ").replace("%21", "!").replace("%3D", "=").replace("%22", "\""),
+            path.replace("%20", " ")
+                .replace("%21", "!")
+                .replace("%3D", "=")
+                .replace("%22", "\""),
             ms(took),
             ms(cpu)
         ));
@@ -45,7 +50,11 @@ pub fn table(dc: &Datacenter) -> anyhow::Result<String> {
 /// CPU per read.
 fn read(dc: &Datacenter, path: &str, gzip: bool) -> anyhow::Result<(usize, Duration, Duration)> {
     let addr = dc.agent.http_addr();
-    let encoding = if gzip { "Accept-Encoding: gzip\r\n" } else { "" };
+    let encoding = if gzip {
+        "Accept-Encoding: gzip\r\n"
+    } else {
+        ""
+    };
     let cpu0 = dc.agent_cpu();
     let t = Instant::now();
     let mut size = 0;

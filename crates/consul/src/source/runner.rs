@@ -43,10 +43,13 @@ pub(super) struct Loop {
     pub(super) mode: Mode,
     pub(super) watched: BTreeSet<String>,
     pub(super) known: BTreeMap<String, Known>,
-    pub(super) checks: Option<CheckView>,
-    pub(super) checks_index: u64,
+    /// The latest answer of each checks watch (critical, warning).
+    pub(super) checks: [Option<CheckView>; 2],
+    /// The index of each checks watch's latest answer.
+    pub(super) checks_index: [u64; 2],
     pub(super) services_index: u64,
-    pub(super) watch_up: [bool; 2],
+    /// Whether each shared watch ([`Watch::SHARED`]) answered last time.
+    pub(super) watch_up: [bool; 3],
     pub(super) watch_error: Option<Failure>,
     pub(super) need_full: bool,
     pub(super) dirty: BTreeSet<String>,
@@ -87,10 +90,10 @@ pub(super) async fn run(
         config,
         mode: Mode::Shared,
         known: BTreeMap::new(),
-        checks: None,
-        checks_index: 0,
+        checks: [None, None],
+        checks_index: [0, 0],
         services_index: 0,
-        watch_up: [false, false],
+        watch_up: [false; 3],
         watch_error: None,
         need_full: true,
         dirty: BTreeSet::new(),
@@ -161,7 +164,7 @@ async fn learn_capacity(lp: &mut Loop, state_tx: &watch::Sender<SourceState>) ->
             }
             Err(error) => {
                 lp.on_signal(Signal::Failed {
-                    watch: Watch::Checks,
+                    watch: Watch::Critical,
                     error,
                 });
                 publish(state_tx, lp.state());
@@ -175,21 +178,23 @@ impl Loop {
     pub(super) fn on_signal(&mut self, sig: Signal) {
         match sig {
             Signal::Checks {
+                watch,
                 outcome,
                 index,
                 view,
             } => {
-                self.watch_up[0] = true;
-                self.checks_index = index;
+                let i = watch as usize;
+                self.watch_up[i] = true;
+                self.checks_index[i] = index;
                 self.dirty.append(&mut self.ahead);
-                match (&self.checks, outcome) {
+                match (&self.checks[i], outcome) {
                     (Some(old), IndexOutcome::Moved | IndexOutcome::Unchanged) => {
                         let changed = changed_services(old, &view, &self.known);
                         self.dirty.extend(changed);
                     }
                     _ => self.need_full = true,
                 }
-                self.checks = Some(view);
+                self.checks[i] = Some(view);
             }
             Signal::Service { name, result } => {
                 // A task stopped after it sent is no longer watched.
@@ -198,7 +203,7 @@ impl Loop {
                 }
             }
             Signal::Services { outcome, index } => {
-                self.watch_up[1] = true;
+                self.watch_up[Watch::Services as usize] = true;
                 self.services_index = index;
                 if outcome.may_have_changed() {
                     self.need_full = true;
@@ -218,8 +223,8 @@ impl Loop {
                     }
                 }
                 self.watch_up[watch as usize] = false;
-                if watch == Watch::Checks {
-                    self.checks = None;
+                if watch != Watch::Services {
+                    self.checks[watch as usize] = None;
                 }
                 self.need_full = true;
                 // A refusal is what an operator must act on, so a network
@@ -310,17 +315,17 @@ impl Loop {
     /// everything.
     pub(super) fn enter(&mut self, mode: Mode) {
         self.mode = mode;
-        self.checks = None;
+        self.checks = [None, None];
         self.ahead.clear();
         self.dirty.clear();
         match mode {
             Mode::PerService => {
-                self.watch_up = [true, true];
+                self.watch_up = [true; 3];
                 self.watch_error = None;
                 self.need_full = false;
             }
             Mode::Shared => {
-                self.watch_up = [false, false];
+                self.watch_up = [false; 3];
                 self.need_full = true;
             }
         }
@@ -417,8 +422,10 @@ impl Loop {
                 entry.last_ok = Some(SystemTime::now());
                 entry.error = None;
                 entry.index = resp.meta.index;
-                // A per-service answer has no check view to be ahead of.
-                if self.mode == Mode::Shared && resp.meta.index > self.checks_index {
+                // A per-service answer has no check view to be ahead of;
+                // a read past either checks view may hide a flip back.
+                let behind = self.checks_index.iter().min().copied().unwrap_or(0);
+                if self.mode == Mode::Shared && resp.meta.index > behind {
                     self.ahead.insert(name);
                 } else {
                     self.ahead.remove(&name);
@@ -498,7 +505,8 @@ impl Loop {
             SourceHealth::Starting
         };
         let read_index = self.known.values().map(|k| k.index).max().unwrap_or(0);
-        let index = self.checks_index.max(self.services_index).max(read_index);
+        let checks_index = self.checks_index.iter().max().copied().unwrap_or(0);
+        let index = checks_index.max(self.services_index).max(read_index);
         SourceState {
             catalog: Arc::new(Catalog::new(index, services)),
             missing,

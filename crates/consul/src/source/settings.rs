@@ -1,7 +1,7 @@
 //! What the source watches and how ([`SourceConfig`]), and the limit that
 //! keeps its requests inside one client's connection bound.
 //!
-//! The fetch pool is clamped so that the two shared watches and the pool
+//! The fetch pool is clamped so that the three shared watches and the pool
 //! always fit in a client's request limit ([`MAX_REQUESTS`]), and
 //! [`SourceConfig::client`] builds a client of exactly that size, so the
 //! source and its client cannot be sized apart by accident.
@@ -15,12 +15,12 @@ use crate::client::{Client, Consistency, HealthQuery, MAX_REQUESTS};
 use crate::config::Config;
 use crate::error::Error;
 
-/// Long polls the source keeps open in shared mode: the checks watch and
-/// the services watch.
-pub(super) const WATCHES: usize = 2;
+/// Long polls the source keeps open in shared mode: the critical and the
+/// warning checks watches, and the services watch.
+pub(super) const WATCHES: usize = 3;
 
 /// Most reads the source runs at once, whatever is configured: what a
-/// client lets through besides the two shared watches.
+/// client lets through besides the three shared watches.
 pub const MAX_FETCH_CONCURRENCY: usize = MAX_REQUESTS - WATCHES;
 
 /// What to watch and how.

@@ -15,14 +15,15 @@ use tokio::task::{AbortHandle, JoinSet};
 use crate::client::Client;
 
 use super::settings::SourceConfig;
-use super::watches::{watch_checks, watch_service, watch_services, Signal};
+use super::watches::{watch_checks, watch_service, watch_services, Signal, Watch};
 
 /// How the source watches Consul.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Mode {
     /// One blocking query per watched service.
     PerService,
-    /// The checks and services watches, and reads of what they name.
+    /// The two checks watches and the services watch, and reads of what
+    /// they name.
     Shared,
 }
 
@@ -64,7 +65,7 @@ impl Tasks {
 
     /// Runs the watches of `mode` for `watched`, and none other: in
     /// per-service mode one task per service (new services get one, the
-    /// tasks of dropped ones stop), in shared mode the two shared watches.
+    /// tasks of dropped ones stop), in shared mode the three shared watches.
     pub(super) fn sync(&mut self, mode: Mode, watched: &BTreeSet<String>) {
         match mode {
             Mode::PerService => {
@@ -96,8 +97,10 @@ impl Tasks {
                 if !self.shared_running {
                     self.shared_running = true;
                     let (c, cfg, tx) = (&self.client, &self.config, &self.tx);
-                    self.shared
-                        .spawn(watch_checks(c.clone(), cfg.clone(), tx.clone()));
+                    for which in [Watch::Critical, Watch::Warning] {
+                        let watch = watch_checks(c.clone(), cfg.clone(), which, tx.clone());
+                        self.shared.spawn(watch);
+                    }
                     self.shared
                         .spawn(watch_services(c.clone(), cfg.clone(), tx.clone()));
                 }

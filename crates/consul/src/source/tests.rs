@@ -135,10 +135,10 @@ fn lp() -> Loop {
         config,
         mode: Mode::Shared,
         known: BTreeMap::new(),
-        checks: None,
-        checks_index: 0,
+        checks: [None, None],
+        checks_index: [0, 0],
         services_index: 0,
-        watch_up: [true, true],
+        watch_up: [true; 3],
         watch_error: None,
         need_full: false,
         dirty: BTreeSet::new(),
@@ -197,9 +197,9 @@ async fn a_failed_watch_marks_everything_stale_and_degraded() {
     }
     assert_eq!(l.state().health, SourceHealth::Healthy);
     l.on_signal(Signal::Failed {
-        watch: Watch::Checks,
+        watch: Watch::Critical,
         error: Error::Connect {
-            endpoint: "/v1/health/state/any".into(),
+            endpoint: "/v1/health/state/critical".into(),
             message: "connection refused".into(),
         },
     });
@@ -220,20 +220,24 @@ async fn a_failed_watch_marks_everything_stale_and_degraded() {
     assert!(l.need_full, "recovery must refetch everything");
 }
 
-/// The checks watch answers with web passing (index 10); the read it
-/// triggers runs after web went critical (index 11); the next answer
-/// (index 12) has web passing again, the same as the first. Compared
-/// view to view nothing changed, but the catalog says critical: web
-/// must be read again, or the flip back is lost until something else
-/// changes.
+/// The checks watches answer with web passing (no critical or warning
+/// check, index 10); the read that follows runs after web went critical
+/// (index 11); the next answers (index 12) have web passing again, the
+/// same as the first. Compared view to view nothing changed, but the
+/// catalog says critical: web must be read again, or the flip back is
+/// lost until something else changes.
 #[tokio::test]
 async fn a_read_past_its_check_view_is_read_again_at_the_next_view() {
+    // Every check change wakes both checks watches.
     let checks = |l: &mut Loop, index: u64| {
-        l.on_signal(Signal::Checks {
-            outcome: IndexOutcome::Moved,
-            index,
-            view: view(&[("n1", "c-web", "web", "passing")]),
-        });
+        for watch in [Watch::Critical, Watch::Warning] {
+            l.on_signal(Signal::Checks {
+                watch,
+                outcome: IndexOutcome::Moved,
+                index,
+                view: view(&[]),
+            });
+        }
     };
     let read = |index: u64, health: Health| {
         Ok(Response {
@@ -401,12 +405,12 @@ async fn a_rejected_read_is_not_asked_again_until_restart() {
 async fn a_refused_watch_stays_the_reported_failure() {
     let mut l = lp();
     for (watch, error) in [
-        (Watch::Checks, denied("/v1/health/state/any")),
+        (Watch::Critical, denied("/v1/health/state/critical")),
         (Watch::Services, refused("/v1/catalog/services")),
     ] {
         l.on_signal(Signal::Failed { watch, error });
     }
-    assert_config_reason(&l.state(), "/v1/health/state/any", SLOWLY);
+    assert_config_reason(&l.state(), "/v1/health/state/critical", SLOWLY);
 }
 
 /// In per-service mode a watch's answer is the data: it is kept as read,

@@ -1,10 +1,10 @@
 //! The long polls, each a [`BlockingQuery`] in its own task: one per
 //! watched service (`/v1/health/service/:name`, whose answer is that
 //! service's instances), or, when there are more services than the client
-//! can hold long polls for, the two shared watches: checks
-//! (`/v1/health/state/any`, filtered to checks that are not passing) and
-//! services (`/v1/catalog/services`). See the [source](super) for which and
-//! why.
+//! can hold long polls for, the three shared watches: the critical checks
+//! (`/v1/health/state/critical`), the warning ones
+//! (`/v1/health/state/warning`) and the services (`/v1/catalog/services`).
+//! See the [source](super) for which and why.
 //!
 //! A watch holds no catalog state: it sends what it saw to the loop as a
 //! `Signal` on a channel, and the loop decides what it means, whichever
@@ -27,12 +27,21 @@ use super::settings::SourceConfig;
 /// Which watch a signal comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Watch {
-    Checks,
+    Critical,
+    Warning,
     Services,
 }
 
+impl Watch {
+    /// The shared watches, in the order of the loop's `watch_up`.
+    pub(super) const SHARED: [Watch; 3] = [Watch::Critical, Watch::Warning, Watch::Services];
+}
+
 pub(super) enum Signal {
+    /// An answer of a checks watch ([`Watch::Critical`] or
+    /// [`Watch::Warning`]).
     Checks {
+        watch: Watch,
         outcome: IndexOutcome,
         index: u64,
         view: CheckView,
@@ -62,27 +71,35 @@ fn watch_options(config: &SourceConfig) -> (QueryOptions, Pacing) {
     )
 }
 
-/// Watches the checks that are not passing. A filtered blocking query
-/// still wakes on every check change in the datacenter (the filter is
-/// applied to the answer, not to the index it blocks on), but its answer
-/// holds only the failing checks, and the agent skips encoding the rest.
-/// A check turning passing leaves the answer, so every health change still
-/// shows in the diff; a new passing check changes no instance's health,
-/// and the instance it comes with moves the services watch.
-pub(super) async fn watch_checks(client: Client, config: SourceConfig, tx: mpsc::Sender<Signal>) {
-    let read = |client: Client, o: QueryOptions| async move {
-        client.health_state_filtered("any", NOT_PASSING, &o).await
+/// Watches the checks in one state that is not passing (`which` is
+/// [`Watch::Critical`] or [`Watch::Warning`]). Its blocking query wakes on
+/// every check change in the datacenter (it blocks on the index of all
+/// checks), but the agent finds the checks in that state through an index
+/// and its answer holds only them. A check turning passing leaves the
+/// answer, so every health change still shows in a diff of two answers; a
+/// new passing check changes no instance's health, and the instance it
+/// comes with moves the services watch.
+pub(super) async fn watch_checks(
+    client: Client,
+    config: SourceConfig,
+    which: Watch,
+    tx: mpsc::Sender<Signal>,
+) {
+    let state = if which == Watch::Warning {
+        "warning"
+    } else {
+        "critical"
     };
+    let read =
+        |client: Client, o: QueryOptions| async move { client.health_state(state, &o).await };
     let checks = |u: Update<_>| Signal::Checks {
+        watch: which,
         outcome: u.outcome,
         index: u.meta.index,
         view: check_view(u.value),
     };
-    watch_index(client, config, tx, read, checks, failed(Watch::Checks)).await;
+    watch_index(client, config, tx, read, checks, failed(which)).await;
 }
-
-/// The filter of the checks watch: what is not passing.
-pub(super) const NOT_PASSING: &str = r#"Status != "passing""#;
 
 pub(super) async fn watch_services(client: Client, config: SourceConfig, tx: mpsc::Sender<Signal>) {
     let read = |client: Client, o: QueryOptions| async move { client.catalog_services(&o).await };
