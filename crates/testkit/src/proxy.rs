@@ -37,7 +37,10 @@ pub struct Seen {
 struct Shared {
     seen: Vec<Seen>,
     connections: usize,
-    open: Vec<TcpStream>,
+    /// Both ends of every connection, shared with the threads that pump
+    /// them rather than duplicated, so a connection costs two file
+    /// descriptors (thousands of long polls stay within `ulimit -n`).
+    open: Vec<Arc<TcpStream>>,
 }
 
 /// Bytes forwarded so far, each way.
@@ -183,19 +186,21 @@ fn forward(
     let server = TcpStream::connect(upstream)?;
     client.set_nodelay(true)?;
     server.set_nodelay(true)?;
+    let (client, server) = (Arc::new(client), Arc::new(server));
     {
         let mut s = shared.lock().unwrap_or_else(PoisonError::into_inner);
         s.connections += 1;
-        // Keep handles so drop can close connections a tool left open.
-        s.open.retain(|c| c.peer_addr().is_ok());
-        s.open.push(client.try_clone()?);
-        s.open.push(server.try_clone()?);
+        // Keep handles so drop can close connections a tool left open;
+        // one no pump holds any more is closed and forgotten.
+        s.open.retain(|c| Arc::strong_count(c) > 1);
+        s.open.push(client.clone());
+        s.open.push(server.clone());
     }
-    let (c_read, s_write) = (client.try_clone()?, server.try_clone()?);
+    let (c_read, s_write) = (client.clone(), server.clone());
     let (shared, up, down) = (shared.clone(), bytes.clone(), bytes.clone());
     std::thread::spawn(move || {
         let mut scan = RequestLines::default();
-        pump(c_read, s_write, |chunk| {
+        pump(&c_read, &s_write, |chunk| {
             up.sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
             for seen in scan.feed(chunk) {
                 shared
@@ -207,7 +212,7 @@ fn forward(
         });
     });
     std::thread::spawn(move || {
-        pump(server, client, |chunk| {
+        pump(&server, &client, |chunk| {
             down.received
                 .fetch_add(chunk.len() as u64, Ordering::Relaxed);
         })
@@ -216,7 +221,8 @@ fn forward(
 }
 
 /// Copies `from` to `to` until either side closes, then closes both.
-fn pump(mut from: TcpStream, mut to: TcpStream, mut observe: impl FnMut(&[u8])) {
+fn pump(from: &TcpStream, to: &TcpStream, mut observe: impl FnMut(&[u8])) {
+    let (mut from, mut to) = (from, to);
     let mut buf = [0u8; 16 * 1024];
     loop {
         match from.read(&mut buf) {

@@ -51,7 +51,12 @@ pub(super) struct Tasks {
 }
 
 impl Tasks {
-    pub(super) fn new(client: Client, config: SourceConfig, tx: mpsc::Sender<Signal>) -> Self {
+    /// Tasks watching with `client` and `config`'s pacing and backoffs.
+    /// The watched set is not theirs to know: each task gets a copy of the
+    /// config, and thousands of copies of thousands of names would cost
+    /// gigabytes.
+    pub(super) fn new(client: Client, mut config: SourceConfig, tx: mpsc::Sender<Signal>) -> Self {
+        config.services.clear();
         Self {
             client,
             config,
