@@ -84,7 +84,7 @@ pub use records::{AgentSelf, HealthCheck, KvPair};
 /// When the agent speaks HTTP/2 (an `https` address; see `lanes`), a
 /// request is a stream, not a connection: each of [`H2_CONNECTIONS`] lanes
 /// keeps one connection carrying at most [`H2_STREAMS`] requests, so
-/// thousands of long polls fit in 24 connections.
+/// thousands of long polls fit in 28 connections.
 ///
 /// One moment falls outside that count: hyper hands a finished connection
 /// back to the pool from a spawned task, and a request starting before that

@@ -43,7 +43,7 @@
 //!   nothing. Over HTTP/2, which Consul speaks on its HTTPS listener, the
 //!   client carries up to
 //!   [`H2_CONNECTIONS`](crate::client::H2_CONNECTIONS) ×
-//!   [`H2_STREAMS`](crate::client::H2_STREAMS) requests on at most 24
+//!   [`H2_STREAMS`](crate::client::H2_STREAMS) requests on at most 28
 //!   connections, so thousands of services are watched this way. Over
 //!   plain HTTP/1.1 a long poll holds a connection, so only as many
 //!   services as the client's request limit (15 by default) are.

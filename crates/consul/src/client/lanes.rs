@@ -34,11 +34,14 @@ use crate::error::Error;
 /// [`H2_STREAMS`] requests, so [`H2_CONNECTIONS`] × [`H2_STREAMS`] long
 /// polls fit, which is what lets a source watch thousands of services each
 /// with its own blocking query.
-pub const H2_CONNECTIONS: usize = 24;
+pub const H2_CONNECTIONS: usize = 28;
 
-/// Most requests one HTTP/2 connection carries at once: below Go's
-/// default of 250 concurrent streams per connection, which Consul keeps.
-pub const H2_STREAMS: usize = 240;
+/// Most requests one HTTP/2 connection carries at once: well below Go's
+/// default of 250 concurrent streams per connection, which Consul keeps,
+/// because the server counts a stream until its handler has returned,
+/// which can be a moment after the client saw the answer; a request the
+/// server refuses for that is retried on a new connection.
+pub const H2_STREAMS: usize = 200;
 
 /// One HTTP client and the slots of requests it may carry at once.
 #[derive(Clone)]

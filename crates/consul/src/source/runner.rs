@@ -47,8 +47,7 @@ pub(super) struct Loop {
     pub(super) checks: [Option<CheckView>; 2],
     /// The index of each checks watch's latest answer.
     pub(super) checks_index: [u64; 2],
-    pub(super) services_index: u64,
-    /// Whether each shared watch ([`Watch::SHARED`]) answered last time.
+    /// Whether each shared watch (indexed by [`Watch`]) answered last time.
     pub(super) watch_up: [bool; 3],
     pub(super) watch_error: Option<Failure>,
     pub(super) need_full: bool,
@@ -69,6 +68,13 @@ pub(super) struct Loop {
     pub(super) refused_due: bool,
     pub(super) resync_at: Instant,
     pub(super) rng: fastrand::Rng,
+    /// Moves with every change that can change what [`Loop::state`]
+    /// returns (a read, a watch going down or up, the watched set, the
+    /// mode). The loop builds and publishes a state only when it moved:
+    /// building one copies every watched service, and a wake-up that
+    /// changed nothing watched (an unwatched flip in shared mode) must
+    /// cost next to nothing.
+    pub(super) generation: u64,
 }
 
 pub(super) async fn run(
@@ -92,7 +98,6 @@ pub(super) async fn run(
         known: BTreeMap::new(),
         checks: [None, None],
         checks_index: [0, 0],
-        services_index: 0,
         watch_up: [false; 3],
         watch_error: None,
         need_full: true,
@@ -103,10 +108,12 @@ pub(super) async fn run(
         refused_due: false,
         resync_at,
         rng,
+        generation: 0,
     };
     let capacity = learn_capacity(&mut lp, &state_tx).await;
     lp.follow(&mut tasks, capacity);
 
+    let mut published = u64::MAX;
     loop {
         let (retry_at, refused_at) = (lp.retry_at, lp.refused_at);
         tokio::select! {
@@ -134,7 +141,10 @@ pub(super) async fn run(
         }
         lp.fetch().await;
         lp.pace_refusals();
-        publish(&state_tx, lp.state());
+        if lp.generation != published {
+            published = lp.generation;
+            publish(&state_tx, lp.state());
+        }
     }
 }
 
@@ -176,6 +186,7 @@ async fn learn_capacity(lp: &mut Loop, state_tx: &watch::Sender<SourceState>) ->
 
 impl Loop {
     pub(super) fn on_signal(&mut self, sig: Signal) {
+        let before = (self.watch_up, self.watch_error.is_some());
         match sig {
             Signal::Checks {
                 watch,
@@ -202,14 +213,14 @@ impl Loop {
                     self.record_read(name, result);
                 }
             }
-            Signal::Services { outcome, index } => {
+            Signal::Services { outcome } => {
                 self.watch_up[Watch::Services as usize] = true;
-                self.services_index = index;
                 if outcome.may_have_changed() {
                     self.need_full = true;
                 }
             }
             Signal::Failed { watch, error } => {
+                self.generation += 1;
                 let failure = Failure::new(&error, self.config.refused_retry_cap);
                 match failure.retry {
                     Retry::Soon => {
@@ -236,6 +247,9 @@ impl Loop {
         }
         if self.watch_up.iter().all(|u| *u) {
             self.watch_error = None;
+        }
+        if (self.watch_up, self.watch_error.is_some()) != before {
+            self.generation += 1;
         }
     }
 
@@ -314,6 +328,7 @@ impl Loop {
     /// watches start again from nothing, and their first answers refetch
     /// everything.
     pub(super) fn enter(&mut self, mode: Mode) {
+        self.generation += 1;
         self.mode = mode;
         self.checks = [None, None];
         self.ahead.clear();
@@ -332,6 +347,7 @@ impl Loop {
     }
 
     fn set_watched(&mut self, new: BTreeSet<String>) {
+        self.generation += 1;
         self.known.retain(|name, _| new.contains(name));
         self.dirty.retain(|name| new.contains(name));
         for name in new.difference(&self.watched) {
@@ -414,6 +430,7 @@ impl Loop {
         name: String,
         result: Result<Response<Vec<Instance>>, Error>,
     ) -> bool {
+        self.generation += 1;
         let entry = self.known.entry(name.clone()).or_default();
         match result {
             Ok(resp) => {
@@ -504,9 +521,9 @@ impl Loop {
         } else {
             SourceHealth::Starting
         };
-        let read_index = self.known.values().map(|k| k.index).max().unwrap_or(0);
-        let checks_index = self.checks_index.iter().max().copied().unwrap_or(0);
-        let index = checks_index.max(self.services_index).max(read_index);
+        // The index of the newest read, not of the watches: a watch moved
+        // by an unwatched change must not make a new snapshot.
+        let index = self.known.values().map(|k| k.index).max().unwrap_or(0);
         SourceState {
             catalog: Arc::new(Catalog::new(index, services)),
             missing,

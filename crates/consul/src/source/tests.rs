@@ -137,7 +137,6 @@ fn lp() -> Loop {
         known: BTreeMap::new(),
         checks: [None, None],
         checks_index: [0, 0],
-        services_index: 0,
         watch_up: [true; 3],
         watch_error: None,
         need_full: false,
@@ -150,6 +149,7 @@ fn lp() -> Loop {
         refused_due: false,
         resync_at: Instant::now(),
         rng: fastrand::Rng::with_seed(1),
+        generation: 0,
     }
 }
 

@@ -24,17 +24,13 @@ use crate::error::{Error, Retry};
 use super::checks::{check_view, CheckView};
 use super::settings::SourceConfig;
 
-/// Which watch a signal comes from.
+/// Which shared watch a signal comes from; `as usize` indexes the loop's
+/// per-watch state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Watch {
     Critical,
     Warning,
     Services,
-}
-
-impl Watch {
-    /// The shared watches, in the order of the loop's `watch_up`.
-    pub(super) const SHARED: [Watch; 3] = [Watch::Critical, Watch::Warning, Watch::Services];
 }
 
 pub(super) enum Signal {
@@ -48,7 +44,6 @@ pub(super) enum Signal {
     },
     Services {
         outcome: IndexOutcome,
-        index: u64,
     },
     /// A per-service watch's answer (its instances) or failure.
     Service {
@@ -103,10 +98,7 @@ pub(super) async fn watch_checks(
 
 pub(super) async fn watch_services(client: Client, config: SourceConfig, tx: mpsc::Sender<Signal>) {
     let read = |client: Client, o: QueryOptions| async move { client.catalog_services(&o).await };
-    let services = |u: Update<_>| Signal::Services {
-        outcome: u.outcome,
-        index: u.meta.index,
-    };
+    let services = |u: Update<_>| Signal::Services { outcome: u.outcome };
     watch_index(client, config, tx, read, services, failed(Watch::Services)).await;
 }
 
