@@ -13,6 +13,9 @@
 //! cargo build --release -p converge -p converge-bench
 //! target/release/converge-bench --flips 100
 //! ```
+//!
+//! `converge-bench scale …` measures the Consul source and consul-template
+//! in a large synthetic datacenter instead (see `scale`).
 #![forbid(unsafe_code)]
 
 mod inproc;
@@ -20,8 +23,8 @@ mod membership;
 mod phases;
 mod probe;
 mod procstat;
-mod proxy;
 mod report;
+mod scale;
 mod share;
 mod stack;
 mod stats;
@@ -124,6 +127,15 @@ fn main() -> std::process::ExitCode {
     if argv.get(1).map(String::as_str) == Some("time-validator") {
         let code = share::time_validator_main(&argv[2..]);
         return std::process::ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
+    if argv.get(1).map(String::as_str) == Some("scale") {
+        return match scale::main(&argv[2..]) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("converge-bench scale: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
     }
     let args = Args::parse();
     match run(args, argv.join(" ")) {

@@ -15,10 +15,10 @@ use converge_testkit::wait;
 
 use crate::probe::{self, Observed};
 use crate::procstat::{self, Usage};
-use crate::proxy::{self, Seen};
 use crate::share::{self, Steps};
 use crate::stack::{Stack, DEADLINE};
 use crate::tool::{self, Kind, Running, Wait};
+use converge_testkit::proxy::{self, Seen};
 
 /// converge's log filter: info, plus the daemon's `woken` debug line.
 const RUST_LOG: &str = "info,converge_agent::daemon=debug";

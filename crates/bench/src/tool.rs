@@ -18,8 +18,8 @@ use std::time::Duration;
 use anyhow::Context;
 use converge_testkit::{free_port, http, wait, Child};
 
-use crate::proxy::CountingProxy;
 use crate::stack::{Stack, DEADLINE};
+use converge_testkit::proxy::CountingProxy;
 
 /// Which tool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -41,12 +41,15 @@
 //! - `query`: the options of a read and the metadata of its answer;
 //! - `records`: the public data types (check, KV entry, agent identity);
 //! - `wire`: Consul's JSON shapes and their conversion, never public;
-//! - `connection`: the HTTP client with its token header and TLS;
+//! - `connection`: the HTTP client with its token header, TLS and gzip;
+//! - `lanes`: the HTTP clients a request may go through (one HTTP/1.1
+//!   pool, or HTTP/2 connections each carrying many requests);
 //! - `session`: sessions and the KV writes tied to them (node reports);
 //! - `transport`: the one way a request is sent (slots, timeouts, the
 //!   stale fallback, decoding), so no endpoint can bypass the bound.
 
 mod connection;
+mod lanes;
 mod query;
 mod records;
 mod session;
@@ -65,6 +68,7 @@ use crate::config::Config;
 use crate::error::Error;
 use transport::{kv_segments, Transport};
 
+pub use lanes::{H2_CONNECTIONS, H2_STREAMS};
 pub use query::{Consistency, HealthQuery, QueryMeta, QueryOptions, Response};
 pub use records::{AgentSelf, HealthCheck, KvPair};
 
@@ -78,6 +82,11 @@ pub use records::{AgentSelf, HealthCheck, KvPair};
 /// `max_requests` ≤ [`MAX_REQUESTS`] slots from before it is sent until
 /// its body has been read, and the pool keeps at most `max_requests` idle
 /// connections, so there are at most `2 × MAX_REQUESTS` = 32.
+///
+/// When the agent speaks HTTP/2 (an `https` address; see `lanes`), a
+/// request is a stream, not a connection: each of [`H2_CONNECTIONS`] lanes
+/// keeps one connection carrying at most [`H2_STREAMS`] requests, so
+/// thousands of long polls fit in 28 connections.
 ///
 /// One moment falls outside that count: hyper hands a finished connection
 /// back to the pool from a spawned task, and a request starting before that
@@ -135,9 +144,24 @@ impl Client {
         self.transport.requests_sent()
     }
 
-    /// Most requests this client and its clones have in flight at once.
+    /// Most requests this client and its clones have in flight at once
+    /// over HTTP/1.1.
     pub fn max_requests(&self) -> usize {
         self.max_requests
+    }
+
+    /// How many requests, long polls included, this client and its clones
+    /// can have in flight at once: [`Client::max_requests`] over HTTP/1.1,
+    /// [`H2_CONNECTIONS`] × [`H2_STREAMS`] when the agent speaks HTTP/2
+    /// (asked once, by the first request to an `https` address).
+    pub async fn capacity(&self) -> Result<usize, Error> {
+        self.transport.capacity().await
+    }
+
+    /// Whether requests share connections: the agent speaks HTTP/2 (asked
+    /// once, by the first request to an `https` address).
+    pub async fn multiplexed(&self) -> Result<bool, Error> {
+        self.transport.multiplexed().await
     }
 
     /// The agent's base URL.

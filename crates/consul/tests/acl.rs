@@ -114,10 +114,9 @@ async fn relay(client: TcpStream, agent: SocketAddr, heads: Arc<Mutex<Vec<String
 /// that retried a refusal like a fault would show it many times within a
 /// few rounds of its own watches.
 fn eager_source(client: Client) -> CatalogSource {
-    CatalogSource::spawn(
-        client,
-        eager_config(Duration::from_secs(30), Duration::from_secs(60)),
-    )
+    let mut config = eager_config(Duration::from_secs(30), Duration::from_secs(60));
+    config.services.insert("other".into());
+    CatalogSource::spawn(client, config)
 }
 
 /// Watches `web` retrying faults every 10–40 ms, waking its watches every
@@ -252,22 +251,23 @@ async fn token_without_permission_is_a_configuration_error_not_an_empty_answer()
     // A source reports the configuration error, does not publish "web
     // has no instances", and does not ask again before its slow refusal
     // pace says so (the recovery is tested below). Through recording
-    // proxies: with `narrow` the watches run but reading web is refused,
-    // with `bogus` the watches themselves are refused (HTTP 403).
+    // proxies, each source watching web and other: with `narrow` other's
+    // watch runs but web is refused, with `bogus` both are refused (HTTP
+    // 403).
     let narrow_proxy = RecordingProxy::start(a.http_addr()).await;
     let bogus_proxy = RecordingProxy::start(a.http_addr()).await;
     let narrow_source = eager_source(client_with(&narrow_proxy.url(), &narrow));
     let bogus_source = eager_source(client_with(&bogus_proxy.url(), bogus));
     assert_config_error(&narrow_source, &narrow).await;
     assert_config_error(&bogus_source, bogus).await;
-    // The narrow source's checks watch keeps going round; five more rounds
-    // are long enough for a dozen retries, had there been any.
-    let rounds = narrow_proxy.count("/v1/health/state/any");
+    // The narrow source's watch of other keeps going round; five more
+    // rounds are long enough for a dozen retries, had there been any.
+    let rounds = narrow_proxy.count("/v1/health/service/other");
     tokio::task::block_in_place(|| {
         wait::until(
             Duration::from_secs(15),
-            "five more rounds of the checks watch",
-            || narrow_proxy.count("/v1/health/state/any") >= rounds + 5,
+            "five more rounds of other's watch",
+            || narrow_proxy.count("/v1/health/service/other") >= rounds + 5,
         )
     })
     .expect("the narrow source keeps watching");

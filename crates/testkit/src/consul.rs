@@ -26,7 +26,8 @@
 //!
 //! The parts: `binary` finds the program, `files` writes its config and
 //! certificates, `api` is the blocking client of its HTTP API, and
-//! `connections` counts this process's connections to it. This file holds
+//! `connections` counts this process's connections to it, `synthetic`
+//! fills it with a datacenter of external nodes. This file holds
 //! [`ConsulAgent`]'s life: start, wait for a leader, stop, start again.
 
 mod api;
@@ -34,6 +35,7 @@ mod binary;
 mod connections;
 mod files;
 mod fleet;
+mod synthetic;
 
 use std::fs;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -48,6 +50,7 @@ use crate::wait;
 pub use binary::consul_binary;
 pub use connections::open_connections_to;
 pub use fleet::ConsulFleet;
+pub use synthetic::External;
 
 /// How long an agent gets to elect itself leader.
 pub const START_DEADLINE: Duration = Duration::from_secs(60);
@@ -95,6 +98,8 @@ pub struct ConsulAgent {
     tls: bool,
     /// For a client agent: the server's serf LAN port and this node's name.
     client_of: Option<(u16, String)>,
+    /// `limits.http_max_conns_per_client`, when not Consul's default.
+    conn_limit: Option<u32>,
     child: Option<Child>,
 }
 
@@ -153,6 +158,7 @@ impl ConsulAgent {
                 management_token: management_token.clone(),
                 tls,
                 client_of: client_of.clone(),
+                conn_limit: None,
                 child: None,
             };
             if tls {

@@ -19,6 +19,8 @@
 //! - [`standin::EmptyAnswerProxy`]: the one stand-in, named for what it
 //!   is: a real Consul behind a proxy that answers one service with
 //!   `200 []`, a fault a real agent cannot produce on demand.
+//! - [`proxy::CountingProxy`]: a TCP proxy that counts the requests,
+//!   connections and bytes between a tool and Consul.
 //! - [`stranger::Stranger`]: a process that handles reload signals and
 //!   records them, to stand where a stale pidfile points.
 //! - [`patroni::PatroniCluster`]: two PostgreSQL members under real
@@ -45,6 +47,7 @@ pub mod pgbouncer;
 pub mod ports;
 pub mod postgres;
 pub mod process;
+pub mod proxy;
 pub mod redis;
 pub mod standin;
 pub mod stranger;

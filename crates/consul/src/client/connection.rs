@@ -9,9 +9,11 @@
 //! a resolver (`PinnedHost`) connects that name to the configured
 //! address's host and port. Verification itself stays rustls's own.
 //!
-//! Built once per [`Client`](super::Client) and shared by its clones, so the
-//! pool's idle limit is one half of the connection bound (see
-//! [`MAX_CONNECTIONS`](super::MAX_CONNECTIONS)). Every problem with the
+//! Built once per lane (see `lanes`) and shared by the client's clones, so
+//! the pool's idle limit is one half of the HTTP/1.1 connection bound (see
+//! [`MAX_CONNECTIONS`](super::MAX_CONNECTIONS)). Every client asks for
+//! gzip: Consul compresses its JSON about fifteen-fold (numbers in
+//! `BENCHMARKS.md`, section "Consul source at scale"). Every problem with the
 //! configuration (an unreadable PEM file, half a client identity, a token
 //! that cannot be a header) is an [`Error::Config`] naming the file or
 //! variable, found here before any request is sent.
@@ -27,9 +29,26 @@ use reqwest::Url;
 use crate::config::{Config, TlsConfig};
 use crate::error::Error;
 
-/// A `reqwest` client for `config` that keeps at most `max_idle` idle
-/// connections and sends the token, if any, as a sensitive header.
-pub(super) fn http_client(config: &Config, max_idle: usize) -> Result<reqwest::Client, Error> {
+/// Which HTTP versions a client speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Wire {
+    /// HTTP/1.1 only: one request per connection at a time.
+    Http1,
+    /// HTTP/2 only (ALPN `h2` alone over TLS): many requests share one
+    /// connection.
+    Http2,
+    /// Whatever the server picks through ALPN; used once, to learn which.
+    Negotiate,
+}
+
+/// A `reqwest` client for `config` speaking `wire`, that keeps at most
+/// `max_idle` idle connections, asks for gzip, and sends the token, if
+/// any, as a sensitive header.
+pub(super) fn http_client(
+    config: &Config,
+    max_idle: usize,
+    wire: Wire,
+) -> Result<reqwest::Client, Error> {
     let mut headers = HeaderMap::new();
     if let Some(token) = &config.token {
         let mut value = HeaderValue::from_str(token.expose()).map_err(|_| {
@@ -45,8 +64,13 @@ pub(super) fn http_client(config: &Config, max_idle: usize) -> Result<reqwest::C
         .pool_max_idle_per_host(max_idle)
         .pool_idle_timeout(Duration::from_secs(30))
         .tcp_nodelay(true)
-        .http1_only()
+        .gzip(true)
         .user_agent(concat!("converge/", env!("CARGO_PKG_VERSION")));
+    let builder = match wire {
+        Wire::Http1 => builder.http1_only(),
+        Wire::Http2 => builder.http2_prior_knowledge(),
+        Wire::Negotiate => builder,
+    };
     let builder = match pinned_host(config) {
         Some(pinned) => builder.dns_resolver(Arc::new(pinned)),
         None => builder,

@@ -24,6 +24,17 @@ pub struct QueryOptions {
     pub datacenter: Option<String>,
 }
 
+impl QueryOptions {
+    /// The same read without blocking: index and wait cleared.
+    pub fn plain(&self) -> Self {
+        Self {
+            index: 0,
+            wait: None,
+            ..self.clone()
+        }
+    }
+}
+
 /// Consul's consistency modes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Consistency {

@@ -3,8 +3,8 @@
 //! health and KV paths the namespace and partition), the timeout, a
 //! request slot, the stale-read fallback, status and body decoding.
 //!
-//! `Transport` owns what bounds the connections: the shared HTTP client
-//! and the semaphore of request slots. Every request holds a slot from
+//! `Transport` owns what bounds the connections: the lanes (HTTP clients)
+//! and their request slots (see `lanes`). Every request holds a slot from
 //! before it is sent until its body has been read, which is the half of the
 //! bound the pool's idle limit does not cover (see
 //! [`MAX_CONNECTIONS`](super::MAX_CONNECTIONS)). Keeping it in one type
@@ -17,9 +17,10 @@ use std::time::Duration;
 use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode, Url};
 use serde::de::DeserializeOwned;
-use tokio::sync::Semaphore;
+use tokio::sync::OnceCell;
 
-use super::connection::{http_client, target_url};
+use super::connection::{http_client, target_url, Wire};
+use super::lanes::Lanes;
 use super::query::{query_meta, Consistency, QueryOptions, Response};
 use crate::config::Config;
 use crate::error::Error;
@@ -27,8 +28,12 @@ use crate::error::Error;
 /// The HTTP client, its request slots, and where and how long to ask.
 #[derive(Clone)]
 pub(super) struct Transport {
-    http: reqwest::Client,
-    slots: Arc<Semaphore>,
+    /// The lanes, known at once for `http`, learnt at the first request
+    /// for `https` (whether the agent speaks HTTP/2).
+    lanes: Arc<OnceCell<Lanes>>,
+    /// What the lanes are built from, kept for that first request.
+    config: Arc<Config>,
+    max_requests: usize,
     /// The configured address, as shown to people.
     base: Url,
     /// Where requests go: `base`, with the TLS server name as its host
@@ -50,9 +55,17 @@ impl Transport {
             .into_iter()
             .filter_map(|(k, v)| Some((k, v.clone()?)))
             .collect();
+        let lanes = if config.address.scheme() == "https" {
+            // Finds a bad TLS file now rather than at the first request.
+            http_client(&config, 1, Wire::Negotiate)?;
+            OnceCell::new()
+        } else {
+            OnceCell::new_with(Some(Lanes::http1(&config, max_requests)?))
+        };
         Ok(Self {
-            http: http_client(&config, max_requests)?,
-            slots: Arc::new(Semaphore::new(max_requests)),
+            lanes: Arc::new(lanes),
+            config: Arc::new(config.clone()),
+            max_requests,
             target: target_url(&config)?,
             base: config.address,
             datacenter: config.datacenter,
@@ -66,6 +79,24 @@ impl Transport {
     /// Requests sent so far through this transport and its clones.
     pub(super) fn requests_sent(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
+    }
+
+    /// The lanes, asking an `https` agent once whether it speaks HTTP/2.
+    async fn lanes(&self) -> Result<&Lanes, Error> {
+        self.lanes
+            .get_or_try_init(|| Lanes::negotiate(&self.config, self.max_requests))
+            .await
+    }
+
+    /// How many requests, long polls included, can be in flight at once:
+    /// `max_requests` over HTTP/1.1, many more over HTTP/2.
+    pub(super) async fn capacity(&self) -> Result<usize, Error> {
+        Ok(self.lanes().await?.capacity())
+    }
+
+    /// Whether requests share connections (the agent speaks HTTP/2).
+    pub(super) async fn multiplexed(&self) -> Result<bool, Error> {
+        Ok(self.lanes().await?.multiplexed())
     }
 
     /// The agent's base URL.
@@ -300,17 +331,13 @@ impl Transport {
         timeout: Duration,
         body: Option<Vec<u8>>,
     ) -> Result<(StatusCode, HeaderMap, Vec<u8>), Error> {
-        let mut req = self.http.request(method, url).timeout(timeout);
+        let ms = timeout.as_millis();
+        // Held until the body is read: see MAX_CONNECTIONS.
+        let (http, _slot) = self.lanes().await?.acquire().await;
+        let mut req = http.request(method, url).timeout(timeout);
         if let Some(body) = body {
             req = req.body(body);
         }
-        let ms = timeout.as_millis();
-        // Held until the body is read: see MAX_CONNECTIONS.
-        let _slot = self
-            .slots
-            .acquire()
-            .await
-            .expect("the client never closes its request slots");
         self.requests.fetch_add(1, Ordering::Relaxed);
         let resp = req
             .send()

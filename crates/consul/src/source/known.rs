@@ -20,6 +20,8 @@ use crate::error::{Error, Retry};
 pub(super) struct Known {
     pub(super) instances: Vec<Instance>,
     pub(super) last_ok: Option<SystemTime>,
+    /// The Raft index of the last good read.
+    pub(super) index: u64,
     pub(super) error: Option<Failure>,
 }
 

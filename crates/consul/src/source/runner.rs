@@ -2,12 +2,13 @@
 //! the watches say may have changed, and publishes a new [`SourceState`]
 //! when the result differs from the last.
 //!
-//! Watches and the services list only wake the loop; what it reads is
-//! decided from its own state (the check views, what each read answered,
-//! which services are dirty, ahead or parked), and a periodic resync
-//! refetches everything in case a signal was missed. Keeping all of it in
-//! one `Loop` value, changed only by its methods, lets the tests drive
-//! the loop signal by signal without Consul.
+//! In per-service mode each watch's answer is the service's data, and the
+//! loop only keeps it. In shared mode the watches and the services list
+//! only wake the loop; what it reads is decided from its own state (the
+//! check views, what each read answered, which services are dirty, ahead
+//! or parked), and a periodic resync refetches everything in case a signal
+//! was missed. Keeping all of it in one `Loop` value, changed only by its
+//! methods, lets the tests drive the loop signal by signal without Consul.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -27,18 +28,27 @@ use super::checks::{changed_services, CheckView};
 use super::known::{Failure, Known};
 use super::settings::SourceConfig;
 use super::state::{SourceHealth, SourceState};
-use super::watches::{watch_checks, watch_services, Signal, Watch};
+use super::tasks::{Mode, Tasks};
+use super::watches::{Signal, Watch};
+
+/// Signals queued before a watch waits: room for every per-service watch
+/// of a large set to hand in its first answer without waiting on the loop,
+/// which takes all queued signals before it publishes once.
+const SIGNAL_QUEUE: usize = 1024;
 
 /// The source's state and the loop's steps; see the module docs.
 pub(super) struct Loop {
     pub(super) client: Client,
     pub(super) config: SourceConfig,
+    pub(super) mode: Mode,
     pub(super) watched: BTreeSet<String>,
     pub(super) known: BTreeMap<String, Known>,
-    pub(super) checks: Option<CheckView>,
-    pub(super) checks_index: u64,
-    pub(super) services_index: u64,
-    pub(super) watch_up: [bool; 2],
+    /// The latest answer of each checks watch (critical, warning).
+    pub(super) checks: [Option<CheckView>; 2],
+    /// The index of each checks watch's latest answer.
+    pub(super) checks_index: [u64; 2],
+    /// Whether each shared watch (indexed by [`Watch`]) answered last time.
+    pub(super) watch_up: [bool; 3],
     pub(super) watch_error: Option<Failure>,
     pub(super) need_full: bool,
     pub(super) dirty: BTreeSet<String>,
@@ -58,6 +68,13 @@ pub(super) struct Loop {
     pub(super) refused_due: bool,
     pub(super) resync_at: Instant,
     pub(super) rng: fastrand::Rng,
+    /// Moves with every change that can change what [`Loop::state`]
+    /// returns (a read, a watch going down or up, the watched set, the
+    /// mode). The loop builds and publishes a state only when it moved:
+    /// building one copies every watched service, and a wake-up that
+    /// changed nothing watched (an unwatched flip in shared mode) must
+    /// cost next to nothing.
+    pub(super) generation: u64,
 }
 
 pub(super) async fn run(
@@ -66,10 +83,8 @@ pub(super) async fn run(
     state_tx: watch::Sender<SourceState>,
     mut services_rx: watch::Receiver<BTreeSet<String>>,
 ) {
-    let (sig_tx, mut sig_rx) = mpsc::channel(8);
-    let mut watches = JoinSet::new();
-    watches.spawn(watch_checks(client.clone(), config.clone(), sig_tx.clone()));
-    watches.spawn(watch_services(client.clone(), config.clone(), sig_tx));
+    let (sig_tx, mut sig_rx) = mpsc::channel(SIGNAL_QUEUE);
+    let mut tasks = Tasks::new(client.clone(), config.clone(), sig_tx);
 
     let mut rng = fastrand::Rng::new();
     let resync_at = Instant::now() + jittered(config.resync_interval, &mut rng);
@@ -79,11 +94,11 @@ pub(super) async fn run(
         refusals: config.refusal_backoff(),
         client,
         config,
+        mode: Mode::Shared,
         known: BTreeMap::new(),
-        checks: None,
-        checks_index: 0,
-        services_index: 0,
-        watch_up: [false, false],
+        checks: [None, None],
+        checks_index: [0, 0],
+        watch_up: [false; 3],
         watch_error: None,
         need_full: true,
         dirty: BTreeSet::new(),
@@ -93,8 +108,12 @@ pub(super) async fn run(
         refused_due: false,
         resync_at,
         rng,
+        generation: 0,
     };
+    let capacity = learn_capacity(&mut lp, &state_tx).await;
+    lp.follow(&mut tasks, capacity);
 
+    let mut published = u64::MAX;
     loop {
         let (retry_at, refused_at) = (lp.retry_at, lp.refused_at);
         tokio::select! {
@@ -111,6 +130,7 @@ pub(super) async fn run(
                 }
                 let new = services_rx.borrow_and_update().clone();
                 lp.set_watched(new);
+                lp.follow(&mut tasks, capacity);
             }
             _ = tokio::time::sleep_until(lp.resync_at) => {
                 lp.need_full = true;
@@ -121,47 +141,86 @@ pub(super) async fn run(
         }
         lp.fetch().await;
         lp.pace_refusals();
-        let next = lp.state();
-        state_tx.send_if_modified(|cur| {
-            let changed = *cur.catalog != *next.catalog
-                || cur.missing != next.missing
-                || cur.health != next.health;
-            if changed {
-                *cur = next;
+        if lp.generation != published {
+            published = lp.generation;
+            publish(&state_tx, lp.state());
+        }
+    }
+}
+
+/// Sends `next` to subscribers if it differs from the current state.
+fn publish(state_tx: &watch::Sender<SourceState>, next: SourceState) {
+    state_tx.send_if_modified(|cur| {
+        let changed = *cur.catalog != *next.catalog
+            || cur.missing != next.missing
+            || cur.health != next.health;
+        if changed {
+            *cur = next;
+        }
+        changed
+    });
+}
+
+/// How many long polls the client can hold at once (for an `https` agent
+/// this asks whether it speaks HTTP/2). Until the agent answers, the
+/// failure is published as a watch failure and asked again with the
+/// retry backoff.
+async fn learn_capacity(lp: &mut Loop, state_tx: &watch::Sender<SourceState>) -> usize {
+    loop {
+        match lp.client.capacity().await {
+            Ok(capacity) => {
+                lp.retry.reset();
+                return capacity;
             }
-            changed
-        });
+            Err(error) => {
+                lp.on_signal(Signal::Failed {
+                    watch: Watch::Critical,
+                    error,
+                });
+                publish(state_tx, lp.state());
+                tokio::time::sleep(lp.retry.next_delay()).await;
+            }
+        }
     }
 }
 
 impl Loop {
     pub(super) fn on_signal(&mut self, sig: Signal) {
+        let before = (self.watch_up, self.watch_error.is_some());
         match sig {
             Signal::Checks {
+                watch,
                 outcome,
                 index,
                 view,
             } => {
-                self.watch_up[0] = true;
-                self.checks_index = index;
+                let i = watch as usize;
+                self.watch_up[i] = true;
+                self.checks_index[i] = index;
                 self.dirty.append(&mut self.ahead);
-                match (&self.checks, outcome) {
+                match (&self.checks[i], outcome) {
                     (Some(old), IndexOutcome::Moved | IndexOutcome::Unchanged) => {
                         let changed = changed_services(old, &view, &self.known);
                         self.dirty.extend(changed);
                     }
                     _ => self.need_full = true,
                 }
-                self.checks = Some(view);
+                self.checks[i] = Some(view);
             }
-            Signal::Services { outcome, index } => {
-                self.watch_up[1] = true;
-                self.services_index = index;
+            Signal::Service { name, result } => {
+                // A task stopped after it sent is no longer watched.
+                if self.watched.contains(&name) {
+                    self.record_read(name, result);
+                }
+            }
+            Signal::Services { outcome } => {
+                self.watch_up[Watch::Services as usize] = true;
                 if outcome.may_have_changed() {
                     self.need_full = true;
                 }
             }
             Signal::Failed { watch, error } => {
+                self.generation += 1;
                 let failure = Failure::new(&error, self.config.refused_retry_cap);
                 match failure.retry {
                     Retry::Soon => {
@@ -175,8 +234,8 @@ impl Loop {
                     }
                 }
                 self.watch_up[watch as usize] = false;
-                if watch == Watch::Checks {
-                    self.checks = None;
+                if watch != Watch::Services {
+                    self.checks[watch as usize] = None;
                 }
                 self.need_full = true;
                 // A refusal is what an operator must act on, so a network
@@ -188,6 +247,9 @@ impl Loop {
         }
         if self.watch_up.iter().all(|u| *u) {
             self.watch_error = None;
+        }
+        if (self.watch_up, self.watch_error.is_some()) != before {
+            self.generation += 1;
         }
     }
 
@@ -231,7 +293,8 @@ impl Loop {
     /// service that is still refused when the timer fires makes the next
     /// delay longer.
     pub(super) fn pace_refusals(&mut self) {
-        if self.refused().next().is_none() {
+        // Per-service watches pace their own refusals.
+        if self.refused().next().is_none() || self.mode == Mode::PerService {
             self.refusals.reset();
             self.refused_at = None;
         } else if self.refused_at.is_none() && !self.refused_due {
@@ -250,7 +313,41 @@ impl Loop {
         }
     }
 
+    /// Watches the way that fits the watched set (see [`Mode::for_count`]),
+    /// switching when a new set crosses the limit.
+    fn follow(&mut self, tasks: &mut Tasks, capacity: usize) {
+        let mode = Mode::for_count(self.watched.len(), capacity);
+        if mode != self.mode {
+            self.enter(mode);
+        }
+        tasks.sync(mode, &self.watched);
+    }
+
+    /// Switches what the loop expects to hear: per-service watches report
+    /// their own failures, so the shared watches count as up; shared
+    /// watches start again from nothing, and their first answers refetch
+    /// everything.
+    pub(super) fn enter(&mut self, mode: Mode) {
+        self.generation += 1;
+        self.mode = mode;
+        self.checks = [None, None];
+        self.ahead.clear();
+        self.dirty.clear();
+        match mode {
+            Mode::PerService => {
+                self.watch_up = [true; 3];
+                self.watch_error = None;
+                self.need_full = false;
+            }
+            Mode::Shared => {
+                self.watch_up = [false; 3];
+                self.need_full = true;
+            }
+        }
+    }
+
     fn set_watched(&mut self, new: BTreeSet<String>) {
+        self.generation += 1;
         self.known.retain(|name, _| new.contains(name));
         self.dirty.retain(|name| new.contains(name));
         for name in new.difference(&self.watched) {
@@ -264,8 +361,14 @@ impl Loop {
     /// by a refusal (until the refusal timer fires) or by a request Consul
     /// rejects for good. Does nothing while a
     /// watch is down: the reads would fail too, and the watch's recovery
-    /// triggers one full refetch.
+    /// triggers one full refetch. In per-service mode the watches are the
+    /// reads, so there is never anything to fetch.
     pub(super) async fn fetch(&mut self) {
+        if self.mode == Mode::PerService {
+            self.dirty.clear();
+            self.need_full = false;
+            return;
+        }
         if !self.watch_up.iter().all(|u| *u) {
             return;
         }
@@ -327,6 +430,7 @@ impl Loop {
         name: String,
         result: Result<Response<Vec<Instance>>, Error>,
     ) -> bool {
+        self.generation += 1;
         let entry = self.known.entry(name.clone()).or_default();
         match result {
             Ok(resp) => {
@@ -334,7 +438,11 @@ impl Loop {
                 entry.instances.sort();
                 entry.last_ok = Some(SystemTime::now());
                 entry.error = None;
-                if resp.meta.index > self.checks_index {
+                entry.index = resp.meta.index;
+                // A per-service answer has no check view to be ahead of;
+                // a read past either checks view may hide a flip back.
+                let behind = self.checks_index.iter().min().copied().unwrap_or(0);
+                if self.mode == Mode::Shared && resp.meta.index > behind {
                     self.ahead.insert(name);
                 } else {
                     self.ahead.remove(&name);
@@ -413,11 +521,11 @@ impl Loop {
         } else {
             SourceHealth::Starting
         };
+        // The index of the newest read, not of the watches: a watch moved
+        // by an unwatched change must not make a new snapshot.
+        let index = self.known.values().map(|k| k.index).max().unwrap_or(0);
         SourceState {
-            catalog: Arc::new(Catalog::new(
-                self.checks_index.max(self.services_index),
-                services,
-            )),
+            catalog: Arc::new(Catalog::new(index, services)),
             missing,
             health,
         }

@@ -1,8 +1,8 @@
 //! What the source watches and how ([`SourceConfig`]), and the limit that
 //! keeps its requests inside one client's connection bound.
 //!
-//! The fetch pool is clamped so that the two watches and the pool always
-//! fit in a client's request limit ([`MAX_REQUESTS`]), and
+//! The fetch pool is clamped so that the three shared watches and the pool
+//! always fit in a client's request limit ([`MAX_REQUESTS`]), and
 //! [`SourceConfig::client`] builds a client of exactly that size, so the
 //! source and its client cannot be sized apart by accident.
 
@@ -15,12 +15,12 @@ use crate::client::{Client, Consistency, HealthQuery, MAX_REQUESTS};
 use crate::config::Config;
 use crate::error::Error;
 
-/// Long polls the source keeps open: the checks watch and the services
-/// watch.
-pub(super) const WATCHES: usize = 2;
+/// Long polls the source keeps open in shared mode: the critical and the
+/// warning checks watches, and the services watch.
+pub(super) const WATCHES: usize = 3;
 
 /// Most reads the source runs at once, whatever is configured: what a
-/// client lets through besides the two watches.
+/// client lets through besides the three shared watches.
 pub const MAX_FETCH_CONCURRENCY: usize = MAX_REQUESTS - WATCHES;
 
 /// What to watch and how.
@@ -33,7 +33,7 @@ pub struct SourceConfig {
     pub health: HealthQuery,
     /// Consistency of all reads.
     pub consistency: Consistency,
-    /// Blocking-query pacing of the two watches.
+    /// Blocking-query pacing of every watch.
     pub pacing: Pacing,
     /// Reads in flight at once (clamped to 1..=[`MAX_FETCH_CONCURRENCY`]).
     pub fetch_concurrency: usize,

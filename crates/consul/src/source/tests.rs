@@ -12,6 +12,7 @@ use super::checks::{changed_services, CheckView};
 use super::known::{Failure, Known};
 use super::runner::Loop;
 use super::settings::WATCHES;
+use super::tasks::Mode;
 use super::watches::{Signal, Watch};
 use super::*;
 use crate::backoff::Backoff;
@@ -132,11 +133,11 @@ fn lp() -> Loop {
         client: Client::new(Config::new("127.0.0.1:1").expect("config")).expect("client"),
         watched: config.services.clone(),
         config,
+        mode: Mode::Shared,
         known: BTreeMap::new(),
-        checks: None,
-        checks_index: 0,
-        services_index: 0,
-        watch_up: [true, true],
+        checks: [None, None],
+        checks_index: [0, 0],
+        watch_up: [true; 3],
         watch_error: None,
         need_full: false,
         dirty: BTreeSet::new(),
@@ -148,6 +149,7 @@ fn lp() -> Loop {
         refused_due: false,
         resync_at: Instant::now(),
         rng: fastrand::Rng::with_seed(1),
+        generation: 0,
     }
 }
 
@@ -165,6 +167,7 @@ async fn never_read_is_missing_not_empty_and_failures_keep_last_good() {
         Known {
             instances: vec![inst("w1", "n1")],
             last_ok: Some(since),
+            index: 0,
             error: Some(Failure {
                 message: "cannot reach Consul".into(),
                 retry: Retry::Soon,
@@ -187,15 +190,16 @@ async fn a_failed_watch_marks_everything_stale_and_degraded() {
             Known {
                 instances: vec![inst("x", "n1")],
                 last_ok: Some(SystemTime::now()),
+                index: 0,
                 error: None,
             },
         );
     }
     assert_eq!(l.state().health, SourceHealth::Healthy);
     l.on_signal(Signal::Failed {
-        watch: Watch::Checks,
+        watch: Watch::Critical,
         error: Error::Connect {
-            endpoint: "/v1/health/state/any".into(),
+            endpoint: "/v1/health/state/critical".into(),
             message: "connection refused".into(),
         },
     });
@@ -216,20 +220,24 @@ async fn a_failed_watch_marks_everything_stale_and_degraded() {
     assert!(l.need_full, "recovery must refetch everything");
 }
 
-/// The checks watch answers with web passing (index 10); the read it
-/// triggers runs after web went critical (index 11); the next answer
-/// (index 12) has web passing again, the same as the first. Compared
-/// view to view nothing changed, but the catalog says critical: web
-/// must be read again, or the flip back is lost until something else
-/// changes.
+/// The checks watches answer with web passing (no critical or warning
+/// check, index 10); the read that follows runs after web went critical
+/// (index 11); the next answers (index 12) have web passing again, the
+/// same as the first. Compared view to view nothing changed, but the
+/// catalog says critical: web must be read again, or the flip back is
+/// lost until something else changes.
 #[tokio::test]
 async fn a_read_past_its_check_view_is_read_again_at_the_next_view() {
+    // Every check change wakes both checks watches.
     let checks = |l: &mut Loop, index: u64| {
-        l.on_signal(Signal::Checks {
-            outcome: IndexOutcome::Moved,
-            index,
-            view: view(&[("n1", "c-web", "web", "passing")]),
-        });
+        for watch in [Watch::Critical, Watch::Warning] {
+            l.on_signal(Signal::Checks {
+                watch,
+                outcome: IndexOutcome::Moved,
+                index,
+                view: view(&[]),
+            });
+        }
     };
     let read = |index: u64, health: Health| {
         Ok(Response {
@@ -308,6 +316,7 @@ fn refused_web_unreachable_db() -> Loop {
         Known {
             instances: vec![inst("w1", "n1")],
             last_ok: Some(SystemTime::now()),
+            index: 0,
             error: failure(&denied("/v1/health/service/web")),
         },
     );
@@ -396,10 +405,59 @@ async fn a_rejected_read_is_not_asked_again_until_restart() {
 async fn a_refused_watch_stays_the_reported_failure() {
     let mut l = lp();
     for (watch, error) in [
-        (Watch::Checks, denied("/v1/health/state/any")),
+        (Watch::Critical, denied("/v1/health/state/critical")),
         (Watch::Services, refused("/v1/catalog/services")),
     ] {
         l.on_signal(Signal::Failed { watch, error });
     }
-    assert_config_reason(&l.state(), "/v1/health/state/any", SLOWLY);
+    assert_config_reason(&l.state(), "/v1/health/state/critical", SLOWLY);
+}
+
+/// In per-service mode a watch's answer is the data: it is kept as read,
+/// an answer from a watch stopped since is dropped, a failure keeps the
+/// last good instances (stale), and the fetch pool never reads (a read
+/// here would fail: the client points at a closed port).
+#[tokio::test]
+async fn per_service_answers_are_the_data_and_nothing_is_fetched() {
+    let answer = |health: Health| {
+        Ok(Response {
+            value: vec![Instance {
+                health,
+                ..inst("w1", "n1")
+            }],
+            meta: QueryMeta {
+                index: 7,
+                ..QueryMeta::default()
+            },
+        })
+    };
+    let mut l = lp();
+    l.enter(Mode::PerService);
+    l.on_signal(Signal::Service {
+        name: "web".into(),
+        result: answer(Health::Critical),
+    });
+    l.on_signal(Signal::Service {
+        name: "gone".into(),
+        result: answer(Health::Passing),
+    });
+    l.need_full = true;
+    l.fetch().await;
+    let s = l.state();
+    let web = s.catalog.service("web").expect("web kept as answered");
+    assert_eq!(web.instances[0].health, Health::Critical);
+    assert_eq!(web.freshness, Freshness::Fresh);
+    assert!(s.catalog.service("gone").is_none());
+    assert_eq!(s.missing, BTreeSet::from(["db".to_string()]));
+    assert_eq!(s.catalog.index, 7);
+
+    l.on_signal(Signal::Service {
+        name: "web".into(),
+        result: Err(refused("/v1/health/service/web")),
+    });
+    let s = l.state();
+    let web = s.catalog.service("web").expect("last good web kept");
+    assert_eq!(web.instances[0].health, Health::Critical);
+    assert!(matches!(web.freshness, Freshness::Stale { .. }));
+    assert!(matches!(s.health, SourceHealth::Degraded { .. }));
 }

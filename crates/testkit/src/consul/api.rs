@@ -176,7 +176,7 @@ impl ConsulAgent {
         self.request("GET", path, "")
     }
 
-    fn put_ok(&self, path: &str, body: &str) -> Result<(), String> {
+    pub(super) fn put_ok(&self, path: &str, body: &str) -> Result<(), String> {
         match self.request("PUT", path, body)? {
             (200, _) => Ok(()),
             (status, body) => Err(format!("PUT {path}: HTTP {status}: {}", body.trim())),
@@ -232,7 +232,7 @@ pub(super) fn random_uuid() -> Result<String, String> {
 }
 
 /// A JSON string literal.
-fn json_string(s: &str) -> String {
+pub(super) fn json_string(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
     for c in s.chars() {

@@ -72,6 +72,11 @@ ports {{
                 "server = false\nretry_join = [\"127.0.0.1:{join}\"]\nretry_interval = \"1s\"\n"
             ));
         }
+        if let Some(limit) = self.conn_limit {
+            hcl.push_str(&format!(
+                "limits {{\n  http_max_conns_per_client = {limit}\n}}\n"
+            ));
+        }
         if let Some(token) = &self.management_token {
             hcl.push_str(&format!(
                 r#"acl {{
@@ -92,6 +97,19 @@ ports {{
         use std::os::unix::fs::PermissionsExt;
         fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
             .map_err(|e| format!("cannot chmod {}: {e}", path.display()))
+    }
+
+    /// Sets Consul's limit of connections per client address
+    /// (`limits.http_max_conns_per_client`, 200 by default) and reloads
+    /// the running agent, which applies it without a restart.
+    ///
+    /// # Errors
+    ///
+    /// The config could not be written or the agent refused the reload.
+    pub fn set_http_conn_limit(&mut self, limit: u32) -> Result<(), String> {
+        self.conn_limit = Some(limit);
+        self.write_config()?;
+        self.put_ok("/v1/agent/reload", "")
     }
 
     fn tls_dir(&self) -> PathBuf {

@@ -1,19 +1,23 @@
 //! A counting TCP proxy in front of Consul: the measurement device for
-//! "requests each tool sends to Consul".
+//! "requests each tool sends to Consul, and bytes it reads back", used by
+//! the benchmark and by the tests that bound what the catalog source
+//! reads.
 //!
 //! Consul's own `/v1/agent/metrics` counters add up every client (the
 //! harness's check flips included) and cannot tell two tools apart, so each
 //! tool talks to Consul through its own proxy instead. The proxy forwards
 //! bytes unchanged in both directions and, on the client-to-Consul side,
 //! recognises HTTP/1.x request lines (`GET /v1/... HTTP/1.1`) to count
-//! requests and the endpoints they hit. Both tools speak plain HTTP/1.1 to
-//! Consul, so every request starts with such a line. It adds one loopback
-//! hop (tens of microseconds) to every request, the same for both tools.
+//! requests and the endpoints they hit; it counts the bytes each way. Over
+//! plain HTTP/1.1 every request starts with such a line; over TLS the
+//! proxy sees only ciphertext, so it counts bytes and connections but no
+//! requests. It adds one loopback hop (tens of microseconds) to every
+//! request, the same for every tool.
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -33,7 +37,19 @@ pub struct Seen {
 struct Shared {
     seen: Vec<Seen>,
     connections: usize,
-    open: Vec<TcpStream>,
+    /// Both ends of every connection, shared with the threads that pump
+    /// them rather than duplicated, so a connection costs two file
+    /// descriptors (thousands of long polls stay within `ulimit -n`).
+    open: Vec<Arc<TcpStream>>,
+}
+
+/// Bytes forwarded so far, each way.
+#[derive(Debug, Default)]
+struct Bytes {
+    /// From the client to Consul.
+    sent: AtomicU64,
+    /// From Consul to the client.
+    received: AtomicU64,
 }
 
 /// A running proxy; stops accepting and closes every connection on drop.
@@ -41,6 +57,7 @@ struct Shared {
 pub struct CountingProxy {
     port: u16,
     shared: Arc<Mutex<Shared>>,
+    bytes: Arc<Bytes>,
     stop: Arc<AtomicBool>,
     accept: Option<JoinHandle<()>>,
 }
@@ -55,9 +72,11 @@ impl CountingProxy {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
         let port = listener.local_addr()?.port();
         let shared = Arc::new(Mutex::new(Shared::default()));
+        let bytes = Arc::new(Bytes::default());
         let stop = Arc::new(AtomicBool::new(false));
         let accept = std::thread::spawn({
             let shared = shared.clone();
+            let bytes = bytes.clone();
             let stop = stop.clone();
             move || {
                 for conn in listener.incoming() {
@@ -65,7 +84,7 @@ impl CountingProxy {
                         return;
                     }
                     let Ok(client) = conn else { continue };
-                    if let Err(e) = forward(client, upstream, &shared) {
+                    if let Err(e) = forward(client, upstream, &shared, &bytes) {
                         eprintln!("counting proxy: cannot reach consul at {upstream}: {e}");
                     }
                 }
@@ -74,6 +93,7 @@ impl CountingProxy {
         Ok(Self {
             port,
             shared,
+            bytes,
             stop,
             accept: Some(accept),
         })
@@ -109,6 +129,22 @@ impl CountingProxy {
         self.lock().connections
     }
 
+    /// The proxy's loopback port (count a tool's open connections to it
+    /// with [`open_connections_to`](crate::consul::open_connections_to)).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Bytes Consul sent back to the client so far: what the tool read.
+    pub fn bytes_received(&self) -> u64 {
+        self.bytes.received.load(Ordering::Relaxed)
+    }
+
+    /// Bytes the client sent to Consul so far.
+    pub fn bytes_sent(&self) -> u64 {
+        self.bytes.sent.load(Ordering::Relaxed)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
         self.shared.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -141,23 +177,31 @@ impl Drop for CountingProxy {
     }
 }
 
-fn forward(client: TcpStream, upstream: SocketAddr, shared: &Arc<Mutex<Shared>>) -> io::Result<()> {
+fn forward(
+    client: TcpStream,
+    upstream: SocketAddr,
+    shared: &Arc<Mutex<Shared>>,
+    bytes: &Arc<Bytes>,
+) -> io::Result<()> {
     let server = TcpStream::connect(upstream)?;
     client.set_nodelay(true)?;
     server.set_nodelay(true)?;
+    let (client, server) = (Arc::new(client), Arc::new(server));
     {
         let mut s = shared.lock().unwrap_or_else(PoisonError::into_inner);
         s.connections += 1;
-        // Keep handles so drop can close connections a tool left open.
-        s.open.retain(|c| c.peer_addr().is_ok());
-        s.open.push(client.try_clone()?);
-        s.open.push(server.try_clone()?);
+        // Keep handles so drop can close connections a tool left open;
+        // one no pump holds any more is closed and forgotten.
+        s.open.retain(|c| Arc::strong_count(c) > 1);
+        s.open.push(client.clone());
+        s.open.push(server.clone());
     }
-    let (c_read, s_write) = (client.try_clone()?, server.try_clone()?);
-    let shared = shared.clone();
+    let (c_read, s_write) = (client.clone(), server.clone());
+    let (shared, up, down) = (shared.clone(), bytes.clone(), bytes.clone());
     std::thread::spawn(move || {
         let mut scan = RequestLines::default();
-        pump(c_read, s_write, |chunk| {
+        pump(&c_read, &s_write, |chunk| {
+            up.sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
             for seen in scan.feed(chunk) {
                 shared
                     .lock()
@@ -167,12 +211,18 @@ fn forward(client: TcpStream, upstream: SocketAddr, shared: &Arc<Mutex<Shared>>)
             }
         });
     });
-    std::thread::spawn(move || pump(server, client, |_| {}));
+    std::thread::spawn(move || {
+        pump(&server, &client, |chunk| {
+            down.received
+                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        })
+    });
     Ok(())
 }
 
 /// Copies `from` to `to` until either side closes, then closes both.
-fn pump(mut from: TcpStream, mut to: TcpStream, mut observe: impl FnMut(&[u8])) {
+fn pump(from: &TcpStream, to: &TcpStream, mut observe: impl FnMut(&[u8])) {
+    let (mut from, mut to) = (from, to);
     let mut buf = [0u8; 16 * 1024];
     loop {
         match from.read(&mut buf) {
@@ -285,6 +335,7 @@ mod tests {
         assert!(answer[..n].ends_with(b"ok"));
         assert!(server.join().expect("server") > 0);
         assert_eq!(proxy.connections(), 1);
+        assert_eq!(proxy.bytes_received(), n as u64);
         assert_eq!(
             by_endpoint(&proxy.seen()).get("GET /v1/status/leader"),
             Some(&1)

@@ -1,0 +1,285 @@
+//! The source's cost follows what is watched, not the datacenter: against
+//! a real agent holding a synthetic datacenter of external nodes, churn on
+//! unwatched services costs nothing in per-service mode and two small
+//! answers per flip in shared mode (counted through a proxy);
+//! every kind of change to a watched service is still seen in both modes
+//! and across a switch between them; and thousands of per-service long
+//! polls over HTTP/2 fit in a few connections.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use converge_consul::client::H2_STREAMS;
+use converge_consul::{
+    CatalogSource, Client, Config, Pacing, SourceConfig, SourceHealth, SourceState,
+};
+use converge_model::Health;
+use converge_testkit::consul::{open_connections_to, ConsulAgent, External};
+use converge_testkit::proxy::{by_endpoint, CountingProxy};
+use tokio::sync::watch;
+
+const T: Duration = Duration::from_secs(30);
+
+/// More services than the default source client holds long polls for over
+/// HTTP/1.1 (3 + 12), so the source runs its shared watches.
+const SHARED: usize = 40;
+
+/// Few enough for one long poll each over HTTP/1.1.
+const PER_SERVICE: usize = 5;
+
+fn agent() -> ConsulAgent {
+    ConsulAgent::start().unwrap_or_else(|e| panic!("cannot start the real consul agent: {e}"))
+}
+
+fn names(n: usize) -> BTreeSet<String> {
+    (0..n).map(|i| format!("s{i}")).collect()
+}
+
+/// A source for `s0..s{n}` with a long wait, so nothing in a test window
+/// comes from a wait running out.
+fn source(client: Client, n: usize) -> CatalogSource {
+    let mut cfg = SourceConfig::new(names(n));
+    cfg.pacing = Pacing {
+        wait: Duration::from_secs(300),
+        ..Pacing::default()
+    };
+    CatalogSource::spawn(client, cfg)
+}
+
+fn client_for(url: &str) -> Client {
+    SourceConfig::new(["x"])
+        .client(Config::new(url).expect("config"))
+        .expect("client")
+}
+
+async fn wait_state(
+    rx: &mut watch::Receiver<SourceState>,
+    what: &str,
+    pred: impl FnMut(&SourceState) -> bool,
+) -> SourceState {
+    let got = match tokio::time::timeout(T, rx.wait_for(pred)).await {
+        Ok(Ok(s)) => Some(s.clone()),
+        Ok(Err(_)) => panic!("source stopped while waiting for {what}"),
+        Err(_) => None,
+    };
+    got.unwrap_or_else(|| {
+        panic!(
+            "timed out waiting for {what}; last: {:?}",
+            rx.borrow().health
+        )
+    })
+}
+
+fn instance<'a>(s: &'a SourceState, e: External) -> Option<&'a converge_model::Instance> {
+    s.catalog
+        .service(&e.service_name())?
+        .instances
+        .iter()
+        .find(|i| i.id == e.id())
+}
+
+fn health(s: &SourceState, e: External) -> Option<Health> {
+    instance(s, e).map(|i| i.health)
+}
+
+fn on(f: impl FnOnce() -> Result<(), String>) {
+    tokio::task::block_in_place(f).expect("change the catalog");
+}
+
+/// Flips `e` to `status` and waits for the source to show `want`.
+async fn flip(
+    a: &ConsulAgent,
+    rx: &mut watch::Receiver<SourceState>,
+    e: External,
+    status: &str,
+    want: Health,
+) {
+    on(|| a.set_external(e, e.port(), status));
+    wait_state(rx, &format!("{} {want:?}", e.id()), |s| {
+        health(s, e) == Some(want)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unwatched_churn_reads_nothing_per_service_and_under_10_kb_a_flip_shared() {
+    const FLIPS: usize = 20;
+    let a = agent();
+    tokio::task::block_in_place(|| a.register_synthetic(300, 4)).expect("datacenter");
+    let watched = External {
+        service: 0,
+        instance: 0,
+    };
+    let unwatched = External {
+        service: 250,
+        instance: 1,
+    };
+    for n in [PER_SERVICE, SHARED] {
+        let proxy = CountingProxy::start(a.http_addr()).expect("proxy");
+        let src = source(client_for(&proxy.url()), n);
+        let mut rx = src.subscribe();
+        wait_state(&mut rx, "every watched service read", |s| {
+            s.health == SourceHealth::Healthy && s.catalog.services().len() == n
+        })
+        .await;
+        // One watched change first, so whatever follows start-up (a read
+        // to confirm, a re-armed watch) is over before the window opens.
+        flip(&a, &mut rx, watched, "critical", Health::Critical).await;
+
+        let (bytes, requests) = (proxy.bytes_received(), proxy.seen().len());
+        for k in 0..FLIPS {
+            let status = if k % 2 == 0 { "critical" } else { "passing" };
+            on(|| a.set_external(unwatched, unwatched.port(), status));
+        }
+        // A watched flip closes the window: once it shows, the agent has
+        // applied (and the source has been woken by) every flip before it.
+        flip(&a, &mut rx, watched, "passing", Health::Passing).await;
+        let read = proxy.bytes_received() - bytes;
+        let seen = proxy.seen()[requests..].to_vec();
+        let endpoints = by_endpoint(&seen);
+        eprintln!("{n} watched: {FLIPS} unwatched flips + 1 watched: {read} bytes, {endpoints:?}");
+        if n == PER_SERVICE {
+            assert!(
+                seen.iter()
+                    .all(|r| r.endpoint == "GET /v1/health/service/s0"),
+                "an unwatched flip made the per-service source ask something: {endpoints:?}"
+            );
+            assert!(seen.len() <= 2, "{endpoints:?}");
+            assert!(read < 10_000, "{read} bytes for one watched flip");
+        } else {
+            // The two watches may go round; no other service is read.
+            let allowed = [
+                "GET /v1/health/state/critical",
+                "GET /v1/health/state/warning",
+                "GET /v1/catalog/services",
+                "GET /v1/health/service/s0",
+            ];
+            assert!(
+                seen.iter().all(|r| allowed.contains(&r.endpoint.as_str())),
+                "an unwatched flip made the shared source read a service: {endpoints:?}"
+            );
+            let per_flip = read / (FLIPS as u64 + 1);
+            assert!(per_flip < 10_000, "{per_flip} bytes per flip");
+        }
+    }
+}
+
+/// Every kind of change to a watched service, in per-service mode, in
+/// shared mode, and across switches between the two: a check flip through
+/// critical and warning back to passing, a new port with no check change,
+/// a node check, a deregistration and a registration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kind_of_watched_change_is_seen_in_both_modes() {
+    let a = agent();
+    tokio::task::block_in_place(|| a.register_synthetic(SHARED + 10, 3)).expect("datacenter");
+    let e = |instance| External {
+        service: 1,
+        instance,
+    };
+    let src = source(client_for(&a.http_url()), PER_SERVICE);
+    let mut rx = src.subscribe();
+    for (round, n) in [(0, PER_SERVICE), (1, SHARED), (2, PER_SERVICE)] {
+        src.set_services(names(n));
+        wait_state(&mut rx, &format!("{n} services"), |s| {
+            s.health == SourceHealth::Healthy && s.catalog.services().len() == n
+        })
+        .await;
+        flip(&a, &mut rx, e(0), "critical", Health::Critical).await;
+        flip(&a, &mut rx, e(0), "warning", Health::Warning).await;
+        flip(&a, &mut rx, e(0), "passing", Health::Passing).await;
+
+        let port = 9000 + round;
+        on(|| a.set_external(e(1), port, "passing"));
+        wait_state(&mut rx, "a new port with no check change", |s| {
+            instance(s, e(1)).is_some_and(|i| i.port == port)
+        })
+        .await;
+
+        on(|| a.set_external_node_check(e(2), "critical"));
+        wait_state(&mut rx, "a node check", |s| {
+            health(s, e(2)) == Some(Health::Critical)
+        })
+        .await;
+        on(|| a.set_external_node_check(e(2), "passing"));
+        wait_state(&mut rx, "the node check passing", |s| {
+            health(s, e(2)) == Some(Health::Passing)
+        })
+        .await;
+
+        on(|| a.deregister_external(e(0)));
+        wait_state(&mut rx, "a deregistration", |s| {
+            s.catalog.service("s1").is_some() && instance(s, e(0)).is_none()
+        })
+        .await;
+        on(|| a.set_external(e(0), e(0).port(), "warning"));
+        wait_state(&mut rx, "a registration", |s| {
+            health(s, e(0)) == Some(Health::Warning)
+        })
+        .await;
+        on(|| a.set_external(e(0), e(0).port(), "passing"));
+    }
+}
+
+/// 2,000 services watched over HTTPS, where Consul speaks HTTP/2: each
+/// has its own long poll, all in flight at once (so at least
+/// 2,000 / [`H2_STREAMS`] connections), and still no more than 32.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_long_polls_over_http2_fit_in_a_few_connections() {
+    const N: usize = 2000;
+    let a = ConsulAgent::start_with_tls()
+        .unwrap_or_else(|e| panic!("cannot start the real consul agent with TLS: {e}"));
+    tokio::task::block_in_place(|| a.register_synthetic(N, 1)).expect("datacenter");
+    let (ca, cert, key) = a.tls_files();
+    let path = |p: &std::path::Path| p.display().to_string();
+    let vars = [
+        ("CONSUL_HTTP_ADDR", a.https_url()),
+        ("CONSUL_CACERT", path(&ca)),
+        ("CONSUL_CLIENT_CERT", path(&cert)),
+        ("CONSUL_CLIENT_KEY", path(&key)),
+        ("CONSUL_TLS_SERVER_NAME", "server.dc1.consul".to_string()),
+    ];
+    let config = Config::from_vars(|k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone()))
+        .expect("config");
+    let port = a.ports().https;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let sampler = {
+        let (stop, peak) = (stop.clone(), peak.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                peak.fetch_max(open_connections_to(port), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+
+    let client = SourceConfig::new(["x"]).client(config).expect("client");
+    let src = source(client.clone(), N);
+    let mut rx = src.subscribe();
+    wait_state(&mut rx, "all 2,000 services read", |s| {
+        s.health == SourceHealth::Healthy && s.catalog.services().len() == N
+    })
+    .await;
+    assert!(
+        client.multiplexed().await.expect("asked"),
+        "HTTP/2 expected"
+    );
+    let last = External {
+        service: N - 1,
+        instance: 0,
+    };
+    flip(&a, &mut rx, last, "critical", Health::Critical).await;
+
+    stop.store(true, Ordering::Relaxed);
+    sampler.join().expect("sampler");
+    let peak = peak.load(Ordering::Relaxed);
+    eprintln!("{N} long polls over HTTP/2: peak {peak} connections");
+    assert!(
+        peak >= N.div_ceil(H2_STREAMS),
+        "{peak} connections cannot carry {N} long polls at once"
+    );
+    assert!(peak <= 32, "{peak} connections to consul, bound is 32");
+}
