@@ -79,7 +79,7 @@ impl External {
 
 impl ConsulAgent {
     /// Registers `services` × `instances` synthetic instances, all passing,
-    /// on [`REGISTER_THREADS`] threads.
+    /// on `REGISTER_THREADS` threads.
     ///
     /// # Errors
     ///
