@@ -11,15 +11,13 @@
 //!     --services 600 --flips 200 --gap-ms 200 --idle-secs 60
 //! ```
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use converge_consul::{
     CatalogSource, Config, HealthQuery, QueryOptions, SourceConfig, SourceHealth,
 };
 use converge_model::Health;
-use converge_testkit::consul::{open_connections_to, ConsulAgent};
+use converge_testkit::consul::{open_connections_to, ConsulAgent, PeakConnections};
 
 fn arg(name: &str, default: u64) -> u64 {
     let args: Vec<String> = std::env::args().collect();
@@ -62,17 +60,7 @@ async fn main() {
         );
     }
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let peak = Arc::new(AtomicUsize::new(0));
-    let sampler = {
-        let (stop, peak) = (stop.clone(), peak.clone());
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                peak.fetch_max(open_connections_to(port), Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        })
-    };
+    let peak = PeakConnections::start(port);
 
     let cfg = SourceConfig::new((0..services).map(|i| format!("s{i}")));
     let client = cfg
@@ -169,10 +157,8 @@ async fn main() {
     );
 
     let now = open_connections_to(port);
-    stop.store(true, Ordering::Relaxed);
-    sampler.join().expect("sampler");
     println!(
         "connections to consul with {services} watched services: peak {}, idle {now}",
-        peak.load(Ordering::Relaxed)
+        peak.finish()
     );
 }

@@ -6,17 +6,18 @@
 //! and across a switch between them; and thousands of per-service long
 //! polls over HTTP/2 fit in a few connections.
 
+mod common;
+
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
+use common::wait_state;
 use converge_consul::client::H2_STREAMS;
 use converge_consul::{
     CatalogSource, Client, Config, Pacing, SourceConfig, SourceHealth, SourceState,
 };
 use converge_model::Health;
-use converge_testkit::consul::{open_connections_to, ConsulAgent, External};
+use converge_testkit::consul::{ConsulAgent, External, PeakConnections};
 use converge_testkit::proxy::{by_endpoint, CountingProxy};
 use tokio::sync::watch;
 
@@ -54,24 +55,6 @@ fn client_for(url: &str) -> Client {
         .expect("client")
 }
 
-async fn wait_state(
-    rx: &mut watch::Receiver<SourceState>,
-    what: &str,
-    pred: impl FnMut(&SourceState) -> bool,
-) -> SourceState {
-    let got = match tokio::time::timeout(T, rx.wait_for(pred)).await {
-        Ok(Ok(s)) => Some(s.clone()),
-        Ok(Err(_)) => panic!("source stopped while waiting for {what}"),
-        Err(_) => None,
-    };
-    got.unwrap_or_else(|| {
-        panic!(
-            "timed out waiting for {what}; last: {:?}",
-            rx.borrow().health
-        )
-    })
-}
-
 fn instance(s: &SourceState, e: External) -> Option<&converge_model::Instance> {
     s.catalog
         .service(&e.service_name())?
@@ -97,7 +80,7 @@ async fn flip(
     want: Health,
 ) {
     on(|| a.set_external(e, e.port(), status));
-    wait_state(rx, &format!("{} {want:?}", e.id()), |s| {
+    wait_state(rx, &format!("{} {want:?}", e.id()), T, |s| {
         health(s, e) == Some(want)
     })
     .await;
@@ -120,7 +103,7 @@ async fn unwatched_churn_reads_nothing_per_service_and_under_10_kb_a_flip_shared
         let proxy = CountingProxy::start(a.http_addr()).expect("proxy");
         let src = source(client_for(&proxy.url()), n);
         let mut rx = src.subscribe();
-        wait_state(&mut rx, "every watched service read", |s| {
+        wait_state(&mut rx, "every watched service read", T, |s| {
             s.health == SourceHealth::Healthy && s.catalog.services().len() == n
         })
         .await;
@@ -182,7 +165,7 @@ async fn every_kind_of_watched_change_is_seen_in_both_modes() {
     let mut rx = src.subscribe();
     for (round, n) in [(0, PER_SERVICE), (1, SHARED), (2, PER_SERVICE)] {
         src.set_services(names(n));
-        wait_state(&mut rx, &format!("{n} services"), |s| {
+        wait_state(&mut rx, &format!("{n} services"), T, |s| {
             s.health == SourceHealth::Healthy && s.catalog.services().len() == n
         })
         .await;
@@ -192,29 +175,29 @@ async fn every_kind_of_watched_change_is_seen_in_both_modes() {
 
         let port = 9000 + round;
         on(|| a.set_external(e(1), port, "passing"));
-        wait_state(&mut rx, "a new port with no check change", |s| {
+        wait_state(&mut rx, "a new port with no check change", T, |s| {
             instance(s, e(1)).is_some_and(|i| i.port == port)
         })
         .await;
 
         on(|| a.set_external_node_check(e(2), "critical"));
-        wait_state(&mut rx, "a node check", |s| {
+        wait_state(&mut rx, "a node check", T, |s| {
             health(s, e(2)) == Some(Health::Critical)
         })
         .await;
         on(|| a.set_external_node_check(e(2), "passing"));
-        wait_state(&mut rx, "the node check passing", |s| {
+        wait_state(&mut rx, "the node check passing", T, |s| {
             health(s, e(2)) == Some(Health::Passing)
         })
         .await;
 
         on(|| a.deregister_external(e(0)));
-        wait_state(&mut rx, "a deregistration", |s| {
+        wait_state(&mut rx, "a deregistration", T, |s| {
             s.catalog.service("s1").is_some() && instance(s, e(0)).is_none()
         })
         .await;
         on(|| a.set_external(e(0), e(0).port(), "warning"));
-        wait_state(&mut rx, "a registration", |s| {
+        wait_state(&mut rx, "a registration", T, |s| {
             health(s, e(0)) == Some(Health::Warning)
         })
         .await;
@@ -244,22 +227,12 @@ async fn thousands_of_long_polls_over_http2_fit_in_a_few_connections() {
         .expect("config");
     let port = a.ports().https;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let peak = Arc::new(AtomicUsize::new(0));
-    let sampler = {
-        let (stop, peak) = (stop.clone(), peak.clone());
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                peak.fetch_max(open_connections_to(port), Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        })
-    };
+    let peak = PeakConnections::start(port);
 
     let client = SourceConfig::new(["x"]).client(config).expect("client");
     let src = source(client.clone(), N);
     let mut rx = src.subscribe();
-    wait_state(&mut rx, "all 2,000 services read", |s| {
+    wait_state(&mut rx, "all 2,000 services read", T, |s| {
         s.health == SourceHealth::Healthy && s.catalog.services().len() == N
     })
     .await;
@@ -273,9 +246,7 @@ async fn thousands_of_long_polls_over_http2_fit_in_a_few_connections() {
     };
     flip(&a, &mut rx, last, "critical", Health::Critical).await;
 
-    stop.store(true, Ordering::Relaxed);
-    sampler.join().expect("sampler");
-    let peak = peak.load(Ordering::Relaxed);
+    let peak = peak.finish();
     eprintln!("{N} long polls over HTTP/2: peak {peak} connections");
     assert!(
         peak >= N.div_ceil(H2_STREAMS),

@@ -3,15 +3,15 @@
 //! degraded) and recovers through an index reset, and 600 watched services
 //! stay within the connection bound.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+mod common;
+
 use std::time::Duration;
 
+use common::wait_state;
 use converge_consul::{CatalogSource, Config, Pacing, SourceConfig, SourceHealth, SourceState};
 use converge_model::{Freshness, Health};
-use converge_testkit::consul::{open_connections_to, ConsulAgent};
+use converge_testkit::consul::{open_connections_to, ConsulAgent, PeakConnections};
 use converge_testkit::wait;
-use tokio::sync::watch;
 
 fn agent() -> ConsulAgent {
     ConsulAgent::start().unwrap_or_else(|e| panic!("cannot start the real consul agent: {e}"))
@@ -20,25 +20,6 @@ fn agent() -> ConsulAgent {
 fn source(agent: &ConsulAgent, config: SourceConfig) -> CatalogSource {
     let consul = Config::new(&agent.http_url()).expect("config");
     CatalogSource::connect(consul, config).expect("source")
-}
-
-async fn wait_state(
-    rx: &mut watch::Receiver<SourceState>,
-    what: &str,
-    deadline: Duration,
-    pred: impl FnMut(&SourceState) -> bool,
-) -> SourceState {
-    let got = match tokio::time::timeout(deadline, rx.wait_for(pred)).await {
-        Ok(Ok(s)) => Some(s.clone()),
-        Ok(Err(_)) => panic!("source stopped while waiting for {what}"),
-        Err(_) => None,
-    };
-    got.unwrap_or_else(|| {
-        panic!(
-            "timed out after {deadline:?} waiting for {what}; last state: {:#?}",
-            *rx.borrow()
-        )
-    })
 }
 
 fn health(s: &SourceState, service: &str, id: &str) -> Option<Health> {
@@ -253,17 +234,7 @@ async fn six_hundred_watched_services_stay_within_32_connections() {
     });
 
     // Sample this process's connections to the agent all along.
-    let stop = Arc::new(AtomicBool::new(false));
-    let peak = Arc::new(AtomicUsize::new(0));
-    let sampler = {
-        let (stop, peak) = (stop.clone(), peak.clone());
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                peak.fetch_max(open_connections_to(port), Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        })
-    };
+    let peak = PeakConnections::start(port);
 
     let names: Vec<String> = (0..N).map(|i| format!("s{i}")).collect();
     let consul = Config::new(&a.http_url()).expect("config");
@@ -287,7 +258,7 @@ async fn six_hundred_watched_services_stay_within_32_connections() {
         .services()
         .values()
         .all(|e| e.instances.len() == 1));
-    let after_start = peak.load(Ordering::Relaxed);
+    let after_start = peak.so_far();
 
     // A burst of flips, then a check-less registration that forces a full
     // refetch of all 600 through the pool.
@@ -302,9 +273,7 @@ async fn six_hundred_watched_services_stay_within_32_connections() {
     wait_state(&mut rx, "full refetch", T, |s| ids(s, "s7").len() == 2).await;
 
     let steady = open_connections_to(port);
-    stop.store(true, Ordering::Relaxed);
-    sampler.join().expect("sampler");
-    let peak = peak.load(Ordering::Relaxed);
+    let peak = peak.finish();
     eprintln!(
         "connections to consul with {N} watched services: peak during start {after_start}, \
          peak overall {peak}, idle now {steady}; requests sent {}",

@@ -48,7 +48,7 @@ use crate::process::Child;
 use crate::wait;
 
 pub use binary::consul_binary;
-pub use connections::open_connections_to;
+pub use connections::{open_connections_to, PeakConnections};
 pub use fleet::ConsulFleet;
 pub use synthetic::External;
 

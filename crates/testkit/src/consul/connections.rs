@@ -6,6 +6,10 @@
 //! pool is still handing back, for instance).
 
 use std::fs;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 /// Open TCP connections from this process to `127.0.0.1:port`, counted
 /// from `/proc/self/net/tcp` (established sockets whose remote port is
@@ -42,6 +46,62 @@ pub fn open_connections_to(port: u16) -> usize {
         }
     }
     count
+}
+
+/// The highest [`open_connections_to`] count seen while it runs: a
+/// thread samples every 5 ms, so a burst of connections shorter than
+/// that can be missed, never over-counted.
+#[derive(Debug)]
+pub struct PeakConnections {
+    stop: Arc<AtomicBool>,
+    peak: Arc<AtomicUsize>,
+    sampler: Option<JoinHandle<()>>,
+}
+
+impl PeakConnections {
+    /// Starts sampling this process's connections to `127.0.0.1:port`.
+    pub fn start(port: u16) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let sampler = {
+            let (stop, peak) = (stop.clone(), peak.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    peak.fetch_max(open_connections_to(port), Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            })
+        };
+        Self {
+            stop,
+            peak,
+            sampler: Some(sampler),
+        }
+    }
+
+    /// The peak so far; sampling goes on.
+    pub fn so_far(&self) -> usize {
+        self.peak.load(Ordering::Relaxed)
+    }
+
+    /// Stops sampling and returns the peak.
+    pub fn finish(mut self) -> usize {
+        self.halt();
+        self.so_far()
+    }
+
+    fn halt(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.sampler.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for PeakConnections {
+    fn drop(&mut self) {
+        self.halt();
+    }
 }
 
 #[cfg(test)]
