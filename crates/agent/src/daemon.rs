@@ -13,10 +13,12 @@
 //! - `reconciler`: one pass and the state kept between passes;
 //! - `report`: the one place that writes status, metrics and log;
 //! - [`board`]: the status and metrics the HTTP listener serves;
+//! - [`events`]: the bounded ring of what the daemon did, for drills;
 //! - [`http`]: that listener.
 
 pub mod board;
 pub mod control;
+pub mod events;
 pub mod http;
 pub mod primaries;
 pub mod quiescence;
@@ -134,6 +136,9 @@ impl Daemon {
                 },
             };
             tracing::debug!(?trigger, "woken");
+            if trigger != Trigger::Resync {
+                board.events.record(events::EventKind::SawChange, trigger.as_str());
+            }
             tokio::select! {
                 biased;
                 _ = shutdown.wait_for(|stop| *stop) => break,

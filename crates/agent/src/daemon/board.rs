@@ -209,6 +209,8 @@ pub struct Board {
     snapshot: Mutex<Snapshot>,
     /// Counters and gauges.
     pub metrics: Metrics,
+    /// What the daemon did and when, for `GET /events`.
+    pub events: super::events::Events,
     registry: Registry,
 }
 
@@ -326,6 +328,7 @@ impl Board {
                 at: Instant::now(),
             }),
             metrics,
+            events: super::events::Events::default(),
             registry,
         })
     }

@@ -23,6 +23,18 @@ pub enum Trigger {
     Operator,
 }
 
+impl Trigger {
+    /// Its name in `GET /events`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Catalog => "catalog",
+            Trigger::Files => "files",
+            Trigger::Resync => "resync",
+            Trigger::Operator => "operator",
+        }
+    }
+}
+
 /// Operator requests shared with the HTTP listener and signal handlers.
 #[derive(Debug, Clone)]
 pub struct Control {

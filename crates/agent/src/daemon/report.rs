@@ -9,13 +9,14 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use converge_apply::{ApplyReport, Outcome, ReloadOutcome};
 use converge_consul::SourceHealth;
 use converge_model::{Catalog, Manifest, RenderedSet};
 
 use super::board::{hex_sha256, unix_now, BackendStatus, Board, TargetLabel};
+use super::events::{unix_ms, unix_ms_before, EventKind};
 use super::primaries::DatabaseStatus;
 use crate::guard::Hold;
 use crate::revision::Revision;
@@ -27,6 +28,9 @@ pub struct Reporter {
     findings: Vec<String>,
     /// Whether the source was failing at the last pass.
     source_failing: bool,
+    /// When this pass rendered (Unix ms): an event only if the pass goes
+    /// on to change something, so no-op passes leave the ring alone.
+    rendered_at: Option<u64>,
 }
 
 impl Reporter {
@@ -36,6 +40,7 @@ impl Reporter {
             board,
             findings: Vec::new(),
             source_failing: false,
+            rendered_at: None,
         }
     }
 
@@ -62,8 +67,9 @@ impl Reporter {
     }
 
     /// The pass rendered.
-    pub fn rendered(&self) {
+    pub fn rendered(&mut self) {
         self.board.metrics.renders.inc();
+        self.rendered_at = Some(unix_ms(SystemTime::now()));
     }
 
     /// A pass ends before applying anything (no inputs or no snapshot yet,
@@ -140,6 +146,9 @@ impl Reporter {
         {
             tracing::info!(backend = %ended.backend, "hold ended: the catalog recovered or the operator released it");
         }
+        for h in &new {
+            self.board.events.record(EventKind::Held, &h.backend);
+        }
         self.board.metrics.guard_holds.inc_by(new.len() as u64);
         self.board.metrics.held_backends.set(holds.len() as i64);
         self.board.update(|s| {
@@ -189,9 +198,10 @@ impl Reporter {
         self.findings = findings;
     }
 
-    /// Each bundle's outcome in the status, metrics and log; whether every
-    /// bundle was applied or unchanged.
-    pub fn outcomes(&self, set: &RenderedSet, report: &ApplyReport) -> bool {
+    /// Each bundle's outcome in the status, metrics, log and events;
+    /// whether every bundle was applied or unchanged.
+    pub fn outcomes(&mut self, set: &RenderedSet, report: &ApplyReport) -> bool {
+        self.events(report);
         let now = unix_now();
         let mut all_ok = true;
         let m = &self.board.metrics;
@@ -262,6 +272,53 @@ impl Reporter {
             }
         }
         all_ok
+    }
+
+    /// Each changed bundle's steps in the event ring. The apply reports
+    /// durations, not instants: a bundle's validation and commit are put at
+    /// the start of its reload (the commit is a rename, instant next to
+    /// the validators), its reload at the end of the apply.
+    fn events(&mut self, report: &ApplyReport) {
+        let rendered_at = self.rendered_at.take();
+        if report
+            .bundles
+            .iter()
+            .all(|b| b.outcome == Outcome::Unchanged)
+        {
+            return;
+        }
+        let events = &self.board.events;
+        let end = SystemTime::now();
+        if let Some(at) = rendered_at {
+            events.record_at(at, EventKind::Rendered, "");
+        }
+        for b in &report.bundles {
+            let reload = b.timings.reload.unwrap_or_default();
+            let before_reload = unix_ms_before(end, reload);
+            if let Some(v) = b.timings.validate {
+                let detail = format!("{} in {} ms", b.bundle, v.as_millis());
+                events.record_at(before_reload, EventKind::Validated, detail);
+            }
+            let (kind, detail) = match &b.outcome {
+                Outcome::Unchanged => continue,
+                Outcome::Applied { reload: how } => {
+                    events.record_at(before_reload, EventKind::Committed, &b.bundle);
+                    if *how != ReloadOutcome::Reloaded {
+                        continue;
+                    }
+                    let ms = reload.as_millis();
+                    (EventKind::Reloaded, format!("{} in {ms} ms", b.bundle))
+                }
+                Outcome::RuntimeUpdated { servers } => (
+                    EventKind::RuntimeUpdate,
+                    format!("{}: {servers} servers", b.bundle),
+                ),
+                Outcome::Rejected { .. } => (EventKind::Rejected, b.bundle.clone()),
+                Outcome::Failed { .. } => (EventKind::Failed, b.bundle.clone()),
+                Outcome::RolledBack { .. } => (EventKind::RolledBack, b.bundle.clone()),
+            };
+            events.record_at(unix_ms(end), kind, detail);
+        }
     }
 
     /// The pass's verdict: converged when every bundle went through, with
