@@ -137,7 +137,9 @@ impl Daemon {
             };
             tracing::debug!(?trigger, "woken");
             if trigger != Trigger::Resync {
-                board.events.record(events::EventKind::SawChange, trigger.as_str());
+                board
+                    .events
+                    .record(events::EventKind::SawChange, trigger.as_str());
             }
             tokio::select! {
                 biased;

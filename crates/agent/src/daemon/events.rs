@@ -50,6 +50,16 @@ pub enum EventKind {
     Other,
 }
 
+impl EventKind {
+    /// Its name as `GET /events` spells it (`runtime-update`).
+    pub fn name(self) -> String {
+        serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default()
+    }
+}
+
 /// One event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
