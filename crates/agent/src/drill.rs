@@ -32,6 +32,7 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
+pub use reqwest::Url;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::task::JoinSet;
 
