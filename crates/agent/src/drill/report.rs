@@ -210,7 +210,7 @@ fn markdown(r: &Report) -> String {
                 s.before_converge_ms, s.converge_ms, s.after_converge_ms
             );
         }
-        None => out += "Not split: the system did not recover, or converge's events show no change applied between the fault and the recovery (the recovery was the fault's own).\n\n",
+        None => out += "Not split: the system did not recover, or converge's events show no change applied between the fault and the recovery, so the recovery was not converge's doing (HAProxy's own health check, a retry, the fault ending by itself).\n\n",
     }
     if let Some(e) = &r.events_error {
         let _ = writeln!(out, "converge's events could not be read: {e}\n");

@@ -42,10 +42,17 @@ pub async fn check(
             .collect(),
     };
     match addrs.iter().find(|ip| !is_private(**ip)) {
-        Some(public) => Err(DrillError::Refused(format!(
-            "{what} target {host} is {public}, outside loopback and private ranges; \
-             pass --allow-public to drill it anyway"
-        ))),
+        Some(public) => {
+            let named = if host == public.to_string() {
+                String::new()
+            } else {
+                format!(" ({public})")
+            };
+            Err(DrillError::Refused(format!(
+                "{what} target {host}{named} is outside loopback and private ranges; \
+                 pass --allow-public to drill it anyway"
+            )))
+        }
         None if addrs.is_empty() => Err(DrillError::Refused(format!(
             "{what} target {host} resolves to no address"
         ))),

@@ -96,13 +96,19 @@ fn probes(r: &Report, x: &impl Fn(i64) -> f64, s: &mut String) {
     }
 }
 
+/// A vertical line with its label beside it (before it near the right
+/// edge, so the label stays inside the picture).
 fn marker(s: &mut String, at: f64, bottom: f64, color: &str, label: &str, dash: &str) {
+    let (text_x, anchor) = if at > WIDTH - RIGHT - 80.0 {
+        (at - 3.0, "end")
+    } else {
+        (at + 3.0, "start")
+    };
     let _ = writeln!(
         s,
         "<line x1=\"{at:.1}\" y1=\"{}\" x2=\"{at:.1}\" y2=\"{bottom}\" stroke=\"{color}\" stroke-width=\"2\"{dash}/>\
-         <text x=\"{:.1}\" y=\"{}\" fill=\"{color}\">{label}</text>",
+         <text x=\"{text_x:.1}\" y=\"{}\" fill=\"{color}\" text-anchor=\"{anchor}\">{label}</text>",
         PROBES_Y - 12.0,
-        at + 3.0,
         PROBES_Y - 14.0
     );
 }
