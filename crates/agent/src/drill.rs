@@ -191,20 +191,26 @@ pub async fn run(config: DrillConfig) -> Result<Outcome, DrillError> {
     })
 }
 
-/// Refuses probe, Consul and daemon addresses outside private ranges.
+/// Refuses probe, Consul and daemon addresses outside private ranges (a
+/// probe command the operator wrote has no known address: not checked).
 async fn check_targets(config: &DrillConfig) -> Result<(), DrillError> {
-    let mut targets = vec![("probe", config.probe.url())];
+    let mut targets: Vec<(&str, (String, u16))> = Vec::new();
+    if let Some(t) = config.probe.target() {
+        targets.push(("probe", t.clone()));
+    }
     if matches!(
         config.fault,
         Fault::ConsulMaintenance(_) | Fault::ConsulCheck(_)
     ) {
-        targets.push(("Consul", config.consul.url()));
+        targets.push(("Consul", safety::url_host_port(config.consul.url())?));
+    }
+    if let Fault::PatroniSwitchover(url) = &config.fault {
+        targets.push(("Patroni", safety::url_host_port(url)?));
     }
     if let Some(d) = &config.daemon {
-        targets.push(("daemon", d));
+        targets.push(("daemon", safety::url_host_port(d)?));
     }
-    for (what, url) in targets {
-        let (host, port) = safety::url_host_port(url)?;
+    for (what, (host, port)) in targets {
         safety::check(what, &host, port, config.allow_public).await?;
     }
     Ok(())

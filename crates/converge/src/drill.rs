@@ -24,6 +24,12 @@ pub enum Scenario {
     /// One instance of a backend goes away; the probe is an HTTP request
     /// through the frontend that routes to it.
     BackendKill,
+    /// The Postgres primary goes away; the probe is a write through this
+    /// node's PgBouncer (`psql`, `select txid_current()`, which a standby
+    /// refuses).
+    PrimaryKill,
+    /// A planned primary change; the probe as for primary-kill.
+    Switchover,
 }
 
 impl Scenario {
@@ -55,9 +61,25 @@ pub struct DrillArgs {
     #[arg(long, value_name = "NAME")]
     pub backend: Option<String>,
 
-    /// Probe this URL instead of the frontend found in the manifests.
-    #[arg(long, value_name = "URL")]
+    /// Probe this URL instead of the frontend found in the manifests
+    /// (backend-kill).
+    #[arg(long, value_name = "URL", conflicts_with = "probe_command")]
     pub probe_url: Option<String>,
+
+    /// Probe by running this shell command (exit 0 is a success) instead
+    /// of the probe the scenario builds. Its target is not checked.
+    #[arg(long, value_name = "CMD")]
+    pub probe_command: Option<String>,
+
+    /// The database to write to (primary-kill, switchover) [default: the
+    /// only database that follows a primary].
+    #[arg(long, value_name = "NAME")]
+    pub database: Option<String>,
+
+    /// The user to write as [default: the first PgBouncer user that is not
+    /// an admin user]. A password comes from PGPASSWORD or ~/.pgpass.
+    #[arg(long, value_name = "USER")]
+    pub db_user: Option<String>,
 
     /// Fault: run this shell command.
     #[arg(long, value_name = "CMD", group = "fault")]
@@ -83,6 +105,12 @@ pub struct DrillArgs {
     /// Fault: set this Consul TTL check critical (undone by passing it).
     #[arg(long, value_name = "CHECK_ID", group = "fault")]
     pub fail_check: Option<String>,
+
+    /// Fault: a Patroni switchover through this member's REST API
+    /// (`http://10.0.0.5:8008`): the leader from `GET /cluster`, then
+    /// `POST /switchover`.
+    #[arg(long, value_name = "URL", group = "fault")]
+    pub patroni_switchover: Option<String>,
 
     /// Time between probe starts.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "100ms")]
@@ -161,35 +189,71 @@ pub fn run(cli: &Cli, args: &DrillArgs) -> anyhow::Result<u8> {
 }
 
 /// The drill the flags and manifests describe. The manifests are read
-/// unless both the probe and the fault are given on the command line.
+/// unless the flags already say what to probe and what to break.
 async fn config(cli: &Cli, args: &DrillArgs) -> Result<DrillConfig, DrillError> {
     let consul_url = cli.consul.as_deref().unwrap_or("http://127.0.0.1:8500");
     let consul = Consul::new(url(consul_url, "--consul")?)?;
-    let named = named_fault(args);
-    let target = match (&args.probe_url, &named) {
-        (Some(_), Some(_)) => None,
-        _ => {
-            let manifests =
-                Manifests::load(&cli.manifests).map_err(|e| DrillError::Usage(format!("{e}")))?;
-            Some(scenario::backend_kill(
-                &manifests.manifest,
-                args.backend.as_deref(),
-            )?)
+    let named = named_fault(args)?;
+    let manifest = || {
+        Manifests::load(&cli.manifests)
+            .map(|m| m.manifest)
+            .map_err(|e| DrillError::Usage(format!("{e}")))
+    };
+    let timeout = args.probe_timeout;
+    let command = args.probe_command.as_ref().map(|cmd| {
+        let args = vec!["-c".to_string(), cmd.clone()];
+        Probe::command("sh".into(), args, None, timeout)
+    });
+    let (probe, fault) = match args.scenario {
+        Scenario::BackendKill => {
+            let given = command.is_some() || args.probe_url.is_some();
+            let target = match (given, &named) {
+                (true, Some(_)) => None,
+                _ => Some(scenario::backend_kill(
+                    &manifest()?,
+                    args.backend.as_deref(),
+                )?),
+            };
+            let probe = match (command, &args.probe_url, &target) {
+                (Some(p), _, _) => p,
+                (None, Some(u), _) => {
+                    Probe::http(url(u, "--probe-url")?, None, args.probe_timeout)?
+                }
+                (None, None, Some(t)) => {
+                    Probe::http(url(&t.url, "probe")?, t.host.clone(), args.probe_timeout)?
+                }
+                (None, None, None) => return Err(DrillError::Usage("no probe".into())),
+            };
+            let fault = match (named, &target) {
+                (Some(f), _) => f,
+                (None, Some(t)) => default_fault(&consul, &t.service).await?,
+                (None, None) => return Err(DrillError::Usage("no fault".into())),
+            };
+            (probe, fault)
         }
-    };
-    let (probe_url, host) = match (&args.probe_url, &target) {
-        (Some(u), _) => (u.clone(), None),
-        (None, Some(t)) => (t.url.clone(), t.host.clone()),
-        (None, None) => return Err(DrillError::Usage("no probe target".into())),
-    };
-    let fault = match (named, &target) {
-        (Some(f), _) => f,
-        (None, Some(t)) => default_fault(&consul, &t.service).await?,
-        (None, None) => return Err(DrillError::Usage("no fault".into())),
+        Scenario::PrimaryKill | Scenario::Switchover => {
+            if args.probe_url.is_some() {
+                return Err(DrillError::Usage(
+                    "--probe-url is for backend-kill; a database drill writes (--probe-command to replace it)".into(),
+                ));
+            }
+            let probe = match command {
+                Some(p) => p,
+                None => write_probe(&manifest()?, args)?,
+            };
+            let fault = named.ok_or_else(|| {
+                DrillError::Usage(
+                    "name the fault: --fault-pid PID --signal KILL for the primary's Postgres or \
+                     Patroni, --patroni-switchover URL, or --fault-command CMD"
+                        .into(),
+                )
+            })?;
+            (probe, fault)
+        }
     };
     Ok(DrillConfig {
         scenario: args.scenario.name(),
-        probe: Probe::http(url(&probe_url, "--probe-url")?, host, args.probe_timeout)?,
+        probe,
         fault,
         consul,
         daemon: match args.no_daemon {
@@ -206,21 +270,61 @@ async fn config(cli: &Cli, args: &DrillArgs) -> Result<DrillConfig, DrillError> 
     })
 }
 
+/// `psql` writing through this node's PgBouncer: `select txid_current()`
+/// needs a transaction id, which a standby cannot give, so it succeeds
+/// only on a primary, and it leaves no row behind.
+fn write_probe(manifest: &converge_model::Manifest, args: &DrillArgs) -> Result<Probe, DrillError> {
+    let t = scenario::database_write(manifest, args.database.as_deref())?;
+    let user =
+        args.db_user.clone().or(t.user).ok_or_else(|| {
+            DrillError::Usage("no PgBouncer user to write as: give --db-user".into())
+        })?;
+    let timeout = args.probe_timeout.as_secs().max(1);
+    let conninfo = format!(
+        "host={} port={} dbname={} user={user} connect_timeout={timeout}",
+        t.host, t.port, t.database
+    );
+    let psql_args = [
+        "-X",
+        "-q",
+        "-w",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-d",
+        &conninfo,
+        "-c",
+        "select txid_current()",
+    ];
+    Ok(Probe::command(
+        "psql".into(),
+        psql_args.iter().map(|a| a.to_string()).collect(),
+        Some((t.host, t.port)),
+        args.probe_timeout,
+    ))
+}
+
 /// The fault the flags name, if any.
-fn named_fault(args: &DrillArgs) -> Option<Fault> {
+fn named_fault(args: &DrillArgs) -> Result<Option<Fault>, DrillError> {
     if let Some(run) = &args.fault_command {
-        return Some(Fault::Command {
+        return Ok(Some(Fault::Command {
             run: run.clone(),
             undo: args.undo_command.clone(),
-        });
+        }));
     }
     if let (Some(pid), Some(signal)) = (args.fault_pid, args.signal) {
-        return Some(Fault::Signal { pid, signal });
+        return Ok(Some(Fault::Signal { pid, signal }));
     }
-    args.consul_maintenance
+    if let Some(u) = &args.patroni_switchover {
+        return Ok(Some(Fault::PatroniSwitchover(url(
+            u,
+            "--patroni-switchover",
+        )?)));
+    }
+    Ok(args
+        .consul_maintenance
         .clone()
         .map(Fault::ConsulMaintenance)
-        .or_else(|| args.fail_check.clone().map(Fault::ConsulCheck))
+        .or_else(|| args.fail_check.clone().map(Fault::ConsulCheck)))
 }
 
 /// With no fault named and Consul on loopback (a local test

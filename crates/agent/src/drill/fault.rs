@@ -2,8 +2,9 @@
 //!
 //! A command (with an optional undo command), a signal to a pid (`STOP` is
 //! undone with `CONT`; `KILL` and `TERM` cannot be undone), a Consul
-//! maintenance mode on a service instance (undone by turning it off), or
-//! a failed Consul TTL check (undone by passing it). The drill undoes a
+//! maintenance mode on a service instance (undone by turning it off), a
+//! failed Consul TTL check (undone by passing it), or a planned Patroni
+//! switchover through its REST API (nothing to undo: it is the change). The drill undoes a
 //! reversible fault on every way out, an interrupt included.
 
 use std::time::Duration;
@@ -35,6 +36,9 @@ pub enum Fault {
     ConsulMaintenance(String),
     /// A Consul TTL check set to critical (by check id).
     ConsulCheck(String),
+    /// `POST /switchover` away from the current leader, on a Patroni
+    /// member's REST API.
+    PatroniSwitchover(reqwest::Url),
 }
 
 /// What the report says about the fault.
@@ -56,6 +60,7 @@ impl Fault {
             Fault::Signal { pid, signal } => format!("{signal} to pid {pid}"),
             Fault::ConsulMaintenance(id) => format!("Consul maintenance mode on service `{id}`"),
             Fault::ConsulCheck(id) => format!("Consul check `{id}` set to critical"),
+            Fault::PatroniSwitchover(url) => format!("Patroni switchover through {url}"),
         }
     }
 
@@ -68,6 +73,7 @@ impl Fault {
             }
             Fault::ConsulMaintenance(id) => Some(format!("maintenance off on `{id}`")),
             Fault::ConsulCheck(id) => Some(format!("Consul check `{id}` passed")),
+            Fault::PatroniSwitchover(_) => None,
         }
     }
 
@@ -78,6 +84,7 @@ impl Fault {
             Fault::Signal { pid, signal } => send(*pid, *signal),
             Fault::ConsulMaintenance(id) => consul.maintenance(id, true).await,
             Fault::ConsulCheck(id) => consul.check(id, "fail").await,
+            Fault::PatroniSwitchover(url) => switchover(url).await,
         }
     }
 
@@ -92,6 +99,7 @@ impl Fault {
             Fault::Signal { .. } => return None,
             Fault::ConsulMaintenance(id) => consul.maintenance(id, false).await,
             Fault::ConsulCheck(id) => consul.check(id, "pass").await,
+            Fault::PatroniSwitchover(_) => return None,
         })
     }
 }
@@ -118,6 +126,52 @@ async fn shell(script: &str) -> Result<(), DrillError> {
         "`{script}` exited with {}: {}",
         out.status,
         String::from_utf8_lossy(&out.stderr).trim()
+    )))
+}
+
+/// Asks Patroni at `base` for the leader (`GET /cluster`), then for a
+/// switchover away from it (`POST /switchover`); Patroni picks the
+/// candidate.
+async fn switchover(base: &reqwest::Url) -> Result<(), DrillError> {
+    let fail = |what: &str, e: &dyn std::fmt::Display| DrillError::Fault(format!("{what}: {e}"));
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| fail("HTTP client", &e))?;
+    let cluster = base.join("/cluster").map_err(|e| fail("URL", &e))?;
+    let members: serde_json::Value = client
+        .get(cluster.clone())
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .map_err(|e| fail(&format!("GET {cluster}"), &e))?
+        .json()
+        .await
+        .map_err(|e| fail(&format!("GET {cluster}"), &e))?;
+    let leader = members["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|m| m["role"] == "leader")
+        .and_then(|m| m["name"].as_str())
+        .ok_or_else(|| {
+            DrillError::Refused(format!("GET {cluster}: no leader to switch over from"))
+        })?;
+    let url = base.join("/switchover").map_err(|e| fail("URL", &e))?;
+    let answer = client
+        .post(url.clone())
+        .json(&serde_json::json!({ "leader": leader }))
+        .send()
+        .await
+        .map_err(|e| fail(&format!("POST {url}"), &e))?;
+    let status = answer.status();
+    let body = answer.text().await.unwrap_or_default();
+    if status.is_success() {
+        return Ok(());
+    }
+    Err(DrillError::Fault(format!(
+        "POST {url}: {status}: {}",
+        body.trim()
     )))
 }
 

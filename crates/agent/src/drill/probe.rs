@@ -1,8 +1,10 @@
 //! The probe: what a user of the system would do, once.
 //!
-//! An HTTP request through an HAProxy frontend (with the `Host` header a
-//! route needs); a 2xx answer is a success. Each probe has its own
-//! timeout, so a server that hangs counts as a failure, not a stall.
+//! Either an HTTP request through an HAProxy frontend (with the `Host`
+//! header a route needs; a 2xx answer is a success), or a command (a
+//! success is exit status 0), such as a write through PgBouncer with
+//! `psql`. Each probe has its own timeout, so a server that hangs counts
+//! as a failure, not a stall; a command that outlasts it is killed.
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -10,12 +12,25 @@ use super::timeline::Sample;
 use super::DrillError;
 use crate::daemon::events::unix_ms;
 
-/// A probe.
+/// A probe, and the address it reaches (for the safety check).
 #[derive(Debug, Clone)]
 pub struct Probe {
-    url: reqwest::Url,
-    host: Option<String>,
-    client: reqwest::Client,
+    kind: Kind,
+    target: Option<(String, u16)>,
+    timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+enum Kind {
+    Http {
+        url: reqwest::Url,
+        host: Option<String>,
+        client: reqwest::Client,
+    },
+    Command {
+        program: String,
+        args: Vec<String>,
+    },
 }
 
 impl Probe {
@@ -32,19 +47,44 @@ impl Probe {
             .pool_max_idle_per_host(0)
             .build()
             .map_err(|e| DrillError::Usage(format!("HTTP client: {e}")))?;
-        Ok(Self { url, host, client })
+        let target = super::safety::url_host_port(&url)?;
+        Ok(Self {
+            kind: Kind::Http { url, host, client },
+            target: Some(target),
+            timeout,
+        })
     }
 
-    /// The target URL.
-    pub fn url(&self) -> &reqwest::Url {
-        &self.url
+    /// `program args…`, each within `timeout`; `target` is the address it
+    /// reaches, when known, for the safety check.
+    pub fn command(
+        program: String,
+        args: Vec<String>,
+        target: Option<(String, u16)>,
+        timeout: Duration,
+    ) -> Self {
+        Self {
+            kind: Kind::Command { program, args },
+            target,
+            timeout,
+        }
+    }
+
+    /// The address it reaches, when known.
+    pub fn target(&self) -> Option<&(String, u16)> {
+        self.target.as_ref()
     }
 
     /// The probe in words.
     pub fn describe(&self) -> String {
-        match &self.host {
-            Some(h) => format!("GET {} (Host: {h})", self.url),
-            None => format!("GET {}", self.url),
+        match &self.kind {
+            Kind::Http {
+                url, host: Some(h), ..
+            } => format!("GET {url} (Host: {h})"),
+            Kind::Http {
+                url, host: None, ..
+            } => format!("GET {url}"),
+            Kind::Command { program, args } => format!("`{program} {}`", args.join(" ")),
         }
     }
 
@@ -52,26 +92,52 @@ impl Probe {
     pub async fn once(&self) -> Sample {
         let started = Instant::now();
         let unix = unix_ms(SystemTime::now());
-        let mut request = self.client.get(self.url.clone());
-        if let Some(h) = &self.host {
-            request = request.header(reqwest::header::HOST, h);
-        }
-        let (ok, detail) = match request.send().await {
-            Ok(answer) => {
-                let status = answer.status();
-                // Reading the body is part of the request succeeding.
-                match answer.bytes().await {
-                    Ok(_) => (status.is_success(), status.as_u16().to_string()),
-                    Err(e) => (false, short(&e)),
-                }
-            }
-            Err(e) => (false, short(&e)),
+        let (ok, detail) = match &self.kind {
+            Kind::Http { url, host, client } => http(client, url, host.as_deref()).await,
+            Kind::Command { program, args } => command(program, args, self.timeout).await,
         };
         Sample {
             unix_ms: unix,
             ok,
             latency_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
             detail,
+        }
+    }
+}
+
+async fn http(client: &reqwest::Client, url: &reqwest::Url, host: Option<&str>) -> (bool, String) {
+    let mut request = client.get(url.clone());
+    if let Some(h) = host {
+        request = request.header(reqwest::header::HOST, h);
+    }
+    match request.send().await {
+        Ok(answer) => {
+            let status = answer.status();
+            // Reading the body is part of the request succeeding.
+            match answer.bytes().await {
+                Ok(_) => (status.is_success(), status.as_u16().to_string()),
+                Err(e) => (false, short(&e)),
+            }
+        }
+        Err(e) => (false, short(&e)),
+    }
+}
+
+/// Runs the command; its last line of stderr says why it failed.
+async fn command(program: &str, args: &[String], timeout: Duration) -> (bool, String) {
+    let child = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    match tokio::time::timeout(timeout, child).await {
+        Err(_) => (false, "timeout".into()),
+        Ok(Err(e)) => (false, format!("cannot run {program}: {e}")),
+        Ok(Ok(out)) if out.status.success() => (true, "exit 0".into()),
+        Ok(Ok(out)) => {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let last = stderr.lines().rev().find(|l| !l.trim().is_empty());
+            (false, last.unwrap_or("failed").trim().to_string())
         }
     }
 }

@@ -1,7 +1,12 @@
 //! Scenarios, built from the manifests: what to probe and, for a local
 //! test environment, which fault to inject when the operator names none.
+//!
+//! - `backend-kill`: an HTTP request through the frontend that routes to
+//!   the backend;
+//! - `primary-kill`, `switchover`: a write through PgBouncer to a database
+//!   that follows its primary.
 
-use converge_model::manifest::Mode;
+use converge_model::manifest::{DbRole, Mode};
 use converge_model::Manifest;
 
 use super::DrillError;
@@ -55,6 +60,53 @@ pub fn backend_kill(manifest: &Manifest, backend: Option<&str>) -> Result<HttpTa
         service: b.service.clone(),
         url: format!("http://{}{path}", local_address(&bind)),
         host,
+    })
+}
+
+/// A database write target found in the manifests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DbTarget {
+    /// The database as PgBouncer serves it.
+    pub database: String,
+    /// PgBouncer's address from this node.
+    pub host: String,
+    /// PgBouncer's port.
+    pub port: u16,
+    /// A PgBouncer user that is not an admin user, to write as.
+    pub user: Option<String>,
+}
+
+/// `primary-kill` and `switchover`: the database named (or the only one
+/// that follows a primary) through this node's PgBouncer.
+pub fn database_write(manifest: &Manifest, database: Option<&str>) -> Result<DbTarget, DrillError> {
+    let primaries: Vec<&String> = manifest
+        .databases
+        .iter()
+        .filter(|(_, d)| d.role == DbRole::Primary)
+        .map(|(name, _)| name)
+        .collect();
+    let name = match database {
+        Some(d) if manifest.databases.contains_key(d) => d.to_string(),
+        None if primaries.len() == 1 => primaries[0].clone(),
+        _ => {
+            return Err(DrillError::Usage(format!(
+                "name the database to write to with --database (databases following a primary: {})",
+                list(&primaries)
+            )))
+        }
+    };
+    let p = &manifest.pgbouncer;
+    let user = p.users.keys().find(|u| !p.admin_users.contains(u)).cloned();
+    let host = match p.listen_addr.as_str() {
+        "" | "*" | "0.0.0.0" => "127.0.0.1".to_string(),
+        "::" => "::1".to_string(),
+        a => a.to_string(),
+    };
+    Ok(DbTarget {
+        database: name,
+        host,
+        port: p.listen_port,
+        user,
     })
 }
 
@@ -127,5 +179,24 @@ mod tests {
             "{unnamed:?}"
         );
         assert!(backend_kill(&m, Some("nope")).is_err());
+    }
+
+    #[test]
+    fn the_write_goes_through_this_nodes_pgbouncer_as_a_non_admin_user() {
+        let m = manifest(
+            "pgbouncer:\n  listen_addr: '*'\n  listen_port: 6432\n  admin_users: [admin]\n  users:\n    admin: {file: a}\n    app: {file: b}\n\
+             databases:\n  app: {service: postgres, role: primary}\n  reports: {service: postgres, role: replica}\n",
+        );
+        let t = database_write(&m, None).expect("the only primary database");
+        assert_eq!(
+            t,
+            DbTarget {
+                database: "app".into(),
+                host: "127.0.0.1".into(),
+                port: 6432,
+                user: Some("app".into())
+            }
+        );
+        assert!(database_write(&m, Some("nope")).is_err());
     }
 }
