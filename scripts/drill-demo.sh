@@ -11,6 +11,9 @@
 #   4. prints each drill's verdict, RTO and split, then stops everything it
 #      started, by pid. The reports stay in target/drill-demo/drills.
 #
+# NO_HAPROXY_CHECK=1 drops HAProxy's own health check from the site, so
+# only Consul's check (and converge) take the stopped server out.
+#
 # Needs consul on PATH (scripts/build-peers.sh) and the programs
 # scripts/install-deps.sh installs.
 set -euo pipefail
@@ -44,6 +47,7 @@ b2_pid=${pids[-1]}
 # 2. converge and HAProxy.
 front=$(free_port)
 sed "s/127.0.0.1:18080/127.0.0.1:$front/" examples/demo/manifests/site.yaml >"$demo/manifests/site.yaml"
+if [ -n "${NO_HAPROXY_CHECK:-}" ]; then sed -i '/server_options/d' "$demo/manifests/site.yaml"; fi
 listen=127.0.0.1:$(free_port)
 "$bin" run -v --node demo --manifests "$demo/manifests" --templates templates \
   --consul "$consul_url" --root "$root" --listen "$listen" >"$demo/converge.log" 2>&1 &

@@ -4,7 +4,8 @@
 //! `converge run --consul` keeping it equal to the catalog. The drill
 //! stops one server with SIGSTOP: probes through the frontend fail until
 //! Consul's check marks it critical and converge takes it out; the drill
-//! then undoes the fault with SIGCONT.
+//! then undoes the fault with SIGCONT. `CONVERGE_DRILL_KEEP=DIR` keeps
+//! the reports.
 
 mod common;
 
@@ -13,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use common::drill::{report_of, Reports};
 use common::{assert_exit, haproxy_site, stderr, stdout, RunningDaemon, Workspace};
 use converge_testkit::consul::ConsulAgent;
 use converge_testkit::{free_port, http, wait, Child, Haproxy};
@@ -57,7 +59,7 @@ struct Stack {
     front: u16,
     daemon: RunningDaemon,
     _haproxy: Haproxy,
-    reports: tempfile::TempDir,
+    reports: Reports,
 }
 
 impl Stack {
@@ -101,7 +103,7 @@ impl Stack {
             front,
             daemon,
             _haproxy: haproxy,
-            reports: tempfile::tempdir().expect("report dir"),
+            reports: Reports::new(),
         };
         s.wait_both_serve();
         s
@@ -154,22 +156,6 @@ impl Stack {
     }
 }
 
-/// The one report directory written since `before` was listed.
-fn new_report(dir: &Path, before: &BTreeSet<PathBuf>) -> (PathBuf, serde_json::Value) {
-    let now: BTreeSet<PathBuf> = std::fs::read_dir(dir)
-        .expect("report dir")
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    let new: Vec<&PathBuf> = now.difference(before).collect();
-    assert_eq!(new.len(), 1, "one new report directory: {new:?}");
-    let json = std::fs::read_to_string(new[0].join("report.json")).expect("report.json");
-    (
-        new[0].clone(),
-        serde_json::from_str(&json).expect("report.json parses"),
-    )
-}
-
 fn listing(dir: &Path) -> BTreeSet<PathBuf> {
     std::fs::read_dir(dir)
         .map(|d| d.flatten().map(|e| e.path()).collect())
@@ -182,7 +168,6 @@ fn backend_kill_passes_within_budget_fails_over_it_and_undoes_the_fault() {
     let pid = s.pid(1);
 
     // PASS: web-2 stops; converge takes it out once Consul's check fails.
-    let before = listing(s.reports.path());
     let out = s.drill(&[
         "--backend",
         "web",
@@ -199,7 +184,7 @@ fn backend_kill_passes_within_budget_fails_over_it_and_undoes_the_fault() {
         "{}",
         stdout(&out)
     );
-    let (dir, json) = new_report(s.reports.path(), &before);
+    let (dir, json) = report_of(&stdout(&out));
     let r = &json["report"];
     assert_eq!(r["verdict"], "PASS");
     assert_eq!(r["failure_observed"], true, "{json:#}");
@@ -247,7 +232,6 @@ fn backend_kill_passes_within_budget_fails_over_it_and_undoes_the_fault() {
     s.wait_both_serve();
 
     // FAIL: the same fault against a budget no failover meets.
-    let before = listing(s.reports.path());
     let out = s.drill(&[
         "--fault-pid",
         &pid,
@@ -262,7 +246,7 @@ fn backend_kill_passes_within_budget_fails_over_it_and_undoes_the_fault() {
         "{}",
         stdout(&out)
     );
-    let (_, json) = new_report(s.reports.path(), &before);
+    let (_, json) = report_of(&stdout(&out));
     assert_eq!(json["report"]["verdict"], "FAIL");
     assert_eq!(json["report"]["fault"]["undo_result"], "undone");
     s.wait_both_serve();
@@ -283,7 +267,8 @@ fn an_interrupted_drill_undoes_its_consul_maintenance() {
         "--settle",
         "60000",
     ]);
-    cmd.stdout(Stdio::null())
+    let out = s.ws.path("drill.out");
+    cmd.stdout(std::fs::File::create(&out).expect("stdout"))
         .stderr(std::fs::File::create(&log).expect("log"));
     let mut drill = Child::spawn("converge drill", &mut cmd).expect("spawn drill");
     let maintenance = || {
@@ -300,7 +285,7 @@ fn an_interrupted_drill_undoes_its_consul_maintenance() {
     assert_eq!(status.code(), Some(1), "{text}");
     assert!(text.contains("fault undone"), "{text}");
     assert!(!maintenance(), "maintenance still on after the drill");
-    let (_, json) = new_report(s.reports.path(), &BTreeSet::new());
+    let (_, json) = report_of(&std::fs::read_to_string(&out).expect("stdout"));
     assert_eq!(json["report"]["reason"], "interrupted (SIGINT)");
     assert_eq!(
         json["report"]["fault"]["fault"],

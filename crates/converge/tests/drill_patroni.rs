@@ -7,15 +7,14 @@
 //! One cluster for the file: a planned switchover through Patroni's REST
 //! API (PASS within a generous budget), then a kill -9 of the new leader's
 //! Patroni and PostgreSQL against a budget no failover meets (FAIL).
-//! `CONVERGE_DRILL_KEEP=DIR` keeps the reports there (BENCHMARKS.md reads
-//! its RTOs from them).
+//! `CONVERGE_DRILL_KEEP=DIR` keeps the reports.
 
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use common::drill::{report_of, Reports};
 use common::pgbouncer::{site, workspace, SIGHUP};
 use common::{assert_exit, stdout, RunningDaemon, Workspace};
 use converge_testkit::consul::ConsulAgent;
@@ -33,28 +32,6 @@ struct Stack {
     daemon: RunningDaemon,
     pgbouncer: Option<Pgbouncer>,
     reports: Reports,
-}
-
-/// Where the reports go: a temporary directory, or `CONVERGE_DRILL_KEEP`.
-enum Reports {
-    Temp(tempfile::TempDir),
-    Kept(PathBuf),
-}
-
-impl Reports {
-    fn new() -> Self {
-        match std::env::var_os("CONVERGE_DRILL_KEEP") {
-            Some(dir) => Self::Kept(dir.into()),
-            None => Self::Temp(tempfile::tempdir().expect("report dir")),
-        }
-    }
-
-    fn path(&self) -> &Path {
-        match self {
-            Self::Temp(t) => t.path(),
-            Self::Kept(p) => p,
-        }
-    }
 }
 
 impl Stack {
@@ -130,17 +107,6 @@ impl Stack {
     }
 }
 
-fn report_of(out: &std::process::Output) -> serde_json::Value {
-    let text = stdout(out);
-    let md = text
-        .lines()
-        .find_map(|l| l.strip_prefix("report: "))
-        .unwrap_or_else(|| panic!("no report line in {text}"));
-    let dir: PathBuf = Path::new(md).parent().expect("report dir").into();
-    let json = std::fs::read_to_string(dir.join("report.json")).expect("report.json");
-    serde_json::from_str(&json).expect("report.json parses")
-}
-
 #[test]
 fn switchover_passes_and_a_killed_primary_fails_a_tiny_budget() {
     let s = Stack::start();
@@ -155,7 +121,7 @@ fn switchover_passes_and_a_killed_primary_fails_a_tiny_budget() {
         &["--patroni-switchover", &api, "--rto-budget", "60s"],
     );
     assert_exit(&out, 0);
-    let json = report_of(&out);
+    let (_, json) = report_of(&stdout(&out));
     let r = &json["report"];
     assert_eq!(r["verdict"], "PASS", "{json:#}");
     assert!(
@@ -175,6 +141,11 @@ fn switchover_passes_and_a_killed_primary_fails_a_tiny_budget() {
         assert!(kinds.contains("reloaded"), "{kinds:?}\n{json:#}");
     }
     s.wait_writable();
+    // The old leader is the synchronous standby again (the cluster runs
+    // in synchronous mode: Patroni fails over to that member only).
+    s.cluster
+        .wait_sync_standby(&first, DEADLINE)
+        .unwrap_or_else(|e| panic!("{e}"));
 
     // The new leader's node dies: Patroni and PostgreSQL, kill -9.
     let (patroni, postmaster) = s.cluster.pids(&second);
@@ -190,7 +161,7 @@ fn switchover_passes_and_a_killed_primary_fails_a_tiny_budget() {
         &["--fault-command", &kill, "--rto-budget", "1ms"],
     );
     assert_exit(&out, 1);
-    let json = report_of(&out);
+    let (_, json) = report_of(&stdout(&out));
     assert_eq!(json["report"]["verdict"], "FAIL", "{json:#}");
     assert!(
         json["report"]["reason"]

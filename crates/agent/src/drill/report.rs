@@ -55,10 +55,11 @@ pub struct Report {
 /// Where the recovery time went, from converge's events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Split {
-    /// Fault → converge saw a change (health checks, Consul propagation).
+    /// Fault → converge was woken by the change it then applied (health
+    /// checks, a Patroni election, Consul propagation).
     pub before_converge_ms: u64,
-    /// Saw the change → the change was live (render, validate, reload or
-    /// runtime update).
+    /// Woken → the change was live (quiescence, render, validate, reload
+    /// or runtime update).
     pub converge_ms: u64,
     /// Live → the first probe of the recovered run.
     pub after_converge_ms: u64,
@@ -73,29 +74,39 @@ impl Report {
     }
 
     /// The split of the RTO, when the system recovered and converge's
-    /// events show it saw the change and applied it before recovery.
+    /// events show a change made live by the time the recovering probe
+    /// answered. converge's share runs from the trigger of the pass that
+    /// made it live (the last `saw-change` before that pass rendered) to
+    /// the change being live; everything before is the fault's own
+    /// (health checks, a Patroni election, passes that held or found
+    /// nothing to do). A probe can start before the change is live and
+    /// answer after it (PgBouncer holds a login until the server it
+    /// routes to answers): then the time up to that probe's start is
+    /// converge's, and the parts still add up to the RTO.
     pub fn split(&self) -> Option<Split> {
         let recovered = self.recovered_unix_ms()?;
-        let window = |e: &&Event| e.unix_ms >= self.fault_unix_ms && e.unix_ms <= recovered;
-        let saw = self
-            .events
+        let answered = self
+            .samples
             .iter()
-            .filter(window)
-            .find(|e| e.kind == EventKind::SawChange)?
-            .unix_ms;
-        let live = self
-            .events
-            .iter()
-            .filter(window)
-            .filter(|e| e.unix_ms >= saw)
-            .filter(|e| {
-                matches!(
-                    e.kind,
-                    EventKind::Reloaded | EventKind::RuntimeUpdate | EventKind::Committed
-                )
-            })
-            .map(|e| e.unix_ms)
-            .max()?;
+            .find(|s| s.unix_ms == recovered)
+            .map_or(recovered, |s| s.unix_ms + s.latency_ms);
+        let window = |kinds: &[EventKind], until: u64| {
+            self.events
+                .iter()
+                .filter(|e| kinds.contains(&e.kind))
+                .filter(move |e| e.unix_ms >= self.fault_unix_ms && e.unix_ms <= until)
+                .map(|e| e.unix_ms)
+                .max()
+        };
+        let live_kinds = [
+            EventKind::Reloaded,
+            EventKind::RuntimeUpdate,
+            EventKind::Committed,
+        ];
+        let live = window(&live_kinds, answered)?;
+        let rendered = window(&[EventKind::Rendered], live).unwrap_or(live);
+        let saw = window(&[EventKind::SawChange], rendered)?.min(recovered);
+        let live = live.min(recovered);
         Some(Split {
             before_converge_ms: saw - self.fault_unix_ms,
             converge_ms: live - saw,
@@ -204,8 +215,8 @@ fn markdown(r: &Report) -> String {
             let _ = write!(
                 out,
                 "| Phase | ms |\n|---|---:|\n\
-                 | Fault → converge saw the change (the fault's own detection: health checks, catalog) | {} |\n\
-                 | converge: saw the change → change live (render, validate, reload / runtime update) | {} |\n\
+                 | Fault → converge woken by the change it applied (the fault's own: health checks, election, catalog) | {} |\n\
+                 | converge: woken → change live (render, validate, reload / runtime update) | {} |\n\
                  | Change live → probes succeed again | {} |\n\n",
                 s.before_converge_ms, s.converge_ms, s.after_converge_ms
             );

@@ -67,6 +67,25 @@ fn the_rto_splits_at_converge_seeing_and_applying_the_change() {
             after_converge_ms: 50
         })
     );
+    // The recovering probe started before the reload and answered after
+    // it: converge's share runs up to that probe's start.
+    let mut waiting = report();
+    waiting.samples[2].latency_ms = 400;
+    waiting.events[3].unix_ms = 11_300;
+    assert_eq!(
+        waiting.split(),
+        Some(Split {
+            before_converge_ms: 1000,
+            converge_ms: 100,
+            after_converge_ms: 0
+        })
+    );
+    // A pass that only held (an earlier trigger) is the fault's time.
+    let mut held = report();
+    held.events
+        .insert(1, event(20, 10_050, EventKind::SawChange));
+    held.events.insert(2, event(21, 10_060, EventKind::Held));
+    assert_eq!(held.split(), report().split());
     let mut none = report();
     none.events.retain(|e| e.kind != EventKind::Reloaded);
     assert_eq!(
