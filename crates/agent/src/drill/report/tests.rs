@@ -67,16 +67,15 @@ fn the_rto_splits_at_converge_seeing_and_applying_the_change() {
             after_converge_ms: 50
         })
     );
-    // The recovering probe started before the reload and answered after
-    // it: converge's share runs up to that probe's start.
-    let mut waiting = report();
-    waiting.samples[2].latency_ms = 400;
-    waiting.events[3].unix_ms = 11_300;
+    // The change went live just after the first probe of the recovered
+    // run started: the last part is 0, the parts a little over the RTO.
+    let mut late = report();
+    late.events[3].unix_ms = 11_150;
     assert_eq!(
-        waiting.split(),
+        late.split(),
         Some(Split {
             before_converge_ms: 1000,
-            converge_ms: 100,
+            converge_ms: 150,
             after_converge_ms: 0
         })
     );
