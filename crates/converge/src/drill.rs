@@ -1,7 +1,7 @@
 //! `converge drill`: flags, the scenario built from the manifests, and the
 //! exit code. The drill itself is [`converge_agent::drill`].
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
@@ -10,7 +10,6 @@ use converge_agent::drill::probe::Probe;
 use converge_agent::drill::{self, scenario, DrillConfig, DrillError, Url, Verdict};
 use converge_model::Manifests;
 
-use crate::cli::Cli;
 use crate::exit;
 use crate::output::outln;
 
@@ -195,14 +194,15 @@ fn parse_signal(s: &str) -> Result<nix::sys::signal::Signal, String> {
     name.parse().map_err(|_| format!("unknown signal `{s}`"))
 }
 
-/// Runs the drill; 0 PASS, 1 FAIL or error, 2 refused.
-pub fn run(cli: &Cli, args: &DrillArgs) -> anyhow::Result<u8> {
+/// Runs the drill on the manifests in `manifests`, with Consul at
+/// `consul` (the global `--consul`); 0 PASS, 1 FAIL or error, 2 refused.
+pub fn run(manifests: &Path, consul: Option<&str>, args: &DrillArgs) -> anyhow::Result<u8> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     let result = runtime.block_on(async {
-        let config = config(cli, args).await?;
+        let config = config(manifests, consul, args).await?;
         drill::run(config).await
     });
     match result {
@@ -229,12 +229,16 @@ pub fn run(cli: &Cli, args: &DrillArgs) -> anyhow::Result<u8> {
 
 /// The drill the flags and manifests describe. The manifests are read
 /// unless the flags already say what to probe and what to break.
-async fn config(cli: &Cli, args: &DrillArgs) -> Result<DrillConfig, DrillError> {
-    let consul_url = cli.consul.as_deref().unwrap_or("http://127.0.0.1:8500");
+async fn config(
+    manifests: &Path,
+    consul: Option<&str>,
+    args: &DrillArgs,
+) -> Result<DrillConfig, DrillError> {
+    let consul_url = consul.unwrap_or("http://127.0.0.1:8500");
     let consul = Consul::new(url(consul_url, "--consul")?)?;
     let named = named_fault(args)?;
     let manifest = || {
-        Manifests::load(&cli.manifests)
+        Manifests::load(manifests)
             .map(|m| m.manifest)
             .map_err(|e| DrillError::Usage(format!("{e}")))
     };

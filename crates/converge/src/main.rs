@@ -59,7 +59,7 @@ fn main() -> ExitCode {
         Command::Status(args) => status::run(&cli, args),
         Command::Validate(args) => validate::run(&cli, args),
         Command::Publish(args) => publish::run(&cli, args),
-        Command::Drill(args) => drill::run(&cli, args),
+        Command::Drill(args) => drill::run(&cli.manifests, cli.consul.as_deref(), args),
         Command::Completions(args) => docs::completions(args),
         Command::Man(args) => docs::man(args),
         Command::Schema => docs::schema(),

@@ -74,24 +74,27 @@ impl Report {
     }
 
     /// The split of the RTO, when the system recovered and converge's
-    /// events show a change made live by the end of the run of successes
-    /// that counted as recovery. converge's share runs from the trigger of
+    /// events show a change made live by the time the recovering probe
+    /// answered (or one probe interval after it started, the resolution
+    /// of the probes). converge's share runs from the trigger of
     /// the pass that made it live (the last `saw-change` before that pass
     /// rendered) to the change being live; everything before is the
     /// fault's own (health checks, a Patroni election, passes that held or
     /// found nothing to do). The change can go live a little after the
-    /// first probe of that run started (a probe waiting in PgBouncer for
-    /// the reload, or the surviving server of a round-robin pair answering
-    /// first): then the last part is 0 and the parts add up to a little
-    /// more than the RTO, never less.
+    /// recovering probe started (it waited in PgBouncer for the reload, or
+    /// the surviving server of a round-robin pair answered it): then the
+    /// last part is 0 and the parts add up to a little more than the RTO,
+    /// never less.
     pub fn split(&self) -> Option<Split> {
         let recovered = self.recovered_unix_ms()?;
-        let first = self.samples.iter().position(|s| s.unix_ms == recovered)?;
-        let run_end = self.samples[first..]
+        let answered = self
+            .samples
             .iter()
-            .take(self.settle.max(1))
-            .map(|s| s.unix_ms + s.latency_ms)
-            .max()?;
+            .find(|s| s.unix_ms == recovered)
+            .map_or(recovered, |s| s.unix_ms + s.latency_ms);
+        // What the probes cannot tell apart: one interval after the
+        // recovering probe started, or until it answered if later.
+        let run_end = answered.max(recovered + self.interval_ms);
         let window = |kinds: &[EventKind], until: u64| {
             self.events
                 .iter()
