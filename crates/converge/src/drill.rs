@@ -236,63 +236,17 @@ async fn config(
 ) -> Result<DrillConfig, DrillError> {
     let consul_url = consul.unwrap_or("http://127.0.0.1:8500");
     let consul = Consul::new(url(consul_url, "--consul")?)?;
-    let named = named_fault(args)?;
-    let manifest = || {
-        Manifests::load(manifests)
-            .map(|m| m.manifest)
-            .map_err(|e| DrillError::Usage(format!("{e}")))
+    let given = Given {
+        manifests,
+        fault: named_fault(args)?,
+        probe: args.probe_command.as_ref().map(|cmd| {
+            let sh = vec!["-c".to_string(), cmd.clone()];
+            Probe::command("sh".into(), sh, None, args.probe_timeout)
+        }),
     };
-    let timeout = args.probe_timeout;
-    let command = args.probe_command.as_ref().map(|cmd| {
-        let args = vec!["-c".to_string(), cmd.clone()];
-        Probe::command("sh".into(), args, None, timeout)
-    });
     let (probe, fault) = match args.scenario {
-        Scenario::BackendKill => {
-            let given = command.is_some() || args.probe_url.is_some();
-            let target = match (given, &named) {
-                (true, Some(_)) => None,
-                _ => Some(scenario::backend_kill(
-                    &manifest()?,
-                    args.backend.as_deref(),
-                )?),
-            };
-            let probe = match (command, &args.probe_url, &target) {
-                (Some(p), _, _) => p,
-                (None, Some(u), _) => {
-                    Probe::http(url(u, "--probe-url")?, None, args.probe_timeout)?
-                }
-                (None, None, Some(t)) => {
-                    Probe::http(url(&t.url, "probe")?, t.host.clone(), args.probe_timeout)?
-                }
-                (None, None, None) => return Err(DrillError::Usage("no probe".into())),
-            };
-            let fault = match (named, &target) {
-                (Some(f), _) => f,
-                (None, Some(t)) => default_fault(&consul, &t.service).await?,
-                (None, None) => return Err(DrillError::Usage("no fault".into())),
-            };
-            (probe, fault)
-        }
-        Scenario::PrimaryKill | Scenario::Switchover => {
-            if args.probe_url.is_some() {
-                return Err(DrillError::Usage(
-                    "--probe-url is for backend-kill; a database drill writes (--probe-command to replace it)".into(),
-                ));
-            }
-            let probe = match command {
-                Some(p) => p,
-                None => write_probe(&manifest()?, args)?,
-            };
-            let fault = named.ok_or_else(|| {
-                DrillError::Usage(
-                    "name the fault: --fault-pid PID --signal KILL for the primary's Postgres or \
-                     Patroni, --patroni-switchover URL, or --fault-command CMD"
-                        .into(),
-                )
-            })?;
-            (probe, fault)
-        }
+        Scenario::BackendKill => backend_kill(given, args, &consul).await?,
+        Scenario::PrimaryKill | Scenario::Switchover => database(given, args)?,
     };
     Ok(DrillConfig {
         scenario: args.scenario.name(),
@@ -311,6 +265,74 @@ async fn config(
         report_dir: args.report_dir.clone(),
         allow_public: args.allow_public,
     })
+}
+
+/// What the flags give before a scenario fills in the rest.
+struct Given<'a> {
+    manifests: &'a Path,
+    fault: Option<Fault>,
+    probe: Option<Probe>,
+}
+
+impl Given<'_> {
+    fn manifest(&self) -> Result<converge_model::Manifest, DrillError> {
+        Manifests::load(self.manifests)
+            .map(|m| m.manifest)
+            .map_err(|e| DrillError::Usage(format!("{e}")))
+    }
+}
+
+/// backend-kill: GET through the frontend (or `--probe-url`), and the
+/// fault named or, on a local Consul, maintenance on an instance.
+async fn backend_kill(
+    given: Given<'_>,
+    args: &DrillArgs,
+    consul: &Consul,
+) -> Result<(Probe, Fault), DrillError> {
+    let probe_given = given.probe.is_some() || args.probe_url.is_some();
+    let target = match (probe_given, &given.fault) {
+        (true, Some(_)) => None,
+        _ => Some(scenario::backend_kill(
+            &given.manifest()?,
+            args.backend.as_deref(),
+        )?),
+    };
+    let timeout = args.probe_timeout;
+    let probe = match (given.probe, &args.probe_url, &target) {
+        (Some(p), _, _) => p,
+        (None, Some(u), _) => Probe::http(url(u, "--probe-url")?, None, timeout)?,
+        (None, None, Some(t)) => Probe::http(url(&t.url, "probe")?, t.host.clone(), timeout)?,
+        (None, None, None) => return Err(DrillError::Usage("no probe".into())),
+    };
+    let fault = match (given.fault, &target) {
+        (Some(f), _) => f,
+        (None, Some(t)) => default_fault(consul, &t.service).await?,
+        (None, None) => return Err(DrillError::Usage("no fault".into())),
+    };
+    Ok((probe, fault))
+}
+
+/// primary-kill and switchover: a write through PgBouncer (or
+/// `--probe-command`), and the fault named.
+fn database(given: Given<'_>, args: &DrillArgs) -> Result<(Probe, Fault), DrillError> {
+    if args.probe_url.is_some() {
+        return Err(DrillError::Usage(
+            "--probe-url is for backend-kill; a database drill writes (--probe-command to replace it)"
+                .into(),
+        ));
+    }
+    let probe = match given.probe {
+        Some(p) => p,
+        None => write_probe(&given.manifest()?, args)?,
+    };
+    let fault = given.fault.ok_or_else(|| {
+        DrillError::Usage(
+            "name the fault: --fault-pid PID --signal KILL for the primary's Postgres or \
+             Patroni, --patroni-switchover URL, or --fault-command CMD"
+                .into(),
+        )
+    })?;
+    Ok((probe, fault))
 }
 
 /// `psql` writing through this node's PgBouncer: `select txid_current()`

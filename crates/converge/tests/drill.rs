@@ -201,27 +201,33 @@ fn backend_kill_passes_within_budget_fails_over_it_and_undoes_the_fault() {
         kinds.contains(&"saw-change") && kinds.contains(&"reloaded"),
         "{kinds:?}"
     );
-    let split = &json["split"];
-    let parts: u64 = ["before_converge_ms", "converge_ms", "after_converge_ms"]
-        .iter()
-        .map(|k| {
-            split[k]
-                .as_u64()
-                .unwrap_or_else(|| panic!("{k} in {json:#}"))
-        })
-        .sum();
+    let md = std::fs::read_to_string(dir.join("report.md")).expect("md");
     // The parts add up to the RTO, or a little more when the change went
-    // live just after the first probe of the recovered run started.
-    assert!(
-        parts >= rto && parts <= rto + 1000,
-        "split {split} against RTO {rto}"
-    );
+    // live just after the recovering probe started. HAProxy can also get
+    // every probe to the live server before converge's change (its
+    // `option redispatch` retries): then the report says it is not split.
+    let split = &json["split"];
+    if split.is_null() {
+        assert!(md.contains("Not split"), "{md}");
+    } else {
+        let parts: u64 = ["before_converge_ms", "converge_ms", "after_converge_ms"]
+            .iter()
+            .map(|k| {
+                split[k]
+                    .as_u64()
+                    .unwrap_or_else(|| panic!("{k} in {json:#}"))
+            })
+            .sum();
+        assert!(
+            parts >= rto && parts <= rto + 1000,
+            "split {split} against RTO {rto}"
+        );
+    }
     let csv = std::fs::read_to_string(dir.join("health-timeline.csv")).expect("csv");
     assert!(
         csv.lines().any(|l| l.contains(",after-fault,false,")),
         "{csv}"
     );
-    let md = std::fs::read_to_string(dir.join("report.md")).expect("md");
     assert!(
         md.contains("converge reloaded") && md.contains("![timeline](timeline.svg)"),
         "{md}"
