@@ -86,6 +86,10 @@ pub struct DrillConfig {
     pub report_dir: PathBuf,
     /// Drill targets outside loopback and private ranges too.
     pub allow_public: bool,
+    /// The program that recovers from this fault without converge
+    /// (keepalived moving a VIP): converge's events then say nothing
+    /// about the recovery, so the RTO is not split by them.
+    pub recovered_by: Option<String>,
 }
 
 /// The verdict.
@@ -182,6 +186,7 @@ pub async fn run(config: DrillConfig) -> Result<Outcome, DrillError> {
         samples,
         events_error: events.as_ref().err().map(|e| e.to_string()),
         events: events.unwrap_or_default(),
+        recovered_by: config.recovered_by.clone(),
     };
     let dir = report::write(&config.report_dir, &report)?;
     Ok(Outcome {

@@ -29,6 +29,9 @@ pub enum Scenario {
     PrimaryKill,
     /// A planned primary change; the probe as for primary-kill.
     Switchover,
+    /// The node holding a VIP loses its HAProxy or keepalived; the probe
+    /// is an HTTP request to the VIP on an HTTP frontend's port.
+    LbKill,
 }
 
 impl Scenario {
@@ -36,6 +39,16 @@ impl Scenario {
     fn name(self) -> String {
         self.to_possible_value()
             .map_or_else(|| "drill".into(), |v| v.get_name().to_string())
+    }
+
+    /// The program that recovers from this fault without converge: a
+    /// VIP moves by keepalived's VRRP alone, so converge's events do not
+    /// split an lb-kill's RTO.
+    fn recovered_by(self) -> Option<String> {
+        match self {
+            Scenario::LbKill => Some("keepalived".into()),
+            Scenario::BackendKill | Scenario::PrimaryKill | Scenario::Switchover => None,
+        }
     }
 }
 
@@ -45,7 +58,8 @@ impl Scenario {
 /// The probe comes from the manifests: backend-kill sends GET through
 /// the frontend that routes to the backend; primary-kill and
 /// switchover write through this node's PgBouncer with psql
-/// (`select txid_current()`, which only a primary accepts). The fault
+/// (`select txid_current()`, which only a primary accepts); lb-kill
+/// sends GET to the VIP on an HTTP frontend's port. The fault
 /// is one you name: --fault-command (with --undo-command), --fault-pid
 /// with --signal (STOP is undone with CONT), --consul-maintenance,
 /// --fail-check, or --patroni-switchover. With none named and Consul
@@ -65,7 +79,7 @@ impl Scenario {
 /// events (saw the change, rendered, validated, reloaded, runtime
 /// update, held), read from the daemon at --daemon, are on the same
 /// timeline, and the RTO is split into the fault's own time and
-/// converge's share.
+/// converge's share (not for lb-kill: keepalived moves the VIP alone).
 ///
 /// Examples:
 ///
@@ -74,6 +88,9 @@ impl Scenario {
 ///
 ///   converge drill --scenario switchover \
 ///     --patroni-switchover http://10.0.0.5:8008 --rto-budget 30s
+///
+///   converge drill --scenario lb-kill --vip edge \
+///     --fault-command 'ssh lb1 systemctl kill -s TERM keepalived' --rto-budget 5s
 ///
 /// Exit status: 0 PASS (recovered within the budget, or no probe
 /// failed); 1 FAIL (over budget, not recovered within --timeout,
@@ -99,8 +116,8 @@ pub struct DrillArgs {
     #[arg(long, value_name = "NAME")]
     pub backend: Option<String>,
 
-    /// Probe this URL instead of the frontend found in the manifests
-    /// (backend-kill).
+    /// Probe this URL instead of the frontend or VIP found in the
+    /// manifests (backend-kill, lb-kill).
     #[arg(long, value_name = "URL", conflicts_with = "probe_command")]
     pub probe_url: Option<String>,
 
@@ -108,6 +125,10 @@ pub struct DrillArgs {
     /// of the probe the scenario builds. Its target is not checked.
     #[arg(long, value_name = "CMD")]
     pub probe_command: Option<String>,
+
+    /// The VIP to probe (lb-kill) [default: the only one].
+    #[arg(long, value_name = "NAME")]
+    pub vip: Option<String>,
 
     /// The database to write to (primary-kill, switchover) [default: the
     /// only database that follows a primary].
@@ -234,6 +255,7 @@ async fn config(
     consul: Option<&str>,
     args: &DrillArgs,
 ) -> Result<DrillConfig, DrillError> {
+    check_flags(args)?;
     let consul_url = consul.unwrap_or("http://127.0.0.1:8500");
     let consul = Consul::new(url(consul_url, "--consul")?)?;
     let given = Given {
@@ -247,6 +269,7 @@ async fn config(
     let (probe, fault) = match args.scenario {
         Scenario::BackendKill => backend_kill(given, args, &consul).await?,
         Scenario::PrimaryKill | Scenario::Switchover => database(given, args)?,
+        Scenario::LbKill => lb_kill(given, args)?,
     };
     Ok(DrillConfig {
         scenario: args.scenario.name(),
@@ -264,7 +287,41 @@ async fn config(
         settle: usize::from(args.settle),
         report_dir: args.report_dir.clone(),
         allow_public: args.allow_public,
+        recovered_by: args.scenario.recovered_by(),
     })
+}
+
+/// Refuses a flag the scenario does not read, rather than drill something
+/// other than what the operator meant (`--backend` on an lb-kill).
+fn check_flags(args: &DrillArgs) -> Result<(), DrillError> {
+    use Scenario::{BackendKill, LbKill, PrimaryKill, Switchover};
+    const HTTP: &[Scenario] = &[BackendKill, LbKill];
+    const DB: &[Scenario] = &[PrimaryKill, Switchover];
+    let scoped = [
+        ("--backend", args.backend.is_some(), &[BackendKill][..]),
+        ("--probe-url", args.probe_url.is_some(), HTTP),
+        ("--vip", args.vip.is_some(), &[LbKill]),
+        ("--database", args.database.is_some(), DB),
+        ("--db-user", args.db_user.is_some(), DB),
+    ];
+    match scoped
+        .iter()
+        .find(|(_, given, scenarios)| *given && !scenarios.contains(&args.scenario))
+    {
+        Some((flag, _, scenarios)) => {
+            let names: Vec<String> = scenarios.iter().map(|s| s.name()).collect();
+            let hint = match *flag {
+                "--probe-url" => " (--probe-command replaces any probe)",
+                _ => "",
+            };
+            Err(DrillError::Usage(format!(
+                "{flag} is for {}, not {}{hint}",
+                names.join(" and "),
+                args.scenario.name()
+            )))
+        }
+        None => Ok(()),
+    }
 }
 
 /// What the flags give before a scenario fills in the rest.
@@ -312,15 +369,31 @@ async fn backend_kill(
     Ok((probe, fault))
 }
 
+/// lb-kill: GET to the VIP (or `--probe-url`, `--probe-command`), and
+/// the fault named.
+fn lb_kill(mut given: Given<'_>, args: &DrillArgs) -> Result<(Probe, Fault), DrillError> {
+    let timeout = args.probe_timeout;
+    let probe = match (given.probe.take(), &args.probe_url) {
+        (Some(p), _) => p,
+        (None, Some(u)) => Probe::http(url(u, "--probe-url")?, None, timeout)?,
+        (None, None) => {
+            let target = scenario::lb_kill(&given.manifest()?, args.vip.as_deref())?;
+            Probe::http(url(&target, "probe")?, None, timeout)?
+        }
+    };
+    let fault = given.fault.ok_or_else(|| {
+        DrillError::Usage(
+            "name the fault: --fault-pid PID --signal TERM for the VIP holder's keepalived or \
+             HAProxy, or --fault-command CMD"
+                .into(),
+        )
+    })?;
+    Ok((probe, fault))
+}
+
 /// primary-kill and switchover: a write through PgBouncer (or
 /// `--probe-command`), and the fault named.
 fn database(given: Given<'_>, args: &DrillArgs) -> Result<(Probe, Fault), DrillError> {
-    if args.probe_url.is_some() {
-        return Err(DrillError::Usage(
-            "--probe-url is for backend-kill; a database drill writes (--probe-command to replace it)"
-                .into(),
-        ));
-    }
     let probe = match given.probe {
         Some(p) => p,
         None => write_probe(&given.manifest()?, args)?,

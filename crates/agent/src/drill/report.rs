@@ -50,6 +50,10 @@ pub struct Report {
     pub events: Vec<Event>,
     /// Why the events could not be read, if they could not.
     pub events_error: Option<String>,
+    /// The program that recovers from this fault without converge; set,
+    /// the RTO is not split (a reload converge happened to make meanwhile
+    /// is not why the probes recovered).
+    pub recovered_by: Option<String>,
 }
 
 /// Where the recovery time went, from converge's events.
@@ -86,6 +90,9 @@ impl Report {
     /// last part is 0 and the parts add up to a little more than the RTO,
     /// never less.
     pub fn split(&self) -> Option<Split> {
+        if self.recovered_by.is_some() {
+            return None;
+        }
         let recovered = self.recovered_unix_ms()?;
         let answered = self
             .samples
@@ -214,8 +221,14 @@ fn markdown(r: &Report) -> String {
         r.settle,
     );
     out += "## Where the time went\n\n";
-    match r.split() {
-        Some(s) => {
+    match (r.split(), &r.recovered_by) {
+        (_, Some(by)) => {
+            let _ = write!(
+                out,
+                "Not split: {by} recovers from this fault without converge, so all of the RTO is the fault's own.\n\n"
+            );
+        }
+        (Some(s), None) => {
             let _ = write!(
                 out,
                 "| Phase | ms |\n|---|---:|\n\
@@ -225,7 +238,7 @@ fn markdown(r: &Report) -> String {
                 s.before_converge_ms, s.converge_ms, s.after_converge_ms
             );
         }
-        None => out += "Not split: the system did not recover, or converge's events show no change applied between the fault and the recovery, so the recovery was not converge's doing (HAProxy's own health check, a retry, the fault ending by itself).\n\n",
+        (None, None) => out += "Not split: the system did not recover, or converge's events show no change applied between the fault and the recovery, so the recovery was not converge's doing (HAProxy's own health check, a retry, the fault ending by itself).\n\n",
     }
     if let Some(e) = &r.events_error {
         let _ = writeln!(out, "converge's events could not be read: {e}\n");

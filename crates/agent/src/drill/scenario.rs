@@ -4,7 +4,8 @@
 //! - `backend-kill`: an HTTP request through the frontend that routes to
 //!   the backend;
 //! - `primary-kill`, `switchover`: a write through PgBouncer to a database
-//!   that follows its primary.
+//!   that follows its primary;
+//! - `lb-kill`: an HTTP request to a VIP on the port of an HTTP frontend.
 
 use converge_model::manifest::{DbRole, Mode};
 use converge_model::Manifest;
@@ -61,6 +62,49 @@ pub fn backend_kill(manifest: &Manifest, backend: Option<&str>) -> Result<HttpTa
         url: format!("http://{}{path}", local_address(&bind)),
         host,
     })
+}
+
+/// `lb-kill`: `http://VIP:PORT/` with the VIP named (or the only one)
+/// and the port of the first HTTP frontend.
+pub fn lb_kill(manifest: &Manifest, vip: Option<&str>) -> Result<String, DrillError> {
+    let names: Vec<&String> = manifest.vips.keys().collect();
+    let name = match vip {
+        Some(v) => v.to_string(),
+        None if names.len() == 1 => names[0].clone(),
+        None => {
+            return Err(DrillError::Usage(format!(
+                "name the VIP with --vip (VIPs: {})",
+                list(&names)
+            )))
+        }
+    };
+    let address = manifest
+        .vips
+        .get(&name)
+        .and_then(|v| v.addresses.first())
+        .ok_or_else(|| {
+            DrillError::Usage(format!(
+                "no VIP `{name}` with an address (VIPs: {})",
+                list(&names)
+            ))
+        })?;
+    let address = address.split('/').next().unwrap_or(address);
+    let port = manifest
+        .frontends
+        .values()
+        .filter(|f| f.mode == Mode::Http)
+        .find_map(|f| f.bind.first())
+        .and_then(|b| b.rsplit_once(':'))
+        .map(|(_, port)| port.to_string())
+        .ok_or_else(|| {
+            DrillError::Usage("no HTTP frontend to probe the VIP on; give --probe-url".into())
+        })?;
+    let host = if address.contains(':') {
+        format!("[{address}]")
+    } else {
+        address.to_string()
+    };
+    Ok(format!("http://{host}:{port}/"))
 }
 
 /// A database write target found in the manifests.
@@ -179,6 +223,17 @@ mod tests {
             "{unnamed:?}"
         );
         assert!(backend_kill(&m, Some("nope")).is_err());
+    }
+
+    #[test]
+    fn lb_kill_probes_the_vip_on_the_frontends_port() {
+        let m = manifest(
+            "vips:\n  edge:\n    virtual_router_id: 51\n    interface: eth0\n    addresses: [10.0.0.100/24]\n    priorities: {lb1: 150}\n\
+             frontends:\n  f:\n    bind: [':8080']\n    default_backend: web\n\
+             backends:\n  web: {service: web}\n",
+        );
+        assert_eq!(lb_kill(&m, None).expect("url"), "http://10.0.0.100:8080/");
+        assert!(lb_kill(&m, Some("nope")).is_err());
     }
 
     #[test]

@@ -54,6 +54,7 @@ fn report() -> Report {
             event(10, 11_050, EventKind::Reloaded),
         ],
         events_error: None,
+        recovered_by: None,
     }
 }
 
@@ -92,6 +93,14 @@ fn the_rto_splits_at_converge_seeing_and_applying_the_change() {
         None,
         "nothing applied: the recovery was the fault's own"
     );
+    let mut vip = report();
+    vip.recovered_by = Some("keepalived".into());
+    assert_eq!(
+        vip.split(),
+        None,
+        "keepalived moved the VIP: converge's reload meanwhile is not why"
+    );
+    assert!(markdown(&vip).contains("Not split: keepalived recovers from this fault"));
 }
 
 #[test]
