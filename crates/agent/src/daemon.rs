@@ -15,11 +15,13 @@
 //!   unclear (the pass decides, this carries it out and ends it);
 //! - `report`: the one place that writes status, metrics and log;
 //! - [`board`]: the status and metrics the HTTP listener serves;
+//! - [`events`]: the bounded ring of what the daemon did, for drills;
 //! - [`http`]: that listener;
 //! - `node_report`: the status as the fleet report `--published` writes.
 
 pub mod board;
 pub mod control;
+pub mod events;
 pub mod http;
 mod node_report;
 pub mod pauses;
@@ -164,6 +166,11 @@ impl Daemon {
                 () = until(pause_deadline) => Trigger::PauseLimit,
             };
             tracing::debug!(?trigger, "woken");
+            if trigger != Trigger::Resync {
+                board
+                    .events
+                    .record(events::EventKind::SawChange, trigger.as_str());
+            }
             tokio::select! {
                 biased;
                 _ = shutdown.wait_for(|stop| *stop) => break,

@@ -17,6 +17,8 @@
 //! - [`validate`]: `converge validate`, every node rendered and every file
 //!   checked by the real programs in a scratch directory;
 //! - [`status`]: `converge status`, where traffic goes on this node;
+//! - [`drill`]: `converge drill`, a fault injected on purpose, probed
+//!   until recovery, with converge's own events on the same timeline;
 //! - [`publish`]: `converge publish`, a validated revision put in Consul
 //!   KV for the fleet, and the fleet's desired revision moved to it;
 //! - [`follow`]: `--published`, a node taking that revision (fetched,
@@ -30,6 +32,7 @@
 #![deny(missing_docs)]
 
 pub mod daemon;
+pub mod drill;
 pub mod error;
 pub mod fleet;
 pub mod follow;

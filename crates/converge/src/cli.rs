@@ -281,6 +281,8 @@ pub enum Command {
     /// a manifest change would do on every node (`fleet plan`).
     #[command(subcommand)]
     Fleet(FleetCommand),
+    // Its help is the doc comment of `DrillArgs`, beside its flags.
+    Drill(Box<crate::drill::DrillArgs>),
     /// Print a shell completion script to stdout.
     ///
     /// bash: `converge completions bash > /etc/bash_completion.d/converge`;
@@ -320,7 +322,11 @@ impl Command {
     /// and `man` have none).
     pub fn format(&self) -> Option<Format> {
         match self {
-            Command::Run(_) | Command::Completions(_) | Command::Man(_) | Command::Schema => None,
+            Command::Run(_)
+            | Command::Completions(_)
+            | Command::Man(_)
+            | Command::Schema
+            | Command::Drill(_) => None,
             Command::Plan(a) => Some(a.format),
             Command::Apply(a) => Some(a.format),
             Command::Status(a) => Some(a.format),

@@ -4,6 +4,7 @@
 mod apply;
 mod cli;
 mod docs;
+mod drill;
 mod fleet;
 mod fleet_plan;
 mod output;
@@ -61,6 +62,7 @@ fn main() -> ExitCode {
         Command::Validate(args) => validate::run(&cli, args),
         Command::Publish(args) => publish::run(&cli, args),
         Command::Fleet(cmd) => fleet::run(&cli, cmd),
+        Command::Drill(args) => drill::run(&cli.manifests, cli.consul.as_deref(), args),
         Command::Completions(args) => docs::completions(args),
         Command::Man(args) => docs::man(args),
         Command::Schema => docs::schema(),

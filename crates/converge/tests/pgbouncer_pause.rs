@@ -15,7 +15,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::pgbouncer::{site, waiting, workspace, Stack, DEADLINE};
-use converge_testkit::{free_port, wait};
+use converge_testkit::{free_port, http, wait};
 
 /// The manifest: both targets reload over the console's unix socket, with
 /// no PAUSE of their own (so what resumes `app` is the daemon), pause an
@@ -135,6 +135,17 @@ fn an_unclear_primary_pauses_app_and_the_held_query_runs_on_the_resolved_primary
         "{}",
         s.diagnostics()
     );
+    // A drill's timeline shows both, in order.
+    let page = http::get(s.daemon.listen, "/events?since=0").expect("events answer");
+    let page: serde_json::Value = serde_json::from_str(&page).expect("events are JSON");
+    let pauses: Vec<(&str, &str)> = page["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| Some((e["kind"].as_str()?, e["detail"].as_str()?)))
+        .filter(|(k, _)| matches!(*k, "pause" | "resume"))
+        .collect();
+    assert_eq!(pauses, [("pause", "app"), ("resume", "app")], "{page}");
 }
 
 #[test]

@@ -467,6 +467,15 @@ impl PatroniCluster {
         .map_err(|e| self.failure(&e))
     }
 
+    /// The pids of member `name`'s Patroni and of its PostgreSQL
+    /// postmaster, for a caller that takes the node down itself (a drill's
+    /// fault command).
+    pub fn pids(&self, name: &str) -> (Option<u32>, Option<u32>) {
+        self.member(name)
+            .map(|m| (m.child.as_ref().map(Child::pid), m.postmaster()))
+            .unwrap_or((None, None))
+    }
+
     /// Asks the leader for a planned switchover to `candidate` through
     /// Patroni's REST API (`POST /switchover`), which answers once done.
     ///

@@ -260,6 +260,8 @@ pub struct Board {
     fleet_client: Mutex<Option<converge_consul::Client>>,
     /// Counters and gauges.
     pub metrics: Metrics,
+    /// What the daemon did and when, for `GET /events`.
+    pub events: super::events::Events,
     registry: Registry,
 }
 
@@ -403,6 +405,7 @@ impl Board {
             }),
             fleet_client: Mutex::new(None),
             metrics,
+            events: super::events::Events::default(),
             registry,
         })
     }

@@ -26,6 +26,19 @@ pub enum Trigger {
     PauseLimit,
 }
 
+impl Trigger {
+    /// Its name in `GET /events`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Catalog => "catalog",
+            Trigger::Files => "files",
+            Trigger::Resync => "resync",
+            Trigger::Operator => "operator",
+            Trigger::PauseLimit => "pause-limit",
+        }
+    }
+}
+
 /// Operator requests shared with the HTTP listener and signal handlers.
 #[derive(Debug, Clone)]
 pub struct Control {

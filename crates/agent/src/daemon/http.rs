@@ -6,6 +6,8 @@
 //! - `GET /metrics`: OpenMetrics text, served as
 //!   `application/openmetrics-text; version=1.0.0`.
 //! - `GET /status`: JSON per target and per backend (see [`Status`]).
+//! - `GET /events?since=SEQ`: what the daemon did after event `SEQ`
+//!   (see [`events`](super::events)), for `converge drill`.
 //! - `POST /release/{name}`: accept the current catalog once for a held
 //!   backend or database.
 //!
@@ -14,7 +16,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, StatusCode, Uri};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -40,6 +42,7 @@ pub async fn serve(
         .route("/health", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .route("/status", get(status))
+        .route("/events", get(events))
         .route("/release/{backend}", post(release))
         .with_state(App { board, control });
     axum::serve(listener, app)
@@ -65,6 +68,19 @@ fn metrics_response(board: &Board) -> impl IntoResponse {
 
 async fn status(State(app): State<App>) -> impl IntoResponse {
     Json(app.board.status())
+}
+
+/// `since` from the query string (0 when absent or not a number, so a
+/// reader that sends nothing gets every event kept).
+async fn events(State(app): State<App>, uri: Uri) -> impl IntoResponse {
+    let since = uri
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("since="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    Json(app.board.events.since(since))
 }
 
 async fn release(State(app): State<App>, Path(backend): Path<String>) -> impl IntoResponse {

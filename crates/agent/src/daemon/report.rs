@@ -9,13 +9,14 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use converge_apply::{ApplyReport, Outcome, ReloadOutcome};
 use converge_consul::SourceHealth;
 use converge_model::{Catalog, Manifest, RenderedSet};
 
 use super::board::{hex_sha256, unix_now, BackendStatus, Board, TargetLabel};
+use super::events::{unix_ms, unix_ms_before, EventKind};
 use super::pauses::{PauseEvent, PauseState, PauseStatus};
 use super::primaries::DatabaseStatus;
 use crate::guard::Hold;
@@ -31,6 +32,9 @@ pub struct Reporter {
     /// Per target, the SHA-256 of the content last known live (applied
     /// or found unchanged), to tell drift from a new render.
     live: BTreeMap<String, String>,
+    /// When this pass rendered (Unix ms): an event only if the pass goes
+    /// on to change something, so no-op passes leave the ring alone.
+    rendered_at: Option<u64>,
 }
 
 impl Reporter {
@@ -41,6 +45,7 @@ impl Reporter {
             findings: Vec::new(),
             source_failing: false,
             live: BTreeMap::new(),
+            rendered_at: None,
         }
     }
 
@@ -67,8 +72,9 @@ impl Reporter {
     }
 
     /// The pass rendered.
-    pub fn rendered(&self) {
+    pub fn rendered(&mut self) {
         self.board.metrics.renders.inc();
+        self.rendered_at = Some(unix_ms(SystemTime::now()));
     }
 
     /// A pass ends before applying anything (no inputs or no snapshot yet,
@@ -160,6 +166,9 @@ impl Reporter {
         {
             tracing::info!(backend = %ended.backend, "hold ended: the catalog recovered or the operator released it");
         }
+        for h in &new {
+            self.board.events.record(EventKind::Held, &h.backend);
+        }
         self.board.metrics.guard_holds.inc_by(new.len() as u64);
         self.board.metrics.held_backends.set(holds.len() as i64);
         self.board.update(|s| {
@@ -190,11 +199,25 @@ impl Reporter {
         self.board.update(|s| s.databases = databases);
     }
 
+    /// A PAUSE or RESUME sent in the event ring, for a drill's timeline.
+    fn pause_event(&self, e: &PauseEvent) {
+        let (kind, database, why) = match e {
+            PauseEvent::Paused { database, .. } => (EventKind::Pause, database, ""),
+            PauseEvent::Resumed { database, .. } => (EventKind::Resume, database, ""),
+            PauseEvent::TimedOut { database, .. } => (EventKind::Resume, database, " (timed out)"),
+            PauseEvent::LeftOver { database } => (EventKind::Resume, database, " (left over)"),
+            PauseEvent::Shutdown { database } => (EventKind::Resume, database, " (shutdown)"),
+            PauseEvent::Failed { .. } => return,
+        };
+        self.board.events.record(kind, format!("{database}{why}"));
+    }
+
     /// What happened to the PgBouncer pauses, and where they stand: each
     /// event logged and counted once, a timeout loudly.
     pub fn pauses(&self, events: &[PauseEvent], status: BTreeMap<String, PauseStatus>) {
         let m = &self.board.metrics;
         for e in events {
+            self.pause_event(e);
             match e {
                 PauseEvent::Paused {
                     database,
@@ -274,6 +297,7 @@ impl Reporter {
     /// pass has *drifted*: its live file was changed by someone else. It
     /// was put back like any change, and is reported and counted as drift.
     pub fn outcomes(&mut self, set: &RenderedSet, report: &ApplyReport) -> bool {
+        self.events(report);
         let now = unix_now();
         let mut all_ok = true;
         let m = &self.board.metrics;
@@ -381,6 +405,53 @@ impl Reporter {
                 }
             }
         });
+    }
+
+    /// Each changed bundle's steps in the event ring. The apply reports
+    /// durations, not instants: a bundle's validation and commit are put at
+    /// the start of its reload (the commit is a rename, instant next to
+    /// the validators), its reload at the end of the apply.
+    fn events(&mut self, report: &ApplyReport) {
+        let rendered_at = self.rendered_at.take();
+        if report
+            .bundles
+            .iter()
+            .all(|b| b.outcome == Outcome::Unchanged)
+        {
+            return;
+        }
+        let events = &self.board.events;
+        let end = SystemTime::now();
+        if let Some(at) = rendered_at {
+            events.record_at(at, EventKind::Rendered, "");
+        }
+        for b in &report.bundles {
+            let reload = b.timings.reload.unwrap_or_default();
+            let before_reload = unix_ms_before(end, reload);
+            if let Some(v) = b.timings.validate {
+                let detail = format!("{} in {} ms", b.bundle, v.as_millis());
+                events.record_at(before_reload, EventKind::Validated, detail);
+            }
+            let (kind, detail) = match &b.outcome {
+                Outcome::Unchanged => continue,
+                Outcome::Applied { reload: how } => {
+                    events.record_at(before_reload, EventKind::Committed, &b.bundle);
+                    if *how != ReloadOutcome::Reloaded {
+                        continue;
+                    }
+                    let ms = reload.as_millis();
+                    (EventKind::Reloaded, format!("{} in {ms} ms", b.bundle))
+                }
+                Outcome::RuntimeUpdated { servers } => (
+                    EventKind::RuntimeUpdate,
+                    format!("{}: {servers} servers", b.bundle),
+                ),
+                Outcome::Rejected { .. } => (EventKind::Rejected, b.bundle.clone()),
+                Outcome::Failed { .. } => (EventKind::Failed, b.bundle.clone()),
+                Outcome::RolledBack { .. } => (EventKind::RolledBack, b.bundle.clone()),
+            };
+            events.record_at(unix_ms(end), kind, detail);
+        }
     }
 
     /// The pass's verdict: converged when every bundle went through, with

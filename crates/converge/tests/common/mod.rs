@@ -12,6 +12,7 @@ use converge_testkit::backend::HttpBackend;
 use converge_testkit::consul::ConsulAgent;
 use converge_testkit::{http, Haproxy};
 
+pub mod drill;
 pub mod pgbouncer;
 
 /// A test's own copy of manifests, templates and catalog, plus a root.
