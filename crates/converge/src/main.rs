@@ -62,7 +62,11 @@ fn main() -> ExitCode {
         Command::Validate(args) => validate::run(&cli, args),
         Command::Publish(args) => publish::run(&cli, args),
         Command::Fleet(cmd) => fleet::run(&cli, cmd),
-        Command::Drill(args) => drill::run(&cli.manifests, cli.consul.as_deref(), args),
+        Command::Drill(args) => {
+            // With --published, the revision this node runs.
+            let inputs = cli.inputs();
+            drill::run(&inputs.manifests, cli.consul.as_deref(), args)
+        }
         Command::Completions(args) => docs::completions(args),
         Command::Man(args) => docs::man(args),
         Command::Schema => docs::schema(),
