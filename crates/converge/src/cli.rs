@@ -323,6 +323,7 @@ impl Command {
             Command::Publish(a) => Some(a.format),
             Command::Fleet(FleetCommand::Status(a)) => Some(a.format),
             Command::Fleet(FleetCommand::Wait(a)) => Some(a.format),
+            Command::Fleet(FleetCommand::Pause(_) | FleetCommand::Resume(_)) => None,
         }
     }
 }
@@ -506,6 +507,25 @@ pub enum FleetCommand {
     /// passed first (the stragglers are listed with their errors); 1
     /// error, or Consul cannot be asked.
     Wait(FleetWaitArgs),
+    /// Stop nodes taking new revisions (all, or one with `--node`): they
+    /// stay on the revision they run, and catalog changes still apply.
+    ///
+    /// Writes `<prefix>/rollout/pause` (or `pause/<node>`); `fleet status`
+    /// shows it, and a paused node's `/metrics` has
+    /// `converge_rollout_paused 1`. A node in the middle of a switch
+    /// finishes it.
+    Pause(FleetPauseArgs),
+    /// Undo `fleet pause` (all, or one with `--node`); nodes take the
+    /// desired revision through the rollout as usual.
+    Resume(FleetPauseArgs),
+}
+
+/// `fleet pause` and `fleet resume` flags.
+#[derive(Debug, Args)]
+pub struct FleetPauseArgs {
+    /// Only this node [default: the whole fleet].
+    #[arg(long, value_name = "NODE")]
+    pub node: Option<String>,
 }
 
 /// `fleet status` flags.
