@@ -26,9 +26,10 @@ const LOCK_WAIT: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub struct Held {
     client: Client,
-    session: String,
+    /// `None` when the node has nothing to lock (no group, no limit): it
+    /// then needs no session, nor the right to make one.
+    session: Option<(String, tokio::task::JoinHandle<()>)>,
     semaphore: Option<String>,
-    renew: tokio::task::JoinHandle<()>,
 }
 
 /// `semaphore/.lock`.
@@ -48,37 +49,41 @@ pub async fn acquire(
     ttl: Duration,
     waiting: &(dyn Fn(Waiting) + Send + Sync),
 ) -> Result<Held, String> {
+    let mut held = Held {
+        client: client.clone(),
+        session: None,
+        semaphore: None,
+    };
+    if plan.locks.is_empty() && plan.max_parallel.is_none() {
+        return Ok(held);
+    }
     let consul = |e: converge_consul::Error| format!("rollout lock: {e}");
     let session = client
         .session_create(&format!("converge rollout {node}"), ttl)
         .await
         .map_err(consul)?;
     let renew = spawn_renew(client.clone(), session.clone(), ttl);
-    let mut held = Held {
-        client: client.clone(),
-        session,
-        semaphore: None,
-        renew,
-    };
+    held.session = Some((session.clone(), renew));
     let body = serde_json::json!({ "node": node }).to_string();
-    for lock in &plan.locks {
-        let key = keys.lock(lock);
-        take_key(client, &key, body.as_bytes(), &held.session, waiting)
-            .await
-            .map_err(consul)?;
+    let taken = async {
+        for lock in &plan.locks {
+            take_key(client, &keys.lock(lock), body.as_bytes(), &session, waiting).await?;
+        }
+        if let Some(limit) = plan.max_parallel {
+            let key = format!("{}{session}", keys.semaphore());
+            client.kv_acquire(&key, body.as_bytes(), &session).await?;
+            held.semaphore = Some(keys.semaphore());
+            take_slot(client, &keys.semaphore(), &session, limit, waiting).await?;
+        }
+        Ok(())
+    };
+    match taken.await {
+        Ok(()) => Ok(held),
+        Err(e) => {
+            held.release().await;
+            Err(consul(e))
+        }
     }
-    if let Some(limit) = plan.max_parallel {
-        let key = format!("{}{}", keys.semaphore(), held.session);
-        client
-            .kv_acquire(&key, body.as_bytes(), &held.session)
-            .await
-            .map_err(consul)?;
-        held.semaphore = Some(keys.semaphore());
-        take_slot(client, &keys.semaphore(), &held.session, limit, waiting)
-            .await
-            .map_err(consul)?;
-    }
-    Ok(held)
 }
 
 /// Renews `session` every half TTL until aborted.
@@ -174,22 +179,25 @@ impl Held {
     /// Gives up the slot and every lock: the session is destroyed, which
     /// releases its keys at once.
     pub async fn release(self) {
+        let Some((session, renew)) = &self.session else {
+            return;
+        };
         if let Some(prefix) = &self.semaphore {
-            if let Err(e) = self.leave_slots(prefix).await {
+            if let Err(e) = self.leave_slots(prefix, session).await {
                 tracing::warn!(error = %e, "cannot leave the rollout semaphore; the next contender prunes it");
             }
             let _ = self
                 .client
-                .kv_delete(&format!("{prefix}{}", self.session), None)
+                .kv_delete(&format!("{prefix}{session}"), None)
                 .await;
         }
-        self.renew.abort();
-        if let Err(e) = self.client.session_destroy(&self.session).await {
+        renew.abort();
+        if let Err(e) = self.client.session_destroy(session).await {
             tracing::warn!(error = %e, "cannot end the rollout lock's session; it expires with its TTL");
         }
     }
 
-    async fn leave_slots(&self, prefix: &str) -> Result<(), converge_consul::Error> {
+    async fn leave_slots(&self, prefix: &str, session: &str) -> Result<(), converge_consul::Error> {
         let lock_key = format!("{prefix}.lock");
         for _ in 0..5 {
             let Some(pair) = self
@@ -201,7 +209,7 @@ impl Held {
                 return Ok(());
             };
             let mut slots: Slots = serde_json::from_slice(&pair.value).unwrap_or_default();
-            slots.holders.retain(|h| h != &self.session);
+            slots.holders.retain(|h| h != session);
             let body = serde_json::to_vec(&slots).unwrap_or_default();
             if self
                 .client
