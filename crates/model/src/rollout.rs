@@ -17,7 +17,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::duration::HaproxyDuration;
-use crate::manifest::Manifest;
+
+// What the section means for one node: `Manifest::node_rollout` in
+// `desired.rs`, beside the rest of the per-node desired state.
 
 /// The `rollout:` section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -118,51 +120,10 @@ pub struct NodeRollout {
     pub gate_timeout: Duration,
 }
 
-impl Manifest {
-    /// What the rollout section means for `node`.
-    pub fn node_rollout(&self, node: &str) -> NodeRollout {
-        let r = &self.rollout;
-        let mut locks: Vec<Lock> = self
-            .vips
-            .iter()
-            .filter(|(_, v)| v.priorities.len() > 1 && v.priorities.contains_key(node))
-            .map(|(name, _)| Lock::Vip(name.clone()))
-            .chain(
-                r.groups
-                    .iter()
-                    .filter(|(_, members)| members.iter().any(|m| m == node))
-                    .map(|(name, _)| Lock::Group(name.clone())),
-            )
-            .collect();
-        locks.sort();
-        let mut after: Vec<String> = self
-            .vips
-            .values()
-            .filter(|v| {
-                let mine = v.priorities.get(node);
-                mine.is_some() && v.priorities.values().all(|p| Some(p) <= mine)
-            })
-            .flat_map(|v| v.priorities.keys().filter(|n| *n != node).cloned())
-            .collect();
-        after.sort();
-        after.dedup();
-        let canary = r.canary.iter().any(|c| c == node);
-        NodeRollout {
-            locks,
-            max_parallel: r.max_parallel,
-            canary,
-            wait_for_canaries: if canary { Vec::new() } else { r.canary.clone() },
-            after,
-            soak: r.soak.as_duration(),
-            settle: r.settle.as_duration(),
-            gate_timeout: r.gate_timeout.as_duration(),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::manifest::Manifest;
 
     fn manifest(yaml: &str) -> Manifest {
         let dir = tempfile::tempdir().expect("tempdir");

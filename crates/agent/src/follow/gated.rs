@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use converge_consul::{Client, QueryOptions};
+use converge_model::rollout::NodeRollout;
 use tokio::sync::watch;
 
 use super::{fetch, Follow, Installed, Taken};
@@ -66,79 +67,100 @@ pub async fn take(
         }
     };
     let plan = prepared.manifest().node_rollout(&follow.node);
-    let held = loop {
-        wait_for_fleet(client, follow, &p.revision, &plan, hooks).await?;
-        let held =
-            lock::acquire(client, &keys, &follow.node, &plan, gated.ttl, hooks.waiting).await?;
-        // The fleet may have changed while this node waited for its locks.
-        let (fleet, _) = rollout::read(client, &follow.keys, &QueryOptions::default())
-            .await
-            .map_err(|e| format!("rollout: {e}"))?;
-        match decide(&plan, &follow.node, &p.revision, &fleet) {
-            None => break held,
-            Some(_) => held.release().await,
+    let held = lock_when_allowed(client, follow, &p.revision, &plan, gated.ttl, hooks).await?;
+    let locked_at = tokio::time::Instant::now();
+    let result = match prepared.commit() {
+        Ok(previous) => {
+            tracing::info!(revision = %p.revision, "switched to the published revision; health gate");
+            (hooks.switched)();
+            judge(client, follow, &p.revision, &plan, previous, gated, hooks).await
         }
+        Err(e) => Err(e),
     };
-    let previous = match prepared.commit() {
-        Ok(previous) => previous,
-        Err(e) => {
-            held.release().await;
-            return Err(e);
+    held.release().await;
+    let held_ms = u64::try_from(locked_at.elapsed().as_millis()).unwrap_or(u64::MAX);
+    tracing::info!(revision = %p.revision, held_ms, "released the rollout locks");
+    result
+}
+
+/// Waits until the fleet lets this node go, then takes its locks; looks
+/// again once they are held, since the fleet may have changed meanwhile.
+async fn lock_when_allowed(
+    client: &Client,
+    follow: &Follow,
+    revision: &Revision,
+    plan: &NodeRollout,
+    ttl: Duration,
+    hooks: &Hooks<'_>,
+) -> Result<lock::Held, String> {
+    let keys = RolloutKeys::new(&follow.keys);
+    loop {
+        wait_for_fleet(client, follow, revision, plan, hooks).await?;
+        let held = lock::acquire(client, &keys, &follow.node, plan, ttl, hooks.waiting).await?;
+        let fleet = rollout::read(client, &follow.keys, &QueryOptions::default()).await;
+        match fleet.map(|(fleet, _)| decide(plan, &follow.node, revision, &fleet)) {
+            Ok(None) => return Ok(held),
+            Ok(Some(_)) => held.release().await,
+            Err(e) => {
+                held.release().await;
+                return Err(format!("rollout: {e}"));
+            }
         }
-    };
-    tracing::info!(revision = %p.revision, "switched to the published revision; health gate");
-    (hooks.switched)();
+    }
+}
+
+/// The health gate after a switch, and what follows from it: a canary
+/// marks itself soaked; a failure switches back to `previous` and halts
+/// the rollout of `revision`.
+async fn judge(
+    client: &Client,
+    follow: &Follow,
+    revision: &Revision,
+    plan: &NodeRollout,
+    previous: Option<Installed>,
+    gated: &mut Gated,
+    hooks: &Hooks<'_>,
+) -> Result<Taken, String> {
+    let keys = RolloutKeys::new(&follow.keys);
     let hold = if plan.canary {
         plan.settle.max(plan.soak)
     } else {
         plan.settle
     };
-    let verdict = gate::watch(
-        &mut gated.reports,
-        &p.revision,
-        hold,
-        plan.gate_timeout + hold,
-    )
-    .await;
-    let result = match verdict {
+    let why = match gate::watch(&mut gated.reports, revision, hold, plan.gate_timeout + hold).await
+    {
         gate::Verdict::Pass => {
             if plan.canary {
                 let key = keys.soaked(&follow.node);
                 if let Err(e) = client
-                    .kv_put(&key, p.revision.as_str().as_bytes(), None)
+                    .kv_put(&key, revision.as_str().as_bytes(), None)
                     .await
                 {
                     tracing::warn!(error = %e, "cannot mark the canary soaked");
                 }
             }
-            Ok(Taken::Switched(p.revision.clone()))
+            return Ok(Taken::Switched(revision.clone()));
         }
-        gate::Verdict::Fail(why) => {
-            let back = previous.map(|prev| {
-                let back = follow.store.switch_back(&prev.revision);
-                (hooks.switched)();
-                (prev.revision, back)
-            });
-            let why = match back {
-                Some((prev, Ok(()))) => format!(
-                    "revision {} failed its health gate: {why}; rolled back to {prev}",
-                    p.revision
-                ),
-                Some((prev, Err(e))) => format!(
-                    "revision {} failed its health gate: {why}; cannot roll back to {prev}: {e}",
-                    p.revision
-                ),
-                None => format!(
-                    "revision {} failed its health gate: {why}; no revision to roll back to",
-                    p.revision
-                ),
-            };
-            halt(client, &keys, &p.revision, &follow.node, &why).await;
-            Err(why)
-        }
+        gate::Verdict::Fail(why) => why,
     };
-    held.release().await;
-    result
+    let why = match previous {
+        Some(prev) => {
+            let back = follow.store.switch_back(&prev.revision);
+            (hooks.switched)();
+            match back {
+                Ok(()) => format!(
+                    "revision {revision} failed its health gate: {why}; rolled back to {}",
+                    prev.revision
+                ),
+                Err(e) => format!("revision {revision} failed its health gate: {why}; {e}"),
+            }
+        }
+        None => format!(
+            "revision {revision} failed its health gate: {why}; no revision to roll back to"
+        ),
+    };
+    halt(client, &keys, revision, &follow.node, &why).await;
+    Err(why)
 }
 
 /// Waits until [`decide`] lets this node go, telling what it waits for;
@@ -147,7 +169,7 @@ async fn wait_for_fleet(
     client: &Client,
     follow: &Follow,
     revision: &Revision,
-    plan: &converge_model::rollout::NodeRollout,
+    plan: &NodeRollout,
     hooks: &Hooks<'_>,
 ) -> Result<(), String> {
     let consul = |e: converge_consul::Error| format!("rollout: {e}");
