@@ -121,9 +121,20 @@ impl Fleet {
         }
         let first = fleet.publish("first");
         assert_exit(&fleet.wait(&first), 0);
+        // A node may first render before its agent sees web-1, then
+        // apply web-1 in a later pass: wait for the report of that pass,
+        // written once its reload ended, so no reload of the start is
+        // still running when a test begins recording.
         for n in &fleet.nodes {
-            wait::until(DEADLINE, "web-1 in every node's file", || {
-                String::from_utf8_lossy(&n.app()).contains(":8081")
+            wait::until(DEADLINE, "web-1 applied on every node", || {
+                let app = n.app();
+                let Some((value, _)) = fleet.kv(&format!("converge/nodes/{}", n.name)) else {
+                    return false;
+                };
+                let report: serde_json::Value = serde_json::from_slice(&value).unwrap_or_default();
+                String::from_utf8_lossy(&app).contains(":8081")
+                    && report["converged"] == true
+                    && report["targets"]["app"]["sha256"].as_str() == Some(&sha256_hex(&app))
             })
             .unwrap_or_else(|e| panic!("{e}\n{}", n.log()));
         }
@@ -240,6 +251,14 @@ impl Fleet {
     }
 }
 
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// Whether two reloads overlap in time.
 fn overlap(a: &Reload, b: &Reload) -> bool {
     a.start < b.end && b.start < a.end
@@ -275,7 +294,8 @@ fn back_to_back_revisions_never_reload_both_nodes_of_a_pair_at_once_and_the_back
     assert_eq!(
         pair.first().map(|r| r.node.as_str()),
         Some("lb2"),
-        "{pair:?}"
+        "{pair:?}\n{}",
+        fleet.logs()
     );
     for w in pair.windows(2) {
         assert!(
