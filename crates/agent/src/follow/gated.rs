@@ -77,9 +77,11 @@ pub async fn take(
         }
         Err(e) => Err(e),
     };
-    held.release().await;
-    let held_ms = u64::try_from(locked_at.elapsed().as_millis()).unwrap_or(u64::MAX);
-    tracing::info!(revision = %p.revision, held_ms, "released the rollout locks");
+    if held.any() {
+        held.release().await;
+        let held_ms = u64::try_from(locked_at.elapsed().as_millis()).unwrap_or(u64::MAX);
+        tracing::info!(revision = %p.revision, held_ms, "released the rollout locks");
+    }
     result
 }
 

@@ -176,6 +176,12 @@ async fn take_slot(
 }
 
 impl Held {
+    /// Whether anything is held (a node in no group, with no fleet-wide
+    /// limit, switches without a session).
+    pub fn any(&self) -> bool {
+        self.session.is_some()
+    }
+
     /// Gives up the slot and every lock: the session is destroyed, which
     /// releases its keys at once.
     pub async fn release(self) {
