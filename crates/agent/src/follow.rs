@@ -279,11 +279,13 @@ async fn follow_once(
             *told = Some(w);
         }
     };
+    // A switch (or a switch back) runs a pass; the node stays in its gate
+    // until `take` returns.
     let switched = || {
         on_change(&Following {
             desired: Some(revision.clone()),
             error: None,
-            waiting: None,
+            waiting: Some(crate::rollout::Waiting::Gate),
         })
     };
     let hooks = gated::Hooks {

@@ -70,6 +70,10 @@ pub enum Waiting {
         /// The key below `<prefix>/rollout/`.
         key: String,
     },
+    /// Switched; the health gate watches the new revision. The node is
+    /// not reported converged until the gate passed, so `fleet wait` and
+    /// the MASTER of a pair wait for it too.
+    Gate,
 }
 
 impl fmt::Display for Waiting {
@@ -81,6 +85,7 @@ impl fmt::Display for Waiting {
             Self::Canaries { nodes } => write!(f, "waiting for canaries {}", nodes.join(", ")),
             Self::Order { nodes } => write!(f, "waiting for {} to go first", nodes.join(", ")),
             Self::Lock { key } => write!(f, "waiting for lock {key}"),
+            Self::Gate => write!(f, "in its health gate"),
         }
     }
 }

@@ -426,3 +426,39 @@ fn a_node_killed_holding_the_lock_releases_it_and_a_paused_node_still_takes_cata
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", lb3.log()));
 }
+
+#[test]
+fn max_parallel_one_keeps_every_reload_of_the_fleet_apart() {
+    let fleet = Fleet::start("  max_parallel: 1\n  settle: 200ms\n");
+    fleet.take_reloads();
+    let mut last = String::new();
+    for i in 0..5 {
+        last = fleet.publish(&format!("revision {i}"));
+    }
+    assert_exit(&fleet.wait(&last), 0);
+    let reloads = fleet.take_reloads();
+    assert!(
+        reloads.iter().any(|r| r.node == "lb3"),
+        "{reloads:?}\n{}",
+        fleet.logs()
+    );
+    for (i, a) in reloads.iter().enumerate() {
+        for b in &reloads[i + 1..] {
+            assert!(
+                a.node == b.node || !overlap(a, b),
+                "two nodes reloaded at once under max_parallel 1: {a:?} {b:?}\n{reloads:?}"
+            );
+        }
+    }
+    // Every switch released its slot: nobody holds the semaphore now.
+    let (value, _) = fleet
+        .kv("converge/rollout/semaphore/.lock")
+        .expect("the semaphore's lock key");
+    let slots: serde_json::Value = serde_json::from_slice(&value).expect("json");
+    assert_eq!(
+        slots["holders"],
+        serde_json::json!([]),
+        "{slots}\n{}",
+        fleet.logs()
+    );
+}

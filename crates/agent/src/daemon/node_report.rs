@@ -30,7 +30,9 @@ pub fn node_report(status: &Status) -> NodeReport {
         node: status.node.clone(),
         revision: status.revision.clone(),
         desired: following.desired,
-        converged: status.converged && following.error.is_none(),
+        converged: status.converged
+            && following.error.is_none()
+            && following.waiting != Some(crate::rollout::Waiting::Gate),
         catalog_index: status.catalog_index,
         targets: status
             .targets
