@@ -242,9 +242,15 @@ fn start_fleet(
     let wake = wake.clone();
     let follower_board = board.clone();
     follower_board.update(|s| s.published = Some(Following::default()));
+    let (tx, rx) = watch::channel(None);
+    let gated = follow::gated::Gated {
+        reports: rx.clone(),
+        ttl: fleet.report_ttl,
+    };
     follow::spawn(
         client.clone(),
         fleet.follow.clone(),
+        gated,
         Arc::new(move |state: &Following| {
             if state.error.is_some() {
                 follower_board.fail("load");
@@ -254,7 +260,6 @@ fn start_fleet(
             let _ = wake.try_send(Trigger::Files);
         }),
     );
-    let (tx, rx) = watch::channel(None);
     let target = writer::Target {
         key: fleet.follow.keys.node(&config.node),
         ttl: fleet.report_ttl,

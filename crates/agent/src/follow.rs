@@ -16,6 +16,7 @@
 //! `plan --published` and `apply --once --published` take the published
 //! revision into the same store through the same [`take`], once.
 
+pub mod gated;
 pub mod store;
 
 use std::sync::Arc;
@@ -153,6 +154,10 @@ pub struct Following {
     /// Why the node is not on it (a bundle that fails its checksum or does
     /// not load here, Consul out of reach); `None` once it is.
     pub error: Option<String>,
+    /// What the rollout makes the node wait for before it takes the
+    /// revision (a pause, a halt, canaries, its turn, a lock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<crate::rollout::Waiting>,
 }
 
 /// Told every change of the node's [`Following`] state (a switch to a new
@@ -160,9 +165,15 @@ pub struct Following {
 pub type OnChange = Arc<dyn Fn(&Following) + Send + Sync>;
 
 /// Starts the daemon's watch of `<prefix>/desired`; `on_change` hears of
-/// every change of what the node knows, a switch included. Needs a
-/// running tokio runtime.
-pub fn spawn(client: Client, follow: Follow, on_change: OnChange) -> tokio::task::JoinHandle<()> {
+/// every change of what the node knows, a switch included. A new
+/// revision is taken through the rollout (`gated`). Needs a running
+/// tokio runtime.
+pub fn spawn(
+    client: Client,
+    follow: Follow,
+    mut gated: gated::Gated,
+    on_change: OnChange,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut query = BlockingQuery::new(
             QueryOptions::default(),
@@ -175,6 +186,21 @@ pub fn spawn(client: Client, follow: Follow, on_change: OnChange) -> tokio::task
         );
         let key = follow.keys.desired();
         let mut last = Following::default();
+        // What `on_change` last heard, the rollout's waits included: the
+        // state after a wait is told even when it equals `last`.
+        let told = Arc::new(std::sync::Mutex::new(Following::default()));
+        let on_change: OnChange = {
+            let told = told.clone();
+            Arc::new(move |state: &Following| {
+                let mut told = told
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if *told != *state {
+                    on_change(state);
+                    *told = state.clone();
+                }
+            })
+        };
         loop {
             let read = query
                 .next(|opts| {
@@ -190,31 +216,35 @@ pub fn spawn(client: Client, follow: Follow, on_change: OnChange) -> tokio::task
                 }
                 Ok(update) => {
                     let desired = parse(&follow.keys, update.value.map(|p| p.value));
-                    follow_once(&client, &follow, desired).await
+                    follow_once(&client, &follow, desired, &mut gated, &on_change).await
                 }
                 Err(e) => Following {
                     desired: last.desired.clone(),
                     error: Some(format!(
                         "cannot read {key} ({e}); staying on the revision on disk"
                     )),
+                    waiting: None,
                 },
             };
             if state != last {
                 if let Some(e) = &state.error {
                     tracing::error!(error = %e, "cannot follow the published revision; staying on the last good one");
                 }
-                on_change(&state);
-                last = state;
             }
+            on_change(&state);
+            last = state;
         }
     })
 }
 
-/// One answer of the watch turned into the node's following state.
+/// One answer of the watch turned into the node's following state;
+/// `on_change` hears what the rollout makes the node wait for meanwhile.
 async fn follow_once(
     client: &Client,
     follow: &Follow,
     desired: Result<Option<Desired>, String>,
+    gated: &mut gated::Gated,
+    on_change: &OnChange,
 ) -> Following {
     let desired = match desired {
         Ok(Some(d)) => d,
@@ -222,16 +252,47 @@ async fn follow_once(
             return Following {
                 desired: None,
                 error: Some(format!("nothing is published at {}", follow.keys.desired())),
+                waiting: None,
             }
         }
         Err(e) => {
             return Following {
                 desired: None,
                 error: Some(e),
+                waiting: None,
             }
         }
     };
-    let error = match take(client, follow, &desired).await {
+    let revision = desired.current.revision.clone();
+    let told = std::sync::Mutex::new(None);
+    let waiting = |w: crate::rollout::Waiting| {
+        let mut told = told
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if told.as_ref() != Some(&w) {
+            tracing::info!(revision = %revision, "not taking the revision yet: {w}");
+            on_change(&Following {
+                desired: Some(revision.clone()),
+                error: None,
+                waiting: Some(w.clone()),
+            });
+            *told = Some(w);
+        }
+    };
+    // A switch (or a switch back) runs a pass; the node stays in its gate
+    // until `take` returns.
+    let switched = || {
+        on_change(&Following {
+            desired: Some(revision.clone()),
+            error: None,
+            waiting: Some(crate::rollout::Waiting::Gate),
+        })
+    };
+    let hooks = gated::Hooks {
+        waiting: &waiting,
+        switched: &switched,
+    };
+    let error = match gated::take(client, follow, &desired, gated, &hooks).await {
         Ok(Taken::Switched(r)) => {
             tracing::info!(revision = %r, "switched to the published revision");
             None
@@ -242,5 +303,6 @@ async fn follow_once(
     Following {
         desired: Some(desired.current.revision),
         error,
+        waiting: None,
     }
 }

@@ -43,6 +43,7 @@ pub mod pass;
 pub mod pause;
 pub mod publish;
 pub mod revision;
+pub mod rollout;
 pub mod source;
 mod state_file;
 pub mod status;

@@ -43,6 +43,19 @@ struct Args {
     /// Idle window for the request count.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
     idle: Duration,
+    /// n1 and n2 share a VRRP instance (n1 the MASTER): they take a
+    /// revision one after the other, n2 first.
+    #[arg(long)]
+    pair: bool,
+    /// n2 is a canary; the others wait for its soak.
+    #[arg(long)]
+    canary: bool,
+    /// `rollout.settle`: how long each node's gate holds its locks.
+    #[arg(long, default_value = "0s")]
+    settle: String,
+    /// `rollout.soak` (with `--canary`).
+    #[arg(long, default_value = "5s")]
+    soak: String,
     /// The converge binary.
     #[arg(long, default_value = "target/release/converge")]
     converge: PathBuf,
@@ -66,7 +79,7 @@ fn main() -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)?;
     let repo = tempfile::tempdir()?;
     let publish = |round: usize| -> anyhow::Result<String> {
-        write_repo(repo.path(), &names, round)?;
+        write_repo(repo.path(), &names, round, &rollout(&args))?;
         let out = converge(&args.converge, repo.path())
             .args([
                 "publish",
@@ -140,14 +153,44 @@ fn main() -> anyhow::Result<()> {
         "idle requests/min per node over {:?}: {per_min:?}",
         args.idle
     );
+    let longest = daemons
+        .iter()
+        .filter_map(|d| longest_lock_hold(&d.2.path().join("daemon.log")))
+        .max();
+    println!("longest rollout lock hold: {longest:?} ms");
     for (mut child, _, _) in daemons {
         child.stop();
     }
     Ok(())
 }
 
-/// The manifests (`nodes`, one file target) and template of round `round`.
-fn write_repo(dir: &Path, nodes: &[String], round: usize) -> anyhow::Result<()> {
+/// The `rollout:` section and VRRP instance the flags ask for.
+fn rollout(args: &Args) -> String {
+    let mut s = format!("rollout:\n  settle: {}\n", args.settle);
+    if args.canary {
+        s.push_str(&format!("  canary: [n2]\n  soak: {}\n", args.soak));
+    }
+    if args.pair {
+        s.push_str(
+            "vips:\n  front:\n    virtual_router_id: 51\n    interface: eth0\n    \
+             addresses: [10.0.0.10/24]\n    priorities: {n1: 150, n2: 100}\n",
+        );
+    }
+    s
+}
+
+/// The longest `held_ms` a daemon's log shows (`released the rollout locks`).
+fn longest_lock_hold(log: &Path) -> Option<u64> {
+    std::fs::read_to_string(log)
+        .ok()?
+        .lines()
+        .filter_map(|l| l.split("held_ms=").nth(1)?.split(' ').next()?.parse().ok())
+        .max()
+}
+
+/// The manifests (`nodes`, one file target, `extra` sections) and template
+/// of round `round`.
+fn write_repo(dir: &Path, nodes: &[String], round: usize, extra: &str) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir.join("manifests"))?;
     std::fs::create_dir_all(dir.join("templates"))?;
     let mut site = String::from("nodes:\n");
@@ -158,6 +201,7 @@ fn write_repo(dir: &Path, nodes: &[String], round: usize) -> anyhow::Result<()> 
         "backends:\n  web:\n    service: web\ntargets:\n  app:\n    template: app.tera\n    \
          destination: /etc/app/app.conf\n    validate: none\n    reload: none\n",
     );
+    site.push_str(extra);
     std::fs::write(dir.join("manifests/site.yaml"), site)?;
     std::fs::write(
         dir.join("templates/app.tera"),
@@ -199,8 +243,9 @@ fn start(
     .arg("--root")
     .arg(root.path())
     .args(["--listen", &format!("127.0.0.1:{listen}")])
+    .env("RUST_LOG", "info")
     .stdout(std::process::Stdio::null())
-    .stderr(std::process::Stdio::null());
+    .stderr(std::fs::File::create(root.path().join("daemon.log"))?);
     let child = Child::spawn(format!("converge run {name}"), &mut cmd)?;
     wait::until(Duration::from_secs(30), "the status listener", || {
         http::get(listen, "/health").is_some()

@@ -278,7 +278,8 @@ pub enum Command {
     Publish(PublishArgs),
     /// The fleet as the nodes report it in Consul KV (which revision each
     /// node runs and whether it converged on the published one), and what
-    /// a manifest change would do on every node (`fleet plan`).
+    /// a manifest change would do on every node (`fleet plan`); pausing
+    /// and resuming the rollout of new revisions (`fleet pause|resume`).
     #[command(subcommand)]
     Fleet(FleetCommand),
     // Its help is the doc comment of `DrillArgs`, beside its flags.
@@ -335,6 +336,7 @@ impl Command {
             Command::Fleet(FleetCommand::Status(a)) => Some(a.format),
             Command::Fleet(FleetCommand::Wait(a)) => Some(a.format),
             Command::Fleet(FleetCommand::Plan(a)) => Some(a.format),
+            Command::Fleet(FleetCommand::Pause(_) | FleetCommand::Resume(_)) => None,
         }
     }
 }
@@ -547,6 +549,25 @@ pub enum FleetCommand {
     /// that does not render; Consul cannot be asked).
     #[command(verbatim_doc_comment)]
     Plan(FleetPlanArgs),
+    /// Stop nodes taking new revisions (all, or one with `--node`): they
+    /// stay on the revision they run, and catalog changes still apply.
+    ///
+    /// Writes `<prefix>/rollout/pause` (or `pause/<node>`); `fleet status`
+    /// shows it, and a paused node's `/metrics` has
+    /// `converge_rollout_paused 1`. A node in the middle of a switch
+    /// finishes it.
+    Pause(FleetPauseArgs),
+    /// Undo `fleet pause` (all, or one with `--node`); nodes take the
+    /// desired revision through the rollout as usual.
+    Resume(FleetPauseArgs),
+}
+
+/// `fleet pause` and `fleet resume` flags.
+#[derive(Debug, Args)]
+pub struct FleetPauseArgs {
+    /// Only this node [default: the whole fleet].
+    #[arg(long, value_name = "NODE")]
+    pub node: Option<String>,
 }
 
 /// `fleet plan` flags.

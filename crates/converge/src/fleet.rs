@@ -5,8 +5,9 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use converge_agent::fleet::view::{self, FleetView, NodeView};
 use converge_agent::publish::Keys;
+use converge_agent::rollout;
 use converge_agent::Revision;
-use converge_consul::Client;
+use converge_consul::{Client, QueryOptions};
 
 use crate::cli::{Cli, FleetCommand, FleetWaitArgs, Format};
 use crate::exit;
@@ -22,6 +23,12 @@ pub fn run(cli: &Cli, cmd: &FleetCommand) -> anyhow::Result<u8> {
             on_consul(cli, |c, k| async move { status(&c, &k, a.format).await })
         }
         FleetCommand::Wait(a) => on_consul(cli, |c, k| async move { wait(&c, &k, a).await }),
+        FleetCommand::Pause(a) => on_consul(cli, |c, k| async move {
+            pause(&c, &k, a.node.as_deref(), true).await
+        }),
+        FleetCommand::Resume(a) => on_consul(cli, |c, k| async move {
+            pause(&c, &k, a.node.as_deref(), false).await
+        }),
         FleetCommand::Plan(a) => crate::fleet_plan::run(cli, a),
     }
 }
@@ -51,13 +58,53 @@ async fn status(client: &Client, keys: &Keys, format: Format) -> anyhow::Result<
     let (reports, _) = view::reports(client, keys, 0, Duration::ZERO)
         .await
         .map_err(anyhow::Error::msg)?;
+    let (rollout, _) = rollout::read(client, keys, &QueryOptions::default()).await?;
+    let halt = rollout
+        .halt
+        .filter(|h| Some(&h.revision) == revision.as_ref());
     let fleet = view::view(revision, nodes, &reports);
-    print(format, &fleet, false);
-    Ok(if fleet.converged {
+    let doc = serde_json::json!({
+        "halted": halt,
+        "paused": rollout.paused,
+        "paused_nodes": rollout.paused_nodes,
+    });
+    print(format, &fleet, false, Some(doc));
+    if format == Format::Text {
+        if let Some(h) = &halt {
+            outln!(
+                "halted at {}: {} (revision {})",
+                h.node,
+                h.reason,
+                h.revision
+            );
+        }
+        if rollout.paused {
+            outln!("paused: the whole fleet takes no new revision (converge fleet resume)");
+        }
+        for n in &rollout.paused_nodes {
+            outln!("paused: {n} takes no new revision (converge fleet resume --node {n})");
+        }
+    }
+    Ok(if fleet.converged && halt.is_none() {
         exit::OK
     } else {
         exit::CHANGES
     })
+}
+
+/// `fleet pause` / `fleet resume`.
+async fn pause(client: &Client, keys: &Keys, node: Option<&str>, on: bool) -> anyhow::Result<u8> {
+    rollout::set_pause(client, keys, node, on).await?;
+    let who = node.map_or_else(|| "the fleet".to_string(), |n| format!("node {n}"));
+    outln!(
+        "{who} {}",
+        if on {
+            "paused: no new revision is taken"
+        } else {
+            "resumed"
+        }
+    );
+    Ok(exit::OK)
 }
 
 /// `fleet wait`: 0 once every node converged on the revision, 2 when the
@@ -89,14 +136,14 @@ async fn wait(client: &Client, keys: &Keys, args: &FleetWaitArgs) -> anyhow::Res
         index = if at < index { 0 } else { at.max(1) };
         let fleet = view::view(Some(revision.clone()), nodes.clone(), &reports);
         if fleet.converged {
-            print(args.format, &fleet, false);
+            print(args.format, &fleet, false, None);
             return Ok(exit::OK);
         }
         last = Some(fleet);
     }
     let fleet =
         last.unwrap_or_else(|| view::view(Some(revision.clone()), nodes, &Default::default()));
-    print(args.format, &fleet, true);
+    print(args.format, &fleet, true, None);
     crate::output::error_line(&format!(
         "error: not every node converged on {revision} within {}",
         humantime::format_duration(args.timeout)
@@ -116,10 +163,15 @@ async fn nodes(
     }
 }
 
-fn print(format: Format, fleet: &FleetView, timed_out: bool) {
+/// Prints the table (text) or the document (JSON, with `rollout` as its
+/// `rollout` field when given).
+fn print(format: Format, fleet: &FleetView, timed_out: bool, rollout: Option<serde_json::Value>) {
     if format == Format::Json {
         let mut doc = serde_json::to_value(fleet).unwrap_or_default();
         doc["timed_out"] = timed_out.into();
+        if let Some(r) = rollout {
+            doc["rollout"] = r;
+        }
         outln!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
         return;
     }

@@ -267,7 +267,8 @@ fn publish_reaches_every_node_a_straggler_is_named_rollback_drift_and_a_dead_nod
     assert_eq!(doc["nodes_from"].as_str(), Some("manifests"), "{doc}");
     assert_eq!(doc["nodes"].as_array().map(Vec::len), Some(3), "{doc}");
 
-    // lb3 rejects the next revision: `fleet wait` names it, with why.
+    // lb3 rejects the next revision: its gate fails, it goes back to the
+    // first revision and halts the rollout; `fleet wait` names it, with why.
     std::fs::write(fleet.nodes[2].path("etc/app/REJECT"), "").expect("REJECT");
     let second = fleet.publish("second");
     let out = fleet.wait(&second, "20s");
@@ -277,14 +278,20 @@ fn publish_reaches_every_node_a_straggler_is_named_rollback_drift_and_a_dead_nod
         text.contains("not converged: lb3") && text.contains("app"),
         "{text}"
     );
-    assert!(!text.contains("not converged: lb1"), "{text}");
-    fleet.wait_report("lb3", "lb3 reports the rejection", |r, _| {
-        r["targets"]["app"]["outcome"].as_str() == Some("rejected")
-            && r["revision"].as_str() == Some(second.as_str())
-            && r["converged"] == false
+    fleet.wait_report("lb3", "lb3 reports the rejection, rolled back", |r, _| {
+        r["revision"].as_str() == Some(first.as_str())
+            && r["desired"].as_str() == Some(second.as_str())
+            && r["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("rolled back to") || e.contains("halted at lb3"))
     });
     let out = fleet.converge(&["fleet", "status"]);
     assert_exit(&out, 2);
+    assert!(
+        stdout(&out).contains("halted at lb3: revision"),
+        "{}",
+        stdout(&out)
+    );
 
     // Rollback: every node back on the first revision, lb3 included.
     let out = fleet.converge(&["publish", "--rollback"]);
@@ -415,6 +422,7 @@ fn a_corrupt_bundle_is_refused_everywhere_and_a_restart_without_consul_keeps_the
 /// whose Consul agent is `converge-test` (the dev agent's name).
 const NODE_POLICY: &str = r#"key_prefix "converge/" { policy = "read" }
 key "converge/nodes/lb1" { policy = "write" }
+key_prefix "converge/rollout/" { policy = "write" }
 session "converge-test" { policy = "write" }
 service_prefix "" { policy = "read" }
 node_prefix "" { policy = "read" }"#;

@@ -38,6 +38,7 @@ impl Manifests {
         self.check_nodes(&mut errors);
         self.check_vips(&mut errors);
         self.check_databases(&mut errors);
+        self.check_rollout(&mut errors);
         if errors.is_empty() {
             Ok(())
         } else {
@@ -481,6 +482,45 @@ impl Manifests {
                     ));
                 }
             }
+        }
+    }
+
+    /// Group names go into Consul keys; every node named must exist.
+    fn check_rollout(&self, errors: &mut Vec<ManifestError>) {
+        let r = &self.manifest.rollout;
+        let at = |rest: &[&str], msg: String| self.settings_error("rollout", rest, msg);
+        for (group, members) in &r.groups {
+            if !crate::load::valid_name(group) {
+                errors.push(at(
+                    &["groups", group],
+                    format!(
+                        "group name `{group}` may only contain letters, digits, `_`, `-` and `.`"
+                    ),
+                ));
+            }
+            if members.len() < 2 {
+                errors.push(at(
+                    &["groups", group],
+                    format!("group `{group}` needs at least two nodes to keep apart"),
+                ));
+            }
+            for node in members {
+                if let Some(msg) = self.undefined("nodes", "node", node) {
+                    errors.push(at(&["groups", group], msg));
+                }
+            }
+        }
+        for node in &r.canary {
+            if let Some(msg) = self.undefined("nodes", "node", node) {
+                errors.push(at(&["canary"], msg));
+            }
+        }
+        if r.max_parallel == Some(0) {
+            errors.push(at(
+                &["max_parallel"],
+                "must be at least 1 (0 would stop every rollout; use `converge fleet pause`)"
+                    .into(),
+            ));
         }
     }
 

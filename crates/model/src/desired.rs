@@ -183,3 +183,45 @@ impl Manifests {
         })
     }
 }
+/// The rollout section (`crate::rollout`) as it applies to one node.
+impl crate::manifest::Manifest {
+    /// What the rollout section means for `node`.
+    pub fn node_rollout(&self, node: &str) -> crate::rollout::NodeRollout {
+        let r = &self.rollout;
+        let mut locks: Vec<crate::rollout::Lock> = self
+            .vips
+            .iter()
+            .filter(|(_, v)| v.priorities.len() > 1 && v.priorities.contains_key(node))
+            .map(|(name, _)| crate::rollout::Lock::Vip(name.clone()))
+            .chain(
+                r.groups
+                    .iter()
+                    .filter(|(_, members)| members.iter().any(|m| m == node))
+                    .map(|(name, _)| crate::rollout::Lock::Group(name.clone())),
+            )
+            .collect();
+        locks.sort();
+        let mut after: Vec<String> = self
+            .vips
+            .values()
+            .filter(|v| {
+                let mine = v.priorities.get(node);
+                mine.is_some() && v.priorities.values().all(|p| Some(p) <= mine)
+            })
+            .flat_map(|v| v.priorities.keys().filter(|n| *n != node).cloned())
+            .collect();
+        after.sort();
+        after.dedup();
+        let canary = r.canary.iter().any(|c| c == node);
+        crate::rollout::NodeRollout {
+            locks,
+            max_parallel: r.max_parallel,
+            canary,
+            wait_for_canaries: if canary { Vec::new() } else { r.canary.clone() },
+            after,
+            soak: r.soak.as_duration(),
+            settle: r.settle.as_duration(),
+            gate_timeout: r.gate_timeout.as_duration(),
+        }
+    }
+}

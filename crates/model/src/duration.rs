@@ -32,6 +32,22 @@ impl HaproxyDuration {
         }
         Ok(Self(text.to_string()))
     }
+
+    /// Its length (a text that does not parse, only possible for a
+    /// default written in code, counts as zero).
+    pub fn as_duration(&self) -> std::time::Duration {
+        let digits = self.0.bytes().take_while(u8::is_ascii_digit).count();
+        let n: u64 = self.0[..digits].parse().unwrap_or(0);
+        let micros = match &self.0[digits..] {
+            "us" => 1,
+            "" | "ms" => 1_000,
+            "s" => 1_000_000,
+            "m" => 60_000_000,
+            "h" => 3_600_000_000,
+            _ => 86_400_000_000,
+        };
+        std::time::Duration::from_micros(n.saturating_mul(micros))
+    }
 }
 
 impl fmt::Display for HaproxyDuration {
@@ -83,6 +99,19 @@ mod tests {
     fn haproxy_s_units_are_accepted_and_kept_as_written() {
         for ok in ["5s", "500ms", "1m", "2h", "1d", "100us", "30000"] {
             assert_eq!(HaproxyDuration::parse(ok).expect(ok).to_string(), ok);
+        }
+    }
+
+    #[test]
+    fn a_duration_has_its_length() {
+        for (text, ms) in [
+            ("5s", 5_000),
+            ("500ms", 500),
+            ("2m", 120_000),
+            ("30000", 30_000),
+        ] {
+            let d = HaproxyDuration::parse(text).expect(text).as_duration();
+            assert_eq!(d, std::time::Duration::from_millis(ms), "{text}");
         }
     }
 

@@ -26,6 +26,7 @@ pub mod locate;
 pub mod manifest;
 pub mod pgbouncer_settings;
 pub mod rendered;
+pub mod rollout;
 pub mod schema;
 pub mod secret;
 pub mod selection;

@@ -30,6 +30,7 @@ const SECTIONS: &[&str] = &[
     "haproxy",
     "pgbouncer",
     "keepalived",
+    "rollout",
 ];
 
 /// A parsed source file with its position index.
@@ -190,6 +191,10 @@ impl Manifests {
                 "keepalived" => {
                     let r = self.entry(file_id, &path, section);
                     self.set_once(file_id, "keepalived", r, errors, |m, v| m.keepalived = v);
+                }
+                "rollout" => {
+                    let r = self.entry(file_id, &path, section);
+                    self.set_once(file_id, "rollout", r, errors, |m, v| m.rollout = v);
                 }
                 "nodes" => self.named(file_id, &name, section, errors, |m| &mut m.nodes),
                 "vips" => self.named(file_id, &name, section, errors, |m| &mut m.vips),

@@ -39,6 +39,8 @@ pub struct Manifest {
     pub keepalived: KeepalivedSettings,
     /// Files converge renders and owns, by name.
     pub targets: BTreeMap<String, Target>,
+    /// How a new published revision spreads over the fleet.
+    pub rollout: crate::rollout::Rollout,
 }
 
 /// One load-balancer node.

@@ -211,6 +211,9 @@ pub struct Metrics {
     pub pgbouncer_paused: Gauge,
     /// Live files found changed by hand and put back.
     pub drift_corrections: Counter,
+    /// 1 while `converge fleet pause` keeps this node from taking the
+    /// desired revision.
+    pub rollout_paused: Gauge,
     /// Requests the follower and the report writer sent to Consul (read
     /// from their client at each scrape).
     fleet_requests: Gauge,
@@ -244,6 +247,7 @@ impl Default for Metrics {
             pgbouncer_pause_timeouts: Counter::default(),
             pgbouncer_paused: Gauge::default(),
             drift_corrections: Counter::default(),
+            rollout_paused: Gauge::default(),
             fleet_requests: Gauge::default(),
             revision_info: Family::default(),
         }
@@ -372,6 +376,11 @@ impl Board {
             m.drift_corrections.clone(),
         );
         registry.register(
+            "rollout_paused",
+            "1 while converge fleet pause keeps this node from taking the desired revision (--published)",
+            m.rollout_paused.clone(),
+        );
+        registry.register(
             "fleet_consul_requests",
             "Requests sent so far to Consul by the follower of the published revision and the node report writer (--published)",
             m.fleet_requests.clone(),
@@ -433,6 +442,12 @@ impl Board {
         let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
         f(&mut status);
         self.metrics.converged.set(i64::from(status.converged));
+        let paused = status
+            .published
+            .as_ref()
+            .and_then(|p| p.waiting.as_ref())
+            .is_some_and(|w| matches!(w, crate::rollout::Waiting::Paused { .. }));
+        self.metrics.rollout_paused.set(i64::from(paused));
     }
 
     /// The revision in force: `/status` `revision`, and

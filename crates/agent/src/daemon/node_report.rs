@@ -12,9 +12,17 @@ pub fn node_report(status: &Status) -> NodeReport {
         .targets
         .iter()
         .find_map(|(name, t)| t.last_error.as_ref().map(|e| format!("{name}: {e}")));
+    // A halt is the one wait that is an error: the revision failed here
+    // or elsewhere, and nobody takes it.
+    let halted = following
+        .waiting
+        .as_ref()
+        .filter(|w| matches!(w, crate::rollout::Waiting::Halted { .. }))
+        .map(ToString::to_string);
     let error = following
         .error
         .clone()
+        .or(halted)
         .or_else(|| status.input_error.clone())
         .or_else(|| status.source_error.clone())
         .or(target_error);
@@ -22,7 +30,9 @@ pub fn node_report(status: &Status) -> NodeReport {
         node: status.node.clone(),
         revision: status.revision.clone(),
         desired: following.desired,
-        converged: status.converged && following.error.is_none(),
+        converged: status.converged
+            && following.error.is_none()
+            && following.waiting != Some(crate::rollout::Waiting::Gate),
         catalog_index: status.catalog_index,
         targets: status
             .targets
@@ -84,6 +94,7 @@ mod tests {
         s.published = Some(Following {
             desired: Revision::parse("def5678"),
             error: Some("checksum mismatch".into()),
+            waiting: None,
         });
         s.targets.get_mut("app").expect("app").last_error = Some("rejected".into());
         let report = node_report(&s);

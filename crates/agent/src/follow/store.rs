@@ -92,17 +92,52 @@ impl Store {
         files: &[(String, Vec<u8>)],
         node: &str,
     ) -> Result<(), String> {
-        let revisions = self.dir.join("revisions");
-        let staging = revisions.join(format!(".staging-{}", std::process::id()));
-        let result = self
-            .stage(&staging, installed, files)
-            .map_err(|e| format!("cannot unpack into {}: {e}", staging.display()))
-            .and_then(|()| self.check(&staging, node))
-            .and_then(|()| self.switch(&staging, &installed.revision));
-        if staging.exists() {
-            let _ = std::fs::remove_dir_all(&staging);
+        self.prepare(installed, files, node)?.commit().map(|_| ())
+    }
+
+    /// Unpacks `files` as `installed` beside the revisions and checks that
+    /// they load for `node`, without switching to them: the rollout takes
+    /// its locks between this and [`Prepared::commit`]. Dropping the
+    /// result removes what was unpacked.
+    pub fn prepare(
+        &self,
+        installed: &Installed,
+        files: &[(String, Vec<u8>)],
+        node: &str,
+    ) -> Result<Prepared, String> {
+        let staging = self
+            .dir
+            .join("revisions")
+            .join(format!(".staging-{}", std::process::id()));
+        let mut prepared = Prepared {
+            store: self.clone(),
+            staging,
+            revision: installed.revision.clone(),
+            manifest: converge_model::Manifest::default(),
+        };
+        self.stage(&prepared.staging, installed, files)
+            .map_err(|e| format!("cannot unpack into {}: {e}", prepared.staging.display()))?;
+        prepared.manifest = self.check(&prepared.staging, node)?;
+        Ok(prepared)
+    }
+
+    /// Points `current` back at `revision`, the one a switch replaced
+    /// (kept beside it), when a new revision failed its health gate.
+    pub fn switch_back(&self, revision: &Revision) -> Result<(), String> {
+        let name = revision.as_str();
+        if !self.dir.join("revisions").join(name).is_dir() {
+            return Err(format!("revision {name} is no longer in the store"));
         }
-        result
+        self.link_current(name)
+            .map_err(|e| format!("cannot switch back to revision {name}: {e}"))
+    }
+
+    /// Renames a new `current` link to `revisions/<name>` over the old one.
+    fn link_current(&self, name: &str) -> std::io::Result<()> {
+        let link = self.dir.join(".current.new");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(Path::new("revisions").join(name), &link)?;
+        std::fs::rename(&link, self.dir.join("current"))
     }
 
     fn stage(
@@ -127,13 +162,11 @@ impl Store {
 
     /// The staged revision loads, and renders a desired state for `node`
     /// (its secrets resolve here).
-    fn check(&self, staging: &Path, node: &str) -> Result<(), String> {
+    fn check(&self, staging: &Path, node: &str) -> Result<converge_model::Manifest, String> {
         let inputs = self.inputs_at(staging, PathBuf::new(), PathBuf::new());
         let (manifests, _) = inputs.load_config().map_err(|e| e.to_string())?;
-        manifests
-            .for_node(node)
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        manifests.for_node(node).map_err(|e| e.to_string())?;
+        Ok(manifests.manifest)
     }
 
     /// Moves `staging` into place as `revision` and points `current` at
@@ -148,11 +181,7 @@ impl Store {
             std::fs::remove_dir_all(&target).map_err(|e| io("replace the old copy", e))?;
         }
         std::fs::rename(staging, &target).map_err(|e| io("move the revision into place", e))?;
-        let link = self.dir.join(".current.new");
-        let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(Path::new("revisions").join(name), &link)
-            .map_err(|e| io("link the new revision", e))?;
-        std::fs::rename(&link, self.dir.join("current"))
+        self.link_current(name)
             .map_err(|e| io("switch to the new revision", e))?;
         let keep = [
             Some(PathBuf::from(name)),
@@ -170,6 +199,38 @@ impl Store {
             }
         }
         Ok(())
+    }
+}
+
+/// A revision unpacked and checked, not yet current.
+#[derive(Debug)]
+pub struct Prepared {
+    store: Store,
+    staging: PathBuf,
+    revision: Revision,
+    manifest: converge_model::Manifest,
+}
+
+impl Prepared {
+    /// The revision's merged manifests (its `rollout:` section decides
+    /// how it is taken).
+    pub fn manifest(&self) -> &converge_model::Manifest {
+        &self.manifest
+    }
+
+    /// Makes the revision current. Returns the revision it replaced.
+    pub fn commit(self) -> Result<Option<Installed>, String> {
+        let previous = self.store.current();
+        self.store.switch(&self.staging, &self.revision)?;
+        Ok(previous)
+    }
+}
+
+impl Drop for Prepared {
+    fn drop(&mut self) {
+        if self.staging.exists() {
+            let _ = std::fs::remove_dir_all(&self.staging);
+        }
     }
 }
 
@@ -233,5 +294,22 @@ mod tests {
         assert_eq!(store.current(), Some(installed("c3")));
         let inputs = store.inputs(PathBuf::new(), PathBuf::new());
         assert_eq!(inputs.revision(), Revision::parse("c3"));
+
+        let previous = store
+            .prepare(&installed("f6"), &files("f6"), "lb1")
+            .expect("prepared")
+            .commit()
+            .expect("switched");
+        assert_eq!(previous, Some(installed("c3")));
+        store.switch_back(&installed("c3").revision).expect("back");
+        assert_eq!(
+            store.current(),
+            Some(installed("c3")),
+            "a failed gate goes back"
+        );
+        assert!(
+            store.switch_back(&installed("a1").revision).is_err(),
+            "deleted long ago"
+        );
     }
 }

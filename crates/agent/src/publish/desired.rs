@@ -56,6 +56,12 @@ impl Keys {
         format!("{}/nodes/{node}", self.prefix)
     }
 
+    /// `<prefix>/rollout/`: locks, halt, canary marks and pauses of the
+    /// rollout (see `crate::rollout`).
+    pub fn rollout(&self) -> String {
+        format!("{}/rollout/", self.prefix)
+    }
+
     /// `<prefix>/bundles/<rev>.sha256`.
     pub fn checksum(&self, revision: &Revision) -> String {
         format!("{}/bundles/{revision}.sha256", self.prefix)

@@ -1,0 +1,223 @@
+//! How the daemon takes a new revision: through the rollout
+//! ([`crate::rollout`]) instead of at once. The bundle is fetched and
+//! checked to load as always; then the node waits until the fleet lets it
+//! go, takes its locks, switches, and keeps the locks until its health
+//! gate passed. A failed gate switches back to the revision before and
+//! halts the rollout. `plan --published` and `apply --once --published`
+//! are an operator's explicit command on one node and take the revision
+//! directly ([`super::take`]).
+
+use std::time::Duration;
+
+use converge_consul::{Client, QueryOptions};
+use converge_model::rollout::NodeRollout;
+use tokio::sync::watch;
+
+use super::{fetch, Follow, Installed, Taken};
+use crate::fleet::NodeReport;
+use crate::publish::Desired;
+use crate::revision::Revision;
+use crate::rollout::{self, decide::decide, gate, lock, Halt, RolloutKeys, Waiting};
+
+/// Longest a wait for the fleet blocks before looking again (node reports
+/// are read on every look, so this bounds how late an order is seen).
+const FLEET_WAIT: Duration = Duration::from_secs(2);
+
+/// What the daemon gives the follower for rolling out.
+#[derive(Debug)]
+pub struct Gated {
+    /// The node's reports, as the daemon makes them after each pass.
+    pub reports: watch::Receiver<Option<NodeReport>>,
+    /// TTL of the locks' session.
+    pub ttl: Duration,
+}
+
+/// Hooks into the daemon: what the node waits for, and a switch.
+pub struct Hooks<'a> {
+    /// Told what the node waits for.
+    pub waiting: &'a (dyn Fn(Waiting) + Send + Sync),
+    /// Told that `current` moved (the daemon runs a pass).
+    pub switched: &'a (dyn Fn() + Send + Sync),
+}
+
+/// Takes `desired`'s revision through the rollout.
+pub async fn take(
+    client: &Client,
+    follow: &Follow,
+    desired: &Desired,
+    gated: &mut Gated,
+    hooks: &Hooks<'_>,
+) -> Result<Taken, String> {
+    let p = &desired.current;
+    let installed = Installed {
+        revision: p.revision.clone(),
+        checksum: p.checksum.clone(),
+    };
+    if follow.store.current().as_ref() == Some(&installed) {
+        return Ok(Taken::Already(p.revision.clone()));
+    }
+    let files = fetch(client, &follow.keys, p).await?;
+    let keys = RolloutKeys::new(&follow.keys);
+    let prepared = match follow.store.prepare(&installed, &files, &follow.node) {
+        Ok(prepared) => prepared,
+        Err(e) => {
+            let why = format!("revision {} does not load on this node: {e}", p.revision);
+            halt(client, &keys, &p.revision, &follow.node, &why).await;
+            return Err(why);
+        }
+    };
+    let plan = prepared.manifest().node_rollout(&follow.node);
+    let held = lock_when_allowed(client, follow, &p.revision, &plan, gated.ttl, hooks).await?;
+    let locked_at = tokio::time::Instant::now();
+    let result = match prepared.commit() {
+        Ok(previous) => {
+            tracing::info!(revision = %p.revision, "switched to the published revision; health gate");
+            (hooks.switched)();
+            judge(client, follow, &p.revision, &plan, previous, gated, hooks).await
+        }
+        Err(e) => Err(e),
+    };
+    if held.any() {
+        held.release().await;
+        let held_ms = u64::try_from(locked_at.elapsed().as_millis()).unwrap_or(u64::MAX);
+        tracing::info!(revision = %p.revision, held_ms, "released the rollout locks");
+    }
+    result
+}
+
+/// Waits until the fleet lets this node go, then takes its locks; looks
+/// again once they are held, since the fleet may have changed meanwhile.
+async fn lock_when_allowed(
+    client: &Client,
+    follow: &Follow,
+    revision: &Revision,
+    plan: &NodeRollout,
+    ttl: Duration,
+    hooks: &Hooks<'_>,
+) -> Result<lock::Held, String> {
+    let keys = RolloutKeys::new(&follow.keys);
+    loop {
+        wait_for_fleet(client, follow, revision, plan, hooks).await?;
+        let held = lock::acquire(client, &keys, &follow.node, plan, ttl, hooks.waiting).await?;
+        let fleet = rollout::read(client, &follow.keys, &QueryOptions::default()).await;
+        match fleet.map(|(fleet, _)| decide(plan, &follow.node, revision, &fleet)) {
+            Ok(None) => return Ok(held),
+            Ok(Some(_)) => held.release().await,
+            Err(e) => {
+                held.release().await;
+                return Err(format!("rollout: {e}"));
+            }
+        }
+    }
+}
+
+/// The health gate after a switch, and what follows from it: a canary
+/// marks itself soaked; a failure switches back to `previous` and halts
+/// the rollout of `revision`.
+async fn judge(
+    client: &Client,
+    follow: &Follow,
+    revision: &Revision,
+    plan: &NodeRollout,
+    previous: Option<Installed>,
+    gated: &mut Gated,
+    hooks: &Hooks<'_>,
+) -> Result<Taken, String> {
+    let keys = RolloutKeys::new(&follow.keys);
+    let hold = if plan.canary {
+        plan.settle.max(plan.soak)
+    } else {
+        plan.settle
+    };
+    let why = match gate::watch(&mut gated.reports, revision, hold, plan.gate_timeout + hold).await
+    {
+        gate::Verdict::Pass => {
+            if plan.canary {
+                let key = keys.soaked(&follow.node);
+                if let Err(e) = client
+                    .kv_put(&key, revision.as_str().as_bytes(), None)
+                    .await
+                {
+                    tracing::warn!(error = %e, "cannot mark the canary soaked");
+                }
+            }
+            return Ok(Taken::Switched(revision.clone()));
+        }
+        gate::Verdict::Fail(why) => why,
+    };
+    let why = match previous {
+        Some(prev) => {
+            let back = follow.store.switch_back(&prev.revision);
+            (hooks.switched)();
+            match back {
+                Ok(()) => format!(
+                    "revision {revision} failed its health gate: {why}; rolled back to {}",
+                    prev.revision
+                ),
+                Err(e) => format!("revision {revision} failed its health gate: {why}; {e}"),
+            }
+        }
+        None => format!(
+            "revision {revision} failed its health gate: {why}; no revision to roll back to"
+        ),
+    };
+    halt(client, &keys, revision, &follow.node, &why).await;
+    Err(why)
+}
+
+/// Waits until [`decide`] lets this node go, telling what it waits for;
+/// an error when `desired` moved on meanwhile (the caller starts over).
+async fn wait_for_fleet(
+    client: &Client,
+    follow: &Follow,
+    revision: &Revision,
+    plan: &NodeRollout,
+    hooks: &Hooks<'_>,
+) -> Result<(), String> {
+    let consul = |e: converge_consul::Error| format!("rollout: {e}");
+    let mut index = 0;
+    loop {
+        let opts = QueryOptions {
+            index,
+            wait: Some(FLEET_WAIT),
+            ..QueryOptions::default()
+        };
+        let (fleet, at) = rollout::read(client, &follow.keys, &opts)
+            .await
+            .map_err(consul)?;
+        index = at;
+        let Some(waiting) = decide(plan, &follow.node, revision, &fleet) else {
+            return Ok(());
+        };
+        let key = follow.keys.desired();
+        let now = client
+            .kv_get(&key, &QueryOptions::default())
+            .await
+            .map_err(consul)?;
+        let still = now
+            .value
+            .and_then(|p| serde_json::from_slice::<Desired>(&p.value).ok())
+            .is_some_and(|d| &d.current.revision == revision);
+        if !still {
+            return Err(format!(
+                "revision {revision} was superseded while waiting ({waiting})"
+            ));
+        }
+        (hooks.waiting)(waiting);
+    }
+}
+
+/// Writes `<prefix>/rollout/halt` for `revision`.
+async fn halt(client: &Client, keys: &RolloutKeys, revision: &Revision, node: &str, why: &str) {
+    let halt = Halt {
+        revision: revision.clone(),
+        node: node.to_string(),
+        reason: why.to_string(),
+        at: rollout::unix_now(),
+    };
+    let body = serde_json::to_vec(&halt).unwrap_or_default();
+    match client.kv_put(&keys.halt(), &body, None).await {
+        Ok(_) => tracing::error!(revision = %revision, reason = %why, "rollout halted"),
+        Err(e) => tracing::error!(error = %e, "cannot halt the rollout"),
+    }
+}
