@@ -6,7 +6,9 @@
 //!
 //! One cluster for the file: a planned switchover through Patroni's REST
 //! API (PASS within a generous budget), then a kill -9 of the new leader's
-//! Patroni and PostgreSQL against a budget no failover meets (FAIL).
+//! Patroni and PostgreSQL within a budget a failover meets (PASS), and,
+//! with the killed member back, of the leader after it against a budget
+//! no failover meets (FAIL).
 //! `CONVERGE_DRILL_KEEP=DIR` keeps the reports.
 
 mod common;
@@ -83,6 +85,18 @@ impl Stack {
         .unwrap_or_else(|e| panic!("{e}\n{}", self.ws.daemon_log()));
     }
 
+    /// `kill -9` of `member`'s Patroni and PostgreSQL: its node dies.
+    fn kill_command(&self, member: &str) -> String {
+        let (patroni, postmaster) = self.cluster.pids(member);
+        let pids: Vec<String> = [patroni, postmaster]
+            .iter()
+            .flatten()
+            .map(u32::to_string)
+            .collect();
+        assert_eq!(pids.len(), 2, "both pids of {member}");
+        format!("kill -9 {}", pids.join(" "))
+    }
+
     fn drill(&self, scenario: &str, extra: &[&str]) -> std::process::Output {
         let consul = self.consul.http_url();
         let daemon = format!("127.0.0.1:{}", self.daemon.listen);
@@ -108,8 +122,8 @@ impl Stack {
 }
 
 #[test]
-fn switchover_passes_and_a_killed_primary_fails_a_tiny_budget() {
-    let s = Stack::start();
+fn a_switchover_passes_and_a_killed_primary_passes_then_fails_a_tiny_budget() {
+    let mut s = Stack::start();
     let first = s.leader(None);
     let api = format!(
         "http://127.0.0.1:{}",
@@ -147,18 +161,35 @@ fn switchover_passes_and_a_killed_primary_fails_a_tiny_budget() {
         .wait_sync_standby(&first, DEADLINE)
         .unwrap_or_else(|e| panic!("{e}"));
 
-    // The new leader's node dies: Patroni and PostgreSQL, kill -9.
-    let (patroni, postmaster) = s.cluster.pids(&second);
-    let pids: Vec<String> = [patroni, postmaster]
-        .iter()
-        .flatten()
-        .map(u32::to_string)
-        .collect();
-    assert_eq!(pids.len(), 2, "both pids of {second}");
-    let kill = format!("kill -9 {}", pids.join(" "));
+    // The new leader's node dies: Patroni and PostgreSQL, kill -9. A
+    // budget a Patroni failover meets: PASS.
     let out = s.drill(
         "primary-kill",
-        &["--fault-command", &kill, "--rto-budget", "1ms"],
+        &[
+            "--fault-command",
+            &s.kill_command(&second),
+            "--rto-budget",
+            "80s",
+        ],
+    );
+    assert_exit(&out, 0);
+    let (_, json) = report_of(&stdout(&out));
+    assert_eq!(json["report"]["verdict"], "PASS", "{json:#}");
+    assert_eq!(json["report"]["failure_observed"], true, "{json:#}");
+    let third = s.leader(Some(&second));
+    s.wait_writable();
+
+    // The killed member back as the sync standby, and the leader killed
+    // again against a budget no failover meets: FAIL.
+    s.cluster.restart(&second).unwrap_or_else(|e| panic!("{e}"));
+    let out = s.drill(
+        "primary-kill",
+        &[
+            "--fault-command",
+            &s.kill_command(&third),
+            "--rto-budget",
+            "1ms",
+        ],
     );
     assert_exit(&out, 1);
     let (_, json) = report_of(&stdout(&out));
@@ -170,5 +201,5 @@ fn switchover_passes_and_a_killed_primary_fails_a_tiny_budget() {
         "{json:#}"
     );
     assert_eq!(json["report"]["failure_observed"], true);
-    s.leader(Some(&second));
+    s.leader(Some(&third));
 }
