@@ -142,7 +142,7 @@ struct Node {
     name: &'static str,
     _daemon: Child,
     _haproxy: Option<Haproxy>,
-    _keepalived: Option<Keepalived>,
+    keepalived: Option<Keepalived>,
     _web: Child,
     root: tempfile::TempDir,
 }
@@ -154,6 +154,14 @@ impl Node {
 
     fn log(&self) -> String {
         std::fs::read_to_string(self.path("daemon.log")).unwrap_or_default()
+    }
+
+    /// What keepalived logged since it started.
+    fn vrrp_log(&self) -> String {
+        self.keepalived
+            .as_ref()
+            .map(Keepalived::log)
+            .unwrap_or_default()
     }
 
     /// HAProxy's reloads in the daemon's log, from the commit of its
@@ -259,7 +267,7 @@ impl Pair {
                 )
                 .unwrap_or_else(|e| panic!("haproxy on {}: {e}", node.name)),
             );
-            node._keepalived = Some(
+            node.keepalived = Some(
                 Keepalived::start(
                     ns,
                     &node.path("etc/keepalived/keepalived.conf"),
@@ -317,7 +325,7 @@ impl Pair {
             name,
             _daemon: daemon,
             _haproxy: None,
-            _keepalived: None,
+            keepalived: None,
             _web: web,
             root,
         };
@@ -405,6 +413,7 @@ fn twenty_revisions_reload_the_real_pair_one_node_at_a_time_backup_first_and_the
     })
     .unwrap_or_else(|e| panic!("{e}"));
     let since = now_ns();
+    let vrrp_before: Vec<usize> = pair.nodes.iter().map(|n| n.vrrp_log().len()).collect();
 
     let mut last = String::new();
     for i in 1..=REVISIONS {
@@ -483,7 +492,15 @@ fn twenty_revisions_reload_the_real_pair_one_node_at_a_time_backup_first_and_the
         failed.len(),
         sent.len()
     );
-    // The VIP stayed where the priorities put it.
+    // The VIP stayed where the priorities put it, all along.
+    for (node, before) in pair.nodes.iter().zip(vrrp_before) {
+        let during = &node.vrrp_log()[before..];
+        assert!(
+            !during.contains("Entering"),
+            "{}'s keepalived changed state during the rollout:\n{during}",
+            node.name
+        );
+    }
     assert!(pair.net.members[0].has_address(IFACE, &pair.net.host(100)));
     assert!(!pair.net.members[1].has_address(IFACE, &pair.net.host(100)));
 }
