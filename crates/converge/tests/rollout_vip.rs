@@ -16,7 +16,10 @@
 //! signal reload (`SIGUSR2` to the master, done once its new worker
 //! answers). Twenty revisions go out back to back (lb1 then skips to the
 //! last one lb2 took), then ten one at a time, each waited for, so the
-//! node the VIP leads to reloads under the probe ten times more.
+//! node the VIP leads to reloads under the probe ten times more. A second
+//! test publishes a revision whose keepalived track script fails on lb2
+//! (the BACKUP, so it goes first): the health gate must see keepalived's
+//! FAULT, roll lb2 back and halt before lb1 takes it.
 //!
 //! When each reload happened is read from the daemons' JSON logs: from
 //! the `committed` event of the HAProxy target to the `reload` event of
@@ -53,20 +56,39 @@ const REVISIONS: usize = 20;
 /// Revisions then published one at a time, each waited for.
 const PACED: usize = 10;
 
+/// What a revision does besides its note.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Changes HAProxy's config only.
+    Header,
+    /// Also tracks a script that fails on lb2 (`/bin/false`), so lb2's
+    /// keepalived goes to FAULT once it reloads; settles 8 s, longer than
+    /// the script's two failures 2 s apart take.
+    Fault,
+}
+
 /// The manifests; `note` goes in a comment and in the header every
 /// response carries, so each revision changes HAProxy's config.
-fn site(net: &Lan, note: &str) -> String {
+fn site(net: &Lan, note: &str, kind: Kind) -> String {
+    let (track, settle, checks) = match kind {
+        Kind::Header => ("false", "200ms", ["", ""]),
+        Kind::Fault => (
+            "true",
+            "8s",
+            [", haproxy_check: /bin/true", ", haproxy_check: /bin/false"],
+        ),
+    };
     format!(
         "# {note}
 nodes:
   lb1:
     address: {a}
     targets: [haproxy, keepalived]
-    vars: {{vrrp_interface: {IFACE}}}
+    vars: {{vrrp_interface: {IFACE}{c1}}}
   lb2:
     address: {b}
     targets: [haproxy, keepalived]
-    vars: {{vrrp_interface: {IFACE}}}
+    vars: {{vrrp_interface: {IFACE}{c2}}}
 vips:
   edge:
     virtual_router_id: 53
@@ -75,7 +97,7 @@ vips:
     priorities: {{lb1: 150, lb2: 100}}
     advert_int: 1
     unicast: true
-    track_haproxy: false
+    track_haproxy: {track}
 haproxy:
   stats_socket: /run/haproxy/admin.sock
 frontends:
@@ -87,7 +109,7 @@ backends:
     service: web
     extra: [\"http-response set-header X-Revision {note}\"]
 rollout:
-  settle: 200ms
+  settle: {settle}
 targets:
   haproxy:
     template: haproxy.cfg.tera
@@ -107,6 +129,8 @@ targets:
         a = net.host(1),
         b = net.host(2),
         vip = net.host(100),
+        c1 = checks[0],
+        c2 = checks[1],
     )
 }
 
@@ -237,7 +261,7 @@ impl Pair {
             .server
             .register_service("web-1", "web", WEB)
             .expect("register");
-        let repo = Workspace::custom(&site(&net, "r0"), "services: {}\n");
+        let repo = Workspace::custom(&site(&net, "r0", Kind::Header), "services: {}\n");
         let mut pair = Self {
             nodes: Vec::new(),
             repo,
@@ -365,8 +389,13 @@ impl Pair {
 
     /// Publishes the manifests with `note`; the revision.
     fn publish(&self, note: &str) -> String {
+        self.publish_kind(note, Kind::Header)
+    }
+
+    /// Publishes a revision of `kind` with `note`; the revision.
+    fn publish_kind(&self, note: &str, kind: Kind) -> String {
         self.repo
-            .write("manifests/site.yaml", &site(&self.net, note));
+            .write("manifests/site.yaml", &site(&self.net, note, kind));
         let out = self.converge(&["publish", "--format", "json"]);
         assert_exit(&out, 0);
         let doc: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("json");
@@ -503,4 +532,68 @@ fn twenty_revisions_reload_the_real_pair_one_node_at_a_time_backup_first_and_the
     }
     assert!(pair.net.members[0].has_address(IFACE, &pair.net.host(100)));
     assert!(!pair.net.members[1].has_address(IFACE, &pair.net.host(100)));
+}
+
+#[test]
+fn a_revision_that_puts_the_backups_keepalived_in_fault_fails_its_gate_and_never_reaches_the_master(
+) {
+    let pair = Pair::start();
+    let probes = tempfile::tempdir().expect("probe dir");
+    let out = probes.path().join("probes");
+    let mut probe = pair.probe(&out);
+    wait::until(DEADLINE, "the probe's first answer", || {
+        std::fs::read_to_string(&out).is_ok_and(|t| t.starts_with("ok "))
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let since = now_ns();
+    let lb1_before = pair.nodes[0].vrrp_log().len();
+
+    pair.publish_kind("bad", Kind::Fault);
+    let status = wait::until_some(DEADLINE, "the halt", || {
+        let text = stdout(&pair.converge(&["fleet", "status"]));
+        text.contains("halted at lb2").then_some(text)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", pair.logs()));
+    assert!(
+        status.contains("reports VRRP instance edge in FAULT"),
+        "{status}"
+    );
+    assert!(
+        pair.nodes[1].vrrp_log().contains("Entering FAULT STATE"),
+        "{}",
+        pair.nodes[1].vrrp_log()
+    );
+    // lb2 switched back and its pass put the config without the failing
+    // track script back; lb1 never took the revision.
+    let tracked = |n: &Node| {
+        std::fs::read_to_string(n.path("etc/keepalived/keepalived.conf"))
+            .unwrap_or_default()
+            .contains("chk_haproxy")
+    };
+    wait::until(DEADLINE, "lb2's keepalived config rolled back", || {
+        !tracked(&pair.nodes[1])
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", pair.logs()));
+    assert!(!tracked(&pair.nodes[0]), "lb1 took the failing revision");
+    probe.stop();
+
+    let text = std::fs::read_to_string(&out).expect("probes");
+    let sent: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            l.split(' ')
+                .nth(1)
+                .and_then(|t| t.parse::<u128>().ok())
+                .is_some_and(|t| t >= since)
+        })
+        .collect();
+    let failed: Vec<&&str> = sent.iter().filter(|l| !l.starts_with("ok ")).collect();
+    println!(
+        "rollout_vip fault: {} probes through the VIP, {} failed",
+        sent.len(),
+        failed.len()
+    );
+    assert!(failed.is_empty(), "{failed:?}");
+    let during = &pair.nodes[0].vrrp_log()[lb1_before..];
+    assert!(!during.contains("Entering"), "lb1 kept the VIP:\n{during}");
 }
