@@ -246,6 +246,7 @@ fn start_fleet(
     let gated = follow::gated::Gated {
         reports: rx.clone(),
         ttl: fleet.report_ttl,
+        root: config.inputs.root.clone(),
     };
     follow::spawn(
         client.clone(),

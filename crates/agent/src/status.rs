@@ -36,7 +36,7 @@ mod vrrp;
 
 pub use primary::{PrimaryCheck, Problem, RouteSource};
 pub use verdict::Verdict;
-pub use vrrp::{VipLive, VrrpState};
+pub use vrrp::{KeepalivedGate, VipLive, VrrpState};
 
 /// A section's content, or why it could not be gathered.
 #[derive(Debug, Serialize)]

@@ -30,6 +30,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
+use crate::netns::Netns;
 use crate::process::Child;
 use crate::wait;
 
@@ -54,6 +55,32 @@ impl Haproxy {
     /// When HAProxy cannot be spawned, exits, or is not ready within
     /// [`DEADLINE`]; the message carries its output.
     pub fn start(config: &Path, pidfile: &Path, stats_socket: &Path) -> Result<Self, String> {
+        Self::launch(Command::new("haproxy"), config, pidfile, stats_socket)
+    }
+
+    /// [`Haproxy::start`] inside `ns` (`ip netns exec`, which `exec`s
+    /// HAProxy, so the guarded pid is still the master's): its binds are
+    /// the namespace's addresses, while its pidfile, log and stats socket
+    /// stay files every namespace sees.
+    ///
+    /// # Errors
+    ///
+    /// As [`Haproxy::start`].
+    pub fn start_in(
+        ns: &Netns,
+        config: &Path,
+        pidfile: &Path,
+        stats_socket: &Path,
+    ) -> Result<Self, String> {
+        Self::launch(ns.command("haproxy"), config, pidfile, stats_socket)
+    }
+
+    fn launch(
+        mut haproxy: Command,
+        config: &Path,
+        pidfile: &Path,
+        stats_socket: &Path,
+    ) -> Result<Self, String> {
         let log = pidfile.with_extension("log");
         let out = OpenOptions::new()
             .create(true)
@@ -66,7 +93,7 @@ impl Haproxy {
         let offset = file_len(&log);
         let child = Child::spawn(
             "haproxy",
-            Command::new("haproxy")
+            haproxy
                 .arg("-W")
                 .arg("-p")
                 .arg(pidfile)

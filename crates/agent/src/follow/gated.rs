@@ -7,10 +7,12 @@
 //! are an operator's explicit command on one node and take the revision
 //! directly ([`super::take`]).
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use converge_consul::{Client, QueryOptions};
 use converge_model::rollout::NodeRollout;
+use converge_model::Layout;
 use tokio::sync::watch;
 
 use super::{fetch, Follow, Installed, Taken};
@@ -18,6 +20,7 @@ use crate::fleet::NodeReport;
 use crate::publish::Desired;
 use crate::revision::Revision;
 use crate::rollout::{self, decide::decide, gate, lock, Halt, RolloutKeys, Waiting};
+use crate::status::KeepalivedGate;
 
 /// Longest a wait for the fleet blocks before looking again (node reports
 /// are read on every look, so this bounds how late an order is seen).
@@ -30,6 +33,9 @@ pub struct Gated {
     pub reports: watch::Receiver<Option<NodeReport>>,
     /// TTL of the locks' session.
     pub ttl: Duration,
+    /// The node's `--root`: where the gate finds keepalived's pidfile and
+    /// state reports.
+    pub root: PathBuf,
 }
 
 /// Hooks into the daemon: what the node waits for, and a switch.
@@ -67,13 +73,21 @@ pub async fn take(
         }
     };
     let plan = prepared.manifest().node_rollout(&follow.node);
+    let keepalived =
+        KeepalivedGate::of(prepared.manifest(), &follow.node, &Layout::new(&gated.root));
     let held = lock_when_allowed(client, follow, &p.revision, &plan, gated.ttl, hooks).await?;
     let locked_at = tokio::time::Instant::now();
     let result = match prepared.commit() {
         Ok(previous) => {
             tracing::info!(revision = %p.revision, "switched to the published revision; health gate");
             (hooks.switched)();
-            judge(client, follow, &p.revision, &plan, previous, gated, hooks).await
+            let switch = Switch {
+                revision: &p.revision,
+                plan: &plan,
+                previous,
+                keepalived: keepalived.as_ref(),
+            };
+            judge(client, follow, switch, gated, hooks).await
         }
         Err(e) => Err(e),
     };
@@ -111,26 +125,43 @@ async fn lock_when_allowed(
     }
 }
 
+/// A switch the health gate judges.
+struct Switch<'a> {
+    /// The revision switched to.
+    revision: &'a Revision,
+    /// Its rollout for this node.
+    plan: &'a NodeRollout,
+    /// The revision before, to switch back to.
+    previous: Option<Installed>,
+    /// What to ask keepalived, when the node runs it in a VRRP instance.
+    keepalived: Option<&'a KeepalivedGate>,
+}
+
 /// The health gate after a switch, and what follows from it: a canary
-/// marks itself soaked; a failure switches back to `previous` and halts
-/// the rollout of `revision`.
+/// marks itself soaked; a failure switches back to the previous revision
+/// and halts the rollout of the new one.
 async fn judge(
     client: &Client,
     follow: &Follow,
-    revision: &Revision,
-    plan: &NodeRollout,
-    previous: Option<Installed>,
+    switch: Switch<'_>,
     gated: &mut Gated,
     hooks: &Hooks<'_>,
 ) -> Result<Taken, String> {
+    let Switch {
+        revision,
+        plan,
+        previous,
+        keepalived,
+    } = switch;
     let keys = RolloutKeys::new(&follow.keys);
     let hold = if plan.canary {
         plan.settle.max(plan.soak)
     } else {
         plan.settle
     };
-    let why = match gate::watch(&mut gated.reports, revision, hold, plan.gate_timeout + hold).await
-    {
+    let programs = || keepalived.map_or(Ok(()), KeepalivedGate::check);
+    let timeout = plan.gate_timeout + hold;
+    let why = match gate::watch(&mut gated.reports, revision, hold, timeout, programs).await {
         gate::Verdict::Pass => {
             if plan.canary {
                 let key = keys.soaked(&follow.node);

@@ -8,6 +8,13 @@
 //! back by the pass and reported `rejected`, `failed` or `rolled_back`.
 //! The gate reads exactly those outcomes, from the report the daemon
 //! writes after every pass, so it can never disagree with `fleet status`.
+//!
+//! A reload the program took can still leave it unable to serve: keepalived
+//! reloads a config whose track script then fails, and goes to FAULT. So
+//! when the settle time is over, the gate also asks the programs
+//! themselves (`programs`; for keepalived, its own reported state, see
+//! [`KeepalivedGate`](crate::status::KeepalivedGate)) and fails with their
+//! answer.
 
 use std::time::Duration;
 
@@ -48,12 +55,15 @@ fn judge(report: &NodeReport, revision: &Revision) -> Option<Result<(), String>>
 }
 
 /// Watches `reports` until the revision applied and stayed so for
-/// `settle`, or failed, or `timeout` ran out first.
+/// `settle`, or failed, or `timeout` ran out first; at the end of
+/// `settle`, `programs` says whether the programs serve (an error: why
+/// not).
 pub async fn watch(
     reports: &mut watch::Receiver<Option<NodeReport>>,
     revision: &Revision,
     settle: Duration,
     timeout: Duration,
+    programs: impl Fn() -> Result<(), String>,
 ) -> Verdict {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut passing_until: Option<tokio::time::Instant> = None;
@@ -76,7 +86,7 @@ pub async fn watch(
             },
             () = tokio::time::sleep_until(until) => {
                 return match passing_until {
-                    Some(_) => Verdict::Pass,
+                    Some(_) => programs().map_or_else(Verdict::Fail, |()| Verdict::Pass),
                     None => Verdict::Fail(format!(
                         "no pass applied revision {revision} within {timeout:?}"
                     )),
@@ -126,6 +136,7 @@ mod tests {
                 &rev,
                 Duration::from_secs(5),
                 Duration::from_secs(60),
+                || Ok(()),
             )
             .await
         });
@@ -146,6 +157,7 @@ mod tests {
                     &rev,
                     Duration::from_secs(5),
                     Duration::from_secs(60),
+                    || Ok(()),
                 )
                 .await
             }
@@ -162,8 +174,27 @@ mod tests {
             &rev,
             Duration::from_secs(5),
             Duration::from_secs(60),
+            || Ok(()),
         )
         .await;
         assert!(matches!(v, Verdict::Fail(w) if w.contains("within")));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn programs_that_do_not_serve_at_the_end_of_the_settle_time_fail_it() {
+        let (_tx, mut rx) = watch::channel(Some(report("b2", "applied")));
+        let rev = Revision::parse("b2").expect("rev");
+        let v = watch(
+            &mut rx,
+            &rev,
+            Duration::from_secs(5),
+            Duration::from_secs(60),
+            || Err("keepalived (pid 700) reports VRRP instance edge in FAULT".into()),
+        )
+        .await;
+        assert_eq!(
+            v,
+            Verdict::Fail("keepalived (pid 700) reports VRRP instance edge in FAULT".into())
+        );
     }
 }

@@ -33,11 +33,11 @@
 //! carries a warning.
 
 use std::io::ErrorKind;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use converge_model::manifest::{Reload, Validator};
-use converge_model::{Layout, NodeDesired};
+use converge_model::manifest::{Reload, Target, Validator};
+use converge_model::{Layout, Manifest, NodeDesired};
 use serde::Serialize;
 
 /// Where the shipped template's `notify` hook writes `NAME.state`, under
@@ -118,13 +118,8 @@ pub(super) fn vips(desired: &NodeDesired, layout: &Layout) -> Result<Vec<VipLive
     let pid = desired
         .targets
         .values()
-        .find_map(|t| match (&t.validate, &t.reload) {
-            (Validator::Keepalived, Reload::Signal { pidfile, .. }) => Some(layout.path(pidfile)),
-            _ => None,
-        })
-        .and_then(|p| std::fs::read_to_string(p).ok())
-        .and_then(|s| s.trim().parse::<u32>().ok())
-        .filter(|pid| Path::new(&format!("/proc/{pid}")).exists());
+        .find_map(|t| keepalived_pidfile(t, layout))
+        .and_then(|p| running_pid(&p));
     let dir = layout.path(STATE_DIR);
     Ok(desired
         .vips
@@ -154,6 +149,96 @@ pub(super) fn vips(desired: &NodeDesired, layout: &Layout) -> Result<Vec<VipLive
             }
         })
         .collect())
+}
+
+/// The rooted pidfile of `target` when it is keepalived's (validated as
+/// keepalived, reloaded by a signal to its pidfile).
+fn keepalived_pidfile(target: &Target, layout: &Layout) -> Option<PathBuf> {
+    match (&target.validate, &target.reload) {
+        (Validator::Keepalived, Reload::Signal { pidfile, .. }) => Some(layout.path(pidfile)),
+        _ => None,
+    }
+}
+
+/// The pid `pidfile` names, when that process is alive.
+fn running_pid(pidfile: &Path) -> Option<u32> {
+    std::fs::read_to_string(pidfile)
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .filter(|pid| Path::new(&format!("/proc/{pid}")).exists())
+}
+
+/// What the rollout's health gate asks keepalived on a node: the VRRP
+/// instances the node takes part in, keepalived's pidfile, and where its
+/// `notify` hook reports. Taken from the revision the gate judges, before
+/// the switch, so it asks about that revision's instances.
+///
+/// Only FAULT fails the gate. keepalived not running, or not reported
+/// since it started, is what a node looks like before its programs start
+/// (the pass leaves the files for them), and MASTER or BACKUP may both be
+/// right for a while after a peer restarts; FAULT is keepalived saying
+/// this node cannot take the VIP (a track script, interface or address
+/// failed), which a revision that breaks the node's setup causes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeepalivedGate {
+    pidfile: PathBuf,
+    dir: PathBuf,
+    instances: Vec<String>,
+}
+
+impl KeepalivedGate {
+    /// `None` when `node` renders no keepalived target reloaded by signal,
+    /// or takes part in no VRRP instance: nothing to ask.
+    pub fn of(manifest: &Manifest, node: &str, layout: &Layout) -> Option<Self> {
+        let wanted = manifest.nodes.get(node)?.targets.as_ref();
+        let pidfile = manifest
+            .targets
+            .iter()
+            .filter(|(name, _)| wanted.is_none_or(|w| w.contains(name)))
+            .find_map(|(_, t)| keepalived_pidfile(t, layout))?;
+        let instances: Vec<String> = manifest
+            .vips
+            .iter()
+            .filter(|(_, v)| v.priorities.contains_key(node))
+            .map(|(name, _)| name.clone())
+            .collect();
+        (!instances.is_empty()).then(|| Self {
+            pidfile,
+            dir: layout.path(STATE_DIR),
+            instances,
+        })
+    }
+
+    /// An error naming the instances the running keepalived reports in
+    /// FAULT, if any.
+    pub fn check(&self) -> Result<(), String> {
+        self.check_with(running_pid(&self.pidfile), parent_of)
+    }
+
+    fn check_with(
+        &self,
+        keepalived: Option<u32>,
+        parent_of: impl Fn(u32) -> Option<u32>,
+    ) -> Result<(), String> {
+        let faults: Vec<&str> = self
+            .instances
+            .iter()
+            .filter(|name| {
+                let file = self.dir.join(format!("{name}.state"));
+                Report::judge(&file, keepalived, &parent_of).state == VrrpState::Fault
+            })
+            .map(String::as_str)
+            .collect();
+        if faults.is_empty() {
+            return Ok(());
+        }
+        // A FAULT report only counts from the running keepalived.
+        Err(format!(
+            "keepalived (pid {}) reports VRRP instance {} in FAULT",
+            keepalived.unwrap_or_default(),
+            faults.join(", ")
+        ))
+    }
 }
 
 /// An address without its `/prefix`.
@@ -413,6 +498,50 @@ mod tests {
         assert!(lost.contains("present: none"), "{lost}");
         let kept = disagreement(VrrpState::Fault, true, &vip, true).expect("FAULT with VIP");
         assert!(kept.contains("says FAULT but 10.0.0.10/24"), "{kept}");
+    }
+
+    #[test]
+    fn the_gate_fails_on_a_fault_the_running_keepalived_reports_and_on_nothing_else() {
+        let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let mut manifest = Manifests::load(&repo.join("manifests"))
+            .expect("example manifests")
+            .manifest;
+        let root = tempfile::tempdir().expect("root");
+        let layout = Layout::new(root.path());
+        let gate = KeepalivedGate::of(&manifest, "lb1", &layout).expect("lb1 runs keepalived");
+        assert_eq!(gate.instances, ["edge"]);
+        assert_eq!(gate.pidfile, layout.path("/run/keepalived.pid"));
+        let dir = layout.path(STATE_DIR);
+        std::fs::create_dir_all(&dir).expect("state dir");
+        let file = dir.join("edge.state");
+        let parent = |pid| (pid == VRRP).then_some(KEEPALIVED);
+
+        assert_eq!(
+            gate.check_with(Some(KEEPALIVED), parent),
+            Ok(()),
+            "no report yet"
+        );
+        for state in ["MASTER 150 701\n", "BACKUP 100 701\n", "STOP 150 701\n"] {
+            std::fs::write(&file, state).expect("state");
+            assert_eq!(gate.check_with(Some(KEEPALIVED), parent), Ok(()), "{state}");
+        }
+        std::fs::write(&file, "FAULT 0 701\n").expect("state");
+        let why = gate
+            .check_with(Some(KEEPALIVED), parent)
+            .expect_err("FAULT fails the gate");
+        assert_eq!(
+            why,
+            "keepalived (pid 700) reports VRRP instance edge in FAULT"
+        );
+        // A FAULT left by a VRRP process that is not the running
+        // keepalived's, or with no keepalived running, is not this one's.
+        assert_eq!(gate.check_with(Some(KEEPALIVED), |_| None), Ok(()));
+        assert_eq!(gate.check_with(None, parent), Ok(()));
+
+        // Nothing to ask on a node without keepalived or outside any VIP.
+        assert_eq!(KeepalivedGate::of(&manifest, "lb9", &layout), None);
+        manifest.vips.clear();
+        assert_eq!(KeepalivedGate::of(&manifest, "lb1", &layout), None);
     }
 
     /// The shipped template writes where status reads.
