@@ -72,7 +72,7 @@ async fn wait_state(
     })
 }
 
-fn instance<'a>(s: &'a SourceState, e: External) -> Option<&'a converge_model::Instance> {
+fn instance(s: &SourceState, e: External) -> Option<&converge_model::Instance> {
     s.catalog
         .service(&e.service_name())?
         .instances

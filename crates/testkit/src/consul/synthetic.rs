@@ -103,13 +103,10 @@ impl ConsulAgent {
                     })
                 })
                 .collect();
-            workers
-                .into_iter()
-                .map(|w| {
-                    w.join()
-                        .map_err(|_| "a registering thread panicked".to_string())?
-                })
-                .collect()
+            workers.into_iter().try_for_each(|w| {
+                w.join()
+                    .map_err(|_| "a registering thread panicked".to_string())?
+            })
         })
     }
 
