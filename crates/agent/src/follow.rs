@@ -59,19 +59,33 @@ pub enum Taken {
 /// On any error the store is unchanged.
 pub async fn take(client: &Client, follow: &Follow, desired: &Desired) -> Result<Taken, String> {
     let p = &desired.current;
-    let installed = Installed {
-        revision: p.revision.clone(),
-        checksum: p.checksum.clone(),
-    };
-    if follow.store.current().as_ref() == Some(&installed) {
+    let Some((installed, files)) = fetch_unless_current(client, follow, p).await? else {
         return Ok(Taken::Already(p.revision.clone()));
-    }
-    let files = fetch(client, &follow.keys, p).await?;
+    };
     follow
         .store
         .install(&installed, &files, &follow.node)
         .map_err(|e| format!("revision {} does not load on this node: {e}", p.revision))?;
     Ok(Taken::Switched(p.revision.clone()))
+}
+
+/// `p` as the store records it and its bundle's files, or `None` when
+/// the node already runs it: the first step of taking a revision, with
+/// or without the rollout.
+pub(crate) async fn fetch_unless_current(
+    client: &Client,
+    follow: &Follow,
+    p: &Publication,
+) -> Result<Option<(Installed, Vec<(String, Vec<u8>)>)>, String> {
+    let installed = Installed {
+        revision: p.revision.clone(),
+        checksum: p.checksum.clone(),
+    };
+    if follow.store.current().as_ref() == Some(&installed) {
+        return Ok(None);
+    }
+    let files = fetch(client, &follow.keys, p).await?;
+    Ok(Some((installed, files)))
 }
 
 /// The files of `p`'s bundle, after checking its bytes against `p`'s

@@ -15,7 +15,7 @@ use converge_model::rollout::NodeRollout;
 use converge_model::Layout;
 use tokio::sync::watch;
 
-use super::{fetch, Follow, Installed, Taken};
+use super::{fetch_unless_current, Follow, Installed, Taken};
 use crate::fleet::NodeReport;
 use crate::publish::Desired;
 use crate::revision::Revision;
@@ -55,14 +55,9 @@ pub async fn take(
     hooks: &Hooks<'_>,
 ) -> Result<Taken, String> {
     let p = &desired.current;
-    let installed = Installed {
-        revision: p.revision.clone(),
-        checksum: p.checksum.clone(),
-    };
-    if follow.store.current().as_ref() == Some(&installed) {
+    let Some((installed, files)) = fetch_unless_current(client, follow, p).await? else {
         return Ok(Taken::Already(p.revision.clone()));
-    }
-    let files = fetch(client, &follow.keys, p).await?;
+    };
     let keys = RolloutKeys::new(&follow.keys);
     let prepared = match follow.store.prepare(&installed, &files, &follow.node) {
         Ok(prepared) => prepared,

@@ -126,11 +126,13 @@ mod tests {
         }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_revision_applied_and_kept_for_the_settle_time_passes() {
-        let (tx, mut rx) = watch::channel(Some(report("a1", "unchanged")));
+    /// The gate for revision `b2` with a settle time of 5 s and 60 s to
+    /// see a pass, the programs fine, running on its own task.
+    fn settle_5s_of_b2(
+        mut rx: watch::Receiver<Option<NodeReport>>,
+    ) -> tokio::task::JoinHandle<Verdict> {
         let rev = Revision::parse("b2").expect("rev");
-        let gate = tokio::spawn(async move {
+        tokio::spawn(async move {
             watch(
                 &mut rx,
                 &rev,
@@ -139,7 +141,13 @@ mod tests {
                 || Ok(()),
             )
             .await
-        });
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_revision_applied_and_kept_for_the_settle_time_passes() {
+        let (tx, rx) = watch::channel(Some(report("a1", "unchanged")));
+        let gate = settle_5s_of_b2(rx);
         tokio::time::sleep(Duration::from_secs(1)).await;
         tx.send_replace(Some(report("b2", "applied")));
         assert_eq!(gate.await.expect("gate"), Verdict::Pass);
@@ -147,36 +155,16 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_rejection_during_the_settle_time_or_no_pass_fails() {
-        let (tx, mut rx) = watch::channel(Some(report("b2", "applied")));
-        let rev = Revision::parse("b2").expect("rev");
-        let gate = tokio::spawn({
-            let rev = rev.clone();
-            async move {
-                watch(
-                    &mut rx,
-                    &rev,
-                    Duration::from_secs(5),
-                    Duration::from_secs(60),
-                    || Ok(()),
-                )
-                .await
-            }
-        });
+        let (tx, rx) = watch::channel(Some(report("b2", "applied")));
+        let gate = settle_5s_of_b2(rx);
         tokio::time::sleep(Duration::from_secs(2)).await;
         tx.send_replace(Some(report("b2", "rolled_back")));
         assert!(
             matches!(gate.await.expect("gate"), Verdict::Fail(w) if w.contains("app rolled_back"))
         );
 
-        let (_tx, mut rx) = watch::channel(Some(report("a1", "unchanged")));
-        let v = watch(
-            &mut rx,
-            &rev,
-            Duration::from_secs(5),
-            Duration::from_secs(60),
-            || Ok(()),
-        )
-        .await;
+        let (_tx, rx) = watch::channel(Some(report("a1", "unchanged")));
+        let v = settle_5s_of_b2(rx).await.expect("gate");
         assert!(matches!(v, Verdict::Fail(w) if w.contains("within")));
     }
 
