@@ -13,13 +13,13 @@ use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use common::drill::{report_of, Reports};
+use common::vrrp::{edge_vip, segment, IFACE, KEEPALIVED_TARGET};
 use common::{assert_exit, stderr, stdout, Workspace};
 use converge_testkit::keepalived::Keepalived;
 use converge_testkit::netns::Lan;
 use converge_testkit::{wait, Child};
 
 const DEADLINE: Duration = Duration::from_secs(60);
-const IFACE: &str = "vrrp0";
 const PORT: u16 = 8080;
 
 /// Both nodes' manifest: VIP `edge` (lb1 150, lb2 100) and the HTTP
@@ -37,15 +37,7 @@ fn manifest(net: &Lan) -> String {
     address: {b}
     targets: [keepalived]
     vars: {{vrrp_interface: {IFACE}}}
-vips:
-  edge:
-    virtual_router_id: 52
-    interface: eth0
-    addresses: [{vip}/24]
-    priorities: {{lb1: 150, lb2: 100}}
-    advert_int: 1
-    unicast: true
-    auth_pass: {{file: secrets/vrrp.pass}}
+{vips}    auth_pass: {{file: secrets/vrrp.pass}}
     track_haproxy: false
 frontends:
   http_in:
@@ -56,18 +48,10 @@ backends:
     service: web
     allow_empty: true
 targets:
-  keepalived:
-    template: keepalived.conf.tera
-    destination: /etc/keepalived/keepalived.conf
-    mode: \"0640\"
-    validate: keepalived
-    reload:
-      signal: {{pidfile: /run/keepalived.pid, signal: SIGHUP}}
-    requires_vars: [vrrp_interface]
-",
+{KEEPALIVED_TARGET}",
         a = net.host(1),
         b = net.host(2),
-        vip = net.host(100),
+        vips = edge_vip(net, 52, 150, 100),
     )
 }
 
@@ -88,7 +72,7 @@ struct Site {
 
 impl Site {
     fn up() -> Self {
-        let net = Lan::new(IFACE, 2).expect("namespaces, veth pairs and a bridge (needs root)");
+        let net = segment();
         let node = |i: usize, name: &str| {
             let ws = Workspace::custom(&manifest(&net), "services: {}\n");
             ws.write("manifests/secrets/vrrp.pass", "vrrp-s3\n");
