@@ -9,11 +9,13 @@
 
 mod common;
 
-use std::process::{Output, Stdio};
+use std::process::Output;
 use std::time::Duration;
 
 use common::drill::{report_of, Reports};
-use common::vrrp::{edge_vip, segment, IFACE, KEEPALIVED_TARGET};
+use common::vrrp::{
+    edge_vip, http_server, segment, start_keepalived, web_frontend, IFACE, KEEPALIVED_TARGET,
+};
 use common::{assert_exit, stderr, stdout, Workspace};
 use converge_testkit::keepalived::Keepalived;
 use converge_testkit::netns::Lan;
@@ -39,18 +41,12 @@ fn manifest(net: &Lan) -> String {
     vars: {{vrrp_interface: {IFACE}}}
 {vips}    auth_pass: {{file: secrets/vrrp.pass}}
     track_haproxy: false
-frontends:
-  http_in:
-    bind: [\":{PORT}\"]
-    default_backend: web
-backends:
-  web:
-    service: web
-    allow_empty: true
+{web}    allow_empty: true
 targets:
 {KEEPALIVED_TARGET}",
         a = net.host(1),
         b = net.host(2),
+        web = web_frontend(PORT),
         vips = edge_vip(net, 52, 150, 100),
     )
 }
@@ -80,21 +76,8 @@ impl Site {
             let out = ws.converge(&["apply", "--once", "--node", name]);
             assert_exit(&out, 0);
             let ns = &net.members[i];
-            let www = ws.path("www").to_string_lossy().into_owned();
-            let port = PORT.to_string();
-            let web = Child::spawn(
-                format!("http.server on {name}"),
-                ns.command("python3")
-                    .args(["-m", "http.server", &port, "--directory", &www])
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null()),
-            )
-            .expect("http.server");
-            let config = ws.root().join("etc/keepalived/keepalived.conf");
-            let pidfile = ws.root().join("run/keepalived.pid");
-            let keepalived = Keepalived::start(ns, &config, &pidfile)
-                .unwrap_or_else(|e| panic!("keepalived on {name}: {e}"));
+            let web = http_server(ns, name, PORT, None, &ws.path("www"));
+            let keepalived = start_keepalived(ns, &ws.root(), name);
             Node {
                 keepalived: Some(keepalived),
                 _web: web,
@@ -167,11 +150,8 @@ impl Site {
         let mut old = self.lb1.keepalived.take().expect("lb1 keepalived");
         old.stop().expect("stop lb1 keepalived");
         drop(old);
-        let config = self.lb1.ws.root().join("etc/keepalived/keepalived.conf");
-        let pidfile = self.lb1.ws.root().join("run/keepalived.pid");
-        self.lb1.keepalived = Some(
-            Keepalived::start(&self.net.members[0], &config, &pidfile).expect("restart keepalived"),
-        );
+        let root = self.lb1.ws.root();
+        self.lb1.keepalived = Some(start_keepalived(&self.net.members[0], &root, "lb1"));
         self.wait_served_by("lb1");
     }
 }

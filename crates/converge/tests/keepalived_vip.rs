@@ -34,7 +34,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::vrrp::{edge_vip, segment, IFACE, KEEPALIVED_TARGET};
+use common::vrrp::{edge_vip, segment, start_keepalived, IFACE, KEEPALIVED_TARGET};
 use common::{assert_exit, stdout, Workspace};
 use converge_testkit::keepalived::Keepalived;
 use converge_testkit::netns::{Lan, Netns};
@@ -66,14 +66,9 @@ impl Node {
         self.ws.root().join("etc/keepalived/keepalived.conf")
     }
 
-    fn pidfile(&self) -> PathBuf {
-        self.ws.root().join("run/keepalived.pid")
-    }
-
     fn start(&mut self, ns: &Netns) {
         assert!(self.keepalived.is_none(), "{} already runs", self.name);
-        let k = Keepalived::start(ns, &self.config(), &self.pidfile())
-            .unwrap_or_else(|e| panic!("start keepalived for {}: {e}", self.name));
+        let k = start_keepalived(ns, &self.ws.root(), self.name);
         self.keepalived = Some(k);
     }
 

@@ -38,7 +38,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::{Duration, SystemTime};
 
-use common::vrrp::{edge_vip, segment, IFACE, KEEPALIVED_TARGET};
+use common::vrrp::{
+    edge_vip, http_server, segment, start_keepalived, web_frontend, IFACE, KEEPALIVED_TARGET,
+};
 use common::{assert_exit, fleet, stdout, Workspace};
 use converge_testkit::consul::ConsulFleet;
 use converge_testkit::keepalived::Keepalived;
@@ -92,14 +94,7 @@ nodes:
 {vips}    track_haproxy: {track}
 haproxy:
   stats_socket: /run/haproxy/admin.sock
-frontends:
-  http_in:
-    bind: [\":{PORT}\"]
-    default_backend: web
-backends:
-  web:
-    service: web
-    extra: [\"http-response set-header X-Revision {note}\"]
+{web}    extra: [\"http-response set-header X-Revision {note}\"]
 rollout:
   settle: {settle}
 targets:
@@ -112,6 +107,7 @@ targets:
 {KEEPALIVED_TARGET}",
         a = net.host(1),
         b = net.host(2),
+        web = web_frontend(PORT),
         vips = edge_vip(net, 53, 150, 100),
         c1 = checks[0],
         c2 = checks[1],
@@ -275,14 +271,7 @@ impl Pair {
                 )
                 .unwrap_or_else(|e| panic!("haproxy on {}: {e}", node.name)),
             );
-            node.keepalived = Some(
-                Keepalived::start(
-                    ns,
-                    &node.path("etc/keepalived/keepalived.conf"),
-                    &node.path("run/keepalived.pid"),
-                )
-                .unwrap_or_else(|e| panic!("keepalived on {}: {e}", node.name)),
-            );
+            node.keepalived = Some(start_keepalived(ns, node.root.path(), node.name));
         }
         pair.wait_served_by(0);
         pair
@@ -294,18 +283,7 @@ impl Pair {
         let www = root.path().join("www");
         std::fs::create_dir_all(&www).expect("www");
         std::fs::write(www.join("name"), name).expect("www/name");
-        let web = Child::spawn(
-            format!("http.server on {name}"),
-            self.net.members[i]
-                .command("python3")
-                .args(["-m", "http.server", &WEB.to_string(), "--bind", "127.0.0.1"])
-                .arg("--directory")
-                .arg(&www)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null()),
-        )
-        .expect("http.server");
+        let web = http_server(&self.net.members[i], name, WEB, Some("127.0.0.1"), &www);
         let listen = converge_testkit::free_port();
         let url = self.consul.clients[i].http_url();
         let mut cmd = fleet::run_published(name, &url, root.path(), listen);

@@ -1,10 +1,15 @@
-//! What the VRRP tests' manifests share (`keepalived_vip.rs`,
-//! `drill_vip.rs`, `rollout_vip.rs`): the VIP on the test segment and the
-//! keepalived target, written once so that every test renders, validates
-//! and reloads keepalived the same way, and a change to either reaches
-//! them all.
+//! What the VRRP tests share (`keepalived_vip.rs`, `drill_vip.rs`,
+//! `rollout_vip.rs`): the segment of two LB nodes in namespaces, what
+//! runs in each (keepalived, a stand-in HTTP server), and the manifest's
+//! VIP, frontend and keepalived target. Written once so that every test
+//! sets up its pair the same way, and a change reaches them all.
 
-use converge_testkit::netns::Lan;
+use std::path::Path;
+use std::process::Stdio;
+
+use converge_testkit::keepalived::Keepalived;
+use converge_testkit::netns::{Lan, Netns};
+use converge_testkit::Child;
 
 /// The name of each LB node's interface on the test segment.
 pub const IFACE: &str = "vrrp0";
@@ -13,6 +18,52 @@ pub const IFACE: &str = "vrrp0";
 /// client, joined by a bridge through their [`IFACE`] interfaces.
 pub fn segment() -> Lan {
     Lan::new(IFACE, 2).expect("namespaces, veth pairs and a bridge (needs root)")
+}
+
+/// Starts keepalived in `ns` on the config the keepalived target rendered
+/// under node `name`'s `root`, writing its pid where the target's reload
+/// looks for it.
+pub fn start_keepalived(ns: &Netns, root: &Path, name: &str) -> Keepalived {
+    Keepalived::start(
+        ns,
+        &root.join("etc/keepalived/keepalived.conf"),
+        &root.join("run/keepalived.pid"),
+    )
+    .unwrap_or_else(|e| panic!("keepalived on {name}: {e}"))
+}
+
+/// Python's `http.server` in node `name`'s namespace `ns`, serving `dir`
+/// on `port` (of `bind`, or of every address), as the node's stand-in for
+/// what it balances; its output is discarded.
+pub fn http_server(ns: &Netns, name: &str, port: u16, bind: Option<&str>, dir: &Path) -> Child {
+    let mut cmd = ns.command("python3");
+    cmd.args(["-m", "http.server", &port.to_string()]);
+    if let Some(bind) = bind {
+        cmd.args(["--bind", bind]);
+    }
+    cmd.arg("--directory")
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    Child::spawn(format!("http.server on {name}"), &mut cmd).expect("http.server")
+}
+
+/// The manifest's `frontends:` and `backends:` sections for a VIP test:
+/// frontend `http_in` on `port` of every address (the VIP too) sending
+/// everything to backend `web` of service `web`. A test appends its own
+/// further lines of `web` right after it.
+pub fn web_frontend(port: u16) -> String {
+    format!(
+        "frontends:
+  http_in:
+    bind: [\":{port}\"]
+    default_backend: web
+backends:
+  web:
+    service: web
+"
+    )
 }
 
 /// The keepalived target as an entry of a manifest's `targets:` map (it
