@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::drill::{report_of, Reports};
+use common::drill::{self, report_of, Reports};
 use common::{assert_exit, haproxy_site, stderr, stdout, RunningDaemon, Workspace};
 use converge_testkit::consul::ConsulAgent;
 use converge_testkit::{free_port, http, wait, Child, Haproxy};
@@ -123,26 +123,16 @@ impl Stack {
 
     /// `converge drill --scenario backend-kill` against this stack.
     fn drill_command(&self, extra: &[&str]) -> Command {
-        let consul = self.consul.http_url();
-        let daemon = format!("127.0.0.1:{}", self.daemon.listen);
-        let reports = self.reports.path().to_string_lossy().into_owned();
-        let mut args = vec![
-            "drill",
-            "--scenario",
-            "backend-kill",
-            "--consul",
-            &consul,
-            "--daemon",
-            &daemon,
-            "--report-dir",
-            &reports,
-            "--interval",
-            "50ms",
-            "--probe-timeout",
-            "500ms",
-        ];
+        let mut args = vec!["--interval", "50ms", "--probe-timeout", "500ms"];
         args.extend_from_slice(extra);
-        self.ws.command(&args)
+        drill::command(
+            &self.ws,
+            "backend-kill",
+            &self.consul,
+            &self.daemon,
+            &self.reports,
+            &args,
+        )
     }
 
     fn drill(&self, extra: &[&str]) -> Output {

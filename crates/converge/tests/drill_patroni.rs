@@ -16,62 +16,47 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::drill::{report_of, Reports};
-use common::pgbouncer::{site, workspace, SIGHUP};
-use common::{assert_exit, stdout, RunningDaemon, Workspace};
-use converge_testkit::consul::ConsulAgent;
-use converge_testkit::patroni::PatroniCluster;
+use common::drill::{self, report_of, Reports};
+use common::pgbouncer::{PatroniNode, SIGHUP};
+use common::{assert_exit, stdout};
 use converge_testkit::pgbouncer::Pgbouncer;
-use converge_testkit::{free_port, wait};
+use converge_testkit::wait;
 
 /// Generous: Patroni's leader TTL, two cores shared with other suites.
 const DEADLINE: Duration = Duration::from_secs(90);
 
 struct Stack {
-    consul: ConsulAgent,
-    cluster: PatroniCluster,
-    ws: Workspace,
-    daemon: RunningDaemon,
+    node: PatroniNode,
     pgbouncer: Option<Pgbouncer>,
     reports: Reports,
 }
 
 impl Stack {
     fn start() -> Self {
-        let consul = ConsulAgent::start().expect("consul agent -dev");
-        let cluster = PatroniCluster::start(&consul, "postgres").expect("patroni cluster");
-        let port = free_port();
-        let site = site(port, SIGHUP).replace(
-            "  default_pool_size: 5\n",
-            "  default_pool_size: 5\n  settings: {server_login_retry: 0.5, \
-             server_connect_timeout: 3, server_fast_close: true}\n",
-        );
-        let ws = workspace(&site, "services: {}\n");
-        let daemon = ws.run_daemon_with_consul(&consul, &[]);
+        let node = PatroniNode::start(|_| SIGHUP.to_string());
+        let port = node.port;
         let mut s = Self {
-            consul,
-            cluster,
-            ws,
-            daemon,
+            node,
             pgbouncer: None,
             reports: Reports::new(),
         };
         let leader = s.leader(None);
-        let pg = s.cluster.pg_port(&leader).expect("leader port");
-        s.ws.wait_file(
+        let pg = s.node.cluster.pg_port(&leader).expect("leader port");
+        s.node.ws.wait_file(
             "etc/pgbouncer/pgbouncer.ini",
             DEADLINE,
             "app → the leader",
             |c| c.contains(&format!("app = host=127.0.0.1 port={pg} ")),
         );
-        let config = s.ws.root().join("etc/pgbouncer/pgbouncer.ini");
+        let config = s.node.ws.root().join("etc/pgbouncer/pgbouncer.ini");
         s.pgbouncer = Some(Pgbouncer::start(&config, port).expect("pgbouncer"));
         s.wait_writable();
         s
     }
 
     fn leader(&self, not: Option<&str>) -> String {
-        self.cluster
+        self.node
+            .cluster
             .wait_leader(not, DEADLINE)
             .unwrap_or_else(|e| panic!("{e}"))
     }
@@ -82,12 +67,12 @@ impl Stack {
         wait::until(DEADLINE, "a write through PgBouncer", || {
             pgb.sql("app", "app", "select txid_current() > 0") == Ok("t".into())
         })
-        .unwrap_or_else(|e| panic!("{e}\n{}", self.ws.daemon_log()));
+        .unwrap_or_else(|e| panic!("{e}\n{}", self.node.ws.daemon_log()));
     }
 
     /// `kill -9` of `member`'s Patroni and PostgreSQL: its node dies.
     fn kill_command(&self, member: &str) -> String {
-        let (patroni, postmaster) = self.cluster.pids(member);
+        let (patroni, postmaster) = self.node.cluster.pids(member);
         let pids: Vec<String> = [patroni, postmaster]
             .iter()
             .flatten()
@@ -97,27 +82,29 @@ impl Stack {
         format!("kill -9 {}", pids.join(" "))
     }
 
+    /// A `primary-kill` drill whose fault is [`Stack::kill_command`] of
+    /// `member`, against an RTO budget of `budget`.
+    fn kill_primary(&self, member: &str, budget: &str) -> std::process::Output {
+        let fault = self.kill_command(member);
+        self.drill(
+            "primary-kill",
+            &["--fault-command", &fault, "--rto-budget", budget],
+        )
+    }
+
     fn drill(&self, scenario: &str, extra: &[&str]) -> std::process::Output {
-        let consul = self.consul.http_url();
-        let daemon = format!("127.0.0.1:{}", self.daemon.listen);
-        let reports = self.reports.path().to_string_lossy().into_owned();
-        let mut args = vec![
-            "drill",
-            "--scenario",
-            scenario,
-            "--consul",
-            &consul,
-            "--daemon",
-            &daemon,
-            "--report-dir",
-            &reports,
-            "--probe-timeout",
-            "2s",
-            "--timeout",
-            "90s",
-        ];
+        let mut args = vec!["--probe-timeout", "2s", "--timeout", "90s"];
         args.extend_from_slice(extra);
-        self.ws.command(&args).output().expect("run converge drill")
+        drill::command(
+            &self.node.ws,
+            scenario,
+            &self.node.consul,
+            &self.node.daemon,
+            &self.reports,
+            &args,
+        )
+        .output()
+        .expect("run converge drill")
     }
 }
 
@@ -127,7 +114,7 @@ fn a_switchover_passes_and_a_killed_primary_passes_then_fails_a_tiny_budget() {
     let first = s.leader(None);
     let api = format!(
         "http://127.0.0.1:{}",
-        s.cluster.api_port(&first).expect("api port")
+        s.node.cluster.api_port(&first).expect("api port")
     );
 
     let out = s.drill(
@@ -157,21 +144,14 @@ fn a_switchover_passes_and_a_killed_primary_passes_then_fails_a_tiny_budget() {
     s.wait_writable();
     // The old leader is the synchronous standby again (the cluster runs
     // in synchronous mode: Patroni fails over to that member only).
-    s.cluster
+    s.node
+        .cluster
         .wait_sync_standby(&first, DEADLINE)
         .unwrap_or_else(|e| panic!("{e}"));
 
     // The new leader's node dies: Patroni and PostgreSQL, kill -9. A
     // budget a Patroni failover meets: PASS.
-    let out = s.drill(
-        "primary-kill",
-        &[
-            "--fault-command",
-            &s.kill_command(&second),
-            "--rto-budget",
-            "80s",
-        ],
-    );
+    let out = s.kill_primary(&second, "80s");
     assert_exit(&out, 0);
     let (_, json) = report_of(&stdout(&out));
     assert_eq!(json["report"]["verdict"], "PASS", "{json:#}");
@@ -181,16 +161,11 @@ fn a_switchover_passes_and_a_killed_primary_passes_then_fails_a_tiny_budget() {
 
     // The killed member back as the sync standby, and the leader killed
     // again against a budget no failover meets: FAIL.
-    s.cluster.restart(&second).unwrap_or_else(|e| panic!("{e}"));
-    let out = s.drill(
-        "primary-kill",
-        &[
-            "--fault-command",
-            &s.kill_command(&third),
-            "--rto-budget",
-            "1ms",
-        ],
-    );
+    s.node
+        .cluster
+        .restart(&second)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let out = s.kill_primary(&third, "1ms");
     assert_exit(&out, 1);
     let (_, json) = report_of(&stdout(&out));
     assert_eq!(json["report"]["verdict"], "FAIL", "{json:#}");

@@ -9,17 +9,19 @@
 
 mod common;
 
-use std::process::{Output, Stdio};
+use std::process::Output;
 use std::time::Duration;
 
 use common::drill::{report_of, Reports};
+use common::vrrp::{
+    edge_vip, http_server, segment, start_keepalived, web_frontend, IFACE, KEEPALIVED_TARGET,
+};
 use common::{assert_exit, stderr, stdout, Workspace};
 use converge_testkit::keepalived::Keepalived;
 use converge_testkit::netns::Lan;
 use converge_testkit::{wait, Child};
 
 const DEADLINE: Duration = Duration::from_secs(60);
-const IFACE: &str = "vrrp0";
 const PORT: u16 = 8080;
 
 /// Both nodes' manifest: VIP `edge` (lb1 150, lb2 100) and the HTTP
@@ -37,37 +39,15 @@ fn manifest(net: &Lan) -> String {
     address: {b}
     targets: [keepalived]
     vars: {{vrrp_interface: {IFACE}}}
-vips:
-  edge:
-    virtual_router_id: 52
-    interface: eth0
-    addresses: [{vip}/24]
-    priorities: {{lb1: 150, lb2: 100}}
-    advert_int: 1
-    unicast: true
-    auth_pass: {{file: secrets/vrrp.pass}}
+{vips}    auth_pass: {{file: secrets/vrrp.pass}}
     track_haproxy: false
-frontends:
-  http_in:
-    bind: [\":{PORT}\"]
-    default_backend: web
-backends:
-  web:
-    service: web
-    allow_empty: true
+{web}    allow_empty: true
 targets:
-  keepalived:
-    template: keepalived.conf.tera
-    destination: /etc/keepalived/keepalived.conf
-    mode: \"0640\"
-    validate: keepalived
-    reload:
-      signal: {{pidfile: /run/keepalived.pid, signal: SIGHUP}}
-    requires_vars: [vrrp_interface]
-",
+{KEEPALIVED_TARGET}",
         a = net.host(1),
         b = net.host(2),
-        vip = net.host(100),
+        web = web_frontend(PORT),
+        vips = edge_vip(net, 52, 150, 100),
     )
 }
 
@@ -88,7 +68,7 @@ struct Site {
 
 impl Site {
     fn up() -> Self {
-        let net = Lan::new(IFACE, 2).expect("namespaces, veth pairs and a bridge (needs root)");
+        let net = segment();
         let node = |i: usize, name: &str| {
             let ws = Workspace::custom(&manifest(&net), "services: {}\n");
             ws.write("manifests/secrets/vrrp.pass", "vrrp-s3\n");
@@ -96,21 +76,8 @@ impl Site {
             let out = ws.converge(&["apply", "--once", "--node", name]);
             assert_exit(&out, 0);
             let ns = &net.members[i];
-            let www = ws.path("www").to_string_lossy().into_owned();
-            let port = PORT.to_string();
-            let web = Child::spawn(
-                format!("http.server on {name}"),
-                ns.command("python3")
-                    .args(["-m", "http.server", &port, "--directory", &www])
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null()),
-            )
-            .expect("http.server");
-            let config = ws.root().join("etc/keepalived/keepalived.conf");
-            let pidfile = ws.root().join("run/keepalived.pid");
-            let keepalived = Keepalived::start(ns, &config, &pidfile)
-                .unwrap_or_else(|e| panic!("keepalived on {name}: {e}"));
+            let web = http_server(ns, name, PORT, None, &ws.path("www"));
+            let keepalived = start_keepalived(ns, &ws.root(), name);
             Node {
                 keepalived: Some(keepalived),
                 _web: web,
@@ -183,11 +150,8 @@ impl Site {
         let mut old = self.lb1.keepalived.take().expect("lb1 keepalived");
         old.stop().expect("stop lb1 keepalived");
         drop(old);
-        let config = self.lb1.ws.root().join("etc/keepalived/keepalived.conf");
-        let pidfile = self.lb1.ws.root().join("run/keepalived.pid");
-        self.lb1.keepalived = Some(
-            Keepalived::start(&self.net.members[0], &config, &pidfile).expect("restart keepalived"),
-        );
+        let root = self.lb1.ws.root();
+        self.lb1.keepalived = Some(start_keepalived(&self.net.members[0], &root, "lb1"));
         self.wait_served_by("lb1");
     }
 }

@@ -7,14 +7,13 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use base64::Engine;
+use common::fleet::{self, Node};
 use common::{assert_exit, stdout, Workspace};
 use converge_testkit::consul::{ConsulAgent, ConsulFleet};
-use converge_testkit::{http, wait, Child};
+use converge_testkit::{http, wait};
 
 const NODES: [&str; 3] = ["lb1", "lb2", "lb3"];
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -32,25 +31,9 @@ fn site(note: &str) -> String {
 
 const TEMPLATE: &str = "{{ node.name }}\n{% for be in backends %}{% for s in be.servers %}{{ s.endpoint }}\n{% endfor %}{% endfor %}";
 
-/// One LB node: its root and its daemon.
-struct Node {
-    name: &'static str,
-    root: tempfile::TempDir,
-    daemon: Option<Child>,
-    listen: u16,
-}
-
 impl Node {
-    fn path(&self, rel: &str) -> PathBuf {
-        self.root.path().join(rel)
-    }
-
     fn app(&self) -> String {
         std::fs::read_to_string(self.path("etc/app/app.conf")).unwrap_or_default()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.path("daemon.log")).unwrap_or_default()
     }
 
     /// `converge run --published` against `agent`.
@@ -61,44 +44,14 @@ impl Node {
     /// `converge run --published` against the agent at `url`, with
     /// `token` as its ACL token.
     fn start_at(&mut self, url: &str, token: Option<&str>) {
-        self.listen = converge_testkit::free_port();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_converge"));
-        cmd.args(["run", "--published", "--node", self.name])
-            .args(["--consul", url])
-            .arg("--root")
-            .arg(self.root.path())
-            .arg("--secrets")
-            .arg(self.path("secrets"))
-            .args(["--listen", &format!("127.0.0.1:{}", self.listen)])
-            .args(["--resync", "1s", "--report-ttl", "10s"])
-            .env_remove("CONSUL_HTTP_ADDR")
-            .env_remove("CONSUL_HTTP_TOKEN")
-            .env("RUST_LOG", "info")
-            .envs(token.map(|t| ("CONSUL_HTTP_TOKEN", t)))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(self.path("daemon.log")).expect("log"));
-        self.daemon =
-            Some(Child::spawn(format!("converge run {}", self.name), &mut cmd).expect("spawn"));
-        let listen = self.listen;
-        wait::until(DEADLINE, "the status listener", || {
-            http::get(listen, "/health").is_some()
-        })
-        .unwrap_or_else(|e| panic!("{e}\n{}", self.log()));
+        self.run(url, DEADLINE, |cmd| {
+            cmd.envs(token.map(|t| ("CONSUL_HTTP_TOKEN", t)));
+        });
     }
 
     fn status(&self) -> serde_json::Value {
         serde_json::from_str(&http::get(self.listen, "/status").unwrap_or_default())
             .unwrap_or_default()
-    }
-
-    fn metric(&self, name: &str) -> f64 {
-        let text = http::get(self.listen, "/metrics").unwrap_or_default();
-        text.lines()
-            .find_map(|l| {
-                let (k, v) = l.split_once(' ')?;
-                (k == name).then(|| v.trim().parse().ok()).flatten()
-            })
-            .unwrap_or(0.0)
     }
 }
 
@@ -112,24 +65,14 @@ struct Fleet {
 impl Fleet {
     fn start() -> Self {
         let consul = ConsulFleet::start(&NODES).expect("consul server and client agents");
-        consul
-            .server
-            .register_service("web-1", "web", 8081)
-            .expect("register");
-        let repo = Workspace::custom(&site("first"), "services: {}\n");
-        repo.write("templates/app.tera", TEMPLATE);
+        let repo = repository(&consul.server);
         let mut fleet = Self {
             consul,
             repo,
             nodes: Vec::new(),
         };
         for (i, name) in NODES.iter().enumerate() {
-            let mut node = Node {
-                name,
-                root: tempfile::tempdir().expect("root"),
-                daemon: None,
-                listen: 0,
-            };
+            let mut node = Node::new(name);
             node.start(&fleet.consul.clients[i]);
             fleet.nodes.push(node);
         }
@@ -138,10 +81,7 @@ impl Fleet {
 
     /// `converge ARGS` against the server agent, from the repository.
     fn converge(&self, args: &[&str]) -> Output {
-        let url = self.consul.server.http_url();
-        let mut all = args.to_vec();
-        all.extend(["--consul", url.as_str()]);
-        self.repo.converge(&all)
+        fleet::converge(&self.repo, &self.consul.server, args)
     }
 
     /// Publishes the manifests with `note`; the revision.
@@ -149,49 +89,21 @@ impl Fleet {
         self.repo.write("manifests/site.yaml", &site(note));
         self.repo
             .write("templates/app.tera", &format!("{TEMPLATE}# {note}\n"));
-        let out = self.converge(&["publish", "--publisher", "ci", "--format", "json"]);
-        assert_exit(&out, 0);
-        json(&out)["revision"]
-            .as_str()
-            .expect("revision")
-            .to_string()
+        fleet::publish(&self.repo, &self.consul.server, &["--publisher", "ci"])
     }
 
     fn wait(&self, revision: &str, timeout: &str) -> Output {
-        self.converge(&[
-            "fleet",
-            "wait",
-            "--revision",
-            revision,
-            "--timeout",
-            timeout,
-        ])
+        fleet::fleet_wait(&self.repo, &self.consul.server, revision, timeout)
     }
 
     fn logs(&self) -> String {
-        self.nodes
-            .iter()
-            .map(|n| format!("--- {}\n{}", n.name, n.log()))
-            .collect()
+        fleet::node_logs(&self.nodes)
     }
 
     /// The report of `node` and whether its session holds it.
     fn report(&self, node: &str) -> Option<(serde_json::Value, bool)> {
-        let (status, body) = self
-            .consul
-            .server
-            .get(&format!("/v1/kv/converge/nodes/{node}"))
-            .ok()?;
-        if status != 200 {
-            return None;
-        }
-        let entries: serde_json::Value = serde_json::from_str(&body).ok()?;
-        let value = base64::engine::general_purpose::STANDARD
-            .decode(entries[0]["Value"].as_str()?)
-            .ok()?;
-        let live = entries[0]["Session"]
-            .as_str()
-            .is_some_and(|s| !s.is_empty());
+        let (value, session) = fleet::kv(&self.consul.server, &format!("converge/nodes/{node}"))?;
+        let live = session.is_some_and(|s| !s.is_empty());
         Some((serde_json::from_slice(&value).ok()?, live))
     }
 
@@ -223,6 +135,17 @@ impl Fleet {
         })
         .unwrap_or_else(|e| panic!("{e}\nreport: {:?}\n{}", self.report(node), self.logs()));
     }
+}
+
+/// `web-1` registered in `consul`, and the publisher's repository with
+/// the first manifests and the node's template.
+fn repository(consul: &ConsulAgent) -> Workspace {
+    consul
+        .register_service("web-1", "web", 8081)
+        .expect("register");
+    let repo = Workspace::custom(&site("first"), "services: {}\n");
+    repo.write("templates/app.tera", TEMPLATE);
+    repo
 }
 
 fn json(out: &Output) -> serde_json::Value {
@@ -430,11 +353,7 @@ node_prefix "" { policy = "read" }"#;
 #[test]
 fn the_documented_node_policy_is_enough_and_without_session_rights_no_report_is_written() {
     let consul = ConsulAgent::start_with_acl().expect("consul with ACLs, default deny");
-    consul
-        .register_service("web-1", "web", 8081)
-        .expect("register");
-    let repo = Workspace::custom(&site("first"), "services: {}\n");
-    repo.write("templates/app.tera", TEMPLATE);
+    let repo = repository(&consul);
     let url = consul.http_url();
     let management = consul.management_token().expect("token").to_string();
     let out = repo.converge_env(
@@ -453,12 +372,7 @@ fn the_documented_node_policy_is_enough_and_without_session_rights_no_report_is_
     };
 
     // Without session rights the node follows, but cannot report.
-    let mut lb1 = Node {
-        name: "lb1",
-        root: tempfile::tempdir().expect("root"),
-        daemon: None,
-        listen: 0,
-    };
+    let mut lb1 = Node::new("lb1");
     let no_session = consul
         .create_token(&NODE_POLICY.replace(r#"session "converge-test" { policy = "write" }"#, ""))
         .expect("token");
@@ -513,11 +427,7 @@ fn the_documented_node_policy_is_enough_and_without_session_rights_no_report_is_
 #[test]
 fn plan_and_apply_once_take_the_published_revision_and_fleet_status_says_when_consul_is_down() {
     let mut consul = ConsulAgent::start().expect("consul agent -dev");
-    consul
-        .register_service("web-1", "web", 8081)
-        .expect("register");
-    let repo = Workspace::custom(&site("first"), "services: {}\n");
-    repo.write("templates/app.tera", TEMPLATE);
+    let repo = repository(&consul);
     let url = consul.http_url();
     let out = repo.converge(&["publish", "--consul", &url, "--format", "json"]);
     assert_exit(&out, 0);

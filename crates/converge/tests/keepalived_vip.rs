@@ -34,6 +34,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use common::vrrp::{edge_vip, segment, start_keepalived, IFACE, KEEPALIVED_TARGET};
 use common::{assert_exit, stdout, Workspace};
 use converge_testkit::keepalived::Keepalived;
 use converge_testkit::netns::{Lan, Netns};
@@ -44,8 +45,6 @@ use serde_json::Value;
 /// loaded two-core machine. VRRP itself needs about 3 × advert_int (1 s)
 /// for a crash and 2 × the script interval (2 s) for a failing check.
 const MOVE_DEADLINE: Duration = Duration::from_secs(60);
-
-const IFACE: &str = "vrrp0";
 
 /// One node: its checkout and root, its health file, its keepalived.
 struct Node {
@@ -67,14 +66,9 @@ impl Node {
         self.ws.root().join("etc/keepalived/keepalived.conf")
     }
 
-    fn pidfile(&self) -> PathBuf {
-        self.ws.root().join("run/keepalived.pid")
-    }
-
     fn start(&mut self, ns: &Netns) {
         assert!(self.keepalived.is_none(), "{} already runs", self.name);
-        let k = Keepalived::start(ns, &self.config(), &self.pidfile())
-            .unwrap_or_else(|e| panic!("start keepalived for {}: {e}", self.name));
+        let k = start_keepalived(ns, &self.ws.root(), self.name);
         self.keepalived = Some(k);
     }
 
@@ -144,7 +138,7 @@ impl Site {
     /// Renders both nodes with priorities lb1 150 / lb2 100 and starts
     /// keepalived on each.
     fn up() -> Self {
-        let net = Lan::new(IFACE, 2).expect("namespaces, veth pairs and a bridge (needs root)");
+        let net = segment();
         let checks = tempfile::tempdir().expect("tempdir");
         let vip = net.host(100);
         let node = |name: &'static str| {
@@ -330,29 +324,13 @@ fn manifest(net: &Lan, checks: &Path, lb1: u8, lb2: u8) -> String {
     vars:
       vrrp_interface: {IFACE}
       haproxy_check: {c2}
-vips:
-  edge:
-    virtual_router_id: 51
-    interface: eth0
-    addresses: [{vip}/24]
-    priorities: {{lb1: {lb1}, lb2: {lb2}}}
-    advert_int: 1
-    unicast: true
-    auth_pass: {{file: secrets/vrrp.pass}}
+{vips}    auth_pass: {{file: secrets/vrrp.pass}}
     track_haproxy: true
 targets:
-  keepalived:
-    template: keepalived.conf.tera
-    destination: /etc/keepalived/keepalived.conf
-    mode: \"0640\"
-    validate: keepalived
-    reload:
-      signal: {{pidfile: /run/keepalived.pid, signal: SIGHUP}}
-    requires_vars: [vrrp_interface]
-",
+{KEEPALIVED_TARGET}",
         a = net.host(1),
         b = net.host(2),
-        vip = net.host(100),
+        vips = edge_vip(net, 51, lb1, lb2),
         c1 = check("lb1"),
         c2 = check("lb2"),
     )

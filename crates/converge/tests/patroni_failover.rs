@@ -26,12 +26,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::pgbouncer::{site, workspace, SIGHUP};
-use converge_testkit::consul::ConsulAgent;
-use converge_testkit::patroni::PatroniCluster;
+use common::pgbouncer::{PatroniNode, SIGHUP};
 use converge_testkit::pgbouncer::Pgbouncer;
 use converge_testkit::postgres::{psql, psql_command};
-use converge_testkit::{free_port, wait};
+use converge_testkit::wait;
 
 /// Generous: Patroni's leader TTL, two cores shared with other suites.
 const DEADLINE: Duration = Duration::from_secs(90);
@@ -192,36 +190,21 @@ impl Reload {
 
 /// Consul, the Patroni cluster `postgres`, the daemon and PgBouncer.
 struct Stack {
-    consul: ConsulAgent,
-    cluster: PatroniCluster,
-    ws: common::Workspace,
-    _daemon: common::RunningDaemon,
+    node: PatroniNode,
     pgbouncer: Option<Pgbouncer>,
 }
 
 impl Stack {
     fn start(reload: Reload) -> Self {
-        let consul = ConsulAgent::start().expect("consul agent -dev");
-        let cluster = PatroniCluster::start(&consul, "postgres").expect("patroni cluster");
-        let port = free_port();
-        // The example manifests' follow-the-primary settings.
-        let site = site(port, &reload.yaml(port)).replace(
-            "  default_pool_size: 5\n",
-            "  default_pool_size: 5\n  settings: {server_login_retry: 0.5, \
-             server_connect_timeout: 3, server_fast_close: true}\n",
-        );
-        let ws = workspace(&site, "services: {}\n");
-        let daemon = ws.run_daemon_with_consul(&consul, &[]);
+        let node = PatroniNode::start(|port| reload.yaml(port));
+        let port = node.port;
         let mut s = Self {
-            consul,
-            cluster,
-            ws,
-            _daemon: daemon,
+            node,
             pgbouncer: None,
         };
         let leader = s.leader();
         s.wait_config_on(&leader);
-        let config = s.ws.root().join("etc/pgbouncer/pgbouncer.ini");
+        let config = s.node.ws.root().join("etc/pgbouncer/pgbouncer.ini");
         s.pgbouncer = Some(
             Pgbouncer::start(&config, port).unwrap_or_else(|e| panic!("{e}\n{}", s.diagnostics())),
         );
@@ -253,17 +236,18 @@ impl Stack {
     }
 
     fn leader(&self) -> String {
-        self.cluster
+        self.node
+            .cluster
             .wait_leader(None, DEADLINE)
             .unwrap_or_else(|e| panic!("{e}"))
     }
 
     fn port_of(&self, member: &str) -> u16 {
-        self.cluster.pg_port(member).expect("member port")
+        self.node.cluster.pg_port(member).expect("member port")
     }
 
     fn config(&self) -> String {
-        std::fs::read_to_string(self.ws.root().join("etc/pgbouncer/pgbouncer.ini"))
+        std::fs::read_to_string(self.node.ws.root().join("etc/pgbouncer/pgbouncer.ini"))
             .unwrap_or_default()
     }
 
@@ -280,7 +264,7 @@ impl Stack {
     /// Waits until the rendered file routes `app` to `member`.
     fn wait_config_on(&self, member: &str) {
         let port = self.port_of(member);
-        self.ws.wait_file(
+        self.node.ws.wait_file(
             "etc/pgbouncer/pgbouncer.ini",
             DEADLINE,
             &format!("app → {member} rendered"),
@@ -306,8 +290,9 @@ impl Stack {
     /// connections through PgBouncer land on it, and a write started after
     /// Consul showed it is acknowledged.
     fn follow(&self, writer: &Writer, member: &str, after: &str) {
-        self.cluster
-            .wait_consul_primary(&self.consul, member, DEADLINE)
+        self.node
+            .cluster
+            .wait_consul_primary(&self.node.consul, member, DEADLINE)
             .unwrap_or_else(|e| panic!("{e}\n{}", self.diagnostics()));
         let shown = Instant::now();
         self.wait_config_on(member);
@@ -321,12 +306,12 @@ impl Stack {
         format!(
             "config:\n{}\ndaemon log:\n{}\npgbouncer log:\n{}\n{}",
             self.config(),
-            self.ws.daemon_log(),
+            self.node.ws.daemon_log(),
             self.pgbouncer
                 .as_ref()
                 .map(Pgbouncer::log)
                 .unwrap_or_default(),
-            self.cluster.logs()
+            self.node.cluster.logs()
         )
     }
 }
@@ -366,26 +351,29 @@ fn pgbouncer_follows_patroni_through_a_switchover_and_a_kill_without_losing_a_wr
     // A planned switchover: for a moment Consul shows both members tagged
     // primary and passing.
     let second = s
+        .node
         .cluster
         .members()
         .into_iter()
         .find(|m| *m != first)
         .expect("a second member");
-    s.cluster.switchover(&second).expect("switchover");
+    s.node.cluster.switchover(&second).expect("switchover");
     s.follow(&writer, &second, "the switchover");
 
     // A node loss: the leader's Patroni and PostgreSQL killed with -9,
     // once the old leader follows as the synchronous standby.
-    s.cluster
+    s.node
+        .cluster
         .wait_sync_standby(&first, DEADLINE)
         .unwrap_or_else(|e| panic!("{e}\n{}", s.diagnostics()));
-    let killed = s.cluster.kill_leader().expect("kill -9 the leader");
+    let killed = s.node.cluster.kill_leader().expect("kill -9 the leader");
     let new = s
+        .node
         .cluster
         .wait_leader(Some(&killed), DEADLINE)
         .unwrap_or_else(|e| panic!("{e}\n{}", s.diagnostics()));
     s.follow(&writer, &new, "the kill -9 of the leader");
-    let log = s.ws.daemon_log();
+    let log = s.node.ws.daemon_log();
     assert!(
         log.contains("PgBouncer database PAUSED: no instance is primary")
             && log.contains("PgBouncer database RESUMED: its primary resolved"),
@@ -438,7 +426,7 @@ fn pgbouncer_follows_patroni_through_a_switchover_and_a_kill_without_losing_a_wr
             .map(|e| e.lines().next().unwrap_or_default().to_string())
             .collect::<std::collections::BTreeSet<_>>()
     );
-    s.cluster.stop();
+    s.node.cluster.stop();
 }
 
 /// One drill as the clients saw it, each step's time from the drill's
@@ -496,9 +484,9 @@ fn steps(s: &Stack, new: &str, t0: Instant) -> Steps {
                     *slot = Some(t0.elapsed());
                 }
             };
-            mark(&mut seen.promoted, &|| s.cluster.answers_primary(new));
+            mark(&mut seen.promoted, &|| s.node.cluster.answers_primary(new));
             mark(&mut seen.consul, &|| {
-                converge_testkit::patroni::consul_roles(&s.consul, "postgres").contains(&shown)
+                converge_testkit::patroni::consul_roles(&s.node.consul, "postgres").contains(&shown)
             });
             mark(&mut seen.rendered, &|| s.config().contains(&line));
             mark(&mut seen.serving, &|| s.serving(port));
@@ -513,14 +501,14 @@ fn steps(s: &Stack, new: &str, t0: Instant) -> Steps {
 /// times it.
 fn drill(s: &mut Stack, writer: &Writer, kill: bool) -> Round {
     let old = s.leader();
-    let other = s.cluster.members().into_iter().find(|m| *m != old);
+    let other = s.node.cluster.members().into_iter().find(|m| *m != old);
     let new = other.expect("two members");
     let from = writer.attempts().len();
     let t0 = Instant::now();
     if kill {
-        s.cluster.kill_leader().expect("kill -9");
+        s.node.cluster.kill_leader().expect("kill -9");
     } else {
-        s.cluster.switchover(&new).expect("switchover");
+        s.node.cluster.switchover(&new).expect("switchover");
     }
     let seen = steps(s, &new, t0);
     let consul = seen.consul.unwrap_or_default();
@@ -548,9 +536,13 @@ fn drill(s: &mut Stack, writer: &Writer, kill: bool) -> Round {
         .max()
         .unwrap_or_default();
     if kill {
-        s.cluster.restart(&old).expect("the killed member rejoins");
+        s.node
+            .cluster
+            .restart(&old)
+            .expect("the killed member rejoins");
     }
-    s.cluster
+    s.node
+        .cluster
         .wait_sync_standby(&old, DEADLINE)
         .expect("the old leader follows");
     Round {
@@ -626,6 +618,6 @@ fn measure_patroni_failover() {
                 .any(|a| matches!(&a.outcome, Err(e) if e.contains("no such database"))),
             "a client saw `no such database`"
         );
-        s.cluster.stop();
+        s.node.cluster.stop();
     }
 }

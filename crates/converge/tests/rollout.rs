@@ -14,13 +14,13 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
-use base64::Engine;
+use common::fleet::{self, Node};
 use common::{assert_exit, stdout, Workspace};
 use converge_testkit::consul::ConsulFleet;
-use converge_testkit::{http, wait, Child};
+use converge_testkit::wait;
 
 const NODES: [&str; 3] = ["lb1", "lb2", "lb3"];
 const DEADLINE: Duration = Duration::from_secs(90);
@@ -49,34 +49,9 @@ struct Reload {
     end: u128,
 }
 
-struct Node {
-    name: &'static str,
-    root: tempfile::TempDir,
-    daemon: Option<Child>,
-    listen: u16,
-}
-
 impl Node {
-    fn path(&self, rel: &str) -> PathBuf {
-        self.root.path().join(rel)
-    }
-
     fn app(&self) -> Vec<u8> {
         std::fs::read(self.path("etc/app/app.conf")).unwrap_or_default()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.path("daemon.log")).unwrap_or_default()
-    }
-
-    fn metric(&self, name: &str) -> f64 {
-        let text = http::get(self.listen, "/metrics").unwrap_or_default();
-        text.lines()
-            .find_map(|l| {
-                let (k, v) = l.split_once(' ')?;
-                (k == name).then(|| v.trim().parse().ok()).flatten()
-            })
-            .unwrap_or(0.0)
     }
 }
 
@@ -110,12 +85,7 @@ impl Fleet {
             _dir: dir,
         };
         for (i, name) in NODES.iter().enumerate() {
-            let mut node = Node {
-                name,
-                root: tempfile::tempdir().expect("root"),
-                daemon: None,
-                listen: 0,
-            };
+            let mut node = Node::new(name);
             fleet.run(&mut node, i);
             fleet.nodes.push(node);
         }
@@ -141,39 +111,18 @@ impl Fleet {
         fleet
     }
 
-    /// `converge run --published` for `node` against its agent.
+    /// `converge run --published` for `node` against its agent, with
+    /// what its reload command reads: the node's name and the events file.
     fn run(&self, node: &mut Node, i: usize) {
-        node.listen = converge_testkit::free_port();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_converge"));
-        cmd.args(["run", "--published", "--node", node.name])
-            .args(["--consul", &self.consul.clients[i].http_url()])
-            .arg("--root")
-            .arg(node.root.path())
-            .arg("--secrets")
-            .arg(node.path("secrets"))
-            .args(["--listen", &format!("127.0.0.1:{}", node.listen)])
-            .args(["--resync", "1s", "--report-ttl", "10s"])
-            .env_remove("CONSUL_HTTP_ADDR")
-            .env_remove("CONSUL_HTTP_TOKEN")
-            .env("RUST_LOG", "info")
-            .env("NODE", node.name)
-            .env("EVENTS", &self.events)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(node.path("daemon.log")).expect("log"));
-        node.daemon =
-            Some(Child::spawn(format!("converge run {}", node.name), &mut cmd).expect("spawn"));
-        let listen = node.listen;
-        wait::until(DEADLINE, "the status listener", || {
-            http::get(listen, "/health").is_some()
-        })
-        .unwrap_or_else(|e| panic!("{e}\n{}", node.log()));
+        let url = self.consul.clients[i].http_url();
+        let name = node.name;
+        node.run(&url, DEADLINE, |cmd| {
+            cmd.env("NODE", name).env("EVENTS", &self.events);
+        });
     }
 
     fn converge(&self, args: &[&str]) -> Output {
-        let url = self.consul.server.http_url();
-        let mut all = args.to_vec();
-        all.extend(["--consul", url.as_str()]);
-        self.repo.converge(&all)
+        fleet::converge(&self.repo, &self.consul.server, args)
     }
 
     /// Publishes the manifests with `note`; the revision.
@@ -182,21 +131,15 @@ impl Fleet {
             .write("manifests/site.yaml", &site(note, &self.rollout));
         self.repo
             .write("templates/app.tera", &format!("{TEMPLATE}# {note}\n"));
-        let out = self.converge(&["publish", "--format", "json"]);
-        assert_exit(&out, 0);
-        let doc: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("json");
-        doc["revision"].as_str().expect("revision").to_string()
+        fleet::publish(&self.repo, &self.consul.server, &[])
     }
 
     fn wait(&self, revision: &str) -> Output {
-        self.converge(&["fleet", "wait", "--revision", revision, "--timeout", "120s"])
+        fleet::fleet_wait(&self.repo, &self.consul.server, revision, "120s")
     }
 
     fn logs(&self) -> String {
-        self.nodes
-            .iter()
-            .map(|n| format!("--- {}\n{}", n.name, n.log()))
-            .collect()
+        fleet::node_logs(&self.nodes)
     }
 
     /// Every reload so far, in start order; the file is then emptied.
@@ -233,15 +176,7 @@ impl Fleet {
 
     /// The value of a KV key, if present.
     fn kv(&self, key: &str) -> Option<(Vec<u8>, Option<String>)> {
-        let (status, body) = self.consul.server.get(&format!("/v1/kv/{key}")).ok()?;
-        if status != 200 {
-            return None;
-        }
-        let entries: serde_json::Value = serde_json::from_str(&body).ok()?;
-        let value = base64::engine::general_purpose::STANDARD
-            .decode(entries[0]["Value"].as_str().unwrap_or_default())
-            .ok()?;
-        Some((value, entries[0]["Session"].as_str().map(str::to_string)))
+        fleet::kv(&self.consul.server, key)
     }
 
     fn revision_of(&self, node: &str) -> Option<String> {

@@ -35,18 +35,20 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::{Duration, SystemTime};
 
-use common::{assert_exit, stdout, Workspace};
+use common::vrrp::{
+    edge_vip, http_server, segment, start_keepalived, web_frontend, IFACE, KEEPALIVED_TARGET,
+};
+use common::{assert_exit, fleet, stdout, Workspace};
 use converge_testkit::consul::ConsulFleet;
 use converge_testkit::keepalived::Keepalived;
 use converge_testkit::netns::Lan;
-use converge_testkit::{http, wait, Child, Haproxy};
+use converge_testkit::{wait, Child, Haproxy};
 
 const NODES: [&str; 2] = ["lb1", "lb2"];
 const DEADLINE: Duration = Duration::from_secs(90);
-const IFACE: &str = "vrrp0";
 /// HAProxy's frontend port, on every address of a node (the VIP too).
 const PORT: u16 = 8080;
 /// The backend server's port, on each node's own loopback.
@@ -89,25 +91,10 @@ nodes:
     address: {b}
     targets: [haproxy, keepalived]
     vars: {{vrrp_interface: {IFACE}{c2}}}
-vips:
-  edge:
-    virtual_router_id: 53
-    interface: eth0
-    addresses: [{vip}/24]
-    priorities: {{lb1: 150, lb2: 100}}
-    advert_int: 1
-    unicast: true
-    track_haproxy: {track}
+{vips}    track_haproxy: {track}
 haproxy:
   stats_socket: /run/haproxy/admin.sock
-frontends:
-  http_in:
-    bind: [\":{PORT}\"]
-    default_backend: web
-backends:
-  web:
-    service: web
-    extra: [\"http-response set-header X-Revision {note}\"]
+{web}    extra: [\"http-response set-header X-Revision {note}\"]
 rollout:
   settle: {settle}
 targets:
@@ -117,18 +104,11 @@ targets:
     validate: haproxy
     reload:
       signal: {{pidfile: /run/haproxy.pid, signal: SIGUSR2}}
-  keepalived:
-    template: keepalived.conf.tera
-    destination: /etc/keepalived/keepalived.conf
-    mode: \"0640\"
-    validate: keepalived
-    reload:
-      signal: {{pidfile: /run/keepalived.pid, signal: SIGHUP}}
-    requires_vars: [vrrp_interface]
-",
+{KEEPALIVED_TARGET}",
         a = net.host(1),
         b = net.host(2),
-        vip = net.host(100),
+        web = web_frontend(PORT),
+        vips = edge_vip(net, 53, 150, 100),
         c1 = checks[0],
         c2 = checks[1],
     )
@@ -177,7 +157,7 @@ impl Node {
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.path("daemon.log")).unwrap_or_default()
+        fleet::daemon_log(self.root.path())
     }
 
     /// What keepalived logged since it started.
@@ -255,7 +235,7 @@ impl Pair {
     /// Everything up, the first revision applied on both nodes, HAProxy
     /// and keepalived running on it, and lb1 answering at the VIP.
     fn start() -> Self {
-        let net = Lan::new(IFACE, 2).expect("namespaces, veth pairs and a bridge (needs root)");
+        let net = segment();
         let consul = ConsulFleet::start(&NODES).expect("consul server and client agents");
         consul
             .server
@@ -291,14 +271,7 @@ impl Pair {
                 )
                 .unwrap_or_else(|e| panic!("haproxy on {}: {e}", node.name)),
             );
-            node.keepalived = Some(
-                Keepalived::start(
-                    ns,
-                    &node.path("etc/keepalived/keepalived.conf"),
-                    &node.path("run/keepalived.pid"),
-                )
-                .unwrap_or_else(|e| panic!("keepalived on {}: {e}", node.name)),
-            );
+            node.keepalived = Some(start_keepalived(ns, node.root.path(), node.name));
         }
         pair.wait_served_by(0);
         pair
@@ -310,54 +283,20 @@ impl Pair {
         let www = root.path().join("www");
         std::fs::create_dir_all(&www).expect("www");
         std::fs::write(www.join("name"), name).expect("www/name");
-        let web = Child::spawn(
-            format!("http.server on {name}"),
-            self.net.members[i]
-                .command("python3")
-                .args(["-m", "http.server", &WEB.to_string(), "--bind", "127.0.0.1"])
-                .arg("--directory")
-                .arg(&www)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null()),
-        )
-        .expect("http.server");
+        let web = http_server(&self.net.members[i], name, WEB, Some("127.0.0.1"), &www);
         let listen = converge_testkit::free_port();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_converge"));
-        cmd.args(["run", "--published", "--node", name])
-            .args(["--consul", &self.consul.clients[i].http_url()])
-            .arg("--root")
-            .arg(root.path())
-            .arg("--secrets")
-            .arg(root.path().join("secrets"))
-            .args(["--listen", &format!("127.0.0.1:{listen}")])
-            .args([
-                "--resync",
-                "1s",
-                "--report-ttl",
-                "10s",
-                "--log-format",
-                "json",
-            ])
-            .env_remove("CONSUL_HTTP_ADDR")
-            .env_remove("CONSUL_HTTP_TOKEN")
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(root.path().join("daemon.log")).expect("log"));
-        let daemon = Child::spawn(format!("converge run {name}"), &mut cmd).expect("spawn");
-        let node = Node {
+        let url = self.consul.clients[i].http_url();
+        let mut cmd = fleet::run_published(name, &url, root.path(), listen);
+        cmd.args(["--log-format", "json"]);
+        let daemon = fleet::spawn(name, &mut cmd, root.path(), listen, DEADLINE);
+        Node {
             name,
             _daemon: daemon,
             _haproxy: None,
             keepalived: None,
             _web: web,
             root,
-        };
-        wait::until(DEADLINE, "the status listener", || {
-            http::get(listen, "/health").is_some()
-        })
-        .unwrap_or_else(|e| panic!("{e}\n{}", node.log()));
-        node
+        }
     }
 
     /// The body a request from the client to the VIP gets, if any.
@@ -381,10 +320,7 @@ impl Pair {
     }
 
     fn converge(&self, args: &[&str]) -> Output {
-        let url = self.consul.server.http_url();
-        let mut all = args.to_vec();
-        all.extend(["--consul", url.as_str()]);
-        self.repo.converge(&all)
+        fleet::converge(&self.repo, &self.consul.server, args)
     }
 
     /// Publishes the manifests with `note`; the revision.
@@ -396,24 +332,20 @@ impl Pair {
     fn publish_kind(&self, note: &str, kind: Kind) -> String {
         self.repo
             .write("manifests/site.yaml", &site(&self.net, note, kind));
-        let out = self.converge(&["publish", "--format", "json"]);
-        assert_exit(&out, 0);
-        let doc: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("json");
-        doc["revision"].as_str().expect("revision").to_string()
+        fleet::publish(&self.repo, &self.consul.server, &[])
     }
 
     fn wait(&self, revision: &str) -> Output {
-        self.converge(&["fleet", "wait", "--revision", revision, "--timeout", "120s"])
+        fleet::fleet_wait(&self.repo, &self.consul.server, revision, "120s")
     }
 
     fn logs(&self) -> String {
-        self.nodes
-            .iter()
-            .map(|n| format!("--- {}\n{}", n.name, n.log()))
-            .collect()
+        fleet::daemon_logs(self.nodes.iter().map(|n| (n.name, n.root.path())))
     }
 
-    /// The probe in the client namespace, appending to `out`.
+    /// The probe in the client namespace, appending to `out`, once its
+    /// first request through the VIP got an answer, so what a test
+    /// counts afterwards is measured against a VIP known to work.
     fn probe(&self, out: &Path) -> Child {
         let url = format!("http://{}:{PORT}/name", self.net.host(100));
         let mut cmd = self.net.client.command("python3");
@@ -422,7 +354,12 @@ impl Pair {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        Child::spawn("the VIP probe", &mut cmd).expect("probe")
+        let probe = Child::spawn("the VIP probe", &mut cmd).expect("probe");
+        wait::until(DEADLINE, "the probe's first answer", || {
+            std::fs::read_to_string(out).is_ok_and(|t| t.starts_with("ok "))
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        probe
     }
 }
 
@@ -437,10 +374,6 @@ fn twenty_revisions_reload_the_real_pair_one_node_at_a_time_backup_first_and_the
     let probes = tempfile::tempdir().expect("probe dir");
     let out = probes.path().join("probes");
     let mut probe = pair.probe(&out);
-    wait::until(DEADLINE, "the probe's first answer", || {
-        std::fs::read_to_string(&out).is_ok_and(|t| t.starts_with("ok "))
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
     let since = now_ns();
     let vrrp_before: Vec<usize> = pair.nodes.iter().map(|n| n.vrrp_log().len()).collect();
 
@@ -541,10 +474,6 @@ fn a_revision_that_puts_the_backups_keepalived_in_fault_fails_its_gate_and_never
     let probes = tempfile::tempdir().expect("probe dir");
     let out = probes.path().join("probes");
     let mut probe = pair.probe(&out);
-    wait::until(DEADLINE, "the probe's first answer", || {
-        std::fs::read_to_string(&out).is_ok_and(|t| t.starts_with("ok "))
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
     let since = now_ns();
     let lb1_before = pair.nodes[0].vrrp_log().len();
 

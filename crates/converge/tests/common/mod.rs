@@ -13,7 +13,9 @@ use converge_testkit::consul::ConsulAgent;
 use converge_testkit::{http, Haproxy};
 
 pub mod drill;
+pub mod fleet;
 pub mod pgbouncer;
+pub mod vrrp;
 
 /// A test's own copy of manifests, templates and catalog, plus a root.
 pub struct Workspace {

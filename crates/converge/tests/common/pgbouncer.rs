@@ -7,6 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use converge_testkit::consul::ConsulAgent;
+use converge_testkit::patroni::PatroniCluster;
 use converge_testkit::pgbouncer::Pgbouncer;
 use converge_testkit::postgres::{give_to_postgres, Postgres};
 use converge_testkit::{free_port, wait};
@@ -31,6 +32,50 @@ pub fn site(port: u16, reload: &str) -> String {
          \x20 pgbouncer_userlist:\n    template: userlist.txt.tera\n    destination: /etc/pgbouncer/userlist.txt\n\
          \x20   owner: postgres\n    mode: \"0600\"\n    validate: none\n    bundle: pgbouncer\n    secret: true\n{reload}"
     )
+}
+
+/// [`site`] with the settings the example manifests use to follow a
+/// Patroni primary (`server_login_retry`, `server_connect_timeout`,
+/// `server_fast_close`), so the Patroni tests run PgBouncer configured as
+/// a deployment that follows a Patroni primary would be.
+pub fn patroni_site(port: u16, reload: &str) -> String {
+    site(port, reload).replace(
+        "  default_pool_size: 5\n",
+        "  default_pool_size: 5\n  settings: {server_login_retry: 0.5, \
+         server_connect_timeout: 3, server_fast_close: true}\n",
+    )
+}
+
+/// What the Patroni tests start from: a Consul agent, a Patroni cluster
+/// of service `postgres` registered in it, and a node following its
+/// primary ([`patroni_site`]) with its daemon running; PgBouncer's port is
+/// chosen, PgBouncer itself not started, since each test waits for its
+/// own condition first.
+pub struct PatroniNode {
+    pub consul: ConsulAgent,
+    pub cluster: PatroniCluster,
+    pub port: u16,
+    pub ws: Workspace,
+    pub daemon: RunningDaemon,
+}
+
+impl PatroniNode {
+    /// Starts it all; `reload` gives both targets' reload YAML for
+    /// PgBouncer's port.
+    pub fn start(reload: impl FnOnce(u16) -> String) -> Self {
+        let consul = ConsulAgent::start().expect("consul agent -dev");
+        let cluster = PatroniCluster::start(&consul, "postgres").expect("patroni cluster");
+        let port = free_port();
+        let ws = workspace(&patroni_site(port, &reload(port)), "services: {}\n");
+        let daemon = ws.run_daemon_with_consul(&consul, &[]);
+        Self {
+            consul,
+            cluster,
+            port,
+            ws,
+            daemon,
+        }
+    }
 }
 
 /// Both targets SIGHUP the pid in PgBouncer's pidfile.
