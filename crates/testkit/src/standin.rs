@@ -111,14 +111,17 @@ fn serve(mut conn: TcpStream, upstream: SocketAddr) -> std::io::Result<()> {
         answer_body = b"[]".to_vec();
     }
     let mut out = String::new();
-    for line in answer_head.split("\r\n").filter(|l| {
-        let l = l.to_ascii_lowercase();
-        !l.starts_with("content-length:")
-            && !l.starts_with("connection:")
-            && !l.starts_with("transfer-encoding:")
+    let dropped = |l: &str| {
+        l.starts_with("content-length:")
+            || l.starts_with("connection:")
+            || l.starts_with("transfer-encoding:")
             // The agent gzips for a client that asks; `[]` is sent plain.
-            && !(rewritten && l.starts_with("content-encoding:"))
-    }) {
+            || (rewritten && l.starts_with("content-encoding:"))
+    };
+    for line in answer_head
+        .split("\r\n")
+        .filter(|l| !dropped(&l.to_ascii_lowercase()))
+    {
         out.push_str(line);
         out.push_str("\r\n");
     }
