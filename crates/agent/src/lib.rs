@@ -17,6 +17,8 @@
 //! - [`validate`]: `converge validate`, every node rendered and every file
 //!   checked by the real programs in a scratch directory;
 //! - [`status`]: `converge status`, where traffic goes on this node;
+//! - [`vrrp`]: keepalived's own report of each VRRP instance, read by
+//!   `status` and by the rollout's health gate;
 //! - [`drill`]: `converge drill`, a fault injected on purpose, probed
 //!   until recovery, with converge's own events on the same timeline;
 //! - [`publish`]: `converge publish`, a validated revision put in Consul
@@ -48,6 +50,7 @@ pub mod source;
 mod state_file;
 pub mod status;
 pub mod validate;
+pub mod vrrp;
 
 pub use error::AgentError;
 pub use inputs::Inputs;

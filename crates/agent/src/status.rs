@@ -32,11 +32,11 @@ use crate::daemon::board::{hex_sha256, Status};
 
 mod primary;
 mod verdict;
-mod vrrp;
 
+use crate::vrrp;
+pub use crate::vrrp::{VipLive, VrrpState};
 pub use primary::{PrimaryCheck, Problem, RouteSource};
 pub use verdict::Verdict;
-pub use vrrp::{KeepalivedGate, VipLive, VrrpState};
 
 /// A section's content, or why it could not be gathered.
 #[derive(Debug, Serialize)]

@@ -20,7 +20,7 @@ use crate::fleet::NodeReport;
 use crate::publish::Desired;
 use crate::revision::Revision;
 use crate::rollout::{self, decide::decide, gate, lock, Halt, RolloutKeys, Waiting};
-use crate::status::KeepalivedGate;
+use crate::vrrp::KeepalivedGate;
 
 /// Longest a wait for the fleet blocks before looking again (node reports
 /// are read on every look, so this bounds how late an order is seen).

@@ -13,7 +13,7 @@
 //! reloads a config whose track script then fails, and goes to FAULT. So
 //! when the settle time is over, the gate also asks the programs
 //! themselves (`programs`; for keepalived, its own reported state, see
-//! [`KeepalivedGate`](crate::status::KeepalivedGate)) and fails with their
+//! [`KeepalivedGate`](crate::vrrp::KeepalivedGate)) and fails with their
 //! answer.
 
 use std::time::Duration;

@@ -1,6 +1,8 @@
-//! The keepalived section of `converge status`: for each VRRP instance of
-//! this node, the state keepalived itself is in, and — separately —
-//! whether this node holds the instance's addresses.
+//! keepalived as it reports itself: for each VRRP instance of this node,
+//! the state keepalived itself is in, and — separately — whether this
+//! node holds the instance's addresses. Read by `converge status` (its
+//! keepalived section) and by the rollout's health gate, so a module of
+//! its own rather than a part of either.
 //!
 //! The two must not be inferred from each other. A keepalived killed with
 //! `SIGKILL` leaves its VIPs on the interface, so "the addresses are here"
