@@ -19,6 +19,7 @@ use converge_consul::{
 use converge_model::Health;
 use converge_testkit::consul::{ConsulAgent, External, PeakConnections};
 use converge_testkit::proxy::{by_endpoint, CountingProxy};
+use converge_testkit::wait;
 use tokio::sync::watch;
 
 const T: Duration = Duration::from_secs(30);
@@ -71,6 +72,23 @@ fn on(f: impl FnOnce() -> Result<(), String>) {
     tokio::task::block_in_place(f).expect("change the catalog");
 }
 
+/// Waits until the proxy has seen a blocking query for each of `s0..s{n}`:
+/// every per-service watch is armed. A watch still being armed when the
+/// window opens would be counted as if an unwatched flip had woken it (on
+/// a loaded machine the last of them can go out after the first flip).
+fn armed(proxy: &CountingProxy, n: usize) {
+    tokio::task::block_in_place(|| {
+        wait::until(T, "every per-service watch armed", || {
+            let seen = proxy.seen();
+            (0..n).all(|i| {
+                let endpoint = format!("GET /v1/health/service/s{i}");
+                seen.iter().any(|r| r.blocking && r.endpoint == endpoint)
+            })
+        })
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:?}", by_endpoint(&proxy.seen())));
+}
+
 /// Flips `e` to `status` and waits for the source to show `want`.
 async fn flip(
     a: &ConsulAgent,
@@ -110,6 +128,9 @@ async fn unwatched_churn_reads_nothing_per_service_and_under_10_kb_a_flip_shared
         // One watched change first, so whatever follows start-up (a read
         // to confirm, a re-armed watch) is over before the window opens.
         flip(&a, &mut rx, watched, "critical", Health::Critical).await;
+        if n == PER_SERVICE {
+            armed(&proxy, n);
+        }
 
         let (bytes, requests) = (proxy.bytes_received(), proxy.seen().len());
         for k in 0..FLIPS {
