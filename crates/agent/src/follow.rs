@@ -13,8 +13,11 @@
 //! status and report; a restart comes up on the stored revision without
 //! asking Consul.
 //!
-//! `plan --published` and `apply --once --published` take the published
-//! revision into the same store through the same [`take`], once.
+//! `apply --once --published` takes the published revision into the same
+//! store through the same [`take`], once; `plan --published` and
+//! `validate --published` only read it (see
+//! [`crate::fleet::plan::published_once`]), so they change nothing on the
+//! node.
 
 pub mod gated;
 pub mod store;
@@ -133,17 +136,11 @@ pub fn sync_once(
     follow: &Follow,
     timeout: Duration,
 ) -> Result<Revision, AgentError> {
-    let fail = |e: String| AgentError::Source(format!("--published: {e}"));
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| fail(format!("cannot start a runtime: {e}")))?;
-    let client = Client::new(config).map_err(|e| fail(e.to_string()))?;
-    let opts = QueryOptions {
-        consistency: Consistency::Consistent,
-        ..QueryOptions::default()
-    };
-    let work = async {
+    once(config, timeout, |client| async move {
+        let opts = QueryOptions {
+            consistency: Consistency::Consistent,
+            ..QueryOptions::default()
+        };
         let key = follow.keys.desired();
         let read = client
             .kv_get(&key, &opts)
@@ -151,11 +148,33 @@ pub fn sync_once(
             .map_err(|e| format!("cannot read {key}: {e}"))?;
         let desired = parse(&follow.keys, read.value.map(|p| p.value))?
             .ok_or_else(|| format!("nothing is published at {key} yet"))?;
-        take(&client, follow, &desired).await
-    };
-    match runtime.block_on(async { tokio::time::timeout(timeout, work).await }) {
-        Ok(Ok(Taken::Already(r) | Taken::Switched(r))) => Ok(r),
-        Ok(Err(e)) => Err(fail(e)),
+        match take(&client, follow, &desired).await? {
+            Taken::Already(r) | Taken::Switched(r) => Ok(r),
+        }
+    })
+}
+
+/// Runs `work` with a client of `config` on a runtime of its own, within
+/// `timeout`: a one-shot command's reads of the fleet's keys. Errors say
+/// they come from `--published`.
+pub(crate) fn once<T, F, W>(
+    config: converge_consul::Config,
+    timeout: Duration,
+    work: W,
+) -> Result<T, AgentError>
+where
+    W: FnOnce(Client) -> F,
+    F: std::future::Future<Output = Result<T, String>>,
+{
+    let fail = |e: String| AgentError::Source(format!("--published: {e}"));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| fail(format!("cannot start a runtime: {e}")))?;
+    let client = Client::new(config).map_err(|e| fail(e.to_string()))?;
+    // The timer needs the runtime: it is made inside it.
+    match runtime.block_on(async { tokio::time::timeout(timeout, work(client)).await }) {
+        Ok(result) => result.map_err(fail),
         Err(_) => Err(fail(format!("no answer from Consul within {timeout:?}"))),
     }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use converge_agent::fleet::plan::published_once;
 use converge_agent::follow::{self, Follow, Store};
 use converge_agent::publish::Keys;
 use converge_agent::source::{self, CatalogFrom};
@@ -704,13 +705,25 @@ impl Cli {
     /// Manifests and templates, and one complete catalog snapshot: the
     /// catalog file, or every service the manifests reference read once
     /// from Consul.
+    ///
+    /// With --published, `apply --once` makes the published revision the
+    /// node's (as the daemon would); every other command only reads it.
     pub fn prepare(&self) -> anyhow::Result<(Prepared, Catalog)> {
-        if self.published {
-            let consul = self.consul("--published")?;
-            follow::sync_once(consul, &self.follow()?, self.consul_timeout)?;
-        }
-        let inputs = self.inputs();
-        let prepared = inputs.prepare()?;
+        let prepared = match (&self.command, self.published) {
+            (Command::Apply(_), true) => {
+                let consul = self.consul("--published")?;
+                follow::sync_once(consul, &self.follow()?, self.consul_timeout)?;
+                self.inputs().prepare()?
+            }
+            (_, true) => published_once(
+                self.consul("--published")?,
+                &self.keys()?,
+                &self.secrets,
+                &self.root,
+                self.consul_timeout,
+            )?,
+            (_, false) => self.inputs().prepare()?,
+        };
         let catalog = source::read_once(
             &self.catalog_from()?,
             source::referenced_services(&prepared.manifests.manifest),

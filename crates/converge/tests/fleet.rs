@@ -453,6 +453,9 @@ fn plan_and_apply_once_take_the_published_revision_and_fleet_status_says_when_co
     assert_exit(&out, 2);
     let plan = json(&out);
     assert_eq!(plan["revision"].as_str(), Some(revision.as_str()), "{plan}");
+    // A plan changes nothing on the node: the revision is not taken.
+    let current = root.path().join("var/lib/converge/published/current");
+    assert!(!current.exists(), "plan switched the node's revision");
     let out = node(&["apply", "--once"]);
     assert_exit(&out, 0);
     assert!(

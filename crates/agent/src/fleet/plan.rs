@@ -20,6 +20,7 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use converge_apply::{Dropped, Plan};
 use converge_consul::Client;
@@ -27,6 +28,7 @@ use converge_model::{Catalog, Layout, Rejection};
 use serde::Serialize;
 
 use super::view;
+use crate::error::AgentError;
 use crate::inputs::{Inputs, Unpacked};
 use crate::pass::{self, Prepared};
 use crate::publish::Keys;
@@ -76,6 +78,32 @@ pub async fn published(
         revision: p.revision.clone(),
         prepared,
     }))
+}
+
+/// The published revision loaded for a node whose files are under
+/// `root`, without making it the node's: `plan --published` and
+/// `validate --published` read what `apply --once --published` and the
+/// daemon would switch to, and leave the node's store as it is.
+///
+/// # Errors
+///
+/// Consul cannot be asked within `timeout`, nothing is published, or the
+/// bundle fails its checksum or does not load.
+pub fn published_once(
+    config: converge_consul::Config,
+    keys: &Keys,
+    secrets: &Path,
+    root: &Path,
+    timeout: Duration,
+) -> Result<Prepared, AgentError> {
+    let found = follow::once(config, timeout, |client| async move {
+        published(&client, keys, secrets)
+            .await?
+            .ok_or_else(|| format!("nothing is published at {} yet", keys.desired()))
+    })?;
+    let mut prepared = found.prepared;
+    prepared.layout = Layout::new(root);
+    Ok(prepared)
 }
 
 /// Every node, proposed against published.
