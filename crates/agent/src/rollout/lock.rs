@@ -86,15 +86,25 @@ pub async fn acquire(
     }
 }
 
-/// Renews `session` every half TTL until aborted.
+/// Renews `session` every half TTL until aborted, or until Consul no
+/// longer knows it: then the locks it held are free for others, and the
+/// log says so loudly rather than renewing nothing.
 fn spawn_renew(client: Client, session: String, ttl: Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(ttl / 2);
         tick.tick().await;
         loop {
             tick.tick().await;
-            if let Err(e) = client.session_renew(&session).await {
-                tracing::warn!(error = %e, "cannot renew the rollout lock's session");
+            match client.session_renew(&session).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::error!(
+                        %session,
+                        "the rollout lock's session expired: its locks are no longer held"
+                    );
+                    return;
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot renew the rollout lock's session"),
             }
         }
     })
