@@ -134,7 +134,8 @@ enum Ending {
 pub async fn run(config: DrillConfig) -> Result<Outcome, DrillError> {
     check_targets(&config).await?;
     let since = match &config.daemon {
-        Some(url) => events(url, 0).await.map(|p| p.last),
+        // Only `last` is wanted: ask for the events after the newest.
+        Some(url) => events(url, u64::MAX).await.map(|p| p.last),
         None => Ok(0),
     };
     let started = SystemTime::now();
@@ -168,10 +169,10 @@ pub async fn run(config: DrillConfig) -> Result<Outcome, DrillError> {
         reason: reason.clone(),
         budget_ms: millis(config.budget),
         rto_ms: rto,
-        failure_observed: !matches!(
-            ending,
-            Ending::Settled(Progress::NoFailureYet) | Ending::TimedOut(Progress::NoFailureYet)
-        ),
+        failure_observed: match &ending {
+            Ending::Interrupted(_) => samples.iter().any(|s| !s.ok),
+            Ending::Settled(p) | Ending::TimedOut(p) => *p != Progress::NoFailureYet,
+        },
         started_unix_ms: unix_ms(started),
         fault_unix_ms: fault_at,
         probe: config.probe.describe(),
