@@ -11,9 +11,6 @@ use std::fmt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize};
 
-/// The units HAProxy reads after a number; a bare number is milliseconds.
-const UNITS: [&str; 6] = ["us", "ms", "s", "m", "h", "d"];
-
 /// What a duration may look like, for errors and the schema.
 const ACCEPTED: &str = "a whole number with a unit: us, ms, s, m, h or d (`5s`, `500ms`, `1m`); a bare number is milliseconds";
 
@@ -25,29 +22,35 @@ pub struct HaproxyDuration(String);
 impl HaproxyDuration {
     /// Parses `text`, or says what is accepted.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let digits = text.bytes().take_while(u8::is_ascii_digit).count();
-        let unit = &text[digits..];
-        if digits == 0 || !(unit.is_empty() || UNITS.contains(&unit)) {
-            return Err(format!("`{text}` is not a duration: expected {ACCEPTED}"));
+        match parse_haproxy(text) {
+            Some(_) => Ok(Self(text.to_string())),
+            None => Err(format!("`{text}` is not a duration: expected {ACCEPTED}")),
         }
-        Ok(Self(text.to_string()))
     }
 
     /// Its length (a text that does not parse, only possible for a
     /// default written in code, counts as zero).
     pub fn as_duration(&self) -> std::time::Duration {
-        let digits = self.0.bytes().take_while(u8::is_ascii_digit).count();
-        let n: u64 = self.0[..digits].parse().unwrap_or(0);
-        let micros = match &self.0[digits..] {
-            "us" => 1,
-            "" | "ms" => 1_000,
-            "s" => 1_000_000,
-            "m" => 60_000_000,
-            "h" => 3_600_000_000,
-            _ => 86_400_000_000,
-        };
-        std::time::Duration::from_micros(n.saturating_mul(micros))
+        parse_haproxy(&self.0).unwrap_or_default()
     }
+}
+
+/// An HAProxy duration's length (`500ms`, `5s`; a bare number is
+/// milliseconds), or `None` for a text HAProxy would not take. Shared by
+/// the manifests and by the reader of a rendered `haproxy.cfg`.
+pub fn parse_haproxy(text: &str) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+    let n: u64 = text[..digits].parse().ok()?;
+    Some(match &text[digits..] {
+        "us" => Duration::from_micros(n),
+        "" | "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.checked_mul(60)?),
+        "h" => Duration::from_secs(n.checked_mul(3600)?),
+        "d" => Duration::from_secs(n.checked_mul(86_400)?),
+        _ => return None,
+    })
 }
 
 impl fmt::Display for HaproxyDuration {

@@ -184,7 +184,7 @@ fn drain_policy(marker_line: &str) -> Result<Drain, String> {
         };
         match key {
             "drain" => {
-                drain.timeout = duration(value)
+                drain.timeout = converge_model::duration::parse_haproxy(value)
                     .ok_or_else(|| format!("`{word}` on the marker is not a duration"))?;
             }
             "then" => {
@@ -198,21 +198,6 @@ fn drain_policy(marker_line: &str) -> Result<Drain, String> {
         }
     }
     Ok(drain)
-}
-
-/// An HAProxy duration (`500ms`, `5s`; a bare number is milliseconds).
-fn duration(text: &str) -> Option<Duration> {
-    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
-    let n: u64 = text[..digits].parse().ok()?;
-    Some(match &text[digits..] {
-        "us" => Duration::from_micros(n),
-        "" | "ms" => Duration::from_millis(n),
-        "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n.checked_mul(60)?),
-        "h" => Duration::from_secs(n.checked_mul(3600)?),
-        "d" => Duration::from_secs(n.checked_mul(86_400)?),
-        _ => return None,
-    })
 }
 
 /// Pass 1: the marked backends and their drain policies.
