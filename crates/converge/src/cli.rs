@@ -142,7 +142,8 @@ pub struct Cli {
     /// Take manifests and templates from the revision published in Consul
     /// KV (`converge publish`) instead of --manifests/--templates: `run`
     /// follows `<prefix>/desired` and reports to `<prefix>/nodes/<node>`;
-    /// `plan` and `apply --once` take the published revision once. Each
+    /// `apply --once` takes the published revision once, and `plan` and
+    /// `validate` read it without taking it. Each
     /// revision is verified against its checksum and kept under
     /// `--root`/var/lib/converge/published, so a restart while Consul is
     /// down comes up on the last one applied. Needs --consul.
