@@ -7,7 +7,8 @@
 //! groups and a slot of the fleet-wide semaphore ([`lock`]), under a
 //! session tied to its Consul agent's health with a TTL, so a node that
 //! dies releases them. It switches, lets its pass apply the revision, and
-//! keeps its locks until its health gate ([`gate`]) passes; a failed gate
+//! keeps its locks until its health gate ([`gate`], asking the programs
+//! through [`serving`]) passes; a failed gate
 //! switches back to the revision before and halts the rollout for
 //! everyone. Catalog-driven changes never wait for any of this: they
 //! change membership, are latency-critical, and HAProxy's runtime API or
@@ -28,6 +29,7 @@
 pub mod decide;
 pub mod gate;
 pub mod lock;
+pub mod serving;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;

@@ -127,16 +127,9 @@ pub(super) fn vips(desired: &NodeDesired, layout: &Layout) -> Result<Vec<VipLive
         .vips
         .values()
         .map(|v| {
-            let held: Vec<String> = v
-                .vip
-                .addresses
-                .iter()
-                .filter(|a| local.iter().any(|l| l == bare(a)))
-                .cloned()
-                .collect();
+            let (held, holds_vip) = held(&v.vip.addresses, &local);
             let file = dir.join(format!("{}.state", v.name));
             let report = Report::judge(&file, pid, parent_of);
-            let holds_vip = held.len() == v.vip.addresses.len();
             VipLive {
                 name: v.name.clone(),
                 interface: v.node_interface.clone(),
@@ -171,21 +164,33 @@ fn running_pid(pidfile: &Path) -> Option<u32> {
 }
 
 /// What the rollout's health gate asks keepalived on a node: the VRRP
-/// instances the node takes part in, keepalived's pidfile, and where its
-/// `notify` hook reports. Taken from the revision the gate judges, before
-/// the switch, so it asks about that revision's instances.
-///
-/// Only FAULT fails the gate. keepalived not running, or not reported
-/// since it started, is what a node looks like before its programs start
-/// (the pass leaves the files for them), and MASTER or BACKUP may both be
-/// right for a while after a peer restarts; FAULT is keepalived saying
-/// this node cannot take the VIP (a track script, interface or address
-/// failed), which a revision that breaks the node's setup causes.
+/// instances the node takes part in (with their addresses), keepalived's
+/// pidfile, and where its `notify` hook reports. Taken from the revision
+/// the gate judges, before the switch, so it asks about that revision's
+/// instances. What the answers must be is the gate's rule
+/// ([`crate::rollout::serving`]); this only reads them, the same way
+/// `converge status` does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeepalivedGate {
     pidfile: PathBuf,
     dir: PathBuf,
-    instances: Vec<String>,
+    /// Instance name and its configured addresses.
+    instances: Vec<(String, Vec<String>)>,
+}
+
+/// One VRRP instance as the gate reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    /// Instance name.
+    pub name: String,
+    /// keepalived's own state (see the module docs).
+    pub state: VrrpState,
+    /// Why `state` is `UNKNOWN`.
+    pub note: Option<String>,
+    /// Where keepalived's state and the addresses on the node disagree.
+    pub warning: Option<String>,
+    /// keepalived's pid, when its pidfile names a live process.
+    pub keepalived: Option<u32>,
 }
 
 impl KeepalivedGate {
@@ -198,11 +203,11 @@ impl KeepalivedGate {
             .iter()
             .filter(|(name, _)| wanted.is_none_or(|w| w.contains(name)))
             .find_map(|(_, t)| keepalived_pidfile(t, layout))?;
-        let instances: Vec<String> = manifest
+        let instances: Vec<(String, Vec<String>)> = manifest
             .vips
             .iter()
             .filter(|(_, v)| v.priorities.contains_key(node))
-            .map(|(name, _)| name.clone())
+            .map(|(name, v)| (name.clone(), v.addresses.clone()))
             .collect();
         (!instances.is_empty()).then(|| Self {
             pidfile,
@@ -211,36 +216,46 @@ impl KeepalivedGate {
         })
     }
 
-    /// An error naming the instances the running keepalived reports in
-    /// FAULT, if any.
-    pub fn check(&self) -> Result<(), String> {
-        self.check_with(running_pid(&self.pidfile), parent_of)
+    /// Each instance's state as the running keepalived reports it, and
+    /// whether the addresses on the node agree with it.
+    pub fn observe(&self) -> Result<Vec<Observed>, String> {
+        Ok(self.observe_with(running_pid(&self.pidfile), parent_of, &local_addresses()?))
     }
 
-    fn check_with(
+    fn observe_with(
         &self,
         keepalived: Option<u32>,
         parent_of: impl Fn(u32) -> Option<u32>,
-    ) -> Result<(), String> {
-        let faults: Vec<&str> = self
-            .instances
+        local: &[String],
+    ) -> Vec<Observed> {
+        self.instances
             .iter()
-            .filter(|name| {
+            .map(|(name, addresses)| {
                 let file = self.dir.join(format!("{name}.state"));
-                Report::judge(&file, keepalived, &parent_of).state == VrrpState::Fault
+                let report = Report::judge(&file, keepalived, &parent_of);
+                let (held, holds_vip) = held(addresses, local);
+                Observed {
+                    name: name.clone(),
+                    warning: disagreement(report.state, keepalived.is_some(), &held, holds_vip),
+                    state: report.state,
+                    note: report.note,
+                    keepalived,
+                }
             })
-            .map(String::as_str)
-            .collect();
-        if faults.is_empty() {
-            return Ok(());
-        }
-        // A FAULT report only counts from the running keepalived.
-        Err(format!(
-            "keepalived (pid {}) reports VRRP instance {} in FAULT",
-            keepalived.unwrap_or_default(),
-            faults.join(", ")
-        ))
+            .collect()
     }
+}
+
+/// Which of `addresses` are among the node's `local` ones, and whether
+/// all are.
+fn held(addresses: &[String], local: &[String]) -> (Vec<String>, bool) {
+    let held: Vec<String> = addresses
+        .iter()
+        .filter(|a| local.iter().any(|l| l == bare(a)))
+        .cloned()
+        .collect();
+    let all = held.len() == addresses.len();
+    (held, all)
 }
 
 /// An address without its `/prefix`.
@@ -503,7 +518,7 @@ mod tests {
     }
 
     #[test]
-    fn the_gate_fails_on_a_fault_the_running_keepalived_reports_and_on_nothing_else() {
+    fn the_gate_reads_the_running_keepalived_and_the_addresses_of_each_instance() {
         let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
         let mut manifest = Manifests::load(&repo.join("manifests"))
             .expect("example manifests")
@@ -511,34 +526,38 @@ mod tests {
         let root = tempfile::tempdir().expect("root");
         let layout = Layout::new(root.path());
         let gate = KeepalivedGate::of(&manifest, "lb1", &layout).expect("lb1 runs keepalived");
-        assert_eq!(gate.instances, ["edge"]);
+        let vip = manifest.vips["edge"].addresses.clone();
+        assert_eq!(gate.instances, [("edge".to_string(), vip.clone())]);
         assert_eq!(gate.pidfile, layout.path("/run/keepalived.pid"));
         let dir = layout.path(STATE_DIR);
         std::fs::create_dir_all(&dir).expect("state dir");
         let file = dir.join("edge.state");
         let parent = |pid| (pid == VRRP).then_some(KEEPALIVED);
+        let here: Vec<String> = vip.iter().map(|a| bare(a).to_string()).collect();
+        let read = |keepalived, parent: &dyn Fn(u32) -> Option<u32>, local: &[String]| {
+            let mut seen = gate.observe_with(keepalived, parent, local);
+            assert_eq!(seen.len(), 1);
+            seen.remove(0)
+        };
 
-        assert_eq!(
-            gate.check_with(Some(KEEPALIVED), parent),
-            Ok(()),
-            "no report yet"
-        );
-        for state in ["MASTER 150 701\n", "BACKUP 100 701\n", "STOP 150 701\n"] {
-            std::fs::write(&file, state).expect("state");
-            assert_eq!(gate.check_with(Some(KEEPALIVED), parent), Ok(()), "{state}");
-        }
-        std::fs::write(&file, "FAULT 0 701\n").expect("state");
-        let why = gate
-            .check_with(Some(KEEPALIVED), parent)
-            .expect_err("FAULT fails the gate");
-        assert_eq!(
-            why,
-            "keepalived (pid 700) reports VRRP instance edge in FAULT"
-        );
-        // A FAULT left by a VRRP process that is not the running
+        let none = read(Some(KEEPALIVED), &parent, &[]);
+        assert_eq!(none.state, VrrpState::Unknown, "no report yet");
+        std::fs::write(&file, "MASTER 150 701\n").expect("state");
+        let master = read(Some(KEEPALIVED), &parent, &here);
+        assert_eq!((master.state, master.warning), (VrrpState::Master, None));
+        assert_eq!(master.keepalived, Some(KEEPALIVED));
+        let lost = read(Some(KEEPALIVED), &parent, &[]);
+        assert!(lost.warning.is_some_and(|w| w.contains("says MASTER")));
+        std::fs::write(&file, "BACKUP 100 701\n").expect("state");
+        let kept = read(Some(KEEPALIVED), &parent, &here);
+        assert!(kept.warning.is_some_and(|w| w.contains("says BACKUP")));
+        // A report left by a VRRP process that is not the running
         // keepalived's, or with no keepalived running, is not this one's.
-        assert_eq!(gate.check_with(Some(KEEPALIVED), |_| None), Ok(()));
-        assert_eq!(gate.check_with(None, parent), Ok(()));
+        assert_eq!(
+            read(Some(KEEPALIVED), &|_| None, &[]).state,
+            VrrpState::Unknown
+        );
+        assert_eq!(read(None, &parent, &[]).state, VrrpState::Unknown);
 
         // Nothing to ask on a node without keepalived or outside any VIP.
         assert_eq!(KeepalivedGate::of(&manifest, "lb9", &layout), None);

@@ -19,8 +19,8 @@ use super::{fetch_unless_current, Follow, Installed, Taken};
 use crate::fleet::NodeReport;
 use crate::publish::Desired;
 use crate::revision::Revision;
+use crate::rollout::serving::{Before, Serving};
 use crate::rollout::{self, decide::decide, gate, lock, Halt, RolloutKeys, Waiting};
-use crate::vrrp::KeepalivedGate;
 
 /// Longest a wait for the fleet blocks before looking again (node reports
 /// are read on every look, so this bounds how late an order is seen).
@@ -34,7 +34,7 @@ pub struct Gated {
     /// TTL of the locks' session.
     pub ttl: Duration,
     /// The node's `--root`: where the gate finds keepalived's pidfile and
-    /// state reports.
+    /// state reports, and PgBouncer's file and console.
     pub root: PathBuf,
 }
 
@@ -68,19 +68,26 @@ pub async fn take(
         }
     };
     let plan = prepared.manifest().node_rollout(&follow.node);
-    let keepalived =
-        KeepalivedGate::of(prepared.manifest(), &follow.node, &Layout::new(&gated.root));
+    let serving = Serving::of(prepared.manifest(), &follow.node, &Layout::new(&gated.root));
     let held = lock_when_allowed(client, follow, &p.revision, &plan, gated.ttl, hooks).await?;
     let locked_at = tokio::time::Instant::now();
+    // Right before the switch: what moved is judged against this.
+    let before = serving.before().await;
     let result = match prepared.commit() {
         Ok(previous) => {
-            tracing::info!(revision = %p.revision, "switched to the published revision; health gate");
+            let unchecked = serving.unchecked();
+            if unchecked.is_empty() {
+                tracing::info!(revision = %p.revision, "switched to the published revision; health gate");
+            } else {
+                tracing::info!(revision = %p.revision, %unchecked, "switched to the published revision; health gate");
+            }
             (hooks.switched)();
             let switch = Switch {
                 revision: &p.revision,
                 plan: &plan,
                 previous,
-                keepalived: keepalived.as_ref(),
+                serving: &serving,
+                before,
             };
             judge(client, follow, switch, gated, hooks).await
         }
@@ -128,8 +135,10 @@ struct Switch<'a> {
     plan: &'a NodeRollout,
     /// The revision before, to switch back to.
     previous: Option<Installed>,
-    /// What to ask keepalived, when the node runs it in a VRRP instance.
-    keepalived: Option<&'a KeepalivedGate>,
+    /// What to ask the programs at the end of the settle time.
+    serving: &'a Serving,
+    /// What they said just before the switch.
+    before: Before,
 }
 
 /// The health gate after a switch, and what follows from it: a canary
@@ -146,7 +155,8 @@ async fn judge(
         revision,
         plan,
         previous,
-        keepalived,
+        serving,
+        before,
     } = switch;
     let keys = RolloutKeys::new(&follow.keys);
     let hold = if plan.canary {
@@ -154,7 +164,7 @@ async fn judge(
     } else {
         plan.settle
     };
-    let programs = || keepalived.map_or(Ok(()), KeepalivedGate::check);
+    let programs = || serving.serves(&before);
     let timeout = plan.gate_timeout + hold;
     let why = match gate::watch(&mut gated.reports, revision, hold, timeout, programs).await {
         gate::Verdict::Pass => {

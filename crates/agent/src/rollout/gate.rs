@@ -10,12 +10,14 @@
 //! writes after every pass, so it can never disagree with `fleet status`.
 //!
 //! A reload the program took can still leave it unable to serve: keepalived
-//! reloads a config whose track script then fails, and goes to FAULT. So
-//! when the settle time is over, the gate also asks the programs
-//! themselves (`programs`; for keepalived, its own reported state, see
-//! [`KeepalivedGate`](crate::vrrp::KeepalivedGate)) and fails with their
-//! answer.
+//! reloads a config whose track script then fails and goes to FAULT, or
+//! whose adverts no longer reach its peer and takes the VIP; PgBouncer
+//! keeps routing to an old host. So when the settle time is over, the gate
+//! also asks the programs themselves, once (`programs`, which the daemon
+//! builds from [`Serving`](super::serving::Serving)), and fails with their
+//! answer. The gate itself knows nothing of any program.
 
+use std::future::Future;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -58,13 +60,16 @@ fn judge(report: &NodeReport, revision: &Revision) -> Option<Result<(), String>>
 /// `settle`, or failed, or `timeout` ran out first; at the end of
 /// `settle`, `programs` says whether the programs serve (an error: why
 /// not).
-pub async fn watch(
+pub async fn watch<F>(
     reports: &mut watch::Receiver<Option<NodeReport>>,
     revision: &Revision,
     settle: Duration,
     timeout: Duration,
-    programs: impl Fn() -> Result<(), String>,
-) -> Verdict {
+    programs: impl Fn() -> F,
+) -> Verdict
+where
+    F: Future<Output = Result<(), String>>,
+{
     let deadline = tokio::time::Instant::now() + timeout;
     let mut passing_until: Option<tokio::time::Instant> = None;
     loop {
@@ -86,7 +91,7 @@ pub async fn watch(
             },
             () = tokio::time::sleep_until(until) => {
                 return match passing_until {
-                    Some(_) => programs().map_or_else(Verdict::Fail, |()| Verdict::Pass),
+                    Some(_) => programs().await.map_or_else(Verdict::Fail, |()| Verdict::Pass),
                     None => Verdict::Fail(format!(
                         "no pass applied revision {revision} within {timeout:?}"
                     )),
@@ -138,7 +143,7 @@ mod tests {
                 &rev,
                 Duration::from_secs(5),
                 Duration::from_secs(60),
-                || Ok(()),
+                || async { Ok(()) },
             )
             .await
         })
@@ -177,7 +182,7 @@ mod tests {
             &rev,
             Duration::from_secs(5),
             Duration::from_secs(60),
-            || Err("keepalived (pid 700) reports VRRP instance edge in FAULT".into()),
+            || async { Err("keepalived (pid 700) reports VRRP instance edge in FAULT".into()) },
         )
         .await;
         assert_eq!(
