@@ -29,12 +29,18 @@
 //! private under systemd's `PrivateTmp`), are written asynchronously, and
 //! need a signal to the daemon, which a read-only status must not send.
 //!
-//! Addresses come from `ip -o addr show`, all interfaces. Where the two
+//! Addresses are read in keepalived's own network namespace, the one it
+//! adds its VIPs in (`/proc/PID/net/fib_trie` for IPv4, `if_inet6` for
+//! IPv6), so converge reads the right ones even when it runs in another
+//! namespace than keepalived (a container beside it, or the tests' network
+//! namespaces). With no keepalived running they come from `ip -o addr
+//! show` in converge's namespace, all interfaces. Where the two
 //! views disagree (a stale VIP beside a keepalived that is not running,
 //! MASTER without its addresses, BACKUP or FAULT with them) the instance
 //! carries a warning.
 
 use std::io::ErrorKind;
+use std::net::{IpAddr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -116,12 +122,12 @@ pub struct VipLive {
 /// target validated as keepalived and reloaded by signal) and the
 /// addresses on the node.
 pub(super) fn vips(desired: &NodeDesired, layout: &Layout) -> Result<Vec<VipLive>, String> {
-    let local = local_addresses()?;
     let pid = desired
         .targets
         .values()
         .find_map(|t| keepalived_pidfile(t, layout))
         .and_then(|p| running_pid(&p));
+    let local = addresses_beside(pid)?;
     let dir = layout.path(STATE_DIR);
     Ok(desired
         .vips
@@ -219,7 +225,8 @@ impl KeepalivedGate {
     /// Each instance's state as the running keepalived reports it, and
     /// whether the addresses on the node agree with it.
     pub fn observe(&self) -> Result<Vec<Observed>, String> {
-        Ok(self.observe_with(running_pid(&self.pidfile), parent_of, &local_addresses()?))
+        let keepalived = running_pid(&self.pidfile);
+        Ok(self.observe_with(keepalived, parent_of, &addresses_beside(keepalived)?))
     }
 
     fn observe_with(
@@ -249,9 +256,13 @@ impl KeepalivedGate {
 /// Which of `addresses` are among the node's `local` ones, and whether
 /// all are.
 fn held(addresses: &[String], local: &[String]) -> (Vec<String>, bool) {
+    let same = |a: &str, l: &str| match (a.parse::<IpAddr>(), l.parse::<IpAddr>()) {
+        (Ok(a), Ok(l)) => a == l,
+        _ => a == l,
+    };
     let held: Vec<String> = addresses
         .iter()
-        .filter(|a| local.iter().any(|l| l == bare(a)))
+        .filter(|a| local.iter().any(|l| same(bare(a), l)))
         .cloned()
         .collect();
     let all = held.len() == addresses.len();
@@ -261,6 +272,49 @@ fn held(addresses: &[String], local: &[String]) -> (Vec<String>, bool) {
 /// An address without its `/prefix`.
 fn bare(addr: &str) -> &str {
     addr.split('/').next().unwrap_or(addr)
+}
+
+/// The node's addresses in the network namespace of `keepalived` when it
+/// runs, else in converge's own (see the module docs).
+fn addresses_beside(keepalived: Option<u32>) -> Result<Vec<String>, String> {
+    let Some(pid) = keepalived else {
+        return local_addresses();
+    };
+    let read = |file: &str| {
+        let path = format!("/proc/{pid}/net/{file}");
+        std::fs::read_to_string(&path).map_err(|e| format!("cannot read {path}: {e}"))
+    };
+    let mut all = fib_trie_local(&read("fib_trie")?);
+    // A kernel without IPv6 has no if_inet6: no IPv6 address either.
+    all.extend(read("if_inet6").map(|t| if_inet6(&t)).unwrap_or_default());
+    Ok(all)
+}
+
+/// The local IPv4 addresses of a `/proc/net/fib_trie`: each `|-- ADDR`
+/// leaf followed by a `/32 host LOCAL` route.
+fn fib_trie_local(text: &str) -> Vec<String> {
+    let mut leaf = None;
+    let mut local = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if let Some(addr) = line.strip_prefix("|-- ") {
+            leaf = Some(addr);
+        } else if line.starts_with("/32 host LOCAL") {
+            if let Some(addr) = leaf {
+                if !local.iter().any(|l| l == addr) {
+                    local.push(addr.to_string());
+                }
+            }
+        }
+    }
+    local
+}
+
+/// The addresses of a `/proc/net/if_inet6`: 32 hex digits first on a line.
+fn if_inet6(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| u128::from_str_radix(l.split_whitespace().next()?, 16).ok())
+        .map(|bits| Ipv6Addr::from(bits).to_string())
+        .collect()
 }
 
 /// Every address on the node, without prefixes.
@@ -500,6 +554,23 @@ mod tests {
         assert_eq!(parse_stat("9 (a) b (c) R 3 9 9 0"), Some(3));
         assert_eq!(parse_stat("701 (keepalived) Z 700 701 700 0"), None);
         assert_eq!(parse_stat("701 keepalived S 700"), None);
+    }
+
+    #[test]
+    fn addresses_are_read_from_the_namespace_files_as_the_kernel_writes_them() {
+        let trie = "Main:\n  +-- 0.0.0.0/0 3 0 5\n     |-- 0.0.0.0\n        /0 universe UNICAST\n\
+                    \x20    +-- 10.0.0.0/24 2 0 2\n        |-- 10.0.0.1\n           /32 host LOCAL\n\
+                    \x20       |-- 10.0.0.100\n           /32 host LOCAL\n\
+                    \x20       |-- 10.0.0.255\n           /32 link BROADCAST\n\
+                    Local:\n        |-- 10.0.0.1\n           /32 host LOCAL\n";
+        assert_eq!(fib_trie_local(trie), ["10.0.0.1", "10.0.0.100"]);
+        let v6 = "00000000000000000000000000000001 01 80 10 80       lo\n\
+                  fd000000000000000000000000000010 04 40 00 82     eth0\n";
+        assert_eq!(if_inet6(v6), ["::1", "fd00::10"]);
+        let local = ["10.0.0.100".to_string(), "fd00::10".to_string()];
+        let vip = ["10.0.0.100/24".to_string(), "fd00:0::10/64".to_string()];
+        assert_eq!(held(&vip, &local), (vip.to_vec(), true));
+        assert_eq!(held(&vip, &local[..1]), (vip[..1].to_vec(), false));
     }
 
     #[test]

@@ -19,7 +19,12 @@
 //! node the VIP leads to reloads under the probe ten times more. A second
 //! test publishes a revision whose keepalived track script fails on lb2
 //! (the BACKUP, so it goes first): the health gate must see keepalived's
-//! FAULT, roll lb2 back and halt before lb1 takes it.
+//! FAULT, roll lb2 back and halt before lb1 takes it. A third publishes
+//! a revision that changes the VIP's `virtual_router_id`, so lb2, which
+//! switches first, stops hearing lb1 and takes the VIP while lb1 still
+//! holds it: the gate must see the VIP move against the priorities, roll
+//! lb2 back (which gives the VIP back to lb1) and halt before lb1 takes
+//! it.
 //!
 //! When each reload happened is read from the daemons' JSON logs: from
 //! the `committed` event of the HAProxy target to the `reload` event of
@@ -67,6 +72,12 @@ enum Kind {
     /// keepalived goes to FAULT once it reloads; settles 8 s, longer than
     /// the script's two failures 2 s apart take.
     Fault,
+    /// Gives the VIP another `virtual_router_id`: lb2 (the BACKUP, so it
+    /// goes first) no longer hears lb1's adverts, which still carry the
+    /// old one, and takes the VIP while lb1 holds it; settles 8 s, longer
+    /// than keepalived's master-down interval (three adverts 1 s apart
+    /// and the skew).
+    Adverts,
 }
 
 /// The manifests; `note` goes in a comment and in the header every
@@ -74,6 +85,7 @@ enum Kind {
 fn site(net: &Lan, note: &str, kind: Kind) -> String {
     let (track, settle, checks) = match kind {
         Kind::Header => ("false", "200ms", ["", ""]),
+        Kind::Adverts => ("false", "8s", ["", ""]),
         Kind::Fault => (
             "true",
             "8s",
@@ -108,7 +120,7 @@ targets:
         a = net.host(1),
         b = net.host(2),
         web = web_frontend(PORT),
-        vips = edge_vip(net, 53, 150, 100),
+        vips = edge_vip(net, if kind == Kind::Adverts { 54 } else { 53 }, 150, 100),
         c1 = checks[0],
         c2 = checks[1],
     )
@@ -484,7 +496,7 @@ fn a_revision_that_puts_the_backups_keepalived_in_fault_fails_its_gate_and_never
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", pair.logs()));
     assert!(
-        status.contains("reports VRRP instance edge in FAULT"),
+        status.contains("VRRP instance edge was BACKUP before the switch and is FAULT after it"),
         "{status}"
     );
     assert!(
@@ -525,4 +537,44 @@ fn a_revision_that_puts_the_backups_keepalived_in_fault_fails_its_gate_and_never
     assert!(failed.is_empty(), "{failed:?}");
     let during = &pair.nodes[0].vrrp_log()[lb1_before..];
     assert!(!during.contains("Entering"), "lb1 kept the VIP:\n{during}");
+}
+
+#[test]
+fn a_revision_that_lets_the_backup_take_the_vip_fails_its_gate_and_never_reaches_the_master() {
+    let pair = Pair::start();
+    let router_id = |n: &Node, id: u8| {
+        std::fs::read_to_string(n.path("etc/keepalived/keepalived.conf"))
+            .unwrap_or_default()
+            .contains(&format!("virtual_router_id {id}\n"))
+    };
+    let lb2_before = pair.nodes[1].vrrp_log().len();
+
+    pair.publish_kind("split", Kind::Adverts);
+    let status = wait::until_some(DEADLINE, "the halt", || {
+        let text = stdout(&pair.converge(&["fleet", "status"]));
+        text.contains("halted at lb2").then_some(text)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", pair.logs()));
+    assert!(
+        status.contains(
+            "VRRP instance edge was BACKUP before the switch and is MASTER after it \
+             (priorities lb1 150, lb2 100): the reload took the VIP though lb2's priority 100 \
+             is not the highest"
+        ),
+        "{status}"
+    );
+    let during = &pair.nodes[1].vrrp_log()[lb2_before..];
+    assert!(during.contains("Entering MASTER STATE"), "{during}");
+    // lb2 switched back to the old router id, which gives the VIP back to
+    // lb1; lb1 never took the revision.
+    wait::until(DEADLINE, "lb2's keepalived config rolled back", || {
+        router_id(&pair.nodes[1], 53)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", pair.logs()));
+    assert!(router_id(&pair.nodes[0], 53), "lb1 took the revision");
+    wait::until(DEADLINE, "lb2 to give the VIP up", || {
+        !pair.net.members[1].has_address(IFACE, &pair.net.host(100))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", pair.nodes[1].vrrp_log()));
+    pair.wait_served_by(0);
 }
