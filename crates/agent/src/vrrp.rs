@@ -405,7 +405,7 @@ impl Report {
 }
 
 /// The parent of a live (not zombie) process, from `/proc/PID/stat`.
-fn parent_of(pid: u32) -> Option<u32> {
+pub(crate) fn parent_of(pid: u32) -> Option<u32> {
     parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
 }
 

@@ -40,6 +40,18 @@
 //! gate cannot tell it from a reload that took the VIP, and halting is
 //! the safe answer; publishing again resumes.
 //!
+//! **HAProxy: its worker answers.** The pass already waits, after the
+//! `SIGUSR2`, for the master to fork a new worker (it only does once it
+//! parsed the new file), so `applied` means a worker runs the new file.
+//! At the end of the settle time the gate checks that HAProxy still
+//! serves: a worker answers `show info` on the stats socket, is not
+//! stopping, and is a child of the master the pidfile names (not a
+//! leftover of a master that is gone). Which file that worker runs cannot
+//! be asked: a runtime-API update changes the file without a new worker,
+//! so no pid or time comparison with the file would be sound. A socket
+//! that did not answer before the switch either (HAProxy not started
+//! yet) is not judged.
+//!
 //! **PgBouncer: `SHOW DATABASES` has the new hosts.** When the node's
 //! PgBouncer target reloads over the admin console (`reload: {pgbouncer:
 //! …}`), each database of the `pgbouncer.ini` now live must be reported by
@@ -53,15 +65,16 @@
 //! other keys (a `password=`).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use converge_model::manifest::{PgbouncerAdmin, Reload, Validator};
 use converge_model::{Layout, Manifest};
+use converge_programs::haproxy::runtime_api::answering_worker;
 use converge_programs::pgbouncer::console::{show_databases, DatabaseRoute};
 use converge_programs::pgbouncer::ini::section;
 
-use crate::vrrp::{KeepalivedGate, Observed, VrrpState};
+use crate::vrrp::{parent_of, KeepalivedGate, Observed, VrrpState};
 
 /// How long a database's route may differ from the live file before the
 /// gate fails: a catalog change's `RELOAD` follows its file by a moment.
@@ -74,6 +87,7 @@ const DEFAULT_PORT: &str = "5432";
 #[derive(Debug, Clone)]
 pub struct Serving {
     vrrp: Option<(KeepalivedGate, BTreeMap<String, Priorities>)>,
+    haproxy: Option<Worker>,
     pgbouncer: Option<Routes>,
     unchecked: Vec<String>,
 }
@@ -84,6 +98,13 @@ struct Priorities {
     node: String,
     all: BTreeMap<String, u8>,
     nopreempt: bool,
+}
+
+/// Where HAProxy's master writes its pid and its workers answer.
+#[derive(Debug, Clone)]
+struct Worker {
+    pidfile: PathBuf,
+    socket: PathBuf,
 }
 
 /// Where PgBouncer's live file is and how to ask its console.
@@ -97,6 +118,7 @@ struct Routes {
 #[derive(Debug, Clone, Default)]
 pub struct Before {
     vrrp: BTreeMap<String, VrrpState>,
+    haproxy_answered: bool,
     pgbouncer_answered: bool,
 }
 
@@ -134,6 +156,13 @@ impl Serving {
             }),
             _ => None,
         });
+        let haproxy = targets.iter().find_map(|t| match &t.reload {
+            Reload::Signal { pidfile, .. } if t.validate == Validator::Haproxy => Some(Worker {
+                pidfile: layout.path(pidfile),
+                socket: layout.path(&manifest.haproxy.stats_socket),
+            }),
+            _ => None,
+        });
         let mut unchecked = Vec::new();
         if pgbouncer.is_none() && targets.iter().any(|t| t.validate == Validator::Pgbouncer) {
             unchecked.push(
@@ -144,6 +173,7 @@ impl Serving {
         }
         Self {
             vrrp,
+            haproxy,
             pgbouncer,
             unchecked,
         }
@@ -176,8 +206,13 @@ impl Serving {
             .pgbouncer
             .as_ref()
             .is_some_and(|r| show_databases(&r.console).is_ok());
+        let haproxy_answered = self
+            .haproxy
+            .as_ref()
+            .is_some_and(|w| answering_worker(&w.socket).is_ok());
         Before {
             vrrp,
+            haproxy_answered,
             pgbouncer_answered,
         }
     }
@@ -214,6 +249,14 @@ impl Serving {
                         }
                     }
                 }
+            }
+        }
+        if let Some(worker) = &self.haproxy {
+            let answer = answering_worker(&worker.socket).map(|pid| (pid, parent_of(pid)));
+            match worker.judge(before.haproxy_answered, answer, master_pid(&worker.pidfile)) {
+                Ok(None) => {}
+                Ok(Some(why)) => not_judged.push(why),
+                Err(why) => failed.push(why),
             }
         }
         if let Some(routes) = &self.pgbouncer {
@@ -319,6 +362,48 @@ fn vip_rule(p: &Priorities, before: VrrpState, after: &Observed) -> Result<Optio
             "{what}: the reload gave the VIP away though {node}'s priority {mine} is the highest"
         )),
         _ => Ok(None),
+    }
+}
+
+/// The pid in HAProxy's pidfile (the master's, in master-worker mode).
+fn master_pid(pidfile: &Path) -> Option<u32> {
+    std::fs::read_to_string(pidfile)
+        .ok()?
+        .lines()
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+impl Worker {
+    /// The HAProxy rule of the module docs: `answer` is the worker that
+    /// answered on the stats socket and its parent, `master` the pidfile's
+    /// pid.
+    fn judge(
+        &self,
+        answered_before: bool,
+        answer: Result<(u32, Option<u32>), String>,
+        master: Option<u32>,
+    ) -> Result<Option<String>, String> {
+        let socket = self.socket.display();
+        match answer {
+            Err(e) if !answered_before => Ok(Some(format!(
+                "HAProxy not judged, its stats socket {socket} did not answer before the \
+                 switch either: {e}"
+            ))),
+            Err(e) => Err(format!(
+                "HAProxy's stats socket {socket} answered before the switch and no longer \
+                 does: {e}"
+            )),
+            Ok((_, parent)) if parent.is_some() && parent == master => Ok(None),
+            Ok((worker, _)) => Err(format!(
+                "HAProxy's worker {worker} answers on {socket} but is not a child of the \
+                 master {} names ({}): the master that ran the new file is gone",
+                self.pidfile.display(),
+                master.map_or("no live pid".to_string(), |m| format!("pid {m}"))
+            )),
+        }
     }
 }
 

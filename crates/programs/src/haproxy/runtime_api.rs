@@ -92,6 +92,18 @@ impl fmt::Display for Fallback {
     }
 }
 
+/// The pid of the HAProxy worker that answers `show info` on the stats
+/// socket at `path`, an error when none answers or it is stopping: for
+/// the rollout's health gate, which checks that this worker is the
+/// running master's.
+pub fn answering_worker(path: &Path) -> Result<u32, String> {
+    let socket = Socket {
+        path,
+        timeout: IO_TIMEOUT,
+    };
+    socket.worker().map_err(|f| f.0)
+}
+
 fn fallback<T>(msg: impl Into<String>) -> Result<T, Fallback> {
     Err(Fallback(msg.into()))
 }

@@ -212,3 +212,32 @@ fn without_a_console_pgbouncer_is_said_unchecked_and_with_one_it_is_asked() {
     assert_eq!(routes.ini, Path::new("/srv/etc/pgbouncer/pgbouncer.ini"));
     assert!(console.vrrp.is_none());
 }
+
+#[test]
+fn haproxy_serves_while_a_worker_of_the_pidfiles_master_answers() {
+    let worker = Worker {
+        pidfile: "/run/haproxy.pid".into(),
+        socket: "/run/haproxy/admin.sock".into(),
+    };
+    assert_eq!(
+        worker.judge(true, Ok((901, Some(900))), Some(900)),
+        Ok(None)
+    );
+    let orphan = worker
+        .judge(true, Ok((901, Some(1))), Some(900))
+        .expect_err("not the master's");
+    assert!(
+        orphan.contains("worker 901") && orphan.contains("/run/haproxy.pid names (pid 900)"),
+        "{orphan}"
+    );
+    assert!(worker.judge(true, Ok((901, None)), None).is_err());
+    let gone = worker
+        .judge(true, Err("connection refused".into()), Some(900))
+        .expect_err("no answer");
+    assert!(
+        gone.contains("answered before the switch and no longer does"),
+        "{gone}"
+    );
+    let never = worker.judge(false, Err("connection refused".into()), None);
+    assert!(never.is_ok_and(|n| n.is_some_and(|n| n.contains("not judged"))));
+}
