@@ -7,10 +7,9 @@
 //! groups and a slot of the fleet-wide semaphore ([`lock`]), under a
 //! session tied to its Consul agent's health with a TTL, so a node that
 //! dies releases them. It switches, lets its pass apply the revision, and
-//! keeps its locks until its health gate ([`gate`], asking the programs
-//! through [`serving`]) passes; a failed gate
-//! switches back to the revision before and halts the rollout for
-//! everyone. Catalog-driven changes never wait for any of this: they
+//! keeps its locks until its health gate ([`gate`], which asks the
+//! programs through [`serving`]) passes; a failed gate switches back to
+//! the revision before and halts the rollout for everyone. Catalog-driven changes never wait for any of this: they
 //! change membership, are latency-critical, and HAProxy's runtime API or
 //! a hitless reload applies them; only a switch of `current` is rationed.
 //!
