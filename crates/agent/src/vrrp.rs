@@ -161,11 +161,16 @@ fn keepalived_pidfile(target: &Target, layout: &Layout) -> Option<PathBuf> {
     }
 }
 
-/// The pid `pidfile` names, when that process is alive.
-fn running_pid(pidfile: &Path) -> Option<u32> {
+/// The pid on the first line of `pidfile` (keepalived's, or HAProxy's
+/// master in master-worker mode), when that process is alive.
+pub(crate) fn running_pid(pidfile: &Path) -> Option<u32> {
     std::fs::read_to_string(pidfile)
+        .ok()?
+        .lines()
+        .next()?
+        .trim()
+        .parse::<u32>()
         .ok()
-        .and_then(|s| s.trim().parse::<u32>().ok())
         .filter(|pid| Path::new(&format!("/proc/{pid}")).exists())
 }
 

@@ -65,7 +65,7 @@
 //! other keys (a `password=`).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use converge_model::manifest::{PgbouncerAdmin, Reload, Validator};
@@ -74,7 +74,7 @@ use converge_programs::haproxy::runtime_api::answering_worker;
 use converge_programs::pgbouncer::console::{show_databases, DatabaseRoute};
 use converge_programs::pgbouncer::ini::section;
 
-use crate::vrrp::{parent_of, KeepalivedGate, Observed, VrrpState};
+use crate::vrrp::{parent_of, running_pid, KeepalivedGate, Observed, VrrpState};
 
 /// How long a database's route may differ from the live file before the
 /// gate fails: a catalog change's `RELOAD` follows its file by a moment.
@@ -253,7 +253,11 @@ impl Serving {
         }
         if let Some(worker) = &self.haproxy {
             let answer = answering_worker(&worker.socket).map(|pid| (pid, parent_of(pid)));
-            match worker.judge(before.haproxy_answered, answer, master_pid(&worker.pidfile)) {
+            match worker.judge(
+                before.haproxy_answered,
+                answer,
+                running_pid(&worker.pidfile),
+            ) {
                 Ok(None) => {}
                 Ok(Some(why)) => not_judged.push(why),
                 Err(why) => failed.push(why),
@@ -363,17 +367,6 @@ fn vip_rule(p: &Priorities, before: VrrpState, after: &Observed) -> Result<Optio
         )),
         _ => Ok(None),
     }
-}
-
-/// The pid in HAProxy's pidfile (the master's, in master-worker mode).
-fn master_pid(pidfile: &Path) -> Option<u32> {
-    std::fs::read_to_string(pidfile)
-        .ok()?
-        .lines()
-        .next()?
-        .trim()
-        .parse()
-        .ok()
 }
 
 impl Worker {
