@@ -447,7 +447,7 @@ fn a_named_group_never_reloads_two_of_its_nodes_at_once_and_holds_no_one_else() 
 }
 
 #[test]
-fn a_paused_fleet_takes_no_new_revision_until_resumed() {
+fn a_paused_fleet_takes_no_new_revision_until_resumed_nor_while_the_halt_key_is_corrupt() {
     let fleet = Fleet::start("  settle: 200ms\n");
     let before: Vec<Vec<u8>> = fleet.nodes.iter().map(Node::app).collect();
     let on: Vec<Option<String>> = NODES.iter().map(|n| fleet.revision_of(n)).collect();
@@ -475,4 +475,33 @@ fn a_paused_fleet_takes_no_new_revision_until_resumed() {
     let out = fleet.converge(&["fleet", "status"]);
     assert_exit(&out, 0);
     assert!(!stdout(&out).contains("paused"), "{}", stdout(&out));
+
+    // A halt key that does not parse halts every revision (fail closed).
+    fleet
+        .consul
+        .server
+        .kv_put("converge/rollout/halt", "{\"revision\": 12")
+        .expect("corrupt halt");
+    let halted = fleet.publish("behind a corrupt halt");
+    for n in &fleet.nodes {
+        wait::until(DEADLINE, "every node reports the corrupt halt", || {
+            fleet
+                .kv(&format!("converge/nodes/{}", n.name))
+                .and_then(|(v, _)| serde_json::from_slice::<serde_json::Value>(&v).ok())
+                .and_then(|r| r["error"].as_str().map(str::to_string))
+                .is_some_and(|e| e.contains("converge/rollout/halt does not parse as a halt"))
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", n.log()));
+        assert_eq!(fleet.revision_of(n.name).as_deref(), Some(next.as_str()));
+    }
+    let out = fleet.converge(&["fleet", "status"]);
+    assert_exit(&out, 2);
+    assert!(
+        stdout(&out).contains(
+            "halted at an unknown node: converge/rollout/halt does not parse as a halt ("
+        ) && stdout(&out).contains("(every revision)"),
+        "{}",
+        stdout(&out)
+    );
+    assert_ne!(fleet.revision_of("lb1").as_deref(), Some(halted.as_str()));
 }
