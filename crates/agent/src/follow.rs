@@ -25,11 +25,12 @@ pub mod store;
 use std::sync::Arc;
 use std::time::Duration;
 
-use converge_consul::{Backoff, BlockingQuery, Client, Consistency, Pacing, QueryOptions};
+use converge_consul::{Backoff, BlockingQuery, Client, Pacing, QueryOptions};
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::AgentError;
+use crate::fleet::view::{self, parse_desired};
 use crate::publish::bundle;
 use crate::publish::{Desired, Keys, Publication};
 use crate::revision::Revision;
@@ -119,16 +120,6 @@ pub(crate) async fn fetch(
     bundle::unpack(&pair.value).map_err(|e| format!("revision {}: {e}", p.revision))
 }
 
-/// `<prefix>/desired`, parsed; `None` when nothing was published.
-fn parse(keys: &Keys, value: Option<Vec<u8>>) -> Result<Option<Desired>, String> {
-    value
-        .map(|v| {
-            serde_json::from_slice::<Desired>(&v)
-                .map_err(|e| format!("{} is not a converge publication: {e}", keys.desired()))
-        })
-        .transpose()
-}
-
 /// For `plan` and `apply --once`: reads `desired` once (consistently)
 /// and takes it, within `timeout`. Returns the revision now current.
 pub fn sync_once(
@@ -137,17 +128,9 @@ pub fn sync_once(
     timeout: Duration,
 ) -> Result<Revision, AgentError> {
     once(config, timeout, |client| async move {
-        let opts = QueryOptions {
-            consistency: Consistency::Consistent,
-            ..QueryOptions::default()
-        };
-        let key = follow.keys.desired();
-        let read = client
-            .kv_get(&key, &opts)
-            .await
-            .map_err(|e| format!("cannot read {key}: {e}"))?;
-        let desired = parse(&follow.keys, read.value.map(|p| p.value))?
-            .ok_or_else(|| format!("nothing is published at {key} yet"))?;
+        let desired = view::desired(&client, &follow.keys)
+            .await?
+            .ok_or_else(|| format!("nothing is published at {} yet", follow.keys.desired()))?;
         match take(&client, follow, &desired).await? {
             Taken::Already(r) | Taken::Switched(r) => Ok(r),
         }
@@ -248,7 +231,7 @@ pub fn spawn(
                     continue
                 }
                 Ok(update) => {
-                    let desired = parse(&follow.keys, update.value.map(|p| p.value));
+                    let desired = parse_desired(&follow.keys, update.value.map(|p| p.value));
                     follow_once(&client, &follow, desired, &mut gated, &on_change).await
                 }
                 Err(e) => Following {

@@ -33,10 +33,12 @@ pub mod serving;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use converge_consul::{Client, QueryOptions};
+use std::time::Duration;
+
+use converge_consul::{Client, KvPair, QueryOptions};
 use serde::{Deserialize, Serialize};
 
-use crate::fleet::NodeReport;
+use crate::fleet::view::{self, Reports};
 use crate::publish::Keys;
 use crate::revision::Revision;
 
@@ -94,14 +96,39 @@ impl fmt::Display for Waiting {
 /// `<prefix>/rollout/halt`: the revision nobody takes, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Halt {
-    /// The revision that failed.
-    pub revision: Revision,
+    /// The revision that failed; `None` halts every revision (a halt key
+    /// that does not parse: which revision it halted is unknown).
+    pub revision: Option<Revision>,
     /// Where.
     pub node: String,
     /// Why.
     pub reason: String,
     /// Unix time.
     pub at: u64,
+}
+
+impl Halt {
+    /// The halt `value` of `key` says. A value that does not parse still
+    /// halts, every revision, with a reason naming the key and the error:
+    /// a halt written by a newer converge or damaged in KV must not let
+    /// the revision that failed through (fail closed). Deleting or
+    /// rewriting the key resumes.
+    pub fn parse(key: &str, value: &[u8]) -> Self {
+        serde_json::from_slice(value).unwrap_or_else(|e| Self {
+            revision: None,
+            node: "an unknown node".into(),
+            reason: format!(
+                "{key} does not parse as a halt ({e}); every revision is halted until the key \
+                 is deleted or rewritten"
+            ),
+            at: 0,
+        })
+    }
+
+    /// Whether this halt keeps nodes from taking `revision`.
+    pub fn halts(&self, revision: &Revision) -> bool {
+        self.revision.as_ref().is_none_or(|r| r == revision)
+    }
 }
 
 /// What the fleet says about a rollout, read from Consul.
@@ -116,7 +143,7 @@ pub struct FleetState {
     /// Per canary, the revision it ran healthy for its soak.
     pub soaked: BTreeMap<String, Revision>,
     /// Node reports, with whether their session still holds them.
-    pub reports: BTreeMap<String, (NodeReport, bool)>,
+    pub reports: Reports,
 }
 
 /// The keys below `<prefix>/rollout/`.
@@ -163,45 +190,44 @@ impl RolloutKeys {
     }
 }
 
-/// Reads the rollout's keys and the node reports; returns the state and
-/// the index of `<prefix>/rollout/` (for a blocking query on it).
-pub async fn read(
-    client: &Client,
-    keys: &Keys,
-    opts: &QueryOptions,
-) -> Result<(FleetState, u64), converge_consul::Error> {
+/// Reads the rollout's keys and the node reports, one listing each.
+pub async fn read(client: &Client, keys: &Keys) -> Result<FleetState, String> {
     let rk = RolloutKeys::new(keys);
-    let rollout = client.kv_list(rk.prefix(), opts).await?;
-    let index = rollout.meta.index;
-    let mut state = FleetState::default();
-    for pair in rollout.value {
-        let Some(rest) = pair.key.strip_prefix(rk.prefix()) else {
-            continue;
+    let rollout = client
+        .kv_list(rk.prefix(), &QueryOptions::default())
+        .await
+        .map_err(|e| format!("cannot read {}: {e}", rk.prefix()))?;
+    let (reports, _) = view::reports(client, keys, 0, Duration::ZERO).await?;
+    Ok(FleetState::new(&rk, rollout.value, reports))
+}
+
+impl FleetState {
+    /// The state from `rollout`, a listing of `<prefix>/rollout/`, and
+    /// the node reports.
+    pub fn new(keys: &RolloutKeys, rollout: Vec<KvPair>, reports: Reports) -> Self {
+        let mut state = Self {
+            reports,
+            ..Self::default()
         };
-        if rest == "pause" {
-            state.paused = true;
-        } else if let Some(node) = rest.strip_prefix("pause/") {
-            state.paused_nodes.insert(node.to_string());
-        } else if rest == "halt" {
-            state.halt = serde_json::from_slice(&pair.value).ok();
-        } else if let Some(node) = rest.strip_prefix("canaries/") {
-            let text = String::from_utf8_lossy(&pair.value);
-            if let Some(r) = Revision::parse(text.trim()) {
-                state.soaked.insert(node.to_string(), r);
+        for pair in rollout {
+            let Some(rest) = pair.key.strip_prefix(keys.prefix()) else {
+                continue;
+            };
+            if rest == "pause" {
+                state.paused = true;
+            } else if let Some(node) = rest.strip_prefix("pause/") {
+                state.paused_nodes.insert(node.to_string());
+            } else if rest == "halt" {
+                state.halt = Some(Halt::parse(&pair.key, &pair.value));
+            } else if let Some(node) = rest.strip_prefix("canaries/") {
+                let text = String::from_utf8_lossy(&pair.value);
+                if let Some(r) = Revision::parse(text.trim()) {
+                    state.soaked.insert(node.to_string(), r);
+                }
             }
         }
+        state
     }
-    let nodes = client
-        .kv_list(&keys.nodes(), &QueryOptions::default())
-        .await?;
-    for pair in nodes.value {
-        if let Ok(report) = serde_json::from_slice::<NodeReport>(&pair.value) {
-            state
-                .reports
-                .insert(report.node.clone(), (report, pair.session.is_some()));
-        }
-    }
-    Ok((state, index))
 }
 
 /// Writes (`on`) or deletes the pause flag, fleet-wide or for `node`.
@@ -227,4 +253,66 @@ pub(crate) fn unix_now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(key: &str, value: &[u8]) -> KvPair {
+        KvPair {
+            key: key.into(),
+            value: value.to_vec(),
+            flags: 0,
+            create_index: 1,
+            modify_index: 1,
+            session: None,
+        }
+    }
+
+    fn keys() -> RolloutKeys {
+        RolloutKeys::new(&Keys::new("converge").expect("prefix"))
+    }
+
+    #[test]
+    fn a_halt_that_does_not_parse_halts_every_revision_and_says_why() {
+        let rk = keys();
+        let state = FleetState::new(
+            &rk,
+            vec![pair("converge/rollout/halt", b"{\"revision\": 12")],
+            Reports::new(),
+        );
+        let halt = state.halt.expect("a corrupt halt still halts");
+        assert!(halt.halts(&Revision::parse("b2").expect("rev")));
+        assert!(halt.halts(&Revision::parse("c3").expect("rev")));
+        assert!(
+            halt.reason
+                .starts_with("converge/rollout/halt does not parse as a halt ("),
+            "{}",
+            halt.reason
+        );
+    }
+
+    #[test]
+    fn a_halt_that_parses_halts_its_revision_only() {
+        let rk = keys();
+        let written = Halt {
+            revision: Revision::parse("b2"),
+            node: "lb2".into(),
+            reason: "rejected".into(),
+            at: 1,
+        };
+        let body = serde_json::to_vec(&written).expect("json");
+        let state = FleetState::new(
+            &rk,
+            vec![
+                pair("converge/rollout/halt", &body),
+                pair("converge/rollout/pause/lb3", b"{}"),
+            ],
+            Reports::new(),
+        );
+        assert_eq!(state.halt.as_ref(), Some(&written));
+        assert!(!written.halts(&Revision::parse("c3").expect("rev")));
+        assert!(state.paused_nodes.contains("lb3") && !state.paused);
+    }
 }

@@ -7,7 +7,7 @@ use converge_agent::fleet::view::{self, FleetView, NodeView};
 use converge_agent::publish::Keys;
 use converge_agent::rollout;
 use converge_agent::Revision;
-use converge_consul::{Client, QueryOptions};
+use converge_consul::Client;
 
 use crate::cli::{Cli, FleetCommand, FleetWaitArgs, Format};
 use crate::exit;
@@ -55,14 +55,15 @@ async fn status(client: &Client, keys: &Keys, format: Format) -> anyhow::Result<
         .map_err(anyhow::Error::msg)?;
     let revision = desired.map(|d| d.current.revision);
     let nodes = nodes(client, keys, revision.as_ref()).await;
-    let (reports, _) = view::reports(client, keys, 0, Duration::ZERO)
+    let rollout = rollout::read(client, keys)
         .await
         .map_err(anyhow::Error::msg)?;
-    let (rollout, _) = rollout::read(client, keys, &QueryOptions::default()).await?;
+    // A halt of another revision is history; one whose revision is
+    // unknown (a corrupt key) halts whatever is published.
     let halt = rollout
         .halt
-        .filter(|h| Some(&h.revision) == revision.as_ref());
-    let fleet = view::view(revision, nodes, &reports);
+        .filter(|h| revision.as_ref().is_none_or(|r| h.halts(r)));
+    let fleet = view::view(revision, nodes, &rollout.reports);
     let doc = serde_json::json!({
         "halted": halt,
         "paused": rollout.paused,
@@ -71,12 +72,11 @@ async fn status(client: &Client, keys: &Keys, format: Format) -> anyhow::Result<
     print(format, &fleet, false, Some(doc));
     if format == Format::Text {
         if let Some(h) = &halt {
-            outln!(
-                "halted at {}: {} (revision {})",
-                h.node,
-                h.reason,
-                h.revision
-            );
+            let which = h
+                .revision
+                .as_ref()
+                .map_or_else(|| "every revision".into(), |r| format!("revision {r}"));
+            outln!("halted at {}: {} ({which})", h.node, h.reason);
         }
         if rollout.paused {
             outln!("paused: the whole fleet takes no new revision (converge fleet resume)");

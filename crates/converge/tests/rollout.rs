@@ -25,12 +25,15 @@ use converge_testkit::wait;
 const NODES: [&str; 3] = ["lb1", "lb2", "lb3"];
 const DEADLINE: Duration = Duration::from_secs(90);
 
-/// The manifests, with `rollout` as the rollout section's lines.
-fn site(note: &str, rollout: &str) -> String {
+/// The VRRP instance lb1 and lb2 share.
+const PAIR: &str = "vips:\n  front:\n    virtual_router_id: 51\n    interface: eth0\n    \
+                    addresses: [10.0.0.10/24]\n    priorities: {lb1: 150, lb2: 100}\n";
+
+/// The manifests, with `vips` as the vips section and `rollout` as the
+/// rollout section's lines.
+fn site(note: &str, vips: &str, rollout: &str) -> String {
     format!(
-        "# {note}\nnodes:\n  lb1: {{}}\n  lb2: {{}}\n  lb3: {{}}\n\
-         vips:\n  front:\n    virtual_router_id: 51\n    interface: eth0\n    \
-         addresses: [10.0.0.10/24]\n    priorities: {{lb1: 150, lb2: 100}}\n\
+        "# {note}\nnodes:\n  lb1: {{}}\n  lb2: {{}}\n  lb3: {{}}\n{vips}\
          backends:\n  web:\n    service: web\n\
          rollout:\n{rollout}\
          targets:\n  app:\n    template: app.tera\n    destination: /etc/app/app.conf\n\
@@ -60,27 +63,34 @@ struct Fleet {
     repo: Workspace,
     nodes: Vec<Node>,
     events: PathBuf,
+    vips: &'static str,
     rollout: String,
     _dir: tempfile::TempDir,
 }
 
 impl Fleet {
-    /// Consul, the repository with `rollout`, three daemons, and the first
-    /// revision published and converged everywhere.
+    /// [`Fleet::start_with`] lb1 and lb2 sharing a VRRP instance.
     fn start(rollout: &str) -> Self {
+        Self::start_with(PAIR, rollout)
+    }
+
+    /// Consul, the repository with `vips` and `rollout`, three daemons,
+    /// and the first revision published and converged everywhere.
+    fn start_with(vips: &'static str, rollout: &str) -> Self {
         let consul = ConsulFleet::start(&NODES).expect("consul server and client agents");
         consul
             .server
             .register_service("web-1", "web", 8081)
             .expect("register");
         let dir = tempfile::tempdir().expect("events dir");
-        let repo = Workspace::custom(&site("first", rollout), "services: {}\n");
+        let repo = Workspace::custom(&site("first", vips, rollout), "services: {}\n");
         repo.write("templates/app.tera", TEMPLATE);
         let mut fleet = Self {
             consul,
             repo,
             nodes: Vec::new(),
             events: dir.path().join("events"),
+            vips,
             rollout: rollout.to_string(),
             _dir: dir,
         };
@@ -128,7 +138,7 @@ impl Fleet {
     /// Publishes the manifests with `note`; the revision.
     fn publish(&self, note: &str) -> String {
         self.repo
-            .write("manifests/site.yaml", &site(note, &self.rollout));
+            .write("manifests/site.yaml", &site(note, self.vips, &self.rollout));
         self.repo
             .write("templates/app.tera", &format!("{TEMPLATE}# {note}\n"));
         fleet::publish(&self.repo, &self.consul.server, &[])
@@ -396,4 +406,102 @@ fn max_parallel_one_keeps_every_reload_of_the_fleet_apart() {
         "{slots}\n{}",
         fleet.logs()
     );
+}
+
+#[test]
+fn a_named_group_never_reloads_two_of_its_nodes_at_once_and_holds_no_one_else() {
+    // No VRRP instance: the group alone keeps lb1 and lb2 apart.
+    let fleet = Fleet::start_with("", "  groups:\n    pool: [lb1, lb2]\n  settle: 200ms\n");
+    fleet.take_reloads();
+    let mut last = String::new();
+    for i in 0..20 {
+        last = fleet.publish(&format!("revision {i}"));
+    }
+    assert_exit(&fleet.wait(&last), 0);
+    let reloads = fleet.take_reloads();
+    let pool: Vec<&Reload> = reloads.iter().filter(|r| r.node != "lb3").collect();
+    for (i, a) in pool.iter().enumerate() {
+        for b in &pool[i + 1..] {
+            assert!(
+                a.node == b.node || !overlap(a, b),
+                "lb1 and lb2 of group pool reloaded at once: {a:?} {b:?}\n{reloads:?}"
+            );
+        }
+    }
+    for node in NODES {
+        assert!(
+            reloads.iter().any(|r| r.node == node),
+            "{node} never reloaded: {reloads:?}\n{}",
+            fleet.logs()
+        );
+    }
+    // lb3, in no group, never waited for a lock: the group held only its
+    // members.
+    let lb3 = fleet.nodes[2].log();
+    assert!(!lb3.contains("waiting for lock"), "{lb3}");
+    // The members took the group's lock, and released it.
+    let (_, session) = fleet
+        .kv("converge/rollout/locks/group/pool")
+        .unwrap_or_else(|| panic!("the group's lock was never taken\n{}", fleet.logs()));
+    assert_eq!(session, None, "{}", fleet.logs());
+}
+
+#[test]
+fn a_paused_fleet_takes_no_new_revision_until_resumed_nor_while_the_halt_key_is_corrupt() {
+    let fleet = Fleet::start("  settle: 200ms\n");
+    let before: Vec<Vec<u8>> = fleet.nodes.iter().map(Node::app).collect();
+    let on: Vec<Option<String>> = NODES.iter().map(|n| fleet.revision_of(n)).collect();
+    assert_exit(&fleet.converge(&["fleet", "pause"]), 0);
+    let next = fleet.publish("while paused");
+    for n in &fleet.nodes {
+        wait::until(DEADLINE, "every node says it is paused", || {
+            n.metric("converge_rollout_paused") == 1.0
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", n.log()));
+    }
+    for (i, n) in fleet.nodes.iter().enumerate() {
+        assert_eq!(fleet.revision_of(n.name), on[i], "{} took it", n.name);
+        assert_eq!(n.app(), before[i], "{} untouched", n.name);
+    }
+    let out = fleet.converge(&["fleet", "status"]);
+    assert_exit(&out, 2);
+    assert!(
+        stdout(&out).contains("paused: the whole fleet takes no new revision"),
+        "{}",
+        stdout(&out)
+    );
+    assert_exit(&fleet.converge(&["fleet", "resume"]), 0);
+    assert_exit(&fleet.wait(&next), 0);
+    let out = fleet.converge(&["fleet", "status"]);
+    assert_exit(&out, 0);
+    assert!(!stdout(&out).contains("paused"), "{}", stdout(&out));
+
+    // A halt key that does not parse halts every revision (fail closed).
+    fleet
+        .consul
+        .server
+        .kv_put("converge/rollout/halt", "{\"revision\": 12")
+        .expect("corrupt halt");
+    let halted = fleet.publish("behind a corrupt halt");
+    for n in &fleet.nodes {
+        wait::until(DEADLINE, "every node reports the corrupt halt", || {
+            fleet
+                .kv(&format!("converge/nodes/{}", n.name))
+                .and_then(|(v, _)| serde_json::from_slice::<serde_json::Value>(&v).ok())
+                .and_then(|r| r["error"].as_str().map(str::to_string))
+                .is_some_and(|e| e.contains("converge/rollout/halt does not parse as a halt"))
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", n.log()));
+        assert_eq!(fleet.revision_of(n.name).as_deref(), Some(next.as_str()));
+    }
+    let out = fleet.converge(&["fleet", "status"]);
+    assert_exit(&out, 2);
+    assert!(
+        stdout(&out).contains(
+            "halted at an unknown node: converge/rollout/halt does not parse as a halt ("
+        ) && stdout(&out).contains("(every revision)"),
+        "{}",
+        stdout(&out)
+    );
+    assert_ne!(fleet.revision_of("lb1").as_deref(), Some(halted.as_str()));
 }

@@ -25,6 +25,7 @@ pub mod view;
 
 use std::collections::BTreeMap;
 
+use converge_model::manifest::Validator;
 use converge_model::{Catalog, Layout, NodeDesired, ReloadAction, RenderedFile, RenderedSet};
 
 pub use error::{RenderError, SyntaxError};
@@ -55,6 +56,27 @@ pub fn render(
     })
 }
 
+/// The context's keys a target validated as keepalived renders with:
+/// all but `backends` and `databases`, the two built from the catalog.
+///
+/// So keepalived's config is a function of the revision alone, and only
+/// a new revision changes it: a reload of keepalived is always a switch
+/// of revision, which the rollout rations with its locks, while catalog
+/// changes, which take no lock, can never reload it. A keepalived
+/// template that reads `backends` or `databases` does not render (Tera
+/// names the variable), rather than reloading keepalived, outside any
+/// lock, whenever a server comes or goes.
+const KEEPALIVED_KEYS: &[&str] = &[
+    "node",
+    "root",
+    "haproxy",
+    "frontends",
+    "pgbouncer",
+    "vips",
+    "keepalived",
+    "targets",
+];
+
 fn render_targets(
     desired: &NodeDesired,
     templates: &Templates,
@@ -62,7 +84,21 @@ fn render_targets(
     context: &tera::Context,
 ) -> Result<BTreeMap<String, RenderedFile>, RenderError> {
     let mut files = BTreeMap::new();
+    let mut without_catalog = None;
     for (name, target) in &desired.targets {
+        let context = if target.validate == Validator::Keepalived {
+            &*without_catalog.get_or_insert_with(|| {
+                let mut kept = tera::Context::new();
+                for key in KEEPALIVED_KEYS {
+                    if let Some(value) = context.get(key) {
+                        kept.insert(*key, value);
+                    }
+                }
+                kept
+            })
+        } else {
+            context
+        };
         let bytes = templates.render(name, &target.template, context)?;
         let mode = converge_model::check::parse_mode(&target.mode).unwrap_or(0o644);
         files.insert(

@@ -201,3 +201,46 @@ fn dump() {
         std::fs::write(dir.join(name), &f.bytes).expect("write");
     }
 }
+
+/// keepalived's config does not depend on the catalog, so only a new
+/// revision changes it (and the rollout's locks cover every reload of it).
+#[test]
+fn keepalived_renders_the_same_bytes_whatever_the_catalog() {
+    let empty = Catalog::parse(Path::new("empty.yaml"), "services: {}\n").expect("parses");
+    let full = render_node("lb1", &example_catalog());
+    let bare = render_node("lb1", &empty);
+    assert_ne!(full.files["haproxy"].bytes, bare.files["haproxy"].bytes);
+    assert_eq!(
+        full.files["keepalived"].bytes,
+        bare.files["keepalived"].bytes
+    );
+}
+
+#[test]
+fn a_keepalived_template_that_reads_the_catalog_does_not_render() {
+    let dir = tempfile::tempdir().expect("templates dir");
+    for entry in std::fs::read_dir(repo().join("templates")).expect("templates") {
+        let path = entry.expect("entry").path();
+        std::fs::copy(&path, dir.path().join(path.file_name().expect("name"))).expect("copy");
+    }
+    std::fs::write(
+        dir.path().join("keepalived.conf.tera"),
+        "{% for b in backends %}# {{ b.name }}\n{% endfor %}",
+    )
+    .expect("template");
+    let manifests = Manifests::load(&repo().join("manifests")).expect("example manifests load");
+    let desired = manifests.for_node("lb1").expect("node");
+    let templates = Templates::load(dir.path()).expect("templates");
+    let err = render(
+        &desired,
+        &example_catalog(),
+        &templates,
+        &Layout::new("/srv/demo"),
+    )
+    .expect_err("keepalived reads no catalog");
+    let message = err.to_string();
+    assert!(
+        message.contains("target keepalived") && message.contains("backends"),
+        "{message}"
+    );
+}

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use converge_consul::{Client, Consistency, QueryOptions};
+use converge_consul::{Client, Consistency, KvPair, QueryOptions};
 use converge_model::Manifests;
 use serde::Serialize;
 
@@ -66,8 +66,18 @@ pub async fn desired(client: &Client, keys: &Keys) -> Result<Option<Desired>, St
         .kv_get(&key, &opts)
         .await
         .map_err(|e| format!("cannot read {key}: {e}"))?;
-    read.value
-        .map(|p| serde_json::from_slice(&p.value).map_err(|e| format!("{key}: {e}")))
+    parse_desired(keys, read.value.map(|p| p.value))
+}
+
+/// `<prefix>/desired`'s value, parsed; `None` when nothing is published.
+/// The one decoder of that key, so every reader calls a corrupt value
+/// corrupt (and none mistakes it for another revision).
+pub fn parse_desired(keys: &Keys, value: Option<Vec<u8>>) -> Result<Option<Desired>, String> {
+    value
+        .map(|v| {
+            serde_json::from_slice::<Desired>(&v)
+                .map_err(|e| format!("{} is not a converge publication: {e}", keys.desired()))
+        })
         .transpose()
 }
 
@@ -96,6 +106,10 @@ pub async fn manifest_nodes(
     Ok(manifests.manifest.nodes.keys().cloned().collect())
 }
 
+/// Every node's report by node, with whether its session is alive
+/// (`None`: a value that is not a report).
+pub type Reports = BTreeMap<String, (bool, Option<NodeReport>)>;
+
 /// Every report under `<prefix>/nodes/`, with whether its session is
 /// alive; blocks while `index` is current (0: a plain read). Returns
 /// the index of the answer too.
@@ -104,7 +118,7 @@ pub async fn reports(
     keys: &Keys,
     index: u64,
     wait: Duration,
-) -> Result<(BTreeMap<String, (bool, Option<NodeReport>)>, u64), String> {
+) -> Result<(Reports, u64), String> {
     let prefix = keys.nodes();
     let opts = QueryOptions {
         index,
@@ -115,16 +129,20 @@ pub async fn reports(
         .kv_list(&prefix, &opts)
         .await
         .map_err(|e| format!("cannot read {prefix}: {e}"))?;
-    let reports = read
-        .value
+    Ok((parse_reports(keys, read.value), read.meta.index))
+}
+
+/// The reports among `pairs`, a listing of `<prefix>/nodes/`.
+pub fn parse_reports(keys: &Keys, pairs: Vec<KvPair>) -> Reports {
+    let prefix = keys.nodes();
+    pairs
         .into_iter()
         .filter_map(|pair| {
             let node = pair.key.strip_prefix(&prefix)?.to_string();
             let report = serde_json::from_slice(&pair.value).ok();
             Some((node, (pair.session.is_some(), report)))
         })
-        .collect();
-    Ok((reports, read.meta.index))
+        .collect()
 }
 
 /// The view of the fleet against `revision`, for the nodes `nodes`
@@ -132,7 +150,7 @@ pub async fn reports(
 pub fn view(
     revision: Option<Revision>,
     nodes: Result<Vec<String>, String>,
-    reports: &BTreeMap<String, (bool, Option<NodeReport>)>,
+    reports: &Reports,
 ) -> FleetView {
     let (names, nodes_from, nodes_note) = match nodes {
         Ok(names) => (names, "manifests", None),

@@ -8,23 +8,26 @@
 //! directly ([`super::take`]).
 
 use std::path::PathBuf;
+use std::pin::pin;
 use std::time::Duration;
 
-use converge_consul::{Client, QueryOptions};
+use converge_consul::{Client, IndexTracker, KvPair, QueryOptions, Response};
 use converge_model::rollout::NodeRollout;
 use converge_model::Layout;
 use tokio::sync::watch;
 
 use super::{fetch_unless_current, Follow, Installed, Taken};
-use crate::fleet::NodeReport;
+use crate::fleet::{view, NodeReport};
 use crate::publish::Desired;
 use crate::revision::Revision;
 use crate::rollout::serving::{Before, Serving};
-use crate::rollout::{self, decide::decide, gate, lock, Halt, RolloutKeys, Waiting};
+use crate::rollout::{self, decide::decide, gate, lock, FleetState, Halt, RolloutKeys, Waiting};
 
-/// Longest a wait for the fleet blocks before looking again (node reports
-/// are read on every look, so this bounds how late an order is seen).
-const FLEET_WAIT: Duration = Duration::from_secs(2);
+/// Longest one read of [`wait_for_fleet`] blocks. Every key [`decide`]
+/// reads is watched and none of its rules changes with time alone, so
+/// this only bounds how long a request stays open, like the watch of
+/// `desired`.
+const FLEET_WAIT: Duration = Duration::from_secs(300);
 
 /// What the daemon gives the follower for rolling out.
 #[derive(Debug)]
@@ -115,8 +118,8 @@ async fn lock_when_allowed(
     loop {
         wait_for_fleet(client, follow, revision, plan, hooks).await?;
         let held = lock::acquire(client, &keys, &follow.node, plan, ttl, hooks.waiting).await?;
-        let fleet = rollout::read(client, &follow.keys, &QueryOptions::default()).await;
-        match fleet.map(|(fleet, _)| decide(plan, &follow.node, revision, &fleet)) {
+        let fleet = rollout::read(client, &follow.keys).await;
+        match fleet.map(|fleet| decide(plan, &follow.node, revision, &fleet)) {
             Ok(None) => return Ok(held),
             Ok(Some(_)) => held.release().await,
             Err(e) => {
@@ -202,7 +205,19 @@ async fn judge(
 }
 
 /// Waits until [`decide`] lets this node go, telling what it waits for;
-/// an error when `desired` moved on meanwhile (the caller starts over).
+/// an error when `desired` moved on meanwhile (the caller starts over) or
+/// does not parse.
+///
+/// A wait ends on a change of one of three things, and each is watched
+/// with a blocking query of its own index: `<prefix>/rollout/` (pauses,
+/// the halt, canary marks, released locks), `<prefix>/nodes/` (the
+/// BACKUPs' reports a MASTER waits for) and `<prefix>/desired` (a new
+/// publication supersedes the wait). The node looks again as soon as any
+/// of them answers, so a MASTER goes the moment its BACKUP reports. One
+/// query on their common parent `<prefix>/` would wake on all three as
+/// well, but every answer of it would carry every stored bundle
+/// (`<prefix>/bundles/`, the largest values under the prefix) and it
+/// would wake on every publication's writes there.
 async fn wait_for_fleet(
     client: &Client,
     follow: &Follow,
@@ -210,43 +225,101 @@ async fn wait_for_fleet(
     plan: &NodeRollout,
     hooks: &Hooks<'_>,
 ) -> Result<(), String> {
-    let consul = |e: converge_consul::Error| format!("rollout: {e}");
-    let mut index = 0;
+    let rk = RolloutKeys::new(&follow.keys);
+    let nodes = follow.keys.nodes();
+    let desired = follow.keys.desired();
+    let (mut rollout_at, mut nodes_at, mut desired_at) = (
+        IndexTracker::new(),
+        IndexTracker::new(),
+        IndexTracker::new(),
+    );
+    let (listed, reports, current) = tokio::try_join!(
+        list(client, rk.prefix(), 0),
+        list(client, &nodes, 0),
+        get(client, &desired, 0),
+    )?;
+    rollout_at.observe(listed.meta.index);
+    nodes_at.observe(reports.meta.index);
+    desired_at.observe(current.meta.index);
+    let mut fleet = FleetState::new(
+        &rk,
+        listed.value,
+        view::parse_reports(&follow.keys, reports.value),
+    );
+    let published = |value: Option<KvPair>| {
+        view::parse_desired(&follow.keys, value.map(|p| p.value))
+            .map(|d| d.map(|d| d.current.revision))
+            .map_err(|e| format!("while revision {revision} waited for the fleet: {e}"))
+    };
+    let mut now = published(current.value)?;
+    let mut listed = pin!(list(client, rk.prefix(), rollout_at.request_index()));
+    let mut reports = pin!(list(client, &nodes, nodes_at.request_index()));
+    let mut changed = pin!(get(client, &desired, desired_at.request_index()));
     loop {
-        let opts = QueryOptions {
-            index,
-            wait: Some(FLEET_WAIT),
-            ..QueryOptions::default()
-        };
-        let (fleet, at) = rollout::read(client, &follow.keys, &opts)
-            .await
-            .map_err(consul)?;
-        index = at;
+        if now.as_ref() != Some(revision) {
+            let by = now.map_or_else(|| "nothing published".into(), |r| format!("revision {r}"));
+            return Err(format!(
+                "revision {revision} was superseded by {by} while waiting"
+            ));
+        }
         let Some(waiting) = decide(plan, &follow.node, revision, &fleet) else {
             return Ok(());
         };
-        let key = follow.keys.desired();
-        let now = client
-            .kv_get(&key, &QueryOptions::default())
-            .await
-            .map_err(consul)?;
-        let still = now
-            .value
-            .and_then(|p| serde_json::from_slice::<Desired>(&p.value).ok())
-            .is_some_and(|d| &d.current.revision == revision);
-        if !still {
-            return Err(format!(
-                "revision {revision} was superseded while waiting ({waiting})"
-            ));
-        }
         (hooks.waiting)(waiting);
+        tokio::select! {
+            read = &mut listed => {
+                let read = read?;
+                rollout_at.observe(read.meta.index);
+                let reports = std::mem::take(&mut fleet.reports);
+                fleet = FleetState::new(&rk, read.value, reports);
+                listed.set(list(client, rk.prefix(), rollout_at.request_index()));
+            }
+            read = &mut reports => {
+                let read = read?;
+                nodes_at.observe(read.meta.index);
+                fleet.reports = view::parse_reports(&follow.keys, read.value);
+                reports.set(list(client, &nodes, nodes_at.request_index()));
+            }
+            read = &mut changed => {
+                let read = read?;
+                desired_at.observe(read.meta.index);
+                now = published(read.value)?;
+                changed.set(get(client, &desired, desired_at.request_index()));
+            }
+        }
+    }
+}
+
+/// One read of `prefix`'s keys for [`wait_for_fleet`], blocking while
+/// `index` is current.
+async fn list(client: &Client, prefix: &str, index: u64) -> Result<Response<Vec<KvPair>>, String> {
+    client
+        .kv_list(prefix, &blocking(index))
+        .await
+        .map_err(|e| format!("rollout: cannot read {prefix}: {e}"))
+}
+
+/// One read of `key` for [`wait_for_fleet`], blocking while `index` is
+/// current.
+async fn get(client: &Client, key: &str, index: u64) -> Result<Response<Option<KvPair>>, String> {
+    client
+        .kv_get(key, &blocking(index))
+        .await
+        .map_err(|e| format!("rollout: cannot read {key}: {e}"))
+}
+
+fn blocking(index: u64) -> QueryOptions {
+    QueryOptions {
+        index,
+        wait: Some(FLEET_WAIT),
+        ..QueryOptions::default()
     }
 }
 
 /// Writes `<prefix>/rollout/halt` for `revision`.
 async fn halt(client: &Client, keys: &RolloutKeys, revision: &Revision, node: &str, why: &str) {
     let halt = Halt {
-        revision: revision.clone(),
+        revision: Some(revision.clone()),
         node: node.to_string(),
         reason: why.to_string(),
         at: rollout::unix_now(),

@@ -19,7 +19,7 @@ pub fn decide(
             fleet: fleet.paused,
         });
     }
-    if let Some(h) = fleet.halt.as_ref().filter(|h| &h.revision == revision) {
+    if let Some(h) = fleet.halt.as_ref().filter(|h| h.halts(revision)) {
         return Some(Waiting::Halted {
             node: h.node.clone(),
             reason: h.reason.clone(),
@@ -35,15 +35,16 @@ pub fn decide(
         return Some(Waiting::Canaries { nodes: canaries });
     }
     // A member that is not running (no live report) is not waited for:
-    // the MASTER must not wait for a dead BACKUP.
+    // the MASTER must not wait for a dead BACKUP. Nor is one whose report
+    // does not parse: the order only spares the VIP a second move, the
+    // locks keep the two apart regardless.
     let first: Vec<String> = plan
         .after
         .iter()
         .filter(|n| {
-            fleet
-                .reports
-                .get(*n)
-                .is_some_and(|(r, alive)| *alive && !r.converged_on(revision))
+            fleet.reports.get(*n).is_some_and(|(alive, r)| {
+                *alive && r.as_ref().is_some_and(|r| !r.converged_on(revision))
+            })
         })
         .cloned()
         .collect();
@@ -105,7 +106,7 @@ mod tests {
         );
         assert_eq!(decide(&p, "lb3", &rev("b2"), &fleet), None);
         fleet.halt = Some(Halt {
-            revision: rev("b2"),
+            revision: Some(rev("b2")),
             node: "lb2".into(),
             reason: "rejected".into(),
             at: 0,
@@ -142,18 +143,18 @@ mod tests {
         let p = plan(&[], &["lb2"]);
         fleet
             .reports
-            .insert("lb2".into(), (report("lb2", "a1"), true));
+            .insert("lb2".into(), (true, Some(report("lb2", "a1"))));
         assert!(matches!(
             decide(&p, "lb1", &rev("b2"), &fleet),
             Some(Waiting::Order { .. })
         ));
         fleet
             .reports
-            .insert("lb2".into(), (report("lb2", "b2"), true));
+            .insert("lb2".into(), (true, Some(report("lb2", "b2"))));
         assert_eq!(decide(&p, "lb1", &rev("b2"), &fleet), None);
         fleet
             .reports
-            .insert("lb2".into(), (report("lb2", "a1"), false));
+            .insert("lb2".into(), (false, Some(report("lb2", "a1"))));
         assert_eq!(decide(&p, "lb1", &rev("b2"), &fleet), None, "a dead BACKUP");
     }
 }
