@@ -144,6 +144,9 @@ pub struct Pauser {
     /// Databases not paused again until the pass stops asking: their
     /// limit ran out, or their `PAUSE` failed.
     gave_up: BTreeMap<String, PauseStatus>,
+    /// Databases whose `RESUME` failed: tried again [`RETRY`] later, not
+    /// only when their limit runs out, and whatever the next pass decides.
+    resume_failed: BTreeSet<String>,
     /// No pass followed yet: what the ledger holds was left by another
     /// converge.
     first: bool,
@@ -159,6 +162,7 @@ impl Pauser {
             layout,
             ledger,
             gave_up: BTreeMap::new(),
+            resume_failed: BTreeSet::new(),
             first: true,
         }
     }
@@ -180,11 +184,21 @@ impl Pauser {
         for (db, entry) in self.ledger.paused.clone() {
             let over = now >= entry.since.saturating_add(entry.limit_secs);
             let wants = names.contains(db.as_str());
+            if wants {
+                // Unclear again: the pause it holds is wanted, nothing owed.
+                self.resume_failed.remove(&db);
+            }
             let after_secs = now.saturating_sub(entry.since);
             let database = db.clone();
             let event = match (wants, first, wanted.is_some()) {
                 // A converge that is gone paused it, and nobody asks now.
                 (false, true, _) => PauseEvent::LeftOver { database },
+                // Its RESUME failed and nobody asks for it again: the
+                // resume is still owed, even by a pass that decided nothing.
+                (false, false, _) if self.resume_failed.contains(&db) => PauseEvent::Resumed {
+                    database,
+                    after_secs,
+                },
                 (false, false, true) => PauseEvent::Resumed {
                     database,
                     after_secs,
@@ -237,10 +251,10 @@ impl Pauser {
     pub fn next_deadline(&self, now: u64) -> Option<Duration> {
         self.ledger
             .paused
-            .values()
-            .map(|e| {
+            .iter()
+            .map(|(db, e)| {
                 let left = e.since.saturating_add(e.limit_secs).saturating_sub(now);
-                if left == 0 {
+                if left == 0 || self.resume_failed.contains(db) {
                     RETRY
                 } else {
                     Duration::from_secs(left)
@@ -327,16 +341,20 @@ impl Pauser {
                 self.forget(db, events);
                 events.push(event);
             }
-            Err(error) => events.push(PauseEvent::Failed {
-                database: db.to_string(),
-                action: "RESUME",
-                error,
-            }),
+            Err(error) => {
+                self.resume_failed.insert(db.to_string());
+                events.push(PauseEvent::Failed {
+                    database: db.to_string(),
+                    action: "RESUME",
+                    error,
+                });
+            }
         }
     }
 
     /// Takes `db` out of the ledger on disk.
     fn forget(&mut self, db: &str, events: &mut Vec<PauseEvent>) {
+        self.resume_failed.remove(db);
         if self.ledger.paused.remove(db).is_some() {
             if let Err(e) = ledger::store(&self.layout, &self.ledger) {
                 events.push(PauseEvent::Failed {

@@ -19,6 +19,8 @@ struct Fake {
     layout: Layout,
     sent: Arc<Mutex<Sent>>,
     pause_answer: Result<Paused, String>,
+    /// While set, `RESUME` fails with it.
+    resume_error: Arc<Mutex<Option<String>>>,
 }
 
 impl Console for Fake {
@@ -33,7 +35,10 @@ impl Console for Fake {
     fn resume(&mut self, _: &PgbouncerAdmin, database: &str) -> Result<(), String> {
         let mut sent = self.sent.lock().expect("lock");
         sent.commands.push(format!("RESUME {database}"));
-        Ok(())
+        match self.resume_error.lock().expect("lock").clone() {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
     }
 }
 
@@ -54,6 +59,7 @@ fn pauser(dir: &Path, answer: Result<Paused, String>) -> (Pauser, Arc<Mutex<Sent
         layout: layout.clone(),
         sent: sent.clone(),
         pause_answer: answer,
+        resume_error: Arc::default(),
     };
     (Pauser::new(layout, Box::new(fake)), sent)
 }
@@ -190,4 +196,49 @@ fn shutdown_resumes_everything_paused() {
     );
     assert_eq!(commands(&sent), ["PAUSE app", "RESUME app"]);
     assert!(ledger::load(&Layout::new(dir.path())).paused.is_empty());
+}
+
+#[test]
+fn a_failed_resume_is_tried_again_soon_even_by_a_pass_that_decides_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let layout = Layout::new(dir.path());
+    let sent = Arc::new(Mutex::new(Sent::default()));
+    let resume_error = Arc::new(Mutex::new(Some("server closed the connection".to_string())));
+    let fake = Fake {
+        layout: layout.clone(),
+        sent: sent.clone(),
+        pause_answer: Ok(Paused::Done),
+        resume_error: resume_error.clone(),
+    };
+    let mut p = Pauser::new(layout.clone(), Box::new(fake));
+    p.follow(Some(&[app()]), 100);
+    // Resolved, but the console fails the RESUME: still paused, and the
+    // next pass is due in RETRY, not when the 30 s limit runs out.
+    let events = p.follow(Some(&[]), 102);
+    assert!(
+        matches!(
+            &events[..],
+            [PauseEvent::Failed {
+                action: "RESUME",
+                ..
+            }]
+        ),
+        "{events:?}"
+    );
+    assert_eq!(p.next_deadline(102), Some(RETRY));
+    assert!(ledger::load(&layout).paused.contains_key("app"));
+    // The retry's pass decides nothing (the source failed meanwhile): the
+    // owed RESUME is sent anyway, and succeeds.
+    *resume_error.lock().expect("lock") = None;
+    let events = p.follow(None, 107);
+    assert_eq!(
+        events,
+        [PauseEvent::Resumed {
+            database: "app".into(),
+            after_secs: 7
+        }]
+    );
+    assert_eq!(commands(&sent), ["PAUSE app", "RESUME app", "RESUME app"]);
+    assert!(ledger::load(&layout).paused.is_empty());
+    assert_eq!(p.next_deadline(107), None);
 }
