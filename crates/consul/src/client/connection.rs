@@ -37,8 +37,12 @@ pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// is closed and replaced (see [`http_client`]).
 const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
 
-/// How long a ping's answer may take before the connection is closed.
-const H2_PING_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a ping's answer may take before the connection is closed,
+/// with every request on it: longer than a plain read may take (the
+/// default request timeout, 15 s), so an agent too busy to answer soon
+/// fails reads one by one before it loses a connection's 200 long polls
+/// at once.
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Which HTTP versions a client speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
