@@ -23,9 +23,8 @@
 //! one beside it). A new one is opened only once the agent has closed the
 //! old one or sent it away with GOAWAY, after which the old one lives only
 //! until its last streams end. So a client has at most [`H2_CONNECTIONS`]
-//! connections, leaving four of the 32 of
-//! [`MAX_CONNECTIONS`](super::MAX_CONNECTIONS) for ones an agent is
-//! sending away.
+//! connections in use, plus any the agent is sending away; 28 leaves four
+//! of the 32 of [`MAX_CONNECTIONS`](super::MAX_CONNECTIONS) for those.
 //!
 //! Which of the two an `https` address gets is learnt once, by one request
 //! (`/v1/status/leader`) over a client that offers both through ALPN; a
