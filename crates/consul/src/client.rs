@@ -68,6 +68,7 @@ use crate::config::Config;
 use crate::error::Error;
 use transport::{kv_segments, Transport};
 
+pub use connection::POOL_IDLE_TIMEOUT;
 pub use lanes::{H2_CONNECTIONS, H2_STREAMS};
 pub use query::{Consistency, HealthQuery, QueryMeta, QueryOptions, Response};
 pub use records::{AgentSelf, HealthCheck, KvPair};
@@ -85,8 +86,9 @@ pub use records::{AgentSelf, HealthCheck, KvPair};
 ///
 /// When the agent speaks HTTP/2 (an `https` address; see `lanes`), a
 /// request is a stream, not a connection: each of [`H2_CONNECTIONS`] lanes
-/// keeps one connection carrying at most [`H2_STREAMS`] requests, so
-/// thousands of long polls fit in 28 connections.
+/// keeps one connection, for as long as the agent keeps it open, carrying
+/// at most [`H2_STREAMS`] requests, so thousands of long polls fit in 28
+/// connections.
 ///
 /// One moment falls outside that count: hyper hands a finished connection
 /// back to the pool from a spawned task, and a request starting before that

@@ -4,7 +4,8 @@
 //! answers per flip in shared mode (counted through a proxy);
 //! every kind of change to a watched service is still seen in both modes
 //! and across a switch between them; and thousands of per-service long
-//! polls over HTTP/2 fit in a few connections.
+//! polls over HTTP/2 fit in a few connections, which they keep past the
+//! connection pool's idle timeout.
 
 mod common;
 
@@ -12,12 +13,12 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::wait_state;
-use converge_consul::client::H2_STREAMS;
+use converge_consul::client::{QueryOptions, H2_STREAMS, MAX_CONNECTIONS, POOL_IDLE_TIMEOUT};
 use converge_consul::{
     CatalogSource, Client, Config, Pacing, SourceConfig, SourceHealth, SourceState,
 };
 use converge_model::Health;
-use converge_testkit::consul::{ConsulAgent, External, PeakConnections};
+use converge_testkit::consul::{open_connections_to, ConsulAgent, External, PeakConnections};
 use converge_testkit::proxy::{by_endpoint, CountingProxy};
 use converge_testkit::wait;
 use tokio::sync::watch;
@@ -274,4 +275,114 @@ async fn thousands_of_long_polls_over_http2_fit_in_a_few_connections() {
         "{peak} connections cannot carry {N} long polls at once"
     );
     assert!(peak <= 32, "{peak} connections to consul, bound is 32");
+}
+
+/// The bound holds after the connection pool's idle timeout: 5,000 long
+/// polls (25 lanes) stay in flight for longer than
+/// [`POOL_IDLE_TIMEOUT`], then half of them are replaced by new ones,
+/// which go to every lane. A lane whose connection the pool had forgotten
+/// while its polls were in flight would open a second one beside it
+/// (about 50 connections in all); each lane keeps its one.
+///
+/// Takes about 45 s, most of it the idle timeout the polls must outlast.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_lanes_keep_their_connections_past_the_pool_idle_timeout() {
+    const N: usize = 25 * H2_STREAMS;
+    let a = ConsulAgent::start_with_tls()
+        .unwrap_or_else(|e| panic!("cannot start the real consul agent with TLS: {e}"));
+    let client = Client::new(tls_config(&a)).expect("client");
+    client.kv_put("k", b"0", None).await.expect("put");
+    let index = client
+        .kv_get("k", &QueryOptions::default())
+        .await
+        .expect("read")
+        .meta
+        .index;
+    assert!(
+        client.multiplexed().await.expect("asked"),
+        "HTTP/2 expected"
+    );
+    let port = a.ports().https;
+    let peak = PeakConnections::start(port);
+
+    let opts = QueryOptions {
+        index,
+        wait: Some(Duration::from_secs(300)),
+        ..QueryOptions::default()
+    };
+    let poll = || {
+        let (client, opts) = (client.clone(), opts.clone());
+        tokio::spawn(async move { client.kv_get("k", &opts).await })
+    };
+    let sent = client.requests_sent();
+    let mut polls: Vec<_> = (0..N).map(|_| poll()).collect();
+    let in_flight = |n: usize| {
+        let client = client.clone();
+        move || client.requests_sent() >= sent + n as u64
+    };
+    until("every long poll sent", in_flight(N));
+    tokio::time::sleep(POOL_IDLE_TIMEOUT + Duration::from_secs(2)).await;
+
+    // Every other poll ends and is replaced: each lane frees about half
+    // its slots and gets about as many new requests.
+    for p in polls.iter().skip(1).step_by(2) {
+        p.abort();
+    }
+    polls.extend((0..N / 2).map(|_| poll()));
+    until("every new long poll sent", in_flight(N + N / 2));
+    until("the connections settled", settled(port));
+
+    let peak = peak.finish();
+    eprintln!("{N} long polls over HTTP/2 past the pool idle timeout: peak {peak} connections");
+    assert!(
+        peak <= MAX_CONNECTIONS,
+        "{peak} connections to consul, bound is {MAX_CONNECTIONS}"
+    );
+
+    // The polls still in flight all answer the change.
+    client.kv_put("k", b"1", None).await.expect("put");
+    let mut answered = 0;
+    for p in polls {
+        match p.await {
+            Ok(r) => {
+                let r = r.expect("long poll");
+                assert!(r.meta.index > index, "a poll answered without the change");
+                answered += 1;
+            }
+            Err(e) => assert!(e.is_cancelled(), "a poll panicked: {e}"),
+        }
+    }
+    assert_eq!(answered, N, "every poll still in flight answers");
+}
+
+fn until(what: &str, cond: impl FnMut() -> bool) {
+    tokio::task::block_in_place(|| wait::until(T, what, cond)).unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// True once this process's connections to `port` have not changed for a
+/// second, polled every 50 ms.
+fn settled(port: u16) -> impl FnMut() -> bool {
+    let mut last = (usize::MAX, std::time::Instant::now());
+    move || {
+        let now = open_connections_to(port);
+        if now != last.0 {
+            last = (now, std::time::Instant::now());
+        }
+        last.1.elapsed() >= Duration::from_secs(1)
+    }
+}
+
+/// A client config for `a`'s HTTPS listener, which speaks HTTP/2.
+fn tls_config(a: &ConsulAgent) -> Config {
+    let (ca, cert, key) = a.tls_files();
+    let path = |p: &std::path::Path| p.display().to_string();
+    let vars = [
+        ("CONSUL_HTTP_ADDR", a.https_url()),
+        ("CONSUL_CACERT", path(&ca)),
+        ("CONSUL_CLIENT_CERT", path(&cert)),
+        ("CONSUL_CLIENT_KEY", path(&key)),
+        ("CONSUL_TLS_SERVER_NAME", "server.dc1.consul".to_string()),
+    ];
+    Config::from_vars(|k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone()))
+        .expect("config")
 }

@@ -29,6 +29,21 @@ use reqwest::Url;
 use crate::config::{Config, TlsConfig};
 use crate::error::Error;
 
+/// How long an idle HTTP/1.1 connection stays in the pool. HTTP/2 lanes
+/// keep theirs for as long as it is open (see [`http_client`]).
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How often an HTTP/2 connection is pinged, busy or idle, so a dead one
+/// is closed and replaced (see [`http_client`]).
+const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
+
+/// How long a ping's answer may take before the connection is closed,
+/// with every request on it: longer than a plain read may take (the
+/// default request timeout, 15 s), so an agent too busy to answer soon
+/// fails reads one by one before it loses a connection's 200 long polls
+/// at once.
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// Which HTTP versions a client speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Wire {
@@ -62,13 +77,30 @@ pub(super) fn http_client(
         .default_headers(headers)
         .connect_timeout(config.connect_timeout)
         .pool_max_idle_per_host(max_idle)
-        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .tcp_nodelay(true)
         .gzip(true)
         .user_agent(concat!("converge/", env!("CARGO_PKG_VERSION")));
     let builder = match wire {
         Wire::Http1 => builder.http1_only(),
-        Wire::Http2 => builder.http2_prior_knowledge(),
+        // hyper's pool forgets a shared HTTP/2 connection once no request
+        // has been started on it for the idle timeout, even while its
+        // streams are still in flight, and the next request opens a second
+        // connection beside it: a lane whose long polls all outlast the
+        // timeout (a 60 s `wait` against 30 s) would hold two connections
+        // until the old one's last poll returns, one lane after another,
+        // past the connection bound (seen as 40–44 connections for 25
+        // lanes in use at W = 5,000). So a lane's connection is never
+        // forgotten while open: it is replaced only once closed (or sent
+        // away by the agent's GOAWAY, after which its last streams end).
+        // Pings close one whose agent stopped answering, so a lane does not
+        // keep a dead connection for ever.
+        Wire::Http2 => builder
+            .http2_prior_knowledge()
+            .pool_idle_timeout(None)
+            .http2_keep_alive_interval(H2_PING_INTERVAL)
+            .http2_keep_alive_timeout(H2_PING_TIMEOUT)
+            .http2_keep_alive_while_idle(true),
         Wire::Negotiate => builder,
     };
     let builder = match pinned_host(config) {

@@ -16,6 +16,16 @@
 //! every change). There are [`H2_CONNECTIONS`] lanes, filled in order, so
 //! a client opens only as many connections as its requests need.
 //!
+//! A lane holds one connection at a time: hyper runs at most one HTTP/2
+//! connect per pool, and the lane's pool keeps its connection for as long
+//! as it is open, busy or not (see `connection`: hyper's idle timeout would
+//! drop a connection whose streams were all long polls and open a second
+//! one beside it). A new one is opened only once the agent has closed the
+//! old one or sent it away with GOAWAY, after which the old one lives only
+//! until its last streams end. So a client has at most [`H2_CONNECTIONS`]
+//! connections in use, plus any the agent is sending away; 28 leaves four
+//! of the 32 of [`MAX_CONNECTIONS`](super::MAX_CONNECTIONS) for those.
+//!
 //! Which of the two an `https` address gets is learnt once, by one request
 //! (`/v1/status/leader`) over a client that offers both through ALPN; a
 //! plain `http` address is always HTTP/1.1 (Consul does not speak
@@ -40,7 +50,7 @@ pub const H2_CONNECTIONS: usize = 28;
 /// default of 250 concurrent streams per connection, which Consul keeps,
 /// because the server counts a stream until its handler has returned,
 /// which can be a moment after the client saw the answer; a request the
-/// server refuses for that is retried on a new connection.
+/// server refuses for that is retried by reqwest, on the lane's connection.
 pub const H2_STREAMS: usize = 200;
 
 /// One HTTP client and the slots of requests it may carry at once.

@@ -1,0 +1,126 @@
+//! Where the catalog source's start-up goes in per-service mode: against
+//! one real `consul agent -dev` with TLS (so HTTP/2) holding SERVICES ×
+//! INSTANCES external instances, times the source until it has read
+//! `s0 … s{W-1}`, and, for comparison, W plain `/v1/health/service/:name`
+//! reads sent all at once through the same kind of client (failures are
+//! counted, not retried); each with the CPU this process and the agent
+//! used (from `/proc`, in 10 ms ticks).
+//!
+//! ```sh
+//! cargo build --release -p converge-consul --example first_reads
+//! target/release/examples/first_reads 5000 10 5000   # SERVICES INSTANCES W
+//! ```
+//!
+//! The agent is `$CONVERGE_CONSUL_BIN`, else `target/peers/bin/consul`.
+
+use std::time::{Duration, Instant};
+
+use converge_consul::client::{HealthQuery, QueryOptions};
+use converge_consul::{CatalogSource, Config, SourceConfig, SourceHealth};
+use converge_testkit::consul::ConsulAgent;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse())
+        .collect::<Result<_, _>>()?;
+    let [services, instances, watched] = args[..] else {
+        return Err("usage: first_reads SERVICES INSTANCES W".into());
+    };
+    let agent = ConsulAgent::start_with_tls()?;
+    let started = Instant::now();
+    agent.register_synthetic(services, instances)?;
+    println!(
+        "registered {services} × {instances} in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let config = tls_config(&agent)?;
+    let agent_pid = agent.pid().ok_or("the agent has no pid")?.to_string();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+
+    let measure = |what: &str, run: &dyn Fn() -> Result<(), String>| -> Result<(), String> {
+        let (own, agent, at) = (ticks("self")?, ticks(&agent_pid)?, Instant::now());
+        run()?;
+        println!(
+            "{what}: {:.2} s, converge CPU {:.2} s, agent CPU {:.2} s",
+            at.elapsed().as_secs_f64(),
+            (ticks("self")? - own) as f64 / 100.0,
+            (ticks(&agent_pid)? - agent) as f64 / 100.0
+        );
+        Ok(())
+    };
+    measure("source start-up", &|| {
+        rt.block_on(async {
+            let names = (0..watched).map(|i| format!("s{i}"));
+            let source = CatalogSource::connect(config.clone(), SourceConfig::new(names))
+                .map_err(|e| e.to_string())?;
+            let mut rx = source.subscribe();
+            let all = |s: &converge_consul::SourceState| {
+                s.health == SourceHealth::Healthy && s.catalog.services().len() == watched
+            };
+            let read = tokio::time::timeout(Duration::from_secs(120), rx.wait_for(all))
+                .await
+                .is_ok_and(|r| r.is_ok());
+            read.then_some(())
+                .ok_or_else(|| "the source did not read every service in 120 s".to_string())
+        })
+    })?;
+    measure(&format!("{watched} plain reads at once"), &|| {
+        rt.block_on(async {
+            let client = SourceConfig::new(["x"])
+                .client(config.clone())
+                .map_err(|e| e.to_string())?;
+            let mut reads = tokio::task::JoinSet::new();
+            for i in 0..watched {
+                let client = client.clone();
+                reads.spawn(async move {
+                    let (query, opts) = (HealthQuery::default(), QueryOptions::default());
+                    client.health_service(&format!("s{i}"), &query, &opts).await
+                });
+            }
+            let mut failed = Vec::new();
+            while let Some(read) = reads.join_next().await {
+                if let Err(e) = read.map_err(|e| e.to_string())? {
+                    failed.push(e.to_string());
+                }
+            }
+            if let Some(first) = failed.first() {
+                println!("{} of the reads failed, first: {first}", failed.len());
+            }
+            Ok(())
+        })
+    })?;
+    Ok(())
+}
+
+/// The agent's HTTPS address and TLS files, as `CONSUL_*` variables.
+fn tls_config(agent: &ConsulAgent) -> Result<Config, Box<dyn std::error::Error>> {
+    let (ca, cert, key) = agent.tls_files();
+    let vars = [
+        ("CONSUL_HTTP_ADDR", agent.https_url()),
+        ("CONSUL_CACERT", ca.display().to_string()),
+        ("CONSUL_CLIENT_CERT", cert.display().to_string()),
+        ("CONSUL_CLIENT_KEY", key.display().to_string()),
+        ("CONSUL_TLS_SERVER_NAME", "server.dc1.consul".to_string()),
+    ];
+    Ok(Config::from_vars(|k| {
+        vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone())
+    })?)
+}
+
+/// User and system CPU of process `pid` (`self` for this one), in ticks.
+fn ticks(pid: &str) -> Result<u64, String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| e.to_string())?;
+    let after_name = stat.rfind(')').ok_or("no process name in stat")?;
+    let fields: Vec<&str> = stat[after_name + 2..].split_whitespace().collect();
+    let field = |i: usize| -> Result<u64, String> {
+        fields
+            .get(i)
+            .and_then(|f| f.parse().ok())
+            .ok_or_else(|| format!("no field {i} in /proc/{pid}/stat"))
+    };
+    Ok(field(11)? + field(12)?)
+}
