@@ -48,6 +48,7 @@
 //! - `transport`: the one way a request is sent (slots, timeouts, the
 //!   stale fallback, decoding), so no endpoint can bypass the bound.
 
+mod agent;
 mod connection;
 mod lanes;
 mod query;
@@ -68,6 +69,7 @@ use crate::config::Config;
 use crate::error::Error;
 use transport::{kv_segments, Transport};
 
+pub use agent::CheckStatus;
 pub use connection::POOL_IDLE_TIMEOUT;
 pub use lanes::{H2_CONNECTIONS, H2_STREAMS};
 pub use query::{Consistency, HealthQuery, QueryMeta, QueryOptions, Response};

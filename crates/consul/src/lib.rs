@@ -31,8 +31,8 @@ pub mod source;
 pub use backoff::Backoff;
 pub use blocking::{BlockingQuery, IndexOutcome, IndexTracker, Pacing, Update};
 pub use client::{
-    AgentSelf, Client, Consistency, HealthCheck, HealthQuery, KvPair, QueryMeta, QueryOptions,
-    Response,
+    AgentSelf, CheckStatus, Client, Consistency, HealthCheck, HealthQuery, KvPair, QueryMeta,
+    QueryOptions, Response,
 };
 pub use config::{Config, TlsConfig};
 pub use error::{Error, Retry};

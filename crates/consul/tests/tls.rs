@@ -96,3 +96,67 @@ async fn mutual_tls_with_the_consul_env_variables() {
     let e = Client::new(config).expect_err("cert without key");
     assert!(e.is_config_error(), "{e}");
 }
+
+/// The agent's write endpoints a failover drill injects its faults
+/// through go over the same mutual TLS as the reads: a TTL check failed
+/// and passed, an instance put into and out of maintenance, each seen in
+/// the instance's health.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drill_faults_reach_an_agent_that_wants_mutual_tls() {
+    use converge_consul::{CheckStatus, HealthQuery, QueryOptions};
+    use converge_model::Health;
+
+    let a = ConsulAgent::start_with_tls()
+        .unwrap_or_else(|e| panic!("cannot start the real consul agent with TLS: {e}"));
+    let check = a
+        .register_service_with_ttl("web-1", "web", 8080, &[])
+        .expect("register web-1");
+    let (ca, cert, key) = a.tls_files();
+    let path = |p: &std::path::Path| p.display().to_string();
+    let c = Client::new(
+        Config::from_vars(vars(vec![
+            ("CONSUL_HTTP_ADDR", a.https_url()),
+            ("CONSUL_CACERT", path(&ca)),
+            ("CONSUL_CLIENT_CERT", path(&cert)),
+            ("CONSUL_CLIENT_KEY", path(&key)),
+            ("CONSUL_TLS_SERVER_NAME", "server.dc1.consul".into()),
+        ]))
+        .expect("config"),
+    )
+    .expect("client");
+    let health = || async {
+        let answer = c
+            .health_service("web", &HealthQuery::default(), &QueryOptions::default())
+            .await
+            .expect("health of web");
+        answer.value.iter().map(|i| i.health).collect::<Vec<_>>()
+    };
+    assert_eq!(health().await, [Health::Passing]);
+
+    c.agent_check_update(&check, CheckStatus::Fail, "converge drill")
+        .await
+        .expect("fail the check");
+    assert_eq!(health().await, [Health::Critical]);
+    c.agent_check_update(&check, CheckStatus::Pass, "converge drill")
+        .await
+        .expect("pass the check");
+    assert_eq!(health().await, [Health::Passing]);
+
+    c.agent_service_maintenance("web-1", true, "converge drill")
+        .await
+        .expect("maintenance on");
+    assert_eq!(health().await, [Health::Critical]);
+    c.agent_service_maintenance("web-1", false, "converge drill")
+        .await
+        .expect("maintenance off");
+    assert_eq!(health().await, [Health::Passing]);
+
+    let e = c
+        .agent_check_update("no-such-check", CheckStatus::Fail, "converge drill")
+        .await
+        .expect_err("an unknown check is refused");
+    assert!(
+        e.to_string().contains("/v1/agent/check/fail/no-such-check"),
+        "{e}"
+    );
+}

@@ -647,12 +647,20 @@ impl Cli {
 
     /// The Consul settings; an error naming `what` without --consul.
     pub fn consul(&self, what: &str) -> anyhow::Result<converge_consul::Config> {
-        match self.catalog_from()? {
-            CatalogFrom::Consul(config) => Ok(*config),
-            CatalogFrom::File(_) => anyhow::bail!(
+        self.consul_given()?.ok_or_else(|| {
+            anyhow::anyhow!(
                 "{what} needs a Consul agent: pass --consul URL or set CONSUL_HTTP_ADDR"
-            ),
-        }
+            )
+        })
+    }
+
+    /// The Consul settings when --consul (or CONSUL_HTTP_ADDR) is given,
+    /// with every other `--consul-*` flag applied.
+    pub fn consul_given(&self) -> anyhow::Result<Option<converge_consul::Config>> {
+        Ok(match self.catalog_from()? {
+            CatalogFrom::Consul(config) => Some(*config),
+            CatalogFrom::File(_) => None,
+        })
     }
 
     /// The input locations: --manifests and --templates, or with

@@ -217,7 +217,11 @@ fn parse_signal(s: &str) -> Result<nix::sys::signal::Signal, String> {
 
 /// Runs the drill on the manifests in `manifests`, with Consul at
 /// `consul` (the global `--consul`); 0 PASS, 1 FAIL or error, 2 refused.
-pub fn run(manifests: &Path, consul: Option<&str>, args: &DrillArgs) -> anyhow::Result<u8> {
+pub fn run(
+    manifests: &Path,
+    consul: Option<converge_consul::Config>,
+    args: &DrillArgs,
+) -> anyhow::Result<u8> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -252,12 +256,16 @@ pub fn run(manifests: &Path, consul: Option<&str>, args: &DrillArgs) -> anyhow::
 /// unless the flags already say what to probe and what to break.
 async fn config(
     manifests: &Path,
-    consul: Option<&str>,
+    consul: Option<converge_consul::Config>,
     args: &DrillArgs,
 ) -> Result<DrillConfig, DrillError> {
     check_flags(args)?;
-    let consul_url = consul.unwrap_or("http://127.0.0.1:8500");
-    let consul = Consul::new(url(consul_url, "--consul")?)?;
+    let consul = match consul {
+        Some(config) => config,
+        None => converge_consul::Config::new("http://127.0.0.1:8500")
+            .map_err(|e| DrillError::Usage(format!("--consul: {e}")))?,
+    };
+    let consul = Consul::new(consul)?;
     let given = Given {
         manifests,
         fault: named_fault(args)?,

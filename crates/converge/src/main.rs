@@ -65,7 +65,8 @@ fn main() -> ExitCode {
         Command::Drill(args) => {
             // With --published, the revision this node runs.
             let inputs = cli.inputs();
-            drill::run(&inputs.manifests, cli.consul.as_deref(), args)
+            cli.consul_given()
+                .and_then(|consul| drill::run(&inputs.manifests, consul, args))
         }
         Command::Completions(args) => docs::completions(args),
         Command::Man(args) => docs::man(args),

@@ -9,6 +9,7 @@
 
 use std::time::Duration;
 
+use converge_consul::{CheckStatus, HealthQuery, QueryOptions};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use serde::Serialize;
@@ -83,7 +84,7 @@ impl Fault {
             Fault::Command { run, .. } => shell(run).await,
             Fault::Signal { pid, signal } => send(*pid, *signal),
             Fault::ConsulMaintenance(id) => consul.maintenance(id, true).await,
-            Fault::ConsulCheck(id) => consul.check(id, "fail").await,
+            Fault::ConsulCheck(id) => consul.check(id, CheckStatus::Fail).await,
             Fault::PatroniSwitchover(url) => switchover(url).await,
         }
     }
@@ -98,7 +99,7 @@ impl Fault {
             }
             Fault::Signal { .. } => return None,
             Fault::ConsulMaintenance(id) => consul.maintenance(id, false).await,
-            Fault::ConsulCheck(id) => consul.check(id, "pass").await,
+            Fault::ConsulCheck(id) => consul.check(id, CheckStatus::Pass).await,
             Fault::PatroniSwitchover(_) => return None,
         })
     }
@@ -180,91 +181,70 @@ fn send(pid: i32, signal: Signal) -> Result<(), DrillError> {
         .map_err(|e| DrillError::Fault(format!("{signal} to pid {pid}: {e}")))
 }
 
-/// The Consul agent's HTTP API, as much of it as faults need.
-#[derive(Debug, Clone)]
+/// The Consul agent's HTTP API, as much of it as faults need: the same
+/// [`converge_consul::Client`] `converge run` reads the catalog with, so
+/// the global `--consul-*` flags (token file, TLS, namespace) apply to a
+/// drill too.
+#[derive(Clone)]
 pub struct Consul {
-    base: reqwest::Url,
-    client: reqwest::Client,
+    client: converge_consul::Client,
 }
 
+impl std::fmt::Debug for Consul {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consul")
+            .field("address", self.client.address())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a fault leaves in Consul beside its change, for whoever looks.
+const NOTE: &str = "converge drill";
+
 impl Consul {
-    /// The agent at `base`; the token comes from `CONSUL_HTTP_TOKEN`.
-    pub fn new(base: reqwest::Url) -> Result<Self, DrillError> {
-        let mut headers = reqwest::header::HeaderMap::new();
-        if let Ok(token) = std::env::var("CONSUL_HTTP_TOKEN") {
-            let value = reqwest::header::HeaderValue::from_str(&token).map_err(|_| {
-                DrillError::Usage("CONSUL_HTTP_TOKEN is not a valid header value".into())
-            })?;
-            headers.insert("X-Consul-Token", value);
-        }
-        let client = reqwest::Client::builder()
-            .default_headers(headers)
-            .timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| DrillError::Usage(format!("HTTP client: {e}")))?;
-        Ok(Self { base, client })
+    /// The agent `config` names.
+    pub fn new(config: converge_consul::Config) -> Result<Self, DrillError> {
+        let client = converge_consul::Client::new(config)
+            .map_err(|e| DrillError::Usage(format!("Consul: {e}")))?;
+        Ok(Self { client })
     }
 
     /// The agent's address, for the safety check.
     pub fn url(&self) -> &reqwest::Url {
-        &self.base
+        self.client.address()
     }
 
-    async fn put(&self, path: &str) -> Result<(), DrillError> {
-        let url = self
-            .base
-            .join(path)
-            .map_err(|e| DrillError::Usage(format!("{}{path}: {e}", self.base)))?;
-        let answer = self
-            .client
-            .put(url.clone())
-            .send()
-            .await
-            .map_err(|e| DrillError::Fault(format!("PUT {url}: {e}")))?;
-        let status = answer.status();
-        if status.is_success() {
-            return Ok(());
-        }
-        let body = answer.text().await.unwrap_or_default();
-        Err(DrillError::Fault(format!(
-            "PUT {url}: {status}: {}",
-            body.trim()
-        )))
+    fn failed(what: String) -> impl FnOnce(converge_consul::Error) -> DrillError {
+        move |e| DrillError::Fault(format!("{what}: {e}"))
     }
 
     async fn maintenance(&self, id: &str, enable: bool) -> Result<(), DrillError> {
-        self.put(&format!(
-            "/v1/agent/service/maintenance/{id}?enable={enable}&reason=converge+drill"
-        ))
-        .await
-    }
-
-    async fn check(&self, id: &str, verb: &str) -> Result<(), DrillError> {
-        self.put(&format!("/v1/agent/check/{verb}/{id}?note=converge+drill"))
+        self.client
+            .agent_service_maintenance(id, enable, NOTE)
             .await
+            .map_err(Self::failed(format!("maintenance mode of `{id}`")))
     }
 
-    /// The id of the first passing instance of `service` this agent knows,
+    async fn check(&self, id: &str, status: CheckStatus) -> Result<(), DrillError> {
+        self.client
+            .agent_check_update(id, status, NOTE)
+            .await
+            .map_err(Self::failed(format!("check `{id}`")))
+    }
+
+    /// The id of the first passing instance of `service` Consul knows,
     /// for the local default fault.
     pub async fn first_passing(&self, service: &str) -> Result<String, DrillError> {
-        let url = self
-            .base
-            .join(&format!("/v1/health/service/{service}?passing=true"))
-            .map_err(|e| DrillError::Usage(format!("{e}")))?;
-        let entries: Vec<serde_json::Value> = self
+        let query = HealthQuery {
+            passing_only: true,
+            ..HealthQuery::default()
+        };
+        let answer = self
             .client
-            .get(url.clone())
-            .send()
+            .health_service(service, &query, &QueryOptions::default())
             .await
-            .and_then(reqwest::Response::error_for_status)
-            .map_err(|e| DrillError::Fault(format!("GET {url}: {e}")))?
-            .json()
-            .await
-            .map_err(|e| DrillError::Fault(format!("GET {url}: {e}")))?;
-        let mut ids: Vec<String> = entries
-            .iter()
-            .filter_map(|e| e["Service"]["ID"].as_str().map(str::to_string))
-            .collect();
+            .map_err(Self::failed(format!("passing instances of `{service}`")))?;
+        let mut ids: Vec<String> = answer.value.into_iter().map(|i| i.id).collect();
         ids.sort();
         ids.into_iter().next().ok_or_else(|| {
             DrillError::Refused(format!(

@@ -291,7 +291,10 @@ impl Transport {
         if status != StatusCode::OK {
             return Err(Error::from_status(endpoint, status, &body_text(&body)));
         }
-        decode(endpoint, &body)
+        // The agent's write endpoints answer 200 with no body: `null`,
+        // which only `()` (and `Option`s) accept.
+        let body: &[u8] = if body.is_empty() { b"null" } else { &body };
+        decode(endpoint, body)
     }
 
     /// `wait + wait/16 + margin` for a blocking read, else the plain
