@@ -38,7 +38,7 @@
 //! no template file can have. The tests compare every split render with a
 //! whole one.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use serde_json::{Map, Value};
@@ -275,7 +275,7 @@ impl Bodies {
 
     /// How many backends the last render kept bodies of, per template.
     #[cfg(test)]
-    pub(crate) fn kept(&self) -> BTreeMap<String, usize> {
+    pub(crate) fn kept(&self) -> std::collections::BTreeMap<String, usize> {
         let kept = self.lock();
         kept.bodies
             .iter()
@@ -287,19 +287,17 @@ impl Bodies {
     /// Concurrent renders are correct; only one of them finds anything.
     pub(crate) fn start(&self, backends: Vec<BackendView>) -> Pass {
         let kept = std::mem::take(&mut *self.lock());
-        let index: BTreeMap<&str, usize> = kept
-            .backends
-            .iter()
-            .enumerate()
-            .map(|(j, b)| (b.name.as_str(), j))
-            .collect();
+        // Both lists are in name order (the manifest's backends are a
+        // sorted map), so one walk finds each backend's namesake; lists out
+        // of order would only find fewer, never a backend that is not equal.
+        let mut j = 0;
         let same = backends
             .iter()
             .map(|b| {
-                index
-                    .get(b.name.as_str())
-                    .copied()
-                    .filter(|&j| kept.backends[j] == *b)
+                while kept.backends.get(j).is_some_and(|k| k.name < b.name) {
+                    j += 1;
+                }
+                kept.backends.get(j).is_some_and(|k| k == b).then_some(j)
             })
             .collect();
         Pass {
