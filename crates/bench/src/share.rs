@@ -299,7 +299,9 @@ fn parse_log(log: &str) -> Vec<Event> {
     out
 }
 
-fn parse_timings(text: &str) -> Vec<(i64, i64)> {
+/// `START_US END_US STATUS` lines of the timing validator, as
+/// `(start, end)`.
+pub(crate) fn parse_timings(text: &str) -> Vec<(i64, i64)> {
     text.lines()
         .filter_map(|l| {
             let mut f = l.split_whitespace();
