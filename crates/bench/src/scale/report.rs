@@ -58,10 +58,11 @@ pub fn markdown(args: &ScaleArgs, dc: &Datacenter, rows: &[Row]) -> String {
             r.memory.0 as f64 / 1024.0,
             match (&r.without_validator, r.note.is_empty()) {
                 (Some(s), _) => format!(
-                    " without `haproxy -c`'s own run: {} / {} / {}",
+                    " without `haproxy -c`'s own run: {} / {} / {}{}",
                     ms(s.p50),
                     ms(s.p90),
-                    ms(s.max)
+                    ms(s.max),
+                    r.note
                 ),
                 (None, true) => String::new(),
                 (None, false) => format!(" {}", r.note),

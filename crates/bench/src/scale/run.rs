@@ -10,7 +10,10 @@
 //! which records when `haproxy -c` started and exited, and every run
 //! between the previous flip's file and this one's is subtracted. The
 //! wrapper's own start-up (about 1 ms, see "converge's own share at 1,000
-//! instances" in BENCHMARKS.md) stays in converge's share. Nothing reloads:
+//! instances" in BENCHMARKS.md) stays in converge's share. converge's log
+//! splits each flip further as [`crate::share`] does (flip → the source's
+//! snapshot woke the daemon, → validator spawned, validator exited →
+//! committed). Nothing reloads:
 //! the target's reload is `none`, as HAProxy is not part of this
 //! benchmark.
 
@@ -28,8 +31,9 @@ use super::ct::wait_for;
 use super::dc::{self, measure as phases, Datacenter, Row, Sampler, Watcher};
 use super::ScaleArgs;
 use crate::procstat;
-use crate::share::{parse_timings, unix_micros};
+use crate::share::{self, parse_timings, unix_micros};
 use crate::stack;
+use crate::stats::{ms, Summary};
 
 /// Measures `converge run` (the binary `converge`) watching `s0 … s{W-1}`
 /// over plain HTTP.
@@ -61,7 +65,10 @@ pub fn measure(dc: &mut Datacenter, args: &ScaleArgs, converge: &Path) -> anyhow
         .arg(dir.path().join("root"))
         .args(["--consul", &proxy.url()])
         .args(["--wait-min", "0ms", "--wait-max", "0ms"])
-        .env("RUST_LOG", "info")
+        .env(
+            "RUST_LOG",
+            "info,converge_agent::daemon=debug,converge_programs::process=debug",
+        )
         .env("NO_COLOR", "1")
         .env_remove("CONSUL_HTTP_ADDR")
         .env_remove("CONSUL_HTTP_TOKEN")
@@ -97,10 +104,29 @@ pub fn measure(dc: &mut Datacenter, args: &ScaleArgs, converge: &Path) -> anyhow
         timings,
         seen: None,
         since: 0,
+        starts: Vec::new(),
         validator: Duration::ZERO,
     };
     phases(dc, args, &mut w, &proxy, true, &mut row)?;
     row.peak_connections = sampler.peak();
+    let (passes, unmatched) = share::breakdown(
+        &fs::read_to_string(&log).unwrap_or_default(),
+        &w.starts,
+        &fs::read_to_string(&w.timings).unwrap_or_default(),
+    );
+    let p50 = |f: fn(&share::Pass) -> Duration| {
+        Summary::of(&passes.iter().map(f).collect::<Vec<_>>()).map_or("—".into(), |s| ms(s.p50))
+    };
+    row.note = format!(
+        "; from its log, p50 of {} flips ({unmatched} unmatched): flip → woken {}, \
+         woken → validator spawned {}, validator exited → committed {}, \
+         own share (woken → committed − validator) {}",
+        passes.len(),
+        p50(|p| p.source),
+        p50(|p| p.before_validator),
+        p50(|p| p.after_validator),
+        p50(|p| p.own),
+    );
     Ok(row)
 }
 
@@ -142,6 +168,8 @@ struct Run<'a> {
     /// When the flip being watched was made (unix µs): validator runs
     /// that start before it belong to something else.
     since: i64,
+    /// When each watched flip was made (unix µs).
+    starts: Vec<i64>,
     /// The validator's time in the last flip.
     validator: Duration,
 }
@@ -173,6 +201,7 @@ impl Watcher for Run<'_> {
 
     fn flipping(&mut self) {
         self.since = unix_micros(SystemTime::now());
+        self.starts.push(self.since);
     }
 
     fn excluded(&self) -> Option<Duration> {
