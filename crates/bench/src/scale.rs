@@ -21,9 +21,12 @@
 //! until everything is read (or rendered), watched
 //! flips (a check through the catalog API → the snapshot or file shows
 //! it), unwatched flips (bytes and requests read, the tool's and the
-//! agent's CPU), an idle window, peak connections and memory. What it does
-//! not do yet: HAProxy and the rest of `converge run` (the side-by-side
-//! `converge-bench` without `scale` does that at small scale).
+//! agent's CPU), an idle window, peak connections and memory. With
+//! `--converge-run`, `converge run` itself too, on W generated backends
+//! through the shipped HAProxy template: flip → committed file, and the
+//! same without `haproxy -c`'s own run ([`run`]). HAProxy itself is not
+//! run (the side-by-side `converge-bench` without `scale` does that at
+//! small scale).
 //!
 //! ```sh
 //! scripts/build-peers.sh
@@ -35,6 +38,7 @@ mod ct;
 mod dc;
 mod endpoints;
 mod report;
+mod run;
 mod source;
 
 use std::path::PathBuf;
@@ -82,6 +86,17 @@ pub struct ScaleArgs {
     /// Skip consul-template at Consul's default limit.
     #[arg(long)]
     pub skip_ct_default: bool,
+    /// Skip converge's catalog source run in this process (both protocols).
+    #[arg(long)]
+    pub skip_source: bool,
+    /// Also run `converge run` on W generated backends through the shipped
+    /// HAProxy template, flip → committed file with and without the
+    /// validator's run.
+    #[arg(long)]
+    pub converge_run: bool,
+    /// The converge binary for `--converge-run` [default: target/release/converge].
+    #[arg(long)]
+    pub converge: Option<PathBuf>,
 }
 
 /// Runs the scale benchmark with `argv` (after `scale`) and prints its
@@ -102,11 +117,25 @@ pub fn main(argv: &[String]) -> anyhow::Result<()> {
         "{} not found: run scripts/build-peers.sh",
         ct_bin.display()
     );
+    let converge = args
+        .converge
+        .clone()
+        .unwrap_or_else(|| stack::repo().join("target/release/converge"));
+    anyhow::ensure!(
+        !args.converge_run || converge.is_file(),
+        "{} not found: `cargo build --release -p converge` or pass --converge",
+        converge.display()
+    );
     let mut dc = dc::Datacenter::start(&args)?;
     let endpoints = endpoints::table(&dc)?;
     let mut rows = Vec::new();
-    for tls in [false, true] {
-        rows.push(source::measure(&mut dc, &args, tls)?);
+    if !args.skip_source {
+        for tls in [false, true] {
+            rows.push(source::measure(&mut dc, &args, tls)?);
+        }
+    }
+    if args.converge_run {
+        rows.push(run::measure(&mut dc, &args, &converge)?);
     }
     if !args.skip_ct_default {
         rows.push(ct::measure(&mut dc, &args, &ct_bin, "default limit (200)")?);

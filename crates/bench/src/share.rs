@@ -194,6 +194,12 @@ pub fn measure(
     })
 }
 
+/// The breakdown of flips made at `starts` (unix µs), from converge's JSON
+/// log and the timing validator's file, and how many could not be matched.
+pub(crate) fn breakdown(log: &str, starts: &[i64], timings: &str) -> (Vec<Pass>, usize) {
+    match_flips(starts, &parse_log(log), &parse_timings(timings))
+}
+
 /// Times `rounds` durable replaces of a `size`-byte file in `dir`.
 fn durable_write(dir: &Path, size: usize, rounds: usize) -> anyhow::Result<Option<Summary>> {
     let bytes = vec![b'x'; size];
@@ -299,7 +305,9 @@ fn parse_log(log: &str) -> Vec<Event> {
     out
 }
 
-fn parse_timings(text: &str) -> Vec<(i64, i64)> {
+/// `START_US END_US STATUS` lines of the timing validator, as
+/// `(start, end)`.
+pub(crate) fn parse_timings(text: &str) -> Vec<(i64, i64)> {
     text.lines()
         .filter_map(|l| {
             let mut f = l.split_whitespace();

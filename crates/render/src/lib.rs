@@ -11,15 +11,19 @@
 //! sorted `Vec` or a `BTreeMap`, and Tera iterates them in order, so an
 //! unchanged world renders byte-identical files (invariant 3).
 //!
-//! [`Templates`] keeps the last render's servers serialized, so a health
-//! flip does not convert a thousand unchanged servers into Tera's context
-//! again; a value is reused only for an equal server, so the output is the
-//! same with or without it.
+//! [`Templates`] keeps what a health flip would otherwise redo for every
+//! unchanged backend. A template whose backends are written by one loop
+//! that reads nothing but its backend is rendered in pieces, and the text of
+//! a backend equal to one of the last render is reused (`split.rs`); any
+//! other template is rendered whole, reusing the last render's servers
+//! serialized into Tera's context (`memo.rs`). Either is reused only for an
+//! equal input, so the output is the same with or without them.
 #![deny(missing_docs)]
 
 pub mod error;
 mod memo;
 pub mod sanitize;
+mod split;
 pub mod templates;
 pub mod view;
 
@@ -29,6 +33,7 @@ use converge_model::manifest::Validator;
 use converge_model::{Catalog, Layout, NodeDesired, ReloadAction, RenderedFile, RenderedSet};
 
 pub use error::{RenderError, SyntaxError};
+use split::Shape;
 pub use templates::Templates;
 
 /// Renders every target of `desired` against `catalog`, paths under `layout`.
@@ -38,14 +43,48 @@ pub fn render(
     templates: &Templates,
     layout: &Layout,
 ) -> Result<RenderedSet, RenderError> {
+    render_as(desired, catalog, templates, layout, true)
+}
+
+/// [`render`], with `split` false rendering every template whole (what the
+/// tests compare split renders with).
+fn render_as(
+    desired: &NodeDesired,
+    catalog: &Catalog,
+    templates: &Templates,
+    layout: &Layout,
+    split: bool,
+) -> Result<RenderedSet, RenderError> {
     let view::View {
-        context,
+        mut context,
         rejections,
         warnings,
     } = view::build(desired, catalog, layout);
-    let files = templates.memo.with_context(context, |context| {
-        render_targets(desired, templates, layout, context)
-    })?;
+    let in_pieces = split
+        && desired.targets.values().all(|t| {
+            matches!(
+                templates.shapes.get(&t.template),
+                Some(Shape::Without | Shape::Split(_))
+            )
+        });
+    let mut pieces = None;
+    if in_pieces {
+        let pass = templates
+            .bodies
+            .start(std::mem::take(&mut context.backends));
+        match render_pieces(desired, templates, layout, &context, pass) {
+            Ok(files) => pieces = Some(files),
+            Err(backends) => context.backends = backends,
+        }
+    }
+    let files = match pieces {
+        Some(files) => files,
+        None => templates.memo.with_context(context, |context| {
+            render_targets(desired, layout, context, |target, template, context, _| {
+                templates.render(target, template, context)
+            })
+        })?,
+    };
     Ok(RenderedSet {
         node: desired.name.clone(),
         layout: layout.clone(),
@@ -77,17 +116,56 @@ const KEEPALIVED_KEYS: &[&str] = &[
     "targets",
 ];
 
-fn render_targets(
+/// Renders targets whose templates are all split or never read `backends`
+/// ([`split`]), from `context` without its backends, which `pass` holds.
+/// On any error, the backends back for a render of whole templates, which
+/// reports the error as it always has.
+fn render_pieces(
     desired: &NodeDesired,
     templates: &Templates,
     layout: &Layout,
+    context: &view::Context,
+    mut pass: split::Pass,
+) -> Result<BTreeMap<String, RenderedFile>, Vec<view::BackendView>> {
+    let Ok(tera_context) = tera::Context::from_serialize(context) else {
+        return Err(pass.into_backends());
+    };
+    let files = render_targets(
+        desired,
+        layout,
+        &tera_context,
+        |target, template, context, with_catalog| match templates.shapes.get(template) {
+            // A keepalived template gets no backends: rendered whole, one
+            // that reads them fails as it does without pieces.
+            Some(Shape::Split(split)) if with_catalog => {
+                pass.render(&templates.tera, template, split, context)
+            }
+            _ => templates.render(target, template, context),
+        },
+    );
+    match files {
+        Ok(files) => {
+            templates.bodies.finish(pass);
+            Ok(files)
+        }
+        Err(_) => Err(pass.into_backends()),
+    }
+}
+
+/// Renders every target through `render(target, template, context,
+/// with_catalog)`: `context`, or for keepalived the part of it without
+/// catalog data ([`KEEPALIVED_KEYS`]; `with_catalog` false).
+fn render_targets(
+    desired: &NodeDesired,
+    layout: &Layout,
     context: &tera::Context,
+    mut render: impl FnMut(&str, &str, &tera::Context, bool) -> Result<String, RenderError>,
 ) -> Result<BTreeMap<String, RenderedFile>, RenderError> {
     let mut files = BTreeMap::new();
     let mut without_catalog = None;
     for (name, target) in &desired.targets {
-        let context = if target.validate == Validator::Keepalived {
-            &*without_catalog.get_or_insert_with(|| {
+        let (context, with_catalog) = if target.validate == Validator::Keepalived {
+            let kept = without_catalog.get_or_insert_with(|| {
                 let mut kept = tera::Context::new();
                 for key in KEEPALIVED_KEYS {
                     if let Some(value) = context.get(key) {
@@ -95,11 +173,12 @@ fn render_targets(
                     }
                 }
                 kept
-            })
+            });
+            (&*kept, false)
         } else {
-            context
+            (context, true)
         };
-        let bytes = templates.render(name, &target.template, context)?;
+        let bytes = render(name, &target.template, context, with_catalog)?;
         let mode = converge_model::check::parse_mode(&target.mode).unwrap_or(0o644);
         files.insert(
             name.clone(),

@@ -230,8 +230,9 @@ mod tests {
                 step as u64,
                 BTreeMap::from([("web".to_string(), web.clone()), ("api".to_string(), api)]),
             );
-            let hot = crate::render(&desired, &catalog, &warm, &layout).expect("render");
-            let cold = crate::render(&desired, &catalog, &templates(), &layout).expect("render");
+            let hot = crate::render_as(&desired, &catalog, &warm, &layout, false).expect("render");
+            let cold =
+                crate::render_as(&desired, &catalog, &templates(), &layout, false).expect("render");
             assert_eq!(
                 hot.files["haproxy"].bytes, cold.files["haproxy"].bytes,
                 "step {step}"

@@ -11,15 +11,19 @@ use tera::Tera;
 
 use crate::error::{RenderError, SyntaxError};
 use crate::memo::Memo;
+use crate::split::{Bodies, Shape};
 
 /// Parsed templates and their sources (kept to place errors on a line),
-/// and the last render's servers with their serialized values, which the
-/// next render reuses.
+/// how each reads the backends, and what the last render leaves the next
+/// to reuse: each backend's body of a split template (`split.rs`),
+/// and the servers with their serialized values (`memo.rs`).
 pub struct Templates {
     dir: PathBuf,
-    tera: Tera,
+    pub(crate) tera: Tera,
     sources: BTreeMap<String, String>,
+    pub(crate) shapes: BTreeMap<String, Shape>,
     pub(crate) memo: Memo,
+    pub(crate) bodies: Bodies,
 }
 
 impl std::fmt::Debug for Templates {
@@ -83,11 +87,17 @@ impl Templates {
         if !errors.is_empty() {
             return Err(RenderError::Syntax(errors));
         }
+        let shapes = sources
+            .keys()
+            .map(|name| (name.clone(), Shape::of(&mut tera, name)))
+            .collect();
         Ok(Self {
             dir: dir.to_path_buf(),
             tera,
             sources,
+            shapes,
             memo: Memo::default(),
+            bodies: Bodies::default(),
         })
     }
 

@@ -118,7 +118,7 @@ pub struct RouteView {
 }
 
 /// One backend with its resolved servers.
-#[derive(Debug, Serialize)]
+#[derive(Debug, PartialEq, Serialize)]
 pub struct BackendView {
     /// Name.
     pub name: String,

@@ -119,7 +119,7 @@ fn modified(path: &Path) -> Option<SystemTime> {
 }
 
 /// Polls `done` every millisecond until it holds or `deadline` passes.
-fn wait_for(deadline: Duration, mut done: impl FnMut() -> bool) -> bool {
+pub(super) fn wait_for(deadline: Duration, mut done: impl FnMut() -> bool) -> bool {
     let until = Instant::now() + deadline;
     while Instant::now() < until {
         if done() {

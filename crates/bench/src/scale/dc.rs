@@ -84,6 +84,14 @@ pub fn ticks(t: u64) -> Duration {
 pub trait Watcher {
     /// Waits up to `deadline` until the tool shows `e` at `status`.
     fn shows(&mut self, e: External, status: &str, deadline: Duration) -> bool;
+    /// Called just before a watched flip is made.
+    fn flipping(&mut self) {}
+    /// Of the last flip [`Watcher::shows`] saw, the time that is not the
+    /// tool's to count (a validator's own run); `None` for a tool that runs
+    /// none.
+    fn excluded(&self) -> Option<Duration> {
+        None
+    }
     /// The tool's CPU time so far.
     fn cpu(&self) -> Duration;
     /// The tool's resident memory now and at its peak, KiB.
@@ -97,6 +105,9 @@ pub struct Row {
     pub label: String,
     /// Until everything was read (rendered); `None`: not within the timeout.
     pub startup: Option<Duration>,
+    /// Flip → seen without the validator's own run, for a tool that
+    /// validates before it writes.
+    pub without_validator: Option<Summary>,
     /// Watched flip → snapshot (file).
     pub flips: Option<Summary>,
     /// Bytes read per watched flip.
@@ -194,12 +205,14 @@ pub fn measure(
 
     // Watched flips.
     let mut latencies = Vec::with_capacity(args.flips);
+    let mut own = Vec::new();
     let b0 = proxy.bytes_received();
     for k in 0..args.flips {
         let e = External {
             service: (k * 7919) % args.watched,
             instance: 0,
         };
+        w.flipping();
         let t = Instant::now();
         let status = dc.flip(e)?;
         anyhow::ensure!(
@@ -208,10 +221,15 @@ pub fn measure(
             row.label,
             e.id()
         );
-        latencies.push(t.elapsed());
+        let latency = t.elapsed();
+        latencies.push(latency);
+        if let Some(excluded) = w.excluded() {
+            own.push(latency.saturating_sub(excluded));
+        }
         std::thread::sleep(args.gap);
     }
     row.flips = Summary::of(&latencies);
+    row.without_validator = Summary::of(&own);
     row.watched_bytes = (proxy.bytes_received() - b0) / args.flips.max(1) as u64;
 
     // Unwatched flips, each checked to have reached the agent by the

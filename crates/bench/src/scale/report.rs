@@ -56,10 +56,16 @@ pub fn markdown(args: &ScaleArgs, dc: &Datacenter, rows: &[Row]) -> String {
             dash(format!("{} / {}", opt(r.idle_requests), kb(r.idle_bytes))),
             r.peak_connections,
             r.memory.0 as f64 / 1024.0,
-            if r.note.is_empty() {
-                String::new()
-            } else {
-                format!(" {}", r.note)
+            match (&r.without_validator, r.note.is_empty()) {
+                (Some(s), _) => format!(
+                    " without `haproxy -c`'s own run: {} / {} / {}{}",
+                    ms(s.p50),
+                    ms(s.p90),
+                    ms(s.max),
+                    r.note
+                ),
+                (None, true) => String::new(),
+                (None, false) => format!(" {}", r.note),
             }
         );
     }
