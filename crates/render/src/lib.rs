@@ -20,6 +20,8 @@
 //! equal input, so the output is the same with or without them.
 #![deny(missing_docs)]
 
+#[cfg(test)]
+mod churn;
 pub mod error;
 mod memo;
 pub mod sanitize;

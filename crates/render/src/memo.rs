@@ -128,10 +128,9 @@ fn keep(mut context: tera::Context, servers: Servers) -> Kept {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
     use std::path::{Path, PathBuf};
 
-    use converge_model::{Catalog, Health, Instance, Layout, Manifests, NodeDesired};
+    use converge_model::{Health, Layout, Manifests, NodeDesired};
 
     use super::*;
     use crate::Templates;
@@ -184,18 +183,6 @@ mod tests {
         m.for_node("lb1").expect("node")
     }
 
-    fn instance(i: usize, health: Health) -> Instance {
-        Instance {
-            id: format!("web-{i:02}"),
-            node: "n".into(),
-            address: format!("10.0.0.{}", i % 7 + 1),
-            port: 8000 + i as u16,
-            tags: Default::default(),
-            meta: Default::default(),
-            health,
-        }
-    }
-
     fn templates() -> Templates {
         Templates::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../templates"))
             .expect("templates")
@@ -208,28 +195,7 @@ mod tests {
         let desired = desired();
         let warm = templates();
         let layout = Layout::new("/r");
-        let mut web: Vec<Instance> = (0..40).map(|i| instance(i, Health::Passing)).collect();
-        for step in 0..60 {
-            let i = (step * 7) % web.len();
-            match step % 5 {
-                0 | 1 => {
-                    web[i].health = match web[i].health {
-                        Health::Passing => Health::Critical,
-                        _ => Health::Passing,
-                    }
-                }
-                2 => {
-                    web.remove(i);
-                }
-                3 => web.push(instance(40 + step, Health::Passing)),
-                _ => web[i].address = format!("10.1.0.{step}"),
-            }
-            web.sort();
-            let api = web.iter().take(step % 4).cloned().collect();
-            let catalog = Catalog::fresh(
-                step as u64,
-                BTreeMap::from([("web".to_string(), web.clone()), ("api".to_string(), api)]),
-            );
+        for (step, catalog) in crate::churn::catalogs() {
             let hot = crate::render_as(&desired, &catalog, &warm, &layout, false).expect("render");
             let cold =
                 crate::render_as(&desired, &catalog, &templates(), &layout, false).expect("render");
