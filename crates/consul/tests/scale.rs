@@ -236,17 +236,7 @@ async fn thousands_of_long_polls_over_http2_fit_in_a_few_connections() {
     let a = ConsulAgent::start_with_tls()
         .unwrap_or_else(|e| panic!("cannot start the real consul agent with TLS: {e}"));
     tokio::task::block_in_place(|| a.register_synthetic(N, 1)).expect("datacenter");
-    let (ca, cert, key) = a.tls_files();
-    let path = |p: &std::path::Path| p.display().to_string();
-    let vars = [
-        ("CONSUL_HTTP_ADDR", a.https_url()),
-        ("CONSUL_CACERT", path(&ca)),
-        ("CONSUL_CLIENT_CERT", path(&cert)),
-        ("CONSUL_CLIENT_KEY", path(&key)),
-        ("CONSUL_TLS_SERVER_NAME", "server.dc1.consul".to_string()),
-    ];
-    let config = Config::from_vars(|k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone()))
-        .expect("config");
+    let config = tls_config(&a);
     let port = a.ports().https;
 
     let peak = PeakConnections::start(port);
