@@ -30,7 +30,7 @@ use crate::config::{Config, TlsConfig};
 use crate::error::Error;
 
 /// How long an idle HTTP/1.1 connection stays in the pool. HTTP/2 lanes
-/// keep theirs for as long as it is open (see [`http_client`]).
+/// keep theirs for as long as it is open (see `http_client`).
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How often an HTTP/2 connection is pinged, busy or idle, so a dead one
