@@ -19,7 +19,10 @@ pub fn store_json(path: &Path, value: &impl serde::Serialize) -> io::Result<()> 
     let mut tmp = tempfile::Builder::new()
         .prefix(&format!(".{name}."))
         .tempfile_in(dir)?;
-    serde_json::to_writer(&mut tmp, value)?;
+    // Serialised first and written at once: straight into the file,
+    // serde_json makes one write(2) per token, tens of thousands for the
+    // guard's baseline of a few thousand instances.
+    tmp.write_all(&serde_json::to_vec(value)?)?;
     tmp.flush()?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;

@@ -40,6 +40,8 @@ pub struct Reconciler {
     /// freeze the baseline of every backend, or a later hold would bring
     /// back instances that left long ago.
     baseline: Option<Catalog>,
+    /// Writes `baseline` to disk off the pass's thread.
+    baseline_writer: baseline::Writer,
     /// Backends an operator released, consumed by the next pass.
     released: BTreeSet<String>,
     /// The PgBouncer databases paused while their primary is unclear.
@@ -58,6 +60,7 @@ impl Reconciler {
             inputs: None,
             inputs_fingerprint: None,
             baseline,
+            baseline_writer: baseline::Writer::start(),
             released: BTreeSet::new(),
         }
     }
@@ -188,7 +191,8 @@ impl Reconciler {
         };
         let all_ok = self.report.outcomes(&set, &report);
         self.report.held(&held_targets);
-        baseline::advance(&layout, self.baseline.as_ref(), &accepted);
+        self.baseline_writer
+            .advance(&layout, self.baseline.as_ref(), &accepted);
         self.baseline = Some(accepted);
         self.report.converged(all_ok && complete);
         Some(pauses)

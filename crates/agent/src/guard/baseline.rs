@@ -17,10 +17,23 @@
 //! the new one. An unreadable or corrupt file is reported and ignored:
 //! without a baseline the guard holds nothing, which is how a node that
 //! never applied behaves anyway.
+//!
+//! The daemon writes it on a thread of its own ([`Writer`]): the file
+//! holds every watched instance (about half a megabyte of JSON for 5,000),
+//! and its fsyncs took up to hundreds of milliseconds on a busy disk,
+//! during which the pass had not returned and the next catalog change
+//! waited. Only the newest accepted snapshot is worth writing, so a write
+//! still pending when a newer one comes is replaced; dropping the writer
+//! (the daemon's shutdown) finishes the pending one first. A daemon killed
+//! between a pass and the end of its write starts from the baseline before
+//! it, as a crash between the transaction and the write always did.
 
 use std::collections::BTreeMap;
 use std::io;
 use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Instant;
 
 use converge_model::{Catalog, Instance, Layout};
 use serde::{Deserialize, Serialize};
@@ -92,6 +105,108 @@ pub fn advance(layout: &Layout, old: Option<&Catalog>, new: &Catalog) {
     }
     if let Err(e) = store(layout, new) {
         tracing::warn!(path = %path(layout).display(), error = %e, "cannot write the guard baseline");
+    }
+}
+
+/// Writes the baseline off the pass's thread; see the module docs.
+pub struct Writer {
+    shared: Arc<(Mutex<Slot>, Condvar)>,
+    thread: Option<JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct Slot {
+    /// The newest snapshot not yet taken by the thread.
+    next: Option<(Layout, Catalog)>,
+    /// The thread is writing one.
+    busy: bool,
+    /// The writer was dropped: write what is pending, then stop.
+    closed: bool,
+}
+
+impl Writer {
+    /// Starts the writing thread.
+    pub fn start() -> Self {
+        let shared = Arc::new((Mutex::new(Slot::default()), Condvar::new()));
+        let thread = std::thread::Builder::new()
+            .name("guard-baseline".into())
+            .spawn({
+                let shared = shared.clone();
+                move || write_loop(&shared)
+            })
+            .ok();
+        if thread.is_none() {
+            tracing::warn!("cannot start the guard baseline's writer; writing it in the pass");
+        }
+        Self { shared, thread }
+    }
+
+    /// [`advance`], on the writer's thread when it runs: queues `new` when
+    /// its instances differ from `old`'s, replacing a queued older one.
+    pub fn advance(&self, layout: &Layout, old: Option<&Catalog>, new: &Catalog) {
+        if self.thread.is_none() {
+            return advance(layout, old, new);
+        }
+        if !differs(old, new) {
+            return;
+        }
+        let (lock, cv) = &*self.shared;
+        lock.lock().unwrap_or_else(PoisonError::into_inner).next =
+            Some((layout.clone(), new.clone()));
+        cv.notify_all();
+    }
+
+    /// Waits until nothing queued is left unwritten.
+    #[cfg(test)]
+    pub fn flush(&self) {
+        let (lock, cv) = &*self.shared;
+        let mut slot = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        while self.thread.is_some() && (slot.next.is_some() || slot.busy) {
+            slot = cv.wait(slot).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        let (lock, cv) = &*self.shared;
+        lock.lock().unwrap_or_else(PoisonError::into_inner).closed = true;
+        cv.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn write_loop(shared: &(Mutex<Slot>, Condvar)) {
+    let (lock, cv) = shared;
+    loop {
+        let job = {
+            let mut slot = lock.lock().unwrap_or_else(PoisonError::into_inner);
+            loop {
+                if let Some(job) = slot.next.take() {
+                    slot.busy = true;
+                    break Some(job);
+                }
+                if slot.closed {
+                    break None;
+                }
+                slot = cv.wait(slot).unwrap_or_else(PoisonError::into_inner);
+            }
+        };
+        let Some((layout, catalog)) = job else { return };
+        let started = Instant::now();
+        match store(&layout, &catalog) {
+            Ok(()) => tracing::debug!(
+                took_ms = started.elapsed().as_secs_f64() * 1e3,
+                "guard baseline written"
+            ),
+            Err(e) => {
+                tracing::warn!(path = %path(&layout).display(), error = %e, "cannot write the guard baseline")
+            }
+        }
+        lock.lock().unwrap_or_else(PoisonError::into_inner).busy = false;
+        cv.notify_all();
     }
 }
 

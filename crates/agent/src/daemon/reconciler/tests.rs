@@ -153,6 +153,7 @@ fn a_restarted_daemon_guards_its_first_pass_with_the_stored_baseline() {
     // Recovery goes through, and is what the next restart starts from.
     set_web(&config, &[8003]);
     assert_eq!(pass(&config, &board, &mut restarted), "127.0.0.1:8003\n");
+    restarted.0.baseline_writer.flush();
     let stored = baseline::load(&Layout::new(&config.inputs.root)).expect("stored baseline");
     assert_eq!(stored.service("web").expect("web").instances.len(), 1);
 }
