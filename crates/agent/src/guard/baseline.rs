@@ -250,6 +250,28 @@ mod tests {
     }
 
     #[test]
+    fn the_writer_keeps_the_newest_snapshot_and_finishes_it_when_dropped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let layout = Layout::new(dir.path());
+        let writer = Writer::start();
+        writer.advance(&layout, None, &web(&["a"]));
+        writer.flush();
+        assert_eq!(
+            load(&layout).expect("written").service("web"),
+            web(&["a"]).service("web")
+        );
+        // Two in a row, then shutdown: the newest is on disk when the
+        // writer is gone.
+        writer.advance(&layout, Some(&web(&["a"])), &web(&["b"]));
+        writer.advance(&layout, Some(&web(&["b"])), &web(&["c"]));
+        drop(writer);
+        assert_eq!(
+            load(&layout).expect("written").service("web"),
+            web(&["c"]).service("web")
+        );
+    }
+
+    #[test]
     fn only_other_instances_count_as_a_difference() {
         let stale = web(&["a"]).with_service(
             "web",
