@@ -98,14 +98,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 /// The agent's HTTPS address and TLS files, as `CONSUL_*` variables.
 fn tls_config(agent: &ConsulAgent) -> Result<Config, Box<dyn std::error::Error>> {
-    let (ca, cert, key) = agent.tls_files();
-    let vars = [
-        ("CONSUL_HTTP_ADDR", agent.https_url()),
-        ("CONSUL_CACERT", ca.display().to_string()),
-        ("CONSUL_CLIENT_CERT", cert.display().to_string()),
-        ("CONSUL_CLIENT_KEY", key.display().to_string()),
-        ("CONSUL_TLS_SERVER_NAME", "server.dc1.consul".to_string()),
-    ];
+    let vars = agent.tls_client_vars(&agent.https_url());
     Ok(Config::from_vars(|k| {
         vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone())
     })?)

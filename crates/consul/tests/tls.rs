@@ -111,19 +111,9 @@ async fn drill_faults_reach_an_agent_that_wants_mutual_tls() {
     let check = a
         .register_service_with_ttl("web-1", "web", 8080, &[])
         .expect("register web-1");
-    let (ca, cert, key) = a.tls_files();
-    let path = |p: &std::path::Path| p.display().to_string();
-    let c = Client::new(
-        Config::from_vars(vars(vec![
-            ("CONSUL_HTTP_ADDR", a.https_url()),
-            ("CONSUL_CACERT", path(&ca)),
-            ("CONSUL_CLIENT_CERT", path(&cert)),
-            ("CONSUL_CLIENT_KEY", path(&key)),
-            ("CONSUL_TLS_SERVER_NAME", "server.dc1.consul".into()),
-        ]))
-        .expect("config"),
-    )
-    .expect("client");
+    let c =
+        Client::new(Config::from_vars(vars(a.tls_client_vars(&a.https_url()))).expect("config"))
+            .expect("client");
     let health = || async {
         let answer = c
             .health_service("web", &HealthQuery::default(), &QueryOptions::default())

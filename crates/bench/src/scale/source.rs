@@ -71,14 +71,9 @@ pub fn measure(dc: &mut Datacenter, args: &ScaleArgs, tls: bool) -> anyhow::Resu
 /// `server.dc1.consul`, which is sent and verified while the connection
 /// goes to the proxy's address.
 fn tls_config(dc: &Datacenter, proxy: &CountingProxy) -> anyhow::Result<Config> {
-    let (ca, cert, key) = dc.agent.tls_files();
-    let vars = [
-        ("CONSUL_HTTP_ADDR", format!("https://{}", proxy.addr())),
-        ("CONSUL_CACERT", ca.display().to_string()),
-        ("CONSUL_CLIENT_CERT", cert.display().to_string()),
-        ("CONSUL_CLIENT_KEY", key.display().to_string()),
-        ("CONSUL_TLS_SERVER_NAME", "server.dc1.consul".to_string()),
-    ];
+    let vars = dc
+        .agent
+        .tls_client_vars(&format!("https://{}", proxy.addr()));
     Ok(Config::from_vars(|k| {
         vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone())
     })?)

@@ -127,6 +127,22 @@ ports {{
         )
     }
 
+    /// The `CONSUL_*` variables of a client reaching this TLS agent at
+    /// `address` (its HTTPS URL, or a proxy's in front of it) with the
+    /// agent's CA, the client certificate and the name the server's
+    /// certificate carries (`server.dc1.consul`, which no DNS resolves, so
+    /// it is sent and verified while the connection goes to `address`).
+    pub fn tls_client_vars(&self, address: &str) -> Vec<(&'static str, String)> {
+        let (ca, cert, key) = self.tls_files();
+        vec![
+            ("CONSUL_HTTP_ADDR", address.to_string()),
+            ("CONSUL_CACERT", ca.display().to_string()),
+            ("CONSUL_CLIENT_CERT", cert.display().to_string()),
+            ("CONSUL_CLIENT_KEY", key.display().to_string()),
+            ("CONSUL_TLS_SERVER_NAME", "server.dc1.consul".to_string()),
+        ]
+    }
+
     fn server_cert(&self) -> (PathBuf, PathBuf) {
         let d = self.tls_dir();
         (
