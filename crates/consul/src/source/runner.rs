@@ -31,9 +31,10 @@ use super::state::{SourceHealth, SourceState};
 use super::tasks::{Mode, Tasks};
 use super::watches::{Signal, Watch};
 
-/// Signals queued before a watch waits: room for every per-service watch
-/// of a large set to hand in its first answer without waiting on the loop,
-/// which takes all queued signals before it publishes once.
+/// Signals queued before a watch waits: room for a thousand per-service
+/// watches to hand in their answers without waiting on the loop, which
+/// takes all queued signals before it publishes once; beyond that a watch
+/// waits until the loop has taken some (at start-up of a larger set).
 const SIGNAL_QUEUE: usize = 1024;
 
 /// The source's state and the loop's steps; see the module docs.

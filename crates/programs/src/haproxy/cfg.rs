@@ -16,6 +16,8 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// The manifest's own type: the rendered file carries what the manifest said.
+pub use converge_model::manifest::AfterDrain;
 use converge_model::RUNTIME_API_MARKER as MARKER;
 
 /// One `server` line of a marked backend, as a file states it.
@@ -62,15 +64,6 @@ pub struct Drain {
     pub timeout: Duration,
     /// What happens to connections still open after `timeout`.
     pub then: AfterDrain,
-}
-
-/// The end of a drain that timed out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AfterDrain {
-    /// Give up the runtime update and reload.
-    Reload,
-    /// `shutdown sessions server`, then delete.
-    Shutdown,
 }
 
 impl Default for Drain {
