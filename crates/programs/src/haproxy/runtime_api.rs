@@ -425,30 +425,21 @@ fn master_ready(pidfile: &Path, sig: Signal) -> Result<(), Fallback> {
     let Some(pid) = text
         .split_whitespace()
         .next()
-        .and_then(|p| p.parse::<u32>().ok())
+        .and_then(|p| p.parse::<i32>().ok())
+        .filter(|&p| p > 0)
     else {
         return fallback(format!("{} holds no pid", pidfile.display()));
     };
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .map_err(|e| Fallback(format!("master pid {pid} is not running ({e})")))?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(str::trim)
-    };
-    if field("State:").is_some_and(|s| s.starts_with('Z') || s.starts_with('X')) {
-        return fallback(format!("master pid {pid} has exited"));
+    let master = nix::unistd::Pid::from_raw(pid);
+    if !signal::alive(master) {
+        return fallback(format!("master pid {pid} is not running"));
     }
-    let caught = field("SigCgt:")
-        .and_then(|h| u64::from_str_radix(h, 16).ok())
-        .is_some_and(|mask| mask & (1u64 << (sig as i32 - 1)) != 0);
-    if caught {
-        Ok(())
-    } else {
-        fallback(format!(
+    match signal::disposition::read(master, sig) {
+        Ok(d) if d.handles() => Ok(()),
+        Ok(_) => fallback(format!(
             "master pid {pid} does not handle {sig} now (a reload in progress?)"
-        ))
+        )),
+        Err(e) => fallback(format!("master pid {pid} is not running ({e})")),
     }
 }
 
