@@ -47,6 +47,10 @@
 //!   connections, so thousands of services are watched this way. Over
 //!   plain HTTP/1.1 a long poll holds a connection, so only as many
 //!   services as the client's request limit (15 by default) are.
+//!   At start-up every service is read once before any long poll is
+//!   armed: Consul evaluates a blocking query once before it waits, so
+//!   armings sent as the first answers come would double the agent's work
+//!   before the first complete snapshot (see `arming`).
 //! - **Shared** (more services than that): three long polls whatever the
 //!   number of services, plus a bounded pool of short, non-blocking reads.
 //!   Blocking `/v1/health/state/critical` and `/v1/health/state/warning`
@@ -141,6 +145,8 @@
 //! - `watches`: the long polls (per service, or the two shared ones),
 //!   which only signal the loop;
 //! - `tasks`: which of them run, and the choice between the two modes;
+//! - `arming`: per-service watches read first and arm their long polls
+//!   after, so start-up is not slowed by the armings;
 //! - `checks`: the diff of two checks-watch answers (no I/O);
 //! - `known`: what the loop knows per service, and why a read failed;
 //! - `runner`: the one task that owns that state, reads and publishes;
@@ -149,6 +155,7 @@
 //! This file holds [`CatalogSource`], the handle that starts and stops the
 //! task.
 
+mod arming;
 mod checks;
 mod known;
 mod one_shot;

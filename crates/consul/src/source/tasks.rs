@@ -14,6 +14,7 @@ use tokio::task::{AbortHandle, JoinSet};
 
 use crate::client::Client;
 
+use super::arming::Ticket;
 use super::settings::SourceConfig;
 use super::watches::{watch_checks, watch_service, watch_services, Signal, Watch};
 
@@ -70,7 +71,9 @@ impl Tasks {
 
     /// Runs the watches of `mode` for `watched`, and none other: in
     /// per-service mode one task per service (new services get one, the
-    /// tasks of dropped ones stop), in shared mode the three shared watches.
+    /// tasks of dropped ones stop; the new ones arm their long polls once
+    /// all of them have been read, see `arming`), in shared mode the three
+    /// shared watches.
     pub(super) fn sync(&mut self, mode: Mode, watched: &BTreeSet<String>) {
         match mode {
             Mode::PerService => {
@@ -83,17 +86,21 @@ impl Tasks {
                     }
                     keep
                 });
-                for name in watched {
-                    if !self.services.contains_key(name) {
-                        let watch = watch_service(
-                            self.client.clone(),
-                            self.config.clone(),
-                            name.clone(),
-                            self.tx.clone(),
-                        );
-                        let task = self.per_service.spawn(watch);
-                        self.services.insert(name.clone(), task);
-                    }
+                let new: Vec<&String> = watched
+                    .iter()
+                    .filter(|name| !self.services.contains_key(*name))
+                    .collect();
+                let tickets = Ticket::batch(new.len());
+                for (name, ticket) in new.into_iter().zip(tickets) {
+                    let watch = watch_service(
+                        self.client.clone(),
+                        self.config.clone(),
+                        name.clone(),
+                        self.tx.clone(),
+                        ticket,
+                    );
+                    let task = self.per_service.spawn(watch);
+                    self.services.insert(name.clone(), task);
                 }
             }
             Mode::Shared => {

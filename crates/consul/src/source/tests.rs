@@ -461,3 +461,95 @@ async fn per_service_answers_are_the_data_and_nothing_is_fetched() {
     assert!(matches!(web.freshness, Freshness::Stale { .. }));
     assert!(matches!(s.health, SourceHealth::Degraded { .. }));
 }
+
+/// Two per-service watches of one start-up batch, driven by fake reads in
+/// paused time: `fast` is answered at once, `slow` only when the test
+/// says. `fast` must not arm its long poll (a request with an index)
+/// while `slow`'s first read is still out, and must arm it as soon as that
+/// read is answered. Waiting an hour of paused time ends only when every
+/// task is idle, so "nothing was sent" is decided, not hoped for.
+#[tokio::test(start_paused = true)]
+async fn per_service_watches_arm_only_after_every_first_read_of_their_batch() {
+    use std::sync::Arc;
+
+    use tokio::sync::{mpsc, Notify};
+
+    use super::arming::Ticket;
+    use super::watches::watch_index;
+    use crate::client::QueryOptions;
+
+    let client = SourceConfig::new(["x"])
+        .client(crate::Config::new("http://127.0.0.1:1").expect("config"))
+        .expect("client");
+    let (signals, mut signalled) = mpsc::channel(16);
+    let (requests, mut requested) = mpsc::unbounded_channel();
+    let answer_slow = Arc::new(Notify::new());
+    let mut tickets = Ticket::batch(2);
+    for name in ["fast", "slow"] {
+        let (requests, answer_slow) = (requests.clone(), Arc::clone(&answer_slow));
+        let read = move |_: Client, o: QueryOptions| {
+            let (requests, answer_slow) = (requests.clone(), Arc::clone(&answer_slow));
+            async move {
+                requests.send((name, o.index)).expect("test alive");
+                if o.index > 0 {
+                    std::future::pending::<()>().await;
+                }
+                if name == "slow" {
+                    answer_slow.notified().await;
+                }
+                Ok(Response {
+                    value: Vec::<Instance>::new(),
+                    meta: QueryMeta {
+                        index: 7,
+                        ..QueryMeta::default()
+                    },
+                })
+            }
+        };
+        let changed = move |u: crate::blocking::Update<Vec<Instance>>| Signal::Service {
+            name: name.into(),
+            result: Ok(Response {
+                value: u.value,
+                meta: u.meta,
+            }),
+        };
+        let failed = move |error| Signal::Service {
+            name: name.into(),
+            result: Err(error),
+        };
+        let ticket = tickets.next();
+        let (client, config, signals) =
+            (client.clone(), SourceConfig::new([name]), signals.clone());
+        tokio::spawn(watch_index(
+            client, config, signals, read, changed, failed, ticket,
+        ));
+    }
+    let mut first = [requested.recv().await, requested.recv().await];
+    first.sort();
+    assert_eq!(first, [Some(("fast", 0)), Some(("slow", 0))]);
+    let Some(Signal::Service { name, .. }) = signalled.recv().await else {
+        panic!("fast's first answer is signalled");
+    };
+    assert_eq!(name, "fast");
+
+    let early = tokio::time::timeout(Duration::from_secs(3600), requested.recv()).await;
+    assert!(early.is_err(), "armed before slow was read: {early:?}");
+
+    answer_slow.notify_one();
+    let mut armed = [requested.recv().await, requested.recv().await];
+    armed.sort();
+    assert_eq!(armed, [Some(("fast", 7)), Some(("slow", 7))]);
+}
+
+/// A watch stopped before its first read (its service dropped by a
+/// manifest reload) gives its ticket up, so the rest of its batch still
+/// arms.
+#[tokio::test]
+async fn a_dropped_ticket_counts_as_read() {
+    let mut tickets = super::arming::Ticket::batch(2);
+    let (kept, dropped) = (tickets.next().expect("one"), tickets.next().expect("two"));
+    drop(dropped);
+    tokio::time::timeout(Duration::from_secs(10), kept.first_read_done())
+        .await
+        .expect("the gate opens once every other ticket is gone");
+}

@@ -21,6 +21,7 @@ use crate::blocking::{BlockingQuery, IndexOutcome, Pacing, Update};
 use crate::client::{Client, QueryOptions, Response};
 use crate::error::{Error, Retry};
 
+use super::arming::Ticket;
 use super::checks::{check_view, CheckView};
 use super::settings::SourceConfig;
 
@@ -93,13 +94,14 @@ pub(super) async fn watch_checks(
         index: u.meta.index,
         view: check_view(u.value),
     };
-    watch_index(client, config, tx, read, checks, failed(which)).await;
+    watch_index(client, config, tx, read, checks, failed(which), None).await;
 }
 
 pub(super) async fn watch_services(client: Client, config: SourceConfig, tx: mpsc::Sender<Signal>) {
     let read = |client: Client, o: QueryOptions| async move { client.catalog_services(&o).await };
     let services = |u: Update<_>| Signal::Services { outcome: u.outcome };
-    watch_index(client, config, tx, read, services, failed(Watch::Services)).await;
+    let failed = failed(Watch::Services);
+    watch_index(client, config, tx, read, services, failed, None).await;
 }
 
 /// Watches one service's instances. Its index moves with that service's
@@ -112,11 +114,15 @@ pub(super) async fn watch_services(client: Client, config: SourceConfig, tx: mps
 /// token's view (empty, and not marked as filtered) before Consul starts
 /// refusing it, and "could not ask" must not become "no instances". The
 /// plain read resolves the token afresh and is refused.
+///
+/// The long poll is armed only once every service of `ticket`'s batch has
+/// had its first read (see `arming`).
 pub(super) async fn watch_service(
     client: Client,
     config: SourceConfig,
     name: String,
     tx: mpsc::Sender<Signal>,
+    ticket: Ticket,
 ) {
     let query = config.health.clone();
     let read = |client: Client, o: QueryOptions| {
@@ -140,7 +146,7 @@ pub(super) async fn watch_service(
         name: name.clone(),
         result: Err(error),
     };
-    watch_index(client, config, tx, read, answer, failed).await;
+    watch_index(client, config, tx, read, answer, failed, Some(ticket)).await;
 }
 
 /// The failure signal of a shared watch.
@@ -157,13 +163,19 @@ fn failed(watch: Watch) -> impl Fn(Error) -> Signal {
 /// asks again. A request Consul rejects for good ([`Retry::Never`]) is
 /// reported once, and the watch then holds its sender without asking
 /// Consul anything until the source stops.
-async fn watch_index<T, F, Fut>(
+///
+/// With a `ticket`, the first answer (or failure) is signalled and then
+/// the watch waits for the rest of its batch before it asks again; a
+/// refused or rejected first read gives its ticket up at once, as it will
+/// not ask again soon.
+pub(super) async fn watch_index<T, F, Fut>(
     client: Client,
     config: SourceConfig,
     tx: mpsc::Sender<Signal>,
     read: F,
     changed: impl Fn(Update<T>) -> Signal,
     failed: impl Fn(Error) -> Signal,
+    mut ticket: Option<Ticket>,
 ) where
     F: Fn(Client, QueryOptions) -> Fut,
     Fut: Future<Output = Result<Response<T>, Error>>,
@@ -180,6 +192,7 @@ async fn watch_index<T, F, Fut>(
             Ok(u) if u.outcome == IndexOutcome::Unchanged => continue,
             Ok(u) => changed(u),
             Err(error) if error.retry() == Retry::Slowly => {
+                drop(ticket.take());
                 if tx.send(failed(error)).await.is_err() {
                     return;
                 }
@@ -187,6 +200,7 @@ async fn watch_index<T, F, Fut>(
                 continue;
             }
             Err(error) if error.retry() == Retry::Never => {
+                drop(ticket.take());
                 if tx.send(failed(error)).await.is_ok() {
                     tx.closed().await;
                 }
@@ -196,6 +210,9 @@ async fn watch_index<T, F, Fut>(
         };
         if tx.send(sig).await.is_err() {
             return;
+        }
+        if let Some(ticket) = ticket.take() {
+            ticket.first_read_done().await;
         }
     }
 }
