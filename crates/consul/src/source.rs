@@ -29,8 +29,12 @@
 //! - `?cached` (the agent cache) answers the same index and wakes on the
 //!   same changes; on the local agent converge talks to it only adds a
 //!   copy, so it is not used;
-//! - gzip (`Accept-Encoding`, always asked for) shrinks Consul's JSON
-//!   about fifteen-fold.
+//! - gzip (`Accept-Encoding`) shrinks Consul's JSON about fifteen-fold
+//!   but costs the agent about a third more CPU per answer; it is asked
+//!   only from an agent beyond loopback (see `client::connection`);
+//! - every blocking query is evaluated once when it arrives, before it
+//!   waits, so arming a long poll costs the agent about what a read does
+//!   (see `arming` for the start-up order this leads to).
 //!
 //! So the source watches in one of two ways, chosen from how many long
 //! polls the [`Client`] can hold at once ([`Client::capacity`]) and

@@ -140,6 +140,29 @@ fn path_segments_are_escaped() {
     assert_eq!(url.as_str(), "http://127.0.0.1:8500/v1/kv/fleet/lb1/");
 }
 
+/// Answers are asked gzipped only from an agent beyond loopback: there the
+/// bytes cost, here compressing costs the agent more than moving them.
+#[test]
+fn gzip_is_asked_only_from_an_agent_beyond_loopback() {
+    use super::connection::compresses;
+    let url = |u: &str| reqwest::Url::parse(u).expect("url");
+    for local in [
+        "http://127.0.0.1:8500",
+        "https://127.0.0.2:8501",
+        "http://[::1]:8500",
+        "http://LocalHost:8500",
+    ] {
+        assert!(!compresses(&url(local)), "{local}");
+    }
+    for remote in [
+        "http://10.0.0.5:8500",
+        "https://[2001:db8::1]:8501",
+        "https://consul.example:8501",
+    ] {
+        assert!(compresses(&url(remote)), "{remote}");
+    }
+}
+
 #[test]
 fn debug_of_client_never_shows_the_token() {
     let config = Config::new("127.0.0.1:8500")
