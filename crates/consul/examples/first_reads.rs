@@ -13,7 +13,12 @@
 //!
 //! The agent is `$CONVERGE_CONSUL_BIN`, else `target/peers/bin/consul`.
 
+#[path = "common/ticks.rs"]
+mod common;
+
 use std::time::{Duration, Instant};
+
+use common::ticks;
 
 use converge_consul::client::{HealthQuery, QueryOptions};
 use converge_consul::{CatalogSource, Config, SourceConfig, SourceHealth};
@@ -102,18 +107,4 @@ fn tls_config(agent: &ConsulAgent) -> Result<Config, Box<dyn std::error::Error>>
     Ok(Config::from_vars(|k| {
         vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone())
     })?)
-}
-
-/// User and system CPU of process `pid` (`self` for this one), in ticks.
-fn ticks(pid: &str) -> Result<u64, String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| e.to_string())?;
-    let after_name = stat.rfind(')').ok_or("no process name in stat")?;
-    let fields: Vec<&str> = stat[after_name + 2..].split_whitespace().collect();
-    let field = |i: usize| -> Result<u64, String> {
-        fields
-            .get(i)
-            .and_then(|f| f.parse().ok())
-            .ok_or_else(|| format!("no field {i} in /proc/{pid}/stat"))
-    };
-    Ok(field(11)? + field(12)?)
 }
