@@ -28,9 +28,11 @@
 //!   validator (which it overlaps with its commands), so `haproxy -c` is
 //!   not taken out here. HAProxy's own checks would go to the instances'
 //!   `10.x` addresses, where nothing answers; every server's checks go to
-//!   `127.0.0.1:1` instead, once an hour (`inter 1h`), so HAProxy never
-//!   leaves this machine, and the one failed check a server takes when it
-//!   leaves maintenance is short of the three that mark it down.
+//!   a loopback HTTP backend that passes them instead, at most once an
+//!   hour (`inter 1h`, besides the one HAProxy makes when a server leaves
+//!   maintenance), so HAProxy never leaves this machine, a server is up
+//!   as soon as the runtime API lets it be, and 5,000 servers' checks do
+//!   not load the machine the flips are timed on.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -39,6 +41,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use converge_programs::haproxy::runtime_api::live_servers;
+use converge_testkit::backend::HttpBackend;
 use converge_testkit::consul::External;
 use converge_testkit::haproxy::minimal_config;
 use converge_testkit::proxy::CountingProxy;
@@ -82,9 +85,19 @@ pub fn measure(
         fs::create_dir_all(dir.path().join(sub))?;
     }
     let front = free_port();
+    let checks = match mode {
+        Mode::File => None,
+        Mode::Haproxy { .. } => Some(HttpBackend::start("checks").context("check backend")?),
+    };
     fs::write(
         dir.path().join("manifests/site.yaml"),
-        manifest(args.watched, front, mode, timings.as_deref())?,
+        manifest(
+            args.watched,
+            front,
+            mode,
+            checks.as_ref().map(HttpBackend::port),
+            timings.as_deref(),
+        )?,
     )?;
     let file = root.join("etc/haproxy/haproxy.cfg");
     let socket = root.join("run/haproxy/admin.sock");
@@ -213,7 +226,16 @@ fn validator_split(log: &str, starts: &[i64], timings: &Path) -> String {
 /// log, and how the changes reached HAProxy (from the log lines after the
 /// first flip, so the start-up's reload is left out): a runtime-API update
 /// per flip, or a reload where converge fell back to one.
-fn routed_split(log: &str, starts: &[i64], routed: &[Duration]) -> String {
+fn routed_split(log: &str, starts: &[i64], latencies: &[(bool, Duration)]) -> String {
+    let routed: Vec<Duration> = latencies.iter().map(|&(_, d)| d).collect();
+    let p50_of = |back: bool| {
+        let v: Vec<Duration> = latencies
+            .iter()
+            .filter(|&&(b, _)| b == back)
+            .map(|&(_, d)| d)
+            .collect();
+        Summary::of(&v).map_or("—".into(), |s| ms(s.p50))
+    };
     let flips: Vec<(i64, Duration)> = starts.iter().copied().zip(routed.iter().copied()).collect();
     let steps = share::flip_steps(log, &flips);
     let p50 = |f: fn(&share::Steps) -> Duration| {
@@ -237,14 +259,17 @@ fn routed_split(log: &str, starts: &[i64], routed: &[Duration]) -> String {
             .count()
     };
     format!(
-        "flip → routed (HAProxy's runtime state) {}; from its log, p50 of {} flips: \
-         flip → woken {}, woken → committed {}; {} runtime-API updates, {} reloads",
-        Summary::of(routed).map_or("—".into(), |s| format!(
+        "flip → routed (HAProxy's runtime state) {} (p50 leaving {}, coming back {}); \
+         from its log, p50 of {} flips: flip → woken {}, woken → committed {}; \
+         {} runtime-API updates, {} reloads",
+        Summary::of(&routed).map_or("—".into(), |s| format!(
             "{} / {} / {}",
             ms(s.p50),
             ms(s.p90),
             ms(s.max)
         )),
+        p50_of(false),
+        p50_of(true),
         steps.len(),
         p50(|s| s.source),
         p50(|s| s.pass),
@@ -257,19 +282,21 @@ fn routed_split(log: &str, starts: &[i64], routed: &[Duration]) -> String {
 /// the shipped HAProxy template: in [`Mode::File`] validated through the
 /// timing wrapper (writing `timings`) and never reloaded, in
 /// [`Mode::Haproxy`] validated and reloaded as in production, with the
-/// backends' servers on the runtime API and their checks kept on loopback.
+/// backends' servers on the runtime API and their checks sent to
+/// `127.0.0.1:check_port`.
 fn manifest(
     watched: usize,
     front: u16,
     mode: Mode,
+    check_port: Option<u16>,
     timings: Option<&Path>,
 ) -> anyhow::Result<String> {
-    let backend = match mode {
-        Mode::File => String::new(),
-        Mode::Haproxy { slots } => format!(
-            "    server_options: [addr 127.0.0.1, port 1, inter 1h]\n    \
+    let backend = match (mode, check_port) {
+        (Mode::Haproxy { slots }, Some(port)) => format!(
+            "    server_options: [addr 127.0.0.1, port {port}, inter 1h]\n    \
              runtime_api: {{slots: {slots}}}\n"
         ),
+        _ => String::new(),
     };
     let mut m = format!(
         "nodes:\n  lb1: {{}}\nhaproxy:\n  stats_socket: /run/haproxy/admin.sock\n\
@@ -330,7 +357,8 @@ struct Routed {
     socket: PathBuf,
     /// When the flip being watched was made.
     flipped: Instant,
-    latencies: Vec<Duration>,
+    /// Per flip: whether the instance came back (passing), and the time.
+    latencies: Vec<(bool, Duration)>,
 }
 
 impl Routed {
@@ -360,7 +388,7 @@ impl Watcher for Run<'_> {
         let shown = wait_for(deadline, || {
             if let (false, Some(r)) = (routed, &mut self.routed) {
                 if r.routes(e, &endpoint) == Some(want) {
-                    r.latencies.push(r.flipped.elapsed());
+                    r.latencies.push((want, r.flipped.elapsed()));
                     routed = true;
                 }
             }
