@@ -242,25 +242,38 @@ fn routed_split(log: &str, starts: &[i64], latencies: &[(bool, Duration)]) -> St
         Summary::of(&steps.iter().map(f).collect::<Vec<_>>()).map_or("—".into(), |s| ms(s.p50))
     };
     let from = starts.first().copied().unwrap_or(i64::MAX);
-    let during: Vec<serde_json::Value> = log
+    // (message, unix µs) of every log line from the first flip on.
+    let during: Vec<(String, i64)> = log
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| {
-            v["timestamp"]
+        .filter_map(|v| {
+            let at = v["timestamp"]
                 .as_str()
-                .and_then(share::parse_rfc3339_micros)
-                .is_some_and(|t| t >= from)
+                .and_then(share::parse_rfc3339_micros)?;
+            Some((v["fields"]["message"].as_str()?.to_string(), at))
         })
+        .filter(|&(_, at)| at >= from)
         .collect();
-    let count = |message: &str| {
-        during
+    let count = |message: &str| during.iter().filter(|(m, _)| m == message).count();
+    // p50 of flip → the first `message` logged before the next flip.
+    let after_flip = |message: &str| {
+        let v: Vec<Duration> = starts
             .iter()
-            .filter(|v| v["fields"]["message"] == message)
-            .count()
+            .enumerate()
+            .filter_map(|(i, &t0)| {
+                let next = starts.get(i + 1).copied().unwrap_or(i64::MAX);
+                let (_, at) = during
+                    .iter()
+                    .find(|(m, at)| m == message && (t0..next).contains(at))?;
+                Some(Duration::from_micros(u64::try_from(at - t0).ok()?))
+            })
+            .collect();
+        Summary::of(&v).map_or("—".into(), |s| ms(s.p50))
     };
     format!(
         "flip → routed (HAProxy's runtime state) {} (p50 leaving {}, coming back {}); \
          from its log, p50 of {} flips: flip → woken {}, woken → committed {}; \
+         flip → validator spawned {}, flip → runtime-API update logged {}; \
          {} runtime-API updates, {} reloads",
         Summary::of(&routed).map_or("—".into(), |s| format!(
             "{} / {} / {}",
@@ -273,6 +286,8 @@ fn routed_split(log: &str, starts: &[i64], latencies: &[(bool, Duration)]) -> St
         steps.len(),
         p50(|s| s.source),
         p50(|s| s.pass),
+        after_flip("validator spawned"),
+        after_flip("HAProxy runtime API"),
         count("HAProxy runtime API"),
         count("reload"),
     )
