@@ -214,7 +214,7 @@ pub async fn gather(
     let has_pgbouncer = renders_for(&desired, &Validator::Pgbouncer);
     let socket = layout.path(&desired.manifest.haproxy.stats_socket);
     let haproxy = when_present(has_haproxy, "HAProxy", || {
-        live_servers(&socket, Duration::from_secs(2)).into()
+        live_servers(&socket, None, Duration::from_secs(2)).into()
     });
     let traffic = when_present(has_haproxy, "HAProxy", || {
         Section::Ok(traffic(&desired.manifest))

@@ -24,9 +24,10 @@
 //! agent's CPU), an idle window, peak connections and memory. With
 //! `--converge-run`, `converge run` itself too, on W generated backends
 //! through the shipped HAProxy template: flip → committed file, and the
-//! same without `haproxy -c`'s own run ([`run`]). HAProxy itself is not
-//! run (the side-by-side `converge-bench` without `scale` does that at
-//! small scale).
+//! same without `haproxy -c`'s own run ([`run`]). With `--haproxy-slots
+//! N`, the same daemon in front of a real HAProxy whose backends take
+//! membership changes over the runtime API with N slots each: flip →
+//! committed file and flip → routed (HAProxy's runtime state shows it).
 //!
 //! ```sh
 //! scripts/build-peers.sh
@@ -94,7 +95,15 @@ pub struct ScaleArgs {
     /// validator's run.
     #[arg(long)]
     pub converge_run: bool,
-    /// The converge binary for `--converge-run` [default: target/release/converge].
+    /// Also run `converge run` in front of a real HAProxy (master-worker,
+    /// loopback only) whose backends have `runtime_api: {slots: N}`, and
+    /// time flip → routed in its runtime state as well; repeatable, one
+    /// run per N. N ≥ --instances: a health flip sets a slot's state; 0:
+    /// every instance is a dynamic server, added and deleted.
+    #[arg(long = "haproxy-slots", value_name = "N")]
+    pub haproxy_slots: Vec<u32>,
+    /// The converge binary for `--converge-run` and `--haproxy-slots`
+    /// [default: target/release/converge].
     #[arg(long)]
     pub converge: Option<PathBuf>,
 }
@@ -122,7 +131,7 @@ pub fn main(argv: &[String]) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| stack::repo().join("target/release/converge"));
     anyhow::ensure!(
-        !args.converge_run || converge.is_file(),
+        converge.is_file() || (!args.converge_run && args.haproxy_slots.is_empty()),
         "{} not found: `cargo build --release -p converge` or pass --converge",
         converge.display()
     );
@@ -135,7 +144,11 @@ pub fn main(argv: &[String]) -> anyhow::Result<()> {
         }
     }
     if args.converge_run {
-        rows.push(run::measure(&mut dc, &args, &converge)?);
+        rows.push(run::measure(&mut dc, &args, &converge, run::Mode::File)?);
+    }
+    for &slots in &args.haproxy_slots {
+        let mode = run::Mode::Haproxy { slots };
+        rows.push(run::measure(&mut dc, &args, &converge, mode)?);
     }
     if !args.skip_ct_default {
         rows.push(ct::measure(&mut dc, &args, &ct_bin, "default limit (200)")?);

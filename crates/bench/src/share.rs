@@ -365,7 +365,7 @@ pub fn unix_micros(t: SystemTime) -> i64 {
 
 /// `2026-03-21T10:00:00.123456Z` (any number of fraction digits, `Z` only:
 /// tracing writes UTC) → microseconds since the epoch.
-fn parse_rfc3339_micros(s: &str) -> Option<i64> {
+pub(crate) fn parse_rfc3339_micros(s: &str) -> Option<i64> {
     let s = s.strip_suffix('Z')?;
     let (date, time) = s.split_once('T')?;
     let mut d = date.split('-').map(|p| p.parse::<i64>().ok());

@@ -203,13 +203,15 @@ pub fn measure(
     row.idle_bytes = ((proxy.bytes_received() - b0) as f64 / minutes) as u64;
     row.idle_requests = plain_http.then(|| (requests(proxy) - r0) as f64 / minutes);
 
-    // Watched flips.
+    // Watched flips, in pairs: an instance's check goes critical, then
+    // passes again, so both an instance leaving and one coming back are
+    // timed (a runtime-API backend takes them with different commands).
     let mut latencies = Vec::with_capacity(args.flips);
     let mut own = Vec::new();
     let b0 = proxy.bytes_received();
     for k in 0..args.flips {
         let e = External {
-            service: (k * 7919) % args.watched,
+            service: (k / 2 * 7919) % args.watched,
             instance: 0,
         };
         w.flipping();

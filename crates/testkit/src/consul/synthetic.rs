@@ -43,7 +43,9 @@ impl External {
         format!("n{}-{}", self.service, self.instance)
     }
 
-    fn address(&self) -> String {
+    /// The instance's (and its node's) address, `10.x.y.I`, which nothing
+    /// on this machine listens on.
+    pub fn address(&self) -> String {
         let s = self.service;
         format!("10.{}.{}.{}", (s / 250) % 250, s % 250, self.instance % 250)
     }

@@ -125,13 +125,23 @@ pub struct LiveServer {
     pub state: &'static str,
 }
 
-/// Every server of every backend, from the admin socket at `socket`.
-pub fn live_servers(socket: &Path, timeout: Duration) -> Result<Vec<LiveServer>, String> {
+/// Every server of `backend`, or of every backend with `None`, from the
+/// admin socket at `socket`. One backend's answer stays small however many
+/// servers HAProxy holds, for a caller that polls one of them.
+pub fn live_servers(
+    socket: &Path,
+    backend: Option<&str>,
+    timeout: Duration,
+) -> Result<Vec<LiveServer>, String> {
+    let command = match backend {
+        Some(b) => format!("show servers state {b}"),
+        None => "show servers state".to_string(),
+    };
     let answer = Socket {
         path: socket,
         timeout,
     }
-    .exchange("show servers state")
+    .exchange(&command)
     .map_err(|e| format!("cannot ask HAProxy on {}: {e}", socket.display()))?;
     Ok(parse_servers_state(&answer)?
         .into_iter()
