@@ -171,10 +171,13 @@ impl Daemon {
                     .events
                     .record(events::EventKind::SawChange, trigger.as_str());
             }
+            let mut inputs_may_have_changed = trigger.may_change_inputs();
             tokio::select! {
                 biased;
                 _ = shutdown.wait_for(|stop| *stop) => break,
-                open = config.quiescence.settle(&mut wake_rx) => if !open { break },
+                open = config.quiescence.settle(&mut wake_rx, |t: Trigger| {
+                    inputs_may_have_changed |= t.may_change_inputs();
+                }) => if !open { break },
             }
             for backend in control.take_releases() {
                 tracing::warn!(%backend, "operator released the guard");
@@ -185,8 +188,7 @@ impl Daemon {
             }
             // Not cancelled by shutdown: a pass in flight always finishes.
             (reconciler, source) = tokio::task::spawn_blocking(move || {
-                reconciler.load_inputs();
-                reconciler.reconcile(source.as_mut());
+                reconciler.woken(inputs_may_have_changed, source.as_mut());
                 (reconciler, source)
             })
             .await

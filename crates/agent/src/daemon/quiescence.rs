@@ -29,11 +29,13 @@ impl Quiescence {
     }
 
     /// Called after a first trigger arrived: absorbs the triggers of the
-    /// same burst and returns when the burst is over. Returns `false` when
-    /// the channel closed (shutdown).
-    pub async fn settle<T>(&self, rx: &mut mpsc::Receiver<T>) -> bool {
+    /// same burst, each handed to `absorbed`, and returns when the burst is
+    /// over. Returns `false` when the channel closed (shutdown).
+    pub async fn settle<T>(&self, rx: &mut mpsc::Receiver<T>, mut absorbed: impl FnMut(T)) -> bool {
         if self.min.is_zero() {
-            while rx.try_recv().is_ok() {}
+            while let Ok(t) = rx.try_recv() {
+                absorbed(t);
+            }
             return true;
         }
         let first = Instant::now();
@@ -43,9 +45,10 @@ impl Quiescence {
             tokio::select! {
                 _ = tokio::time::sleep_until(quiet) => return true,
                 got = rx.recv() => {
-                    if got.is_none() {
+                    let Some(t) = got else {
                         return false;
-                    }
+                    };
+                    absorbed(t);
                     if Instant::now() >= hard {
                         return true;
                     }
@@ -75,9 +78,11 @@ mod tests {
             tokio::time::sleep(10_000 * MS).await;
         });
         rx.recv().await.expect("first trigger");
-        assert!(q.settle(&mut rx).await);
+        let mut absorbed = 0;
+        assert!(q.settle(&mut rx, |()| absorbed += 1).await);
         // last trigger at 100 ms, quiet until 300 ms
         assert_eq!(start.elapsed(), 300 * MS);
+        assert_eq!(absorbed, 2, "the burst's other triggers are handed over");
     }
 
     #[tokio::test(start_paused = true)]
@@ -94,7 +99,7 @@ mod tests {
         });
         rx.recv().await.expect("first trigger");
         let start = Instant::now();
-        assert!(q.settle(&mut rx).await);
+        assert!(q.settle(&mut rx, drop).await);
         assert!(start.elapsed() <= 1000 * MS, "{:?}", start.elapsed());
         assert!(start.elapsed() >= 950 * MS, "{:?}", start.elapsed());
     }
@@ -107,8 +112,10 @@ mod tests {
             tx.send(()).await.expect("send");
         }
         let start = Instant::now();
-        assert!(q.settle(&mut rx).await);
+        let mut absorbed = 0;
+        assert!(q.settle(&mut rx, |()| absorbed += 1).await);
         assert_eq!(start.elapsed(), Duration::ZERO);
+        assert_eq!(absorbed, 5);
         assert!(
             rx.try_recv().is_err(),
             "pending triggers belong to this reconcile"

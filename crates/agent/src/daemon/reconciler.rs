@@ -2,7 +2,8 @@
 //!
 //! A pass recomputes everything from the current inputs — it is a function
 //! of state, not of the event that woke it: reload manifests and templates
-//! (keeping the last good desired state when the new one is broken), read
+//! (keeping the last good desired state when the new one is broken; not
+//! when only the catalog woke it, see [`Reconciler::woken`]), read
 //! the [`Source`] (which keeps the last good snapshot when it fails), make
 //! the [`pass`] (guard and render, the same call `plan` and `apply --once`
 //! make), run the transaction, move the guard baseline. Every outcome goes
@@ -114,6 +115,23 @@ impl Reconciler {
             }
             Err(e) => self.report.inputs(Some(e.to_string())),
         }
+    }
+
+    /// The pass of a woken loop: reloads manifests and templates first
+    /// when `inputs_may_have_changed` (see [`Trigger::may_change_inputs`])
+    /// or none loaded cleanly yet, then reconciles. A pass woken only by
+    /// the catalog skips the reload: the file watches, SIGHUP and the
+    /// follower wake the loop for every input change, so the reload would
+    /// only read and hash every file again and run `git` (a commit that
+    /// changes no file is named by the next such pass or the resync, as a
+    /// quiet catalog always did). Blocking: call from a blocking thread.
+    ///
+    /// [`Trigger::may_change_inputs`]: super::Trigger::may_change_inputs
+    pub fn woken(&mut self, inputs_may_have_changed: bool, source: &mut dyn Source) {
+        if inputs_may_have_changed || self.inputs.is_none() {
+            self.load_inputs();
+        }
+        self.reconcile(source);
     }
 
     /// One pass over the current inputs and `source`'s newest snapshot.

@@ -2,7 +2,7 @@
 //! file, through `notify` (inotify on Linux, no polling).
 //!
 //! A watch only wakes the loop; which file changed does not matter, since
-//! every pass reloads everything. Editors that replace a file by rename are
+//! a pass a file event wakes reloads every input. Editors that replace a file by rename are
 //! covered because the parent directories are watched, not the files.
 //!
 //! Events wake the loop only once they have been quiet for [`SETTLE`].

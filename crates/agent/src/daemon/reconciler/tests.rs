@@ -318,3 +318,64 @@ fn a_target_a_hold_keeps_from_changing_is_reported_held_by_that_backend() {
     assert_eq!(outcome("servers").as_deref(), Some("applied"));
     assert!(board.status().targets["servers"].held_by.is_empty());
 }
+
+/// `git ARGS` in `dir` with an identity given on the command line; its
+/// trimmed output. Panics with Git's error on failure.
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["-c", "user.name=converge test"])
+        .args(["-c", "user.email=test@example.invalid"])
+        .args(args)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .output()
+        .expect("run git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn a_pass_woken_only_by_the_catalog_neither_reloads_nor_renames_the_inputs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = repo(dir.path(), "none");
+    git(dir.path(), &["init", "--quiet"]);
+    git(dir.path(), &["add", "manifests", "templates"]);
+    git(dir.path(), &["commit", "--quiet", "-m", "first"]);
+    let first = git(dir.path(), &["rev-parse", "--short", "HEAD"]);
+    let board = Board::new("lb1", "file");
+    let (reconciler, source) = &mut node(&config, &board);
+    let revision = || board.status().revision.map(|r| r.to_string());
+
+    set_web(&config, &[8001]);
+    reconciler.woken(true, source);
+    assert_eq!(revision(), Some(first.clone()));
+
+    // A commit renames the files without changing them; only a pass that
+    // reloads the inputs asks Git, so a catalog change alone keeps the
+    // name it had (and is applied all the same).
+    git(
+        dir.path(),
+        &["commit", "--quiet", "--allow-empty", "-m", "second"],
+    );
+    let second = git(dir.path(), &["rev-parse", "--short", "HEAD"]);
+    set_web(&config, &[8002]);
+    reconciler.woken(false, source);
+    assert_eq!(
+        revision(),
+        Some(first),
+        "Git was asked on a catalog-only pass"
+    );
+    let servers = config.inputs.root.join("etc/servers.txt");
+    assert_eq!(
+        std::fs::read_to_string(&servers).expect("servers.txt"),
+        "127.0.0.1:8002\n"
+    );
+
+    reconciler.woken(true, source);
+    assert_eq!(revision(), Some(second));
+}
