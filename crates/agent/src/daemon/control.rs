@@ -42,9 +42,7 @@ impl Trigger {
     /// since the last pass: for every trigger but the catalog source's. A
     /// pass woken only by the catalog keeps what it loaded and named
     /// before, instead of reading every input file and asking `git` again
-    /// on each catalog change (see [`Reconciler::woken`]).
-    ///
-    /// [`Reconciler::woken`]: super::reconciler::Reconciler::woken
+    /// on each catalog change (see `Reconciler::woken`).
     pub fn may_change_inputs(self) -> bool {
         self != Trigger::Catalog
     }
