@@ -13,15 +13,15 @@
 //!
 //! The agent is `$CONVERGE_CONSUL_BIN`, else `target/peers/bin/consul`.
 
-#[path = "common/ticks.rs"]
+#[path = "common/measure.rs"]
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use common::ticks;
+use common::{read_every, ticks};
 
 use converge_consul::client::{HealthQuery, QueryOptions};
-use converge_consul::{CatalogSource, Config, SourceConfig, SourceHealth};
+use converge_consul::{Config, SourceConfig};
 use converge_testkit::consul::ConsulAgent;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -58,20 +58,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok(())
     };
     measure("source start-up", &|| {
-        rt.block_on(async {
-            let names = (0..watched).map(|i| format!("s{i}"));
-            let source = CatalogSource::connect(config.clone(), SourceConfig::new(names))
-                .map_err(|e| e.to_string())?;
-            let mut rx = source.subscribe();
-            let all = |s: &converge_consul::SourceState| {
-                s.health == SourceHealth::Healthy && s.catalog.services().len() == watched
-            };
-            let read = tokio::time::timeout(Duration::from_secs(120), rx.wait_for(all))
-                .await
-                .is_ok_and(|r| r.is_ok());
-            read.then_some(())
-                .ok_or_else(|| "the source did not read every service in 120 s".to_string())
-        })
+        rt.block_on(read_every(config.clone(), watched))
     })?;
     measure(&format!("{watched} plain reads at once"), &|| {
         rt.block_on(async {

@@ -2,7 +2,7 @@
 //! the `CONSUL_*` variables name (`Config::from_env`, so over HTTPS when
 //! they say so), with the CPU this process and the agent (`AGENT_PID`)
 //! used, from `/proc` in 10 ms ticks. It uses only the source's public
-//! API, so the same file (with `common/ticks.rs`) builds against earlier
+//! API, so the same file (with `common/measure.rs`) builds against earlier
 //! versions of the crate too: that is how start-up before and after a
 //! change is compared on one datacenter (`BENCHMARKS.md`, "Consul source
 //! at scale", start-up).
@@ -14,14 +14,14 @@
 //! CONSUL_HTTP_ADDR=$HTTP_URL target/release/examples/source_startup 5000 "$AGENT_PID" # HTTP/1.1
 //! ```
 
-#[path = "common/ticks.rs"]
+#[path = "common/measure.rs"]
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use common::ticks;
+use common::{read_every, ticks};
 
-use converge_consul::{CatalogSource, Config, SourceConfig, SourceHealth};
+use converge_consul::Config;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -34,24 +34,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .enable_all()
         .build()?;
     let (own, agent_before, at) = (ticks("self")?, ticks(agent)?, Instant::now());
-    rt.block_on(async {
-        let names = (0..watched).map(|i| format!("s{i}"));
-        let source = CatalogSource::connect(Config::from_env()?, SourceConfig::new(names))?;
-        let mut rx = source.subscribe();
-        let all = |s: &converge_consul::SourceState| {
-            s.health == SourceHealth::Healthy && s.catalog.services().len() == watched
-        };
-        let read = tokio::time::timeout(Duration::from_secs(120), rx.wait_for(all))
-            .await
-            .is_ok_and(|r| r.is_ok());
-        if read {
-            Ok(())
-        } else {
-            Err(Box::<dyn std::error::Error>::from(
-                "the source did not read every service in 120 s",
-            ))
-        }
-    })?;
+    rt.block_on(read_every(Config::from_env()?, watched))?;
     println!(
         "start-up {:.2} s, source CPU {:.2} s, agent CPU {:.2} s",
         at.elapsed().as_secs_f64(),

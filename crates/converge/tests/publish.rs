@@ -8,9 +8,10 @@ mod common;
 use std::process::Output;
 
 use base64::Engine;
-use common::{assert_exit, git, stderr, stdout, Workspace};
+use common::{assert_exit, stderr, stdout, Workspace};
 use converge_agent::publish::bundle;
 use converge_testkit::consul::ConsulAgent;
+use converge_testkit::git::run as git;
 use sha2::Digest;
 
 /// A secret value no other file contains.

@@ -6,7 +6,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{assert_exit, git, haproxy_site, stdout, web_catalog, Workspace};
+use common::{assert_exit, haproxy_site, stdout, web_catalog, Workspace};
+use converge_testkit::git::run as git;
 
 /// A workspace whose directory is a Git repository with everything
 /// committed; returns it and the short commit.

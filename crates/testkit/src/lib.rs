@@ -26,6 +26,8 @@
 //! - [`patroni::PatroniCluster`]: two PostgreSQL members under real
 //!   Patroni with a real Consul as DCS, registering themselves; leader,
 //!   switchover, kill -9 of the leader.
+//! - [`git::run`]: the real `git` in a test's work tree, with a
+//!   throwaway identity.
 //! - [`redis::Redis`]: a real `redis-server`, primary or replica, promoted
 //!   and demoted by hand as Sentinel would; [`redis::command`] speaks RESP.
 //! - [`haproxy::Haproxy`]: start, query (`show servers state`,
@@ -38,6 +40,7 @@
 
 pub mod backend;
 pub mod consul;
+pub mod git;
 pub mod haproxy;
 pub mod http;
 pub mod keepalived;

@@ -122,26 +122,6 @@ fn walk(dir: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
 
 /// A one-node site: an HTTP frontend on 127.0.0.1:`port` in front of
 /// backend `web` (service `web`, with `backend_extra` YAML lines), and an
-/// `git ARGS` in `dir`, with an identity given on the command line (no
-/// config file is written); panics with Git's error on failure.
-pub fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(["-c", "user.name=converge test"])
-        .args(["-c", "user.email=test@example.invalid"])
-        .args(args)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .output()
-        .expect("run git");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 /// HAProxy target checked by `validate`, reloaded by SIGUSR2 to the pid in
 /// `/run/haproxy.pid` when `reload` is set.
 pub fn haproxy_site(port: u16, backend_extra: &str, validate: &str, reload: bool) -> String {

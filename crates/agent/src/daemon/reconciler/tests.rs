@@ -5,6 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use converge_apply::ApplyOptions;
+use converge_testkit::git::run as git;
 
 use super::*;
 use crate::daemon::board::Stage;
@@ -317,26 +318,6 @@ fn a_target_a_hold_keeps_from_changing_is_reported_held_by_that_backend() {
     pass(&config, &board, &mut r);
     assert_eq!(outcome("servers").as_deref(), Some("applied"));
     assert!(board.status().targets["servers"].held_by.is_empty());
-}
-
-/// `git ARGS` in `dir` with an identity given on the command line; its
-/// trimmed output. Panics with Git's error on failure.
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = std::process::Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(["-c", "user.name=converge test"])
-        .args(["-c", "user.email=test@example.invalid"])
-        .args(args)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .output()
-        .expect("run git");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 #[test]
