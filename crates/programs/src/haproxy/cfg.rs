@@ -89,7 +89,8 @@ pub(crate) struct Rules {
 /// marked backends: every other line, the marked servers apart.
 #[derive(Debug, Default)]
 struct Parsed {
-    skeleton: Vec<String>,
+    /// Every line but the marked servers, with its line number in the file.
+    skeleton: Vec<(usize, String)>,
     servers: Vec<Server>,
     socket: Option<PathBuf>,
     rules: BTreeMap<String, Rules>,
@@ -259,7 +260,7 @@ fn parse(text: &str) -> Result<Parsed, String> {
             }
             _ => {}
         }
-        out.skeleton.push(line.to_string());
+        out.skeleton.push((n + 1, line.to_string()));
     }
     out.rules = scopes
         .into_iter()
@@ -437,13 +438,13 @@ fn classify_whole(live: &str, candidate: &str) -> Result<Classified, String> {
             old.skeleton.len()
         ));
     }
-    if let Some(n) = old
+    if let Some((_, (line, _))) = old
         .skeleton
         .iter()
         .zip(&new.skeleton)
-        .position(|(a, b)| a != b)
+        .find(|((_, a), (_, b))| a != b)
     {
-        return Err(format!("line {} differs", n + 1));
+        return Err(format!("line {line} of the candidate differs"));
     }
     // Equal skeletons: the same marked backends with the same rules.
     let Some(socket) = old.socket else {
@@ -548,7 +549,7 @@ mod tests {
 
     /// Leaving out the backends equal in both files gives the answer the
     /// whole files give, and an answer that the change is structural is
-    /// the whole files' (its line counts every line but marked servers).
+    /// the whole files', naming the candidate's own line.
     #[test]
     fn equal_backends_left_out_change_no_answer() {
         let (live, candidate) = (many(40, "", "\n"), many(40, " disabled", "\n"));
@@ -570,10 +571,17 @@ mod tests {
         let why = classify(&live, &options).expect_err("structural");
         assert_eq!(why, "server b7/s1: other options");
         let rebound = candidate.replace("    bind :80", "    bind :81");
+        let why = classify(&live, &rebound).expect_err("structural");
         assert_eq!(
-            classify(&live, &rebound).expect_err("structural"),
+            why,
             classify_whole(&live, &rebound).expect_err("structural")
         );
+        let bind = rebound
+            .lines()
+            .position(|l| l == "    bind :81")
+            .expect("bind")
+            + 1;
+        assert_eq!(why, format!("line {bind} of the candidate differs"));
     }
 
     #[test]
