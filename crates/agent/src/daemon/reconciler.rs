@@ -40,7 +40,7 @@ pub struct Reconciler {
     /// failing (a PgBouncer candidate its validator rejects) must not
     /// freeze the baseline of every backend, or a later hold would bring
     /// back instances that left long ago.
-    baseline: Option<Catalog>,
+    baseline: Option<Arc<Catalog>>,
     /// Writes `baseline` to disk off the pass's thread.
     baseline_writer: baseline::Writer,
     /// Backends an operator released, consumed by the next pass.
@@ -53,7 +53,7 @@ impl Reconciler {
     /// A reconciler with nothing loaded yet.
     pub fn new(config: DaemonConfig, board: Arc<Board>) -> Self {
         let layout = Layout::new(&config.inputs.root);
-        let baseline = baseline::load(&layout);
+        let baseline = baseline::load(&layout).map(Arc::new);
         Self {
             pauses: Pauser::new(layout, Box::new(Psql)),
             config,
@@ -174,7 +174,7 @@ impl Reconciler {
             &self.config.node,
             &prepared.layout,
             catalog,
-            self.baseline.as_ref(),
+            self.baseline.as_deref(),
             &released,
         ) {
             Ok(pass) => pass,
@@ -209,8 +209,9 @@ impl Reconciler {
         };
         let all_ok = self.report.outcomes(&set, &report);
         self.report.held(&held_targets);
+        let accepted = Arc::new(accepted);
         self.baseline_writer
-            .advance(&layout, self.baseline.as_ref(), &accepted);
+            .advance(&layout, self.baseline.as_deref(), &accepted);
         self.baseline = Some(accepted);
         self.report.converged(all_ok && complete);
         Some(pauses)

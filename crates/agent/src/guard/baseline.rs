@@ -117,7 +117,7 @@ pub struct Writer {
 #[derive(Default)]
 struct Slot {
     /// The newest snapshot not yet taken by the thread.
-    next: Option<(Layout, Catalog)>,
+    next: Option<(Layout, Arc<Catalog>)>,
     /// The thread is writing one.
     busy: bool,
     /// The writer was dropped: write what is pending, then stop.
@@ -143,7 +143,10 @@ impl Writer {
 
     /// [`advance`], on the writer's thread when it runs: queues `new` when
     /// its instances differ from `old`'s, replacing a queued older one.
-    pub fn advance(&self, layout: &Layout, old: Option<&Catalog>, new: &Catalog) {
+    /// `new` is shared with the caller, not copied: the pass keeps it as
+    /// the next baseline, and a copy of every watched instance per pass is
+    /// what the writer exists to keep off the pass.
+    pub fn advance(&self, layout: &Layout, old: Option<&Catalog>, new: &Arc<Catalog>) {
         if self.thread.is_none() {
             return advance(layout, old, new);
         }
@@ -152,7 +155,7 @@ impl Writer {
         }
         let (lock, cv) = &*self.shared;
         lock.lock().unwrap_or_else(PoisonError::into_inner).next =
-            Some((layout.clone(), new.clone()));
+            Some((layout.clone(), Arc::clone(new)));
         cv.notify_all();
     }
 
@@ -254,7 +257,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let layout = Layout::new(dir.path());
         let writer = Writer::start();
-        writer.advance(&layout, None, &web(&["a"]));
+        writer.advance(&layout, None, &Arc::new(web(&["a"])));
         writer.flush();
         assert_eq!(
             load(&layout).expect("written").service("web"),
@@ -262,8 +265,8 @@ mod tests {
         );
         // Two in a row, then shutdown: the newest is on disk when the
         // writer is gone.
-        writer.advance(&layout, Some(&web(&["a"])), &web(&["b"]));
-        writer.advance(&layout, Some(&web(&["b"])), &web(&["c"]));
+        writer.advance(&layout, Some(&web(&["a"])), &Arc::new(web(&["b"])));
+        writer.advance(&layout, Some(&web(&["b"])), &Arc::new(web(&["c"])));
         drop(writer);
         assert_eq!(
             load(&layout).expect("written").service("web"),
