@@ -183,15 +183,20 @@ pub(super) fn target_url(config: &Config) -> Result<Url, Error> {
 
 /// The resolver that sends the TLS server name to the configured host,
 /// when there is one to send (`https` with a server name).
+/// The host of `address`, an IPv6 address without the brackets a URL
+/// puts around it.
+fn bare_host(address: &Url) -> Option<&str> {
+    let host = address.host_str()?;
+    Some(host.trim_start_matches('[').trim_end_matches(']'))
+}
+
 /// Whether answers from the agent at `address` are asked gzipped: unless
 /// its host is a loopback address or `localhost` (see the module
 /// documentation for why).
 pub(super) fn compresses(address: &Url) -> bool {
-    let Some(host) = address.host_str() else {
+    let Some(host) = bare_host(address) else {
         return true;
     };
-    // An IPv6 host comes bracketed, as in a URL.
-    let host = host.trim_start_matches('[').trim_end_matches(']');
     match host.parse::<IpAddr>() {
         Ok(ip) => !ip.is_loopback(),
         Err(_) => !host.eq_ignore_ascii_case("localhost"),
@@ -203,12 +208,7 @@ fn pinned_host(config: &Config) -> Option<PinnedHost> {
     if config.address.scheme() != "https" {
         return None;
     }
-    // An IPv6 host comes bracketed, as in a URL.
-    let host = config.address.host_str()?;
-    let host = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
+    let host = bare_host(&config.address)?.to_string();
     Some(PinnedHost {
         host,
         port: config.address.port_or_known_default()?,
